@@ -1,0 +1,351 @@
+"""The backbone layer: pretrained feature extractors and where their weights come from.
+
+Every job (style transfer, fast-style training, classifiers) gets its pretrained network
+here. Weight lookup order, for each architecture:
+
+1. an explicit path (``--weights PATH``);
+2. a file in the folder named by ``$STYLEFORGE_WEIGHTS``;
+3. a file in the project's ``weights/`` folder;
+4. torchvision's own checkpoint in the torch hub cache, or its weights API, which
+   downloads when online.
+
+Files found in folders are ``<arch>-features.pth`` (VGG conv weights only, keys
+``features.N.weight`` or ``N.weight``; written by ``styleforge weights --download``) or
+torchvision's checkpoint file names (``vgg19-dcbb9e9d.pth``, ``resnet18-f37072fd.pth``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .errors import StyleforgeError
+
+WEIGHTS_ENV = "STYLEFORGE_WEIGHTS"
+PROJECT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Known-good files by name: sha256 and what they are.
+KNOWN_FILES: dict[str, tuple[str, str]] = {
+    "vgg19-features.pth": (
+        "8f6f08e29a9c9a1fa1a45ccc003a819475b72db6b582eab114cf26d5137efc96",
+        "original Oxford/Caffe VGG19 conv weights, fp16, preprocessing folded into conv1_1",
+    ),
+}
+
+_VGG_CFG = {
+    "vgg16": (2, 2, 3, 3, 3),
+    "vgg19": (2, 2, 4, 4, 4),
+}
+_VGG_WIDTHS = (64, 128, 256, 512, 512)
+ARCHS = ("vgg19", "vgg16", "resnet18")
+
+
+def torchvision_weights(arch: str):
+    from torchvision import models
+
+    return {
+        "vgg19": models.VGG19_Weights.IMAGENET1K_V1,
+        "vgg16": models.VGG16_Weights.IMAGENET1K_V1,
+        "resnet18": models.ResNet18_Weights.IMAGENET1K_V1,
+    }[arch]
+
+
+# --------------------------------------------------------------------------- VGG layout
+
+def vgg_layer_names(arch: str = "vgg19") -> list[str]:
+    """Names of the modules of ``torchvision.models.<arch>().features``, in order:
+    ``conv1_1, relu1_1, conv1_2, relu1_2, pool1, conv2_1, ...``."""
+    if arch not in _VGG_CFG:
+        raise StyleforgeError(f"unknown VGG architecture {arch!r}: use vgg19 or vgg16")
+    names = []
+    for block, n_convs in enumerate(_VGG_CFG[arch], start=1):
+        for i in range(1, n_convs + 1):
+            names += [f"conv{block}_{i}", f"relu{block}_{i}"]
+        names.append(f"pool{block}")
+    return names
+
+
+def build_vgg_features(arch: str = "vgg19", pooling: str = "max",
+                       inplace_after: Iterable[int] = ()) -> nn.Sequential:
+    """The conv trunk with torchvision's module indices (so its state-dict keys match).
+
+    ``pooling='avg'`` swaps max-pooling for average pooling (Gatys et al. found it gives
+    slightly smoother results). ReLUs whose input conv is not read out are in-place.
+    """
+    if pooling not in ("max", "avg"):
+        raise StyleforgeError(f"unknown pooling {pooling!r}: use max or avg")
+    keep_conv_output = set(inplace_after)
+    layers: list[nn.Module] = []
+    in_ch = 3
+    for block, n_convs in enumerate(_VGG_CFG[arch]):
+        width = _VGG_WIDTHS[block]
+        for _ in range(n_convs):
+            layers.append(nn.Conv2d(in_ch, width, kernel_size=3, padding=1))
+            layers.append(nn.ReLU(inplace=(len(layers) - 1) not in keep_conv_output))
+            in_ch = width
+        layers.append(nn.MaxPool2d(2, 2) if pooling == "max" else nn.AvgPool2d(2, 2))
+    return nn.Sequential(*layers)
+
+
+# --------------------------------------------------------------------------- weight lookup
+
+@dataclass(frozen=True)
+class WeightsCandidate:
+    arch: str
+    origin: str
+    path: Path
+
+    @property
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+
+def _torchvision_filename(arch: str) -> str:
+    return Path(torchvision_weights(arch).url).name
+
+
+def _hub_checkpoints() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def candidates(arch: str) -> list[WeightsCandidate]:
+    """Every place the lookup checks for ``arch`` (except an explicit path), in order."""
+    if arch not in ARCHS:
+        raise StyleforgeError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}")
+    names = [f"{arch}-features.pth", _torchvision_filename(arch)] if arch != "resnet18" \
+        else [f"{arch}.pth", _torchvision_filename(arch)]
+    folders: list[tuple[str, Path]] = []
+    if os.environ.get(WEIGHTS_ENV):
+        folders.append((f"${WEIGHTS_ENV}", Path(os.environ[WEIGHTS_ENV]).expanduser()))
+    folders.append(("project weights/", PROJECT_WEIGHTS))
+    out = [WeightsCandidate(arch, origin, folder / name) for origin, folder in folders for name in names]
+    out.append(WeightsCandidate(arch, "torch hub cache", _hub_checkpoints() / _torchvision_filename(arch)))
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(path: Path) -> str:
+    """``verified``, ``unknown`` (no reference hash) or raise on a mismatch.
+
+    References: :data:`KNOWN_FILES` by file name, and torchvision's convention of
+    putting the first 8+ hex digits of the sha256 in the file name (``vgg19-dcbb9e9d.pth``).
+    """
+    path = Path(path)
+    expected = KNOWN_FILES.get(path.name, (None,))[0]
+    m = re.fullmatch(r"[a-z0-9_]+-([0-9a-f]{8,})\.pth", path.name)
+    if expected is None and m is None:
+        return "unknown"
+    digest = sha256_file(path)
+    ok = digest == expected if expected else digest.startswith(m.group(1))
+    if not ok:
+        raise StyleforgeError(
+            f"{path} does not match its known sha256 (got {digest[:12]}...): the file is corrupt or "
+            "incomplete; copy or download it again"
+        )
+    return "verified"
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise StyleforgeError(f"weights file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for non-torch or truncated files
+        raise StyleforgeError(f"{path} is not a readable PyTorch weights file ({type(exc).__name__}): "
+                              "check the path or download it again") from None
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise StyleforgeError(f"{path} does not hold a state dict of tensors")
+    return dict(obj)
+
+
+def _download_state_dict(arch: str) -> dict[str, torch.Tensor]:
+    weights = torchvision_weights(arch)
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as exc:  # URLError, socket errors, hash errors
+        looked = ", ".join(str(c.path) for c in candidates(arch))
+        raise StyleforgeError(
+            f"no {arch} weights found locally and the download failed ({type(exc).__name__}): "
+            f"put {arch}-features.pth in weights/ or in the folder named by ${WEIGHTS_ENV}, "
+            f"or pass --weights PATH (looked in: {looked})"
+        ) from None
+
+
+def locate(arch: str, explicit: str | os.PathLike | None = None) -> WeightsCandidate | None:
+    """The first existing weights file for ``arch`` in lookup order, or None."""
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise StyleforgeError(f"--weights {path}: no such file")
+        return WeightsCandidate(arch, "--weights", path)
+    for c in candidates(arch):
+        if c.exists:
+            return c
+    return None
+
+
+def load_state_dict(arch: str, explicit: str | os.PathLike | None = None,
+                    download: bool = True) -> tuple[dict[str, torch.Tensor], str]:
+    """Find and read the weights for ``arch``; returns (state dict, where it came from).
+
+    VGG state dicts come back with ``features.`` stripped (conv trunk only).
+    """
+    found = locate(arch, explicit)
+    if found is not None:
+        verify(found.path)
+        state, source = _read_state_dict(found.path), f"{found.path} ({found.origin})"
+    elif download:
+        state, source = _download_state_dict(arch), f"torchvision {torchvision_weights(arch)}"
+    else:
+        raise StyleforgeError(
+            f"no {arch} weights found: put {arch}-features.pth in weights/ or in the folder named by "
+            f"${WEIGHTS_ENV}, or pass --weights PATH"
+        )
+    if arch in _VGG_CFG:
+        if any(k.startswith("features.") for k in state):
+            state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    return state, source
+
+
+def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], arch: str, source: str) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise StyleforgeError(f"{source} does not hold {arch} weights ({first[:160]})") from None
+
+
+def save_features_file(arch: str, out: str | os.PathLike) -> Path:
+    """Download torchvision's weights and save the VGG conv trunk alone (80 MB for VGG19)."""
+    from .io import save_torch
+
+    if arch not in _VGG_CFG:
+        raise StyleforgeError(f"features-only files exist for vgg19 and vgg16, not {arch}")
+    state = _download_state_dict(arch)
+    features = {k: v for k, v in state.items() if k.startswith("features.")}
+    return save_torch(features, out)
+
+
+# --------------------------------------------------------------------------- extractors
+
+class ImageNetNormalize(nn.Module):
+    """[0, 1] RGB in, ImageNet-normalized out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class VGGFeatures(nn.Module):
+    """Frozen VGG trunk returning named activations from one forward pass.
+
+    Takes RGB in [0, 1] (normalizes itself) and stops at the deepest requested layer.
+    """
+
+    def __init__(self, layers: Iterable[str], arch: str = "vgg19", pooling: str = "max",
+                 weights: str | os.PathLike | None = None,
+                 state_dict: Mapping[str, torch.Tensor] | None = None, download: bool = True) -> None:
+        super().__init__()
+        names = vgg_layer_names(arch)
+        self.layers = list(dict.fromkeys(layers))
+        if not self.layers:
+            raise StyleforgeError("no feature layers requested")
+        unknown = [name for name in self.layers if name not in names]
+        if unknown:
+            valid = ", ".join(n for n in names if not n.startswith("pool"))
+            raise StyleforgeError(f"unknown layer {unknown[0]!r} for {arch}: valid names are {valid}")
+        index = {name: i for i, name in enumerate(names)}
+        deepest = max(index[name] for name in self.layers)
+        conv_reads = {index[n] for n in self.layers if n.startswith("conv")}
+        full = build_vgg_features(arch, pooling, inplace_after=conv_reads)
+        if state_dict is None:
+            state_dict, self.source = load_state_dict(arch, weights, download=download)
+        else:
+            self.source = "given state dict"
+        _load_strict(full, state_dict, arch, self.source)
+        self.arch = arch
+        self.normalize = ImageNetNormalize()
+        self.features = full[: deepest + 1]
+        self._names = names[: deepest + 1]
+        self._wanted = set(self.layers)
+        # The smallest input for which the deepest layer still has at least one pixel.
+        self.min_size = 2 ** sum(1 for n in self._names[:-1] if n.startswith("pool"))
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "VGGFeatures":  # always frozen
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        x = self.normalize(x)
+        for name, module in zip(self._names, self.features):
+            x = module(x)
+            if name in self._wanted:
+                out[name] = x
+        return out
+
+
+def resnet18(num_classes: int = 1000, pretrained: bool = False,
+             weights: str | os.PathLike | None = None, download: bool = True) -> nn.Module:
+    """torchvision ResNet18; pretrained weights through the same lookup as VGG.
+
+    With ``num_classes != 1000`` the ImageNet head is replaced by a fresh linear layer.
+    """
+    from torchvision.models import resnet18 as tv_resnet18
+
+    model = tv_resnet18(weights=None)
+    if pretrained or weights is not None:
+        state, source = load_state_dict("resnet18", weights, download=download)
+        _load_strict(model, state, "resnet18", source)
+    if num_classes != 1000:
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return model
+
+
+class ResNet18Trunk(nn.Module):
+    """ResNet18 without its head, returning named stage outputs
+    (``stem``, ``layer1`` ... ``layer4``, ``pool``) for [0, 1] RGB input."""
+
+    STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "pool")
+
+    def __init__(self, model: nn.Module | None = None, pretrained: bool = False,
+                 weights: str | os.PathLike | None = None) -> None:
+        super().__init__()
+        model = model if model is not None else resnet18(pretrained=pretrained, weights=weights)
+        self.normalize = ImageNetNormalize()
+        self.stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = model.layer1, model.layer2, model.layer3, model.layer4
+        self.pool = nn.Sequential(model.avgpool, nn.Flatten(1))
+        self.out_features = model.fc.in_features
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        x = self.normalize(x)
+        for name in self.STAGES:
+            x = getattr(self, name)(x)
+            out[name] = x
+        return out

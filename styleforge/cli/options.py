@@ -1,0 +1,75 @@
+"""The command group and option parsers shared by the commands."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import __version__
+from ..device import PRECISIONS
+from ..errors import StyleforgeError
+
+
+class StyleforgeGroup(click.Group):
+    """A group whose errors are one line on stderr: ``error: ...``, exit status 2.
+
+    StyleforgeError (bad input the user can fix) and click's usage errors are printed
+    without traceback; Ctrl-C exits 130. Anything else is a bug and keeps its traceback.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except StyleforgeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            click.echo("error: interrupted; files written so far are complete", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=StyleforgeGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="styleforge")
+def main_group() -> None:
+    """styleforge: neural style transfer and CNN transfer learning on PyTorch."""
+
+
+def parse_layer_weights(text: str, option: str) -> dict[str, float]:
+    """``relu1_1,relu2_1:0.5`` -> {"relu1_1": 1.0, "relu2_1": 0.5}."""
+    out: dict[str, float] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, _, weight = item.partition(":")
+        try:
+            out[name.strip()] = float(weight) if weight else 1.0
+        except ValueError:
+            raise click.BadParameter(f"{item!r} is not NAME or NAME:WEIGHT", param_hint=option) from None
+    if not out:
+        raise click.BadParameter("give at least one layer", param_hint=option)
+    return out
+
+
+def parse_numbers(text: str | None, option: str, kind=float) -> list | None:
+    if text is None:
+        return None
+    try:
+        return [kind(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=option) from None
+
+
+def runtime_options(f):
+    """--device, --precision, --seed."""
+    f = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")(f)
+    f = click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+                     help="Autocast precision; auto picks what is fast and safe on the device.")(f)
+    f = click.option("--device", default="auto", show_default=True,
+                     help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")(f)
+    return f

@@ -1,0 +1,105 @@
+"""``styleforge stylize``: optimization-based style transfer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from ..io import check_writable, image_format, save_image, save_json
+from ..transfer import DEFAULT_STYLE_STRENGTH, Progress, StylizeConfig, stylize
+from .options import main_group, parse_layer_weights, parse_numbers, runtime_options
+
+
+class _Bars:
+    """Turns Progress callbacks into one tqdm bar per scale (and optional snapshots)."""
+
+    def __init__(self, quiet: bool, save_every: int, output: Path) -> None:
+        self.quiet, self.save_every, self.output = quiet, save_every, output
+        self.bar: tqdm | None = None
+
+    def __call__(self, p: Progress) -> None:
+        if not self.quiet:
+            if p.step == 1:
+                self.close()
+                self.bar = tqdm(total=p.steps, unit="it", dynamic_ncols=True,
+                                desc=f"scale {p.scale + 1}/{p.n_scales} {p.size[1]}x{p.size[0]}")
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in p.losses.items()}, refresh=False)
+            self.bar.update(1)
+        if self.save_every and (p.step % self.save_every == 0 or p.step == p.steps):
+            snap = self.output.with_name(f"{self.output.stem}.s{p.scale + 1}-{p.step:04d}{self.output.suffix}")
+            save_image(p.image, snap)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@main_group.command("stylize")
+@click.argument("content", type=click.Path(path_type=Path))
+@click.argument("styles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Output image (.png/.jpg). Default: CONTENT-STYLE.png here.")
+@click.option("--size", type=int, default=512, show_default=True, help="Long side of the output, px.")
+@click.option("--style-strength", type=float,
+              help=f"Trade-off W in [0,1]: loss = W*style + (1-W)*content (default {DEFAULT_STYLE_STRENGTH}).")
+@click.option("--content-weight", type=float, help="Content weight (instead of --style-strength).")
+@click.option("--style-weight", type=float, help="Style weight (instead of --style-strength).")
+@click.option("--tv-weight", type=float, default=1.0, show_default=True, help="Total-variation weight.")
+@click.option("--content-layers", default="relu4_2", show_default=True,
+              help="Content layers, NAME[:WEIGHT],...")
+@click.option("--style-layers", default="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1", show_default=True,
+              help="Style layers, NAME[:WEIGHT],...")
+@click.option("--style-blend", help="Weights of the style images, e.g. 0.7,0.3 (default: equal).")
+@click.option("--style-scale", type=float, default=1.0, show_default=True,
+              help="Style image size relative to the output size.")
+@click.option("--init", default="content", show_default=True, help="content, noise or an image FILE.")
+@click.option("--optimizer", type=click.Choice(["lbfgs", "adam"]), default="lbfgs", show_default=True)
+@click.option("--steps", help="Iterations per scale: N, or one value per scale (e.g. 300,150,60).")
+@click.option("--lr", type=float, help="Learning rate (default: 1 for lbfgs, 0.02 for adam).")
+@click.option("--scales", help="Long sides of the coarse-to-fine scales, e.g. 128,256,512.")
+@click.option("--multiscale/--no-multiscale", default=True, show_default=True,
+              help="Optimize coarse to fine (default scales halve down to 128 px).")
+@click.option("--original-colors", is_flag=True, help="Keep the content's colours (luminance-only transfer).")
+@click.option("--pooling", type=click.Choice(["max", "avg"]), default="max", show_default=True)
+@click.option("--arch", type=click.Choice(["vgg19", "vgg16"]), default="vgg19", show_default=True)
+@click.option("--weights", type=click.Path(path_type=Path), help="Backbone weights file (skips the lookup).")
+@runtime_options
+@click.option("--save-every", type=int, default=0, help="Also write the image every N steps.")
+@click.option("--log", "log_path", type=click.Path(path_type=Path),
+              help="Write a JSON record (configuration and loss history).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def stylize_cmd(content, styles, output, size, style_strength, content_weight, style_weight, tv_weight,
+                content_layers, style_layers, style_blend, style_scale, init, optimizer, steps, lr,
+                scales, multiscale, original_colors, pooling, arch, weights, device, precision, seed,
+                save_every, log_path, quiet):
+    """Stylize CONTENT with one or more STYLE images (Gatys et al.)."""
+    output = output or Path(f"{content.stem}-{styles[0].stem}.png")
+    image_format(output)
+    check_writable(output)
+    if log_path is not None:
+        check_writable(log_path)
+    step_list = parse_numbers(steps, "--steps", int)
+    cfg = StylizeConfig(
+        size=size, style_strength=style_strength, content_weight=content_weight, style_weight=style_weight,
+        tv_weight=tv_weight, content_layers=parse_layer_weights(content_layers, "--content-layers"),
+        style_layers=parse_layer_weights(style_layers, "--style-layers"),
+        style_blend=parse_numbers(style_blend, "--style-blend"), style_scale=style_scale, init=init,
+        optimizer=optimizer, steps=step_list[0] if step_list and len(step_list) == 1 else step_list, lr=lr,
+        multiscale=multiscale, scales=parse_numbers(scales, "--scales", int), original_colors=original_colors,
+        pooling=pooling, arch=arch, weights=str(weights) if weights else None, device=device,
+        precision=precision, seed=seed)
+    bars = _Bars(quiet, save_every, output)
+    try:
+        result = stylize(str(content), [str(s) for s in styles], cfg, callback=bars)
+    finally:
+        bars.close()
+    save_image(result.image, output)
+    if log_path is not None:
+        save_json({"content": str(content), "styles": [str(s) for s in styles], "output": str(output),
+                   "seconds": result.seconds, "config": result.config, "history": result.history}, log_path)
+    if not quiet:
+        last = result.history[-1] if result.history else {}
+        click.echo(f"wrote {output} ({result.seconds:.1f} s, loss {last.get('total', float('nan')):.4g})")

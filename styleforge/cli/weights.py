@@ -1,0 +1,55 @@
+"""``styleforge weights``: where backbone weights are found, verified, or saved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import backbone
+from ..errors import StyleforgeError
+from .options import main_group
+
+
+@main_group.command("weights")
+@click.option("--download", "download", type=click.Choice(backbone.ARCHS),
+              help="(Online) fetch torchvision's weights and save a local file, features-only for VGG.")
+@click.option("--to", "folder", type=click.Path(path_type=Path), default=None,
+              help="Folder to save into (default: $STYLEFORGE_WEIGHTS, else the project's weights/).")
+def weights_cmd(download: str | None, folder: Path | None) -> None:
+    """List the weights files the lookup finds, in order, and verify their sha256."""
+    if download:
+        import os
+
+        folder = folder or Path(os.environ.get(backbone.WEIGHTS_ENV) or backbone.PROJECT_WEIGHTS)
+        if not folder.is_dir():
+            raise StyleforgeError(f"folder {folder} does not exist: create it first")
+        name = f"{download}-features.pth" if download != "resnet18" else "resnet18.pth"
+        if download == "resnet18":
+            from ..io import save_torch
+
+            state, _ = backbone.load_state_dict("resnet18", download=True)
+            path = save_torch(state, folder / name)
+        else:
+            path = backbone.save_features_file(download, folder / name)
+        click.echo(f"saved {path} ({path.stat().st_size / 1e6:.0f} MB)")
+        return
+    click.echo(f"lookup: --weights PATH, then ${backbone.WEIGHTS_ENV}, then {backbone.PROJECT_WEIGHTS}, "
+               "then torchvision (torch hub cache / download)")
+    for arch in backbone.ARCHS:
+        used = None
+        for c in backbone.candidates(arch):
+            if not c.exists:
+                status = "missing"
+            else:
+                try:
+                    status = backbone.verify(c.path)
+                except StyleforgeError:
+                    status = "SHA256 MISMATCH"
+                status += f", {c.path.stat().st_size / 1e6:.0f} MB"
+                if used is None:
+                    used, status = c, status + "  <- used"
+            click.echo(f"{arch:9s} {c.origin:20s} {c.path}  [{status}]")
+        if used is None:
+            click.echo(f"{arch:9s} {'(none found)':20s} runs will try torchvision's download "
+                       f"({Path(backbone.torchvision_weights(arch).url).name})")

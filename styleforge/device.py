@@ -1,0 +1,170 @@
+"""The device layer: device choice, precision, memory format, seeding, determinism.
+
+Every job gets a :class:`Runtime` from :func:`runtime` and uses it for three things:
+moving tensors and modules (``rt.to(x)``), running forward passes under the chosen
+autocast precision (``with rt.autocast(): ...``), and nothing else device-specific.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+
+from .errors import StyleforgeError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+T = TypeVar("T", torch.Tensor, torch.nn.Module)
+
+
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device must exist."""
+    spec = str(spec).strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise StyleforgeError(
+            f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise StyleforgeError(
+                f"device {spec!r} requested but CUDA is not available here: use --device cpu or auto"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise StyleforgeError(
+                f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    elif dev.type == "mps":
+        if not _mps_available():
+            raise StyleforgeError(
+                "device 'mps' requested but Apple MPS is not available here: use --device cpu or auto"
+            )
+    elif dev.type != "cpu":
+        raise StyleforgeError(f"unsupported device {spec!r}: use auto, cpu, cuda, cuda:N or mps")
+    return dev
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where oneDNN runs bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
+    """Map ``auto|fp32|bf16|fp16`` to an autocast dtype (``None`` means plain fp32).
+
+    ``auto``: bf16 on CUDA GPUs that support it (fp16 on older ones), fp16 on MPS,
+    bf16 on CPUs with native bf16 and fp32 on other CPUs, where bf16 is slower.
+    """
+    spec = spec.strip().lower()
+    if spec not in PRECISIONS:
+        raise StyleforgeError(f"unknown precision {spec!r}: use one of {', '.join(PRECISIONS)}")
+    if spec != "auto":
+        if spec == "fp16" and device.type == "cpu":
+            raise StyleforgeError("fp16 autocast is not supported on CPU: use --precision bf16 or fp32")
+        return _DTYPES[spec]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how to run: device, autocast dtype (None = fp32) and memory format."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+
+    def autocast(self, enabled: bool = True) -> contextlib.AbstractContextManager:
+        """Autocast context for forward passes; a no-op for fp32."""
+        if self.amp_dtype is None or not enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def with_precision(self, amp_dtype: torch.dtype | None) -> "Runtime":
+        return Runtime(self.device, amp_dtype, self.channels_last)
+
+    def to(self, x: T, non_blocking: bool = False) -> T:
+        """Move a tensor or module to the device, in channels_last where that is on (4-D only)."""
+        if isinstance(x, torch.Tensor):
+            x = x.to(self.device, non_blocking=non_blocking)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return x
+        x = x.to(self.device)
+        if self.channels_last:
+            x = x.to(memory_format=torch.channels_last)
+        return x
+
+    @property
+    def pin_memory(self) -> bool:
+        """Whether data loaders should pin host memory (only helps host→CUDA copies)."""
+        return self.device.type == "cuda"
+
+
+def runtime(device: str | torch.device = "auto", precision: str = "auto",
+            channels_last: bool | None = None) -> Runtime:
+    """Build the :class:`Runtime` for a job.
+
+    channels_last defaults to on for CUDA and for CPU bf16 (oneDNN's fast path), off
+    otherwise (plain fp32 CPU convolutions gain nothing from it).
+    """
+    dev = resolve_device(device)
+    amp = resolve_precision(precision, dev)
+    if channels_last is None:
+        channels_last = dev.type == "cuda" or (dev.type == "cpu" and amp is torch.bfloat16)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Runtime(dev, amp, channels_last)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
+    """Seed Python, torch (all devices) and return a CPU generator for explicit use.
+
+    ``deterministic`` also asks torch for deterministic kernels (slower on CUDA).
+    """
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    return torch.Generator().manual_seed(seed)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels (for honest timings)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+

@@ -1,0 +1,167 @@
+"""Reading images robustly and writing any output atomically.
+
+Convention everywhere in styleforge: an image is a float tensor of shape (1, 3, H, W)
+with values in [0, 1], RGB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import StyleforgeError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+_SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP",
+                 ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".ppm": "PPM"}
+
+
+# --------------------------------------------------------------------------- reading
+
+def open_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open any common image as 8-bit RGB: EXIF orientation applied, alpha composited
+    on white, palette/grayscale/CMYK converted, 16-bit and float images rescaled."""
+    path = Path(path)
+    if not path.exists():
+        raise StyleforgeError(f"{path}: no such file")
+    if path.is_dir():
+        raise StyleforgeError(f"{path} is a folder, not an image file")
+    if path.stat().st_size == 0:
+        raise StyleforgeError(f"{path} is empty (0 bytes): give a real image file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except UnidentifiedImageError:
+        raise StyleforgeError(f"{path} is not an image file this tool can read (PNG, JPEG, ...)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise StyleforgeError(f"{path} is truncated or corrupt ({exc}): re-export or re-download it") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        # 16-bit / 32-bit grayscale: PIL's convert("L") would clip at 255, so rescale.
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if mode != "F" and arr.max() > 255 else (1.0 if mode == "F" and arr.max() <= 1 else 255.0)
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    arr = np.array(img, dtype=np.uint8)  # a writable copy
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).float().div_(255.0).contiguous()
+
+
+def tensor_to_pil(x: torch.Tensor) -> Image.Image:
+    if x.dim() == 4:
+        if x.shape[0] != 1:
+            raise ValueError("tensor_to_pil takes a single image")
+        x = x[0]
+    arr = x.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr, "RGB")
+
+
+def resize_long_side(img: Image.Image, size: int) -> Image.Image:
+    """Resize so the longer side is ``size`` pixels (aspect kept), Lanczos."""
+    w, h = img.size
+    scale = size / max(w, h)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if new == img.size:
+        return img
+    return img.resize(new, Image.LANCZOS)
+
+
+def load_image(path: str | os.PathLike, size: int | None = None) -> torch.Tensor:
+    """Load an image file as a (1, 3, H, W) float tensor in [0, 1], long side ``size``."""
+    img = open_rgb(path)
+    if size is not None:
+        img = resize_long_side(img, size)
+    return pil_to_tensor(img)
+
+
+# --------------------------------------------------------------------------- writing
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fail early (before any long computation) if ``path`` cannot be written."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.exists():
+        raise StyleforgeError(f"output folder {folder} does not exist: create it first")
+    if not folder.is_dir():
+        raise StyleforgeError(f"{folder} is not a folder: choose another output path")
+    if path.is_dir():
+        raise StyleforgeError(f"output path {path} is a folder: give a file name")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StyleforgeError(f"output folder {folder} is not writable: choose another output path")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path``.
+
+    Readers never see a half-written file and an existing file is replaced only by a
+    complete one. On error the temporary file is removed and ``path`` is untouched.
+    """
+    path = check_writable(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+
+
+def image_format(path: str | os.PathLike) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in _SAVE_FORMATS:
+        raise StyleforgeError(
+            f"cannot tell the image format of {path}: use one of {', '.join(sorted(_SAVE_FORMATS))}"
+        )
+    return _SAVE_FORMATS[suffix]
+
+
+def save_image(x: torch.Tensor | Image.Image, path: str | os.PathLike, quality: int = 95) -> Path:
+    """Write an image (tensor in [0, 1] or PIL) atomically; format from the extension."""
+    fmt = image_format(path)
+    img = tensor_to_pil(x) if isinstance(x, torch.Tensor) else x
+    options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    with atomic_path(path) as tmp:
+        img.save(tmp, format=fmt, **options)
+    return Path(path)
+
+
+def save_json(data: Any, path: str | os.PathLike) -> Path:
+    """Write JSON atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return Path(path)
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` atomically (checkpoints, models, weights)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)

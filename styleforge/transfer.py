@@ -1,0 +1,332 @@
+"""Optimization-based style transfer (Gatys, Ecker & Bethge, 2016).
+
+:func:`stylize` optimizes the pixels of an image so that its VGG content features match
+the content image and its Gram matrices match the style image(s). By default it works
+coarse to fine: each scale starts from the upsampled result of the previous one, so the
+expensive full-resolution passes only refine (as in crowsonkb's style-transfer-pytorch
+and jcjohnson's multi-resolution recipe).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import losses
+from .backbone import VGGFeatures
+from .color import original_colors as apply_original_colors
+from .device import Runtime, runtime as make_runtime, seed_everything
+from .errors import StyleforgeError
+from .io import load_image, open_rgb, pil_to_tensor, resize_long_side
+
+DEFAULT_CONTENT_LAYERS: dict[str, float] = {"relu4_2": 1.0}
+DEFAULT_STYLE_LAYERS: dict[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 6)}
+DEFAULT_STYLE_STRENGTH = 0.5
+# Relative style errors are about 100x smaller than relative content errors at a good
+# balance, so style_strength W maps to weights (1 - W, W * STYLE_GAIN).
+STYLE_GAIN = 100.0
+MIN_COARSE_SIZE = 128
+
+ImageLike = "str | os.PathLike | torch.Tensor"
+
+
+@dataclass
+class StylizeConfig:
+    """Everything that defines a stylize run. ``None`` means "the documented default"."""
+
+    size: int = 512
+    style_strength: float | None = None
+    content_weight: float | None = None
+    style_weight: float | None = None
+    tv_weight: float = 1.0
+    content_layers: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_CONTENT_LAYERS))
+    style_layers: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_STYLE_LAYERS))
+    style_blend: Sequence[float] | None = None
+    style_scale: float = 1.0
+    init: str = "content"
+    optimizer: str = "lbfgs"
+    steps: int | Sequence[int] | None = None
+    lr: float | None = None
+    multiscale: bool = True
+    scales: Sequence[int] | None = None
+    original_colors: bool = False
+    pooling: str = "max"
+    arch: str = "vgg19"
+    weights: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 0
+
+    def weights_pair(self) -> tuple[float, float]:
+        """(content_weight, style_weight) after applying style_strength and defaults."""
+        if self.style_strength is not None:
+            if self.content_weight is not None or self.style_weight is not None:
+                raise StyleforgeError("give either --style-strength or --content-weight/--style-weight, not both")
+            w = self.style_strength
+            if not (0.0 <= w <= 1.0) or math.isnan(w):
+                raise StyleforgeError(f"--style-strength must be between 0 and 1, got {w}")
+            return 1.0 - w, w * STYLE_GAIN
+        default_c = 1.0 - DEFAULT_STYLE_STRENGTH
+        default_s = DEFAULT_STYLE_STRENGTH * STYLE_GAIN
+        c = default_c if self.content_weight is None else self.content_weight
+        s = default_s if self.style_weight is None else self.style_weight
+        if c < 0 or s < 0:
+            raise StyleforgeError("--content-weight and --style-weight must not be negative")
+        return c, s
+
+    def scale_sizes(self) -> list[int]:
+        """Long-side sizes, coarse to fine, ending at ``size``."""
+        if self.size < 1:
+            raise StyleforgeError(f"--size must be positive, got {self.size}")
+        if self.scales:
+            sizes = sorted(int(s) for s in self.scales)
+            if sizes[-1] != self.size:
+                sizes = [s for s in sizes if s < self.size] + [self.size]
+            return sizes
+        if not self.multiscale:
+            return [self.size]
+        sizes = [self.size]
+        while sizes[0] // 2 >= MIN_COARSE_SIZE:
+            sizes.insert(0, sizes[0] // 2)
+        return sizes
+
+    def steps_per_scale(self, n_scales: int) -> list[int]:
+        default = {"lbfgs": 100, "adam": 300}.get(self.optimizer, 100)
+        steps = self.steps if self.steps is not None else default
+        if isinstance(steps, int):
+            steps = [steps] * n_scales
+        steps = [int(s) for s in steps]
+        if len(steps) != n_scales:
+            raise StyleforgeError(f"--steps lists {len(steps)} values but there are {n_scales} scales")
+        if any(s < 0 for s in steps):
+            raise StyleforgeError("--steps must not be negative")
+        return steps
+
+
+@dataclass
+class Progress:
+    """What the progress callback receives after each optimizer step."""
+
+    scale: int              # 0-based index of the current scale
+    n_scales: int
+    step: int               # 1-based step within the scale
+    steps: int
+    size: tuple[int, int]   # (H, W) at this scale
+    losses: dict[str, float]
+    image: torch.Tensor     # current image (a view; copy it to keep it)
+
+
+@dataclass
+class StylizeResult:
+    image: torch.Tensor                 # (1, 3, H, W) in [0, 1], on the CPU
+    history: list[dict[str, float]]
+    config: dict
+    seconds: float
+
+
+class StyleObjective:
+    """The total loss for one resolution, with content and style targets computed once."""
+
+    def __init__(self, extractor: VGGFeatures, content: torch.Tensor, styles: Sequence[torch.Tensor],
+                 blend: Sequence[float], content_layers: Mapping[str, float],
+                 style_layers: Mapping[str, float], content_weight: float, style_weight: float,
+                 tv_weight: float, rt: Runtime) -> None:
+        self.extractor, self.rt = extractor, rt
+        self.content_layers = _normalized(content_layers)
+        self.style_layers = _normalized(style_layers)
+        self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
+        with torch.no_grad(), rt.autocast():
+            feats = extractor(content)
+            self.content_targets = {n: feats[n].detach() for n in self.content_layers}
+            grams: dict[str, torch.Tensor] = {}
+            for style, w in zip(styles, blend):
+                sf = extractor(style)
+                for n in self.style_layers:
+                    g = losses.gram_matrix(sf[n]) * w
+                    grams[n] = grams[n] + g if n in grams else g
+        self.style_targets = grams
+        self.content_ms = {n: losses.mean_square(t) for n, t in self.content_targets.items()}
+        self.style_ms = {n: losses.mean_square(t) for n, t in self.style_targets.items()}
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with self.rt.autocast():
+            feats = self.extractor(self.rt.to(image))
+        content = losses.weighted_sum(
+            {n: losses.content_loss(feats[n], self.content_targets[n], self.content_ms[n])
+             for n in self.content_layers}, self.content_layers)
+        style = losses.weighted_sum(
+            {n: losses.style_loss(losses.gram_matrix(feats[n]), self.style_targets[n], self.style_ms[n])
+             for n in self.style_layers}, self.style_layers)
+        tv = losses.tv_loss(image)
+        parts = {"content": self.content_weight * content, "style": self.style_weight * style,
+                 "tv": self.tv_weight * tv}
+        return parts["content"] + parts["style"] + parts["tv"], parts
+
+
+def _normalized(layer_weights: Mapping[str, float]) -> dict[str, float]:
+    """Layer weights scaled to sum to 1, so the group weight means the same for any layer set."""
+    total = sum(layer_weights.values())
+    if any(w < 0 for w in layer_weights.values()) or total <= 0:
+        raise StyleforgeError("layer weights must be non-negative and not all zero")
+    return {n: w / total for n, w in layer_weights.items()}
+
+
+def _as_pil_source(x):
+    """Keep images at full resolution (PIL) so each scale resizes from the original."""
+    if isinstance(x, torch.Tensor):
+        from .io import tensor_to_pil
+        return tensor_to_pil(x)
+    return open_rgb(x)
+
+
+def _resize_to(image: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    if tuple(image.shape[-2:]) == hw:
+        return image
+    return F.interpolate(image, size=hw, mode="bicubic", align_corners=False).clamp_(0, 1)
+
+
+def _initial_image(init: str, content: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    if init == "content":
+        return content.clone()
+    if init == "noise":
+        return torch.rand(content.shape, generator=generator)
+    if not os.path.exists(init):
+        raise StyleforgeError(f"--init {init!r} is neither 'content', 'noise' nor an existing image file")
+    return _resize_to(load_image(init), tuple(content.shape[-2:]))
+
+
+def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike],
+            config: StylizeConfig | None = None,
+            callback: Callable[[Progress], None] | None = None,
+            extractor: VGGFeatures | None = None) -> StylizeResult:
+    """Stylize ``content`` with one or more ``styles``; returns the image and loss history.
+
+    Images are file paths or (1, 3, H, W) tensors in [0, 1]. ``callback`` is called after
+    every optimizer step with a :class:`Progress`. A prebuilt ``extractor`` (covering the
+    configured layers) skips loading the backbone again.
+    """
+    cfg = config or StylizeConfig()
+    start = time.perf_counter()
+    styles = [styles] if isinstance(styles, (str, os.PathLike, torch.Tensor)) else list(styles)
+    if not styles:
+        raise StyleforgeError("give at least one style image")
+    blend = list(cfg.style_blend) if cfg.style_blend else [1.0] * len(styles)
+    if len(blend) != len(styles):
+        raise StyleforgeError(f"--style-blend has {len(blend)} weights but there are {len(styles)} style images")
+    if any(b < 0 for b in blend) or sum(blend) <= 0:
+        raise StyleforgeError("--style-blend weights must be non-negative and not all zero")
+    blend = [b / sum(blend) for b in blend]
+    if cfg.optimizer not in ("lbfgs", "adam"):
+        raise StyleforgeError(f"unknown optimizer {cfg.optimizer!r}: use lbfgs or adam")
+    if cfg.style_scale <= 0:
+        raise StyleforgeError(f"--style-scale must be positive, got {cfg.style_scale}")
+    content_w, style_w = cfg.weights_pair()
+    sizes = cfg.scale_sizes()
+    steps = cfg.steps_per_scale(len(sizes))
+
+    content_src = _as_pil_source(content)
+    style_srcs = [_as_pil_source(s) for s in styles]
+    rt = make_runtime(cfg.device, cfg.precision)
+    generator = seed_everything(cfg.seed)
+    if extractor is None:
+        extractor = VGGFeatures(list(cfg.content_layers) + list(cfg.style_layers), arch=cfg.arch,
+                                pooling=cfg.pooling, weights=cfg.weights)
+    extractor = rt.to(extractor)
+    _check_min_size(content_src, style_srcs, sizes, cfg.style_scale, extractor)
+
+    history: list[dict[str, float]] = []
+    image: torch.Tensor | None = None
+    for k, (size, n_steps) in enumerate(zip(sizes, steps)):
+        content_k = pil_to_tensor(resize_long_side(content_src, size))
+        hw = tuple(content_k.shape[-2:])
+        style_k = [pil_to_tensor(resize_long_side(s, max(1, round(size * cfg.style_scale)))) for s in style_srcs]
+        objective = StyleObjective(extractor, rt.to(content_k), [rt.to(s) for s in style_k], blend,
+                                   cfg.content_layers, cfg.style_layers, content_w, style_w,
+                                   cfg.tv_weight, rt)
+        image = _initial_image(cfg.init, content_k, generator) if image is None else _resize_to(image, hw)
+        image = _optimize(objective, rt.to(image), n_steps, cfg, rt,
+                          lambda step, parts, x: _report(callback, history, k, len(sizes), step,
+                                                         n_steps, hw, parts, x, start))
+    result = image.detach().float().cpu().clamp(0, 1).contiguous()
+    if cfg.original_colors:
+        result = apply_original_colors(result, pil_to_tensor(resize_long_side(content_src, sizes[-1])))
+    return StylizeResult(result, history, _config_record(cfg, content_w, style_w, sizes, steps, rt,
+                                                         extractor), time.perf_counter() - start)
+
+
+def _check_min_size(content_src, style_srcs, sizes, style_scale, extractor: VGGFeatures) -> None:
+    need = extractor.min_size
+    smallest = sizes[0]
+    for label, src, s in [("content", content_src, smallest)] + \
+            [("style", x, max(1, round(smallest * style_scale))) for x in style_srcs]:
+        w, h = resize_long_side(src, s).size
+        if min(w, h) < need:
+            deepest = extractor.layers[-1] if len(extractor.layers) == 1 else "the chosen layers"
+            raise StyleforgeError(
+                f"the {label} image is {w}x{h} px at size {s}, too small for {deepest} "
+                f"(needs at least {need} px per side): use a larger --size/--style-scale or shallower layers"
+            )
+
+
+def _report(callback, history, k, n_scales, step, n_steps, hw, parts, image, start) -> None:
+    values = {name: float(v) for name, v in parts.items()}
+    values["total"] = sum(values.values())
+    history.append({"scale": k, "height": hw[0], "width": hw[1], "step": step,
+                    "seconds": round(time.perf_counter() - start, 3), **values})
+    if callback is not None:
+        callback(Progress(k, n_scales, step, n_steps, hw, values, image))
+
+
+def _optimize(objective: StyleObjective, image: torch.Tensor, steps: int, cfg: StylizeConfig,
+              rt: Runtime, report: Callable) -> torch.Tensor:
+    """Run ``steps`` optimizer iterations on the pixels of ``image``."""
+    # The pixels stay in plain NCHW layout (L-BFGS flattens gradients with .view);
+    # the objective converts to channels_last for the network where that is on.
+    x = image.detach().contiguous().clone().requires_grad_(True)
+    if steps == 0:
+        return x.detach()
+    last_parts: dict[str, torch.Tensor] = {}
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        total, parts = objective(x)
+        if not torch.isfinite(total):
+            raise StyleforgeError(
+                "the loss became NaN/inf: lower --style-weight/--tv-weight or --lr, or use --precision fp32"
+            )
+        total.backward()
+        last_parts.clear()
+        last_parts.update({n: v.detach() for n, v in parts.items()})
+        return total
+
+    if cfg.optimizer == "lbfgs":
+        # One iteration per step() call: torch's L-BFGS keeps its history in the optimizer
+        # state across calls, so this equals one long run while letting us report progress.
+        # Tolerances off: the relative losses have small gradients that would trip them.
+        opt = torch.optim.LBFGS([x], lr=cfg.lr or 1.0, max_iter=1, history_size=100,
+                                tolerance_grad=0.0, tolerance_change=0.0)
+    else:
+        opt = torch.optim.Adam([x], lr=cfg.lr or 0.02)
+    for step in range(1, steps + 1):
+        opt.step(closure)
+        if cfg.optimizer == "adam":
+            with torch.no_grad():
+                x.clamp_(0, 1)
+        report(step, last_parts, x.detach())
+    return x.detach().clamp(0, 1)
+
+
+def _config_record(cfg: StylizeConfig, content_w: float, style_w: float, sizes, steps, rt: Runtime,
+                   extractor: VGGFeatures) -> dict:
+    record = asdict(cfg)
+    record.update(content_layers=dict(cfg.content_layers), style_layers=dict(cfg.style_layers),
+                  resolved={"content_weight": content_w, "style_weight": style_w, "scales": sizes,
+                            "steps": steps, "device": str(rt.device), "precision": rt.precision,
+                            "weights": extractor.source})
+    return record

@@ -1,0 +1,59 @@
+"""Shared fixtures: where ../shared is, and small deterministic stand-ins for real weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from styleforge.backbone import build_vgg_features
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("STYLEFORGE_SHARED", ROOT.parent / "shared"))
+SHARED_WEIGHTS = SHARED / "weights" / "vgg19-features.pth"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_weights_lookup(monkeypatch, tmp_path_factory):
+    """No test sees the user's $STYLEFORGE_WEIGHTS or torch hub cache, or downloads."""
+    monkeypatch.delenv("STYLEFORGE_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not SHARED_WEIGHTS.is_file():
+        pytest.skip(f"needs the real weights and data in {SHARED} (absent on this machine)")
+    return SHARED
+
+
+@pytest.fixture
+def real_weights(shared, monkeypatch) -> Path:
+    """Point the lookup at ../shared/weights (the original Caffe VGG19)."""
+    monkeypatch.setenv("STYLEFORGE_WEIGHTS", str(shared / "weights"))
+    return shared / "weights"
+
+
+@pytest.fixture(scope="session")
+def random_vgg19_file(tmp_path_factory) -> Path:
+    """A VGG19 features file with seeded random weights, in the shared file's key layout."""
+    torch.manual_seed(0)
+    state = {f"features.{k}": v for k, v in build_vgg_features("vgg19").state_dict().items()}
+    path = tmp_path_factory.mktemp("weights") / "vgg19-random.pth"
+    torch.save(state, path)
+    return path
+
+
+def synthetic_image(h: int = 64, w: int = 64, phase: float = 0.0) -> torch.Tensor:
+    """A deterministic smooth colour image in [0, 1], shape (1, 3, h, w)."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    return torch.stack([xx, yy, (xx * 6.283 + phase).sin() * 0.5 + 0.5])[None]
+
+
+def striped_image(h: int = 64, w: int = 64, period: int = 6) -> torch.Tensor:
+    """A high-contrast diagonal-stripes 'style' image in [0, 1]."""
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    s = (((xx + yy) // period) % 2).float()
+    return torch.stack([s, 1 - s, 0.5 * s + 0.25])[None]

@@ -1,0 +1,142 @@
+import hashlib
+
+import pytest
+import torch
+
+from styleforge import backbone
+from styleforge.backbone import ResNet18Trunk, VGGFeatures, vgg_layer_names
+from styleforge.errors import StyleforgeError
+
+from conftest import synthetic_image
+
+
+def test_layer_names_follow_torchvision_indices():
+    names = vgg_layer_names("vgg19")
+    assert len(names) == 37
+    assert names[:5] == ["conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1"]
+    assert names.index("relu4_2") == 22 and names.index("relu5_1") == 29
+    assert len(vgg_layer_names("vgg16")) == 31
+
+
+def test_named_activations_from_one_pass_and_truncation(random_vgg19_file):
+    ex = VGGFeatures(["relu1_1", "relu3_1"], weights=random_vgg19_file)
+    out = ex(synthetic_image(32, 48))
+    assert set(out) == {"relu1_1", "relu3_1"}
+    assert out["relu1_1"].shape == (1, 64, 32, 48) and out["relu3_1"].shape == (1, 256, 8, 12)
+    assert len(ex.features) == vgg_layer_names().index("relu3_1") + 1  # stops at the deepest layer
+    assert not any(p.requires_grad for p in ex.parameters())
+    assert ex.min_size == 4
+
+
+def test_reading_a_conv_output_is_not_clobbered_by_inplace_relu(random_vgg19_file):
+    ex = VGGFeatures(["conv1_1", "relu1_1"], weights=random_vgg19_file)
+    out = ex(synthetic_image(16, 16))
+    assert out["conv1_1"].min() < 0  # pre-activation kept its negative values
+    torch.testing.assert_close(out["relu1_1"], out["conv1_1"].clamp(min=0))
+
+
+def test_unknown_layer_lists_valid_names(random_vgg19_file):
+    with pytest.raises(StyleforgeError, match="unknown layer 'relu9_9'.*relu1_1"):
+        VGGFeatures(["relu9_9"], weights=random_vgg19_file)
+
+
+def test_lookup_order_explicit_then_env_then_project(tmp_path, monkeypatch, random_vgg19_file):
+    env_dir, proj_dir = tmp_path / "env", tmp_path / "proj"
+    env_dir.mkdir(), proj_dir.mkdir()
+    monkeypatch.setattr(backbone, "PROJECT_WEIGHTS", proj_dir)
+    assert backbone.locate("vgg19") is None
+    (proj_dir / "vgg19-features.pth").write_bytes(random_vgg19_file.read_bytes())
+    assert backbone.locate("vgg19").origin == "project weights/"
+    monkeypatch.setenv("STYLEFORGE_WEIGHTS", str(env_dir))
+    (env_dir / "vgg19-features.pth").write_bytes(random_vgg19_file.read_bytes())
+    assert backbone.locate("vgg19").origin == "$STYLEFORGE_WEIGHTS"
+    assert backbone.locate("vgg19", random_vgg19_file).origin == "--weights"
+
+
+def test_offline_without_weights_says_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(backbone, "PROJECT_WEIGHTS", tmp_path)
+
+    def offline(*a, **k):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(StyleforgeError, match="put vgg19-features.pth in weights/"):
+        VGGFeatures(["relu1_1"])
+
+
+def test_bad_weights_files(tmp_path, random_vgg19_file):
+    junk = tmp_path / "junk.pth"
+    junk.write_text("hello")
+    with pytest.raises(StyleforgeError, match="not a readable PyTorch weights file"):
+        VGGFeatures(["relu1_1"], weights=junk)
+    truncated = tmp_path / "cut.pth"
+    truncated.write_bytes(random_vgg19_file.read_bytes()[:100_000])
+    with pytest.raises(StyleforgeError, match="not a readable PyTorch weights file"):
+        VGGFeatures(["relu1_1"], weights=truncated)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, wrong)
+    with pytest.raises(StyleforgeError, match="does not hold vgg19 weights"):
+        VGGFeatures(["relu1_1"], weights=wrong)
+    with pytest.raises(StyleforgeError, match="does not hold vgg16 weights"):
+        VGGFeatures(["relu1_1"], arch="vgg16", weights=random_vgg19_file)
+
+
+def test_hash_checks(tmp_path, random_vgg19_file):
+    data = random_vgg19_file.read_bytes()
+    good = tmp_path / f"vgg19-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+    good.write_bytes(data)
+    assert backbone.verify(good) == "verified"
+    bad = tmp_path / "vgg19-deadbeef.pth"
+    bad.write_bytes(data)
+    with pytest.raises(StyleforgeError, match="does not match its known sha256"):
+        backbone.verify(bad)
+    assert backbone.verify(random_vgg19_file) == "unknown"
+    impostor = tmp_path / "vgg19-features.pth"  # the known file's name, other bytes
+    impostor.write_bytes(data)
+    with pytest.raises(StyleforgeError, match="corrupt or incomplete"):
+        backbone.verify(impostor)
+
+
+def test_real_vgg19_loads_strictly_with_known_statistics(real_weights):
+    ex = VGGFeatures(["relu1_1", "relu3_1", "relu4_2", "relu5_1"])
+    assert "vgg19-features.pth" in ex.source and backbone.verify(real_weights / "vgg19-features.pth") == "verified"
+    with torch.no_grad():
+        out = ex(synthetic_image(64, 64))
+    # Reference means measured once on this deterministic image (Caffe-scale activations).
+    expected = {"relu1_1": 38.407, "relu3_1": 190.67, "relu4_2": 523.88, "relu5_1": 77.284}
+    for name, mean in expected.items():
+        assert out[name].mean().item() == pytest.approx(mean, rel=1e-3), name
+
+
+def test_loss_weights_mean_the_same_for_a_rescaled_backbone(random_vgg19_file):
+    """Scaling every conv layer (as the Caffe VGG19 differs from torchvision's) leaves the
+    style-transfer objective unchanged: the defaults work for both weight sources."""
+    from styleforge.device import Runtime
+    from styleforge.transfer import DEFAULT_STYLE_LAYERS, StyleObjective
+
+    layers = ["relu4_2", *DEFAULT_STYLE_LAYERS]
+    state = torch.load(random_vgg19_file)
+    scaled = {}
+    cumulative = 1.0
+    for key in sorted((k for k in state if k.endswith("weight")), key=lambda k: int(k.split(".")[1])):
+        cumulative *= 3.0  # each conv multiplies its output scale by 3 (bias scaled to match)
+        scaled[key] = state[key] * 3.0
+        scaled[key.replace("weight", "bias")] = state[key.replace("weight", "bias")] * cumulative
+    strip = lambda d: {k[len("features."):]: v for k, v in d.items()}
+    rt = Runtime(torch.device("cpu"))
+    content, style, image = synthetic_image(32, 32), synthetic_image(32, 32, 2.0), synthetic_image(32, 32, 1.0)
+    values = []
+    for sd in (strip(state), strip(scaled)):
+        ex = VGGFeatures(layers, state_dict=sd)
+        obj = StyleObjective(ex, content, [style], [1.0], {"relu4_2": 1.0}, DEFAULT_STYLE_LAYERS, 0.5, 50.0, 1.0, rt)
+        values.append(obj(image)[0].item())
+    assert values[0] == pytest.approx(values[1], rel=1e-4)
+
+
+def test_resnet18_trunk_random_init_shapes():
+    trunk = ResNet18Trunk(pretrained=False)
+    out = trunk(torch.rand(2, 3, 64, 64))
+    assert out["layer4"].shape == (2, 512, 2, 2) and out["pool"].shape == (2, 512)
+    assert trunk.out_features == 512
+    model = backbone.resnet18(num_classes=7)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 7)
