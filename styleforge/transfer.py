@@ -32,6 +32,7 @@ DEFAULT_STYLE_STRENGTH = 0.5
 # balance, so style_strength W maps to weights (1 - W, W * STYLE_GAIN).
 STYLE_GAIN = 100.0
 MIN_COARSE_SIZE = 128
+RANGE_PENALTY = 1.0
 
 ImageLike = "str | os.PathLike | torch.Tensor"
 
@@ -54,6 +55,10 @@ class StylizeConfig:
     steps: int | Sequence[int] | None = None
     lr: float | None = None
     multiscale: bool = True
+    pyramid_levels: int = 0
+    pyramid_gain: float = 1.0
+    history_size: int = 100
+    line_search: bool = False
     scales: Sequence[int] | None = None
     original_colors: bool = False
     pooling: str = "max"
@@ -283,24 +288,57 @@ def _report(callback, history, k, n_scales, step, n_steps, hw, parts, image, sta
         callback(Progress(k, n_scales, step, n_steps, hw, values, image))
 
 
+class _PixelPyramid:
+    """The image as a sum of a full-resolution layer and ``levels`` coarser layers,
+    ``x = p0 + sum_k gain**k * upsample(p_k)`` (p_k at 1/2**k resolution, starting at 0).
+
+    Departure from the papers, which optimize pixels directly: the same image, but a
+    gradient step now moves low frequencies much further, which is where plain pixel
+    L-BFGS converges slowly (the large-scale content/style trade-off). The layers stay in
+    plain NCHW layout because L-BFGS flattens gradients with ``.view``.
+    """
+
+    def __init__(self, image: torch.Tensor, levels: int, gain: float) -> None:
+        h, w = image.shape[-2:]
+        self.hw, self.gain = (h, w), gain
+        self.layers = [image.detach().contiguous().clone().requires_grad_(True)]
+        for k in range(1, levels + 1):
+            if min(h, w) >> k < 2:
+                break
+            self.layers.append(torch.zeros(1, 3, -(-h // 2**k), -(-w // 2**k), device=image.device,
+                                           requires_grad=True))
+
+    def image(self) -> torch.Tensor:
+        x = self.layers[0]
+        for k, layer in enumerate(self.layers[1:], start=1):
+            x = x + (self.gain ** k) * F.interpolate(layer, size=self.hw, mode="bilinear", align_corners=False)
+        return x
+
+
 def _optimize(objective: StyleObjective, image: torch.Tensor, steps: int, cfg: StylizeConfig,
               rt: Runtime, report: Callable) -> torch.Tensor:
-    """Run ``steps`` optimizer iterations on the pixels of ``image``."""
-    # The pixels stay in plain NCHW layout (L-BFGS flattens gradients with .view);
-    # the objective converts to channels_last for the network where that is on.
-    x = image.detach().contiguous().clone().requires_grad_(True)
+    """Run ``steps`` optimizer iterations on the image, starting from ``image``."""
+    pyramid = _PixelPyramid(image, cfg.pyramid_levels, cfg.pyramid_gain)
     if steps == 0:
-        return x.detach()
+        return image.detach()
     last_parts: dict[str, torch.Tensor] = {}
 
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        total, parts = objective(x)
-        if not torch.isfinite(total):
+        x = pyramid.image()
+        # Departure from the classic recipe: the loss is taken on the clamped image, so the
+        # optimizer minimizes the loss of what is finally saved (unconstrained L-BFGS
+        # drifts out of [0, 1] and the final clamp then undoes much of its progress). A
+        # penalty, zero for any in-range image, pulls stray pixels back where the loss has
+        # a gradient again.
+        inside = x.clamp(0, 1)
+        total, parts = objective(inside)
+        penalized = total + RANGE_PENALTY * (x - inside).pow(2).mean()
+        if not torch.isfinite(penalized):
             raise StyleforgeError(
                 "the loss became NaN/inf: lower --style-weight/--tv-weight or --lr, or use --precision fp32"
             )
-        total.backward()
+        penalized.backward()
         last_parts.clear()
         last_parts.update({n: v.detach() for n, v in parts.items()})
         return total
@@ -309,17 +347,17 @@ def _optimize(objective: StyleObjective, image: torch.Tensor, steps: int, cfg: S
         # One iteration per step() call: torch's L-BFGS keeps its history in the optimizer
         # state across calls, so this equals one long run while letting us report progress.
         # Tolerances off: the relative losses have small gradients that would trip them.
-        opt = torch.optim.LBFGS([x], lr=cfg.lr or 1.0, max_iter=1, history_size=100,
-                                tolerance_grad=0.0, tolerance_change=0.0)
+        opt = torch.optim.LBFGS(pyramid.layers, lr=cfg.lr or 1.0, max_iter=1, history_size=cfg.history_size,
+                                tolerance_grad=0.0, tolerance_change=0.0,
+                                line_search_fn="strong_wolfe" if cfg.line_search else None)
     else:
-        opt = torch.optim.Adam([x], lr=cfg.lr or 0.02)
+        opt = torch.optim.Adam(pyramid.layers, lr=cfg.lr or 0.02)
     for step in range(1, steps + 1):
         opt.step(closure)
-        if cfg.optimizer == "adam":
-            with torch.no_grad():
-                x.clamp_(0, 1)
-        report(step, last_parts, x.detach())
-    return x.detach().clamp(0, 1)
+        with torch.no_grad():
+            current = pyramid.image().clamp_(0, 1)
+        report(step, last_parts, current)
+    return current
 
 
 def _config_record(cfg: StylizeConfig, content_w: float, style_w: float, sizes, steps, rt: Runtime,
@@ -329,4 +367,6 @@ def _config_record(cfg: StylizeConfig, content_w: float, style_w: float, sizes, 
                   resolved={"content_weight": content_w, "style_weight": style_w, "scales": sizes,
                             "steps": steps, "device": str(rt.device), "precision": rt.precision,
                             "weights": extractor.source})
+    if rt.device.type == "cuda":
+        record["resolved"]["peak_gpu_mb"] = torch.cuda.max_memory_allocated(rt.device) / 2**20
     return record

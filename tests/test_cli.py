@@ -123,7 +123,7 @@ def test_bad_inputs_fail_cleanly(images, tmp_path, random_vgg19_file):
         ((content, style), ["--style-layers", "relu9_1"], "unknown layer 'relu9_1'"),
         ((content, style), ["--style-strength", "1.5"], "between 0 and 1"),
         ((content, style), ["--style-blend", "1,2"], "2 weights but there are 1 style"),
-        ((content, style), ["--lr", "1e30"], "loss became NaN"),
+        ((content, style), ["--style-weight", "1e39"], "loss became NaN"),
         ((content, style), ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"],
          "device"),
         ((content, style), ["--steps", "1,2,3"], "3 values but there are 1 scales"),
@@ -142,8 +142,8 @@ def test_existing_output_survives_a_failed_run(images, tmp_path, random_vgg19_fi
     content, style = images
     out = tmp_path / "out.png"
     out.write_bytes(b"earlier result")
-    _fails(run("stylize", content, style, "-o", out, "--weights", random_vgg19_file, *FAST, "--lr", "1e30"),
-           "NaN")
+    _fails(run("stylize", content, style, "-o", out, "--weights", random_vgg19_file, *FAST,
+               "--style-weight", "1e39"), "NaN")
     assert out.read_bytes() == b"earlier result"
 
 

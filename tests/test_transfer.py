@@ -92,9 +92,20 @@ def test_image_too_small_for_the_layers(random_extractor):
         stylize(synthetic_image(), striped_image(), _cfg(size=8), extractor=random_extractor)
 
 
-def test_nan_loss_stops_with_a_clear_error(random_extractor):
+def test_nan_loss_stops_with_a_clear_error(random_extractor, monkeypatch):
+    from styleforge import losses
+
+    calls = []
+    real_tv = losses.tv_loss
+
+    def tv_that_breaks(image):
+        calls.append(1)
+        return real_tv(image) * (float("nan") if len(calls) >= 3 else 1.0)
+
+    monkeypatch.setattr(losses, "tv_loss", tv_that_breaks)
     with pytest.raises(StyleforgeError, match="loss became NaN"):
-        stylize(synthetic_image(), striped_image(), _cfg(lr=1e30), extractor=random_extractor)
+        stylize(synthetic_image(), striped_image(), _cfg(), extractor=random_extractor)
+    assert len(calls) == 3
 
 
 def test_original_colors_keeps_content_chrominance():
