@@ -61,7 +61,7 @@ def random_vgg16_file(tmp_path_factory):
     ["--style-strength", "0.3"],
     ["--content-weight", "1", "--style-weight", "10", "--tv-weight", "0"],
     ["--content-layers", "relu3_2", "--style-layers", "relu1_1:2,relu2_1"],
-    ["--style-scale", "0.5", "--pooling", "avg", "--seed", "3"],
+    ["--style-scale", "0.5", "--pooling", "avg", "--seed", "3", "--pyramid-levels", "0"],
     ["--init", "noise", "--optimizer", "adam", "--lr", "0.05"],
     ["--original-colors", "--precision", "bf16"],
     ["--multiscale", "--size", "64", "--scales", "32,64", "--steps", "2,1"],

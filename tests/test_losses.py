@@ -59,3 +59,21 @@ def test_losses_do_not_depend_on_activation_scale():
 def test_weighted_sum():
     parts = {"a": torch.tensor(2.0), "b": torch.tensor(3.0)}
     assert losses.weighted_sum(parts, {"a": 0.5, "b": 2.0}).item() == 7.0
+
+
+def test_gram_backward_matches_autograd_in_both_layouts():
+    torch.manual_seed(0)
+    f = torch.randn(2, 5, 4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(losses.gram_matrix, (f,))
+    cl = f.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    assert torch.autograd.gradcheck(losses.gram_matrix, (cl,))
+    plain = lambda x: torch.bmm(x.reshape(2, 5, 12), x.reshape(2, 5, 12).transpose(1, 2)) / 12
+    torch.testing.assert_close(losses.gram_matrix(cl), plain(f.detach()))
+
+
+def test_gram_of_bf16_features_is_fp32_and_close():
+    torch.manual_seed(0)
+    f = torch.rand(1, 8, 16, 16)
+    g16 = losses.gram_matrix(f.bfloat16())
+    assert g16.dtype == torch.float32
+    torch.testing.assert_close(g16, losses.gram_matrix(f), rtol=2e-2, atol=1e-3)

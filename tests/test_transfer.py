@@ -36,9 +36,11 @@ def test_weights_from_strength_and_defaults():
 
 
 def test_scales_and_steps():
-    assert StylizeConfig(size=512).scale_sizes() == [128, 256, 512]
-    assert StylizeConfig(size=1024).scale_sizes() == [128, 256, 512, 1024]
+    assert StylizeConfig(size=512).scale_sizes() == [256, 512]
+    assert StylizeConfig(size=1024).scale_sizes() == [512, 1024]
     assert StylizeConfig(size=200).scale_sizes() == [200]
+    assert StylizeConfig().steps_per_scale(2) == [60, 200]
+    assert StylizeConfig(optimizer="adam").steps_per_scale(1) == [500]
     assert StylizeConfig(size=512, multiscale=False).scale_sizes() == [512]
     assert StylizeConfig(size=300, scales=[100, 200]).scale_sizes() == [100, 200, 300]
     assert StylizeConfig(steps=[5, 6]).steps_per_scale(2) == [5, 6]
@@ -62,6 +64,24 @@ def test_multiscale_runs_each_scale(random_extractor):
     assert [(h["scale"], h["width"]) for h in r.history] == [(0, 32)] * 3 + [(1, 64)] * 2
     assert r.image.shape == (1, 3, 48, 64)
     assert r.config["resolved"]["scales"] == [32, 64]
+
+
+def test_pixel_pyramid_starts_at_the_image_and_moves_every_level():
+    from styleforge.transfer import _PixelPyramid
+
+    image = synthetic_image(20, 28)
+    pyr = _PixelPyramid(image, levels=3, gain=0.7)
+    assert [tuple(p.shape[-2:]) for p in pyr.layers] == [(20, 28), (10, 14), (5, 7), (3, 4)]
+    torch.testing.assert_close(pyr.image(), image)
+    pyr.image().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pyr.layers)
+    # a constant gradient moves coarse layers more per unit step: low frequencies get bigger steps
+    assert pyr.layers[3].grad.abs().mean() > pyr.layers[0].grad.abs().mean()
+
+
+def test_plain_pixels_option(random_extractor):
+    r = stylize(synthetic_image(), striped_image(), _cfg(pyramid_levels=0, steps=5), extractor=random_extractor)
+    assert r.history[-1]["total"] < r.history[0]["total"]
 
 
 def test_adam_and_noise_init_lower_the_loss(random_extractor):

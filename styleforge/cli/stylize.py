@@ -57,11 +57,13 @@ class _Bars:
               help="Style image size relative to the output size.")
 @click.option("--init", default="content", show_default=True, help="content, noise or an image FILE.")
 @click.option("--optimizer", type=click.Choice(["lbfgs", "adam"]), default="lbfgs", show_default=True)
-@click.option("--steps", help="Iterations per scale: N, or one value per scale (e.g. 300,150,60).")
+@click.option("--steps", help="Iterations per scale: N, or one value per scale (default 60,200 for lbfgs).")
+@click.option("--pyramid-levels", type=int, default=4, show_default=True,
+              help="Optimize the image as a pyramid of this many coarser layers plus pixels (0: pixels only).")
 @click.option("--lr", type=float, help="Learning rate (default: 1 for lbfgs, 0.02 for adam).")
 @click.option("--scales", help="Long sides of the coarse-to-fine scales, e.g. 128,256,512.")
 @click.option("--multiscale/--no-multiscale", default=True, show_default=True,
-              help="Optimize coarse to fine (default scales halve down to 128 px).")
+              help="Optimize coarse to fine (default: half size, then full size).")
 @click.option("--original-colors", is_flag=True, help="Keep the content's colours (luminance-only transfer).")
 @click.option("--pooling", type=click.Choice(["max", "avg"]), default="max", show_default=True)
 @click.option("--arch", type=click.Choice(["vgg19", "vgg16"]), default="vgg19", show_default=True)
@@ -72,7 +74,7 @@ class _Bars:
               help="Write a JSON record (configuration and loss history).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def stylize_cmd(content, styles, output, size, style_strength, content_weight, style_weight, tv_weight,
-                content_layers, style_layers, style_blend, style_scale, init, optimizer, steps, lr,
+                content_layers, style_layers, style_blend, style_scale, init, optimizer, steps, pyramid_levels, lr,
                 scales, multiscale, original_colors, pooling, arch, weights, device, precision, seed,
                 save_every, log_path, quiet):
     """Stylize CONTENT with one or more STYLE images (Gatys et al.)."""
@@ -88,6 +90,7 @@ def stylize_cmd(content, styles, output, size, style_strength, content_weight, s
         style_layers=parse_layer_weights(style_layers, "--style-layers"),
         style_blend=parse_numbers(style_blend, "--style-blend"), style_scale=style_scale, init=init,
         optimizer=optimizer, steps=step_list[0] if step_list and len(step_list) == 1 else step_list, lr=lr,
+        pyramid_levels=pyramid_levels,
         multiscale=multiscale, scales=parse_numbers(scales, "--scales", int), original_colors=original_colors,
         pooling=pooling, arch=arch, weights=str(weights) if weights else None, device=device,
         precision=precision, seed=seed)
