@@ -1,0 +1,207 @@
+"""The classifier registry: from a flatten-and-linear model to fine-tuned ResNet18 / VGG19.
+
+Every builder takes the input shape (channels, height, width), the number of classes and
+an activation name, and computes layer sizes from the input shape with a dry run, so each
+model works on 1x28x28 MNIST as on 3x32x32 CIFAR-10 or larger images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..backbone import ImageNetNormalize, VGGFeatures, resnet18
+from ..errors import StyleforgeError
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky-relu": lambda: nn.LeakyReLU(0.1),
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
+FREEZE_POLICIES = ("none", "all-but-head", "all-but-layer4")
+
+
+def activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise StyleforgeError(f"unknown activation {name!r}: use one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def _flat_size(trunk: nn.Module, shape: tuple[int, int, int]) -> int:
+    """Size of the trunk's flattened output, from a dry run."""
+    try:
+        with torch.no_grad():
+            return trunk(torch.zeros(1, *shape)).flatten(1).shape[1]
+    except RuntimeError as exc:
+        raise StyleforgeError(f"this model cannot take a {'x'.join(map(str, shape))} input "
+                              f"({str(exc).splitlines()[0][:100]}): use larger images") from None
+
+
+def _conv_stage(cin: int, cout: int, kernel: int, act: str, *, pool_first: bool = False) -> list[nn.Module]:
+    conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2)
+    return [conv, nn.MaxPool2d(2), activation(act)] if pool_first else [conv, activation(act), nn.MaxPool2d(2)]
+
+
+class Classifier(nn.Module):
+    """``trunk`` (features) then ``head`` (the trainable classifier on top)."""
+
+    def __init__(self, trunk: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.trunk, self.head = trunk, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
+
+
+def fc_only(shape, num_classes, act="relu", hidden: int = 128) -> Classifier:
+    c, h, w = shape
+    return Classifier(nn.Flatten(), nn.Sequential(nn.Linear(c * h * w, hidden), activation(act),
+                                                  nn.Linear(hidden, num_classes)))
+
+
+def gray1conv(shape, num_classes, act="relu", filters: int = 8) -> Classifier:
+    trunk = nn.Sequential(nn.Conv2d(shape[0], filters, 3, padding=1), activation(act), nn.MaxPool2d(2))
+    return Classifier(trunk, nn.Sequential(nn.Flatten(), nn.Linear(_flat_size(trunk, shape), num_classes)))
+
+
+def convnet2(shape, num_classes, act="relu") -> Classifier:
+    # As the course describes it: conv -> max-pool -> activation, twice.
+    trunk = nn.Sequential(*_conv_stage(shape[0], 16, 3, act, pool_first=True),
+                          *_conv_stage(16, 32, 3, act, pool_first=True))
+    return Classifier(trunk, nn.Sequential(nn.Flatten(), nn.Linear(_flat_size(trunk, shape), num_classes)))
+
+
+def simple_cnn(shape, num_classes, act="relu") -> Classifier:
+    trunk = nn.Sequential(*_conv_stage(shape[0], 32, 5, act), *_conv_stage(32, 64, 5, act),
+                          *_conv_stage(64, 128, 5, act))
+    head = nn.Sequential(nn.Flatten(), nn.Linear(_flat_size(trunk, shape), 64), activation(act),
+                         nn.Linear(64, num_classes))
+    return Classifier(trunk, head)
+
+
+def _bn_block(cin: int, cout: int, act: str) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), activation(act)]
+
+
+def bn_cnn(shape, num_classes, act="relu", widths=(64, 128, 256), dropout: float = 0.3) -> Classifier:
+    """VGG-style stages of two conv-BN-activation blocks and a max-pool, then global
+    average pooling, dropout and a linear head (the stronger CNN for CIFAR-10)."""
+    layers: list[nn.Module] = []
+    cin = shape[0]
+    for width in widths:
+        layers += _bn_block(cin, width, act) + _bn_block(width, width, act) + [nn.MaxPool2d(2)]
+        cin = width
+    trunk = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Classifier(trunk, nn.Sequential(nn.Dropout(dropout), nn.Linear(cin, num_classes)))
+
+
+class _ResNetTrunk(nn.Module):
+    def __init__(self, model: nn.Module, in_channels: int) -> None:
+        super().__init__()
+        self.normalize = ImageNetNormalize()
+        self.in_channels = in_channels
+        self.conv1, self.bn1, self.relu, self.maxpool = model.conv1, model.bn1, model.relu, model.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = model.layer1, model.layer2, model.layer3, model.layer4
+        self.avgpool = model.avgpool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_channels == 1:  # grayscale through an RGB network: repeat the channel
+            x = x.expand(-1, 3, -1, -1)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(self.normalize(x)))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
+
+def resnet18_classifier(shape, num_classes, act="relu", pretrained: bool = False,
+                        weights: str | None = None) -> Classifier:
+    if act != "relu":
+        raise StyleforgeError("resnet18 uses its own ReLU activations: drop --activation")
+    model = resnet18(pretrained=pretrained, weights=weights)
+    return Classifier(_ResNetTrunk(model, shape[0]), nn.Linear(model.fc.in_features, num_classes))
+
+
+class _VGGTrunk(nn.Module):
+    def __init__(self, features: VGGFeatures, in_channels: int, layer: str) -> None:
+        super().__init__()
+        self.features, self.layer, self.in_channels = features, layer, in_channels
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_channels == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.pool(self.features(x)[self.layer]).flatten(1)
+
+
+def vgg19_classifier(shape, num_classes, act="relu", pretrained: bool = True,
+                     weights: str | None = None) -> Classifier:
+    """VGG19 conv trunk to relu5_4, global average pooling, then a new linear head.
+    With ``pretrained=False`` the trunk is randomly initialized (mechanics only)."""
+    if act != "relu":
+        raise StyleforgeError("vgg19 uses its own ReLU activations: drop --activation")
+    from ..backbone import build_vgg_features
+
+    state = None if pretrained or weights else {k: v for k, v in build_vgg_features().state_dict().items()}
+    feats = VGGFeatures(["relu5_4"], weights=weights, state_dict=state)
+    feats.requires_grad_(True)  # trainability is decided by the freeze policy
+    return Classifier(_VGGTrunk(feats, shape[0], "relu5_4"), nn.Linear(512, num_classes))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    build: Callable[..., Classifier]
+    description: str
+    pretrained: bool = False  # takes --pretrained / --weights
+
+
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
+    ModelSpec("fc-only", fc_only, "flatten + two fully connected layers"),
+    ModelSpec("gray1conv", gray1conv, "one 3x3 conv, one 2x2 max-pool (halves the image), a linear layer"),
+    ModelSpec("convnet2", convnet2, "two (conv -> max-pool -> activation) stages, flatten, a linear layer"),
+    ModelSpec("simple-cnn", simple_cnn,
+              "three conv5x5 (32, 64, 128) + activation + max-pool stages, a 64-unit layer, the output"),
+    ModelSpec("bn-cnn", bn_cnn, "VGG-style conv-BN stages (64, 128, 256), global pooling, dropout"),
+    ModelSpec("resnet18", resnet18_classifier, "torchvision ResNet18 with a new head", pretrained=True),
+    ModelSpec("vgg19", vgg19_classifier, "VGG19 conv trunk (ImageNet weights) with a new head", pretrained=True),
+]}
+
+
+def build_model(name: str, shape: tuple[int, int, int], num_classes: int, activation_name: str = "relu",
+                pretrained: bool = False, weights: str | None = None) -> Classifier:
+    """Build a registered model for inputs of ``shape`` = (C, H, W)."""
+    if name not in MODELS:
+        raise StyleforgeError(f"unknown model {name!r}: use one of {', '.join(MODELS)}")
+    spec = MODELS[name]
+    if spec.pretrained:
+        return spec.build(shape, num_classes, activation_name, pretrained=pretrained, weights=weights)
+    if pretrained or weights:
+        raise StyleforgeError(f"{name} has no pretrained weights: --pretrained works with resnet18 and vgg19")
+    return spec.build(shape, num_classes, activation_name)
+
+
+def apply_freeze(model: Classifier, policy: str) -> None:
+    """``none`` trains everything; ``all-but-head`` only the head; ``all-but-layer4`` the
+    last residual stage (ResNet18) or last conv block (VGG19) and the head."""
+    if policy not in FREEZE_POLICIES:
+        raise StyleforgeError(f"unknown freeze policy {policy!r}: use one of {', '.join(FREEZE_POLICIES)}")
+    model.requires_grad_(True)
+    if policy == "none":
+        return
+    model.trunk.requires_grad_(False)
+    if policy == "all-but-layer4":
+        if isinstance(model.trunk, _ResNetTrunk):
+            model.trunk.layer4.requires_grad_(True)
+        elif isinstance(model.trunk, _VGGTrunk):
+            names = model.trunk.features._names
+            for name, module in zip(names, model.trunk.features.features):
+                if name.startswith("conv5"):
+                    module.requires_grad_(True)
+        else:
+            raise StyleforgeError("all-but-layer4 applies to resnet18 and vgg19")
