@@ -3,13 +3,11 @@
 Inputs (copied from the scikit-image wheel, `pip install scikit-image`):
 - chelsea.jpg: "Chelsea the cat", CC0 by the photographer Stefan van der Walt
   (skimage.data.chelsea).
-- hubble.jpg: Hubble eXtreme Deep Field, NASA, public domain (skimage.data.hubble_deep_field),
-  centre crop.
 - ihc.jpg: immunohistochemistry micrograph, Center for Microscopy And Molecular Imaging,
   "no known copyright restrictions" (skimage.data.immunohistochemistry).
 
-Outputs: chelsea-ihc.jpg and chelsea-hubble.jpg by `styleforge stylize` with default settings,
-and readme.jpg, the before/after strip the README shows.
+Outputs: chelsea-ihc.jpg by `styleforge stylize` with default settings, chelsea-ihc-colors.jpg
+with `--original-colors`, and readme.jpg, the before/after strip the README shows.
 
     python samples/make_samples.py            # inputs only
     python samples/make_samples.py --outputs  # also run styleforge (needs VGG19 weights)
@@ -31,18 +29,15 @@ def inputs() -> None:
 
     Image.fromarray(data.chelsea()).save(HERE / "chelsea.jpg", quality=95)
     Image.fromarray(data.immunohistochemistry()).save(HERE / "ihc.jpg", quality=95)
-    hubble = Image.fromarray(data.hubble_deep_field())
-    w, h = hubble.size
-    hubble.crop(((w - 600) // 2, (h - 600) // 2, (w + 600) // 2, (h + 600) // 2)).save(HERE / "hubble.jpg", quality=95)
 
 
 def outputs() -> None:
-    for style in ("ihc", "hubble"):
-        subprocess.run([sys.executable, "-m", "styleforge", "stylize", str(HERE / "chelsea.jpg"),
-                        str(HERE / f"{style}.jpg"), "-o", str(HERE / f"chelsea-{style}.jpg"),
-                        "--log", str(HERE / f"chelsea-{style}.json")], check=True)
-    strip(["chelsea.jpg", "ihc.jpg", "chelsea-ihc.jpg", "hubble.jpg", "chelsea-hubble.jpg"],
-          ["content", "style", "styleforge stylize", "style", "styleforge stylize"], HERE / "readme.jpg")
+    for name, extra in (("chelsea-ihc", []), ("chelsea-ihc-colors", ["--original-colors"])):
+        subprocess.run([sys.executable, "-m", "styleforge", "stylize", "samples/chelsea.jpg", "samples/ihc.jpg",
+                        "-o", f"samples/{name}.jpg", "--log", f"samples/{name}.json", *extra],
+                       check=True, cwd=HERE.parent)
+    strip(["chelsea.jpg", "ihc.jpg", "chelsea-ihc.jpg", "chelsea-ihc-colors.jpg"],
+          ["content", "style", "styleforge stylize (defaults)", "... --original-colors"], HERE / "readme.jpg")
 
 
 def strip(names: list[str], labels: list[str], out: Path, height: int = 220) -> None:

@@ -2,9 +2,8 @@
 
 :func:`stylize` optimizes the pixels of an image so that its VGG content features match
 the content image and its Gram matrices match the style image(s). By default it works
-coarse to fine: each scale starts from the upsampled result of the previous one, so the
-expensive full-resolution passes only refine (as in crowsonkb's style-transfer-pytorch
-and jcjohnson's multi-resolution recipe).
+coarse to fine (as crowsonkb's style-transfer-pytorch and jcjohnson's multi-resolution
+recipe do): a short half-size stage, then the full size starting from its upsampled result.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -33,12 +32,13 @@ DEFAULT_STYLE_STRENGTH = 0.5
 STYLE_GAIN = 100.0
 MIN_COARSE_SIZE = 128
 RANGE_PENALTY = 1.0
+LBFGS_HISTORY_BYTES = 1 << 30
 # Weight of pyramid level k is PYRAMID_GAIN**k: a gradient step then moves the lowest
 # frequencies about 2**k times further than plain pixels would (1.0 gave 4**k and
 # converged slower; 0.6-0.7 were equal in bench/stylize_speed.py).
 PYRAMID_GAIN = 0.5 ** 0.5
 
-ImageLike = "str | os.PathLike | torch.Tensor"
+ImageLike = Union[str, os.PathLike, torch.Tensor]
 
 
 @dataclass
@@ -318,6 +318,12 @@ class _PixelPyramid:
         return x
 
 
+def _lbfgs_history(n_params: int) -> int:
+    """L-BFGS keeps 2 vectors per remembered step; cap their memory at LBFGS_HISTORY_BYTES
+    (100 steps up to ~600 px, fewer above, at least 20) so 1024 px stays within a few GB."""
+    return max(20, min(100, LBFGS_HISTORY_BYTES // (8 * n_params)))
+
+
 def _optimize(objective: StyleObjective, image: torch.Tensor, steps: int, cfg: StylizeConfig,
               rt: Runtime, report: Callable) -> torch.Tensor:
     """Run ``steps`` optimizer iterations on the image, starting from ``image``."""
@@ -352,7 +358,8 @@ def _optimize(objective: StyleObjective, image: torch.Tensor, steps: int, cfg: S
         # One iteration per step() call: torch's L-BFGS keeps its history in the optimizer
         # state across calls, so this equals one long run while letting us report progress.
         # Tolerances off: the relative losses have small gradients that would trip them.
-        opt = torch.optim.LBFGS(pyramid.layers, lr=cfg.lr or 1.0, max_iter=1, history_size=100,
+        opt = torch.optim.LBFGS(pyramid.layers, lr=cfg.lr or 1.0, max_iter=1,
+                                history_size=_lbfgs_history(sum(p.numel() for p in pyramid.layers)),
                                 tolerance_grad=0.0, tolerance_change=0.0)
     else:
         opt = torch.optim.Adam(pyramid.layers, lr=cfg.lr or 0.02)

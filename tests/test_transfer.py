@@ -79,6 +79,15 @@ def test_pixel_pyramid_starts_at_the_image_and_moves_every_level():
     assert pyr.layers[3].grad.abs().mean() > pyr.layers[0].grad.abs().mean()
 
 
+def test_lbfgs_history_memory_is_capped():
+    from styleforge.transfer import LBFGS_HISTORY_BYTES, _lbfgs_history
+
+    assert _lbfgs_history(10_000) == 100
+    n = 3_142_656  # a 1024x768 image and its pyramid
+    assert 20 <= _lbfgs_history(n) < 100 and 8 * n * _lbfgs_history(n) <= LBFGS_HISTORY_BYTES
+    assert _lbfgs_history(10**9) == 20
+
+
 def test_plain_pixels_option(random_extractor):
     r = stylize(synthetic_image(), striped_image(), _cfg(pyramid_levels=0, steps=5), extractor=random_extractor)
     assert r.history[-1]["total"] < r.history[0]["total"]
