@@ -76,6 +76,9 @@ def test_save_image_round_trip_and_atomic_replace(tmp_path):
     io.save_image(x, out)
     torch.testing.assert_close(io.load_image(out), x)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
 
 
 def test_failed_write_leaves_existing_file_intact(tmp_path, monkeypatch):
