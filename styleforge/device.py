@@ -108,9 +108,6 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def with_precision(self, amp_dtype: torch.dtype | None) -> "Runtime":
-        return Runtime(self.device, amp_dtype, self.channels_last)
-
     def to(self, x: T, non_blocking: bool = False) -> T:
         """Move a tensor or module to the device, in channels_last where that is on (4-D only)."""
         if isinstance(x, torch.Tensor):
@@ -159,12 +156,4 @@ def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     return torch.Generator().manual_seed(seed)
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels (for honest timings)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 

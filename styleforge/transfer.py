@@ -22,7 +22,7 @@ from .backbone import VGGFeatures
 from .color import original_colors as apply_original_colors
 from .device import Runtime, runtime as make_runtime, seed_everything
 from .errors import StyleforgeError
-from .io import load_image, open_rgb, pil_to_tensor, resize_long_side
+from .io import load_image, open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil
 
 DEFAULT_CONTENT_LAYERS: dict[str, float] = {"relu4_2": 1.0}
 DEFAULT_STYLE_LAYERS: dict[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 6)}
@@ -188,7 +188,6 @@ def _normalized(layer_weights: Mapping[str, float]) -> dict[str, float]:
 def _as_pil_source(x):
     """Keep images at full resolution (PIL) so each scale resizes from the original."""
     if isinstance(x, torch.Tensor):
-        from .io import tensor_to_pil
         return tensor_to_pil(x)
     return open_rgb(x)
 

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..backbone import ImageNetNormalize, VGGFeatures, resnet18
+from ..backbone import ResNet18Trunk, VGGFeatures, resnet18
 from ..errors import StyleforgeError
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -102,21 +102,17 @@ def bn_cnn(shape, num_classes, act="relu", widths=(64, 128, 256), dropout: float
     return Classifier(trunk, nn.Sequential(nn.Dropout(dropout), nn.Linear(cin, num_classes)))
 
 
-class _ResNetTrunk(nn.Module):
+class _ResNetTrunk(ResNet18Trunk):
+    """The backbone's ResNet18 trunk, pooled features out; grayscale repeated to RGB."""
+
     def __init__(self, model: nn.Module, in_channels: int) -> None:
-        super().__init__()
-        self.normalize = ImageNetNormalize()
+        super().__init__(model)
         self.in_channels = in_channels
-        self.conv1, self.bn1, self.relu, self.maxpool = model.conv1, model.bn1, model.relu, model.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = model.layer1, model.layer2, model.layer3, model.layer4
-        self.avgpool = model.avgpool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.in_channels == 1:  # grayscale through an RGB network: repeat the channel
+        if self.in_channels == 1:
             x = x.expand(-1, 3, -1, -1)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(self.normalize(x)))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(self.avgpool(x), 1)
+        return super().forward(x)["pool"]
 
 
 def resnet18_classifier(shape, num_classes, act="relu", pretrained: bool = False,
