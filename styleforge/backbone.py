@@ -299,13 +299,19 @@ class VGGFeatures(nn.Module):
     def train(self, mode: bool = True) -> "VGGFeatures":  # always frozen
         return super().train(False)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, layers: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """Activations of the configured layers, or of ``layers`` only (stopping after the deepest)."""
+        wanted = self._wanted if layers is None else set(layers)
+        if not wanted <= self._wanted:
+            raise StyleforgeError(f"layers {sorted(wanted - self._wanted)} were not configured for this extractor")
         out = {}
         x = self.normalize(x)
         for name, module in zip(self._names, self.features):
             x = module(x)
-            if name in self._wanted:
+            if name in wanted:
                 out[name] = x
+                if len(out) == len(wanted):
+                    break
         return out
 
 

@@ -1,0 +1,137 @@
+"""``styleforge fast train|apply|export|models``: feed-forward style networks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from ..fast import ARCHS, FastTrainConfig, available_models, train_style
+from ..fast.apply import stylize_files
+from ..fast.export import export_onnx
+from ..fast.train import DEFAULT_CONTENT_LAYERS, DEFAULT_STEPS, DEFAULT_STYLE_LAYERS, DEFAULT_STYLE_STRENGTH
+from ..io import check_writable
+from .options import main_group, parse_layer_weights, runtime_options
+
+
+def _layers(d: dict) -> str:
+    return ",".join(d)
+
+
+@main_group.group("fast")
+def fast_group() -> None:
+    """Feed-forward style networks (Johnson et al.): train once, stylize in one pass."""
+
+
+@fast_group.command("train")
+@click.argument("style_image", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Folder of training photos.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Model file to write (.pth).")
+@click.option("--arch", type=click.Choice(list(ARCHS)), default="johnson", show_default=True)
+@click.option("--image-size", type=int, default=256, show_default=True, help="Training crop size, px.")
+@click.option("--style-size", type=int, default=512, show_default=True, help="Long side of the style image, px.")
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Images per step (per process).")
+@click.option("--steps", type=int, help=f"Training steps (default {DEFAULT_STEPS}).")
+@click.option("--epochs", type=float, help="Passes over --data (instead of --steps).")
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--style-strength", type=float, help=f"Trade-off in [0,1] (default {DEFAULT_STYLE_STRENGTH}).")
+@click.option("--content-weight", type=float)
+@click.option("--style-weight", type=float)
+@click.option("--tv-weight", type=float, default=1.0, show_default=True)
+@click.option("--content-layers", default=_layers(DEFAULT_CONTENT_LAYERS), show_default=True)
+@click.option("--style-layers", default=_layers(DEFAULT_STYLE_LAYERS), show_default=True)
+@click.option("--weights", type=click.Path(path_type=Path), help="VGG19 weights file (skips the lookup).")
+@click.option("--workers", type=int, help="Data-loading processes (default 1 on CPU, 2 on GPU).")
+@click.option("--checkpoint-every", type=int, default=500, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt.")
+@click.option("--fp32-model", is_flag=True, help="Store the model in float32 (default float16).")
+@runtime_options
+@click.option("-q", "--quiet", is_flag=True)
+def train_cmd(style_image, data, output, arch, image_size, style_size, batch_size, steps, epochs, lr,
+              style_strength, content_weight, style_weight, tv_weight, content_layers, style_layers, weights,
+              workers, checkpoint_every, resume, fp32_model, device, precision, seed, quiet):
+    """Train a style network for STYLE_IMAGE on the photos in --data."""
+    cfg = FastTrainConfig(
+        style=str(style_image), data=str(data), output=str(output), arch=arch, image_size=image_size,
+        style_size=style_size, batch_size=batch_size, steps=steps, epochs=epochs, lr=lr,
+        style_strength=style_strength, content_weight=content_weight, style_weight=style_weight,
+        tv_weight=tv_weight, content_layers=parse_layer_weights(content_layers, "--content-layers"),
+        style_layers=parse_layer_weights(style_layers, "--style-layers"),
+        weights=str(weights) if weights else None, seed=seed, device=device, precision=precision,
+        workers=workers, checkpoint_every=checkpoint_every, resume=resume, half=not fp32_model)
+    bar = None
+
+    def progress(p):
+        nonlocal bar
+        if quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=p.steps, initial=p.step - 1, unit="step", dynamic_ncols=True, desc="training")
+        bar.set_postfix({"img/s": f"{p.images_per_s:.2f}", "content": f"{p.losses['content']:.3g}",
+                         "style": f"{p.losses['style']:.3g}", "skipped": p.skipped}, refresh=False)
+        bar.update(1)
+
+    try:
+        result = train_style(cfg, progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not quiet:
+        note = f", skipped {len(result.skipped)} unreadable files" if result.skipped else ""
+        click.echo(f"wrote {result.model_path} ({result.seconds:.0f} s{note})")
+
+
+@fast_group.command("apply")
+@click.argument("model")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Output image/video file (one input) or folder.")
+@click.option("--size", type=int, help="Long side of the outputs, px (default: as the input).")
+@click.option("--original-colors", is_flag=True, help="Keep the input's colours.")
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+def apply_cmd(model, inputs, output, size, original_colors, batch_size, device, precision, quiet):
+    """Stylize INPUTS (images, folders, videos) with MODEL (a file or a shipped style name)."""
+    bar = None
+
+    def progress(p):
+        nonlocal bar
+        if quiet:
+            return
+        if bar is None or bar.desc != p.source.name:
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=p.total, unit="img", dynamic_ncols=True, desc=p.source.name)
+        bar.n = p.done
+        bar.refresh()
+
+    try:
+        written = stylize_files(model, inputs, output, size=size, original_colors=original_colors,
+                                batch_size=batch_size, device=device, precision=precision, callback=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not quiet:
+        click.echo(f"wrote {len(written)} file(s) to {output}")
+
+
+@fast_group.command("export")
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
+def export_cmd(model, output):
+    """Export MODEL to ONNX (dynamic batch, height and width; input and output in [0, 1])."""
+    check_writable(output)
+    click.echo(f"wrote {export_onnx(model, output)}")
+
+
+@fast_group.command("models")
+def models_cmd():
+    """List the style models found in the weights folders."""
+    found = available_models()
+    if not found:
+        click.echo("no style models found (looked in $STYLEFORGE_WEIGHTS and the project's weights/)")
+    for name, path in found.items():
+        click.echo(f"{name:20s} {path}")

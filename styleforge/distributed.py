@@ -1,0 +1,133 @@
+"""Multi-process training on PyTorch's own engine (torchrun + DistributedDataParallel).
+
+Both training loops (fast style, classifiers) call :func:`setup` once. Launched plainly it
+returns a single-process context and nothing changes; launched by ``torchrun`` (which sets
+``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous variables) it joins the process
+group (``nccl`` on CUDA, ``gloo`` on CPU), gives each process its own device and lets the
+loops ask who writes files (:attr:`Dist.is_main`) and how to combine metrics.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .errors import StyleforgeError
+
+# A rank that stops answering makes the others fail after this long instead of hanging.
+TIMEOUT = datetime.timedelta(minutes=float(os.environ.get("STYLEFORGE_DIST_TIMEOUT_MIN", "10")))
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits in the job. ``world_size == 1`` means no process group."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes checkpoints, metrics, plots and reports and shows progress."""
+        return self.rank == 0
+
+    def device_spec(self, requested: str) -> str:
+        """One process per device: under torchrun, ``auto``/``cuda`` become ``cuda:LOCAL_RANK``."""
+        if not self.enabled:
+            return requested
+        req = str(requested).lower()
+        if req in ("auto", "cuda") and torch.cuda.is_available():
+            return f"cuda:{self.local_rank}"
+        if req == "auto":
+            return "cpu"
+        return requested
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def sum(self, values: list[float] | torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over ranks (float64 on CPU, so counts stay exact)."""
+        t = torch.as_tensor(values, dtype=torch.float64).detach().cpu().clone()
+        if self.enabled:
+            t = _to_comm_device(t)
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            t = t.cpu()
+        return t
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's value of ``obj`` on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_ok(self, ok: bool) -> bool:
+        """True only if ``ok`` holds on every rank (for decisions all ranks must share)."""
+        return bool(self.sum([0.0 if ok else 1.0])[0] == 0)
+
+
+def _to_comm_device(t: torch.Tensor) -> torch.Tensor:
+    if dist.get_backend() == "nccl":
+        return t.to(torch.device("cuda", torch.cuda.current_device()))
+    return t
+
+
+_CURRENT = Dist()
+
+
+def setup() -> Dist:
+    """Join the torchrun process group if launched by torchrun; otherwise a 1-process context."""
+    global _CURRENT
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        _CURRENT = Dist()
+        return _CURRENT
+    try:
+        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    except (KeyError, ValueError):
+        raise StyleforgeError("WORLD_SIZE is set but RANK is not: launch with torchrun") from None
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and os.environ.get("STYLEFORGE_DIST_BACKEND", "") != "gloo"
+        if use_cuda:
+            torch.cuda.set_device(local)
+        backend = "nccl" if use_cuda else "gloo"
+        dist.init_process_group(backend=backend, timeout=TIMEOUT)
+    _CURRENT = Dist(rank, world, local)
+    return _CURRENT
+
+
+def current() -> Dist:
+    return _CURRENT
+
+
+def teardown() -> None:
+    global _CURRENT
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _CURRENT = Dist()
+
+
+def wrap(model: torch.nn.Module, ctx: Dist, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel around ``model`` when running on several processes."""
+    if not ctx.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index if device.index is not None else ctx.local_rank] if device.type == "cuda" else None
+    return DDP(model, device_ids=ids)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside a DDP wrapper (for saving: same format as 1-process runs)."""
+    return getattr(model, "module", model)

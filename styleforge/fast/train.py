@@ -1,0 +1,351 @@
+"""Training a feed-forward style network for one style image (Johnson et al., 2016).
+
+The loss is the one :func:`styleforge.stylize` optimizes (relative content and Gram
+losses on VGG features, total variation), averaged over a batch of random photo crops;
+the style Gram targets are computed once. Runs unchanged under ``torchrun`` (one process
+per device, DistributedDataParallel); only rank 0 writes files and reports progress.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from torch.utils.data import DataLoader
+
+from .. import distributed, losses
+from ..backbone import VGGFeatures
+from ..device import Runtime, runtime as make_runtime, seed_everything
+from ..errors import StyleforgeError
+from ..io import atomic_path, check_writable, open_rgb, pil_to_tensor, resize_long_side, save_torch
+from ..transfer import STYLE_GAIN, _normalized
+from .data import RandomCrops, StreamSampler, collate, list_images
+from .model import ARCHS, CHECKPOINT_FORMAT, TransformerNet, parameter_count, read_record, save_model
+
+DEFAULT_CONTENT_LAYERS: dict[str, float] = {"relu2_2": 1.0}
+# Departure from Johnson et al. (VGG16 relu1_2, relu2_2, relu3_3, relu4_3): the first ReLU
+# of each VGG19 block, as Gatys et al. and `stylize` use. Stopping at relu4_1 needs 13% fewer
+# multiply-adds per training image than VGG16 to relu4_3.
+DEFAULT_STYLE_LAYERS: dict[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 5)}
+DEFAULT_STYLE_STRENGTH = 0.5
+DEFAULT_STEPS = 4000
+
+
+@dataclass
+class FastTrainConfig:
+    """Everything that defines a training run (``None``: the documented default)."""
+
+    style: str
+    data: str
+    output: str
+    arch: str = "johnson"
+    image_size: int = 256
+    style_size: int = 512
+    batch_size: int = 4                 # per process
+    steps: int | None = None            # default DEFAULT_STEPS unless epochs is given
+    epochs: float | None = None
+    lr: float = 1e-3
+    style_strength: float | None = None
+    content_weight: float | None = None
+    style_weight: float | None = None
+    tv_weight: float = 1.0
+    content_layers: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_CONTENT_LAYERS))
+    style_layers: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_STYLE_LAYERS))
+    backbone: str = "vgg19"
+    weights: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int | None = None          # data loader processes (default: 2 on GPU, 1 on CPU)
+    checkpoint_every: int = 500
+    resume: bool = False
+    half: bool = True                   # store the final model in float16
+
+    def weights_pair(self) -> tuple[float, float]:
+        if self.style_strength is not None:
+            if self.content_weight is not None or self.style_weight is not None:
+                raise StyleforgeError("give either --style-strength or --content-weight/--style-weight, not both")
+            w = self.style_strength
+            if not 0.0 <= w <= 1.0:
+                raise StyleforgeError(f"--style-strength must be between 0 and 1, got {w}")
+            return 1.0 - w, w * STYLE_GAIN
+        c = 1.0 - DEFAULT_STYLE_STRENGTH if self.content_weight is None else self.content_weight
+        s = DEFAULT_STYLE_STRENGTH * STYLE_GAIN if self.style_weight is None else self.style_weight
+        if c < 0 or s < 0:
+            raise StyleforgeError("--content-weight and --style-weight must not be negative")
+        return c, s
+
+
+@dataclass
+class FastProgress:
+    """What the progress callback receives after each step (rank 0 only)."""
+
+    step: int
+    steps: int
+    images_per_s: float
+    losses: dict[str, float]        # running averages of the weighted losses
+    skipped: int                    # unreadable files met so far
+
+
+@dataclass
+class FastTrainResult:
+    model_path: Path
+    history: list[dict[str, float]]
+    seconds: float
+    skipped: list[str]
+
+
+def checkpoint_path(output: str | os.PathLike) -> Path:
+    out = Path(output)
+    return out.with_name(out.name + ".ckpt")
+
+
+def history_paths(output: str | os.PathLike) -> tuple[Path, Path]:
+    out = Path(output)
+    return out.with_name(out.stem + ".losses.csv"), out.with_name(out.stem + ".losses.png")
+
+
+# Settings that must not change between a run and its --resume.
+_RESUME_KEYS = ("style", "arch", "image_size", "style_size", "lr", "style_strength", "content_weight",
+                "style_weight", "tv_weight", "content_layers", "style_layers", "backbone", "seed")
+
+
+class StyleLoss:
+    """Batch loss of a transformer's outputs, with the style Gram targets computed once."""
+
+    def __init__(self, extractor: VGGFeatures, style: torch.Tensor, content_layers: Mapping[str, float],
+                 style_layers: Mapping[str, float], content_weight: float, style_weight: float,
+                 tv_weight: float, rt: Runtime) -> None:
+        self.extractor, self.rt = extractor, rt
+        self.content_layers, self.style_layers = _normalized(content_layers), _normalized(style_layers)
+        self.weights = {"content": content_weight, "style": style_weight, "tv": tv_weight}
+        with torch.no_grad(), rt.autocast():
+            feats = extractor(rt.to(style), layers=self.style_layers)
+            self.targets = {n: losses.gram_matrix(feats[n]) for n in self.style_layers}
+        self.target_ms = {n: losses.mean_square(t) for n, t in self.targets.items()}
+
+    def __call__(self, outputs: torch.Tensor, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted content, style and tv losses (and their total) of ``outputs`` for ``inputs``."""
+        with self.rt.autocast():
+            with torch.no_grad():
+                # The content targets need VGG only up to the content layers (relu2_2 by
+                # default), not the full depth the style layers need.
+                want = self.extractor(inputs, layers=self.content_layers)
+            feats = self.extractor(outputs)
+        content = losses.weighted_sum(
+            {n: losses.content_loss(feats[n], want[n]) for n in self.content_layers}, self.content_layers)
+        style = losses.weighted_sum(
+            {n: losses.style_loss(losses.gram_matrix(feats[n]), self.targets[n], self.target_ms[n])
+             for n in self.style_layers}, self.style_layers)
+        parts = {"content": self.weights["content"] * content, "style": self.weights["style"] * style,
+                 "tv": self.weights["tv"] * losses.tv_loss(outputs)}
+        parts["total"] = parts["content"] + parts["style"] + parts["tv"]
+        return parts
+
+
+def _check(cfg: FastTrainConfig) -> None:
+    if cfg.arch not in ARCHS:
+        raise StyleforgeError(f"unknown --arch {cfg.arch!r}: use one of {', '.join(ARCHS)}")
+    for name in ("image_size", "style_size", "batch_size", "checkpoint_every"):
+        if getattr(cfg, name) < 1:
+            raise StyleforgeError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    if cfg.image_size % 4:
+        raise StyleforgeError(f"--image-size must be a multiple of 4, got {cfg.image_size}")
+    if cfg.steps is not None and cfg.epochs is not None:
+        raise StyleforgeError("give --steps or --epochs, not both")
+    if (cfg.steps is not None and cfg.steps < 1) or (cfg.epochs is not None and cfg.epochs <= 0):
+        raise StyleforgeError("--steps / --epochs must be positive")
+    if not cfg.lr > 0:
+        raise StyleforgeError(f"--lr must be positive, got {cfg.lr}")
+
+
+def _load_resume(cfg: FastTrainConfig, ckpt: Path) -> dict:
+    if not ckpt.is_file():
+        raise StyleforgeError(f"--resume: no checkpoint {ckpt} to continue from (train without --resume)")
+    record = read_record(ckpt)
+    if not isinstance(record, dict) or record.get("format") != CHECKPOINT_FORMAT:
+        raise StyleforgeError(f"{ckpt} is not a styleforge training checkpoint")
+    old = record["config"]
+    mine = _jsonable(asdict(cfg))
+    changed = [k for k in _RESUME_KEYS if old.get(k) != mine.get(k)]
+    if old.get("batch_size") * old.get("world_size", 1) != cfg.batch_size * distributed.current().world_size:
+        changed.append("global batch size")
+    if changed:
+        raise StyleforgeError(f"--resume: {', '.join(changed)} differ from the checkpoint's run; "
+                              "use the same settings or train a new model")
+    return record
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in d.items()}
+
+
+def write_history(history: list[dict[str, float]], output: str | os.PathLike, plot: bool = True) -> None:
+    """The loss history as CSV and (optionally) a PNG plot beside the model."""
+    csv_path, png_path = history_paths(output)
+    if not history:
+        return
+    with atomic_path(csv_path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+    if plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [r["step"] for r in history]
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        window = max(1, len(history) // 50)
+        for key in ("total", "content", "style", "tv"):
+            vals = [r[key] for r in history]
+            smooth = [sum(vals[max(0, i - window + 1):i + 1]) / len(vals[max(0, i - window + 1):i + 1])
+                      for i in range(len(vals))]
+            ax.plot(steps, smooth, label=key)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"weighted loss (mean of last {window} steps)")
+        ax.set_title(f"fast style training: {Path(output).stem}")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        with atomic_path(png_path) as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+
+
+def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] | None = None,
+                extractor: VGGFeatures | None = None) -> FastTrainResult:
+    """Train a style network; writes the model, a checkpoint, the loss CSV and plot."""
+    _check(cfg)
+    ctx = distributed.setup()
+    output = Path(cfg.output)
+    ckpt = checkpoint_path(output)
+    if ctx.is_main:
+        for p in (output, ckpt, *history_paths(output)):
+            check_writable(p)
+    content_w, style_w = cfg.weights_pair()
+    files, unreadable = list_images(cfg.data)
+    style_img = pil_to_tensor(resize_long_side(open_rgb(cfg.style), cfg.style_size))
+
+    global_batch = cfg.batch_size * ctx.world_size
+    steps = cfg.steps or (math.ceil(cfg.epochs * len(files) / global_batch) if cfg.epochs else DEFAULT_STEPS)
+    rt = make_runtime(ctx.device_spec(cfg.device), cfg.precision)
+    seed_everything(cfg.seed)
+    model = TransformerNet(cfg.arch)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    start_step, history, skipped = 0, [], [str(p) for p in unreadable]
+    record = _load_resume(cfg, ckpt) if cfg.resume else None
+    if record is not None:
+        model.load_state_dict(record["model"])
+        optimizer.load_state_dict(record["optimizer"])
+        start_step, history = record["step"], list(record["history"])
+        skipped = sorted(set(skipped) | set(record.get("skipped", [])))
+        if start_step >= steps:
+            raise StyleforgeError(f"--resume: the checkpoint is at step {start_step}, already at --steps {steps}: "
+                                  "give more --steps to train further")
+    model = rt.to(model)
+    # Moving the model re-creates nothing, but the optimizer state must follow the device.
+    for state in optimizer.state.values():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor) and k != "step":
+                state[k] = v.to(rt.device)
+    ddp_model = distributed.wrap(model, ctx, rt.device)
+
+    if extractor is None:
+        extractor = VGGFeatures(list(cfg.content_layers) + list(cfg.style_layers), arch=cfg.backbone,
+                                weights=cfg.weights)
+    extractor = rt.to(extractor)
+    loss_fn = StyleLoss(extractor, style_img, cfg.content_layers, cfg.style_layers, content_w, style_w,
+                        cfg.tv_weight, rt)
+    scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype is torch.float16 else None
+
+    workers = cfg.workers if cfg.workers is not None else (2 if rt.device.type == "cuda" else 1)
+    sampler = StreamSampler(len(files), global_batch, steps, cfg.seed, start_step, ctx.rank, ctx.world_size)
+    loader = DataLoader(RandomCrops(files, cfg.image_size), batch_sampler=sampler, collate_fn=collate,
+                        num_workers=workers, pin_memory=rt.pin_memory, prefetch_factor=4 if workers else None)
+
+    config_record = {**_jsonable(asdict(cfg)), "steps": steps, "world_size": ctx.world_size,
+                     "global_batch": global_batch}
+
+    def save_checkpoint(step: int) -> None:
+        if ctx.is_main:
+            save_torch({"format": CHECKPOINT_FORMAT, "arch": cfg.arch, "step": step,
+                        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                        "optimizer": _cpu(optimizer.state_dict()), "config": config_record,
+                        "history": history, "skipped": skipped}, ckpt)
+            write_history(history, output, plot=False)
+        ctx.barrier()
+
+    start = time.perf_counter()
+    elapsed_before = history[-1]["seconds"] if history else 0.0
+    running: dict[str, float] = {}
+    last_ckpt = start_step
+    step = start_step
+    model.train()
+    try:
+        for batch, bad in loader:
+            step += 1
+            skipped.extend(b for b in bad if b not in skipped)
+            t0 = time.perf_counter()
+            x = rt.to(batch, non_blocking=True)
+            parts = loss_fn(ddp_model(x), x)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(parts["total"]).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                parts["total"].backward()
+                optimizer.step()
+            # Losses averaged over all processes: the loss of the global batch.
+            values = ctx.sum([float(parts[k].detach()) for k in ("content", "style", "tv", "total")])
+            values = (values / ctx.world_size).tolist()
+            if not all(math.isfinite(v) for v in values):
+                raise StyleforgeError(f"the loss became {values[-1]} at step {step}: lower --lr; the last "
+                                      f"checkpoint (step {last_ckpt}) is valid for --resume")
+            dt = time.perf_counter() - t0
+            row = dict(zip(("content", "style", "tv", "total"), values))
+            for k, v in row.items():
+                running[k] = v if k not in running else 0.95 * running[k] + 0.05 * v
+            history.append({"step": step, **row, "images_per_s": global_batch / dt,
+                            "seconds": elapsed_before + time.perf_counter() - start})
+            if callback is not None and ctx.is_main:
+                rate = (step - start_step) * global_batch / (time.perf_counter() - start)
+                callback(FastProgress(step, steps, rate, dict(running), len(skipped)))
+            if step % cfg.checkpoint_every == 0 and step < steps:
+                save_checkpoint(step)
+                last_ckpt = step
+    except KeyboardInterrupt:
+        where = f"the checkpoint {ckpt} (step {last_ckpt}) is valid" if last_ckpt else "no checkpoint was written yet"
+        raise StyleforgeError(f"interrupted at step {step}: {where}; run the same command with --resume "
+                              "to continue") from None
+
+    seconds = elapsed_before + time.perf_counter() - start
+    if ctx.is_main:
+        training = {**config_record, "parameters": parameter_count(model), "seconds": round(seconds, 1),
+                    "device": str(rt.device), "precision": rt.precision, "skipped_files": len(skipped),
+                    "final_losses": {k: round(v, 6) for k, v in running.items()}}
+        save_checkpoint(step)
+        save_model(model, output, Path(cfg.style).stem, training, half=cfg.half)
+        write_history(history, output)
+    ctx.barrier()
+    return FastTrainResult(output, history, seconds, skipped)
+
+
+def _cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_cpu(v) for v in obj]
+    return obj
