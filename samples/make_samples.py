@@ -11,6 +11,7 @@ with `--original-colors`, and readme.jpg, the before/after strip the README show
 
     python samples/make_samples.py            # inputs only
     python samples/make_samples.py --outputs  # also run styleforge (needs VGG19 weights)
+    python samples/make_samples.py --fast     # fast.jpg from the shipped style models
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ def outputs() -> None:
           ["content", "style", "styleforge stylize (defaults)", "... --original-colors"], HERE / "readme.jpg")
 
 
+def fast() -> None:
+    """samples/fast.jpg: chelsea through the two shipped fast-style models."""
+    for name in ("starry_night", "great_wave"):
+        subprocess.run([sys.executable, "-m", "styleforge", "fast", "apply", name, "samples/chelsea.jpg",
+                        "-o", f"samples/chelsea-fast-{name}.jpg", "-q"], check=True, cwd=HERE.parent)
+    strip(["chelsea.jpg", "chelsea-fast-starry_night.jpg", "chelsea-fast-great_wave.jpg"],
+          ["content", "fast apply starry_night", "fast apply great_wave"], HERE / "fast.jpg")
+
+
 def strip(names: list[str], labels: list[str], out: Path, height: int = 220) -> None:
     tiles = []
     for name in names:
@@ -56,6 +66,9 @@ def strip(names: list[str], labels: list[str], out: Path, height: int = 220) -> 
 
 
 if __name__ == "__main__":
-    inputs()
+    if "--fast" not in sys.argv:
+        inputs()
     if "--outputs" in sys.argv:
         outputs()
+    if "--fast" in sys.argv:
+        fast()

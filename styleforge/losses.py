@@ -68,6 +68,17 @@ def content_loss(features: torch.Tensor, target: torch.Tensor,
     return (features.float() - target.float()).pow(2).mean() / (scale + EPS)
 
 
+def image_content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of each image's relative content error.
+
+    Unlike :func:`content_loss` on a batch, every image counts the same whatever its
+    activation energy, and the loss of a batch split into parts is the mean of the parts'
+    losses (what data-parallel training averages).
+    """
+    err = (features.float() - target.float()).pow(2).flatten(1).mean(1)
+    return (err / (target.float().pow(2).flatten(1).mean(1) + EPS)).mean()
+
+
 def style_loss(gram: torch.Tensor, target_gram: torch.Tensor,
                target_ms: torch.Tensor | None = None) -> torch.Tensor:
     """Relative squared error of Gram matrices (target may be a blend of several styles)."""

@@ -41,6 +41,23 @@ PYRAMID_GAIN = 0.5 ** 0.5
 ImageLike = Union[str, os.PathLike, torch.Tensor]
 
 
+def loss_weights(style_strength: float | None, content_weight: float | None, style_weight: float | None,
+                 default_strength: float = DEFAULT_STYLE_STRENGTH) -> tuple[float, float]:
+    """(content_weight, style_weight) from ``--style-strength`` W or explicit weights (not both)."""
+    if style_strength is not None:
+        if content_weight is not None or style_weight is not None:
+            raise StyleforgeError("give either --style-strength or --content-weight/--style-weight, not both")
+        w = style_strength
+        if not (0.0 <= w <= 1.0) or math.isnan(w):
+            raise StyleforgeError(f"--style-strength must be between 0 and 1, got {w}")
+        return 1.0 - w, w * STYLE_GAIN
+    c = 1.0 - default_strength if content_weight is None else content_weight
+    s = default_strength * STYLE_GAIN if style_weight is None else style_weight
+    if c < 0 or s < 0:
+        raise StyleforgeError("--content-weight and --style-weight must not be negative")
+    return c, s
+
+
 @dataclass
 class StylizeConfig:
     """Everything that defines a stylize run. ``None`` means "the documented default"."""
@@ -71,20 +88,7 @@ class StylizeConfig:
 
     def weights_pair(self) -> tuple[float, float]:
         """(content_weight, style_weight) after applying style_strength and defaults."""
-        if self.style_strength is not None:
-            if self.content_weight is not None or self.style_weight is not None:
-                raise StyleforgeError("give either --style-strength or --content-weight/--style-weight, not both")
-            w = self.style_strength
-            if not (0.0 <= w <= 1.0) or math.isnan(w):
-                raise StyleforgeError(f"--style-strength must be between 0 and 1, got {w}")
-            return 1.0 - w, w * STYLE_GAIN
-        default_c = 1.0 - DEFAULT_STYLE_STRENGTH
-        default_s = DEFAULT_STYLE_STRENGTH * STYLE_GAIN
-        c = default_c if self.content_weight is None else self.content_weight
-        s = default_s if self.style_weight is None else self.style_weight
-        if c < 0 or s < 0:
-            raise StyleforgeError("--content-weight and --style-weight must not be negative")
-        return c, s
+        return loss_weights(self.style_strength, self.content_weight, self.style_weight)
 
     def scale_sizes(self) -> list[int]:
         """Long-side sizes, coarse to fine, ending at ``size``."""

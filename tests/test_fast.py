@@ -229,3 +229,21 @@ def test_cli_train_and_bad_inputs(photos, tmp_path, random_vgg19_file):
     _fails(run("fast", "apply", tmp_path / "other.pth", style, "-o", tmp_path / "o.png"), "do not fit")
     _fails(run("fast", "apply", "no_such_style", style, "-o", tmp_path / "o.png"), "no model named")
     assert not (tmp_path / "o.png").exists()
+
+
+def test_interrupt_keeps_a_valid_checkpoint_and_resume_continues(photos, tmp_path, random_vgg19_file):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    train_style(_cfg(photos, tmp_path / "a", random_vgg19_file))
+
+    def ctrl_c(p):
+        if p.step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(StyleforgeError, match=r"interrupted at step 5: .*step 3\) is valid.*--resume"):
+        train_style(_cfg(photos, tmp_path / "b", random_vgg19_file), callback=ctrl_c)
+    assert not (tmp_path / "b" / "m.pth").exists()
+    train_style(_cfg(photos, tmp_path / "b", random_vgg19_file, resume=True))
+    a = torch.load(tmp_path / "a" / "m.pth", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "m.pth", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

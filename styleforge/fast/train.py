@@ -24,7 +24,7 @@ from ..backbone import VGGFeatures
 from ..device import Runtime, runtime as make_runtime, seed_everything
 from ..errors import StyleforgeError
 from ..io import atomic_path, check_writable, open_rgb, pil_to_tensor, resize_long_side, save_torch
-from ..transfer import STYLE_GAIN, _normalized
+from ..transfer import _normalized, loss_weights
 from .data import RandomCrops, StreamSampler, collate, list_images
 from .model import ARCHS, CHECKPOINT_FORMAT, TransformerNet, parameter_count, read_record, save_model
 
@@ -68,18 +68,7 @@ class FastTrainConfig:
     half: bool = True                   # store the final model in float16
 
     def weights_pair(self) -> tuple[float, float]:
-        if self.style_strength is not None:
-            if self.content_weight is not None or self.style_weight is not None:
-                raise StyleforgeError("give either --style-strength or --content-weight/--style-weight, not both")
-            w = self.style_strength
-            if not 0.0 <= w <= 1.0:
-                raise StyleforgeError(f"--style-strength must be between 0 and 1, got {w}")
-            return 1.0 - w, w * STYLE_GAIN
-        c = 1.0 - DEFAULT_STYLE_STRENGTH if self.content_weight is None else self.content_weight
-        s = DEFAULT_STYLE_STRENGTH * STYLE_GAIN if self.style_weight is None else self.style_weight
-        if c < 0 or s < 0:
-            raise StyleforgeError("--content-weight and --style-weight must not be negative")
-        return c, s
+        return loss_weights(self.style_strength, self.content_weight, self.style_weight, DEFAULT_STYLE_STRENGTH)
 
 
 @dataclass
@@ -139,7 +128,7 @@ class StyleLoss:
                 want = self.extractor(inputs, layers=self.content_layers)
             feats = self.extractor(outputs)
         content = losses.weighted_sum(
-            {n: losses.content_loss(feats[n], want[n]) for n in self.content_layers}, self.content_layers)
+            {n: losses.image_content_loss(feats[n], want[n]) for n in self.content_layers}, self.content_layers)
         style = losses.weighted_sum(
             {n: losses.style_loss(losses.gram_matrix(feats[n]), self.targets[n], self.target_ms[n])
              for n in self.style_layers}, self.style_layers)
@@ -330,14 +319,15 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
                               "to continue") from None
 
     seconds = elapsed_before + time.perf_counter() - start
+    save_checkpoint(step)  # every rank: it holds a barrier
     if ctx.is_main:
         training = {**config_record, "parameters": parameter_count(model), "seconds": round(seconds, 1),
                     "device": str(rt.device), "precision": rt.precision, "skipped_files": len(skipped),
                     "final_losses": {k: round(v, 6) for k, v in running.items()}}
-        save_checkpoint(step)
         save_model(model, output, Path(cfg.style).stem, training, half=cfg.half)
         write_history(history, output)
     ctx.barrier()
+    distributed.teardown()
     return FastTrainResult(output, history, seconds, skipped)
 
 

@@ -1,0 +1,79 @@
+"""Quality of the shipped fast-style models against `stylize` for the same style.
+
+On the first --count images of ../shared/data/bsds500/test at --size px (long side), each
+shipped model's output and the default `stylize` output for the same style image are
+scored with the same objective: `stylize`'s default content (relu4_2) and style
+(relu1_1..relu5_1) losses, relative to their targets, fp32, style image at the output size.
+Reported: the mean content and style loss of each method and its time per image.
+
+    python bench/fast_quality.py [--count 20] [--size 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import record, require_shared, table  # noqa: E402
+
+from styleforge import StylizeConfig, stylize  # noqa: E402
+from styleforge.backbone import VGGFeatures  # noqa: E402
+from styleforge.device import runtime  # noqa: E402
+from styleforge.fast.apply import apply_to_tensor  # noqa: E402
+from styleforge.fast.data import list_images  # noqa: E402
+from styleforge.fast.model import available_models, load_model  # noqa: E402
+from styleforge.io import open_rgb, pil_to_tensor, resize_long_side  # noqa: E402
+from styleforge.transfer import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, StyleObjective  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=20)
+    ap.add_argument("--size", type=int, default=256)
+    args = ap.parse_args()
+    shared = require_shared()
+    files = list_images(shared / "data" / "bsds500" / "test")[0][: args.count]
+    fp32 = runtime("cpu", "fp32")
+    rt = runtime("cpu", "auto")
+    extractor = VGGFeatures(list(DEFAULT_CONTENT_LAYERS) + list(DEFAULT_STYLE_LAYERS))
+    rows = []
+    for name, path in available_models().items():
+        net, record_ = load_model(path)
+        net = rt.to(net)
+        style_path = shared / "data" / "styles" / f"{name}.jpg"
+        style = pil_to_tensor(resize_long_side(open_rgb(style_path), args.size))
+        scores = {"fast": [], "stylize": []}
+        secs = {"fast": [], "stylize": []}
+        for i, f in enumerate(files):
+            content = pil_to_tensor(resize_long_side(open_rgb(f), args.size))
+            objective = StyleObjective(extractor, content, [style], [1.0], DEFAULT_CONTENT_LAYERS,
+                                       DEFAULT_STYLE_LAYERS, 1.0, 1.0, 0.0, fp32)
+            t = time.perf_counter()
+            fast_out = apply_to_tensor(net, content, rt)
+            secs["fast"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            slow_out = stylize(content, style, StylizeConfig(size=args.size, seed=0), extractor=extractor).image
+            secs["stylize"].append(time.perf_counter() - t)
+            for key, out in (("fast", fast_out), ("stylize", slow_out)):
+                with torch.no_grad():
+                    _, parts = objective(out)
+                scores[key].append((float(parts["content"]), float(parts["style"])))
+            print(f"{name} {i + 1}/{len(files)} fast {scores['fast'][-1]} stylize {scores['stylize'][-1]}",
+                  flush=True)
+        for key in ("fast", "stylize"):
+            rows.append({"style": name, "method": f"fast ({record_['arch']})" if key == "fast" else "stylize default",
+                         "content loss": f"{statistics.mean(c for c, _ in scores[key]):.4f}",
+                         "style loss": f"{statistics.mean(s for _, s in scores[key]):.5f}",
+                         "s/image": f"{statistics.mean(secs[key]):.3f}"})
+    print(table(rows, ["style", "method", "content loss", "style loss", "s/image"]))
+    print(f"recorded {record('fast_quality', {'count': len(files), 'size': args.size, 'rows': rows})}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Fast-style training throughput: styleforge's training step against the published recipe.
+
+Rows (same run, same machine, 256 px crops, batch 4, the `johnson` transformer):
+  recipe-vgg16   the published recipe as pytorch/examples fast_neural_style runs it: fp32,
+                 VGG16 to relu4_3 (content relu2_2, style relu1_2/2_2/3_3/4_3), the content
+                 batch through the whole loss network, autograd Gram, torchvision
+                 ImageFolder-style pipeline (PIL resize + center crop in the main process).
+                 VGG16 ImageNet weights are not available offline, so its weights are random:
+                 its speed is the recipe's (same multiply-adds); its loss is not comparable.
+  recipe-vgg19   the same recipe mechanics on styleforge's loss (VGG19 weights from
+                 ../shared, relu2_2 content, relu1_1..relu4_1 style, relative losses), so
+                 its loss after N steps compares with styleforge's.
+  styleforge     `styleforge fast train` defaults: bf16 autocast + channels_last (where the
+                 CPU has native bf16), content targets only up to relu2_2, one-product Gram
+                 backward, random crops decoded in a worker process.
+Quality check: after the same number of steps, each net's fp32 loss on 8 held-out BSDS val
+crops (the loss of recipe-vgg19 and styleforge is the same function).
+
+    python bench/fast_train_speed.py [--steps 20] [--warmup 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import record, require_shared, table  # noqa: E402
+
+from styleforge.backbone import VGGFeatures, build_vgg_features  # noqa: E402
+from styleforge.device import runtime  # noqa: E402
+from styleforge.fast.data import RandomCrops, StreamSampler, collate, list_images  # noqa: E402
+from styleforge.fast.model import TransformerNet  # noqa: E402
+from styleforge.fast.train import StyleLoss  # noqa: E402
+from styleforge.io import open_rgb, pil_to_tensor, resize_long_side  # noqa: E402
+from styleforge.transfer import STYLE_GAIN  # noqa: E402
+
+SIZE, BATCH = 256, 4
+CONTENT_W, STYLE_W, TV_W = 0.5, 0.5 * STYLE_GAIN, 1.0
+
+
+def plain_gram(f: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = f.shape
+    f = f.reshape(b, c, h * w)
+    return torch.bmm(f, f.transpose(1, 2)) / (h * w)
+
+
+def recipe_batches(files, steps):
+    """ImageFolder + Resize(256) + CenterCrop(256) + ToTensor, shuffled, in the main process."""
+    from torchvision import transforms
+
+    tf = transforms.Compose([transforms.Resize(SIZE), transforms.CenterCrop(SIZE), transforms.ToTensor()])
+    g = torch.Generator().manual_seed(0)
+    order = itertools.cycle(torch.randperm(len(files), generator=g).tolist())
+    for _ in range(steps):
+        yield torch.stack([tf(Image.open(files[next(order)]).convert("RGB")) for _ in range(BATCH)])
+
+
+class RecipeVGG16Loss:
+    def __init__(self, style):
+        vgg = build_vgg_features("vgg16")[:23].eval().requires_grad_(False)  # to relu4_3
+        self.vgg, self.names = vgg, {3: "relu1_2", 8: "relu2_2", 15: "relu3_3", 22: "relu4_3"}
+        self.mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        self.std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        with torch.no_grad():
+            self.targets = {k: plain_gram(v) for k, v in self.feats(style).items()}
+
+    def feats(self, x):
+        out, x = {}, (x - self.mean) / self.std
+        for i, m in enumerate(self.vgg):
+            x = m(x)
+            if i in self.names:
+                out[self.names[i]] = x
+        return out
+
+    def __call__(self, y, x):
+        fy = self.feats(y)
+        with torch.no_grad():
+            fx = self.feats(x)  # the whole network, as the recipe does
+        content = F.mse_loss(fy["relu2_2"], fx["relu2_2"])
+        style = sum(F.mse_loss(plain_gram(fy[n]), self.targets[n].expand(len(y), -1, -1)) for n in self.targets)
+        return 1e5 * content + 1e10 * style
+
+
+class RecipeVGG19Loss:
+    """styleforge's objective, computed the plain way (fp32, full forward, autograd Gram)."""
+
+    def __init__(self, style):
+        self.vgg = VGGFeatures(["relu2_2", "relu1_1", "relu2_1", "relu3_1", "relu4_1"])
+        with torch.no_grad():
+            f = self.vgg(style)
+            self.targets = {n: plain_gram(f[n]) for n in ("relu1_1", "relu2_1", "relu3_1", "relu4_1")}
+
+    def __call__(self, y, x):
+        fy = self.vgg(y)
+        with torch.no_grad():
+            fx = self.vgg(x)
+        content = (fy["relu2_2"] - fx["relu2_2"]).pow(2).mean() / fx["relu2_2"].pow(2).mean()
+        style = sum((plain_gram(fy[n]) - t).pow(2).mean() / t.pow(2).mean() for n, t in self.targets.items()) / 4
+        tv = (y[..., :, 1:] - y[..., :, :-1]).pow(2).mean() + (y[..., 1:, :] - y[..., :-1, :]).pow(2).mean()
+        return CONTENT_W * content + STYLE_W * style + TV_W * tv
+
+
+def train(name, loss_fn, batches, steps, warmup, rt=None):
+    torch.manual_seed(0)
+    net = TransformerNet("johnson")
+    if rt is not None:
+        net = rt.to(net)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    t0 = None
+    for i, x in enumerate(batches):
+        if i == warmup:
+            t0 = time.perf_counter()
+        if rt is not None:
+            x = rt.to(x)
+            with rt.autocast():
+                y = net(x)
+            loss = loss_fn(y, x)["total"]
+        else:
+            loss = loss_fn(net(x), x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    seconds = time.perf_counter() - t0
+    ips = (steps - warmup) * BATCH / seconds
+    print(f"{name}: {ips:.3f} img/s", flush=True)
+    return net.float().eval(), ips, seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, help="torch/onnxruntime threads (default: all cores)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shared = require_shared()
+    files, _ = list_images(shared / "data" / "bsds500" / "train")
+    style = pil_to_tensor(resize_long_side(open_rgb(shared / "data" / "styles" / "starry_night.jpg"), 512))
+    steps = args.steps + args.warmup
+
+    # Held-out scoring batch: 8 center crops of BSDS val, fp32 styleforge loss.
+    val, _ = list_images(shared / "data" / "bsds500" / "val")
+    held = torch.cat([next(recipe_batches([f], 1))[:1] for f in val[:8]])
+    fp32 = runtime("cpu", "fp32")
+    scorer = StyleLoss(VGGFeatures(["relu2_2", "relu1_1", "relu2_1", "relu3_1", "relu4_1"]), style,
+                       {"relu2_2": 1.0}, {f"relu{i}_1": 1.0 for i in range(1, 5)}, CONTENT_W, STYLE_W, TV_W, fp32)
+
+    def score(net):
+        with torch.no_grad():
+            return float(scorer(net(held), held)["total"])
+
+    rows = []
+    _, ips16, s16 = train("recipe-vgg16", RecipeVGG16Loss(style), recipe_batches(files, steps), steps, args.warmup)
+    rows.append({"run": "recipe-vgg16 (fp32, random VGG16 weights: speed only)", "img/s": f"{ips16:.3f}",
+                 "s": f"{s16:.1f}", "held-out loss": "n/a"})
+    net19, ips19, s19 = train("recipe-vgg19", RecipeVGG19Loss(style), recipe_batches(files, steps), steps,
+                              args.warmup)
+    rows.append({"run": "recipe-vgg19 (fp32, same loss as styleforge)", "img/s": f"{ips19:.3f}",
+                 "s": f"{s19:.1f}", "held-out loss": f"{score(net19):.4f}"})
+
+    rt = runtime("cpu", "auto")
+    extractor = rt.to(VGGFeatures(["relu2_2", "relu1_1", "relu2_1", "relu3_1", "relu4_1"]))
+    loss_fn = StyleLoss(extractor, style, {"relu2_2": 1.0}, {f"relu{i}_1": 1.0 for i in range(1, 5)},
+                        CONTENT_W, STYLE_W, TV_W, rt)
+    loader = torch.utils.data.DataLoader(RandomCrops(files, SIZE), collate_fn=collate, num_workers=1,
+                                         batch_sampler=StreamSampler(len(files), BATCH, steps, seed=0),
+                                         prefetch_factor=4)
+    netsf, ipssf, ssf = train("styleforge", loss_fn, (b for b, _ in loader), steps, args.warmup, rt)
+    rows.append({"run": f"styleforge default ({rt.precision}, channels_last={rt.channels_last})",
+                 "img/s": f"{ipssf:.3f}", "s": f"{ssf:.1f}", "held-out loss": f"{score(netsf):.4f}"})
+    ratios = {"styleforge / recipe-vgg16": round(ipssf / ips16, 2), "styleforge / recipe-vgg19": round(ipssf / ips19, 2)}
+    print(table(rows, ["run", "img/s", "s", "held-out loss"]))
+    print(ratios)
+    path = record("fast_train_speed", {"steps_timed": args.steps, "warmup": args.warmup, "size": SIZE,
+                                       "batch": BATCH, "rows": rows, "ratios": ratios})
+    print(f"recorded {path}")
+
+
+if __name__ == "__main__":
+    main()
