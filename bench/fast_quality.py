@@ -6,7 +6,7 @@ scored with the same objective: `stylize`'s default content (relu4_2) and style
 (relu1_1..relu5_1) losses, relative to their targets, fp32, style image at the output size.
 Reported: the mean content and style loss of each method and its time per image.
 
-    python bench/fast_quality.py [--count 20] [--size 256]
+    python bench/fast_quality.py [--count 20] [--size 256] [--styles great_wave,starry_night]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=20)
     ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--styles", help="comma-separated subset of the shipped models (default: all)")
     args = ap.parse_args()
     shared = require_shared()
     files = list_images(shared / "data" / "bsds500" / "test")[0][: args.count]
@@ -43,7 +44,10 @@ def main() -> None:
     rt = runtime("cpu", "auto")
     extractor = VGGFeatures(list(DEFAULT_CONTENT_LAYERS) + list(DEFAULT_STYLE_LAYERS))
     rows = []
+    wanted = set(args.styles.split(",")) if args.styles else None
     for name, path in available_models().items():
+        if wanted is not None and name not in wanted:
+            continue
         net, record_ = load_model(path)
         net = rt.to(net)
         style_path = shared / "data" / "styles" / f"{name}.jpg"

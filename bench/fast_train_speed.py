@@ -12,7 +12,7 @@ Rows (same run, same machine, 256 px crops, batch 4, the `johnson` transformer):
                  its loss after N steps compares with styleforge's.
   styleforge     `styleforge fast train` defaults: bf16 autocast + channels_last (where the
                  CPU has native bf16), content targets only up to relu2_2, one-product Gram
-                 backward, random crops decoded in a worker process.
+                 backward; fed the recipe rows' batches (same data, same order).
 Quality check: after the same number of steps, each net's fp32 loss on 8 held-out BSDS val
 crops (the loss of recipe-vgg19 and styleforge is the same function).
 
@@ -36,7 +36,7 @@ from common import record, require_shared, table  # noqa: E402
 
 from styleforge.backbone import VGGFeatures, build_vgg_features  # noqa: E402
 from styleforge.device import runtime  # noqa: E402
-from styleforge.fast.data import RandomCrops, StreamSampler, collate, list_images  # noqa: E402
+from styleforge.fast.data import list_images  # noqa: E402
 from styleforge.fast.model import TransformerNet  # noqa: E402
 from styleforge.fast.train import StyleLoss  # noqa: E402
 from styleforge.io import open_rgb, pil_to_tensor, resize_long_side  # noqa: E402
@@ -171,10 +171,9 @@ def main() -> None:
     extractor = rt.to(VGGFeatures(["relu2_2", "relu1_1", "relu2_1", "relu3_1", "relu4_1"]))
     loss_fn = StyleLoss(extractor, style, {"relu2_2": 1.0}, {f"relu{i}_1": 1.0 for i in range(1, 5)},
                         CONTENT_W, STYLE_W, TV_W, rt)
-    loader = torch.utils.data.DataLoader(RandomCrops(files, SIZE), collate_fn=collate, num_workers=1,
-                                         batch_sampler=StreamSampler(len(files), BATCH, steps, seed=0),
-                                         prefetch_factor=4)
-    netsf, ipssf, ssf = train("styleforge", loss_fn, (b for b, _ in loader), steps, args.warmup, rt)
+    # The same batches as the recipe rows (decoded in the main process, which only slows
+    # styleforge down), so the held-out losses differ by the training step alone.
+    netsf, ipssf, ssf = train("styleforge", loss_fn, recipe_batches(files, steps), steps, args.warmup, rt)
     rows.append({"run": f"styleforge default ({rt.precision}, channels_last={rt.channels_last})",
                  "img/s": f"{ipssf:.3f}", "s": f"{ssf:.1f}", "held-out loss": f"{score(netsf):.4f}"})
     ratios = {"styleforge / recipe-vgg16": round(ipssf / ips16, 2), "styleforge / recipe-vgg19": round(ipssf / ips19, 2)}

@@ -22,6 +22,22 @@ def _isolated_weights_lookup(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(monkeypatch, tmp_path_factory):
+    """Decoded-dataset caches go to a fresh folder; no test sees the user's $STYLEFORGE_DATA."""
+    monkeypatch.setenv("STYLEFORGE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("STYLEFORGE_DATA", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models run fastest on one thread, and stay fast when other jobs share the CPU.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not SHARED_WEIGHTS.is_file():

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import ResNet18Trunk, VGGFeatures, resnet18
@@ -49,15 +50,42 @@ def _conv_stage(cin: int, cout: int, kernel: int, act: str, *, pool_first: bool 
     return [conv, nn.MaxPool2d(2), activation(act)] if pool_first else [conv, activation(act), nn.MaxPool2d(2)]
 
 
+class InputNorm(nn.Module):
+    """Per-channel ``(x - mean) / std`` for [0, 1] input; the statistics are buffers saved
+    with the weights (set from the training set by :func:`~styleforge.classify.train.fit`)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("std", torch.ones(1, channels, 1, 1))
+
+    def set(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(torch.as_tensor(mean, dtype=self.mean.dtype).view_as(self.mean))
+        self.std.copy_(torch.as_tensor(std, dtype=self.std.dtype).clamp_min(1e-6).view_as(self.std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 class Classifier(nn.Module):
-    """``trunk`` (features) then ``head`` (the trainable classifier on top)."""
+    """``input_norm`` then ``trunk`` (features) then ``head`` (the trainable classifier on top).
+
+    ``input_norm`` is the identity for pretrained backbones (they normalize with ImageNet
+    statistics themselves) and an :class:`InputNorm` with the training set's statistics
+    for models trained from scratch.
+    """
 
     def __init__(self, trunk: nn.Module, head: nn.Module) -> None:
         super().__init__()
+        self.input_norm: nn.Module = nn.Identity()
         self.trunk, self.head = trunk, head
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's output (what the frozen-trunk cache stores)."""
+        return self.trunk(self.input_norm(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(x))
+        return self.head(self.features(x))
 
 
 def fc_only(shape, num_classes, act="relu", hidden: int = 128) -> Classifier:
@@ -102,6 +130,42 @@ def bn_cnn(shape, num_classes, act="relu", widths=(64, 128, 256), dropout: float
     return Classifier(trunk, nn.Sequential(nn.Dropout(dropout), nn.Linear(cin, num_classes)))
 
 
+class Residual(nn.Module):
+    """``x + f(x)`` with ``f`` two conv-BN-activation blocks at constant width."""
+
+    def __init__(self, channels: int, act: str) -> None:
+        super().__init__()
+        self.f = nn.Sequential(*_bn_block(channels, channels, act), *_bn_block(channels, channels, act))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.f(x)
+
+
+def res_cnn(shape, num_classes, act="relu", width: int = 64, dropout: float = 0.0) -> Classifier:
+    """A small ResNet-9-like net (after the DAWNBench CIFAR-10 recipe, fewer layers):
+    conv-BN stages of ``width``, 2×, 4× channels, each followed by max-pooling, residual
+    blocks on the last two stages, global max pooling and a linear head.
+
+    Widths that are multiples of 32 keep oneDNN's bf16 kernels on their fast path on CPU."""
+    a, b, c = width, 2 * width, 4 * width
+    trunk = nn.Sequential(*_bn_block(shape[0], a, act), nn.MaxPool2d(2),
+                          *_bn_block(a, b, act), Residual(b, act), nn.MaxPool2d(2),
+                          *_bn_block(b, c, act), nn.MaxPool2d(2), Residual(c, act),
+                          nn.AdaptiveMaxPool2d(1), nn.Flatten())
+    head = nn.Sequential(nn.Dropout(dropout), nn.Linear(c, num_classes)) if dropout else nn.Linear(c, num_classes)
+    return Classifier(trunk, head)
+
+
+def fast_cnn(shape, num_classes, act="relu", width: int = 32) -> Classifier:
+    """Four conv-BN blocks (``width``, 2×, 4×, 4× channels), three max-pools, global max
+    pooling and a linear head: cheap enough for a useful CIFAR-10 model in a minute on CPU."""
+    a, b, c = width, 2 * width, 4 * width
+    trunk = nn.Sequential(*_bn_block(shape[0], a, act), nn.MaxPool2d(2), *_bn_block(a, b, act), nn.MaxPool2d(2),
+                          *_bn_block(b, c, act), nn.MaxPool2d(2), *_bn_block(c, c, act),
+                          nn.AdaptiveMaxPool2d(1), nn.Flatten())
+    return Classifier(trunk, nn.Linear(c, num_classes))
+
+
 class _ResNetTrunk(ResNet18Trunk):
     """The backbone's ResNet18 trunk, pooled features out; grayscale repeated to RGB."""
 
@@ -123,30 +187,56 @@ def resnet18_classifier(shape, num_classes, act="relu", pretrained: bool = False
     return Classifier(_ResNetTrunk(model, shape[0]), nn.Linear(model.fc.in_features, num_classes))
 
 
+VGG_POOLS = ("avg", "max", "avgmax", "grid2")
+
+
 class _VGGTrunk(nn.Module):
-    def __init__(self, features: VGGFeatures, in_channels: int, layer: str) -> None:
+    """VGG features up to ``layer``, pooled: globally (``avg``, ``max``, or both
+    concatenated, ``avgmax``) or to a 2x2 grid of averages (``grid2``, keeps coarse layout)."""
+
+    def __init__(self, features: VGGFeatures, in_channels: int, layer: str, pool: str = "avg") -> None:
         super().__init__()
-        self.features, self.layer, self.in_channels = features, layer, in_channels
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        if pool not in VGG_POOLS:
+            raise StyleforgeError(f"unknown pooling {pool!r} for vgg19: use one of {', '.join(VGG_POOLS)}")
+        self.features, self.layer, self.in_channels, self.pool_kind = features, layer, in_channels, pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_channels == 1:
             x = x.expand(-1, 3, -1, -1)
-        return self.pool(self.features(x)[self.layer]).flatten(1)
+        f = self.features(x)[self.layer]
+        if self.pool_kind == "avg":
+            return f.mean((2, 3))
+        if self.pool_kind == "max":
+            return f.amax((2, 3))
+        if self.pool_kind == "grid2":
+            return F.adaptive_avg_pool2d(f, 2).flatten(1)
+        return torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1)
 
 
 def vgg19_classifier(shape, num_classes, act="relu", pretrained: bool = True,
-                     weights: str | None = None) -> Classifier:
-    """VGG19 conv trunk to relu5_4, global average pooling, then a new linear head.
+                     weights: str | None = None, layer: str = "relu5_4", pool: str = "avg",
+                     hidden: int = 0, dropout: float = 0.0, norm: bool = True) -> Classifier:
+    """VGG19 conv trunk to ``layer``, pooled (see :class:`_VGGTrunk`), then a new head:
+    batch norm over the features (``norm``; VGG activations are far from unit scale, and
+    the original Caffe weights' are 40-270x larger than torchvision's), then linear, or
+    with ``hidden > 0`` one hidden ReLU layer, with ``dropout`` before each linear layer.
     With ``pretrained=False`` the trunk is randomly initialized (mechanics only)."""
     if act != "relu":
         raise StyleforgeError("vgg19 uses its own ReLU activations: drop --activation")
     from ..backbone import build_vgg_features
 
     state = None if pretrained or weights else {k: v for k, v in build_vgg_features().state_dict().items()}
-    feats = VGGFeatures(["relu5_4"], weights=weights, state_dict=state)
+    feats = VGGFeatures([layer], weights=weights, state_dict=state)
     feats.requires_grad_(True)  # trainability is decided by the freeze policy
-    return Classifier(_VGGTrunk(feats, shape[0], "relu5_4"), nn.Linear(512, num_classes))
+    trunk = _VGGTrunk(feats, shape[0], layer, pool)
+    width = _flat_size(trunk, (shape[0], max(shape[1], feats.min_size), max(shape[2], feats.min_size)))
+    layers: list[nn.Module] = [nn.BatchNorm1d(width)] if norm else []
+    drop = [nn.Dropout(dropout)] if dropout else []
+    if hidden:
+        layers += [*drop, nn.Linear(width, hidden), nn.ReLU(), *drop, nn.Linear(hidden, num_classes)]
+    else:
+        layers += [*drop, nn.Linear(width, num_classes)]
+    return Classifier(trunk, nn.Sequential(*layers))
 
 
 @dataclass(frozen=True)
@@ -164,22 +254,47 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
     ModelSpec("simple-cnn", simple_cnn,
               "three conv5x5 (32, 64, 128) + activation + max-pool stages, a 64-unit layer, the output"),
     ModelSpec("bn-cnn", bn_cnn, "VGG-style conv-BN stages (64, 128, 256), global pooling, dropout"),
+    ModelSpec("res-cnn", res_cnn, "small ResNet-9-like conv-BN net with residual blocks (width 64)"),
+    ModelSpec("fast-cnn", fast_cnn, "four conv-BN blocks (32..128), global max pooling: fast on CPU"),
     ModelSpec("resnet18", resnet18_classifier, "torchvision ResNet18 with a new head", pretrained=True),
     ModelSpec("vgg19", vgg19_classifier, "VGG19 conv trunk (ImageNet weights) with a new head", pretrained=True),
 ]}
 
 
-def build_model(name: str, shape: tuple[int, int, int], num_classes: int, activation_name: str = "relu",
-                pretrained: bool = False, weights: str | None = None) -> Classifier:
-    """Build a registered model for inputs of ``shape`` = (C, H, W)."""
+def model_options(name: str) -> dict[str, object]:
+    """The extra keyword options a registered model takes, with their defaults."""
+    import inspect
+
     if name not in MODELS:
         raise StyleforgeError(f"unknown model {name!r}: use one of {', '.join(MODELS)}")
+    params = list(inspect.signature(MODELS[name].build).parameters.values())[3:]
+    return {p.name: p.default for p in params if p.name not in ("pretrained", "weights")}
+
+
+def build_model(name: str, shape: tuple[int, int, int], num_classes: int, activation_name: str = "relu",
+                pretrained: bool = False, weights: str | None = None, **options) -> Classifier:
+    """Build a registered model for inputs of ``shape`` = (C, H, W).
+
+    ``options`` are the model's own settings (see :func:`model_options`), e.g.
+    ``width=32`` for ``res-cnn`` or ``layer="relu4_4"`` for ``vgg19``. Models trained from
+    scratch get an :class:`InputNorm` in front (identity statistics until set)."""
+    if name not in MODELS:
+        raise StyleforgeError(f"unknown model {name!r}: use one of {', '.join(MODELS)}")
+    if num_classes < 2:
+        raise StyleforgeError(f"a classifier needs at least 2 classes, got {num_classes}")
     spec = MODELS[name]
+    valid = model_options(name)
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        hint = ", ".join(valid) if valid else "none"
+        raise StyleforgeError(f"{name} has no option {unknown[0]!r}: its options are {hint}")
     if spec.pretrained:
-        return spec.build(shape, num_classes, activation_name, pretrained=pretrained, weights=weights)
+        return spec.build(shape, num_classes, activation_name, pretrained=pretrained, weights=weights, **options)
     if pretrained or weights:
         raise StyleforgeError(f"{name} has no pretrained weights: --pretrained works with resnet18 and vgg19")
-    return spec.build(shape, num_classes, activation_name)
+    model = spec.build(shape, num_classes, activation_name, **options)
+    model.input_norm = InputNorm(shape[0])
+    return model
 
 
 def apply_freeze(model: Classifier, policy: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .options import main_group
-from . import classify as _classify, stylize as _stylize, weights as _weights  # noqa: F401  (register commands)
+from . import classify as _classify, fast as _fast, stylize as _stylize, visualize as _visualize, weights as _weights  # noqa: F401  (register commands)
 
 
 def main() -> None:

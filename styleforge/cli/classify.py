@@ -1,13 +1,25 @@
-"""``styleforge classify models`` and ``styleforge summary``."""
+"""``styleforge classify ...`` (models, train, eval, grid, compare) and ``styleforge summary``.
+
+Thin wrappers: each command builds a config and calls the library
+(:func:`~styleforge.classify.train.fit`, :func:`~styleforge.classify.evaluate.evaluate`,
+:func:`~styleforge.classify.grid.grid`, :func:`~styleforge.classify.compare.compare`);
+progress callbacks become tqdm bars here.
+"""
 
 from __future__ import annotations
 
-import click
+from pathlib import Path
 
+import click
+from tqdm import tqdm
+
+from .. import distributed
 from ..classify import MODELS, build_model, summarize
-from ..classify.models import ACTIVATIONS
+from ..classify.models import ACTIVATIONS, FREEZE_POLICIES, model_options
+from ..classify.train import CACHE_MODES, OPTIMIZERS, SCHEDULES, TrainConfig, TrainEvent
+from ..device import PRECISIONS
 from ..errors import StyleforgeError
-from .options import main_group
+from .options import main_group, parse_numbers
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -21,17 +33,311 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return c, h, w
 
 
+def parse_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    return items or None
+
+
+def _value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_model_options(items: tuple[str, ...], model: str) -> dict:
+    """``--option width=32 --option layer=relu4_4`` -> {"width": 32, "layer": "relu4_4"}."""
+    out = {}
+    valid = model_options(model) if model in MODELS else {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise StyleforgeError(f"--option {item!r} is not KEY=VALUE")
+        if model in MODELS and key not in valid:
+            raise StyleforgeError(f"{model} has no option {key!r}: its options are {', '.join(valid) or 'none'}")
+        out[key] = tuple(_value(v) for v in text.split(",")) if "," in text else _value(text.strip())
+    return out
+
+
+def parse_augment(text: str) -> list[str]:
+    return [] if text.strip().lower() in ("", "none") else [s.strip().lower() for s in text.split(",") if s.strip()]
+
+
+class TrainBars:
+    """Turns TrainEvents into one tqdm bar per epoch and a line per epoch."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.bar: tqdm | None = None
+        self.feature_bar: tqdm | None = None
+
+    def __call__(self, e: TrainEvent) -> None:
+        if self.quiet:
+            return
+        if e.kind == "phase" and e.steps:
+            if self.feature_bar is None or self.feature_bar.desc != e.message:
+                self._close_features()
+                self.feature_bar = tqdm(total=e.steps, desc=e.message, unit="img", dynamic_ncols=True, leave=False)
+            self.feature_bar.update(e.step - self.feature_bar.n)
+        elif e.kind == "phase":
+            self._close_features()
+            tqdm.write(e.message)
+        elif e.kind == "epoch_start":
+            self._close_features()
+            self.close()
+            self.bar = tqdm(total=e.steps, desc=f"epoch {e.epoch}/{e.epochs}", unit="batch", dynamic_ncols=True,
+                            leave=False)
+        elif e.kind == "step" and self.bar is not None:
+            self.bar.set_postfix(loss=f"{e.metrics['loss']:.4f}", acc=f"{e.metrics['acc']:.3f}",
+                                 lr=f"{e.metrics['lr']:.3g}", refresh=False)
+            self.bar.update(e.step - self.bar.n)
+        elif e.kind == "epoch_end":
+            self.close()
+            m = e.metrics
+            val = (f", val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f}" if m.get("val_loss") is not None else "")
+            tqdm.write(f"epoch {e.epoch}/{e.epochs}: train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f}{val} "
+                       f"({m['seconds']:.1f} s)")
+        elif e.kind == "done" and e.message:
+            tqdm.write(e.message)
+
+    def _close_features(self) -> None:
+        if self.feature_bar is not None:
+            self.feature_bar.close()
+            self.feature_bar = None
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def data_options(f):
+    """Dataset and split options shared by train and grid."""
+    opts = [
+        click.option("--dataset", required=True,
+                     help="mnist, fashion-mnist, cifar10, or an image folder (one sub-folder per class; "
+                          "or with train/ and test/ inside)."),
+        click.option("--data-root", help="Folder holding the named datasets (default: $STYLEFORGE_DATA, else "
+                                         "~/.cache/styleforge/data)."),
+        click.option("--test-data", help="A separate test image folder (image-folder datasets)."),
+        click.option("--download", is_flag=True, help="Download a named dataset if it is missing (online)."),
+        click.option("--classes", help="A subset of classes by name, e.g. 0,1,7 or cat,dog."),
+        click.option("--per-class", type=int, help="Training images per class (drawn after the validation split)."),
+        click.option("--val-split", type=float, default=0.1, show_default=True,
+                     help="Fraction of the training set held out for validation (0: none)."),
+        click.option("--test-split", type=float, default=0.2, show_default=True,
+                     help="Folders without a test set: fraction of each class held out as test."),
+        click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the splits and subsets."),
+        click.option("--image-size", type=int, help="Model input size (square); default: the data's own size."),
+        click.option("--augment", default="none", show_default=True,
+                     help="none, or a list of crop,flip (on tensors, per batch)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def model_opts(f):
+    opts = [
+        click.option("--model", default="simple-cnn", show_default=True, help=f"One of: {', '.join(MODELS)}."),
+        click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default="relu", show_default=True),
+        click.option("--pretrained/--random-init", default=None,
+                     help="ImageNet weights for vgg19/resnet18 (default: on for vgg19, off for resnet18)."),
+        click.option("--weights", type=click.Path(path_type=Path), help="Backbone weights file (skips the lookup)."),
+        click.option("--freeze", type=click.Choice(("auto",) + FREEZE_POLICIES), default="auto", show_default=True,
+                     help="auto: all-but-head for vgg19, all-but-layer4 for pretrained resnet18, else none."),
+        click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+                     help="A model's own setting, e.g. width=32 (res-cnn), layer=relu4_4, pool=avgmax, hidden=512 "
+                          "(vgg19). Repeatable."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def run_options(f):
+    opts = [
+        click.option("--schedule", type=click.Choice(SCHEDULES), default="onecycle", show_default=True,
+                     help="LR schedule over training: onecycle (warm-up then linear decay), cosine, step, constant."),
+        click.option("--warmup", type=float, default=0.2, show_default=True, help="Warm-up fraction of training."),
+        click.option("--label-smoothing", type=float, default=0.0, show_default=True),
+        click.option("--eval-batch-size", type=int, default=512, show_default=True),
+        click.option("--patience", type=int, help="Stop after this many epochs without a lower validation loss."),
+        click.option("--max-seconds", type=float, help="Training-time budget; the schedule follows elapsed time."),
+        click.option("--cache-features", type=click.Choice(CACHE_MODES), default="auto", show_default=True,
+                     help="Cache a frozen trunk's outputs (auto: when the trunk is frozen and --augment none)."),
+        click.option("--checkpoint-every", "checkpoint_seconds", type=float, default=30.0, show_default=True,
+                     help="Write best.pt/last.pt at most every this many seconds (and after the last epoch)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--no-plots", is_flag=True, help="Skip curves.png and confusion_test.png."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _base_config(kw: dict, output: str) -> TrainConfig:
+    return TrainConfig(
+        dataset=kw["dataset"], output=output, model=kw["model"], data_root=kw["data_root"],
+        test_data=kw["test_data"], download=kw["download"], classes=parse_list(kw["classes"]),
+        per_class=kw["per_class"], val_split=kw["val_split"], test_split=kw["test_split"],
+        split_seed=kw["split_seed"], image_size=kw["image_size"], augment=parse_augment(kw["augment"]),
+        activation=kw["activation"], pretrained=kw["pretrained"],
+        weights=str(kw["weights"]) if kw["weights"] else None, freeze=kw["freeze"],
+        model_options=parse_model_options(kw["options"], kw["model"]), schedule=kw["schedule"],
+        warmup=kw["warmup"], label_smoothing=kw["label_smoothing"], eval_batch_size=kw["eval_batch_size"],
+        patience=kw["patience"], max_seconds=kw["max_seconds"], cache_features=kw["cache_features"],
+        checkpoint_seconds=kw["checkpoint_seconds"],
+        device=kw["device"], precision=kw["precision"], seed=kw["seed"], plots=not kw["no_plots"])
+
+
 @main_group.group("classify")
 def classify_group() -> None:
-    """CNN classifiers and transfer learning."""
+    """CNN classifiers and transfer learning: train, evaluate, grid-search, compare."""
 
 
 @classify_group.command("models")
 def models_cmd() -> None:
-    """List the registered models."""
+    """List the registered models and their --option settings."""
     for spec in MODELS.values():
         extra = " (--pretrained)" if spec.pretrained else ""
-        click.echo(f"{spec.name:12s} {spec.description}{extra}")
+        opts = model_options(spec.name)
+        opt_text = f" [options: {', '.join(f'{k}={v}' for k, v in opts.items())}]" if opts else ""
+        click.echo(f"{spec.name:12s} {spec.description}{extra}{opt_text}")
+
+
+@classify_group.command("train")
+@data_options
+@model_opts
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Run directory.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
+@click.option("--lr", type=float, help="Learning rate (default: 0.05 for sgd, 0.001 for adam/adamw).")
+@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum (Nesterov).")
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Per process (under torchrun).")
+@run_options
+@click.option("--overwrite", is_flag=True, help="Replace a run already in the output directory.")
+@click.option("--resume", is_flag=True, help="Continue the run in the output directory from its last.pt.")
+def train_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, overwrite, resume, quiet, **kw):
+    """Train a classifier; writes metrics, curves, checkpoints and a report to OUTPUT."""
+    from ..classify.train import fit
+
+    kw["quiet"] = quiet
+    cfg = _base_config(kw, str(output))
+    cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay = optimizer, lr, momentum, weight_decay
+    cfg.epochs, cfg.batch_size, cfg.overwrite, cfg.resume = epochs, batch_size, overwrite, resume
+    bars = TrainBars(quiet)
+    try:
+        result = fit(cfg, callback=bars)
+    finally:
+        bars.close()
+    s = result.summary
+    if distributed.current().is_main and not quiet:
+        acc = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
+        click.echo(f"wrote {output}: test acc {acc(s.get('test_acc'))}, val acc {acc(s.get('val_acc'))}, "
+                   f"train acc {acc(s.get('train_acc'))} (best epoch {s.get('best_epoch')}, "
+                   f"{s['wall_seconds']:.1f} s)")
+
+
+@classify_group.command("eval")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--dataset", help="Dataset (default: the one the checkpoint was trained on, same splits).")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--data-root", help="Folder holding the named datasets.")
+@click.option("--test-data", help="A separate test image folder.")
+@click.option("--download", is_flag=True)
+@click.option("--classes", help="A subset of classes by name (must match the checkpoint's).")
+@click.option("--val-split", type=float)
+@click.option("--test-split", type=float)
+@click.option("--image-size", type=int, help="Decode size for folders of mixed-size images.")
+@click.option("--batch-size", type=int, default=512, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Folder for confusion_<split>.png, per_class_<split>.csv/.md and eval_<split>.json.")
+def eval_cmd(checkpoint, dataset, split, data_root, test_data, download, classes, val_split, test_split,
+             image_size, batch_size, device, precision, output):
+    """Evaluate a run directory or checkpoint on a dataset split."""
+    from ..classify.evaluate import EvalConfig, evaluate
+    from ..classify.report import markdown_table
+
+    result = evaluate(EvalConfig(str(checkpoint), dataset, split, data_root, test_data, download, parse_list(classes),
+                                 val_split, test_split, image_size, batch_size, device, precision,
+                                 str(output) if output else None))
+    if not distributed.current().is_main:
+        return
+    click.echo(f"{split} accuracy {result.acc:.4f}, loss {result.loss:.4f} on {result.n} images "
+               f"({result.seconds:.1f} s)")
+    click.echo(markdown_table(result.per_class, ["class", "precision", "recall", "f1", "support"]))
+    if output:
+        click.echo(f"wrote {output}/confusion_{split}.png, per_class_{split}.csv/.md, eval_{split}.json")
+
+
+@classify_group.command("grid")
+@data_options
+@model_opts
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Folder for the runs and grid.csv / grid.md.")
+@click.option("--optimizer", default="sgd", show_default=True, help="One or more of sgd, adam, adamw (comma list).")
+@click.option("--lr", help="Learning rates, e.g. 0.01,0.1 (default: per optimizer).")
+@click.option("--momentum", default="0.9", show_default=True, help="Comma list.")
+@click.option("--weight-decay", default="5e-4", show_default=True, help="Comma list.")
+@click.option("--epochs", default="10", show_default=True, help="Comma list.")
+@click.option("--batch-size", default="128", show_default=True, help="Comma list, e.g. 256,512.")
+@run_options
+@click.option("--overwrite", is_flag=True, help="Replace a grid search already in the output folder.")
+def grid_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, quiet, overwrite, **kw):
+    """Train every combination of the comma-separated settings; rank on validation accuracy,
+    evaluate the best on the test set."""
+    from ..classify.grid import grid
+
+    kw["quiet"] = quiet
+    base = _base_config(kw, str(output))
+    lists = {"optimizer": parse_list(optimizer), "lr": parse_numbers(lr, "--lr"),
+             "momentum": parse_numbers(momentum, "--momentum"),
+             "weight_decay": parse_numbers(weight_decay, "--weight-decay"),
+             "epochs": parse_numbers(epochs, "--epochs", int), "batch_size": parse_numbers(batch_size, "--batch-size", int)}
+    axes = {}
+    for key, values in lists.items():
+        if not values:
+            continue
+        if len(values) == 1:
+            setattr(base, key, values[0])
+        else:
+            axes[key] = values
+    if not axes:
+        raise StyleforgeError("nothing to search: give at least one setting with several values, e.g. --lr 0.01,0.1")
+    bars = TrainBars(quiet)
+    try:
+        result = grid(base, axes, output, callback=bars, overwrite=overwrite)
+    finally:
+        bars.close()
+    if distributed.current().is_main:
+        click.echo((Path(output) / "grid.md").read_text())
+
+
+@classify_group.command("compare")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="PNG of the overlaid curves.")
+@click.option("--table", type=click.Path(path_type=Path), help="Write the table (.csv, or .md for markdown).")
+def compare_cmd(runs, output, table):
+    """Overlay the learning curves of finished RUNS and tabulate their results."""
+    from ..classify.compare import COLUMNS, compare
+    from ..classify.report import markdown_table
+
+    rows = compare(runs, output, table)
+    click.echo(markdown_table(rows, COLUMNS))
+    if output:
+        click.echo(f"wrote {output}")
 
 
 @main_group.command("summary")
@@ -39,10 +345,11 @@ def models_cmd() -> None:
 @click.option("--input", "input_shape", default="3x32x32", show_default=True, help="Input shape CxHxW.")
 @click.option("--classes", type=int, default=10, show_default=True, help="Number of classes.")
 @click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default="relu", show_default=True)
-def summary_cmd(model: str, input_shape: str, classes: int, activation: str) -> None:
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A model's own setting (repeatable).")
+def summary_cmd(model: str, input_shape: str, classes: int, activation: str, options: tuple[str, ...]) -> None:
     """Per-layer output shapes and parameter counts of MODEL, and the totals."""
     shape = parse_shape(input_shape)
-    net = build_model(model, shape, classes, activation)
+    net = build_model(model, shape, classes, activation, **parse_model_options(options, model))
     try:
         result = summarize(net, shape)
     except RuntimeError as exc:

@@ -1,0 +1,101 @@
+"""Classifier checkpoints: plain dicts of tensors and JSON-like values.
+
+A checkpoint records what is needed to rebuild the model without the training data or
+pretrained-weights files: model name and options, input shape, number of classes, class
+names, activation, and the plain ``state_dict`` (never a DDP wrapper's, so a checkpoint
+from an 8-GPU run loads on one CPU and the other way round). It is written with
+``torch.save`` atomically and read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ..errors import StyleforgeError
+from ..io import save_torch
+from .models import Classifier, build_model
+
+FORMAT = "styleforge-classifier/1"
+META_KEYS = ("model", "input_shape", "num_classes", "class_names", "activation", "model_options")
+
+
+def make_meta(model: str, input_shape: tuple[int, int, int], class_names: list[str], activation: str,
+              model_options: Mapping[str, Any] | None = None, freeze: str = "none") -> dict[str, Any]:
+    return {"model": model, "input_shape": [int(v) for v in input_shape], "num_classes": len(class_names),
+            "class_names": list(class_names), "activation": activation,
+            "model_options": dict(model_options or {}), "freeze": freeze}
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module | Mapping[str, torch.Tensor],
+                    meta: Mapping[str, Any], **extra: Any) -> Path:
+    """Write ``{format, meta..., state_dict, extra...}`` atomically (tensors on CPU).
+    ``model`` is a module (a DDP wrapper is unwrapped) or a state dict."""
+    from ..distributed import unwrap
+
+    items = model.items() if isinstance(model, Mapping) else unwrap(model).state_dict().items()
+    state = {k: v.detach().cpu() for k, v in items}
+    return save_torch({"format": FORMAT, **meta, "state_dict": state, **extra}, path)
+
+
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """A run directory means its ``best.pt``."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        best = path / "best.pt"
+        if not best.is_file():
+            raise StyleforgeError(f"{path} holds no best.pt: give a run directory of 'styleforge classify train' "
+                                  "or a checkpoint file")
+        return best
+    if not path.is_file():
+        raise StyleforgeError(f"{path}: no such checkpoint file or run directory")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a classifier checkpoint (or a run directory's best.pt)."""
+    path = resolve_checkpoint_path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated files, pickles of arbitrary objects, not torch at all
+        raise StyleforgeError(f"{path} is not a readable styleforge checkpoint ({type(exc).__name__}): "
+                              "give a best.pt or last.pt written by 'styleforge classify train'") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or any(k not in ckpt for k in META_KEYS):
+        raise StyleforgeError(f"{path} is not a styleforge classifier checkpoint (no {FORMAT} record): give a "
+                              "best.pt or last.pt written by 'styleforge classify train'")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def check_compatible(ckpt: Mapping[str, Any], model: str | None = None, num_classes: int | None = None,
+                     class_names: list[str] | None = None, channels: int | None = None) -> None:
+    """One-line errors when a checkpoint belongs to another model, class count or input."""
+    where = ckpt.get("path", "the checkpoint")
+    if model is not None and ckpt["model"] != model:
+        raise StyleforgeError(f"{where} holds a {ckpt['model']} model, not {model}: give a {model} checkpoint "
+                              f"or --model {ckpt['model']}")
+    if num_classes is not None and ckpt["num_classes"] != num_classes:
+        raise StyleforgeError(f"{where} was trained on {ckpt['num_classes']} classes but the data has "
+                              f"{num_classes}: use the same dataset and --classes as in training")
+    if class_names is not None and list(ckpt["class_names"]) != list(class_names):
+        raise StyleforgeError(f"{where} was trained on classes {', '.join(ckpt['class_names'])}, the data has "
+                              f"{', '.join(class_names)}: use the same --classes, in the same order")
+    if channels is not None and ckpt["input_shape"][0] != channels:
+        raise StyleforgeError(f"{where} takes {ckpt['input_shape'][0]}-channel images but the data has {channels}")
+
+
+def model_from_checkpoint(ckpt: Mapping[str, Any]) -> Classifier:
+    """Rebuild the model a checkpoint describes and load its weights (no weights lookup)."""
+    shape = tuple(ckpt["input_shape"])
+    model = build_model(ckpt["model"], shape, ckpt["num_classes"], ckpt["activation"],
+                        **dict(ckpt.get("model_options") or {}))
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise StyleforgeError(f"{ckpt.get('path', 'checkpoint')} does not fit a {ckpt['model']} model with "
+                              f"{ckpt['num_classes']} classes ({first[:120]})") from None
+    return model.eval()

@@ -1,0 +1,438 @@
+"""Classifier datasets, kept in memory as uint8 tensors.
+
+Datasets by name (``mnist``, ``fashion-mnist``, ``cifar10``) or any ImageFolder path
+(one sub-folder per class; a folder holding ``train/`` and ``test/`` class folders gives
+both splits). Every dataset is decoded once into an :class:`ImageSet`: a uint8
+``(N, C, H, W)`` tensor and int64 labels. Batches are cut from it by indexing, converted
+to float on the device and augmented there, so loading never dominates an epoch.
+
+Where the data comes from:
+
+- MNIST / Fashion-MNIST: the original idx files (``.gz`` or extracted) in
+  ``ROOT/MNIST/raw`` or ``ROOT/FashionMNIST/raw`` (torchvision's layout), parsed directly,
+  so a read-only folder holding only the ``.gz`` files works.
+- CIFAR-10: torchvision's ``ROOT/cifar-10-batches-py``, else an ImageFolder copy in
+  ``ROOT/cifar10-jpeg/{train,test}``.
+- ``ROOT`` is ``--data-root``, else ``$STYLEFORGE_DATA``, else ``~/.cache/styleforge/data``.
+  torchvision downloads into it only when asked (``download=True``).
+- Decoded folders are cached (``$STYLEFORGE_CACHE``, else ``~/.cache/styleforge``), keyed
+  by the folder's path, size setting, file count and modification times, so a 60,000-JPEG
+  folder is decoded once.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import StyleforgeError
+from ..io import IMAGE_SUFFIXES, open_rgb, save_torch
+
+DATASETS = ("mnist", "fashion-mnist", "cifar10")
+DATA_ENV = "STYLEFORGE_DATA"
+CACHE_ENV = "STYLEFORGE_CACHE"
+# Folders whose images differ in size are decoded at this square size unless --image-size says.
+DEFAULT_FOLDER_SIZE = 128
+_CACHE_VERSION = 1
+
+MNIST_CLASSES = [str(d) for d in range(10)]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@dataclass
+class ImageSet:
+    """Images as a uint8 ``(N, C, H, W)`` tensor, int64 labels, and the class names."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def subset(self, index: torch.Tensor | Sequence[int]) -> "ImageSet":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return ImageSet(self.images[index], self.labels[index], list(self.classes))
+
+    def counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=len(self.classes)).tolist()
+
+
+@dataclass
+class DataSpec:
+    """What to load and how to cut it (the data part of a training configuration)."""
+
+    dataset: str
+    data_root: str | None = None
+    test_data: str | None = None      # a separate test folder (ImageFolder datasets)
+    download: bool = False
+    classes: list[str] | None = None  # a subset, by name (or index)
+    per_class: int | None = None      # training images per class (after the val split)
+    val_split: float = 0.1            # fraction of the training set held out for validation
+    test_split: float = 0.2           # for folders without a test set: fraction held out as test
+    split_seed: int = 0               # the splits and subsets do not change with the training seed
+    image_size: int | None = None     # decode size for folders of mixed-size (or non-square) images
+
+
+@dataclass
+class Splits:
+    train: ImageSet
+    val: ImageSet | None
+    test: ImageSet
+    classes: list[str]
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- places
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "styleforge").expanduser()
+
+
+def data_root(explicit: str | os.PathLike | None = None) -> Path:
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    return cache_dir() / "data"
+
+
+# --------------------------------------------------------------------------- MNIST idx files
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError("not a uint8 idx file")
+        dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+        arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+        return arr.reshape(dims)
+    except (OSError, EOFError, ValueError, struct.error) as exc:
+        raise StyleforgeError(f"{path} is not a readable MNIST idx file ({exc}): copy or download it again") \
+            from None
+
+
+def _find_idx(raw: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (raw / name).is_file():
+            return raw / name
+    return None
+
+
+def load_mnist(name: str, root: Path, download: bool = False) -> tuple[ImageSet, ImageSet]:
+    """MNIST or Fashion-MNIST (train, test) from torchvision's folder layout under ``root``."""
+    folder = "MNIST" if name == "mnist" else "FashionMNIST"
+    classes = MNIST_CLASSES if name == "mnist" else FASHION_CLASSES
+    raw = root / folder / "raw"
+    stems = {split: (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+             for split, prefix in (("train", "train"), ("test", "t10k"))}
+    missing = [s for pair in stems.values() for s in pair if _find_idx(raw, s) is None]
+    if missing and download:
+        from torchvision import datasets
+
+        cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+        try:
+            cls(str(root), train=True, download=True)
+            cls(str(root), train=False, download=True)
+        except Exception as exc:  # URLError, permission errors, md5 errors
+            raise StyleforgeError(f"downloading {name} into {root} failed ({type(exc).__name__}: {exc})") from None
+        missing = [s for pair in stems.values() for s in pair if _find_idx(raw, s) is None]
+    if missing:
+        raise StyleforgeError(
+            f"{name} not found: {raw} lacks {missing[0]}(.gz); pass --data-root (the folder that holds "
+            f"{folder}/raw), set ${DATA_ENV}, or add --download")
+    out = []
+    for split, (img_stem, lab_stem) in stems.items():
+        images = _read_idx(_find_idx(raw, img_stem))
+        labels = _read_idx(_find_idx(raw, lab_stem))
+        if images.ndim != 3 or labels.shape[0] != images.shape[0]:
+            raise StyleforgeError(f"{raw}: {split} images and labels do not match")
+        out.append(ImageSet(torch.from_numpy(images.copy()).unsqueeze(1),
+                            torch.from_numpy(labels.astype(np.int64)), list(classes)))
+    return out[0], out[1]
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+def load_cifar10(root: Path, download: bool = False) -> tuple[ImageSet, ImageSet]:
+    """CIFAR-10 (train, test): torchvision's python batches, else ``cifar10-jpeg/`` folders."""
+    if (root / "cifar-10-batches-py").is_dir() or download:
+        from torchvision import datasets
+
+        try:
+            sets = [datasets.CIFAR10(str(root), train=t, download=download) for t in (True, False)]
+        except RuntimeError as exc:
+            raise StyleforgeError(f"CIFAR-10 in {root} is incomplete or corrupt ({exc}): add --download") from None
+        except Exception as exc:  # network errors
+            raise StyleforgeError(f"downloading cifar10 into {root} failed ({type(exc).__name__}: {exc})") from None
+        return tuple(ImageSet(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(),
+                              torch.tensor(s.targets, dtype=torch.long), list(s.classes))
+                     for s in sets)  # type: ignore[return-value]
+    jpeg = root / "cifar10-jpeg"
+    if (jpeg / "train").is_dir() and (jpeg / "test").is_dir():
+        return load_folder(jpeg / "train"), load_folder(jpeg / "test")
+    raise StyleforgeError(f"cifar10 not found in {root} (no cifar-10-batches-py/ or cifar10-jpeg/): pass "
+                          f"--data-root, set ${DATA_ENV}, or add --download")
+
+
+# --------------------------------------------------------------------------- ImageFolder
+
+def _class_dirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def is_split_folder(path: Path) -> bool:
+    """A folder holding ``train/`` and ``test/``, each with class folders."""
+    return all((path / s).is_dir() and _class_dirs(path / s) for s in ("train", "test"))
+
+
+def _scan_folder(path: Path) -> tuple[list[str], list[list[Path]]]:
+    if not path.exists():
+        raise StyleforgeError(f"dataset folder {path} does not exist: use one of {', '.join(DATASETS)} or a "
+                              "folder with one sub-folder of images per class")
+    if not path.is_dir():
+        raise StyleforgeError(f"dataset {path} is not a folder: use one of {', '.join(DATASETS)} or a folder "
+                              "with one sub-folder of images per class")
+    dirs = _class_dirs(path)
+    if not dirs:
+        raise StyleforgeError(f"{path} has no class sub-folders: an image-folder dataset holds one folder of "
+                              "images per class")
+    files = [_image_files(d) for d in dirs]
+    for d, f in zip(dirs, files):
+        if not f:
+            raise StyleforgeError(f"class folder {d} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...): "
+                                  "add images or remove the folder")
+    if len(dirs) < 2:
+        raise StyleforgeError(f"{path} has only one class folder ({dirs[0].name}): a classifier needs at least 2")
+    return [d.name for d in dirs], files
+
+
+def _fit_square(img: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to ``size`` and crop the centre square."""
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def _decode(path: Path, size: int | None) -> np.ndarray:
+    img = open_rgb(path)
+    if size is not None and img.size != (size, size):
+        img = _fit_square(img, size)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _cache_key(path: Path, size: int | None, dirs: list[str], files: list[list[Path]]) -> str:
+    stamp = {"v": _CACHE_VERSION, "path": str(path.resolve()), "size": size, "classes": dirs,
+             "counts": [len(f) for f in files], "mtime": path.stat().st_mtime_ns,
+             "class_mtimes": [(path / d).stat().st_mtime_ns for d in dirs]}
+    return hashlib.sha1(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def load_folder(path: str | os.PathLike, image_size: int | None = None, use_cache: bool = True) -> ImageSet:
+    """An ImageFolder (class-per-folder) as an :class:`ImageSet` (RGB).
+
+    Square images of one size are kept at that size (the training loop resizes batches
+    on the device); folders of mixed-size or non-square images are decoded at
+    ``image_size`` (default 128) square: shorter side resized, centre cropped.
+    """
+    path = Path(path).expanduser()
+    classes, files = _scan_folder(path)
+    flat = [(f, label) for label, fs in enumerate(files) for f in fs]
+    # The key holds the requested size, so a cache hit needs no look at the images.
+    cache_file = cache_dir() / "folders" / f"{_cache_key(path, image_size, classes, files)}.pt"
+    if use_cache and cache_file.is_file():
+        try:
+            obj = torch.load(cache_file, map_location="cpu", weights_only=True)
+            if obj["classes"] == classes and obj["labels"].shape[0] == len(flat):
+                return ImageSet(obj["images"], obj["labels"], classes)
+        except Exception:  # a stale or damaged cache file is rebuilt
+            pass
+    sizes = set()
+    for f, _ in flat:
+        try:
+            with Image.open(f) as im:
+                sizes.add(im.size)
+        except Exception:
+            sizes.add(None)  # decoding below gives the one-line error
+        if len(sizes) > 1:
+            break
+    only = next(iter(sizes))
+    uniform = len(sizes) == 1 and only is not None and only[0] == only[1]
+    size = None if uniform else (image_size or DEFAULT_FOLDER_SIZE)
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        arrays = list(pool.map(lambda item: _decode(item[0], size), flat, chunksize=64))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise StyleforgeError(f"{path}: images differ in size; pass --image-size N to decode them at N x N")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor([label for _, label in flat], dtype=torch.long)
+    if use_cache:
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            save_torch({"images": images, "labels": labels, "classes": classes}, cache_file)
+        except (OSError, StyleforgeError):
+            pass  # an unwritable cache only costs the decode next time
+    return ImageSet(images, labels, classes)
+
+
+# --------------------------------------------------------------------------- loading by name
+
+def load_dataset(spec: DataSpec) -> tuple[ImageSet, ImageSet | None, str]:
+    """(train, test or None, description) for a dataset name or folder."""
+    name = spec.dataset
+    if name.lower() in DATASETS and not Path(name).exists():
+        name = name.lower()
+        root = data_root(spec.data_root)
+        if name in ("mnist", "fashion-mnist"):
+            train, test = load_mnist(name, root, spec.download)
+        else:
+            train, test = load_cifar10(root, spec.download)
+        if spec.test_data:
+            test = load_folder(spec.test_data, spec.image_size)
+        return train, test, f"{name} ({root})"
+    path = Path(name).expanduser()
+    if not path.exists() and os.sep not in name and "/" not in name:
+        raise StyleforgeError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} or a folder with one "
+                              "sub-folder of images per class")
+    if path.is_dir() and is_split_folder(path) and not spec.test_data:
+        train = load_folder(path / "train", spec.image_size)
+        test = load_folder(path / "test", spec.image_size or (train.shape[1] if train.shape[1] == train.shape[2]
+                                                               else None))
+        return train, test, f"folder {path} (train/, test/)"
+    train = load_folder(path, spec.image_size)
+    test = None
+    if spec.test_data:
+        test = load_folder(spec.test_data, spec.image_size or train.shape[1])
+    return train, test, f"folder {path}"
+
+
+def _stratified_split(labels: torch.Tensor, frac: float, seed: int, num_classes: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held-out) indices: ``round(frac * n_c)`` of each class held out, seeded."""
+    g = torch.Generator().manual_seed(seed)
+    keep, held = [], []
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n = int(frac * len(idx) + 0.5)
+        held.append(idx[:n])
+        keep.append(idx[n:])
+    return torch.cat(keep).sort().values, torch.cat(held).sort().values
+
+
+def _select_classes(sets: list[ImageSet], wanted: list[str]) -> list[ImageSet]:
+    classes = sets[0].classes
+    chosen: list[int] = []
+    for token in wanted:
+        token = token.strip()
+        if token in classes:
+            chosen.append(classes.index(token))
+        elif token.isdigit() and int(token) < len(classes):
+            chosen.append(int(token))
+        else:
+            raise StyleforgeError(f"--classes: no class {token!r} in this dataset; its classes are "
+                                  f"{', '.join(classes)}")
+    if len(set(chosen)) != len(chosen):
+        raise StyleforgeError("--classes names a class twice")
+    if len(chosen) < 2:
+        raise StyleforgeError("--classes: a classifier needs at least 2 classes")
+    remap = torch.full((len(classes),), -1, dtype=torch.long)
+    remap[torch.tensor(chosen)] = torch.arange(len(chosen))
+    out = []
+    for s in sets:
+        keep = torch.nonzero(remap[s.labels] >= 0).flatten()
+        out.append(ImageSet(s.images[keep], remap[s.labels[keep]], [classes[i] for i in chosen]))
+    return out
+
+
+def load_splits(spec: DataSpec) -> Splits:
+    """Load the dataset and cut train / val / test as ``spec`` says.
+
+    Order: the test split (folders without a test set), the class subset, the validation
+    split of the training set, then ``per_class`` training images per class drawn from
+    what is left, so the validation images are never training images and the test set
+    never serves any choice.
+    """
+    for name, frac in (("--val-split", spec.val_split), ("--test-split", spec.test_split)):
+        if not 0 <= frac < 1:
+            raise StyleforgeError(f"{name} {frac} must be in [0, 1)")
+    train, test, source = load_dataset(spec)
+    notes = []
+    if test is None:
+        if spec.test_split <= 0:
+            raise StyleforgeError(f"{spec.dataset} has no test set: give --test-data FOLDER or a --test-split > 0")
+        keep, held = _stratified_split(train.labels, spec.test_split, spec.split_seed, len(train.classes))
+        if len(held) == 0:
+            raise StyleforgeError(f"--test-split {spec.test_split} holds out no image: raise it")
+        train, test = train.subset(keep), train.subset(held)
+        notes.append(f"test set: {spec.test_split:.0%} of each class held out (split seed {spec.split_seed})")
+    if test.classes != train.classes:
+        raise StyleforgeError(f"the test set's classes ({', '.join(test.classes)}) differ from the training set's "
+                              f"({', '.join(train.classes)})")
+    if test.shape[0] != train.shape[0]:
+        raise StyleforgeError("the test images have a different number of channels from the training images")
+    if spec.classes:
+        train, test = _select_classes([train, test], spec.classes)
+    k = len(train.classes)
+    val = None
+    if spec.val_split > 0:
+        keep, held = _stratified_split(train.labels, spec.val_split, spec.split_seed + 1, k)
+        if len(held):
+            train, val = train.subset(keep), train.subset(held)
+    if spec.per_class is not None:
+        if spec.per_class < 1:
+            raise StyleforgeError("--per-class must be at least 1")
+        counts = train.counts()
+        short = [(train.classes[c], n) for c, n in enumerate(counts) if n < spec.per_class]
+        if short:
+            where = " after the validation split" if val is not None else ""
+            raise StyleforgeError(f"--per-class {spec.per_class} is more than available: class {short[0][0]!r} has "
+                                  f"{short[0][1]} training images{where}; lower --per-class"
+                                  + (" or --val-split" if val is not None else ""))
+        g = torch.Generator().manual_seed(spec.split_seed + 2)
+        pick = []
+        for c in range(k):
+            idx = torch.nonzero(train.labels == c).flatten()
+            pick.append(idx[torch.randperm(len(idx), generator=g)[:spec.per_class]])
+        train = train.subset(torch.cat(pick).sort().values)
+    missing = [train.classes[c] for c, n in enumerate(train.counts()) if n == 0]
+    if missing:
+        raise StyleforgeError(f"class {missing[0]!r} has no training images left after the splits: "
+                              "lower --val-split/--test-split")
+    return Splits(train, val, test, list(train.classes), source, notes)
+
+
+def channel_stats(images: torch.Tensor, max_images: int = 10000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std in [0, 1] units (from up to ``max_images`` images, evenly strided)."""
+    step = max(1, len(images) // max_images)
+    x = images[::step].float().div_(255)
+    return x.mean((0, 2, 3)), x.std((0, 2, 3))

@@ -1,0 +1,116 @@
+"""Re-evaluating a trained classifier (a run directory or checkpoint) on a dataset split."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .. import distributed
+from ..device import runtime
+from ..errors import StyleforgeError
+from ..io import save_json
+from . import report
+from .checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
+from .data import DataSpec, load_splits
+from .train import _Source, evaluate_source
+
+SPLITS = ("test", "val", "train")
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate, and on which data.
+
+    Without ``dataset`` the checkpoint's own data settings are used (same dataset,
+    classes and splits as in training). With ``dataset`` the data are as given, and the
+    checkpoint must fit them (same number of classes, same class names).
+    """
+
+    checkpoint: str
+    dataset: str | None = None
+    split: str = "test"
+    data_root: str | None = None
+    test_data: str | None = None
+    download: bool = False
+    classes: list[str] | None = None
+    val_split: float | None = None
+    test_split: float | None = None
+    image_size: int | None = None
+    batch_size: int = 512
+    device: str = "auto"
+    precision: str = "auto"
+    output: str | None = None  # a folder for confusion_<split>.png, per_class_<split>.csv/.md, eval_<split>.json
+
+
+@dataclass
+class EvalResult:
+    checkpoint: str
+    split: str
+    n: int
+    loss: float | None
+    acc: float | None
+    confusion: torch.Tensor
+    classes: list[str]
+    per_class: list[dict[str, Any]]
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint, "split": self.split, "n": self.n, "loss": self.loss, "acc": self.acc,
+                "classes": self.classes, "confusion": self.confusion.tolist(), "per_class": self.per_class,
+                "seconds": self.seconds}
+
+
+def _data_spec(cfg: EvalConfig, ckpt: dict[str, Any]) -> DataSpec:
+    train_cfg = ckpt.get("config") or {}
+    if cfg.dataset is None:
+        if not train_cfg.get("dataset"):
+            raise StyleforgeError(f"{ckpt['path']} does not record its dataset: give --dataset")
+        return DataSpec(train_cfg["dataset"], cfg.data_root or train_cfg.get("data_root"),
+                        cfg.test_data or train_cfg.get("test_data"), cfg.download, train_cfg.get("class_names"),
+                        train_cfg.get("per_class"),
+                        train_cfg.get("val_split", 0.1) if cfg.val_split is None else cfg.val_split,
+                        train_cfg.get("test_split", 0.2) if cfg.test_split is None else cfg.test_split,
+                        train_cfg.get("split_seed", 0), cfg.image_size or train_cfg.get("image_size"))
+    return DataSpec(cfg.dataset, cfg.data_root, cfg.test_data, cfg.download, cfg.classes, None,
+                    0.1 if cfg.val_split is None else cfg.val_split, 0.2 if cfg.test_split is None else cfg.test_split,
+                    0, cfg.image_size)
+
+
+def evaluate(cfg: EvalConfig, callback: Callable[[str], None] | None = None) -> EvalResult:
+    """Loss, accuracy, confusion matrix and per-class precision/recall of a checkpoint."""
+    t0 = time.perf_counter()
+    if cfg.split not in SPLITS:
+        raise StyleforgeError(f"--split {cfg.split!r} is unknown: use one of {', '.join(SPLITS)}")
+    ckpt = load_checkpoint(cfg.checkpoint)
+    ctx = distributed.setup()
+    say = callback if (callback is not None and ctx.is_main) else (lambda msg: None)
+    say("loading data")
+    splits = load_splits(_data_spec(cfg, ckpt))
+    data = {"train": splits.train, "val": splits.val, "test": splits.test}[cfg.split]
+    if data is None:
+        raise StyleforgeError(f"there is no {cfg.split} split: give --val-split > 0")
+    check_compatible(ckpt, num_classes=len(splits.classes), class_names=splits.classes, channels=data.shape[0])
+    model = model_from_checkpoint(ckpt)
+    rt = runtime(ctx.device_spec(cfg.device), cfg.precision)
+    model = rt.to(model)
+    size = tuple(ckpt["input_shape"][1:])
+    say(f"evaluating {len(data)} {cfg.split} images")
+    ev = evaluate_source(model, _Source(data.images, data.labels, rt, size, features=False), rt, ctx,
+                         cfg.batch_size, len(splits.classes))
+    rows = report.per_class(ev["confusion"], splits.classes)
+    result = EvalResult(ckpt["path"], cfg.split, ev["n"], ev["loss"], ev["acc"], ev["confusion"], splits.classes,
+                        rows, time.perf_counter() - t0)
+    if cfg.output and ctx.is_main:
+        out = Path(cfg.output).expanduser()
+        out.mkdir(parents=True, exist_ok=True)
+        report.plot_confusion(ev["confusion"], splits.classes, out / f"confusion_{cfg.split}.png",
+                              title=f"{cfg.split} set: accuracy {ev['acc']:.2%}")
+        cols = ["class", "precision", "recall", "f1", "support"]
+        report.write_csv(rows, cols, out / f"per_class_{cfg.split}.csv")
+        report.write_text(report.markdown_table(rows, cols) + "\n", out / f"per_class_{cfg.split}.md")
+        save_json(result.as_dict(), out / f"eval_{cfg.split}.json")
+    return result

@@ -1,0 +1,108 @@
+"""Grid search: train every combination of some settings, rank on validation accuracy.
+
+The test set decides nothing: every run trains with a validation split and without a test
+evaluation; only the best run (highest validation accuracy, then lowest validation loss)
+is evaluated on the test set at the end.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ..errors import StyleforgeError
+from ..io import check_writable, save_json
+from . import report
+from .evaluate import EvalConfig, evaluate
+from .train import TrainConfig, TrainEvent, fit
+
+# Short names used in the run folder names.
+_SHORT = {"lr": "lr", "batch_size": "bs", "optimizer": "opt", "weight_decay": "wd", "momentum": "mom",
+          "epochs": "ep", "label_smoothing": "ls", "activation": "act", "model": "m", "schedule": "sch"}
+GRID_FILES = ("grid.csv", "grid.md", "grid.json")
+
+
+@dataclass
+class GridResult:
+    output: Path
+    rows: list[dict[str, Any]]
+    best: dict[str, Any]
+    test: dict[str, Any]
+
+
+def _run_name(i: int, combo: Mapping[str, Any]) -> str:
+    parts = [f"{_SHORT.get(k, k)}{v:g}" if isinstance(v, float) else f"{_SHORT.get(k, k)}{v}" for k, v in combo.items()]
+    return f"{i:02d}-" + "-".join(parts).replace("/", "_")
+
+
+def grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], output: str | Path,
+         callback: Callable[[TrainEvent], None] | None = None, overwrite: bool = False) -> GridResult:
+    """Train ``base`` with every combination of ``axes`` (TrainConfig field → values) into
+    ``output/NN-.../``; write grid.csv / grid.md / grid.json ranked on validation accuracy;
+    evaluate the best run on the test set."""
+    names = {f.name for f in fields(TrainConfig)}
+    for key, values in axes.items():
+        if key not in names or key in ("dataset", "output"):
+            raise StyleforgeError(f"cannot search over {key!r}: use settings such as lr, batch_size, optimizer")
+        if not values:
+            raise StyleforgeError(f"grid axis {key} has no values")
+    if base.val_split <= 0:
+        raise StyleforgeError("a grid search ranks runs on validation accuracy: give --val-split > 0")
+    out = Path(output).expanduser()
+    held = [f for f in GRID_FILES if (out / f).exists()] + [p.name for p in out.glob("[0-9][0-9]-*") if p.is_dir()]
+    if held and not overwrite:
+        raise StyleforgeError(f"{out} already holds a grid search ({held[0]}, ...): use --overwrite or another -o")
+    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out / "grid.csv")
+    for name in held:
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+
+    keys = list(axes)
+    combos = [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+    emit = callback or (lambda event: None)
+    rows: list[dict[str, Any]] = []
+    for i, combo in enumerate(combos, start=1):
+        run_dir = out / _run_name(i, combo)
+        emit(TrainEvent("phase", message=f"run {i}/{len(combos)}: " + ", ".join(f"{k}={v}" for k, v in combo.items())))
+        cfg = replace(base, output=str(run_dir), evaluate_test=False, overwrite=False, resume=False, **combo)
+        status = "completed"
+        try:
+            fit(cfg, callback=callback)
+        except StyleforgeError as exc:
+            if not (run_dir / "summary.json").is_file():
+                raise  # bad settings, not a diverging run: stop the search
+            status = f"failed: {exc}"
+        summary = json.loads((run_dir / "summary.json").read_text())
+        rows.append({"run": run_dir.name, **combo, "val_acc": summary.get("val_acc"),
+                     "val_loss": summary.get("val_loss"), "train_acc": summary.get("train_acc"),
+                     "best_epoch": summary.get("best_epoch"), "epochs_run": summary.get("epochs_run"),
+                     "seconds": round(summary.get("wall_seconds", 0.0), 2),
+                     "stopped": summary.get("stopped") if status == "completed" else "nan"})
+    ranked = sorted(rows, key=lambda r: (-(r["val_acc"] if r["val_acc"] is not None else -1.0),
+                                         r["val_loss"] if r["val_loss"] is not None else float("inf")))
+    for rank, row in enumerate(ranked, start=1):
+        row["rank"] = rank
+    best = ranked[0]
+    if best["val_acc"] is None:
+        raise StyleforgeError(f"no run of the grid finished an epoch (see {out}): lower --lr")
+    emit(TrainEvent("phase", message=f"evaluating the best run ({best['run']}) on the test set"))
+    ev = evaluate(EvalConfig(str(out / best["run"]), device=base.device, precision=base.precision,
+                             output=str(out / best["run"])))
+    test = {"run": best["run"], "test_acc": ev.acc, "test_loss": ev.loss, "n": ev.n}
+    columns = ["rank", "run", *keys, "val_acc", "val_loss", "train_acc", "best_epoch", "epochs_run", "seconds",
+               "stopped"]
+    report.write_csv(ranked, columns, out / "grid.csv")
+    md = [f"# Grid search: {base.model} on {base.dataset}", "",
+          "Ranked on validation accuracy (the test set is used once, for the best run only).", "",
+          report.markdown_table(ranked, columns), "",
+          f"Best: **{best['run']}** ({', '.join(f'{k}={best[k]}' for k in keys)}): validation accuracy "
+          f"{best['val_acc']:.4f}, test accuracy **{ev.acc:.4f}** (loss {ev.loss:.4f}, {ev.n} images).", ""]
+    report.write_text("\n".join(md), out / "grid.md")
+    save_json({"axes": {k: list(v) for k, v in axes.items()}, "runs": ranked, "best": best, "test": test},
+              out / "grid.json")
+    return GridResult(out, ranked, best, test)

@@ -1,0 +1,195 @@
+"""The run directory's files: metrics.csv, curves.png, confusion matrix, per-class table, report.md.
+
+Every file is written atomically (a temporary file renamed into place), so a run that is
+interrupted or stopped leaves only complete files. Plots use matplotlib's Agg backend.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..io import atomic_path
+
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _integer_locator():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], path: str | os.PathLike) -> Path:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_fmt(row.get(c)) for c in columns])
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())
+    return Path(path)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, float | None]]:
+    """metrics.csv back as a list of dicts (empty cells become None)."""
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            rows.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
+    return rows
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    plt = _plt()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
+    """Loss and accuracy against epochs, train and validation, on one figure."""
+    plt = _plt()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [r["epoch"] for r in rows]
+    for ax, key, label in ((ax_loss, "loss", "loss (cross-entropy)"), (ax_acc, "acc", "accuracy")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            pts = [(e, r.get(f"{split}_{key}")) for e, r in zip(epochs, rows) if r.get(f"{split}_{key}") is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, markersize=3,
+                        label="train" if split == "train" else "validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(_integer_locator())
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax_loss.set_title("loss")
+    ax_acc.set_title("accuracy")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
+    """``cm[true, predicted]`` counts (int64)."""
+    return torch.bincount(target.long() * k + pred.long(), minlength=k * k).view(k, k)
+
+
+def per_class(cm: torch.Tensor, names: Sequence[str]) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support per class from a confusion matrix."""
+    cm = cm.double()
+    rows = []
+    for i, name in enumerate(names):
+        tp, predicted, actual = cm[i, i].item(), cm[:, i].sum().item(), cm[i, :].sum().item()
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": int(actual)})
+    return rows
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], digits: int = 4) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.{digits}f}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot_confusion(cm: torch.Tensor, names: Sequence[str], path: str | os.PathLike, title: str = "") -> Path:
+    """The confusion matrix with class names; counts in the cells (up to 20 classes)."""
+    plt = _plt()
+    k = len(names)
+    size = max(4.5, 0.5 * k + 2.5)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    norm = cm.double() / cm.sum(1, keepdim=True).clamp_min(1)
+    im = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), labels=list(names), rotation=45 if max(len(n) for n in names) > 3 else 0, ha="right")
+    ax.set_yticks(range(k), labels=list(names))
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    ax.set_title(title or "confusion matrix")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def write_report(run_dir: Path, summary: Mapping[str, Any], config: Mapping[str, Any],
+                 per_class_rows: Sequence[Mapping[str, Any]] | None) -> Path:
+    """A short report.md that puts the numbers and figures together."""
+    s = summary
+
+    def pct(v):
+        return "–" if v is None else f"{100 * v:.2f}%"
+
+    def num(v):
+        return "–" if v is None else f"{v:.4f}"
+
+    lines = [f"# {config.get('model')} on {config.get('dataset')}", ""]
+    lines.append(f"{s.get('num_train')} training, {s.get('num_val')} validation and {s.get('num_test')} test "
+                 f"images, {len(s.get('classes', []))} classes; input {'x'.join(map(str, s.get('input_shape', [])))}; "
+                 f"{s.get('params_trainable'):,} of {s.get('params_total'):,} parameters trained"
+                 + (" (frozen-trunk features cached)" if s.get("cached_features") else "") + ".")
+    lines.append("")
+    lines.append(f"Optimizer {config.get('optimizer')} (lr {config.get('lr')}, batch {config.get('batch_size')}"
+                 f" per process × {s.get('world_size', 1)}), schedule {config.get('schedule')}, "
+                 f"{s.get('epochs_run')} epoch(s); stopped: {s.get('stopped')}. Best epoch: {s.get('best_epoch')} "
+                 + ("(lowest validation loss)" if s.get("num_val") else "(the last; no validation split)")
+                 + f". Wall time {s.get('wall_seconds', 0):.1f} s "
+                 f"(training {s.get('train_seconds', 0):.1f} s"
+                 + (f", feature extraction {s['feature_seconds']:.1f} s" if s.get("feature_seconds") else "")
+                 + f", data {s.get('data_seconds', 0):.1f} s) on {s.get('device')} ({s.get('precision')}).")
+    lines += ["", "| split | accuracy | loss |", "|---|---|---|"]
+    for split in ("train", "val", "test"):
+        lines.append(f"| {split} | {pct(s.get(f'{split}_acc'))} | {num(s.get(f'{split}_loss'))} |")
+    lines += ["", "Train figures are the best checkpoint evaluated on the (unaugmented) training set.", ""]
+    if (run_dir / "curves.png").exists():
+        lines += ["## Learning curves", "", "![loss and accuracy per epoch](curves.png)", ""]
+    if (run_dir / "confusion_test.png").exists():
+        lines += ["## Test confusion matrix", "", "![confusion matrix on the test set](confusion_test.png)", ""]
+    if per_class_rows:
+        lines += ["## Per class (test set)", "",
+                  markdown_table(per_class_rows, ["class", "precision", "recall", "f1", "support"]), ""]
+    if s.get("message"):
+        lines += ["## Note", "", str(s["message"]), ""]
+    return write_text("\n".join(lines), run_dir / "report.md")

@@ -1,0 +1,204 @@
+"""Looking inside a classifier: first-layer filters with their activation maps, and the
+activation maps of any named layer, on one image.
+
+Layers are named as ``named_modules`` names them (``trunk.0``, ``trunk.layer4``), plus
+aliases: ``conv1`` (the first convolution), ``last_conv`` (the last one), VGG's own names
+(``conv1_1`` ... ``relu5_4``) for ``vgg19`` and ``stem``, ``layer1`` ... ``layer4`` for
+``resnet18``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..device import runtime
+from ..errors import StyleforgeError
+from ..io import check_writable, load_image
+from . import report
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .models import MODELS, Classifier, _ResNetTrunk, _VGGTrunk, build_model
+
+
+@dataclass
+class LoadedModel:
+    model: Classifier
+    input_shape: tuple[int, int, int]
+    label: str  # what it is, for titles
+
+
+def load_model(model_or_checkpoint: str, input_shape: tuple[int, int, int] | None = None, num_classes: int = 10,
+               pretrained: bool = True, weights: str | None = None) -> LoadedModel:
+    """A registered model name (pretrained where it has weights, unless told otherwise) or
+    a checkpoint / run directory."""
+    if model_or_checkpoint in MODELS and not Path(model_or_checkpoint).exists():
+        spec = MODELS[model_or_checkpoint]
+        shape = input_shape or ((3, 224, 224) if spec.pretrained else (3, 32, 32))
+        use_weights = spec.pretrained and (pretrained or weights is not None)
+        model = build_model(model_or_checkpoint, shape, num_classes, pretrained=use_weights,
+                            weights=weights if spec.pretrained else None)
+        what = "ImageNet weights" if use_weights else "random weights"
+        return LoadedModel(model.eval(), shape, f"{model_or_checkpoint} ({what})")
+    path = Path(model_or_checkpoint)
+    if not path.exists():
+        raise StyleforgeError(f"{model_or_checkpoint!r} is neither a model ({', '.join(MODELS)}) nor a checkpoint "
+                              "or run directory")
+    ckpt = load_checkpoint(path)
+    shape = tuple(ckpt["input_shape"])
+    if input_shape is not None and input_shape[0] != shape[0]:
+        raise StyleforgeError(f"{path} takes {shape[0]}-channel input, not {input_shape[0]}")
+    return LoadedModel(model_from_checkpoint(ckpt), input_shape or shape,  # type: ignore[arg-type]
+                       f"{ckpt['model']} ({Path(ckpt['path']).parent.name}/{Path(ckpt['path']).name})")
+
+
+def layer_table(model: nn.Module) -> dict[str, nn.Module]:
+    """Every name a layer can be called by: aliases first, then ``named_modules`` names."""
+    table: dict[str, nn.Module] = {}
+    convs = [m for _, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if convs:
+        table["conv1"], table["last_conv"] = convs[0], convs[-1]
+    trunk = getattr(model, "trunk", None)
+    if isinstance(trunk, _VGGTrunk):
+        for name, module in zip(trunk.features._names, trunk.features.features):
+            table[name] = module
+    if isinstance(trunk, _ResNetTrunk):
+        for name in trunk.STAGES:
+            table[name] = getattr(trunk, name)
+    for name, module in model.named_modules():
+        if name and name not in table:
+            table[name] = module
+    return table
+
+
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    table = layer_table(model)
+    if name not in table:
+        valid = [n for n, m in table.items() if not list(m.children()) or n in ("stem", "layer1", "layer2", "layer3",
+                                                                                  "layer4", "trunk", "head")]
+        raise StyleforgeError(f"unknown layer {name!r}: valid names are {', '.join(valid)}")
+    return table[name]
+
+
+def load_input(image: str | os.PathLike, shape: tuple[int, int, int], size: int | None = None) -> torch.Tensor:
+    """The image as the model's input: (1, C, S, S) in [0, 1] (grayscale for 1-channel models)."""
+    x = load_image(image)
+    s = size or shape[1]
+    x = F.interpolate(x, size=(s, s) if size or shape[1] == shape[2] else shape[1:], mode="bilinear",
+                      align_corners=False, antialias=True).clamp(0, 1)
+    if shape[0] == 1:
+        x = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]).clamp(0, 1)
+    return x
+
+
+@torch.no_grad()
+def layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's output for input ``x`` (a copy: later in-place ReLUs do not change it)."""
+    box: list[torch.Tensor] = []
+
+    def hook(module, inputs, output):
+        out = output if isinstance(output, torch.Tensor) else output[0]
+        box.append(out.detach().float().clone())
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        model.eval()(x)
+    finally:
+        handle.remove()
+    if not box:
+        raise StyleforgeError("that layer is not used in the forward pass: choose another")
+    return box[0]
+
+
+def _parse_indices(indices: Sequence[int] | None, count: int, available: int, what: str) -> list[int]:
+    chosen = list(indices) if indices else list(range(min(count, available)))
+    bad = [i for i in chosen if not 0 <= i < available]
+    if bad:
+        raise StyleforgeError(f"{what} has {available} channels (0..{available - 1}); index {bad[0]} is out of range")
+    return chosen
+
+
+def _norm01(t: torch.Tensor) -> torch.Tensor:
+    lo, hi = t.min(), t.max()
+    return (t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)
+
+
+def filters_figure(loaded: LoadedModel, image: str | os.PathLike, layer: str = "conv1",
+                   indices: Sequence[int] | None = None, count: int = 8, output: str | os.PathLike = "filters.png",
+                   size: int | None = None, device: str = "cpu") -> Path:
+    """Each chosen filter of a first conv layer (as an RGB or gray picture) above its
+    activation map on ``image``; the input image on the left."""
+    check_writable(output)
+    model = loaded.model
+    conv = resolve_layer(model, layer)
+    if not isinstance(conv, nn.Conv2d):
+        raise StyleforgeError(f"layer {layer!r} is a {type(conv).__name__}, not a convolution: give a conv layer "
+                              "(e.g. conv1)")
+    if conv.in_channels not in (1, 3):
+        raise StyleforgeError(f"layer {layer!r} takes {conv.in_channels} channels: filters are drawn as pictures "
+                              "only for a first layer (1 or 3 input channels); use 'visualize activations'")
+    chosen = _parse_indices(indices, count, conv.out_channels, f"layer {layer}")
+    rt = runtime(device, "fp32")
+    model = rt.to(model)
+    x = load_input(image, loaded.input_shape, size)
+    maps = layer_output(model, conv, rt.to(x))[0].cpu()
+    weights = conv.weight.detach().float().cpu()
+    plt = report._plt()
+    n = len(chosen)
+    fig, axes = plt.subplots(2, n + 1, figsize=(1.9 * (n + 1), 4.2), squeeze=False)
+    axes[0, 0].imshow(x[0].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if x.shape[1] == 1 else None)
+    axes[0, 0].set_title("input", fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    for j, i in enumerate(chosen, start=1):
+        w = _norm01(weights[i])
+        pic = w.permute(1, 2, 0).numpy() if w.shape[0] == 3 else w[0].numpy()
+        axes[0, j].imshow(pic, cmap=None if w.shape[0] == 3 else "gray", interpolation="nearest")
+        axes[0, j].set_title(f"filter {i}", fontsize=9)
+        axes[1, j].imshow(maps[i].numpy(), cmap="viridis")
+        axes[1, j].set_title(f"activation {i}", fontsize=9)
+    fig.suptitle(f"{loaded.label}: layer {layer} ({conv.out_channels} filters "
+                 f"{conv.kernel_size[0]}x{conv.kernel_size[1]}), on {Path(image).name}", fontsize=10)
+    fig.tight_layout()
+    return report.save_figure(fig, output)
+
+
+def activations_figure(loaded: LoadedModel, image: str | os.PathLike, layer: str, count: int = 10,
+                       indices: Sequence[int] | None = None, output: str | os.PathLike = "activations.png",
+                       size: int | None = None, device: str = "cpu", columns: int = 5
+                       ) -> tuple[Path, tuple[int, ...]]:
+    """Activation maps of the first ``count`` channels (or ``indices``) of a named layer.
+    Returns the file and the layer's output shape (C, H, W)."""
+    check_writable(output)
+    model = loaded.model
+    module = resolve_layer(model, layer)
+    rt = runtime(device, "fp32")
+    model = rt.to(model)
+    x = load_input(image, loaded.input_shape, size)
+    out = layer_output(model, module, rt.to(x))[0].cpu()
+    if out.dim() == 1:
+        out = out[:, None, None]
+    if out.dim() != 3:
+        raise StyleforgeError(f"layer {layer!r} does not output feature maps (shape {tuple(out.shape)})")
+    chosen = _parse_indices(indices, count, out.shape[0], f"layer {layer}")
+    plt = report._plt()
+    cols = min(columns, len(chosen)) + 1
+    rows = -(-len(chosen) // (cols - 1))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.1 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes[0, 0].imshow(x[0].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if x.shape[1] == 1 else None)
+    axes[0, 0].set_title("input", fontsize=9)
+    for j, i in enumerate(chosen):
+        ax = axes[j // (cols - 1), 1 + j % (cols - 1)]
+        ax.imshow(out[i].numpy(), cmap="viridis", interpolation="nearest")
+        ax.set_title(f"channel {i}", fontsize=9)
+    shape = tuple(out.shape)
+    fig.suptitle(f"{loaded.label}: {layer} output {'x'.join(map(str, shape))} on {Path(image).name}", fontsize=10)
+    fig.tight_layout()
+    return report.save_figure(fig, output), shape
