@@ -8,7 +8,7 @@ Two architectures share one definition, differing in width and depth:
   followed by a convolution instead of transposed convolutions (Odena et al., 2016), which
   removes checkerboard artifacts.
 * ``light``: half the encoder width (16-32-64), three residual blocks, a thin decoder
-  (16-8 channels) and 5x5 edge convolutions: 0.26 M parameters and about 8x fewer
+  (16-8 channels) and 5x5 edge convolutions: 0.26 M parameters and about 7x fewer
   multiply-adds per pixel, for fast CPU inference at 1024 px and above (the full-size
   layers, not the residual blocks, dominate CPU time, so those are the ones thinned).
 
