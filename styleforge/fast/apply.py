@@ -165,7 +165,6 @@ def stylize_video(net: TransformerNet, source: Path, target: Path, rt: Runtime, 
     The audio track is not carried over. The file appears only when complete.
     """
     av = _require_av()
-    check_writable(target)
     try:
         src = av.open(str(source))
         stream = src.streams.video[0]

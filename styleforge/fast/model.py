@@ -165,17 +165,20 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     return model.to(map_location), record
 
 
-def resolve_model(name_or_path: str | os.PathLike) -> Path:
-    """A path, or the name of a model in the weights folders (``starry_night``)."""
+def _model_folders() -> list[Path]:
+    """Where named models are looked up: $STYLEFORGE_WEIGHTS folders, then the project's weights/."""
     from ..backbone import PROJECT_WEIGHTS
 
+    return [Path(d) for d in os.environ.get("STYLEFORGE_WEIGHTS", "").split(os.pathsep) if d] + [PROJECT_WEIGHTS]
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> Path:
+    """A path, or the name of a model in the weights folders (``starry_night``)."""
     p = Path(name_or_path)
     if p.is_file():
         return p
     if p.suffix == "" and os.sep not in str(name_or_path):
-        folders = [Path(d) for d in os.environ.get("STYLEFORGE_WEIGHTS", "").split(os.pathsep) if d]
-        folders.append(PROJECT_WEIGHTS)
-        for d in folders:
+        for d in _model_folders():
             for candidate in (d / f"{p.name}{MODEL_SUFFIX}", d / f"fast-{p.name}{MODEL_SUFFIX}"):
                 if candidate.is_file():
                     return candidate
@@ -187,12 +190,8 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
 
 def available_models() -> dict[str, Path]:
     """Shipped / installed style models by name (``fast-NAME.pth`` in the weights folders)."""
-    from ..backbone import PROJECT_WEIGHTS
-
-    folders = [Path(d) for d in os.environ.get("STYLEFORGE_WEIGHTS", "").split(os.pathsep) if d]
-    folders.append(PROJECT_WEIGHTS)
     found: dict[str, Path] = {}
-    for d in folders:
+    for d in _model_folders():
         if d.is_dir():
             for f in sorted(d.glob(f"fast-*{MODEL_SUFFIX}")):
                 found.setdefault(f.stem[len("fast-"):], f)
