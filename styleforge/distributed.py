@@ -9,10 +9,13 @@ loops ask who writes files (:attr:`Dist.is_main`) and how to combine metrics.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import signal
+import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -103,8 +106,67 @@ def setup() -> Dist:
             torch.cuda.set_device(local)
         backend = "nccl" if use_cuda else "gloo"
         dist.init_process_group(backend=backend, timeout=TIMEOUT)
+        _stop_on_sigterm()
     _CURRENT = Dist(rank, world, local)
     return _CURRENT
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: torchrun stops the surviving processes this way when one of them fails."""
+
+
+def _stop_on_sigterm() -> None:
+    def handler(signum, frame):
+        # Once: a second SIGTERM while the first is being reported must not cut the message short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    """A collective failed because another process died or stopped answering."""
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(s in text for s in (
+        "gloo", "nccl", "connection", "peer", "timed out", "timeout", "broken pipe"))
+
+
+def _stop_error(ctx: Dist, exc: BaseException, resume_hint: Callable[[], str]) -> BaseException:
+    then = "run the same command with --resume to continue"
+    where = f", rank {ctx.rank} of {ctx.world_size}" if ctx.enabled else ""
+    if isinstance(exc, Terminated):
+        return StyleforgeError(f"stopped by SIGTERM{where} (under torchrun: another process failed): "
+                               f"{resume_hint()}; {then}")
+    if isinstance(exc, KeyboardInterrupt):
+        return StyleforgeError(f"interrupted: {resume_hint()}; {then}")
+    if ctx.enabled and isinstance(exc, Exception) and _lost_peer(exc):
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        return StyleforgeError(f"lost contact with another training process{where} ({first}): "
+                               f"{resume_hint()}; {then}")
+    return exc
+
+
+@contextlib.contextmanager
+def stop_cleanly(ctx: Dist, resume_hint: Callable[[], str]) -> Iterator[None]:
+    """Turn an interruption into a one-line :class:`StyleforgeError` naming what to resume from.
+
+    Covers Ctrl-C, SIGTERM (how torchrun stops the other processes when one fails) and a
+    collective that fails because a peer died. ``resume_hint()`` says which checkpoint
+    is valid, e.g. "the checkpoint run/last.pt (epoch 3) is valid".
+    """
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            err = _stop_error(ctx, exc, resume_hint)
+        except Terminated:  # torchrun's SIGTERM landed while the peer's failure was being reported
+            err = _stop_error(ctx, exc, resume_hint)
+        if err is exc:
+            raise
+        raise err from None
 
 
 def current() -> Dist:

@@ -142,7 +142,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(toy, tmp_path)
         if event.kind == "epoch_end" and event.epoch == 2:
             raise KeyboardInterrupt  # after epoch 2's files are written, as a kill would
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(StyleforgeError, match=r"interrupted: the checkpoint .*last.pt \(epoch 2\) is valid.*--resume"):
         fit(cfg(toy, tmp_path / "resumed", **kw), callback=interrupt)
     assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 2
     r = fit(cfg(toy, tmp_path / "resumed", resume=True, **kw))

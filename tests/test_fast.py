@@ -240,7 +240,7 @@ def test_interrupt_keeps_a_valid_checkpoint_and_resume_continues(photos, tmp_pat
         if p.step == 5:
             raise KeyboardInterrupt
 
-    with pytest.raises(StyleforgeError, match=r"interrupted at step 5: .*step 3\) is valid.*--resume"):
+    with pytest.raises(StyleforgeError, match=r"interrupted: at step 5, .*step 3\) is valid.*--resume"):
         train_style(_cfg(photos, tmp_path / "b", random_vgg19_file), callback=ctrl_c)
     assert not (tmp_path / "b" / "m.pth").exists()
     train_style(_cfg(photos, tmp_path / "b", random_vgg19_file, resume=True))

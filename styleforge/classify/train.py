@@ -515,97 +515,107 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
     t_loop = time.perf_counter()
     epochs_run = start_epoch - 1
 
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if stopped != "completed":
-            break
-        t_epoch = time.perf_counter()
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(iter(sampler)), dtype=torch.long)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + ctx.rank)
-        torch.manual_seed(cfg.seed * 1_000_033 + epoch * 104_729 + ctx.rank)  # dropout: resumable
-        if use_cache:
-            net.train()
-        else:
-            _train_mode(net)
-        emit(TrainEvent("epoch_start", epoch, cfg.epochs, 0, steps_per_epoch))
-        loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
-        correct = torch.zeros((), dtype=torch.float64, device=rt.device)
-        seen, lr_now = 0, cfg.lr
-        src = sources["train"]
-        for step in range(steps_per_epoch):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            global_step = (epoch - 1) * steps_per_epoch + step
-            if cfg.max_seconds:
-                elapsed = train_seconds + (time.perf_counter() - t_loop)
-                over = not ctx.all_ok(elapsed < cfg.max_seconds) if ctx.enabled else elapsed >= cfg.max_seconds
-                if over:
-                    stopped, message = "time-limit", f"stopped at the {cfg.max_seconds:g} s training budget"
-                    break
-                progress = elapsed / cfg.max_seconds
+    def resume_hint() -> str:
+        if not ctx.is_main:
+            return f"rank 0 keeps the checkpoints in {run_dir}"
+        if saved_epoch >= 1:
+            return f"the checkpoint {run_dir / 'last.pt'} (epoch {saved_epoch}) is valid"
+        return "no checkpoint was written yet"
+
+    # Ctrl-C, SIGTERM (torchrun stopping the others when one process dies) and a lost peer
+    # end in one line that names the checkpoint to --resume from.
+    with distributed.stop_cleanly(ctx, resume_hint):
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            if stopped != "completed":
+                break
+            t_epoch = time.perf_counter()
+            sampler.set_epoch(epoch)
+            order = torch.tensor(list(iter(sampler)), dtype=torch.long)
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + ctx.rank)
+            torch.manual_seed(cfg.seed * 1_000_033 + epoch * 104_729 + ctx.rank)  # dropout: resumable
+            if use_cache:
+                net.train()
             else:
-                progress = (global_step + 0.5) / total_steps
-            lr_now = cfg.lr * lr_factor(cfg.schedule, progress, cfg.warmup)
-            for g in optimizer.param_groups:
-                g["lr"] = lr_now
-            x = src.batch(idx, cfg.augment, gen)
-            y = src.labels[idx.to(src.labels.device)]
-            with rt.autocast():
-                out = train_net(x)
-            loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                _train_mode(net)
+            emit(TrainEvent("epoch_start", epoch, cfg.epochs, 0, steps_per_epoch))
+            loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
+            correct = torch.zeros((), dtype=torch.float64, device=rt.device)
+            seen, lr_now = 0, cfg.lr
+            src = sources["train"]
+            for step in range(steps_per_epoch):
+                idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                global_step = (epoch - 1) * steps_per_epoch + step
+                if cfg.max_seconds:
+                    elapsed = train_seconds + (time.perf_counter() - t_loop)
+                    over = not ctx.all_ok(elapsed < cfg.max_seconds) if ctx.enabled else elapsed >= cfg.max_seconds
+                    if over:
+                        stopped, message = "time-limit", f"stopped at the {cfg.max_seconds:g} s training budget"
+                        break
+                    progress = elapsed / cfg.max_seconds
+                else:
+                    progress = (global_step + 0.5) / total_steps
+                lr_now = cfg.lr * lr_factor(cfg.schedule, progress, cfg.warmup)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr_now
+                x = src.batch(idx, cfg.augment, gen)
+                y = src.labels[idx.to(src.labels.device)]
+                with rt.autocast():
+                    out = train_net(x)
+                loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                loss_sum += loss.detach().double() * len(idx)
+                correct += (out.detach().argmax(1) == y).sum().double()
+                seen += len(idx)
+                if (step + 1) % log_every == 0 or step + 1 == steps_per_epoch:
+                    value = float(loss.detach())
+                    if not ctx.all_ok(math.isfinite(value)):
+                        stopped = "nan"
+                        message = (f"the loss became NaN/inf in epoch {epoch} (step {step + 1}) at lr {lr_now:.3g}: "
+                                   "lower --lr")
+                        break
+                    emit(TrainEvent("step", epoch, cfg.epochs, step + 1, steps_per_epoch,
+                                    {"loss": float(loss_sum / max(seen, 1)), "acc": float(correct / max(seen, 1)),
+                                     "lr": lr_now}))
+            train_seconds = train_seconds_before + (time.perf_counter() - t_loop)
+            if stopped == "nan":
+                break
+            totals = ctx.sum([float(loss_sum), float(correct), float(seen)])
+            if totals[2] == 0:  # the time budget ran out before this epoch's first step
+                break
+            epochs_run = epoch
+            row: dict[str, Any] = {"epoch": epoch, "train_loss": float(totals[0] / totals[2]),
+                                   "train_acc": float(totals[1] / totals[2]), "val_loss": None, "val_acc": None,
+                                   "lr": lr_now}
+            if "val" in sources:
+                ev = evaluate_source(net, sources["val"], rt, ctx, cfg.eval_batch_size, k)
+                row["val_loss"], row["val_acc"] = ev["loss"], ev["acc"]
+            row["seconds"] = time.perf_counter() - t_epoch
+            rows.append(row)
+            score = row["val_loss"] if row["val_loss"] is not None else row["train_loss"]
+            improved = math.isfinite(score) and (best is None or score < best["score"] or row["val_loss"] is None)
+            if improved:
+                best = {"score": score, "epoch": epoch, "val_acc": row["val_acc"], "val_loss": row["val_loss"]}
+                bad_epochs = 0
+                best_state = copy.deepcopy({k_: v.detach().cpu() for k_, v in model.state_dict().items()})
+                pending_best = {"epoch": epoch, "metrics": dict(row)}
             else:
-                loss.backward()
-                optimizer.step()
-            loss_sum += loss.detach().double() * len(idx)
-            correct += (out.detach().argmax(1) == y).sum().double()
-            seen += len(idx)
-            if (step + 1) % log_every == 0 or step + 1 == steps_per_epoch:
-                value = float(loss.detach())
-                if not ctx.all_ok(math.isfinite(value)):
-                    stopped = "nan"
-                    message = (f"the loss became NaN/inf in epoch {epoch} (step {step + 1}) at lr {lr_now:.3g}: "
-                               "lower --lr")
-                    break
-                emit(TrainEvent("step", epoch, cfg.epochs, step + 1, steps_per_epoch,
-                                {"loss": float(loss_sum / max(seen, 1)), "acc": float(correct / max(seen, 1)),
-                                 "lr": lr_now}))
-        train_seconds = train_seconds_before + (time.perf_counter() - t_loop)
-        if stopped == "nan":
-            break
-        totals = ctx.sum([float(loss_sum), float(correct), float(seen)])
-        if totals[2] == 0:  # the time budget ran out before this epoch's first step
-            break
-        epochs_run = epoch
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": float(totals[0] / totals[2]),
-                               "train_acc": float(totals[1] / totals[2]), "val_loss": None, "val_acc": None,
-                               "lr": lr_now}
-        if "val" in sources:
-            ev = evaluate_source(net, sources["val"], rt, ctx, cfg.eval_batch_size, k)
-            row["val_loss"], row["val_acc"] = ev["loss"], ev["acc"]
-        row["seconds"] = time.perf_counter() - t_epoch
-        rows.append(row)
-        score = row["val_loss"] if row["val_loss"] is not None else row["train_loss"]
-        improved = math.isfinite(score) and (best is None or score < best["score"] or row["val_loss"] is None)
-        if improved:
-            best = {"score": score, "epoch": epoch, "val_acc": row["val_acc"], "val_loss": row["val_loss"]}
-            bad_epochs = 0
-            best_state = copy.deepcopy({k_: v.detach().cpu() for k_, v in model.state_dict().items()})
-            pending_best = {"epoch": epoch, "metrics": dict(row)}
-        else:
-            bad_epochs += 1
-        if cfg.patience is not None and bad_epochs >= cfg.patience:
-            stopped = "early-stopping"
-            message = f"validation loss did not improve for {cfg.patience} epochs"
-        if ctx.is_main:
-            report.write_csv(rows, report.METRIC_COLUMNS, run_dir / "metrics.csv")
-            if (epoch == cfg.epochs or stopped != "completed"
-                    or time.perf_counter() - last_saved >= cfg.checkpoint_seconds):
-                save_last(epoch, row)
-        emit(TrainEvent("epoch_end", epoch, cfg.epochs, steps_per_epoch, steps_per_epoch, dict(row)))
+                bad_epochs += 1
+            if cfg.patience is not None and bad_epochs >= cfg.patience:
+                stopped = "early-stopping"
+                message = f"validation loss did not improve for {cfg.patience} epochs"
+            if ctx.is_main:
+                report.write_csv(rows, report.METRIC_COLUMNS, run_dir / "metrics.csv")
+                if (epoch == cfg.epochs or stopped != "completed"
+                        or time.perf_counter() - last_saved >= cfg.checkpoint_seconds):
+                    save_last(epoch, row)
+            emit(TrainEvent("epoch_end", epoch, cfg.epochs, steps_per_epoch, steps_per_epoch, dict(row)))
 
     if ctx.is_main and stopped != "nan" and rows and saved_epoch < rows[-1]["epoch"]:
         save_last(rows[-1]["epoch"], rows[-1])  # e.g. the time budget ran out at an epoch's start

@@ -280,7 +280,16 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
     last_ckpt = start_step
     step = start_step
     model.train()
-    try:
+
+    def resume_hint() -> str:
+        if not ctx.is_main:
+            return f"rank 0 keeps the checkpoint {ckpt}"
+        where = f"the checkpoint {ckpt} (step {last_ckpt}) is valid" if last_ckpt else "no checkpoint was written yet"
+        return f"at step {step}, {where}"
+
+    # Ctrl-C, SIGTERM (torchrun stopping the others when one process dies) and a lost peer
+    # end in one line that names the checkpoint to --resume from.
+    with distributed.stop_cleanly(ctx, resume_hint):
         for batch, bad in loader:
             step += 1
             skipped.extend(b for b in bad if b not in skipped)
@@ -313,10 +322,6 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
             if step % cfg.checkpoint_every == 0 and step < steps:
                 save_checkpoint(step)
                 last_ckpt = step
-    except KeyboardInterrupt:
-        where = f"the checkpoint {ckpt} (step {last_ckpt}) is valid" if last_ckpt else "no checkpoint was written yet"
-        raise StyleforgeError(f"interrupted at step {step}: {where}; run the same command with --resume "
-                              "to continue") from None
 
     seconds = elapsed_before + time.perf_counter() - start
     save_checkpoint(step)  # every rank: it holds a barrier
