@@ -193,3 +193,12 @@ def wrap(model: torch.nn.Module, ctx: Dist, device: torch.device) -> torch.nn.Mo
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain module inside a DDP wrapper (for saving: same format as 1-process runs)."""
     return getattr(model, "module", model)
+
+
+def batch_note(batch_size: int, world_size: int, lr: float) -> str:
+    """The line that reports the effective batch and learning rate at the start of training."""
+    if world_size == 1:
+        return f"batch {batch_size}, lr {lr:g}"
+    # The learning rate is used as given: scaling it with the effective batch is the user's call.
+    return (f"{world_size} processes x batch {batch_size} = effective batch {batch_size * world_size}, "
+            f"lr {lr:g} (as given, not scaled)")

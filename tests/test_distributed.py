@@ -119,9 +119,10 @@ def test_classify_train_two_processes_match_one(shapes, tmp_path):
     # DistributedSampler gives rank r the positions r, r+2, ... of one shuffled order, so
     # the two step-s batches together are exactly the 1-process step-s batch, and the
     # gradient DDP averages (each rank's mean over equal-sized batches) is its gradient.
-    two = _torchrun(_classify_args(shapes, tmp_path / "two", "--epochs", "3", "--batch-size", "8",
-                                   "--checkpoint-every", "0"), tmp_path)
+    two = _torchrun([a for a in _classify_args(shapes, tmp_path / "two", "--epochs", "3", "--batch-size", "8",
+                                               "--checkpoint-every", "0") if a != "-q"], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 processes x batch 8 = effective batch 16, lr 0.05" in two.stdout
     one = _single(*_classify_args(shapes, tmp_path / "one", "--epochs", "3", "--batch-size", "16",
                                   "--checkpoint-every", "0"))
     assert one.returncode == 0, one.stderr[-3000:]

@@ -448,6 +448,7 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
                      "cached_features": use_cache, "params_total": n_total, "params_trainable": n_train}
     if ctx.is_main:
         save_json(config_record, run_dir / "config.json")
+    emit(TrainEvent("phase", message=distributed.batch_note(cfg.batch_size, ctx.world_size, cfg.lr)))
 
     # Inputs: images, or the frozen trunk's outputs computed once.
     feature_seconds = 0.0

@@ -67,6 +67,7 @@ def train_cmd(style_image, data, output, arch, image_size, style_size, batch_siz
         if quiet:
             return
         if bar is None:
+            tqdm.write(p.note)
             bar = tqdm(total=p.steps, initial=p.step - 1, unit="step", dynamic_ncols=True, desc="training")
         bar.set_postfix({"img/s": f"{p.images_per_s:.2f}", "content": f"{p.losses['content']:.3g}",
                          "style": f"{p.losses['style']:.3g}", "skipped": p.skipped}, refresh=False)
