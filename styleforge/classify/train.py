@@ -547,7 +547,7 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 global_step = (epoch - 1) * steps_per_epoch + step
                 if cfg.max_seconds:
-                    elapsed = train_seconds + (time.perf_counter() - t_loop)
+                    elapsed = train_seconds_before + (time.perf_counter() - t_loop)
                     over = not ctx.all_ok(elapsed < cfg.max_seconds) if ctx.enabled else elapsed >= cfg.max_seconds
                     if over:
                         stopped, message = "time-limit", f"stopped at the {cfg.max_seconds:g} s training budget"
