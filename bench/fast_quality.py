@@ -6,7 +6,10 @@ scored with the same objective: `stylize`'s default content (relu4_2) and style
 (relu1_1..relu5_1) losses, relative to their targets, fp32, style image at the output size.
 Reported: the mean content and style loss of each method and its time per image.
 
-    python bench/fast_quality.py [--count 20] [--size 256] [--styles great_wave,starry_night]
+    python bench/fast_quality.py [--count 20] [--size 256] [--styles great_wave,starry_night] [--start 0]
+
+``--start N`` skips the first N photos, so a long run can be split (equal-sized parts
+average to the mean of the whole); per-photo scores are recorded too.
 """
 
 from __future__ import annotations
@@ -35,15 +38,16 @@ from styleforge.transfer import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, St
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=20)
+    ap.add_argument("--start", type=int, default=0, help="skip the first N photos (default: %(default)s)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--styles", help="comma-separated subset of the shipped models (default: all)")
     args = ap.parse_args()
     shared = require_shared()
-    files = list_images(shared / "data" / "bsds500" / "test")[0][: args.count]
+    files = list_images(shared / "data" / "bsds500" / "test")[0][args.start: args.start + args.count]
     fp32 = runtime("cpu", "fp32")
     rt = runtime("cpu", "auto")
     extractor = VGGFeatures(list(DEFAULT_CONTENT_LAYERS) + list(DEFAULT_STYLE_LAYERS))
-    rows = []
+    rows, per_photo = [], {}
     wanted = set(args.styles.split(",")) if args.styles else None
     for name, path in available_models().items():
         if wanted is not None and name not in wanted:
@@ -70,13 +74,14 @@ def main() -> None:
                 scores[key].append((float(parts["content"]), float(parts["style"])))
             print(f"{name} {i + 1}/{len(files)} fast {scores['fast'][-1]} stylize {scores['stylize'][-1]}",
                   flush=True)
+        per_photo[name] = {"photos": [f.name for f in files], **scores}
         for key in ("fast", "stylize"):
             rows.append({"style": name, "method": f"fast ({record_['arch']})" if key == "fast" else "stylize default",
                          "content loss": f"{statistics.mean(c for c, _ in scores[key]):.4f}",
                          "style loss": f"{statistics.mean(s for _, s in scores[key]):.5f}",
                          "s/image": f"{statistics.mean(secs[key]):.3f}"})
     print(table(rows, ["style", "method", "content loss", "style loss", "s/image"]))
-    print(f"recorded {record('fast_quality', {'count': len(files), 'size': args.size, 'rows': rows})}")
+    print(f"recorded {record('fast_quality', {'start': args.start, 'count': len(files), 'size': args.size, 'rows': rows, 'per_photo': per_photo})}")
 
 
 if __name__ == "__main__":
