@@ -160,6 +160,10 @@ def stop_cleanly(ctx: Dist, resume_hint: Callable[[], str]) -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
+        # Stopping now: a SIGTERM from here on (torchrun stopping the survivors) must not
+        # interrupt the report or the exit with a traceback.
+        if ctx.enabled and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             err = _stop_error(ctx, exc, resume_hint)
         except Terminated:  # torchrun's SIGTERM landed while the peer's failure was being reported
