@@ -80,7 +80,6 @@ class FastProgress:
     images_per_s: float
     losses: dict[str, float]        # running averages of the weighted losses
     skipped: int                    # unreadable files met so far
-    global_batch: int = 0           # batch size x processes
     note: str = ""                  # effective batch and learning rate
 
 
@@ -320,7 +319,7 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
                             "seconds": elapsed_before + time.perf_counter() - start})
             if callback is not None and ctx.is_main:
                 rate = (step - start_step) * global_batch / (time.perf_counter() - start)
-                callback(FastProgress(step, steps, rate, dict(running), len(skipped), global_batch,
+                callback(FastProgress(step, steps, rate, dict(running), len(skipped),
                                       distributed.batch_note(cfg.batch_size, ctx.world_size, cfg.lr)))
             if step % cfg.checkpoint_every == 0 and step < steps:
                 save_checkpoint(step)
