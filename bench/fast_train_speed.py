@@ -1,6 +1,7 @@
 """Fast-style training throughput: styleforge's training step against the published recipe.
 
-Rows (same run, same machine, 256 px crops, batch 4, the `johnson` transformer):
+Rows (same run, same machine, 256 px crops, batch 4; the recipe rows train the published
+`johnson` transformer):
   recipe-vgg16   the published recipe as pytorch/examples fast_neural_style runs it: fp32,
                  VGG16 to relu4_3 (content relu2_2, style relu1_2/2_2/3_3/4_3), the content
                  batch through the whole loss network, autograd Gram, torchvision
@@ -10,9 +11,12 @@ Rows (same run, same machine, 256 px crops, batch 4, the `johnson` transformer):
   recipe-vgg19   the same recipe mechanics on styleforge's loss (VGG19 weights from
                  ../shared, relu2_2 content, relu1_1..relu4_1 style, relative losses), so
                  its loss after N steps compares with styleforge's.
-  styleforge     `styleforge fast train` defaults: bf16 autocast + channels_last (where the
-                 CPU has native bf16), content targets only up to relu2_2, one-product Gram
-                 backward; fed the recipe rows' batches (same data, same order).
+  styleforge     `styleforge fast train` defaults: the `light` transformer (what the shipped
+                 styles use), bf16 autocast + channels_last (where the CPU has native bf16),
+                 content targets only up to relu2_2, one-product Gram backward; fed the
+                 recipe rows' batches (same data, same order).
+  styleforge --arch johnson   the same step with the published transformer, to show what
+                 the architecture and what the rest of the step contribute.
 Quality check: after the same number of steps, each net's fp32 loss on 8 held-out BSDS val
 crops (the loss of recipe-vgg19 and styleforge is the same function).
 
@@ -38,7 +42,7 @@ from styleforge.backbone import VGGFeatures, build_vgg_features  # noqa: E402
 from styleforge.device import runtime  # noqa: E402
 from styleforge.fast.data import list_images  # noqa: E402
 from styleforge.fast.model import TransformerNet  # noqa: E402
-from styleforge.fast.train import StyleLoss  # noqa: E402
+from styleforge.fast.train import FastTrainConfig, StyleLoss  # noqa: E402
 from styleforge.io import open_rgb, pil_to_tensor, resize_long_side  # noqa: E402
 from styleforge.transfer import STYLE_GAIN  # noqa: E402
 
@@ -108,9 +112,9 @@ class RecipeVGG19Loss:
         return CONTENT_W * content + STYLE_W * style + TV_W * tv
 
 
-def train(name, loss_fn, batches, steps, warmup, rt=None):
+def train(name, loss_fn, batches, steps, warmup, rt=None, arch="johnson"):
     torch.manual_seed(0)
-    net = TransformerNet("johnson")
+    net = TransformerNet(arch)
     if rt is not None:
         net = rt.to(net)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -173,10 +177,18 @@ def main() -> None:
                         CONTENT_W, STYLE_W, TV_W, rt)
     # The same batches as the recipe rows (decoded in the main process, which only slows
     # styleforge down), so the held-out losses differ by the training step alone.
-    netsf, ipssf, ssf = train("styleforge", loss_fn, recipe_batches(files, steps), steps, args.warmup, rt)
-    rows.append({"run": f"styleforge default ({rt.precision}, channels_last={rt.channels_last})",
+    default_arch = FastTrainConfig.arch
+    netsf, ipssf, ssf = train("styleforge", loss_fn, recipe_batches(files, steps), steps, args.warmup, rt,
+                              arch=default_arch)
+    rows.append({"run": f"styleforge default (--arch {default_arch}, {rt.precision}, "
+                        f"channels_last={rt.channels_last})",
                  "img/s": f"{ipssf:.3f}", "s": f"{ssf:.1f}", "held-out loss": f"{score(netsf):.4f}"})
-    ratios = {"styleforge / recipe-vgg16": round(ipssf / ips16, 2), "styleforge / recipe-vgg19": round(ipssf / ips19, 2)}
+    netj, ipsj, sj = train("styleforge-johnson", loss_fn, recipe_batches(files, steps), steps, args.warmup, rt)
+    rows.append({"run": f"styleforge --arch johnson ({rt.precision}, channels_last={rt.channels_last})",
+                 "img/s": f"{ipsj:.3f}", "s": f"{sj:.1f}", "held-out loss": f"{score(netj):.4f}"})
+    ratios = {"styleforge / recipe-vgg16": round(ipssf / ips16, 2), "styleforge / recipe-vgg19": round(ipssf / ips19, 2),
+              "styleforge johnson / recipe-vgg16": round(ipsj / ips16, 2),
+              "styleforge johnson / recipe-vgg19": round(ipsj / ips19, 2)}
     print(table(rows, ["run", "img/s", "s", "held-out loss"]))
     print(ratios)
     path = record("fast_train_speed", {"steps_timed": args.steps, "warmup": args.warmup, "size": SIZE,
