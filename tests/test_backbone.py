@@ -140,3 +140,41 @@ def test_resnet18_trunk_random_init_shapes():
     assert trunk.out_features == 512
     model = backbone.resnet18(num_classes=7)
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 7)
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1)).min())
+
+
+def test_int8_copy_is_close_to_fp32_and_leaves_the_original_alone():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    images = torch.rand(32, 3, 16, 16)
+    q = backbone.int8_copy(net, [images[:16]])
+    assert any("quantized" in type(m).__module__ for m in q.modules())  # really int8 kernels
+    with torch.no_grad():
+        ref, out = net(images[16:]), q(images[16:])
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert _cosine(out, ref) > 0.99
+    assert not torch.equal(out, ref)  # quantized, not a copy
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_int8_copy_needs_calibration_data():
+    with pytest.raises(StyleforgeError, match="calibration needs at least one batch"):
+        backbone.int8_copy(torch.nn.Conv2d(3, 4, 3), [])
+
+
+def test_int8_vgg19_features_of_real_photos_match_fp32(real_weights, shared):
+    from styleforge.io import open_rgb, pil_to_tensor, resize_long_side
+
+    photos = sorted((shared / "data" / "bsds500" / "val").glob("*.jpg"))[:12]
+    x = torch.cat([pil_to_tensor(resize_long_side(open_rgb(p), 64))[..., :40, :40] for p in photos])
+    trunk = VGGFeatures(["relu4_4"])
+    body = torch.nn.Sequential(trunk.normalize, trunk.features)
+    q = backbone.int8_copy(body, [x[:8]])
+    with torch.no_grad():
+        ref, out = body(x[8:]), q(x[8:])
+    assert _cosine(out, ref) > 0.98  # held-out photos, real ImageNet weights

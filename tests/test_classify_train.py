@@ -250,3 +250,21 @@ def test_patience_stops_on_validation_loss_and_keeps_the_best_epoch(toy, tmp_pat
     r = fit(cfg(toy, tmp_path / "run", epochs=10, patience=2))
     assert r.summary["stopped"] == "early-stopping" and r.summary["epochs_run"] == 3
     assert r.summary["best_epoch"] == 1 and load_checkpoint(tmp_path / "run")["epoch"] == 1
+
+
+def test_int8_features_train_the_head_like_fp32_features(toy, tmp_path):
+    runs = {}
+    for int8 in (False, True):
+        runs[int8] = fit(cfg(toy, tmp_path / str(int8), model="bn-cnn", model_options={"widths": (8, 16)},
+                             freeze="all-but-head", int8_features=int8, device="cpu", epochs=3)).summary
+    assert runs[True]["int8_features"] and runs[True]["cached_features"]
+    assert "int8 copy of the trunk" in (tmp_path / "True" / "report.md").read_text()
+    # Same head training on slightly different features: close, not identical.
+    assert runs[True]["train_loss"] != runs[False]["train_loss"]
+    assert runs[True]["train_loss"] == pytest.approx(runs[False]["train_loss"], rel=0.1)
+
+
+def test_int8_features_need_the_cache(toy, tmp_path):
+    with pytest.raises(StyleforgeError, match="--int8-features needs the frozen-trunk cache"):
+        fit(cfg(toy, tmp_path / "r", int8_features=True, device="cpu"))  # convnet2 trains its trunk
+    assert not (tmp_path / "r" / "summary.json").exists()

@@ -166,10 +166,14 @@ def write_report(run_dir: Path, summary: Mapping[str, Any], config: Mapping[str,
         return "–" if v is None else f"{v:.4f}"
 
     lines = [f"# {config.get('model')} on {config.get('dataset')}", ""]
+    cached = ""
+    if s.get("cached_features"):
+        cached = " (frozen-trunk features cached{})".format(
+            ", extracted by an int8 copy of the trunk" if s.get("int8_features") else "")
     lines.append(f"{s.get('num_train')} training, {s.get('num_val')} validation and {s.get('num_test')} test "
                  f"images, {len(s.get('classes', []))} classes; input {'x'.join(map(str, s.get('input_shape', [])))}; "
                  f"{s.get('params_trainable'):,} of {s.get('params_total'):,} parameters trained"
-                 + (" (frozen-trunk features cached)" if s.get("cached_features") else "") + ".")
+                 + cached + ".")
     lines.append("")
     lines.append(f"Optimizer {config.get('optimizer')} (lr {config.get('lr')}, batch {config.get('batch_size')}"
                  f" per process × {s.get('world_size', 1)}), schedule {config.get('schedule')}, "

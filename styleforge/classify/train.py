@@ -41,7 +41,7 @@ from ..device import Runtime, runtime, seed_everything
 from ..errors import StyleforgeError
 from ..io import check_writable, save_json
 from . import report
-from .cache import extract_features
+from .cache import extract_features, extraction_trunk
 from .checkpoint import check_compatible, make_meta, save_checkpoint
 from .data import DataSpec, ImageSet, Splits, channel_stats, load_splits
 from .models import FREEZE_POLICIES, MODELS, Classifier, InputNorm, apply_freeze, build_model
@@ -95,6 +95,7 @@ class TrainConfig:
     patience: int | None = None       # early stopping on validation loss
     max_seconds: float | None = None  # training-time budget (the schedule follows elapsed time)
     cache_features: str = "auto"
+    int8_features: bool = False       # CPU frozen-trunk cache: extract with an int8 copy of the trunk
     checkpoint_seconds: float = 30.0  # write best.pt/last.pt at most this often (and after the last epoch)
     # runtime
     device: str = "auto"
@@ -438,6 +439,9 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
     if cfg.cache_features == "on" and not cacheable:
         raise StyleforgeError("--cache-features on needs a frozen trunk (--freeze all-but-head) and no --augment")
     use_cache = cacheable and cfg.cache_features != "off"
+    if cfg.int8_features and not (use_cache and rt.device.type == "cpu"):
+        raise StyleforgeError("--int8-features needs the frozen-trunk cache on the CPU (--freeze all-but-head, "
+                              "no --augment, --device cpu): drop --int8-features")
 
     n_total = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -457,12 +461,16 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
         emit(TrainEvent("phase", message="extracting features"))
         t_feat = time.perf_counter()
         sources = {}
+        prepare = lambda x: prepare_batch(x, rt, size)  # noqa: E731
+        if cfg.int8_features:
+            emit(TrainEvent("phase", message="calibrating the int8 trunk"))
+        trunk = extraction_trunk(model, rt, prepare, train.images if cfg.int8_features else None, cfg.seed)
         for name, s in sets.items():
             if s is None:
                 continue
             # Every process extracts the whole split (no communication; the training
             # sampler draws any index on any rank).
-            feats = extract_features(model, s.images, lambda x: prepare_batch(x, rt, size), rt,
+            feats = extract_features(trunk, s.images, prepare, rt,
                                      cfg.eval_batch_size,
                                      progress=lambda done, n, name=name: emit(TrainEvent(
                                          "phase", step=done, steps=n, message=f"features: {name}")))
@@ -628,7 +636,8 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
         "model": cfg.model, "dataset": cfg.dataset, "classes": classes, "input_shape": list(shape),
         "num_train": len(train), "num_val": len(val) if val is not None else 0, "num_test": len(test),
         "epochs_run": epochs_run, "best_epoch": best["epoch"] if best else None, "stopped": stopped,
-        "message": message, "cached_features": use_cache, "device": str(rt.device), "precision": rt.precision,
+        "message": message, "cached_features": use_cache,
+        "int8_features": bool(cfg.int8_features), "device": str(rt.device), "precision": rt.precision,
         "world_size": ctx.world_size, "effective_batch_size": cfg.batch_size * ctx.world_size,
         "lr": cfg.lr, "params_total": n_total, "params_trainable": n_train,
         "data_seconds": data_seconds, "feature_seconds": feature_seconds, "train_seconds": train_seconds,

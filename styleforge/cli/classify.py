@@ -171,6 +171,8 @@ def run_options(f):
         click.option("--max-seconds", type=float, help="Training-time budget; the schedule follows elapsed time."),
         click.option("--cache-features", type=click.Choice(CACHE_MODES), default="auto", show_default=True,
                      help="Cache a frozen trunk's outputs (auto: when the trunk is frozen and --augment none)."),
+        click.option("--int8-features", is_flag=True,
+                     help="CPU, with the cache: extract features with an int8 copy of the trunk (about 1.8x faster)."),
         click.option("--checkpoint-every", "checkpoint_seconds", type=float, default=30.0, show_default=True,
                      help="Write best.pt/last.pt at most every this many seconds (and after the last epoch)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
@@ -195,7 +197,7 @@ def _base_config(kw: dict, output: str) -> TrainConfig:
         model_options=parse_model_options(kw["options"], kw["model"]), schedule=kw["schedule"],
         warmup=kw["warmup"], label_smoothing=kw["label_smoothing"], eval_batch_size=kw["eval_batch_size"],
         patience=kw["patience"], max_seconds=kw["max_seconds"], cache_features=kw["cache_features"],
-        checkpoint_seconds=kw["checkpoint_seconds"],
+        int8_features=kw["int8_features"], checkpoint_seconds=kw["checkpoint_seconds"],
         device=kw["device"], precision=kw["precision"], seed=kw["seed"], plots=not kw["no_plots"])
 
 
