@@ -174,3 +174,15 @@ def test_summary_of_the_new_models_matches_numel(model, options):
     assert r.exit_code == 0, r.output
     net = build_model(model, (3, 32, 32), 10, **parse_model_options(tuple(options[1::2]), model))
     assert f"total params {sum(p.numel() for p in net.parameters()):,d}" in r.output
+
+
+def test_int8_features_flag(folder, tmp_path):
+    out = tmp_path / "int8"
+    r = run("classify", "train", "--dataset", folder, "--model", "bn-cnn", "--option", "widths=8,16", "--freeze",
+            "all-but-head", "--int8-features", "--device", "cpu", "--epochs", "2", "--batch-size", "16", "-q",
+            "-o", out)
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["int8_features"] and summary["cached_features"]
+    one_line_error(run("classify", "train", "--dataset", folder, "--model", "convnet2", "--int8-features",
+                       "--device", "cpu", "-q", "-o", tmp_path / "bad"), "--int8-features needs the frozen-trunk cache")
