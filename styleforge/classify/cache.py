@@ -31,7 +31,7 @@ def extraction_trunk(model: Classifier, rt: Runtime, prepare: Callable[[torch.Te
     ``int8_from`` (uint8 training images) an int8 copy calibrated on
     ``CALIBRATION_IMAGES`` of them, drawn with ``seed``. Elsewhere the model itself.
     """
-    body = nn.Sequential(model.input_norm, model.trunk).eval()
+    body = nn.Sequential(model.input_norm, model.trunk)
     if int8_from is not None:
         g = torch.Generator().manual_seed(seed)
         pick = torch.randperm(len(int8_from), generator=g)[:CALIBRATION_IMAGES]
@@ -43,19 +43,17 @@ def extraction_trunk(model: Classifier, rt: Runtime, prepare: Callable[[torch.Te
 
 
 @torch.no_grad()
-def extract_features(model: Classifier | nn.Module, images: torch.Tensor,
+def extract_features(trunk: nn.Module, images: torch.Tensor,
                      prepare: Callable[[torch.Tensor], torch.Tensor], rt: Runtime, batch_size: int = 256,
                      progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """The trunk's output for every image (uint8 ``(N, C, H, W)``), as float32.
+    """``trunk`` (from :func:`extraction_trunk`) over every image (uint8 ``(N, C, H, W)``), as float32.
 
-    ``model`` is a :class:`Classifier` (its ``features``) or what :func:`extraction_trunk`
-    returned. ``prepare`` turns a uint8 batch into the model's input on the device
-    (scaling, resizing). The result stays on the device where it is CUDA (features are
-    small next to images), otherwise on the CPU.
+    ``prepare`` turns a uint8 batch into the model's input on the device (scaling,
+    resizing). The result stays on the device where it is CUDA (features are small next
+    to images), otherwise on the CPU.
     """
-    run = model.features if isinstance(model, Classifier) else model
-    was_training = model.training
-    model.eval()
+    was_training = trunk.training
+    trunk.eval()
     chunks = []
     n = len(images)
     try:
@@ -64,12 +62,12 @@ def extract_features(model: Classifier | nn.Module, images: torch.Tensor,
             if rt.device.type == "cpu" and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with rt.autocast():
-                f = run(x)
+                f = trunk(x)
             chunks.append(f.float().flatten(1) if f.dim() > 2 else f.float())
             if progress is not None:
                 progress(min(start + batch_size, n), n)
     finally:
-        model.train(was_training)
+        trunk.train(was_training)
     if not chunks:
         return torch.zeros(0, 0)
     return torch.cat(chunks)
