@@ -39,6 +39,7 @@ import torch  # noqa: E402
 
 from common import record, require_shared, table  # noqa: E402
 from styleforge.classify.train import TrainConfig, TrainEvent, fit  # noqa: E402
+from styleforge.device import resolve_device  # noqa: E402
 
 # The transfer recipe (chosen with linear/MLP probes on 3,000/10,000-image subsets; see the
 # README for how it was checked): 64 px input, VGG19 features up to relu4_4 (8x8x512 at
@@ -196,8 +197,8 @@ def vgg19(r: Run, uncached_batches: int) -> dict:
     CPU), then the same with --int8-features (CPU only); plus the cache's speed-up over an
     uncached epoch, estimated from timed uncached batches of the fp32 run."""
     rows, runs = [], {}
-    variants = [("fp32", False)] + ([("int8", True)] if r.device in ("auto", "cpu") and
-                                    not torch.cuda.is_available() else [])
+    on_cpu = resolve_device(r.device).type == "cpu"  # int8 features are a CPU path
+    variants = [("fp32", False)] + ([("int8", True)] if on_cpu else [])
     for label, int8 in variants:
         t0 = time.perf_counter()
         s = r.fit(f"vgg19-{label}", epochs=15, int8_features=int8, **VGG_RECIPE)
