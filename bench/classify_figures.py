@@ -5,8 +5,8 @@
     python bench/classify_figures.py --figure cifar-simple   # CIFAR-10 simple-cnn (target >= 70 %)
     python bench/classify_figures.py --figure cifar-best10   # best CNN within 10 epochs (target >= 80 %)
     python bench/classify_figures.py --figure cifar-minute   # best within 1 minute of training (target >= 60 %)
-    python bench/classify_figures.py --figure vgg19          # VGG19 transfer, fp32 and int8 features (target >= 85 % in <= 20 min) + cache ratio
-    python bench/classify_figures.py --figure few-shot       # 5/16/100 per class, VGG19 vs scratch; food-mini 3 per class
+    python bench/classify_figures.py --figure vgg19          # VGG19 transfer, fp32/int8 features (>= 85 % in 20 min)
+    python bench/classify_figures.py --figure few-shot       # 5/16/100 per class, VGG19 vs scratch; food-mini
     python bench/classify_figures.py --figure resnet-gpu     # ResNet18 at 224/112 px (needs a GPU)
     python bench/classify_figures.py --figure all
 
@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-
 from common import record, require_shared, table  # noqa: E402
+
 from styleforge.classify.train import TrainConfig, TrainEvent, fit  # noqa: E402
 from styleforge.device import resolve_device  # noqa: E402
 

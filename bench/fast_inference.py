@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, record, require_shared, table  # noqa: E402
+from common import record, require_shared, table  # noqa: E402
 
 from styleforge.device import runtime  # noqa: E402
 from styleforge.fast.apply import apply_to_tensor  # noqa: E402
@@ -62,7 +62,7 @@ def main() -> None:
     models = {f"{name} (light)": path for name, path in available_models().items()}
     torch.manual_seed(0)
     models["johnson arch (random weights)"] = save_model(TransformerNet("johnson").eval(), tmp / "j.pth", "j", {})
-    rows, results = [], {}
+    rows = []
     import onnxruntime as ort
 
     for label, path in models.items():

@@ -81,7 +81,8 @@ def main() -> None:
                          "style loss": f"{statistics.mean(s for _, s in scores[key]):.5f}",
                          "s/image": f"{statistics.mean(secs[key]):.3f}"})
     print(table(rows, ["style", "method", "content loss", "style loss", "s/image"]))
-    print(f"recorded {record('fast_quality', {'start': args.start, 'count': len(files), 'size': args.size, 'rows': rows, 'per_photo': per_photo})}")
+    data = {'start': args.start, 'count': len(files), 'size': args.size, 'rows': rows, 'per_photo': per_photo}
+    print(f"recorded {record('fast_quality', data)}")
 
 
 if __name__ == "__main__":

@@ -186,7 +186,8 @@ def main() -> None:
     netj, ipsj, sj = train("styleforge-johnson", loss_fn, recipe_batches(files, steps), steps, args.warmup, rt)
     rows.append({"run": f"styleforge --arch johnson ({rt.precision}, channels_last={rt.channels_last})",
                  "img/s": f"{ipsj:.3f}", "s": f"{sj:.1f}", "held-out loss": f"{score(netj):.4f}"})
-    ratios = {"styleforge / recipe-vgg16": round(ipssf / ips16, 2), "styleforge / recipe-vgg19": round(ipssf / ips19, 2),
+    ratios = {"styleforge / recipe-vgg16": round(ipssf / ips16, 2),
+              "styleforge / recipe-vgg19": round(ipssf / ips19, 2),
               "styleforge johnson / recipe-vgg16": round(ipsj / ips16, 2),
               "styleforge johnson / recipe-vgg19": round(ipsj / ips19, 2)}
     print(table(rows, ["run", "img/s", "s", "held-out loss"]))

@@ -63,7 +63,8 @@ def main() -> None:
                         "classic_peak_rss_mb": classic_rss, "peak_gpu_mb": gpu})
         rows.append({"size": size, "default wall s": f"{wall:.1f}", "default peak RSS MB": f"{rss:.0f}",
                      "classic fp32 3 its peak RSS MB": f"{classic_rss:.0f}",
-                     "RSS ratio default/classic": f"{rss / classic_rss:.2f}", "GPU peak MB": f"{gpu:.0f}" if gpu else "-"})
+                     "RSS ratio default/classic": f"{rss / classic_rss:.2f}",
+                     "GPU peak MB": f"{gpu:.0f}" if gpu else "-"})
         print(rows[-1], flush=True)
     print(table(rows, list(rows[0])))
     print(f"recorded {record('stylize_memory', {'runs': results, 'content': args.content, 'style': args.style})}")

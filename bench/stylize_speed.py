@@ -20,7 +20,6 @@ import json
 import time
 
 import torch
-
 from common import record, require_shared, table
 
 from styleforge.backbone import VGGFeatures

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from . import losses
 from .backbone import VGGFeatures
 from .color import original_colors as apply_original_colors
-from .device import Runtime, runtime as make_runtime, seed_everything
+from .device import Runtime, seed_everything
+from .device import runtime as make_runtime
 from .errors import StyleforgeError
 from .io import load_image, open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil
 

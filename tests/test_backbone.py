@@ -2,12 +2,11 @@ import hashlib
 
 import pytest
 import torch
+from conftest import synthetic_image
 
 from styleforge import backbone
 from styleforge.backbone import ResNet18Trunk, VGGFeatures, vgg_layer_names
 from styleforge.errors import StyleforgeError
-
-from conftest import synthetic_image
 
 
 def test_layer_names_follow_torchvision_indices():

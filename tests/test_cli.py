@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import striped_image, synthetic_image
 from PIL import Image
 
 from styleforge.backbone import build_vgg_features
 from styleforge.cli import main_group
 from styleforge.io import save_image
-
-from conftest import striped_image, synthetic_image
 
 FAST = ["--size", "32", "--steps", "2", "--no-multiscale", "--precision", "fp32", "--device", "cpu", "-q"]
 
@@ -151,7 +150,7 @@ def test_weights_command_lists_the_lookup(tmp_path, monkeypatch, random_vgg19_fi
     monkeypatch.setenv("STYLEFORGE_WEIGHTS", str(tmp_path))
     (tmp_path / "vgg19-features.pth").write_bytes(random_vgg19_file.read_bytes())
     result = _ok(run("weights"))
-    line = next(l for l in result.output.splitlines() if "vgg19-features.pth" in l and str(tmp_path) in l)
+    line = next(ln for ln in result.output.splitlines() if "vgg19-features.pth" in ln and str(tmp_path) in ln)
     assert "SHA256 MISMATCH" in line and "<- used" in line  # right name, wrong bytes
     assert "resnet18" in result.output
 

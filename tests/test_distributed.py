@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, striped_image, synthetic_image
 
 from styleforge.io import save_image
-
-from conftest import ROOT, striped_image, synthetic_image
 
 
 def _torchrun(args, tmp_path, nproc=2, timeout=300):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import striped_image, synthetic_image
 from PIL import Image
 
 from styleforge.cli import main_group
@@ -14,8 +15,6 @@ from styleforge.fast import ARCHS, FastTrainConfig, TransformerNet, load_model, 
 from styleforge.fast.data import RandomCrops, StreamSampler, list_images
 from styleforge.fast.model import parameter_count
 from styleforge.io import save_image
-
-from conftest import striped_image, synthetic_image
 
 
 def run(*args):

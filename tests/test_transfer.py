@@ -2,14 +2,13 @@ import math
 
 import pytest
 import torch
+from conftest import striped_image, synthetic_image
 
 from styleforge import StylizeConfig, stylize
 from styleforge.backbone import VGGFeatures
 from styleforge.color import _RGB2YIQ, original_colors
 from styleforge.errors import StyleforgeError
 from styleforge.transfer import DEFAULT_STYLE_LAYERS, STYLE_GAIN
-
-from conftest import striped_image, synthetic_image
 
 LAYERS = ["relu4_2", *DEFAULT_STYLE_LAYERS]
 

@@ -35,7 +35,7 @@ def compare(run_dirs: Sequence[str | Path], output: str | Path | None = None,
     runs = [Path(r).expanduser() for r in run_dirs]
     loaded = [load_run(r) for r in runs]
     rows = []
-    for run, (summary, metrics) in zip(runs, loaded):
+    for run, (summary, _metrics) in zip(runs, loaded):
         rows.append({"run": _label(run, runs), "model": summary.get("model"),
                      "dataset": Path(str(summary.get("dataset"))).name, "epochs": summary.get("epochs_run"),
                      "best_epoch": summary.get("best_epoch"), "train_acc": summary.get("train_acc"),
@@ -50,7 +50,8 @@ def compare(run_dirs: Sequence[str | Path], output: str | Path | None = None,
             for ax, key in ((ax_loss, "loss"), (ax_acc, "acc")):
                 epochs = [m["epoch"] for m in metrics]
                 for split, style in (("val", "-"), ("train", "--")):
-                    pts = [(e, m[f"{split}_{key}"]) for e, m in zip(epochs, metrics) if m.get(f"{split}_{key}") is not None]
+                    col = f"{split}_{key}"
+                    pts = [(e, m[col]) for e, m in zip(epochs, metrics) if m.get(col) is not None]
                     if pts:
                         ax.plot(*zip(*pts), style, color=color,
                                 label=f"{_label(run, runs)} ({'validation' if split == 'val' else 'train'})")

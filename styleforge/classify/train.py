@@ -43,8 +43,8 @@ from ..io import check_writable, save_json
 from . import report
 from .cache import extract_features, extraction_trunk
 from .checkpoint import check_compatible, make_meta, save_checkpoint
-from .data import DataSpec, ImageSet, Splits, channel_stats, load_splits
-from .models import FREEZE_POLICIES, MODELS, Classifier, InputNorm, apply_freeze, build_model
+from .data import DataSpec, Splits, channel_stats, load_splits
+from .models import FREEZE_POLICIES, MODELS, InputNorm, apply_freeze, build_model
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")

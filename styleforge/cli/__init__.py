@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+# Importing the command modules registers their commands on the group.
+from . import classify as _classify  # noqa: F401
+from . import fast as _fast  # noqa: F401
+from . import stylize as _stylize  # noqa: F401
+from . import visualize as _visualize  # noqa: F401
+from . import weights as _weights  # noqa: F401
 from .options import main_group
-from . import classify as _classify, fast as _fast, stylize as _stylize, visualize as _visualize, weights as _weights  # noqa: F401  (register commands)
 
 
 def main() -> None:

@@ -307,7 +307,8 @@ def grid_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, 
     lists = {"optimizer": parse_list(optimizer), "lr": parse_numbers(lr, "--lr"),
              "momentum": parse_numbers(momentum, "--momentum"),
              "weight_decay": parse_numbers(weight_decay, "--weight-decay"),
-             "epochs": parse_numbers(epochs, "--epochs", int), "batch_size": parse_numbers(batch_size, "--batch-size", int)}
+             "epochs": parse_numbers(epochs, "--epochs", int),
+             "batch_size": parse_numbers(batch_size, "--batch-size", int)}
     axes = {}
     for key, values in lists.items():
         if not values:
@@ -320,7 +321,7 @@ def grid_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, 
         raise StyleforgeError("nothing to search: give at least one setting with several values, e.g. --lr 0.01,0.1")
     bars = TrainBars(quiet)
     try:
-        result = grid(base, axes, output, callback=bars, overwrite=overwrite)
+        grid(base, axes, output, callback=bars, overwrite=overwrite)
     finally:
         bars.close()
     if distributed.current().is_main:

@@ -20,7 +20,7 @@ def _model_args(f):
     opts = [
         click.argument("model_or_checkpoint"),
         click.option("--input", "input_shape", help="Input shape CxHxW for a model name (default 3x224x224 for "
-                                                    "pretrained models, 3x32x32 otherwise; a checkpoint knows its own)."),
+                     "pretrained models, 3x32x32 otherwise; a checkpoint knows its own)."),
         click.option("--classes", "num_classes", type=int, default=10, show_default=True,
                      help="Number of classes (model names only; the head is not shown)."),
         click.option("--weights", type=click.Path(path_type=Path), help="Backbone weights file (vgg19, resnet18)."),

@@ -11,10 +11,19 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from ..color import original_colors as keep_colors
-from ..device import Runtime, runtime as make_runtime
+from ..device import Runtime
+from ..device import runtime as make_runtime
 from ..errors import StyleforgeError
-from ..io import IMAGE_SUFFIXES, atomic_path, check_writable, image_format, open_rgb, pil_to_tensor, \
-    resize_long_side, save_image
+from ..io import (
+    IMAGE_SUFFIXES,
+    atomic_path,
+    check_writable,
+    image_format,
+    open_rgb,
+    pil_to_tensor,
+    resize_long_side,
+    save_image,
+)
 from .model import TransformerNet, load_model, resolve_model
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")

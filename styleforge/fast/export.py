@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import StyleforgeError
 from ..io import atomic_path, check_writable
 from .model import TransformerNet, load_model, resolve_model
 

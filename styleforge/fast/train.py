@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader
 
 from .. import distributed, losses
 from ..backbone import VGGFeatures
-from ..device import Runtime, runtime as make_runtime, seed_everything
+from ..device import Runtime, seed_everything
+from ..device import runtime as make_runtime
 from ..errors import StyleforgeError
 from ..io import atomic_path, check_writable, open_rgb, pil_to_tensor, resize_long_side, save_torch
 from ..transfer import _normalized, loss_weights
