@@ -14,6 +14,7 @@ from styleforge.errors import StyleforgeError
 from styleforge.fast import ARCHS, FastTrainConfig, TransformerNet, load_model, save_model, train_style
 from styleforge.fast.data import RandomCrops, StreamSampler, list_images
 from styleforge.fast.model import parameter_count
+from styleforge.fast.train import LR_FLOOR, lr_at
 from styleforge.io import save_image
 
 
@@ -133,8 +134,8 @@ def test_resume_gives_the_same_weights(photos, tmp_path, random_vgg19_file):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     full = train_style(_cfg(photos, tmp_path / "a", random_vgg19_file))
-    part = _cfg(photos, tmp_path / "b", random_vgg19_file, steps=3)
-    train_style(part)
+    part = _cfg(photos, tmp_path / "b", random_vgg19_file, stop_at=3)
+    assert train_style(part).model_path.name == "m.pth.ckpt" and not (tmp_path / "b" / "m.pth").exists()
     resumed = train_style(_cfg(photos, tmp_path / "b", random_vgg19_file, resume=True))
     a = torch.load(tmp_path / "a" / "m.pth", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b" / "m.pth", weights_only=True)["state_dict"]
@@ -142,10 +143,37 @@ def test_resume_gives_the_same_weights(photos, tmp_path, random_vgg19_file):
     assert [r["total"] for r in full.history] == [r["total"] for r in resumed.history]
 
 
+def test_constant_schedule_resumes_to_more_steps(photos, tmp_path, random_vgg19_file):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    train_style(_cfg(photos, tmp_path / "a", random_vgg19_file, lr_schedule="constant"))
+    train_style(_cfg(photos, tmp_path / "b", random_vgg19_file, lr_schedule="constant", steps=3))
+    train_style(_cfg(photos, tmp_path / "b", random_vgg19_file, lr_schedule="constant", resume=True))
+    a = torch.load(tmp_path / "a" / "m.pth", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "m.pth", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cosine_schedule_refuses_resume_with_other_steps(photos, tmp_path, random_vgg19_file):
+    train_style(_cfg(photos, tmp_path, random_vgg19_file, steps=3))
+    with pytest.raises(StyleforgeError, match="steps.*--stop-at"):
+        train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=6))
+
+
+def test_lr_schedule_values():
+    assert lr_at(1, 10, 0.1, "cosine") == pytest.approx(0.1)
+    assert lr_at(10, 10, 0.1, "cosine") == pytest.approx(0.1 * LR_FLOOR)
+    mid = lr_at(5, 9, 0.1, "cosine")  # halfway: the mean of start and floor
+    assert mid == pytest.approx(0.1 * (1 + LR_FLOOR) / 2)
+    assert all(lr_at(s, 10, 0.1, "constant") == 0.1 for s in range(1, 11))
+    rates = [lr_at(s, 50, 1.0, "cosine") for s in range(1, 51)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+
+
 def test_resume_refuses_changed_settings(photos, tmp_path, random_vgg19_file):
     train_style(_cfg(photos, tmp_path, random_vgg19_file, steps=3))
     with pytest.raises(StyleforgeError, match="lr"):
-        train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, lr=0.5))
+        train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, lr=0.5))
 
 
 def test_apply_odd_sizes_folders_and_colors(tmp_path):

@@ -10,7 +10,13 @@ from tqdm import tqdm
 from ..fast import ARCHS, FastTrainConfig, available_models, train_style
 from ..fast.apply import stylize_files
 from ..fast.export import export_onnx
-from ..fast.train import DEFAULT_CONTENT_LAYERS, DEFAULT_STEPS, DEFAULT_STYLE_LAYERS, DEFAULT_STYLE_STRENGTH
+from ..fast.train import (
+    DEFAULT_CONTENT_LAYERS,
+    DEFAULT_STEPS,
+    DEFAULT_STYLE_LAYERS,
+    DEFAULT_STYLE_STRENGTH,
+    LR_SCHEDULES,
+)
 from ..io import check_writable
 from .options import main_group, parse_layer_weights, runtime_options
 
@@ -26,7 +32,8 @@ def fast_group() -> None:
 
 @fast_group.command("train")
 @click.argument("style_image", type=click.Path(path_type=Path))
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="Folder of training photos.")
+@click.option("--data", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Folder of training photos (searched recursively); repeat for several.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Model file to write (.pth).")
 @click.option("--arch", type=click.Choice(list(ARCHS)), default="light", show_default=True,
               help="light: 0.26 M parameters, what the shipped styles use; johnson: the published 1.68 M network.")
@@ -36,6 +43,8 @@ def fast_group() -> None:
 @click.option("--steps", type=int, help=f"Training steps (default {DEFAULT_STEPS}).")
 @click.option("--epochs", type=float, help="Passes over --data (instead of --steps).")
 @click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="cosine", show_default=True,
+              help="cosine: decay to 5% of --lr by the last step; constant: the published recipe.")
 @click.option("--style-strength", type=float, help=f"Trade-off in [0,1] (default {DEFAULT_STYLE_STRENGTH}).")
 @click.option("--content-weight", type=float)
 @click.option("--style-weight", type=float)
@@ -46,21 +55,22 @@ def fast_group() -> None:
 @click.option("--workers", type=int, help="Data-loading processes (default 1 on CPU, 2 on GPU).")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt.")
+@click.option("--stop-at", type=int, help="Stop after this step, leaving OUTPUT.ckpt to --resume (splits a run).")
 @click.option("--fp32-model", is_flag=True, help="Store the model in float32 (default float16).")
 @runtime_options
 @click.option("-q", "--quiet", is_flag=True)
-def train_cmd(style_image, data, output, arch, image_size, style_size, batch_size, steps, epochs, lr,
+def train_cmd(style_image, data, output, arch, image_size, style_size, batch_size, steps, epochs, lr, lr_schedule,
               style_strength, content_weight, style_weight, tv_weight, content_layers, style_layers, weights,
-              workers, checkpoint_every, resume, fp32_model, device, precision, seed, quiet):
+              workers, checkpoint_every, resume, stop_at, fp32_model, device, precision, seed, quiet):
     """Train a style network for STYLE_IMAGE on the photos in --data."""
     cfg = FastTrainConfig(
-        style=str(style_image), data=str(data), output=str(output), arch=arch, image_size=image_size,
-        style_size=style_size, batch_size=batch_size, steps=steps, epochs=epochs, lr=lr,
+        style=str(style_image), data=[str(d) for d in data], output=str(output), arch=arch, image_size=image_size,
+        style_size=style_size, batch_size=batch_size, steps=steps, epochs=epochs, lr=lr, lr_schedule=lr_schedule,
         style_strength=style_strength, content_weight=content_weight, style_weight=style_weight,
         tv_weight=tv_weight, content_layers=parse_layer_weights(content_layers, "--content-layers"),
         style_layers=parse_layer_weights(style_layers, "--style-layers"),
         weights=str(weights) if weights else None, seed=seed, device=device, precision=precision,
-        workers=workers, checkpoint_every=checkpoint_every, resume=resume, half=not fp32_model)
+        workers=workers, checkpoint_every=checkpoint_every, resume=resume, stop_at=stop_at, half=not fp32_model)
     bar = None
 
     def progress(p):
