@@ -7,9 +7,11 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from ..errors import StyleforgeError
 from ..fast import ARCHS, FastTrainConfig, available_models, train_style
 from ..fast.apply import stylize_files
 from ..fast.export import export_onnx
+from ..fast.sheet import DEFAULT_TILE, style_sheet
 from ..fast.train import (
     DEFAULT_CONTENT_LAYERS,
     DEFAULT_STEPS,
@@ -17,7 +19,7 @@ from ..fast.train import (
     DEFAULT_STYLE_STRENGTH,
     LR_SCHEDULES,
 )
-from ..io import check_writable
+from ..io import check_writable, image_format, save_image
 from .options import main_group, parse_layer_weights, runtime_options
 
 
@@ -128,6 +130,40 @@ def apply_cmd(model, inputs, output, size, original_colors, batch_size, device, 
             bar.close()
     if not quiet:
         click.echo(f"wrote {len(written)} file(s) to {output}")
+
+
+@fast_group.command("sheet")
+@click.argument("photo", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Image file to write.")
+@click.option("--styles", help="Comma-separated model names or files (default: every installed style).")
+@click.option("--size", type=int, default=DEFAULT_TILE, show_default=True, help="Long side of each tile, px.")
+@click.option("--columns", type=int, help="Tiles per row (default: a near-square grid).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+def sheet_cmd(photo, output, styles, size, columns, device, precision, quiet):
+    """PHOTO through every installed style, labelled, in one picture: how to choose a style."""
+    if output.resolve() == photo.resolve():
+        raise StyleforgeError(f"-o {output} is the input photo: give another file name")
+    image_format(output)
+    check_writable(output)
+    names = [s.strip() for s in styles.split(",") if s.strip()] if styles else None
+    bar = None if quiet else tqdm(unit="style", dynamic_ncols=True, desc="sheet")
+
+    def progress(p):
+        if bar is not None:
+            bar.total = p.total
+            bar.update(1)
+
+    try:
+        sheet = style_sheet(photo, names, tile=size, columns=columns, device=device, precision=precision,
+                            callback=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    save_image(sheet, output)
+    if not quiet:
+        click.echo(f"wrote {output}")
 
 
 @fast_group.command("export")

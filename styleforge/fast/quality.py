@@ -9,15 +9,13 @@ pixel (and their combinations), far above the power at neighbouring frequencies.
 texture, photo grain and JPEG noise spread their power over a band instead.
 
 :func:`grid_peaks` measures that: at each grid frequency, the power in the peak's bin
-against the median power of the bins around it, as a geometric mean over the grid
+against the median power of the bins around it, averaged over the grid
 frequencies. A picture without a grid scores about 1; a visible grid scores several
 times more. :func:`grid_artifact` divides by the content photo's own score, so that
 a photo's JPEG blocking or man-made regular patterns are not charged to the network.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -48,7 +46,7 @@ def _power(luma: torch.Tensor) -> torch.Tensor:
 
 
 def grid_peaks(image: torch.Tensor) -> float:
-    """Geometric mean over the 2- and 4-pixel grid frequencies of peak power / background power.
+    """Mean over the 2- and 4-pixel grid frequencies of peak power / background power.
 
     ``image``: (3, H, W) or (1, 3, H, W) RGB in [0, 1] (or a single channel), at least 32 px a side.
     """
@@ -57,7 +55,7 @@ def grid_peaks(image: torch.Tensor) -> float:
     if min(h, w) < 32:
         raise ValueError(f"grid_peaks needs at least 32x32 pixels, got {w}x{h}")
     power = _power(luma)
-    logs = []
+    ratios = []
     for fy, fx in _GRID_FREQS:
         cy, cx = round(fy * h) % h, round(fx * w) % w
         rows = [(cy + d) % h for d in range(-_NEIGHBOURHOOD, _NEIGHBOURHOOD + 1)]
@@ -79,8 +77,9 @@ def grid_peaks(image: torch.Tensor) -> float:
             keep = torch.ones_like(box, dtype=torch.bool)
             keep[c - _PEAK:c + _PEAK + 1, c - _PEAK:c + _PEAK + 1] = False
             background = box[keep].median()
-        logs.append(math.log((float(peak) + 1e-12) / (float(background) + 1e-12)))
-    return math.exp(sum(logs) / len(logs))
+        ratios.append((float(peak) + 1e-12) / (float(background) + 1e-12))
+    # The arithmetic mean: one strong peak (a pure checkerboard has only (1/2, 1/2)) must count.
+    return sum(ratios) / len(ratios)
 
 
 def grid_artifact(output: torch.Tensor, content: torch.Tensor) -> float:
