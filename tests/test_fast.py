@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -274,3 +276,14 @@ def test_interrupt_keeps_a_valid_checkpoint_and_resume_continues(photos, tmp_pat
     a = torch.load(tmp_path / "a" / "m.pth", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b" / "m.pth", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("change, text", [
+    ({"style_size": 6}, "too small for the style layers"),
+    ({"batch_size": 7}, "fewer than one batch of 7"),
+    ({"image_size": 160}, "larger than every photo in --data (the largest short side is 52 px)"),
+])
+def test_inputs_that_cannot_train_fail_before_training(photos, tmp_path, random_vgg19_file, change, text):
+    with pytest.raises(StyleforgeError, match=re.escape(text)):
+        train_style(_cfg(photos, tmp_path, random_vgg19_file, **change))
+    assert not list(tmp_path.glob("m.pth*"))

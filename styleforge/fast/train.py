@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from .. import distributed, losses
@@ -178,6 +179,29 @@ def _check(cfg: FastTrainConfig) -> None:
         raise StyleforgeError(f"unknown --lr-schedule {cfg.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
 
 
+def _check_inputs(cfg: FastTrainConfig, files: list[Path], style: torch.Tensor, min_side: int,
+                  global_batch: int) -> None:
+    """One-line errors, before training starts, for inputs that cannot give a model."""
+    h, w = style.shape[-2:]
+    if min(h, w) < min_side:
+        raise StyleforgeError(f"the style image is {w}x{h} px at --style-size {cfg.style_size}, too small for the "
+                              f"style layers (needs at least {min_side} px per side): use a larger --style-size")
+    if cfg.image_size < min_side:
+        raise StyleforgeError(f"--image-size {cfg.image_size} is too small for the loss layers "
+                              f"(needs at least {min_side} px)")
+    if len(files) < global_batch:
+        raise StyleforgeError(f"--data holds {len(files)} usable photo(s), fewer than one batch of {global_batch}: "
+                              "add photos or lower --batch-size")
+    largest = 0
+    for f in files:
+        with Image.open(f) as img:
+            largest = max(largest, min(img.size))
+        if largest >= cfg.image_size:
+            return
+    raise StyleforgeError(f"--image-size {cfg.image_size} is larger than every photo in --data (the largest short "
+                          f"side is {largest} px): use --image-size {largest // 4 * 4} or less, or larger photos")
+
+
 def _load_resume(cfg: FastTrainConfig, ckpt: Path, steps: int) -> dict:
     if not ckpt.is_file():
         raise StyleforgeError(f"--resume: no checkpoint {ckpt} to continue from (train without --resume)")
@@ -281,6 +305,7 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
     if extractor is None:
         extractor = VGGFeatures(list(cfg.content_layers) + list(cfg.style_layers), arch=cfg.backbone,
                                 weights=cfg.weights)
+    _check_inputs(cfg, files, style_img, extractor.min_size, global_batch)
     extractor = rt.to(extractor)
     loss_fn = StyleLoss(extractor, style_img, cfg.content_layers, cfg.style_layers, content_w, style_w,
                         cfg.tv_weight, rt)
