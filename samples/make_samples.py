@@ -11,7 +11,7 @@ with `--original-colors`, and readme.jpg, the before/after strip the README show
 
     python samples/make_samples.py            # inputs only
     python samples/make_samples.py --outputs  # also run styleforge (needs VGG19 weights)
-    python samples/make_samples.py --fast     # fast.jpg from the shipped style models
+    python samples/make_samples.py --fast     # fast.jpg: `fast sheet` of the shipped style models
 """
 
 from __future__ import annotations
@@ -42,12 +42,10 @@ def outputs() -> None:
 
 
 def fast() -> None:
-    """samples/fast.jpg: chelsea through the two shipped fast-style models."""
-    for name in ("starry_night", "great_wave"):
-        subprocess.run([sys.executable, "-m", "styleforge", "fast", "apply", name, "samples/chelsea.jpg",
-                        "-o", f"samples/chelsea-fast-{name}.jpg", "-q"], check=True, cwd=HERE.parent)
-    strip(["chelsea.jpg", "chelsea-fast-starry_night.jpg", "chelsea-fast-great_wave.jpg"],
-          ["content", "fast apply starry_night", "fast apply great_wave"], HERE / "fast.jpg")
+    """samples/fast.jpg: chelsea through every shipped style model (`styleforge fast sheet`)."""
+    subprocess.run([sys.executable, "-m", "styleforge", "fast", "sheet", "samples/chelsea.jpg", "-o",
+                    "samples/fast.jpg", "--size", "320", "--columns", "4", "--device", "cpu", "--precision", "fp32",
+                    "-q"], check=True, cwd=HERE.parent)
 
 
 def strip(names: list[str], labels: list[str], out: Path, height: int = 220) -> None:
