@@ -32,7 +32,8 @@ from styleforge.fast.apply import apply_to_tensor  # noqa: E402
 from styleforge.fast.data import list_images  # noqa: E402
 from styleforge.fast.model import available_models, load_model  # noqa: E402
 from styleforge.io import open_rgb, pil_to_tensor, resize_long_side  # noqa: E402
-from styleforge.transfer import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, StyleObjective  # noqa: E402
+from styleforge.perceptual import PerceptualLoss  # noqa: E402
+from styleforge.transfer import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS  # noqa: E402
 
 
 def main() -> None:
@@ -60,8 +61,9 @@ def main() -> None:
         secs = {"fast": [], "stylize": []}
         for i, f in enumerate(files):
             content = pil_to_tensor(resize_long_side(open_rgb(f), args.size))
-            objective = StyleObjective(extractor, content, [style], [1.0], DEFAULT_CONTENT_LAYERS,
-                                       DEFAULT_STYLE_LAYERS, 1.0, 1.0, 0.0, fp32)
+            objective = PerceptualLoss(extractor, style, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS,
+                                       content=content, content_weight=1.0, style_weight=1.0, tv_weight=0.0,
+                                       rt=fp32)
             t = time.perf_counter()
             fast_out = apply_to_tensor(net, content, rt)
             secs["fast"].append(time.perf_counter() - t)
@@ -70,7 +72,7 @@ def main() -> None:
             secs["stylize"].append(time.perf_counter() - t)
             for key, out in (("fast", fast_out), ("stylize", slow_out)):
                 with torch.no_grad():
-                    _, parts = objective(out)
+                    parts = objective(out)
                 scores[key].append((float(parts["content"]), float(parts["style"])))
             print(f"{name} {i + 1}/{len(files)} fast {scores['fast'][-1]} stylize {scores['stylize'][-1]}",
                   flush=True)

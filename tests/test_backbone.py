@@ -111,7 +111,8 @@ def test_loss_weights_mean_the_same_for_a_rescaled_backbone(random_vgg19_file):
     """Scaling every conv layer (as the Caffe VGG19 differs from torchvision's) leaves the
     style-transfer objective unchanged: the defaults work for both weight sources."""
     from styleforge.device import Runtime
-    from styleforge.transfer import DEFAULT_STYLE_LAYERS, StyleObjective
+    from styleforge.perceptual import PerceptualLoss
+    from styleforge.transfer import DEFAULT_STYLE_LAYERS
 
     layers = ["relu4_2", *DEFAULT_STYLE_LAYERS]
     state = torch.load(random_vgg19_file)
@@ -127,8 +128,9 @@ def test_loss_weights_mean_the_same_for_a_rescaled_backbone(random_vgg19_file):
     values = []
     for sd in (strip(state), strip(scaled)):
         ex = VGGFeatures(layers, state_dict=sd)
-        obj = StyleObjective(ex, content, [style], [1.0], {"relu4_2": 1.0}, DEFAULT_STYLE_LAYERS, 0.5, 50.0, 1.0, rt)
-        values.append(obj(image)[0].item())
+        obj = PerceptualLoss(ex, style, {"relu4_2": 1.0}, DEFAULT_STYLE_LAYERS, content=content,
+                             content_weight=0.5, style_weight=50.0, tv_weight=1.0, rt=rt)
+        values.append(obj(image)["total"].item())
     assert values[0] == pytest.approx(values[1], rel=1e-4)
 
 

@@ -12,6 +12,7 @@ from ..fast.apply import stylize_files
 from ..fast.export import export_onnx
 from ..fast.train import DEFAULT_CONTENT_LAYERS, DEFAULT_STEPS, DEFAULT_STYLE_LAYERS, DEFAULT_STYLE_STRENGTH
 from ..io import check_writable
+from ..perceptual import STYLE_STRENGTH_HELP
 from .options import main_group, parse_layer_weights, runtime_options
 
 
@@ -36,7 +37,7 @@ def fast_group() -> None:
 @click.option("--steps", type=int, help=f"Training steps (default {DEFAULT_STEPS}).")
 @click.option("--epochs", type=float, help="Passes over --data (instead of --steps).")
 @click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--style-strength", type=float, help=f"Trade-off in [0,1] (default {DEFAULT_STYLE_STRENGTH}).")
+@click.option("--style-strength", type=float, help=f"{STYLE_STRENGTH_HELP} Default {DEFAULT_STYLE_STRENGTH}.")
 @click.option("--content-weight", type=float)
 @click.option("--style-weight", type=float)
 @click.option("--tv-weight", type=float, default=1.0, show_default=True)

@@ -8,6 +8,7 @@ import click
 from tqdm import tqdm
 
 from ..io import check_writable, image_format, save_image, save_json
+from ..perceptual import STYLE_STRENGTH_HELP
 from ..transfer import DEFAULT_STYLE_STRENGTH, Progress, StylizeConfig, stylize
 from .options import main_group, parse_layer_weights, parse_numbers, runtime_options
 
@@ -44,7 +45,7 @@ class _Bars:
               help="Output image (.png/.jpg). Default: CONTENT-STYLE.png here.")
 @click.option("--size", type=int, default=512, show_default=True, help="Long side of the output, px.")
 @click.option("--style-strength", type=float,
-              help=f"Trade-off W in [0,1]: loss = W*style + (1-W)*content (default {DEFAULT_STYLE_STRENGTH}).")
+              help=f"{STYLE_STRENGTH_HELP} Default {DEFAULT_STYLE_STRENGTH}.")
 @click.option("--content-weight", type=float, help="Content weight (instead of --style-strength).")
 @click.option("--style-weight", type=float, help="Style weight (instead of --style-strength).")
 @click.option("--tv-weight", type=float, default=1.0, show_default=True, help="Total-variation weight.")

@@ -19,13 +19,13 @@ from typing import Callable, Mapping
 import torch
 from torch.utils.data import DataLoader
 
-from .. import distributed, losses
+from .. import distributed
 from ..backbone import VGGFeatures
-from ..device import Runtime, seed_everything
 from ..device import runtime as make_runtime
+from ..device import seed_everything
 from ..errors import StyleforgeError
 from ..io import atomic_path, check_writable, open_rgb, pil_to_tensor, resize_long_side, save_torch
-from ..transfer import _normalized, loss_weights
+from ..perceptual import PerceptualLoss, loss_weights
 from .data import RandomCrops, StreamSampler, collate, list_images
 from .model import ARCHS, CHECKPOINT_FORMAT, TransformerNet, parameter_count, read_record, save_model
 
@@ -107,39 +107,6 @@ def history_paths(output: str | os.PathLike) -> tuple[Path, Path]:
 # Settings that must not change between a run and its --resume.
 _RESUME_KEYS = ("style", "arch", "image_size", "style_size", "lr", "style_strength", "content_weight",
                 "style_weight", "tv_weight", "content_layers", "style_layers", "backbone", "seed")
-
-
-class StyleLoss:
-    """Batch loss of a transformer's outputs, with the style Gram targets computed once."""
-
-    def __init__(self, extractor: VGGFeatures, style: torch.Tensor, content_layers: Mapping[str, float],
-                 style_layers: Mapping[str, float], content_weight: float, style_weight: float,
-                 tv_weight: float, rt: Runtime) -> None:
-        self.extractor, self.rt = extractor, rt
-        self.content_layers, self.style_layers = _normalized(content_layers), _normalized(style_layers)
-        self.weights = {"content": content_weight, "style": style_weight, "tv": tv_weight}
-        with torch.no_grad(), rt.autocast():
-            feats = extractor(rt.to(style), layers=self.style_layers)
-            self.targets = {n: losses.gram_matrix(feats[n]) for n in self.style_layers}
-        self.target_ms = {n: losses.mean_square(t) for n, t in self.targets.items()}
-
-    def __call__(self, outputs: torch.Tensor, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Weighted content, style and tv losses (and their total) of ``outputs`` for ``inputs``."""
-        with self.rt.autocast():
-            with torch.no_grad():
-                # The content targets need VGG only up to the content layers (relu2_2 by
-                # default), not the full depth the style layers need.
-                want = self.extractor(inputs, layers=self.content_layers)
-            feats = self.extractor(outputs)
-        content = losses.weighted_sum(
-            {n: losses.image_content_loss(feats[n], want[n]) for n in self.content_layers}, self.content_layers)
-        style = losses.weighted_sum(
-            {n: losses.style_loss(losses.gram_matrix(feats[n]), self.targets[n], self.target_ms[n])
-             for n in self.style_layers}, self.style_layers)
-        parts = {"content": self.weights["content"] * content, "style": self.weights["style"] * style,
-                 "tv": self.weights["tv"] * losses.tv_loss(outputs)}
-        parts["total"] = parts["content"] + parts["style"] + parts["tv"]
-        return parts
 
 
 def _check(cfg: FastTrainConfig) -> None:
@@ -257,8 +224,8 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
         extractor = VGGFeatures(list(cfg.content_layers) + list(cfg.style_layers), arch=cfg.backbone,
                                 weights=cfg.weights)
     extractor = rt.to(extractor)
-    loss_fn = StyleLoss(extractor, style_img, cfg.content_layers, cfg.style_layers, content_w, style_w,
-                        cfg.tv_weight, rt)
+    loss_fn = PerceptualLoss(extractor, style_img, cfg.content_layers, cfg.style_layers, content_weight=content_w,
+                             style_weight=style_w, tv_weight=cfg.tv_weight, rt=rt)
     scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype is torch.float16 else None
 
     workers = cfg.workers if cfg.workers is not None else (2 if rt.device.type == "cuda" else 1)
@@ -299,7 +266,7 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
             skipped.extend(b for b in bad if b not in skipped)
             t0 = time.perf_counter()
             x = rt.to(batch, non_blocking=True)
-            parts = loss_fn(ddp_model(x), x)
+            parts = loss_fn(ddp_model(x), content=x)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(parts["total"]).backward()
