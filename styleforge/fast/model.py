@@ -166,10 +166,10 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
 
 def _model_folders() -> list[Path]:
-    """Where named models are looked up: $STYLEFORGE_WEIGHTS folders, then the project's weights/."""
-    from ..backbone import PROJECT_WEIGHTS
+    """Where named models are looked up: the backbone weights folders, in their order."""
+    from ..backbone import weights_folders
 
-    return [Path(d) for d in os.environ.get("STYLEFORGE_WEIGHTS", "").split(os.pathsep) if d] + [PROJECT_WEIGHTS]
+    return [folder for _, folder in weights_folders()]
 
 
 def resolve_model(name_or_path: str | os.PathLike) -> Path:
