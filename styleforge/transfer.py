@@ -315,6 +315,6 @@ def _config_record(cfg: StylizeConfig, content_w: float, style_w: float, sizes, 
                   resolved={"content_weight": content_w, "style_weight": style_w, "scales": sizes,
                             "steps": steps, "device": str(rt.device), "precision": rt.precision,
                             "weights": extractor.source})
-    if rt.device.type == "cuda":
-        record["resolved"]["peak_gpu_mb"] = torch.cuda.max_memory_allocated(rt.device) / 2**20
+    if rt.peak_memory_mb() is not None:
+        record["resolved"]["peak_gpu_mb"] = rt.peak_memory_mb()
     return record

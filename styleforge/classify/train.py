@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from .. import distributed
-from ..device import Runtime, runtime, seed_everything
+from ..device import Runtime, backward_step, runtime, seed_everything
 from ..errors import StyleforgeError
 from ..io import check_writable, save_json
 from . import report
@@ -239,8 +239,8 @@ class _Source:
     def __init__(self, data: torch.Tensor, labels: torch.Tensor, rt: Runtime, size, features: bool) -> None:
         self.data, self.rt, self.size, self.features = data, rt, size, features
         self.labels = labels.to(rt.device)
-        if rt.device.type == "cuda" and not features and data.numel() < 2 ** 31:
-            self.data = data.to(rt.device)  # small datasets live on the GPU: no host copies per batch
+        if not features and rt.holds(data):
+            self.data = data.to(rt.device)
         elif rt.pin_memory and not features:
             self.data = data.pin_memory()
 
@@ -439,7 +439,7 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
     if cfg.cache_features == "on" and not cacheable:
         raise StyleforgeError("--cache-features on needs a frozen trunk (--freeze all-but-head) and no --augment")
     use_cache = cacheable and cfg.cache_features != "off"
-    if cfg.int8_features and not (use_cache and rt.device.type == "cpu"):
+    if cfg.int8_features and not (use_cache and rt.on_cpu):
         raise StyleforgeError("--int8-features needs the frozen-trunk cache on the CPU (--freeze all-but-head, "
                               "no --augment, --device cpu): drop --int8-features")
 
@@ -484,7 +484,7 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
 
     train_net = distributed.wrap(net, ctx, rt.device)
     optimizer = make_optimizer(cfg, net)
-    scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype is torch.float16 else None
+    scaler = rt.grad_scaler()
     if resume_state is not None and resume_state.get("optimizer"):
         optimizer.load_state_dict(resume_state["optimizer"])
         if scaler is not None and resume_state.get("scaler"):
@@ -572,13 +572,7 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
                     out = train_net(x)
                 loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
+                backward_step(loss, optimizer, scaler)
                 loss_sum += loss.detach().double() * len(idx)
                 correct += (out.detach().argmax(1) == y).sum().double()
                 seen += len(idx)

@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 
 from .. import distributed
 from ..backbone import VGGFeatures
+from ..device import backward_step, seed_everything
 from ..device import runtime as make_runtime
-from ..device import seed_everything
 from ..errors import StyleforgeError
 from ..io import atomic_path, check_writable, open_rgb, pil_to_tensor, resize_long_side, save_torch
 from ..perceptual import PerceptualLoss, loss_weights
@@ -226,9 +226,9 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
     extractor = rt.to(extractor)
     loss_fn = PerceptualLoss(extractor, style_img, cfg.content_layers, cfg.style_layers, content_weight=content_w,
                              style_weight=style_w, tv_weight=cfg.tv_weight, rt=rt)
-    scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype is torch.float16 else None
+    scaler = rt.grad_scaler()
 
-    workers = cfg.workers if cfg.workers is not None else (2 if rt.device.type == "cuda" else 1)
+    workers = cfg.workers if cfg.workers is not None else rt.loader_workers
     sampler = StreamSampler(len(files), global_batch, steps, cfg.seed, start_step, ctx.rank, ctx.world_size)
     loader = DataLoader(RandomCrops(files, cfg.image_size), batch_sampler=sampler, collate_fn=collate,
                         num_workers=workers, pin_memory=rt.pin_memory, prefetch_factor=4 if workers else None)
@@ -268,13 +268,7 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
             x = rt.to(batch, non_blocking=True)
             parts = loss_fn(ddp_model(x), content=x)
             optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(parts["total"]).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                parts["total"].backward()
-                optimizer.step()
+            backward_step(parts["total"], optimizer, scaler)
             # Losses averaged over all processes: the loss of the global batch.
             values = ctx.sum([float(parts[k].detach()) for k in ("content", "style", "tv", "total")])
             values = (values / ctx.world_size).tolist()
