@@ -310,10 +310,10 @@ class VGGFeatures(nn.Module):
         self.arch = arch
         self.normalize = ImageNetNormalize()
         self.features = full[: deepest + 1]
-        self._names = names[: deepest + 1]
+        self.names = names[: deepest + 1]
         self._wanted = set(self.layers)
         # The smallest input for which the deepest layer still has at least one pixel.
-        self.min_size = 2 ** sum(1 for n in self._names[:-1] if n.startswith("pool"))
+        self.min_size = 2 ** sum(1 for n in self.names[:-1] if n.startswith("pool"))
         self.requires_grad_(False)
         self.eval()
 
@@ -327,7 +327,7 @@ class VGGFeatures(nn.Module):
             raise StyleforgeError(f"layers {sorted(wanted - self._wanted)} were not configured for this extractor")
         out = {}
         x = self.normalize(x)
-        for name, module in zip(self._names, self.features):
+        for name, module in zip(self.names, self.features):
             x = module(x)
             if name in wanted:
                 out[name] = x

@@ -233,7 +233,7 @@ def augment_batch(x: torch.Tensor, ops: list[str], gen: torch.Generator) -> torc
     return x
 
 
-class _Source:
+class Source:
     """Where a split's inputs come from: images (uint8) or cached trunk features."""
 
     def __init__(self, data: torch.Tensor, labels: torch.Tensor, rt: Runtime, size, features: bool) -> None:
@@ -261,7 +261,7 @@ class _Source:
 # --------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
-def evaluate_source(net: nn.Module, source: _Source, rt: Runtime, ctx: distributed.Dist, batch_size: int,
+def evaluate_source(net: nn.Module, source: Source, rt: Runtime, ctx: distributed.Dist, batch_size: int,
                     num_classes: int) -> dict[str, Any]:
     """Loss, accuracy and confusion matrix over a whole split, sharded ``rank::world``.
 
@@ -474,11 +474,11 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
                                      cfg.eval_batch_size,
                                      progress=lambda done, n, name=name: emit(TrainEvent(
                                          "phase", step=done, steps=n, message=f"features: {name}")))
-            sources[name] = _Source(feats, s.labels, rt, size, features=True)
+            sources[name] = Source(feats, s.labels, rt, size, features=True)
         feature_seconds = time.perf_counter() - t_feat
         net: nn.Module = model.head
     else:
-        sources = {name: _Source(s.images, s.labels, rt, size, features=False)
+        sources = {name: Source(s.images, s.labels, rt, size, features=False)
                    for name, s in sets.items() if s is not None}
         net = model
 

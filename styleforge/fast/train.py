@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 import torch
 from torch.utils.data import DataLoader
 
-from .. import distributed
+from .. import distributed, figures
 from ..backbone import VGGFeatures
 from ..device import backward_step, seed_everything
 from ..device import runtime as make_runtime
@@ -157,13 +157,8 @@ def write_history(history: list[dict[str, float]], output: str | os.PathLike, pl
             writer.writeheader()
             writer.writerows(history)
     if plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         steps = [r["step"] for r in history]
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        fig, ax = figures.subplots(figsize=(7, 4), dpi=100)
         window = max(1, len(history) // 50)
         for key in ("total", "content", "style", "tv"):
             vals = [r[key] for r in history]
@@ -177,9 +172,7 @@ def write_history(history: list[dict[str, float]], output: str | os.PathLike, pl
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        with atomic_path(png_path) as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
+        figures.save_figure(fig, png_path, dpi=100, tight=False)
 
 
 def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] | None = None,
