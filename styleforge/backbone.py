@@ -30,7 +30,8 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from .errors import StyleforgeError
+from .errors import StyleforgeError, first_line
+from .io import load_torch
 
 WEIGHTS_ENV = "STYLEFORGE_WEIGHTS"
 PROJECT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -190,11 +191,7 @@ def verify(path: Path) -> str:
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise StyleforgeError(f"weights file {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for non-torch or truncated files
-        raise StyleforgeError(f"{path} is not a readable PyTorch weights file ({type(exc).__name__}): "
-                              "check the path or download it again") from None
+    obj = load_torch(path, "a readable PyTorch weights file", "check the path or download it again")
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -251,8 +248,7 @@ def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], arch: str
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise StyleforgeError(f"{source} does not hold {arch} weights ({first[:160]})") from None
+        raise StyleforgeError(f"{source} does not hold {arch} weights ({first_line(exc, 160)})") from None
 
 
 def save_features_file(arch: str, out: str | os.PathLike) -> Path:

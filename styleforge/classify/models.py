@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import ResNet18Trunk, VGGFeatures, resnet18
-from ..errors import StyleforgeError
+from ..errors import StyleforgeError, first_line
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -42,7 +42,7 @@ def _flat_size(trunk: nn.Module, shape: tuple[int, int, int]) -> int:
             return trunk(torch.zeros(1, *shape)).flatten(1).shape[1]
     except RuntimeError as exc:
         raise StyleforgeError(f"this model cannot take a {'x'.join(map(str, shape))} input "
-                              f"({str(exc).splitlines()[0][:100]}): use larger images") from None
+                              f"({first_line(exc, 100)}): use larger images") from None
 
 
 def _conv_stage(cin: int, cout: int, kernel: int, act: str, *, pool_first: bool = False) -> list[nn.Module]:

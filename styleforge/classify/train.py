@@ -39,7 +39,7 @@ from torch.utils.data import DistributedSampler
 from .. import distributed
 from ..device import Runtime, backward_step, runtime, seed_everything
 from ..errors import StyleforgeError
-from ..io import check_writable, save_json
+from ..io import check_writable, load_torch, save_json
 from . import report
 from .cache import extract_features, extraction_trunk
 from .checkpoint import check_compatible, make_meta, save_checkpoint
@@ -347,11 +347,7 @@ def _prepare_run_dir(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
         last = run_dir / "last.pt"
         if not last.is_file():
             raise StyleforgeError(f"nothing to resume: {last} does not exist (train without --resume first)")
-        try:
-            return torch.load(last, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise StyleforgeError(f"{last} is not a readable checkpoint ({type(exc).__name__}): "
-                                  "train again with --overwrite") from None
+        return load_torch(last, "a readable checkpoint", "train again with --overwrite")
     held = [f for f in RUN_FILES if (run_dir / f).exists()]
     if held and not cfg.overwrite:
         raise StyleforgeError(f"{run_dir} already holds a run ({', '.join(held[:3])}): use --overwrite to replace "
@@ -642,8 +638,8 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
     per_class_rows = None
     if best is not None:
         if best_state is None:  # resumed and never improved: the best weights are on disk
-            best_state = _on_main(ctx, lambda: torch.load(run_dir / "best.pt", map_location="cpu",
-                                                          weights_only=True)["state_dict"])
+            best_state = _on_main(ctx, lambda: load_torch(run_dir / "best.pt", "a readable checkpoint",
+                                                          "train again")["state_dict"])
         model.load_state_dict(best_state)
         emit(TrainEvent("phase", message="evaluating the best checkpoint"))
         for name in ("train", "val", "test"):

@@ -18,7 +18,7 @@ from ..classify import MODELS, build_model, summarize
 from ..classify.models import ACTIVATIONS, FREEZE_POLICIES, model_options
 from ..classify.train import CACHE_MODES, OPTIMIZERS, SCHEDULES, TrainConfig, TrainEvent
 from ..device import PRECISIONS
-from ..errors import StyleforgeError
+from ..errors import StyleforgeError, first_line
 from .options import main_group, parse_numbers
 
 
@@ -356,6 +356,6 @@ def summary_cmd(model: str, input_shape: str, classes: int, activation: str, opt
     try:
         result = summarize(net, shape)
     except RuntimeError as exc:
-        raise StyleforgeError(f"{model} cannot take a {input_shape} input ({str(exc).splitlines()[0][:100]}): "
+        raise StyleforgeError(f"{model} cannot take a {input_shape} input ({first_line(exc, 100)}): "
                               "use a larger --input") from None
     click.echo(result.table())

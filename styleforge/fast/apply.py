@@ -13,7 +13,7 @@ import torch
 from ..color import original_colors as keep_colors
 from ..device import Runtime
 from ..device import runtime as make_runtime
-from ..errors import StyleforgeError
+from ..errors import StyleforgeError, first_line
 from ..io import (
     IMAGE_SUFFIXES,
     atomic_path,
@@ -183,7 +183,7 @@ def stylize_video(net: TransformerNet, source: Path, target: Path, rt: Runtime, 
         src = av.open(str(source))
         stream = src.streams.video[0]
     except (av.error.FFmpegError, IndexError, OSError) as exc:
-        raise StyleforgeError(f"cannot read video {source} ({_first_line(exc)}): give a video file "
+        raise StyleforgeError(f"cannot read video {source} ({first_line(exc)}): give a video file "
                               "FFmpeg can decode (mp4, mov, mkv, webm)") from None
     rate = stream.average_rate or stream.guessed_rate or Fraction(25)
     total = stream.frames or None
@@ -229,7 +229,7 @@ def stylize_video(net: TransformerNet, source: Path, target: Path, rt: Runtime, 
             for packet in out_stream.encode():
                 dst.mux(packet)
     except av.error.FFmpegError as exc:
-        raise StyleforgeError(f"cannot decode video {source} ({_first_line(exc)}): give a video file "
+        raise StyleforgeError(f"cannot decode video {source} ({first_line(exc)}): give a video file "
                               "FFmpeg can decode (mp4, mov, mkv, webm)") from None
     finally:
         src.close()
@@ -245,6 +245,3 @@ def _codec(av) -> str:
             continue
     raise StyleforgeError("this FFmpeg build has no H.264 or MPEG-4 encoder")
 
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
