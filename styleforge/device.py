@@ -181,6 +181,19 @@ def runtime(device: str | torch.device = "auto", precision: str = "auto",
     return Runtime(dev, amp, channels_last)
 
 
+# Seeds of a run's random streams are derived from its one --seed as seed * stride + offsets.
+# The strides are primes larger than any offset sum used, so different run seeds never
+# share a stream; STREAM_GAP (a prime) keeps streams of one run seed apart (offset k*GAP + i).
+SEED_STRIDE = 1_000_003
+STREAM_GAP = 7919
+
+
+def derived_seed(seed: int, *offsets: int, stride: int = SEED_STRIDE) -> int:
+    """The seed of one random stream of a run seeded ``seed`` (an epoch's order, an image's crop):
+    deterministic, so a resumed or data-parallel run draws exactly what an uninterrupted one does."""
+    return seed * stride + sum(offsets)
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
     """Seed Python, torch (all devices) and return a CPU generator for explicit use.
 

@@ -73,3 +73,9 @@ def test_device_choices_live_in_the_runtime():
     cpu = device.Runtime(torch.device("cpu"))
     assert cpu.on_cpu and cpu.loader_workers == 1 and cpu.peak_memory_mb() is None
     assert not cpu.holds(torch.zeros(4))
+
+
+def test_derived_seeds_of_different_runs_epochs_and_ranks_never_collide():
+    seeds = {device.derived_seed(s, e * device.STREAM_GAP, r) for s in range(4) for e in range(100) for r in range(8)}
+    crops = {device.derived_seed(s, p, device.STREAM_GAP) for s in range(4) for p in range(10_000)}
+    assert len(seeds) == 4 * 100 * 8 and len(crops) == 4 * 10_000

@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from .. import distributed
-from ..device import Runtime, backward_step, runtime, seed_everything
+from ..device import STREAM_GAP, Runtime, backward_step, derived_seed, runtime, seed_everything
 from ..errors import StyleforgeError
 from ..io import check_writable, load_torch, save_json
 from . import report
@@ -536,8 +536,9 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
             t_epoch = time.perf_counter()
             sampler.set_epoch(epoch)
             order = torch.tensor(list(iter(sampler)), dtype=torch.long)
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + ctx.rank)
-            torch.manual_seed(cfg.seed * 1_000_033 + epoch * 104_729 + ctx.rank)  # dropout: resumable
+            gen = torch.Generator().manual_seed(derived_seed(cfg.seed, epoch * STREAM_GAP, ctx.rank))
+            # Dropout draws from torch's global generator: its own stride, so it is resumable too.
+            torch.manual_seed(derived_seed(cfg.seed, epoch * 104_729, ctx.rank, stride=1_000_033))
             if use_cache:
                 net.train()
             else:
