@@ -38,3 +38,26 @@ def test_apply_shows_one_bar_with_a_real_rate(tmp_path):
     assert [(label, done, total) for label, done, total, _ in finals] == [("images", "6", "6")], result.stderr
     # Six 24 px images cannot be decoded, stylized and written in under a millisecond.
     assert float(finals[0][3]) < 6000
+
+
+def test_classify_bars_show_phases_epochs_and_lines(capsys):
+    from styleforge.classify.train import TrainEvent
+    from styleforge.cli.classify import TrainBars
+
+    bars = TrainBars()
+    events = [TrainEvent("phase", step=s, steps=4, message="extracting features") for s in (0, 2, 4)]
+    events += [TrainEvent("phase", message="training"), TrainEvent("epoch_start", 1, 2, steps=3)]
+    events += [TrainEvent("step", 1, 2, step=s, steps=3, metrics={"loss": 0.5, "acc": 0.75, "lr": 0.1})
+               for s in (1, 2, 3)]
+    events += [TrainEvent("epoch_end", 1, 2, metrics={"train_loss": 0.5, "train_acc": 0.75, "seconds": 1.0}),
+               TrainEvent("done", message="best epoch 1")]
+    for e in events:
+        bars(e)
+    bars.close()
+    err = capsys.readouterr().err
+    # Bars open at the start of their stage and are cleared when it ends (leave=False).
+    assert "extracting features:   0%" in err and "0/4" in err and "epoch 1/2:   0%" in err and "0/3" in err
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.startswith(("training", "epoch 1/2:", "best"))]
+    assert lines == ["training", "epoch 1/2: train loss 0.5000 acc 0.7500 (1.0 s)", "best epoch 1"]
+    TrainBars(quiet=True)(events[0])
+    assert capsys.readouterr().err == ""

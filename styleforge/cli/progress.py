@@ -33,7 +33,7 @@ class Bar:
         self.bar.update(done - self.bar.n)
 
     def write(self, message: str) -> None:
-        """A line above the bar (shown even when quiet is off only)."""
+        """A line above the bar (nothing when quiet)."""
         if not self.quiet:
             tqdm.write(message)
 
