@@ -2,51 +2,22 @@
 
 from __future__ import annotations
 
-import ast
-import importlib
 import sys
-from pathlib import Path
 
 import click
 
 from .. import __version__
 from ..errors import StyleforgeError
-
-# Top-level command -> the module of styleforge.cli that defines it. Modules are imported
-# only when one of their commands runs or shows its help: they import torch (seconds).
-COMMAND_MODULES = {"classify": "classify", "fast": "fast", "stylize": "stylize", "summary": "classify",
-                   "visualize": "visualize", "weights": "weights"}
+from .lazy import LazyGroup
 
 
-class StyleforgeGroup(click.Group):
+class StyleforgeGroup(LazyGroup):
     """A group whose errors are one line on stderr: ``error: ...``, exit status 2.
 
     StyleforgeError (bad input the user can fix) and click's usage errors are printed
     without traceback; Ctrl-C exits 130. Anything else is a bug and keeps its traceback.
-    Commands load lazily from :data:`COMMAND_MODULES`; the group's own help reads their
-    one-line help from the command functions' docstrings without importing them.
+    Commands load when first needed (:class:`~styleforge.cli.lazy.LazyGroup`).
     """
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(self.commands) | set(COMMAND_MODULES))
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in self.commands and name in COMMAND_MODULES:
-            importlib.import_module(f"{__package__}.{COMMAND_MODULES[name]}")
-        return super().get_command(ctx, name)
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        names = self.list_commands(ctx)
-        limit = formatter.width - 6 - max(len(n) for n in names)
-        rows = []
-        for name in names:
-            cmd = self.commands.get(name)
-            if cmd is not None:
-                rows.append((name, cmd.get_short_help_str(limit)))
-            else:
-                rows.append((name, click.utils.make_default_short_help(_docstring(name), limit)))
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
@@ -70,19 +41,6 @@ class StyleforgeGroup(click.Group):
 @click.version_option(__version__, prog_name="styleforge")
 def main_group() -> None:
     """styleforge: neural style transfer and CNN transfer learning on PyTorch."""
-
-
-def _docstring(name: str) -> str:
-    """The docstring of the function registered as top-level command ``name``, read from source."""
-    path = Path(__file__).with_name(f"{COMMAND_MODULES[name]}.py")
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.FunctionDef):
-            for d in node.decorator_list:
-                if (isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute)
-                        and isinstance(d.func.value, ast.Name) and d.func.value.id == "main_group"
-                        and d.args and isinstance(d.args[0], ast.Constant) and d.args[0].value == name):
-                    return ast.get_docstring(node) or ""
-    return ""
 
 
 def parse_layer_weights(text: str, option: str) -> dict[str, float]:
