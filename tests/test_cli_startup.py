@@ -59,3 +59,13 @@ def test_public_names_import_on_first_use():
     from styleforge.transfer import stylize as direct
 
     assert stylize is direct and StylizeConfig().size > 0 and "stylize" in dir(styleforge)
+
+
+def test_without_sources_every_command_is_still_found(monkeypatch):
+    """Installed as .pyc only, the group cannot read the sources: it imports the modules instead."""
+    import styleforge.cli.lazy as lazy
+
+    monkeypatch.setattr(lazy, "top_level_commands", lambda: {})
+    assert CliRunner().invoke(main_group, ["weights", "--help"]).exit_code == 0
+    names = main_group.list_commands(None)
+    assert {"classify", "fast", "stylize", "summary", "visualize", "weights"} <= set(names)

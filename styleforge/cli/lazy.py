@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
+import pkgutil
 from pathlib import Path
 
 import click
@@ -42,11 +43,16 @@ class LazyGroup(click.Group):
     """A click group whose commands load from :func:`top_level_commands` when first needed."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
+        if not top_level_commands():  # installed without sources (.pyc only): import them all
+            for module in pkgutil.iter_modules(importlib.import_module(__package__).__path__):
+                importlib.import_module(f"{__package__}.{module.name}")
         return sorted(set(self.commands) | set(top_level_commands()))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in self.commands and name in top_level_commands():
             importlib.import_module(f"{__package__}.{top_level_commands()[name][0]}")
+        elif name not in self.commands:
+            self.list_commands(ctx)
         return super().get_command(ctx, name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
