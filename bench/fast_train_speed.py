@@ -42,9 +42,9 @@ from styleforge.backbone import VGGFeatures, build_vgg_features  # noqa: E402
 from styleforge.device import runtime  # noqa: E402
 from styleforge.fast.data import list_images  # noqa: E402
 from styleforge.fast.model import TransformerNet  # noqa: E402
-from styleforge.fast.train import FastTrainConfig, StyleLoss  # noqa: E402
+from styleforge.fast.train import FastTrainConfig  # noqa: E402
 from styleforge.io import open_rgb, pil_to_tensor, resize_long_side  # noqa: E402
-from styleforge.transfer import STYLE_GAIN  # noqa: E402
+from styleforge.perceptual import STYLE_GAIN, PerceptualLoss  # noqa: E402
 
 SIZE, BATCH = 256, 4
 CONTENT_W, STYLE_W, TV_W = 0.5, 0.5 * STYLE_GAIN, 1.0
@@ -155,12 +155,13 @@ def main() -> None:
     val, _ = list_images(shared / "data" / "bsds500" / "val")
     held = torch.cat([next(recipe_batches([f], 1))[:1] for f in val[:8]])
     fp32 = runtime("cpu", "fp32")
-    scorer = StyleLoss(VGGFeatures(["relu2_2", "relu1_1", "relu2_1", "relu3_1", "relu4_1"]), style,
-                       {"relu2_2": 1.0}, {f"relu{i}_1": 1.0 for i in range(1, 5)}, CONTENT_W, STYLE_W, TV_W, fp32)
+    scorer = PerceptualLoss(VGGFeatures(["relu2_2", "relu1_1", "relu2_1", "relu3_1", "relu4_1"]), style,
+                            {"relu2_2": 1.0}, {f"relu{i}_1": 1.0 for i in range(1, 5)}, content_weight=CONTENT_W,
+                            style_weight=STYLE_W, tv_weight=TV_W, rt=fp32)
 
     def score(net):
         with torch.no_grad():
-            return float(scorer(net(held), held)["total"])
+            return float(scorer(net(held), content=held)["total"])
 
     rows = []
     _, ips16, s16 = train("recipe-vgg16", RecipeVGG16Loss(style), recipe_batches(files, steps), steps, args.warmup)
@@ -173,8 +174,8 @@ def main() -> None:
 
     rt = runtime("cpu", "auto")
     extractor = rt.to(VGGFeatures(["relu2_2", "relu1_1", "relu2_1", "relu3_1", "relu4_1"]))
-    loss_fn = StyleLoss(extractor, style, {"relu2_2": 1.0}, {f"relu{i}_1": 1.0 for i in range(1, 5)},
-                        CONTENT_W, STYLE_W, TV_W, rt)
+    loss_fn = PerceptualLoss(extractor, style, {"relu2_2": 1.0}, {f"relu{i}_1": 1.0 for i in range(1, 5)},
+                             content_weight=CONTENT_W, style_weight=STYLE_W, tv_weight=TV_W, rt=rt)
     # The same batches as the recipe rows (decoded in the main process, which only slows
     # styleforge down), so the held-out losses differ by the training step alone.
     default_arch = FastTrainConfig.arch

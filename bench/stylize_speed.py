@@ -2,7 +2,7 @@
 
 Baseline (written here, not styleforge's loop): single scale, fp32, L-BFGS for 300
 iterations from the content image, VGG19 content relu4_2 / style relu1_1..relu5_1, the
-same weights, images and loss definition (styleforge's StyleObjective with the default
+same weights, images and loss definition (styleforge's PerceptualLoss with the default
 weights). Both outputs are scored by the same fp32 loss at the final resolution.
 
     python bench/stylize_speed.py                       # the figure for the issue (~15 min)
@@ -25,21 +25,22 @@ from common import record, require_shared, table
 from styleforge.backbone import VGGFeatures
 from styleforge.device import Runtime
 from styleforge.io import load_image
-from styleforge.transfer import StyleObjective, StylizeConfig, stylize
+from styleforge.perceptual import PerceptualLoss
+from styleforge.transfer import StylizeConfig, stylize
 
 
-def objective_at(extractor, content_path, style_path, size, cfg: StylizeConfig, rt: Runtime) -> StyleObjective:
+def objective_at(extractor, content_path, style_path, size, cfg: StylizeConfig, rt: Runtime) -> PerceptualLoss:
     content = load_image(content_path, size)
     style = load_image(style_path, size)
     cw, sw = cfg.weights_pair()
-    return StyleObjective(extractor, content, [style], [1.0], cfg.content_layers, cfg.style_layers,
-                          cw, sw, cfg.tv_weight, rt)
+    return PerceptualLoss(extractor, style, cfg.content_layers, cfg.style_layers, content=content,
+                          content_weight=cw, style_weight=sw, tv_weight=cfg.tv_weight, rt=rt)
 
 
-def score(objective: StyleObjective, image: torch.Tensor) -> dict:
+def score(objective: PerceptualLoss, image: torch.Tensor) -> dict:
     with torch.no_grad():
-        total, parts = objective(image.clamp(0, 1))
-    return {"total": float(total), **{k: float(v) for k, v in parts.items()}}
+        parts = objective(image.clamp(0, 1))
+    return {k: float(v) for k, v in parts.items()}
 
 
 def plain_gram(f: torch.Tensor) -> torch.Tensor:

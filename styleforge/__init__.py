@@ -1,7 +1,38 @@
-"""styleforge: neural style transfer and transfer learning on PyTorch."""
+"""styleforge: neural style transfer and transfer learning on PyTorch.
 
-from .errors import StyleforgeError
-from .transfer import Progress, StylizeConfig, StylizeResult, stylize
+The public names below are imported on first use (PEP 562), so importing the package, and
+the command line's ``--help`` and ``--version``, do not import torch.
+"""
 
-__all__ = ["StyleforgeError", "Progress", "StylizeConfig", "StylizeResult", "stylize"]
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"  # the one place it is written: pyproject.toml reads it
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "StyleforgeError": "errors",
+    "Progress": "transfer",
+    "StylizeConfig": "transfer",
+    "StylizeResult": "transfer",
+    "stylize": "transfer",
+}
+__all__ = list(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .errors import StyleforgeError  # noqa: F401  (for type checkers: the names __getattr__ serves)
+    from .transfer import Progress, StylizeConfig, StylizeResult, stylize  # noqa: F401
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -9,9 +9,13 @@ here. Weight lookup order, for each architecture:
 4. torchvision's own checkpoint in the torch hub cache, or its weights API, which
    downloads when online.
 
-Files found in folders are ``<arch>-features.pth`` (VGG conv weights only, keys
-``features.N.weight`` or ``N.weight``; written by ``styleforge weights --download``) or
-torchvision's checkpoint file names (``vgg19-dcbb9e9d.pth``, ``resnet18-f37072fd.pth``).
+``$STYLEFORGE_WEIGHTS`` may list several folders (``os.pathsep``-separated); style models
+(``fast-NAME.pth``) are looked up in the same folders. The names looked for in each
+folder are :func:`local_names`: ``<arch>-features.pth`` (VGG conv weights only, keys
+``features.N.weight`` or ``N.weight``; the pinned Caffe VGG19 file has this name),
+``<arch>-torchvision-features.pth`` (torchvision's conv trunk, as ``styleforge weights
+--download`` saves it), ``resnet18.pth``, and torchvision's checkpoint file names
+(``vgg19-dcbb9e9d.pth``, ``resnet18-f37072fd.pth``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from .errors import StyleforgeError
+from .errors import StyleforgeError, first_line
+from .io import load_torch
 
 WEIGHTS_ENV = "STYLEFORGE_WEIGHTS"
 PROJECT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -118,17 +123,38 @@ def _hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def candidates(arch: str) -> list[WeightsCandidate]:
-    """Every place the lookup checks for ``arch`` (except an explicit path), in order."""
+def weights_folders() -> list[tuple[str, Path]]:
+    """(origin, folder) for every folder named by ``$STYLEFORGE_WEIGHTS``, then the project's weights/."""
+    env = [Path(d).expanduser() for d in os.environ.get(WEIGHTS_ENV, "").split(os.pathsep) if d.strip()]
+    return [(f"${WEIGHTS_ENV}", d) for d in env] + [("project weights/", PROJECT_WEIGHTS)]
+
+
+def download_name(arch: str) -> str:
+    """The file name ``styleforge weights --download`` saves ``arch`` under.
+
+    Not ``vgg19-features.pth``: that name is pinned to the Caffe file's sha256, so
+    torchvision's trunk saved under it would be rejected as corrupt by every later run.
+    """
+    return "resnet18.pth" if arch == "resnet18" else f"{arch}-torchvision-features.pth"
+
+
+def local_names(arch: str) -> list[str]:
+    """The file names the lookup checks in each weights folder, in order."""
     if arch not in ARCHS:
         raise StyleforgeError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}")
-    names = [f"{arch}-features.pth", _torchvision_filename(arch)] if arch != "resnet18" \
-        else [f"{arch}.pth", _torchvision_filename(arch)]
-    folders: list[tuple[str, Path]] = []
-    if os.environ.get(WEIGHTS_ENV):
-        folders.append((f"${WEIGHTS_ENV}", Path(os.environ[WEIGHTS_ENV]).expanduser()))
-    folders.append(("project weights/", PROJECT_WEIGHTS))
-    out = [WeightsCandidate(arch, origin, folder / name) for origin, folder in folders for name in names]
+    own = [download_name(arch)] if arch == "resnet18" else [f"{arch}-features.pth", download_name(arch)]
+    return own + [_torchvision_filename(arch)]
+
+
+def _where_to_put(arch: str) -> str:
+    return (f"put {local_names(arch)[0]} in weights/ or in the folder named by ${WEIGHTS_ENV}, "
+            "or pass --weights PATH")
+
+
+def candidates(arch: str) -> list[WeightsCandidate]:
+    """Every place the lookup checks for ``arch`` (except an explicit path), in order."""
+    names = local_names(arch)
+    out = [WeightsCandidate(arch, origin, folder / name) for origin, folder in weights_folders() for name in names]
     out.append(WeightsCandidate(arch, "torch hub cache", _hub_checkpoints() / _torchvision_filename(arch)))
     return out
 
@@ -165,11 +191,7 @@ def verify(path: Path) -> str:
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise StyleforgeError(f"weights file {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for non-torch or truncated files
-        raise StyleforgeError(f"{path} is not a readable PyTorch weights file ({type(exc).__name__}): "
-                              "check the path or download it again") from None
+    obj = load_torch(path, "a readable PyTorch weights file", "check the path or download it again")
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -185,8 +207,7 @@ def _download_state_dict(arch: str) -> dict[str, torch.Tensor]:
         looked = ", ".join(str(c.path) for c in candidates(arch))
         raise StyleforgeError(
             f"no {arch} weights found locally and the download failed ({type(exc).__name__}): "
-            f"put {arch}-features.pth in weights/ or in the folder named by ${WEIGHTS_ENV}, "
-            f"or pass --weights PATH (looked in: {looked})"
+            f"{_where_to_put(arch)} (looked in: {looked})"
         ) from None
 
 
@@ -216,10 +237,7 @@ def load_state_dict(arch: str, explicit: str | os.PathLike | None = None,
     elif download:
         state, source = _download_state_dict(arch), f"torchvision {torchvision_weights(arch)}"
     else:
-        raise StyleforgeError(
-            f"no {arch} weights found: put {arch}-features.pth in weights/ or in the folder named by "
-            f"${WEIGHTS_ENV}, or pass --weights PATH"
-        )
+        raise StyleforgeError(f"no {arch} weights found: {_where_to_put(arch)}")
     if arch in _VGG_CFG:
         if any(k.startswith("features.") for k in state):
             state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
@@ -230,8 +248,7 @@ def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], arch: str
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise StyleforgeError(f"{source} does not hold {arch} weights ({first[:160]})") from None
+        raise StyleforgeError(f"{source} does not hold {arch} weights ({first_line(exc, 160)})") from None
 
 
 def save_features_file(arch: str, out: str | os.PathLike) -> Path:
@@ -289,10 +306,10 @@ class VGGFeatures(nn.Module):
         self.arch = arch
         self.normalize = ImageNetNormalize()
         self.features = full[: deepest + 1]
-        self._names = names[: deepest + 1]
+        self.names = names[: deepest + 1]
         self._wanted = set(self.layers)
         # The smallest input for which the deepest layer still has at least one pixel.
-        self.min_size = 2 ** sum(1 for n in self._names[:-1] if n.startswith("pool"))
+        self.min_size = 2 ** sum(1 for n in self.names[:-1] if n.startswith("pool"))
         self.requires_grad_(False)
         self.eval()
 
@@ -306,7 +323,7 @@ class VGGFeatures(nn.Module):
             raise StyleforgeError(f"layers {sorted(wanted - self._wanted)} were not configured for this extractor")
         out = {}
         x = self.normalize(x)
-        for name, module in zip(self._names, self.features):
+        for name, module in zip(self.names, self.features):
             x = module(x)
             if name in wanted:
                 out[name] = x

@@ -1,8 +1,11 @@
 """The device layer: device choice, precision, memory format, seeding, determinism.
 
-Every job gets a :class:`Runtime` from :func:`runtime` and uses it for three things:
-moving tensors and modules (``rt.to(x)``), running forward passes under the chosen
-autocast precision (``with rt.autocast(): ...``), and nothing else device-specific.
+Every job gets a :class:`Runtime` from :func:`runtime` and uses it for everything
+device-specific: moving tensors and modules (``rt.to(x)``), forward passes under the
+chosen autocast precision (``with rt.autocast(): ...``), the backward step
+(:func:`backward_step` with ``rt.grad_scaler()``), and the few choices that differ by
+device (data-loader processes, pinned memory, what stays on the GPU, peak memory).
+Jobs do not test ``device.type`` themselves.
 """
 
 from __future__ import annotations
@@ -125,6 +128,40 @@ class Runtime:
         """Whether data loaders should pin host memory (only helps host→CUDA copies)."""
         return self.device.type == "cuda"
 
+    @property
+    def on_cpu(self) -> bool:
+        return self.device.type == "cpu"
+
+    @property
+    def loader_workers(self) -> int:
+        """Default data-loader processes: 2 keep a GPU fed; on a CPU they would take its cores."""
+        return 2 if self.device.type == "cuda" else 1
+
+    def holds(self, data: torch.Tensor) -> bool:
+        """Whether a whole dataset tensor should live on the device (small datasets on a GPU:
+        no host copies per batch; indexing is limited to 2**31 elements)."""
+        return self.device.type == "cuda" and data.numel() < 2 ** 31
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """A GradScaler where fp16 autocast needs one (its narrow range underflows gradients), else None."""
+        return torch.amp.GradScaler(self.device.type) if self.amp_dtype is torch.float16 else None
+
+    def peak_memory_mb(self) -> float | None:
+        """Peak memory allocated on a CUDA device so far, MB; None elsewhere."""
+        return torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
+
+
+def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler | None = None) -> None:
+    """``loss.backward()`` and ``optimizer.step()``, through ``scaler`` (from :meth:`Runtime.grad_scaler`)."""
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
 
 def runtime(device: str | torch.device = "auto", precision: str = "auto",
             channels_last: bool | None = None) -> Runtime:
@@ -142,6 +179,19 @@ def runtime(device: str | torch.device = "auto", precision: str = "auto",
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return Runtime(dev, amp, channels_last)
+
+
+# Seeds of a run's random streams are derived from its one --seed as seed * stride + offsets.
+# The strides are primes larger than any offset sum used, so different run seeds never
+# share a stream; STREAM_GAP (a prime) keeps streams of one run seed apart (offset k*GAP + i).
+SEED_STRIDE = 1_000_003
+STREAM_GAP = 7919
+
+
+def derived_seed(seed: int, *offsets: int, stride: int = SEED_STRIDE) -> int:
+    """The seed of one random stream of a run seeded ``seed`` (an epoch's order, an image's crop):
+    deterministic, so a resumed or data-parallel run draws exactly what an uninterrupted one does."""
+    return seed * stride + sum(offsets)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.distributed as dist
 
-from .errors import StyleforgeError
+from .errors import StyleforgeError, first_line
 
 # A rank that stops answering makes the others fail after this long instead of hanging.
 TIMEOUT = datetime.timedelta(minutes=float(os.environ.get("STYLEFORGE_DIST_TIMEOUT_MIN", "10")))
@@ -143,8 +143,7 @@ def _stop_error(ctx: Dist, exc: BaseException, resume_hint: Callable[[], str]) -
     if isinstance(exc, KeyboardInterrupt):
         return StyleforgeError(f"interrupted: {resume_hint()}; {then}")
     if ctx.enabled and isinstance(exc, Exception) and _lost_peer(exc):
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        return StyleforgeError(f"lost contact with another training process{where} ({first}): "
+        return StyleforgeError(f"lost contact with another training process{where} ({first_line(exc, 160)}): "
                                f"{resume_hint()}; {then}")
     return exc
 

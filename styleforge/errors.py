@@ -8,3 +8,14 @@ class StyleforgeError(Exception):
     weights offline). The CLI prints ``error: <message>`` and exits with status 2; any
     other exception is a bug and keeps its traceback.
     """
+
+
+def first_line(exc: BaseException, limit: int = 120) -> str:
+    """The gist of an exception's message for a one-line error: its first non-empty line,
+    or the line after it where the first only introduces a list (``...:``, as torch's
+    ``load_state_dict`` errors do); the exception's type name if the message is empty."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
+    return line[:limit]

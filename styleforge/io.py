@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import StyleforgeError
+from .errors import StyleforgeError, first_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP",
@@ -165,6 +166,24 @@ def save_json(data: Any, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return Path(path)
+
+
+def load_torch(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """``torch.load`` on the CPU with ``weights_only=True``, so no pickled code runs.
+
+    A truncated or non-torch file raises ``PATH is truncated or not WHAT (detail): FIX``;
+    one holding pickled Python objects says so.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for damaged or foreign files
+        detail = first_line(exc)
+        # A complete torch.save file that weights_only refuses holds pickled objects; other
+        # bytes can fail the same way (torch tries them as a legacy pickle).
+        if "Weights only load failed" in detail and zipfile.is_zipfile(path):
+            raise StyleforgeError(f"{path} holds pickled Python objects, which styleforge never loads: {fix}") \
+                from None
+        raise StyleforgeError(f"{path} is truncated or not {what} ({detail}): {fix}") from None
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> Path:

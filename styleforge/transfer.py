@@ -8,7 +8,6 @@ recipe do): a short half-size stage, then the full size starting from its upsamp
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,20 +16,17 @@ from typing import Callable, Mapping, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from . import losses
 from .backbone import VGGFeatures
 from .color import original_colors as apply_original_colors
 from .device import Runtime, seed_everything
 from .device import runtime as make_runtime
 from .errors import StyleforgeError
 from .io import load_image, open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil
+from .perceptual import PerceptualLoss, loss_weights
 
 DEFAULT_CONTENT_LAYERS: dict[str, float] = {"relu4_2": 1.0}
 DEFAULT_STYLE_LAYERS: dict[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 6)}
 DEFAULT_STYLE_STRENGTH = 0.5
-# Relative style errors are about 100x smaller than relative content errors at a good
-# balance, so style_strength W maps to weights (1 - W, W * STYLE_GAIN).
-STYLE_GAIN = 100.0
 MIN_COARSE_SIZE = 128
 RANGE_PENALTY = 1.0
 LBFGS_HISTORY_BYTES = 1 << 30
@@ -42,28 +38,12 @@ PYRAMID_GAIN = 0.5 ** 0.5
 ImageLike = Union[str, os.PathLike, torch.Tensor]
 
 
-def loss_weights(style_strength: float | None, content_weight: float | None, style_weight: float | None,
-                 default_strength: float = DEFAULT_STYLE_STRENGTH) -> tuple[float, float]:
-    """(content_weight, style_weight) from ``--style-strength`` W or explicit weights (not both)."""
-    if style_strength is not None:
-        if content_weight is not None or style_weight is not None:
-            raise StyleforgeError("give either --style-strength or --content-weight/--style-weight, not both")
-        w = style_strength
-        if not (0.0 <= w <= 1.0) or math.isnan(w):
-            raise StyleforgeError(f"--style-strength must be between 0 and 1, got {w}")
-        return 1.0 - w, w * STYLE_GAIN
-    c = 1.0 - default_strength if content_weight is None else content_weight
-    s = default_strength * STYLE_GAIN if style_weight is None else style_weight
-    if c < 0 or s < 0:
-        raise StyleforgeError("--content-weight and --style-weight must not be negative")
-    return c, s
-
-
 @dataclass
 class StylizeConfig:
     """Everything that defines a stylize run. ``None`` means "the documented default"."""
 
     size: int = 512
+    # W in [0, 1]: content weight 1 - W, style weight W * perceptual.STYLE_GAIN (see perceptual.loss_weights).
     style_strength: float | None = None
     content_weight: float | None = None
     style_weight: float | None = None
@@ -89,7 +69,7 @@ class StylizeConfig:
 
     def weights_pair(self) -> tuple[float, float]:
         """(content_weight, style_weight) after applying style_strength and defaults."""
-        return loss_weights(self.style_strength, self.content_weight, self.style_weight)
+        return loss_weights(self.style_strength, self.content_weight, self.style_weight, DEFAULT_STYLE_STRENGTH)
 
     def scale_sizes(self) -> list[int]:
         """Long-side sizes, coarse to fine, ending at ``size``."""
@@ -141,53 +121,6 @@ class StylizeResult:
     history: list[dict[str, float]]
     config: dict
     seconds: float
-
-
-class StyleObjective:
-    """The total loss for one resolution, with content and style targets computed once."""
-
-    def __init__(self, extractor: VGGFeatures, content: torch.Tensor, styles: Sequence[torch.Tensor],
-                 blend: Sequence[float], content_layers: Mapping[str, float],
-                 style_layers: Mapping[str, float], content_weight: float, style_weight: float,
-                 tv_weight: float, rt: Runtime) -> None:
-        self.extractor, self.rt = extractor, rt
-        self.content_layers = _normalized(content_layers)
-        self.style_layers = _normalized(style_layers)
-        self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
-        with torch.no_grad(), rt.autocast():
-            feats = extractor(content)
-            self.content_targets = {n: feats[n].detach() for n in self.content_layers}
-            grams: dict[str, torch.Tensor] = {}
-            for style, w in zip(styles, blend):
-                sf = extractor(style)
-                for n in self.style_layers:
-                    g = losses.gram_matrix(sf[n]) * w
-                    grams[n] = grams[n] + g if n in grams else g
-        self.style_targets = grams
-        self.content_ms = {n: losses.mean_square(t) for n, t in self.content_targets.items()}
-        self.style_ms = {n: losses.mean_square(t) for n, t in self.style_targets.items()}
-
-    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        with self.rt.autocast():
-            feats = self.extractor(self.rt.to(image))
-        content = losses.weighted_sum(
-            {n: losses.content_loss(feats[n], self.content_targets[n], self.content_ms[n])
-             for n in self.content_layers}, self.content_layers)
-        style = losses.weighted_sum(
-            {n: losses.style_loss(losses.gram_matrix(feats[n]), self.style_targets[n], self.style_ms[n])
-             for n in self.style_layers}, self.style_layers)
-        tv = losses.tv_loss(image)
-        parts = {"content": self.content_weight * content, "style": self.style_weight * style,
-                 "tv": self.tv_weight * tv}
-        return parts["content"] + parts["style"] + parts["tv"], parts
-
-
-def _normalized(layer_weights: Mapping[str, float]) -> dict[str, float]:
-    """Layer weights scaled to sum to 1, so the group weight means the same for any layer set."""
-    total = sum(layer_weights.values())
-    if any(w < 0 for w in layer_weights.values()) or total <= 0:
-        raise StyleforgeError("layer weights must be non-negative and not all zero")
-    return {n: w / total for n, w in layer_weights.items()}
 
 
 def _as_pil_source(x):
@@ -258,9 +191,9 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike],
         content_k = pil_to_tensor(resize_long_side(content_src, size))
         hw = tuple(content_k.shape[-2:])
         style_k = [pil_to_tensor(resize_long_side(s, max(1, round(size * cfg.style_scale)))) for s in style_srcs]
-        objective = StyleObjective(extractor, rt.to(content_k), [rt.to(s) for s in style_k], blend,
-                                   cfg.content_layers, cfg.style_layers, content_w, style_w,
-                                   cfg.tv_weight, rt)
+        objective = PerceptualLoss(extractor, style_k, cfg.content_layers, cfg.style_layers, blend=blend,
+                                   content=content_k, content_weight=content_w, style_weight=style_w,
+                                   tv_weight=cfg.tv_weight, rt=rt)
         image = _initial_image(cfg.init, content_k, generator) if image is None else _resize_to(image, hw)
         image = _optimize(objective, rt.to(image), n_steps, cfg, rt,
                           lambda step, parts, x: _report(callback, history, k, len(sizes), step,
@@ -288,7 +221,6 @@ def _check_min_size(content_src, style_srcs, sizes, style_scale, extractor: VGGF
 
 def _report(callback, history, k, n_scales, step, n_steps, hw, parts, image, start) -> None:
     values = {name: float(v) for name, v in parts.items()}
-    values["total"] = sum(values.values())
     history.append({"scale": k, "height": hw[0], "width": hw[1], "step": step,
                     "seconds": round(time.perf_counter() - start, 3), **values})
     if callback is not None:
@@ -328,7 +260,7 @@ def _lbfgs_history(n_params: int) -> int:
     return max(20, min(100, LBFGS_HISTORY_BYTES // (8 * n_params)))
 
 
-def _optimize(objective: StyleObjective, image: torch.Tensor, steps: int, cfg: StylizeConfig,
+def _optimize(objective: PerceptualLoss, image: torch.Tensor, steps: int, cfg: StylizeConfig,
               rt: Runtime, report: Callable) -> torch.Tensor:
     """Run ``steps`` optimizer iterations on the image, starting from ``image``."""
     if cfg.pyramid_levels < 0:
@@ -347,7 +279,8 @@ def _optimize(objective: StyleObjective, image: torch.Tensor, steps: int, cfg: S
         # penalty, zero for any in-range image, pulls stray pixels back where the loss has
         # a gradient again.
         inside = x.clamp(0, 1)
-        total, parts = objective(inside)
+        parts = objective(inside)
+        total = parts["total"]
         penalized = total + RANGE_PENALTY * (x - inside).pow(2).mean()
         if not torch.isfinite(penalized):
             raise StyleforgeError(
@@ -382,6 +315,6 @@ def _config_record(cfg: StylizeConfig, content_w: float, style_w: float, sizes, 
                   resolved={"content_weight": content_w, "style_weight": style_w, "scales": sizes,
                             "steps": steps, "device": str(rt.device), "precision": rt.precision,
                             "weights": extractor.source})
-    if rt.device.type == "cuda":
-        record["resolved"]["peak_gpu_mb"] = torch.cuda.max_memory_allocated(rt.device) / 2**20
+    if rt.peak_memory_mb() is not None:
+        record["resolved"]["peak_gpu_mb"] = rt.peak_memory_mb()
     return record

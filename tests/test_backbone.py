@@ -1,4 +1,5 @@
 import hashlib
+import os
 
 import pytest
 import torch
@@ -111,7 +112,8 @@ def test_loss_weights_mean_the_same_for_a_rescaled_backbone(random_vgg19_file):
     """Scaling every conv layer (as the Caffe VGG19 differs from torchvision's) leaves the
     style-transfer objective unchanged: the defaults work for both weight sources."""
     from styleforge.device import Runtime
-    from styleforge.transfer import DEFAULT_STYLE_LAYERS, StyleObjective
+    from styleforge.perceptual import PerceptualLoss
+    from styleforge.transfer import DEFAULT_STYLE_LAYERS
 
     layers = ["relu4_2", *DEFAULT_STYLE_LAYERS]
     state = torch.load(random_vgg19_file)
@@ -127,8 +129,9 @@ def test_loss_weights_mean_the_same_for_a_rescaled_backbone(random_vgg19_file):
     values = []
     for sd in (strip(state), strip(scaled)):
         ex = VGGFeatures(layers, state_dict=sd)
-        obj = StyleObjective(ex, content, [style], [1.0], {"relu4_2": 1.0}, DEFAULT_STYLE_LAYERS, 0.5, 50.0, 1.0, rt)
-        values.append(obj(image)[0].item())
+        obj = PerceptualLoss(ex, style, {"relu4_2": 1.0}, DEFAULT_STYLE_LAYERS, content=content,
+                             content_weight=0.5, style_weight=50.0, tv_weight=1.0, rt=rt)
+        values.append(obj(image)["total"].item())
     assert values[0] == pytest.approx(values[1], rel=1e-4)
 
 
@@ -177,3 +180,46 @@ def test_int8_vgg19_features_of_real_photos_match_fp32(real_weights, shared):
     with torch.no_grad():
         ref, out = body(x[8:]), q(x[8:])
     assert _cosine(out, ref) > 0.98  # held-out photos, real ImageNet weights
+
+
+def test_downloaded_vgg_trunk_is_found_and_verifies(tmp_path, monkeypatch, random_vgg19_file):
+    """`weights --download vgg19` saved torchvision's trunk as vgg19-features.pth, the name pinned
+    to the Caffe file's sha256, so every later run rejected it as corrupt."""
+    from click.testing import CliRunner
+
+    from styleforge.cli import main_group
+
+    full = {**torch.load(random_vgg19_file, weights_only=True), "classifier.0.weight": torch.zeros(2, 2)}
+    monkeypatch.setattr(backbone, "_download_state_dict", lambda arch: full)
+    result = CliRunner().invoke(main_group, ["weights", "--download", "vgg19", "--to", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    saved = tmp_path / backbone.download_name("vgg19")
+    assert saved.is_file() and saved.name in result.output and saved.name not in backbone.KNOWN_FILES
+    monkeypatch.setenv("STYLEFORGE_WEIGHTS", str(tmp_path))
+    ex = VGGFeatures(["relu1_1"])
+    assert str(saved) in ex.source
+    listing = CliRunner().invoke(main_group, ["weights"]).output
+    assert "MISMATCH" not in listing and f"{saved}  [unknown" in listing
+
+
+def test_offline_resnet18_message_names_a_file_the_lookup_checks(tmp_path, monkeypatch):
+    monkeypatch.setattr(backbone, "PROJECT_WEIGHTS", tmp_path)
+    with pytest.raises(StyleforgeError, match=r"no resnet18 weights found: put (\S+) in weights/") as err:
+        backbone.load_state_dict("resnet18", download=False)
+    named = err.value.args[0].split("put ")[1].split(" ")[0]
+    assert named in [c.path.name for c in backbone.candidates("resnet18")]
+    (tmp_path / named).write_bytes(b"")  # the named file is where the lookup then looks
+    assert backbone.locate("resnet18").path == tmp_path / named
+
+
+def test_weights_folders_are_one_list_for_backbones_and_style_models(tmp_path, monkeypatch):
+    from styleforge.fast.model import available_models
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    monkeypatch.setenv("STYLEFORGE_WEIGHTS", f"{a}{os.pathsep}{b}")
+    (b / "vgg16-features.pth").write_bytes(b"x")
+    (b / "fast-mine.pth").write_bytes(b"x")
+    assert [f for _, f in backbone.weights_folders()][:2] == [a, b]
+    assert backbone.locate("vgg16").path == b / "vgg16-features.pth"
+    assert available_models()["mine"] == b / "fast-mine.pth"

@@ -50,3 +50,32 @@ def test_seed_everything_repeats():
     g2 = device.seed_everything(3)
     b = torch.rand(2, generator=g2), torch.rand(2)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def _one_step(scaler):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    device.backward_step(net(torch.ones(3, 4)).pow(2).mean(), opt, scaler)
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def test_backward_step_with_the_scaler_fp16_needs_equals_the_plain_step():
+    cpu = torch.device("cpu")
+    assert device.Runtime(cpu).grad_scaler() is None and device.Runtime(cpu, torch.bfloat16).grad_scaler() is None
+    scaler = device.Runtime(cpu, torch.float16).grad_scaler()
+    assert scaler is not None and scaler.get_scale() > 1
+    for a, b in zip(_one_step(None), _one_step(scaler)):
+        torch.testing.assert_close(a, b)
+
+
+def test_device_choices_live_in_the_runtime():
+    cpu = device.Runtime(torch.device("cpu"))
+    assert cpu.on_cpu and cpu.loader_workers == 1 and cpu.peak_memory_mb() is None
+    assert not cpu.holds(torch.zeros(4))
+
+
+def test_derived_seeds_of_different_runs_epochs_and_ranks_never_collide():
+    seeds = {device.derived_seed(s, e * device.STREAM_GAP, r) for s in range(4) for e in range(100) for r in range(8)}
+    crops = {device.derived_seed(s, p, device.STREAM_GAP) for s in range(4) for p in range(10_000)}
+    assert len(seeds) == 4 * 100 * 8 and len(crops) == 4 * 10_000

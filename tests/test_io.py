@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +122,22 @@ def _save(tmp_path):
     p = tmp_path / "in.png"
     Image.fromarray(_rgb_array()).save(p)
     return p
+
+
+def test_load_torch_turns_every_unreadable_file_into_one_line(tmp_path):
+    from styleforge.errors import first_line
+    from styleforge.io import load_torch
+
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(2)}, good)
+    assert torch.equal(load_torch(good, "a thing", "fix it")["w"], torch.ones(2))
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:40])
+    for name in ("junk.pt", "cut.pt"):
+        with pytest.raises(StyleforgeError, match=rf"{name} is truncated or not a thing \(.+\): fix it$"):
+            load_torch(tmp_path / name, "a thing", "fix it")
+    torch.save({"when": Path("x")}, tmp_path / "pickle.pt")  # a pickled object weights_only refuses
+    with pytest.raises(StyleforgeError, match="holds pickled Python objects, which styleforge never loads: fix it"):
+        load_torch(tmp_path / "pickle.pt", "a thing", "fix it")
+    assert first_line(RuntimeError("Error(s) in loading:\n\tMissing key(s): a\n\tmore")) == "Missing key(s): a"
+    assert first_line(ValueError("\n bad value \nsecond")) == "bad value" and first_line(KeyError()) == "KeyError"

@@ -8,7 +8,8 @@ from styleforge import StylizeConfig, stylize
 from styleforge.backbone import VGGFeatures
 from styleforge.color import _RGB2YIQ, original_colors
 from styleforge.errors import StyleforgeError
-from styleforge.transfer import DEFAULT_STYLE_LAYERS, STYLE_GAIN
+from styleforge.perceptual import STYLE_GAIN
+from styleforge.transfer import DEFAULT_STYLE_LAYERS
 
 LAYERS = ["relu4_2", *DEFAULT_STYLE_LAYERS]
 

@@ -37,7 +37,7 @@ def extraction_trunk(model: Classifier, rt: Runtime, prepare: Callable[[torch.Te
         pick = torch.randperm(len(int8_from), generator=g)[:CALIBRATION_IMAGES]
         batches = (prepare(int8_from[pick[i:i + 64]]) for i in range(0, len(pick), 64))
         return int8_copy(body, batches)
-    if rt.device.type == "cpu" and not rt.channels_last:
+    if rt.on_cpu and not rt.channels_last:
         return copy.deepcopy(body).to(memory_format=torch.channels_last)
     return body
 
@@ -59,7 +59,7 @@ def extract_features(trunk: nn.Module, images: torch.Tensor,
     try:
         for start in range(0, n, batch_size):
             x = prepare(images[start:start + batch_size])
-            if rt.device.type == "cpu" and x.dim() == 4:
+            if rt.on_cpu and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with rt.autocast():
                 f = trunk(x)

@@ -15,8 +15,8 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import StyleforgeError
-from ..io import save_torch
+from ..errors import StyleforgeError, first_line
+from ..io import load_torch, save_torch
 from .models import Classifier, build_model
 
 FORMAT = "styleforge-classifier/1"
@@ -58,11 +58,8 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a classifier checkpoint (or a run directory's best.pt)."""
     path = resolve_checkpoint_path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated files, pickles of arbitrary objects, not torch at all
-        raise StyleforgeError(f"{path} is not a readable styleforge checkpoint ({type(exc).__name__}): "
-                              "give a best.pt or last.pt written by 'styleforge classify train'") from None
+    ckpt = load_torch(path, "a readable styleforge checkpoint",
+                      "give a best.pt or last.pt written by 'styleforge classify train'")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or any(k not in ckpt for k in META_KEYS):
         raise StyleforgeError(f"{path} is not a styleforge classifier checkpoint (no {FORMAT} record): give a "
                               "best.pt or last.pt written by 'styleforge classify train'")
@@ -95,7 +92,6 @@ def model_from_checkpoint(ckpt: Mapping[str, Any]) -> Classifier:
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
         raise StyleforgeError(f"{ckpt.get('path', 'checkpoint')} does not fit a {ckpt['model']} model with "
-                              f"{ckpt['num_classes']} classes ({first[:120]})") from None
+                              f"{ckpt['num_classes']} classes ({first_line(exc)})") from None
     return model.eval()

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from .. import figures
 from ..errors import StyleforgeError
 from . import report
 
@@ -42,9 +43,8 @@ def compare(run_dirs: Sequence[str | Path], output: str | Path | None = None,
                      "val_acc": summary.get("val_acc"), "test_acc": summary.get("test_acc"),
                      "test_loss": summary.get("test_loss"), "seconds": round(summary.get("wall_seconds", 0.0), 1)})
     if output is not None:
-        plt = report._plt()
-        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
-        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        fig, (ax_loss, ax_acc) = figures.subplots(1, 2, figsize=(11, 4.2))
+        colors = figures.colors()
         for i, (run, (_, metrics)) in enumerate(zip(runs, loaded)):
             color = colors[i % len(colors)]
             for ax, key in ((ax_loss, "loss"), (ax_acc, "acc")):
@@ -58,13 +58,13 @@ def compare(run_dirs: Sequence[str | Path], output: str | Path | None = None,
         for ax, name in ((ax_loss, "loss (cross-entropy)"), (ax_acc, "accuracy")):
             ax.set_xlabel("epoch")
             ax.set_ylabel(name)
-            ax.xaxis.set_major_locator(report._integer_locator())
+            ax.xaxis.set_major_locator(report.integer_locator())
             ax.grid(alpha=0.3)
         ax_acc.legend(fontsize=7)
         ax_loss.set_title("loss (solid: validation, dashed: train)")
         ax_acc.set_title("accuracy")
         fig.tight_layout()
-        report.save_figure(fig, output)
+        figures.save_figure(fig, output)
     if table is not None:
         table = Path(table)
         if table.suffix.lower() == ".md":

@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 
 from ..errors import StyleforgeError
-from ..io import IMAGE_SUFFIXES, open_rgb, save_torch
+from ..io import IMAGE_SUFFIXES, load_torch, open_rgb, save_torch
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
 DATA_ENV = "STYLEFORGE_DATA"
@@ -271,7 +271,7 @@ def load_folder(path: str | os.PathLike, image_size: int | None = None, use_cach
     cache_file = cache_dir() / "folders" / f"{_cache_key(path, image_size, classes, files)}.pt"
     if use_cache and cache_file.is_file():
         try:
-            obj = torch.load(cache_file, map_location="cpu", weights_only=True)
+            obj = load_torch(cache_file, "a dataset cache", "it is rebuilt")
             if obj["classes"] == classes and obj["labels"].shape[0] == len(flat):
                 return ImageSet(obj["images"], obj["labels"], classes)
         except Exception:  # a stale or damaged cache file is rebuilt

@@ -16,7 +16,7 @@ from ..io import save_json
 from . import report
 from .checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
 from .data import DataSpec, load_splits
-from .train import _Source, evaluate_source
+from .train import Source, evaluate_source
 
 SPLITS = ("test", "val", "train")
 
@@ -99,7 +99,7 @@ def evaluate(cfg: EvalConfig, callback: Callable[[str], None] | None = None) -> 
     model = rt.to(model)
     size = tuple(ckpt["input_shape"][1:])
     say(f"evaluating {len(data)} {cfg.split} images")
-    ev = evaluate_source(model, _Source(data.images, data.labels, rt, size, features=False), rt, ctx,
+    ev = evaluate_source(model, Source(data.images, data.labels, rt, size, features=False), rt, ctx,
                          cfg.batch_size, len(splits.classes))
     rows = report.per_class(ev["confusion"], splits.classes)
     result = EvalResult(ckpt["path"], cfg.split, ev["n"], ev["loss"], ev["acc"], ev["confusion"], splits.classes,

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import ResNet18Trunk, VGGFeatures, resnet18
-from ..errors import StyleforgeError
+from ..errors import StyleforgeError, first_line
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -42,7 +42,7 @@ def _flat_size(trunk: nn.Module, shape: tuple[int, int, int]) -> int:
             return trunk(torch.zeros(1, *shape)).flatten(1).shape[1]
     except RuntimeError as exc:
         raise StyleforgeError(f"this model cannot take a {'x'.join(map(str, shape))} input "
-                              f"({str(exc).splitlines()[0][:100]}): use larger images") from None
+                              f"({first_line(exc, 100)}): use larger images") from None
 
 
 def _conv_stage(cin: int, cout: int, kernel: int, act: str, *, pool_first: bool = False) -> list[nn.Module]:
@@ -166,7 +166,7 @@ def fast_cnn(shape, num_classes, act="relu", width: int = 32) -> Classifier:
     return Classifier(trunk, nn.Linear(c, num_classes))
 
 
-class _ResNetTrunk(ResNet18Trunk):
+class ResNetTrunk(ResNet18Trunk):
     """The backbone's ResNet18 trunk, pooled features out; grayscale repeated to RGB."""
 
     def __init__(self, model: nn.Module, in_channels: int) -> None:
@@ -184,13 +184,13 @@ def resnet18_classifier(shape, num_classes, act="relu", pretrained: bool = False
     if act != "relu":
         raise StyleforgeError("resnet18 uses its own ReLU activations: drop --activation")
     model = resnet18(pretrained=pretrained, weights=weights)
-    return Classifier(_ResNetTrunk(model, shape[0]), nn.Linear(model.fc.in_features, num_classes))
+    return Classifier(ResNetTrunk(model, shape[0]), nn.Linear(model.fc.in_features, num_classes))
 
 
 VGG_POOLS = ("avg", "max", "avgmax", "grid2")
 
 
-class _VGGTrunk(nn.Module):
+class VGGTrunk(nn.Module):
     """VGG features up to ``layer``, pooled: globally (``avg``, ``max``, or both
     concatenated, ``avgmax``) or to a 2x2 grid of averages (``grid2``, keeps coarse layout)."""
 
@@ -216,7 +216,7 @@ class _VGGTrunk(nn.Module):
 def vgg19_classifier(shape, num_classes, act="relu", pretrained: bool = True,
                      weights: str | None = None, layer: str = "relu5_4", pool: str = "avg",
                      hidden: int = 0, dropout: float = 0.0, norm: bool = True) -> Classifier:
-    """VGG19 conv trunk to ``layer``, pooled (see :class:`_VGGTrunk`), then a new head:
+    """VGG19 conv trunk to ``layer``, pooled (see :class:`VGGTrunk`), then a new head:
     batch norm over the features (``norm``; VGG activations are far from unit scale, and
     the original Caffe weights' are 40-270x larger than torchvision's), then linear, or
     with ``hidden > 0`` one hidden ReLU layer, with ``dropout`` before each linear layer.
@@ -228,7 +228,7 @@ def vgg19_classifier(shape, num_classes, act="relu", pretrained: bool = True,
     state = None if pretrained or weights else {k: v for k, v in build_vgg_features().state_dict().items()}
     feats = VGGFeatures([layer], weights=weights, state_dict=state)
     feats.requires_grad_(True)  # trainability is decided by the freeze policy
-    trunk = _VGGTrunk(feats, shape[0], layer, pool)
+    trunk = VGGTrunk(feats, shape[0], layer, pool)
     width = _flat_size(trunk, (shape[0], max(shape[1], feats.min_size), max(shape[2], feats.min_size)))
     layers: list[nn.Module] = [nn.BatchNorm1d(width)] if norm else []
     drop = [nn.Dropout(dropout)] if dropout else []
@@ -307,10 +307,10 @@ def apply_freeze(model: Classifier, policy: str) -> None:
         return
     model.trunk.requires_grad_(False)
     if policy == "all-but-layer4":
-        if isinstance(model.trunk, _ResNetTrunk):
+        if isinstance(model.trunk, ResNetTrunk):
             model.trunk.layer4.requires_grad_(True)
-        elif isinstance(model.trunk, _VGGTrunk):
-            names = model.trunk.features._names
+        elif isinstance(model.trunk, VGGTrunk):
+            names = model.trunk.features.names
             for name, module in zip(names, model.trunk.features.features):
                 if name.startswith("conv5"):
                     module.requires_grad_(True)

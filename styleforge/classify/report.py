@@ -14,21 +14,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from ..figures import save_figure, subplots
 from ..io import atomic_path
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _integer_locator():
+def integer_locator():
     from matplotlib.ticker import MaxNLocator
 
     return MaxNLocator(integer=True)
@@ -68,20 +60,9 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
-    plt = _plt()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return Path(path)
-
-
 def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
     """Loss and accuracy against epochs, train and validation, on one figure."""
-    plt = _plt()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_loss, ax_acc) = subplots(1, 2, figsize=(10, 4))
     epochs = [r["epoch"] for r in rows]
     for ax, key, label in ((ax_loss, "loss", "loss (cross-entropy)"), (ax_acc, "acc", "accuracy")):
         for split, style in (("train", "-o"), ("val", "-s")):
@@ -91,7 +72,7 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, titl
                         label="train" if split == "train" else "validation")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
-        ax.xaxis.set_major_locator(_integer_locator())
+        ax.xaxis.set_major_locator(integer_locator())
         ax.grid(alpha=0.3)
         ax.legend()
     ax_loss.set_title("loss")
@@ -133,10 +114,9 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], di
 
 def plot_confusion(cm: torch.Tensor, names: Sequence[str], path: str | os.PathLike, title: str = "") -> Path:
     """The confusion matrix with class names; counts in the cells (up to 20 classes)."""
-    plt = _plt()
     k = len(names)
     size = max(4.5, 0.5 * k + 2.5)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    fig, ax = subplots(figsize=(size, size * 0.9))
     norm = cm.double() / cm.sum(1, keepdim=True).clamp_min(1)
     im = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(k), labels=list(names), rotation=45 if max(len(n) for n in names) > 3 else 0, ha="right")

@@ -37,9 +37,9 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from .. import distributed
-from ..device import Runtime, runtime, seed_everything
+from ..device import STREAM_GAP, Runtime, backward_step, derived_seed, runtime, seed_everything
 from ..errors import StyleforgeError
-from ..io import check_writable, save_json
+from ..io import check_writable, load_torch, save_json
 from . import report
 from .cache import extract_features, extraction_trunk
 from .checkpoint import check_compatible, make_meta, save_checkpoint
@@ -233,14 +233,14 @@ def augment_batch(x: torch.Tensor, ops: list[str], gen: torch.Generator) -> torc
     return x
 
 
-class _Source:
+class Source:
     """Where a split's inputs come from: images (uint8) or cached trunk features."""
 
     def __init__(self, data: torch.Tensor, labels: torch.Tensor, rt: Runtime, size, features: bool) -> None:
         self.data, self.rt, self.size, self.features = data, rt, size, features
         self.labels = labels.to(rt.device)
-        if rt.device.type == "cuda" and not features and data.numel() < 2 ** 31:
-            self.data = data.to(rt.device)  # small datasets live on the GPU: no host copies per batch
+        if not features and rt.holds(data):
+            self.data = data.to(rt.device)
         elif rt.pin_memory and not features:
             self.data = data.pin_memory()
 
@@ -261,7 +261,7 @@ class _Source:
 # --------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
-def evaluate_source(net: nn.Module, source: _Source, rt: Runtime, ctx: distributed.Dist, batch_size: int,
+def evaluate_source(net: nn.Module, source: Source, rt: Runtime, ctx: distributed.Dist, batch_size: int,
                     num_classes: int) -> dict[str, Any]:
     """Loss, accuracy and confusion matrix over a whole split, sharded ``rank::world``.
 
@@ -347,11 +347,7 @@ def _prepare_run_dir(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
         last = run_dir / "last.pt"
         if not last.is_file():
             raise StyleforgeError(f"nothing to resume: {last} does not exist (train without --resume first)")
-        try:
-            return torch.load(last, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise StyleforgeError(f"{last} is not a readable checkpoint ({type(exc).__name__}): "
-                                  "train again with --overwrite") from None
+        return load_torch(last, "a readable checkpoint", "train again with --overwrite")
     held = [f for f in RUN_FILES if (run_dir / f).exists()]
     if held and not cfg.overwrite:
         raise StyleforgeError(f"{run_dir} already holds a run ({', '.join(held[:3])}): use --overwrite to replace "
@@ -439,7 +435,7 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
     if cfg.cache_features == "on" and not cacheable:
         raise StyleforgeError("--cache-features on needs a frozen trunk (--freeze all-but-head) and no --augment")
     use_cache = cacheable and cfg.cache_features != "off"
-    if cfg.int8_features and not (use_cache and rt.device.type == "cpu"):
+    if cfg.int8_features and not (use_cache and rt.on_cpu):
         raise StyleforgeError("--int8-features needs the frozen-trunk cache on the CPU (--freeze all-but-head, "
                               "no --augment, --device cpu): drop --int8-features")
 
@@ -474,17 +470,17 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
                                      cfg.eval_batch_size,
                                      progress=lambda done, n, name=name: emit(TrainEvent(
                                          "phase", step=done, steps=n, message=f"features: {name}")))
-            sources[name] = _Source(feats, s.labels, rt, size, features=True)
+            sources[name] = Source(feats, s.labels, rt, size, features=True)
         feature_seconds = time.perf_counter() - t_feat
         net: nn.Module = model.head
     else:
-        sources = {name: _Source(s.images, s.labels, rt, size, features=False)
+        sources = {name: Source(s.images, s.labels, rt, size, features=False)
                    for name, s in sets.items() if s is not None}
         net = model
 
     train_net = distributed.wrap(net, ctx, rt.device)
     optimizer = make_optimizer(cfg, net)
-    scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype is torch.float16 else None
+    scaler = rt.grad_scaler()
     if resume_state is not None and resume_state.get("optimizer"):
         optimizer.load_state_dict(resume_state["optimizer"])
         if scaler is not None and resume_state.get("scaler"):
@@ -540,8 +536,9 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
             t_epoch = time.perf_counter()
             sampler.set_epoch(epoch)
             order = torch.tensor(list(iter(sampler)), dtype=torch.long)
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + ctx.rank)
-            torch.manual_seed(cfg.seed * 1_000_033 + epoch * 104_729 + ctx.rank)  # dropout: resumable
+            gen = torch.Generator().manual_seed(derived_seed(cfg.seed, epoch * STREAM_GAP, ctx.rank))
+            # Dropout draws from torch's global generator: its own stride, so it is resumable too.
+            torch.manual_seed(derived_seed(cfg.seed, epoch * 104_729, ctx.rank, stride=1_000_033))
             if use_cache:
                 net.train()
             else:
@@ -572,13 +569,7 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
                     out = train_net(x)
                 loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
+                backward_step(loss, optimizer, scaler)
                 loss_sum += loss.detach().double() * len(idx)
                 correct += (out.detach().argmax(1) == y).sum().double()
                 seen += len(idx)
@@ -648,8 +639,8 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
     per_class_rows = None
     if best is not None:
         if best_state is None:  # resumed and never improved: the best weights are on disk
-            best_state = _on_main(ctx, lambda: torch.load(run_dir / "best.pt", map_location="cpu",
-                                                          weights_only=True)["state_dict"])
+            best_state = _on_main(ctx, lambda: load_torch(run_dir / "best.pt", "a readable checkpoint",
+                                                          "train again")["state_dict"])
         model.load_state_dict(best_state)
         emit(TrainEvent("phase", message="evaluating the best checkpoint"))
         for name in ("train", "val", "test"):

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import figures
 from ..device import runtime
 from ..errors import StyleforgeError
 from ..io import check_writable, load_image
-from . import report
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .models import MODELS, Classifier, _ResNetTrunk, _VGGTrunk, build_model
+from .models import MODELS, Classifier, ResNetTrunk, VGGTrunk, build_model
 
 
 @dataclass
@@ -64,10 +64,10 @@ def layer_table(model: nn.Module) -> dict[str, nn.Module]:
     if convs:
         table["conv1"], table["last_conv"] = convs[0], convs[-1]
     trunk = getattr(model, "trunk", None)
-    if isinstance(trunk, _VGGTrunk):
-        for name, module in zip(trunk.features._names, trunk.features.features):
+    if isinstance(trunk, VGGTrunk):
+        for name, module in zip(trunk.features.names, trunk.features.features):
             table[name] = module
-    if isinstance(trunk, _ResNetTrunk):
+    if isinstance(trunk, ResNetTrunk):
         for name in trunk.STAGES:
             table[name] = getattr(trunk, name)
     for name, module in model.named_modules():
@@ -148,9 +148,8 @@ def filters_figure(loaded: LoadedModel, image: str | os.PathLike, layer: str = "
     x = load_input(image, loaded.input_shape, size)
     maps = layer_output(model, conv, rt.to(x))[0].cpu()
     weights = conv.weight.detach().float().cpu()
-    plt = report._plt()
     n = len(chosen)
-    fig, axes = plt.subplots(2, n + 1, figsize=(1.9 * (n + 1), 4.2), squeeze=False)
+    fig, axes = figures.subplots(2, n + 1, figsize=(1.9 * (n + 1), 4.2), squeeze=False)
     axes[0, 0].imshow(x[0].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if x.shape[1] == 1 else None)
     axes[0, 0].set_title("input", fontsize=9)
     for ax in axes.flat:
@@ -165,7 +164,7 @@ def filters_figure(loaded: LoadedModel, image: str | os.PathLike, layer: str = "
     fig.suptitle(f"{loaded.label}: layer {layer} ({conv.out_channels} filters "
                  f"{conv.kernel_size[0]}x{conv.kernel_size[1]}), on {Path(image).name}", fontsize=10)
     fig.tight_layout()
-    return report.save_figure(fig, output)
+    return figures.save_figure(fig, output)
 
 
 def activations_figure(loaded: LoadedModel, image: str | os.PathLike, layer: str, count: int = 10,
@@ -186,10 +185,9 @@ def activations_figure(loaded: LoadedModel, image: str | os.PathLike, layer: str
     if out.dim() != 3:
         raise StyleforgeError(f"layer {layer!r} does not output feature maps (shape {tuple(out.shape)})")
     chosen = _parse_indices(indices, count, out.shape[0], f"layer {layer}")
-    plt = report._plt()
     cols = min(columns, len(chosen)) + 1
     rows = -(-len(chosen) // (cols - 1))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.1 * rows), squeeze=False)
+    fig, axes = figures.subplots(rows, cols, figsize=(2.0 * cols, 2.1 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     axes[0, 0].imshow(x[0].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if x.shape[1] == 1 else None)
@@ -201,4 +199,4 @@ def activations_figure(loaded: LoadedModel, image: str | os.PathLike, layer: str
     shape = tuple(out.shape)
     fig.suptitle(f"{loaded.label}: {layer} output {'x'.join(map(str, shape))} on {Path(image).name}", fontsize=10)
     fig.tight_layout()
-    return report.save_figure(fig, output), shape
+    return figures.save_figure(fig, output), shape

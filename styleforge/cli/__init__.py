@@ -1,14 +1,15 @@
-"""The ``styleforge`` command line: thin wrappers that build configs and call the library."""
+"""The ``styleforge`` command line: thin wrappers that build configs and call the library.
+
+Each command module registers its commands on :data:`main_group` when imported; the group
+imports a module only when one of its commands is run or asked for help (see
+:class:`~styleforge.cli.options.StyleforgeGroup`), so ``styleforge --help`` stays fast.
+"""
 
 from __future__ import annotations
 
-# Importing the command modules registers their commands on the group.
-from . import classify as _classify  # noqa: F401
-from . import fast as _fast  # noqa: F401
-from . import stylize as _stylize  # noqa: F401
-from . import visualize as _visualize  # noqa: F401
-from . import weights as _weights  # noqa: F401
 from .options import main_group
+
+__all__ = ["main", "main_group"]
 
 
 def main() -> None:

@@ -11,15 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from .. import distributed
 from ..classify import MODELS, build_model, summarize
 from ..classify.models import ACTIVATIONS, FREEZE_POLICIES, model_options
 from ..classify.train import CACHE_MODES, OPTIMIZERS, SCHEDULES, TrainConfig, TrainEvent
 from ..device import PRECISIONS
-from ..errors import StyleforgeError
+from ..errors import StyleforgeError, first_line
 from .options import main_group, parse_numbers
+from .progress import Bar
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -69,51 +69,35 @@ def parse_augment(text: str) -> list[str]:
 
 
 class TrainBars:
-    """Turns TrainEvents into one tqdm bar per epoch and a line per epoch."""
+    """Turns TrainEvents into a bar per feature-extraction phase and per epoch, and a line per epoch."""
 
     def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
-        self.bar: tqdm | None = None
-        self.feature_bar: tqdm | None = None
+        self.features, self.epoch = Bar(quiet, leave=False), Bar(quiet, leave=False)
 
     def __call__(self, e: TrainEvent) -> None:
-        if self.quiet:
-            return
         if e.kind == "phase" and e.steps:
-            if self.feature_bar is None or self.feature_bar.desc != e.message:
-                self._close_features()
-                self.feature_bar = tqdm(total=e.steps, desc=e.message, unit="img", dynamic_ncols=True, leave=False)
-            self.feature_bar.update(e.step - self.feature_bar.n)
+            self.features.show(e.message, e.step, e.steps, "img")
         elif e.kind == "phase":
-            self._close_features()
-            tqdm.write(e.message)
-        elif e.kind == "epoch_start":
-            self._close_features()
-            self.close()
-            self.bar = tqdm(total=e.steps, desc=f"epoch {e.epoch}/{e.epochs}", unit="batch", dynamic_ncols=True,
-                            leave=False)
-        elif e.kind == "step" and self.bar is not None:
-            self.bar.set_postfix(loss=f"{e.metrics['loss']:.4f}", acc=f"{e.metrics['acc']:.3f}",
-                                 lr=f"{e.metrics['lr']:.3g}", refresh=False)
-            self.bar.update(e.step - self.bar.n)
+            self.features.close()
+            self.features.write(e.message)
+        elif e.kind in ("epoch_start", "step"):
+            self.features.close()
+            postfix = None if e.kind == "epoch_start" else {
+                "loss": f"{e.metrics['loss']:.4f}", "acc": f"{e.metrics['acc']:.3f}", "lr": f"{e.metrics['lr']:.3g}"}
+            self.epoch.show(f"epoch {e.epoch}/{e.epochs}", e.step if e.kind == "step" else 0, e.steps, "batch",
+                            postfix)
         elif e.kind == "epoch_end":
-            self.close()
+            self.epoch.close()
             m = e.metrics
             val = (f", val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f}" if m.get("val_loss") is not None else "")
-            tqdm.write(f"epoch {e.epoch}/{e.epochs}: train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f}{val} "
-                       f"({m['seconds']:.1f} s)")
+            self.epoch.write(f"epoch {e.epoch}/{e.epochs}: train loss {m['train_loss']:.4f} "
+                             f"acc {m['train_acc']:.4f}{val} ({m['seconds']:.1f} s)")
         elif e.kind == "done" and e.message:
-            tqdm.write(e.message)
-
-    def _close_features(self) -> None:
-        if self.feature_bar is not None:
-            self.feature_bar.close()
-            self.feature_bar = None
+            self.epoch.write(e.message)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        self.features.close()
+        self.epoch.close()
 
 
 def data_options(f):
@@ -356,6 +340,6 @@ def summary_cmd(model: str, input_shape: str, classes: int, activation: str, opt
     try:
         result = summarize(net, shape)
     except RuntimeError as exc:
-        raise StyleforgeError(f"{model} cannot take a {input_shape} input ({str(exc).splitlines()[0][:100]}): "
+        raise StyleforgeError(f"{model} cannot take a {input_shape} input ({first_line(exc, 100)}): "
                               "use a larger --input") from None
     click.echo(result.table())

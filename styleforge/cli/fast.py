@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from ..errors import StyleforgeError
 from ..fast import ARCHS, FastTrainConfig, available_models, train_style
@@ -20,7 +19,9 @@ from ..fast.train import (
     LR_SCHEDULES,
 )
 from ..io import check_writable, image_format, save_image
+from ..perceptual import STYLE_STRENGTH_HELP
 from .options import main_group, parse_layer_weights, runtime_options
+from .progress import Bar
 
 
 def _layers(d: dict) -> str:
@@ -47,7 +48,7 @@ def fast_group() -> None:
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="cosine", show_default=True,
               help="cosine: decay to 5% of --lr by the last step; constant: the published recipe.")
-@click.option("--style-strength", type=float, help=f"Trade-off in [0,1] (default {DEFAULT_STYLE_STRENGTH}).")
+@click.option("--style-strength", type=float, help=f"{STYLE_STRENGTH_HELP} Default {DEFAULT_STYLE_STRENGTH}.")
 @click.option("--content-weight", type=float)
 @click.option("--style-weight", type=float)
 @click.option("--tv-weight", type=float, default=1.0, show_default=True)
@@ -73,24 +74,17 @@ def train_cmd(style_image, data, output, arch, image_size, style_size, batch_siz
         style_layers=parse_layer_weights(style_layers, "--style-layers"),
         weights=str(weights) if weights else None, seed=seed, device=device, precision=precision,
         workers=workers, checkpoint_every=checkpoint_every, resume=resume, stop_at=stop_at, half=not fp32_model)
-    bar = None
+    bar = Bar(quiet)
 
     def progress(p):
-        nonlocal bar
-        if quiet:
-            return
-        if bar is None:
-            tqdm.write(p.note)
-            bar = tqdm(total=p.steps, initial=p.step - 1, unit="step", dynamic_ncols=True, desc="training")
-        bar.set_postfix({"img/s": f"{p.images_per_s:.2f}", "content": f"{p.losses['content']:.3g}",
-                         "style": f"{p.losses['style']:.3g}", "skipped": p.skipped}, refresh=False)
-        bar.update(1)
+        if bar.bar is None:
+            bar.write(p.note)
+        bar.show("training", p.step, p.steps, "step", {
+            "img/s": f"{p.images_per_s:.2f}", "content": f"{p.losses['content']:.3g}",
+            "style": f"{p.losses['style']:.3g}", "skipped": str(p.skipped)})
 
-    try:
+    with bar:
         result = train_style(cfg, progress)
-    finally:
-        if bar is not None:
-            bar.close()
     if not quiet:
         note = f", skipped {len(result.skipped)} unreadable files" if result.skipped else ""
         click.echo(f"wrote {result.model_path} ({result.seconds:.0f} s{note})")
@@ -109,25 +103,11 @@ def train_cmd(style_image, data, output, arch, image_size, style_size, batch_siz
 @click.option("-q", "--quiet", is_flag=True)
 def apply_cmd(model, inputs, output, size, original_colors, batch_size, device, precision, quiet):
     """Stylize INPUTS (images, folders, videos) with MODEL (a file or a shipped style name)."""
-    bar = None
-
-    def progress(p):
-        nonlocal bar
-        if quiet:
-            return
-        if bar is None or bar.desc != p.source.name:
-            if bar is not None:
-                bar.close()
-            bar = tqdm(total=p.total, unit="img", dynamic_ncols=True, desc=p.source.name)
-        bar.n = p.done
-        bar.refresh()
-
-    try:
+    with Bar(quiet) as bar:
         written = stylize_files(model, inputs, output, size=size, original_colors=original_colors,
-                                batch_size=batch_size, device=device, precision=precision, callback=progress)
-    finally:
-        if bar is not None:
-            bar.close()
+                                batch_size=batch_size, device=device, precision=precision,
+                                callback=lambda p: bar.show(p.stage, p.done, p.total,
+                                                            "img" if p.stage == "images" else "frame"))
     if not quiet:
         click.echo(f"wrote {len(written)} file(s) to {output}")
 
@@ -148,19 +128,10 @@ def sheet_cmd(photo, output, styles, size, columns, device, precision, quiet):
     image_format(output)
     check_writable(output)
     names = [s.strip() for s in styles.split(",") if s.strip()] if styles else None
-    bar = None if quiet else tqdm(unit="style", dynamic_ncols=True, desc="sheet")
-
-    def progress(p):
-        if bar is not None:
-            bar.total = p.total
-            bar.update(1)
-
-    try:
+    bar = Bar(quiet)
+    with bar:
         sheet = style_sheet(photo, names, tile=size, columns=columns, device=device, precision=precision,
-                            callback=progress)
-    finally:
-        if bar is not None:
-            bar.close()
+                            callback=lambda p: bar.show("sheet", p.done, p.total, "style"))
     save_image(sheet, output)
     if not quiet:
         click.echo(f"wrote {output}")

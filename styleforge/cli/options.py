@@ -7,15 +7,16 @@ import sys
 import click
 
 from .. import __version__
-from ..device import PRECISIONS
 from ..errors import StyleforgeError
+from .lazy import LazyGroup
 
 
-class StyleforgeGroup(click.Group):
+class StyleforgeGroup(LazyGroup):
     """A group whose errors are one line on stderr: ``error: ...``, exit status 2.
 
     StyleforgeError (bad input the user can fix) and click's usage errors are printed
     without traceback; Ctrl-C exits 130. Anything else is a bug and keeps its traceback.
+    Commands load when first needed (:class:`~styleforge.cli.lazy.LazyGroup`).
     """
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
@@ -67,6 +68,8 @@ def parse_numbers(text: str | None, option: str, kind=float) -> list | None:
 
 def runtime_options(f):
     """--device, --precision, --seed."""
+    from ..device import PRECISIONS  # here, not at the top: styleforge.device imports torch
+
     f = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")(f)
     f = click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
                      help="Autocast precision; auto picks what is fast and safe on the device.")(f)

@@ -5,36 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from ..io import check_writable, image_format, save_image, save_json
+from ..perceptual import STYLE_STRENGTH_HELP
 from ..transfer import DEFAULT_STYLE_STRENGTH, Progress, StylizeConfig, stylize
 from .options import main_group, parse_layer_weights, parse_numbers, runtime_options
+from .progress import Bar
 
 
-class _Bars:
-    """Turns Progress callbacks into one tqdm bar per scale (and optional snapshots)."""
+class _Bars(Bar):
+    """Progress callbacks to one bar per scale (and optional snapshots)."""
 
     def __init__(self, quiet: bool, save_every: int, output: Path) -> None:
-        self.quiet, self.save_every, self.output = quiet, save_every, output
-        self.bar: tqdm | None = None
+        super().__init__(quiet)
+        self.save_every, self.output = save_every, output
 
     def __call__(self, p: Progress) -> None:
-        if not self.quiet:
-            if p.step == 1:
-                self.close()
-                self.bar = tqdm(total=p.steps, unit="it", dynamic_ncols=True,
-                                desc=f"scale {p.scale + 1}/{p.n_scales} {p.size[1]}x{p.size[0]}")
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in p.losses.items()}, refresh=False)
-            self.bar.update(1)
+        self.show(f"scale {p.scale + 1}/{p.n_scales} {p.size[1]}x{p.size[0]}", p.step, p.steps, "it",
+                  {k: f"{v:.4g}" for k, v in p.losses.items()})
         if self.save_every and (p.step % self.save_every == 0 or p.step == p.steps):
             snap = self.output.with_name(f"{self.output.stem}.s{p.scale + 1}-{p.step:04d}{self.output.suffix}")
             save_image(p.image, snap)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 @main_group.command("stylize")
@@ -44,7 +35,7 @@ class _Bars:
               help="Output image (.png/.jpg). Default: CONTENT-STYLE.png here.")
 @click.option("--size", type=int, default=512, show_default=True, help="Long side of the output, px.")
 @click.option("--style-strength", type=float,
-              help=f"Trade-off W in [0,1]: loss = W*style + (1-W)*content (default {DEFAULT_STYLE_STRENGTH}).")
+              help=f"{STYLE_STRENGTH_HELP} Default {DEFAULT_STYLE_STRENGTH}.")
 @click.option("--content-weight", type=float, help="Content weight (instead of --style-strength).")
 @click.option("--style-weight", type=float, help="Style weight (instead of --style-strength).")
 @click.option("--tv-weight", type=float, default=1.0, show_default=True, help="Total-variation weight.")

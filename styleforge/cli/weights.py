@@ -13,18 +13,17 @@ from .options import main_group
 
 @main_group.command("weights")
 @click.option("--download", "download", type=click.Choice(backbone.ARCHS),
-              help="(Online) fetch torchvision's weights and save a local file, features-only for VGG.")
+              help="(Online) fetch torchvision's weights and save a local file the lookup finds "
+                   "(VGG: the conv trunk alone, as ARCH-torchvision-features.pth).")
 @click.option("--to", "folder", type=click.Path(path_type=Path), default=None,
-              help="Folder to save into (default: $STYLEFORGE_WEIGHTS, else the project's weights/).")
+              help="Folder to save into (default: the first of $STYLEFORGE_WEIGHTS, else the project's weights/).")
 def weights_cmd(download: str | None, folder: Path | None) -> None:
     """List the weights files the lookup finds, in order, and verify their sha256."""
     if download:
-        import os
-
-        folder = folder or Path(os.environ.get(backbone.WEIGHTS_ENV) or backbone.PROJECT_WEIGHTS)
+        folder = folder or backbone.weights_folders()[0][1]
         if not folder.is_dir():
             raise StyleforgeError(f"folder {folder} does not exist: create it first")
-        name = f"{download}-features.pth" if download != "resnet18" else "resnet18.pth"
+        name = backbone.download_name(download)
         if download == "resnet18":
             from ..io import save_torch
 

@@ -13,7 +13,7 @@ import torch
 from ..color import original_colors as keep_colors
 from ..device import Runtime
 from ..device import runtime as make_runtime
-from ..errors import StyleforgeError
+from ..errors import StyleforgeError, first_line
 from ..io import (
     IMAGE_SUFFIXES,
     atomic_path,
@@ -31,9 +31,12 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 
 @dataclass
 class ApplyProgress:
-    done: int          # images or frames written so far (this input)
+    """Reported with ``done=0`` when a stage starts, then as outputs are written."""
+
+    done: int          # images (all image inputs together) or frames (one video) written so far
     total: int | None  # None for videos whose frame count is unknown
-    source: Path
+    source: Path       # the input written last (the first one at done=0)
+    stage: str         # "images" for the image inputs, the file name for a video
 
 
 def apply_to_tensor(model: TransformerNet, images: torch.Tensor, rt: Runtime,
@@ -130,6 +133,8 @@ def stylize_files(model: str | os.PathLike, inputs: Iterable[str | os.PathLike],
     net = rt.to(net)
     written: list[Path] = []
     images = [j for j in jobs if not j.video]
+    if callback and images:
+        callback(ApplyProgress(0, len(images), images[0].source, "images"))
     for group in _same_size_groups(images, size, batch_size):
         batch = torch.cat([x for _, x in group])
         out = apply_to_tensor(net, batch, rt, original_colors)
@@ -137,7 +142,7 @@ def stylize_files(model: str | os.PathLike, inputs: Iterable[str | os.PathLike],
             save_image(y.unsqueeze(0), job.target)
             written.append(job.target)
             if callback:
-                callback(ApplyProgress(len(written), len(images), job.source))
+                callback(ApplyProgress(len(written), len(images), job.source, "images"))
     for job in (j for j in jobs if j.video):
         stylize_video(net, job.source, job.target, rt, size, original_colors, batch_size, callback)
         written.append(job.target)
@@ -178,11 +183,13 @@ def stylize_video(net: TransformerNet, source: Path, target: Path, rt: Runtime, 
         src = av.open(str(source))
         stream = src.streams.video[0]
     except (av.error.FFmpegError, IndexError, OSError) as exc:
-        raise StyleforgeError(f"cannot read video {source} ({_first_line(exc)}): give a video file "
+        raise StyleforgeError(f"cannot read video {source} ({first_line(exc)}): give a video file "
                               "FFmpeg can decode (mp4, mov, mkv, webm)") from None
     rate = stream.average_rate or stream.guessed_rate or Fraction(25)
     total = stream.frames or None
     done = 0
+    if callback:
+        callback(ApplyProgress(done, total, source, source.name))
     try:
         with atomic_path(target) as tmp, av.open(str(tmp), mode="w", format="mp4") as dst:
             out_stream = None
@@ -205,7 +212,7 @@ def stylize_video(net: TransformerNet, source: Path, target: Path, rt: Runtime, 
                         dst.mux(packet)
                     done += 1
                 if callback:
-                    callback(ApplyProgress(done, total, source))
+                    callback(ApplyProgress(done, total, source, source.name))
 
             for frame in src.decode(stream):
                 img = frame.to_image()
@@ -222,7 +229,7 @@ def stylize_video(net: TransformerNet, source: Path, target: Path, rt: Runtime, 
             for packet in out_stream.encode():
                 dst.mux(packet)
     except av.error.FFmpegError as exc:
-        raise StyleforgeError(f"cannot decode video {source} ({_first_line(exc)}): give a video file "
+        raise StyleforgeError(f"cannot decode video {source} ({first_line(exc)}): give a video file "
                               "FFmpeg can decode (mp4, mov, mkv, webm)") from None
     finally:
         src.close()
@@ -238,6 +245,3 @@ def _codec(av) -> str:
             continue
     raise StyleforgeError("this FFmpeg build has no H.264 or MPEG-4 encoder")
 
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]

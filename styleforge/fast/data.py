@@ -23,10 +23,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
+from ..device import STREAM_GAP, derived_seed
 from ..errors import StyleforgeError
 from ..io import IMAGE_SUFFIXES, open_rgb, pil_to_tensor
-
-_SEED_STRIDE = 1_000_003
 
 
 def list_images(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
@@ -117,12 +116,12 @@ class StreamSampler(Sampler):
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
             self._perms = {epoch: torch.randperm(
-                self.n, generator=torch.Generator().manual_seed(self.seed * _SEED_STRIDE + epoch))}
+                self.n, generator=torch.Generator().manual_seed(derived_seed(self.seed, epoch)))}
         return self._perms[epoch]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         per_rank = self.global_batch // self.world_size
         for step in range(self.start_step, self.steps):
             first = step * self.global_batch + self.rank * per_rank
-            yield [(int(self._perm(p // self.n)[p % self.n]), self.seed * _SEED_STRIDE + p + 7919)
+            yield [(int(self._perm(p // self.n)[p % self.n]), derived_seed(self.seed, p, STREAM_GAP))
                    for p in range(first, first + per_rank)]

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import StyleforgeError
-from ..io import save_torch
+from ..io import load_torch, save_torch
 
 MODEL_FORMAT = "styleforge-fast-style"
 CHECKPOINT_FORMAT = "styleforge-fast-style-checkpoint"
@@ -130,16 +130,7 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise StyleforgeError(f"model file {str(path)!r} does not exist")
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (torch.load raises many types for damaged files)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-        if "Weights only load failed" in first:
-            raise StyleforgeError(f"{path} is not a styleforge style model (it holds pickled objects, "
-                                  "which styleforge never loads)") from None
-        raise StyleforgeError(f"{path} is truncated or not a PyTorch file ({first}): "
-                              "re-download or re-train it") from None
-    return record
+    return load_torch(path, "a PyTorch file", "re-download or re-train it")
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[TransformerNet, dict]:
@@ -166,10 +157,10 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
 
 def _model_folders() -> list[Path]:
-    """Where named models are looked up: $STYLEFORGE_WEIGHTS folders, then the project's weights/."""
-    from ..backbone import PROJECT_WEIGHTS
+    """Where named models are looked up: the backbone weights folders, in their order."""
+    from ..backbone import weights_folders
 
-    return [Path(d) for d in os.environ.get("STYLEFORGE_WEIGHTS", "").split(os.pathsep) if d] + [PROJECT_WEIGHTS]
+    return [folder for _, folder in weights_folders()]
 
 
 def resolve_model(name_or_path: str | os.PathLike) -> Path:

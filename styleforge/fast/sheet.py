@@ -58,6 +58,8 @@ def style_sheet(photo: str | os.PathLike | Image.Image, styles: Sequence[str] | 
     x = pil_to_tensor(small)
     rt = make_runtime(device, precision)
     tiles = [("photo", small)]
+    if callback is not None:
+        callback(SheetProgress(0, len(names), ""))
     for i, (name, path) in enumerate(zip(names, paths)):
         net, record = load_model(path)
         tiles.append((str(record.get("style") or name), tensor_to_pil(apply_to_tensor(rt.to(net), x, rt)[0])))

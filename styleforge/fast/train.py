@@ -20,13 +20,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from .. import distributed, losses
+from .. import distributed, figures
 from ..backbone import VGGFeatures
-from ..device import Runtime, seed_everything
+from ..device import backward_step, seed_everything
 from ..device import runtime as make_runtime
 from ..errors import StyleforgeError
 from ..io import atomic_path, check_writable, open_rgb, pil_to_tensor, resize_long_side, save_torch
-from ..transfer import _normalized, loss_weights
+from ..perceptual import PerceptualLoss, loss_weights
 from .data import RandomCrops, StreamSampler, collate, list_images
 from .model import ARCHS, CHECKPOINT_FORMAT, TransformerNet, parameter_count, read_record, save_model
 
@@ -126,39 +126,6 @@ _RESUME_KEYS = ("style", "arch", "image_size", "style_size", "lr", "lr_schedule"
                 "style_weight", "tv_weight", "content_layers", "style_layers", "backbone", "seed")
 
 
-class StyleLoss:
-    """Batch loss of a transformer's outputs, with the style Gram targets computed once."""
-
-    def __init__(self, extractor: VGGFeatures, style: torch.Tensor, content_layers: Mapping[str, float],
-                 style_layers: Mapping[str, float], content_weight: float, style_weight: float,
-                 tv_weight: float, rt: Runtime) -> None:
-        self.extractor, self.rt = extractor, rt
-        self.content_layers, self.style_layers = _normalized(content_layers), _normalized(style_layers)
-        self.weights = {"content": content_weight, "style": style_weight, "tv": tv_weight}
-        with torch.no_grad(), rt.autocast():
-            feats = extractor(rt.to(style), layers=self.style_layers)
-            self.targets = {n: losses.gram_matrix(feats[n]) for n in self.style_layers}
-        self.target_ms = {n: losses.mean_square(t) for n, t in self.targets.items()}
-
-    def __call__(self, outputs: torch.Tensor, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Weighted content, style and tv losses (and their total) of ``outputs`` for ``inputs``."""
-        with self.rt.autocast():
-            with torch.no_grad():
-                # The content targets need VGG only up to the content layers (relu2_2 by
-                # default), not the full depth the style layers need.
-                want = self.extractor(inputs, layers=self.content_layers)
-            feats = self.extractor(outputs)
-        content = losses.weighted_sum(
-            {n: losses.image_content_loss(feats[n], want[n]) for n in self.content_layers}, self.content_layers)
-        style = losses.weighted_sum(
-            {n: losses.style_loss(losses.gram_matrix(feats[n]), self.targets[n], self.target_ms[n])
-             for n in self.style_layers}, self.style_layers)
-        parts = {"content": self.weights["content"] * content, "style": self.weights["style"] * style,
-                 "tv": self.weights["tv"] * losses.tv_loss(outputs)}
-        parts["total"] = parts["content"] + parts["style"] + parts["tv"]
-        return parts
-
-
 def _check(cfg: FastTrainConfig) -> None:
     if cfg.arch not in ARCHS:
         raise StyleforgeError(f"unknown --arch {cfg.arch!r}: use one of {', '.join(ARCHS)}")
@@ -236,13 +203,8 @@ def write_history(history: list[dict[str, float]], output: str | os.PathLike, pl
             writer.writeheader()
             writer.writerows(history)
     if plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         steps = [r["step"] for r in history]
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        fig, ax = figures.subplots(figsize=(7, 4), dpi=100)
         window = max(1, len(history) // 50)
         for key in ("total", "content", "style", "tv"):
             vals = [r[key] for r in history]
@@ -256,9 +218,7 @@ def write_history(history: list[dict[str, float]], output: str | os.PathLike, pl
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        with atomic_path(png_path) as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
+        figures.save_figure(fig, png_path, dpi=100, tight=False)
 
 
 def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] | None = None,
@@ -307,11 +267,11 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
                                 weights=cfg.weights)
     _check_inputs(cfg, files, style_img, extractor.min_size, global_batch)
     extractor = rt.to(extractor)
-    loss_fn = StyleLoss(extractor, style_img, cfg.content_layers, cfg.style_layers, content_w, style_w,
-                        cfg.tv_weight, rt)
-    scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype is torch.float16 else None
+    loss_fn = PerceptualLoss(extractor, style_img, cfg.content_layers, cfg.style_layers, content_weight=content_w,
+                             style_weight=style_w, tv_weight=cfg.tv_weight, rt=rt)
+    scaler = rt.grad_scaler()
 
-    workers = cfg.workers if cfg.workers is not None else (2 if rt.device.type == "cuda" else 1)
+    workers = cfg.workers if cfg.workers is not None else rt.loader_workers
     end = min(steps, cfg.stop_at or steps)
     sampler = StreamSampler(len(files), global_batch, end, cfg.seed, start_step, ctx.rank, ctx.world_size)
     loader = DataLoader(RandomCrops(files, cfg.image_size), batch_sampler=sampler, collate_fn=collate,
@@ -352,15 +312,9 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
             x = rt.to(batch, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, steps, cfg.lr, cfg.lr_schedule)
-            parts = loss_fn(ddp_model(x), x)
+            parts = loss_fn(ddp_model(x), content=x)
             optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(parts["total"]).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                parts["total"].backward()
-                optimizer.step()
+            backward_step(parts["total"], optimizer, scaler)
             # Losses averaged over all processes: the loss of the global batch.
             values = ctx.sum([float(parts[k].detach()) for k in ("content", "style", "tv", "total")])
             values = (values / ctx.world_size).tolist()

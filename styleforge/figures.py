@@ -1,0 +1,38 @@
+"""Figures without global state: matplotlib's object API, saved atomically.
+
+No pyplot and no ``matplotlib.use``: a library must not switch the backend of a program
+that imports it (a notebook, a GUI). Each figure gets its own Agg canvas instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .io import atomic_path
+
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None, dpi: float | None = None,
+             **kwargs):
+    """A new figure and its axes (as ``Figure.subplots`` returns them), drawn by its own Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def colors() -> list[str]:
+    """The colour cycle of the current matplotlib style."""
+    from matplotlib import rcParams
+
+    return rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: float = 110, tight: bool = True) -> Path:
+    """Write ``fig`` atomically; the format follows the suffix (PNG by default)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi,
+                    bbox_inches="tight" if tight else None)
+    return Path(path)
