@@ -44,7 +44,8 @@ from . import report
 from .cache import extract_features, extraction_trunk
 from .checkpoint import check_compatible, make_meta, save_checkpoint
 from .data import DataSpec, Splits, channel_stats, load_splits
-from .models import FREEZE_POLICIES, MODELS, InputNorm, apply_freeze, build_model
+from .models import FREEZE_POLICIES, MODELS, InputNorm, apply_freeze, as_classifier, build_model
+from .spec import is_file_ref, model_source
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
@@ -52,7 +53,7 @@ AUGMENTS = ("crop", "flip")
 CACHE_MODES = ("auto", "on", "off")
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 # Files that make a folder "hold a run" (and that --overwrite removes).
-RUN_FILES = ("config.json", "metrics.csv", "summary.json", "best.pt", "last.pt", "curves.png",
+RUN_FILES = ("config.json", "metrics.csv", "summary.json", "best.pt", "last.pt", "curves.png", "model.py",
              "confusion_test.png", "per_class_test.csv", "per_class_test.md", "report.md")
 
 
@@ -128,8 +129,6 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check the settings (one-line errors) and fill in defaults; returns a copy."""
-        if self.model not in MODELS:
-            raise StyleforgeError(f"unknown model {self.model!r}: use one of {', '.join(MODELS)}")
         checks = [(self.optimizer, OPTIMIZERS, "--optimizer"), (self.schedule, SCHEDULES, "--schedule"),
                   (self.cache_features, CACHE_MODES, "--cache-features"),
                   (self.freeze, ("auto",) + FREEZE_POLICIES, "--freeze")]
@@ -158,10 +157,11 @@ class TrainConfig:
             raise StyleforgeError("--image-size must be at least 4")
         if self.overwrite and self.resume:
             raise StyleforgeError("--overwrite and --resume exclude each other")
-        if self.pretrained and not MODELS[self.model].pretrained:
+        has_weights = self.model in MODELS and MODELS[self.model].pretrained
+        if self.pretrained and not has_weights:
             raise StyleforgeError(f"{self.model} has no pretrained weights: --pretrained works with resnet18 and vgg19")
         return replace(self, lr=lr, augment=list(dict.fromkeys(self.augment)),
-                       pretrained=self.resolved_pretrained() if MODELS[self.model].pretrained else False)
+                       pretrained=self.resolved_pretrained() if has_weights else False)
 
 
 @dataclass
@@ -378,8 +378,12 @@ def _load_data(ctx: distributed.Dist, cfg: TrainConfig) -> Splits:
 
 # --------------------------------------------------------------------------- fit
 
-def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
+def fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | None = None) -> FitResult:
     """Train ``cfg.model`` on ``cfg.dataset`` and write the run directory ``cfg.output``.
+
+    ``model``: an ``nn.Module`` object to train instead of ``cfg.model`` (trained in place;
+    the best weights are loaded into it at the end). Its checkpoints record the class name
+    only: rebuild it in Python to load them (``load_classifier(run, model=...)``).
 
     Files: config.json, metrics.csv, curves.png, best.pt, last.pt, summary.json,
     confusion_test.png, per_class_test.csv/.md, report.md. Raises StyleforgeError for
@@ -387,6 +391,8 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
     checkpoint so far is kept).
     """
     t_start = time.perf_counter()
+    if model is not None:
+        cfg = replace(cfg, model=f"python:{type(model).__qualname__}")
     cfg = cfg.validate()
     ctx = distributed.setup()
     emit: Callback = callback if (callback is not None and ctx.is_main) else (lambda event: None)
@@ -408,15 +414,21 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
     freeze = cfg.resolved_freeze()
     if not ctx.is_main and cfg.pretrained:
         ctx.barrier()  # rank 0 finds (or downloads) the backbone weights first
+    source = model_source(cfg.model, model, resume_state)
     try:
-        model = build_model(cfg.model, shape, k, cfg.activation, cfg.pretrained, cfg.weights, **cfg.model_options)
+        model = (as_classifier(model, shape, k) if model is not None else
+                 build_model(cfg.model, shape, k, cfg.activation, cfg.pretrained, cfg.weights,
+                             model_source=source if is_file_ref(cfg.model) else None, **cfg.model_options))
     finally:
         if ctx.is_main and cfg.pretrained:
             ctx.barrier()
     if isinstance(model.input_norm, InputNorm):
         model.input_norm.set(*channel_stats(train.images))
     apply_freeze(model, freeze)
-    meta = make_meta(cfg.model, shape, classes, cfg.activation, cfg.model_options, freeze)
+    meta = make_meta(cfg.model, shape, classes, cfg.activation, cfg.model_options, freeze,
+                     source if is_file_ref(cfg.model) else None)
+    if source is not None and ctx.is_main:
+        report.write_text(source, run_dir / "model.py")
 
     start_epoch, rows, best, bad_epochs, train_seconds_before = 1, [], None, 0, 0.0
     if resume_state is not None:

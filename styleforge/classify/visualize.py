@@ -24,6 +24,12 @@ from ..io import check_writable, load_image
 from . import report
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .models import MODELS, Classifier, _ResNetTrunk, _VGGTrunk, build_model
+from .spec import is_file_ref
+
+
+def _short(name: str, limit: int = 40) -> str:
+    """A model name for titles: long layer specs are cut."""
+    return name if len(name) <= limit else name[:limit - 3] + "..."
 
 
 @dataclass
@@ -47,14 +53,19 @@ def load_model(model_or_checkpoint: str, input_shape: tuple[int, int, int] | Non
         return LoadedModel(model.eval(), shape, f"{model_or_checkpoint} ({what})")
     path = Path(model_or_checkpoint)
     if not path.exists():
-        raise StyleforgeError(f"{model_or_checkpoint!r} is neither a model ({', '.join(MODELS)}) nor a checkpoint "
-                              "or run directory")
+        if not is_file_ref(model_or_checkpoint) and "(" not in model_or_checkpoint \
+                and "-" not in model_or_checkpoint:
+            raise StyleforgeError(f"{model_or_checkpoint!r} is neither a model ({', '.join(MODELS)}), a layer spec, "
+                                  "FILE.py:CLASS, nor a checkpoint or run directory")
+        shape = input_shape or (3, 32, 32)
+        model = build_model(model_or_checkpoint, shape, num_classes)
+        return LoadedModel(model.eval(), shape, f"{_short(model_or_checkpoint)} (random weights)")
     ckpt = load_checkpoint(path)
     shape = tuple(ckpt["input_shape"])
     if input_shape is not None and input_shape[0] != shape[0]:
         raise StyleforgeError(f"{path} takes {shape[0]}-channel input, not {input_shape[0]}")
     return LoadedModel(model_from_checkpoint(ckpt), input_shape or shape,  # type: ignore[arg-type]
-                       f"{ckpt['model']} ({Path(ckpt['path']).parent.name}/{Path(ckpt['path']).name})")
+                       f"{_short(ckpt['model'])} ({Path(ckpt['path']).parent.name}/{Path(ckpt['path']).name})")
 
 
 def layer_table(model: nn.Module) -> dict[str, nn.Module]:

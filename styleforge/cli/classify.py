@@ -16,6 +16,8 @@ from tqdm import tqdm
 from .. import distributed
 from ..classify import MODELS, build_model, summarize
 from ..classify.models import ACTIVATIONS, FREEZE_POLICIES, model_options
+from ..classify.spec import EXAMPLE as SPEC_EXAMPLE
+from ..classify.spec import LAYERS_HELP as SPEC_LAYERS
 from ..classify.train import CACHE_MODES, OPTIMIZERS, SCHEDULES, TrainConfig, TrainEvent
 from ..device import PRECISIONS
 from ..errors import StyleforgeError
@@ -144,7 +146,9 @@ def data_options(f):
 
 def model_opts(f):
     opts = [
-        click.option("--model", default="simple-cnn", show_default=True, help=f"One of: {', '.join(MODELS)}."),
+        click.option("--model", default="simple-cnn", show_default=True,
+                     help=f"One of: {', '.join(MODELS)}; or a layer spec, e.g. '{SPEC_EXAMPLE}' (see "
+                          "'styleforge classify models'); or FILE.py:CLASS (an nn.Module of yours)."),
         click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default="relu", show_default=True),
         click.option("--pretrained/--random-init", default=None,
                      help="ImageNet weights for vgg19/resnet18 (default: on for vgg19, off for resnet18)."),
@@ -214,6 +218,9 @@ def models_cmd() -> None:
         opts = model_options(spec.name)
         opt_text = f" [options: {', '.join(f'{k}={v}' for k, v in opts.items())}]" if opts else ""
         click.echo(f"{spec.name:12s} {spec.description}{extra}{opt_text}")
+    click.echo("\nYour own architecture: --model 'LAYER-LAYER-...' (a layer spec; sizes inferred) or "
+               "--model FILE.py:CLASS.")
+    click.echo(SPEC_LAYERS)
 
 
 @classify_group.command("train")
