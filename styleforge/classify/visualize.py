@@ -53,12 +53,14 @@ def load_model(model_or_checkpoint: str, input_shape: tuple[int, int, int] | Non
         return LoadedModel(model.eval(), shape, f"{model_or_checkpoint} ({what})")
     path = Path(model_or_checkpoint)
     if not path.exists():
-        if not is_file_ref(model_or_checkpoint) and "(" not in model_or_checkpoint \
-                and "-" not in model_or_checkpoint:
-            raise StyleforgeError(f"{model_or_checkpoint!r} is neither a model ({', '.join(MODELS)}), a layer spec, "
-                                  "FILE.py:CLASS, nor a checkpoint or run directory")
         shape = input_shape or (3, 32, 32)
-        model = build_model(model_or_checkpoint, shape, num_classes)
+        try:
+            model = build_model(model_or_checkpoint, shape, num_classes)
+        except StyleforgeError as exc:
+            if is_file_ref(model_or_checkpoint) or "(" in model_or_checkpoint:
+                raise
+            raise StyleforgeError(f"{model_or_checkpoint!r} is neither a model ({', '.join(MODELS)}), a layer spec, "
+                                  f"FILE.py:CLASS, nor a checkpoint or run directory ({exc})") from None
         return LoadedModel(model.eval(), shape, f"{_short(model_or_checkpoint)} (random weights)")
     ckpt = load_checkpoint(path)
     shape = tuple(ckpt["input_shape"])
