@@ -1,7 +1,8 @@
 """The run directory's files: metrics.csv, curves.png, confusion matrix, per-class table, report.md.
 
 Every file is written atomically (a temporary file renamed into place), so a run that is
-interrupted or stopped leaves only complete files. Plots use matplotlib's Agg backend.
+interrupted or stopped leaves only complete files. Figures are built with matplotlib's object
+API on their own Agg canvas (:func:`new_figure`); pyplot and the global backend are never used.
 """
 
 from __future__ import annotations
@@ -16,16 +17,21 @@ import torch
 
 from ..io import atomic_path
 
-METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
+                  "seconds")
+STEP_COLUMNS = ("step", "epoch", "loss")
 
 
-def _plt():
-    import matplotlib
+def new_figure(figsize: tuple[float, float], layout: str | None = None):
+    """A matplotlib Figure with its own Agg canvas: no pyplot, so the global backend and
+    pyplot's figure list are never touched (a notebook's ``plt.show()`` keeps working).
+    In a notebook the returned figure displays itself."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize, layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _integer_locator():
@@ -69,37 +75,59 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
-    plt = _plt()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
     return Path(path)
 
 
-def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
-    """Loss and accuracy against epochs, train and validation, on one figure."""
-    plt = _plt()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+def _step_points(steps: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float]]:
+    """Per-batch losses at fractional epochs (batch i of n in epoch e at e - 1 + i / n)."""
+    per_epoch: dict[int, int] = {}
+    for r in steps:
+        per_epoch[int(r["epoch"])] = per_epoch.get(int(r["epoch"]), 0) + 1
+    xs, ys, seen = [], [], dict.fromkeys(per_epoch, 0)
+    for r in steps:
+        e = int(r["epoch"])
+        seen[e] += 1
+        xs.append(e - 1 + seen[e] / per_epoch[e])
+        ys.append(r["loss"])
+    return xs, ys
+
+
+def curves_figure(rows: Sequence[Mapping[str, Any]], title: str = "", steps: Sequence[Mapping[str, Any]] = (),
+                  best_epoch: int | None = None, loss_name: str = "cross-entropy"):
+    """Loss and accuracy per epoch (train, validation, and the tracked test set if recorded),
+    the loss of every batch behind them, and the best epoch marked; returns the Figure."""
+    fig = new_figure((10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = [r["epoch"] for r in rows]
-    for ax, key, label in ((ax_loss, "loss", "loss (cross-entropy)"), (ax_acc, "acc", "accuracy")):
-        for split, style in (("train", "-o"), ("val", "-s")):
+    if steps:
+        ax_loss.plot(*_step_points(steps), "-", color="0.6", linewidth=0.7, alpha=0.7, label="train (each batch)")
+    labels = {"train": "train", "val": "validation", "test": "test (tracked, never used for choices)"}
+    for ax, key in ((ax_loss, "loss"), (ax_acc, "acc")):
+        for split, style in (("train", "-o"), ("val", "-s"), ("test", ":^")):
             pts = [(e, r.get(f"{split}_{key}")) for e, r in zip(epochs, rows) if r.get(f"{split}_{key}") is not None]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, markersize=3,
-                        label="train" if split == "train" else "validation")
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, markersize=3, label=labels[split])
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="tab:red", linestyle="--", linewidth=1, label=f"best epoch ({best_epoch})")
         ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
         ax.xaxis.set_major_locator(_integer_locator())
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
+    ax_loss.set_ylabel(f"loss ({loss_name})")
+    ax_acc.set_ylabel("accuracy")
     ax_loss.set_title("loss")
     ax_acc.set_title("accuracy")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
+
+
+def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "", **kw: Any) -> Path:
+    """:func:`curves_figure` written to ``path``."""
+    return save_figure(curves_figure(rows, title, **kw), path)
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
@@ -131,12 +159,12 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], di
     return "\n".join(lines)
 
 
-def plot_confusion(cm: torch.Tensor, names: Sequence[str], path: str | os.PathLike, title: str = "") -> Path:
+def confusion_figure(cm: torch.Tensor, names: Sequence[str], title: str = ""):
     """The confusion matrix with class names; counts in the cells (up to 20 classes)."""
-    plt = _plt()
     k = len(names)
     size = max(4.5, 0.5 * k + 2.5)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    fig = new_figure((size, size * 0.9))
+    ax = fig.subplots()
     norm = cm.double() / cm.sum(1, keepdim=True).clamp_min(1)
     im = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(k), labels=list(names), rotation=45 if max(len(n) for n in names) > 3 else 0, ha="right")
@@ -151,7 +179,12 @@ def plot_confusion(cm: torch.Tensor, names: Sequence[str], path: str | os.PathLi
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     ax.set_title(title or "confusion matrix")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
+
+
+def plot_confusion(cm: torch.Tensor, names: Sequence[str], path: str | os.PathLike, title: str = "") -> Path:
+    """:func:`confusion_figure` written to ``path``."""
+    return save_figure(confusion_figure(cm, names, title), path)
 
 
 def write_report(run_dir: Path, summary: Mapping[str, Any], config: Mapping[str, Any],
