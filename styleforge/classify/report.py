@@ -17,8 +17,9 @@ import torch
 
 from ..io import atomic_path
 
-METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
-                  "seconds")
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+TRACKED_METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
+                          "seconds")  # with --track-test
 STEP_COLUMNS = ("step", "epoch", "loss")
 
 
@@ -66,6 +67,13 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, float | None]]:
         for row in csv.DictReader(f):
             rows.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
     return rows
+
+
+def previous_steps(path: Path, before_epoch: int) -> list[dict[str, Any]]:
+    """A resumed run's per-batch losses (steps.csv) of the epochs before ``before_epoch``."""
+    if before_epoch <= 1 or not path.is_file():
+        return []
+    return [r for r in read_metrics(path) if r["epoch"] is not None and r["epoch"] < before_epoch]
 
 
 def write_text(text: str, path: str | os.PathLike) -> Path:
@@ -187,16 +195,30 @@ def plot_confusion(cm: torch.Tensor, names: Sequence[str], path: str | os.PathLi
     return save_figure(confusion_figure(cm, names, title), path)
 
 
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.2f}%"
+
+
+def _num(v: float | None) -> str:
+    return "–" if v is None else f"{v:.4f}"
+
+
+def _best_final_table(s: Mapping[str, Any], loss: str) -> str:
+    """Accuracy and loss per split of the best checkpoint, with the final epoch's beside them."""
+    best, final = s.get("best_epoch"), s.get("final_epoch")
+    lines = [f"| split | best (epoch {best}) accuracy | loss ({loss}) | final (epoch {final}) accuracy | loss |",
+             "|---|---|---|---|---|"]
+    for split in ("train", "val", "test"):
+        fa, fl = s.get(f"final_{split}_acc"), s.get(f"final_{split}_loss")
+        lines.append(f"| {split} | {_pct(s.get(f'{split}_acc'))} | {_num(s.get(f'{split}_loss'))} | {_pct(fa)} | "
+                     f"{_num(fl)} |")
+    return "\n".join(lines)
+
+
 def write_report(run_dir: Path, summary: Mapping[str, Any], config: Mapping[str, Any],
                  per_class_rows: Sequence[Mapping[str, Any]] | None) -> Path:
     """A short report.md that puts the numbers and figures together."""
     s = summary
-
-    def pct(v):
-        return "–" if v is None else f"{100 * v:.2f}%"
-
-    def num(v):
-        return "–" if v is None else f"{v:.4f}"
 
     lines = [f"# {config.get('model')} on {config.get('dataset')}", ""]
     cached = ""
@@ -208,20 +230,27 @@ def write_report(run_dir: Path, summary: Mapping[str, Any], config: Mapping[str,
                  f"{s.get('params_trainable'):,} of {s.get('params_total'):,} parameters trained"
                  + cached + ".")
     lines.append("")
-    lines.append(f"Optimizer {config.get('optimizer')} (lr {config.get('lr')}, batch {config.get('batch_size')}"
-                 f" per process × {s.get('world_size', 1)}), schedule {config.get('schedule')}, "
-                 f"{s.get('epochs_run')} epoch(s); stopped: {s.get('stopped')}. Best epoch: {s.get('best_epoch')} "
+    recipe = config.get("recipe_text") or (f"optimizer {config.get('optimizer')}, lr {config.get('lr')}, batch "
+                                            f"{config.get('batch_size')}, schedule {config.get('schedule')}")
+    lines.append(f"Training recipe (fully resolved): {recipe}.")
+    lines.append("")
+    lines.append(f"{s.get('epochs_run')} epoch(s); stopped: {s.get('stopped')}. Best epoch: {s.get('best_epoch')} "
                  + ("(lowest validation loss)" if s.get("num_val") else "(the last; no validation split)")
                  + f". Wall time {s.get('wall_seconds', 0):.1f} s "
                  f"(training {s.get('train_seconds', 0):.1f} s"
                  + (f", feature extraction {s['feature_seconds']:.1f} s" if s.get("feature_seconds") else "")
                  + f", data {s.get('data_seconds', 0):.1f} s) on {s.get('device')} ({s.get('precision')}).")
-    lines += ["", "| split | accuracy | loss |", "|---|---|---|"]
-    for split in ("train", "val", "test"):
-        lines.append(f"| {split} | {pct(s.get(f'{split}_acc'))} | {num(s.get(f'{split}_loss'))} |")
-    lines += ["", "Train figures are the best checkpoint evaluated on the (unaugmented) training set.", ""]
+    lines += ["", _best_final_table(s, str(config.get("loss") or "cross-entropy")), ""]
+    lines += [f"The checkpoint best.pt, the confusion matrix, the per-class table and predictions.png describe the "
+              f"best epoch ({s.get('best_epoch')}); the final epoch's figures are beside them. Train figures are "
+              "the weights evaluated on the (unaugmented) training set.", ""]
+    if config.get("track_test"):
+        lines += ["Test loss and accuracy were also recorded after every epoch (--track-test) for the curves; "
+                  "no choice (best epoch, early stopping) looked at them.", ""]
     if (run_dir / "curves.png").exists():
         lines += ["## Learning curves", "", "![loss and accuracy per epoch](curves.png)", ""]
+    if (run_dir / "predictions.png").exists():
+        lines += ["## Predictions on test images", "", "![predicted and true classes](predictions.png)", ""]
     if (run_dir / "confusion_test.png").exists():
         lines += ["## Test confusion matrix", "", "![confusion matrix on the test set](confusion_test.png)", ""]
     if per_class_rows:

@@ -66,6 +66,11 @@ def is_file_ref(name: str) -> bool:
     return bool(_FILE_REF.match(name.strip()))
 
 
+def short_name(name: str, limit: int = 40) -> str:
+    """A model name for titles: long layer specs are cut."""
+    return name if len(name) <= limit else name[:limit - 3] + "..."
+
+
 def fmt_shape(shape) -> str:
     return "x".join(str(int(v)) for v in shape)
 

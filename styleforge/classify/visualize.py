@@ -25,11 +25,7 @@ from . import report
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .models import MODELS, Classifier, _ResNetTrunk, _VGGTrunk, build_model
 from .spec import is_file_ref
-
-
-def _short(name: str, limit: int = 40) -> str:
-    """A model name for titles: long layer specs are cut."""
-    return name if len(name) <= limit else name[:limit - 3] + "..."
+from .spec import short_name as _short
 
 
 @dataclass
