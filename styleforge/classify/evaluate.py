@@ -91,8 +91,9 @@ def evaluate(cfg: EvalConfig, callback: Callable[[str], None] | None = None) -> 
     say("loading data")
     splits = load_splits(_data_spec(cfg, ckpt))
     data = {"train": splits.train, "val": splits.val, "test": splits.test}[cfg.split]
-    if data is None:
-        raise StyleforgeError(f"there is no {cfg.split} split: give --val-split > 0")
+    if data is None or len(data) == 0:
+        raise StyleforgeError(f"the {cfg.split} split is empty: give --val-split > 0 (or a larger one)"
+                              if cfg.split == "val" else f"the {cfg.split} split is empty: choose another --split")
     check_compatible(ckpt, num_classes=len(splits.classes), class_names=splits.classes, channels=data.shape[0])
     model = model_from_checkpoint(ckpt)
     rt = runtime(ctx.device_spec(cfg.device), cfg.precision)
