@@ -185,3 +185,22 @@ def test_fit_leaves_the_matplotlib_backend_alone(folder, tmp_path):
         assert (tmp_path / "r" / "curves.png").is_file() and (tmp_path / "r" / "predictions.png").is_file()
     finally:
         plt.switch_backend(before)
+
+
+def test_summary_shows_settings_freeze_and_multiply_adds(random_vgg19_file):
+    from styleforge.classify import apply_freeze, build_model, summarize
+
+    s = summarize(build_model("simple-cnn", (3, 32, 32), 10), (3, 32, 32))
+    conv1 = next(r for r in s.rows if r.kind == "Conv2d")
+    assert conv1.settings == "k5 s1 p2" and conv1.macs == 32 * 32 * 32 * (3 * 5 * 5)
+    assert [r.settings for r in s.rows if r.kind == "MaxPool2d"] == ["k2 s2 p0"] * 3
+    assert s.total_macs == 2_457_600 + 13_107_200 * 2 + 2048 * 64 + 64 * 10
+    model = build_model("vgg19", (3, 32, 32), 10, weights=str(random_vgg19_file))
+    apply_freeze(model, "all-but-head")
+    frozen = summarize(model, (3, 32, 32), "all-but-head")
+    assert frozen.trainable_params == 2 * 512 + 512 * 10 + 10 < frozen.total_params
+    r = run("summary", "vgg19", "--input", "3x32x32")
+    assert r.exit_code == 0, r.output
+    assert "trainable 6,154 (freeze policy all-but-head)" in r.output and "k3 s1 p1" in r.output
+    r = run("summary", "vgg19", "--input", "3x32x32", "--freeze", "none")
+    assert f"trainable {frozen.total_params:,d} (freeze policy none)" in r.output

@@ -412,13 +412,22 @@ def preview_cmd(split, count, seed, output, **kw):
 @click.option("--input", "input_shape", default="3x32x32", show_default=True, help="Input shape CxHxW.")
 @click.option("--classes", type=int, default=10, show_default=True, help="Number of classes.")
 @click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default="relu", show_default=True)
+@click.option("--freeze", type=click.Choice(("auto",) + FREEZE_POLICIES), default="auto", show_default=True,
+              help="The freeze policy whose trainable counts to show (auto: as 'classify train' would use).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A model's own setting (repeatable).")
-def summary_cmd(model: str, input_shape: str, classes: int, activation: str, options: tuple[str, ...]) -> None:
-    """Per-layer output shapes and parameter counts of MODEL, and the totals."""
+def summary_cmd(model: str, input_shape: str, classes: int, activation: str, freeze: str,
+                options: tuple[str, ...]) -> None:
+    """Per-layer settings (kernel, stride, padding, window), output shapes, parameters, the
+    trainable part under the freeze policy, and multiply-adds of MODEL (a name, layer spec or
+    FILE.py:CLASS)."""
+    from ..classify.models import apply_freeze
+
     shape = parse_shape(input_shape)
     net = build_model(model, shape, classes, activation, **parse_model_options(options, model))
+    policy = TrainConfig(dataset="", output="", model=model, freeze=freeze).resolved_freeze()
+    apply_freeze(net, policy)
     try:
-        result = summarize(net, shape)
+        result = summarize(net, shape, policy)
     except RuntimeError as exc:
         raise StyleforgeError(f"{model} cannot take a {input_shape} input ({str(exc).splitlines()[0][:100]}): "
                               "use a larger --input") from None
