@@ -45,6 +45,9 @@ class Summary:
                      f"{self.total_macs:,d} multiply-adds per image ({self.total_macs / 1e6:.2f} M)")
         return "\n".join(lines)
 
+    def __str__(self) -> str:
+        return self.table()
+
 
 def _pair(v) -> str:
     a, b = (v, v) if isinstance(v, int) else tuple(v)
@@ -114,3 +117,22 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int], freeze: str =
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return Summary(rows, tuple(input_shape), total, trainable, freeze)
+
+
+def summary(model: str | nn.Module, input_shape: tuple[int, int, int] = (3, 32, 32), num_classes: int = 10,
+            activation: str = "relu", freeze: str = "auto", **options) -> Summary:
+    """:func:`summarize` a model given by name, layer spec, ``FILE.py:CLASS`` or as a
+    module, after the freeze policy (``auto``: as training would choose it).
+    ``print(summary("simple-cnn"))`` prints the table."""
+    from .models import Classifier, apply_freeze, build_model
+    from .train import TrainConfig
+
+    shape = tuple(input_shape)
+    if isinstance(model, nn.Module):
+        net, name = model, "python:module"
+    else:
+        net, name = build_model(model, shape, num_classes, activation, **options), model
+    policy = TrainConfig(dataset="", output="", model=name, freeze=freeze).resolved_freeze()
+    if isinstance(net, Classifier):
+        apply_freeze(net, policy)
+    return summarize(net, shape, policy if isinstance(net, Classifier) else "none")

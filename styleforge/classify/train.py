@@ -46,6 +46,7 @@ from .checkpoint import check_compatible, make_meta, save_checkpoint
 from .data import DataSpec, Splits, channel_stats, load_splits
 from .gallery import model_predictions_figure
 from .models import FREEZE_POLICIES, MODELS, InputNorm, apply_freeze, as_classifier, build_model
+from .progress import default_progress
 from .recipe import classification_loss, describe_recipe, resolve_recipe
 from .spec import is_file_ref, model_source
 from .spec import short_name as _short
@@ -187,9 +188,13 @@ class TrainEvent:
 
 @dataclass
 class FitResult:
+    """The run directory, summary.json's content, one dict per epoch (``history``: the rows
+    of metrics.csv) and one per batch (``steps``: steps.csv)."""
+
     run_dir: Path
     summary: dict[str, Any]
     history: list[dict[str, Any]]
+    steps: list[dict[str, Any]] = field(default_factory=list)
 
 
 Callback = Callable[[TrainEvent], None]
@@ -386,12 +391,17 @@ def _load_data(ctx: distributed.Dist, cfg: TrainConfig) -> Splits:
 
 # --------------------------------------------------------------------------- fit
 
-def fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | None = None) -> FitResult:
+def fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | None = None,
+        progress: bool | None = None) -> FitResult:
     """Train ``cfg.model`` on ``cfg.dataset`` and write the run directory ``cfg.output``.
 
     ``model``: an ``nn.Module`` object to train instead of ``cfg.model`` (trained in place;
     the best weights are loaded into it at the end). Its checkpoints record the class name
     only: rebuild it in Python to load them (``load_classifier(run, model=...)``).
+    ``progress``: without a ``callback``, show progress bars (None: only in a notebook).
+
+    Returns a :class:`FitResult`; ``pandas.DataFrame(result.history)`` is the per-epoch
+    table, ``DataFrame(result.steps)`` the per-batch losses.
 
     Files: config.json, metrics.csv, curves.png, best.pt, last.pt, summary.json,
     confusion_test.png, per_class_test.csv/.md, report.md. Raises StyleforgeError for
@@ -399,6 +409,7 @@ def fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | N
     checkpoint so far is kept).
     """
     t_start = time.perf_counter()
+    callback = callback or default_progress(progress)
     if model is not None:
         cfg = replace(cfg, model=f"python:{type(model).__qualname__}")
     cfg = cfg.validate()
@@ -736,4 +747,4 @@ def fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | N
         kept = (f"the best checkpoint (epoch {best['epoch']}) is kept in {run_dir / 'best.pt'}" if best
                 else "no epoch finished, so no checkpoint was kept")
         raise StyleforgeError(f"{message}; {kept}")
-    return FitResult(run_dir, summary, rows)
+    return FitResult(run_dir, summary, rows, step_rows)

@@ -11,15 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from .. import distributed
-from ..classify import MODELS, build_model, summarize
+from ..classify import MODELS
 from ..classify.models import ACTIVATIONS, FREEZE_POLICIES, model_options
+from ..classify.progress import TrainBars
 from ..classify.recipe import LOSSES, RECIPES
 from ..classify.spec import EXAMPLE as SPEC_EXAMPLE
 from ..classify.spec import LAYERS_HELP as SPEC_LAYERS
-from ..classify.train import CACHE_MODES, OPTIMIZERS, SCHEDULES, TrainConfig, TrainEvent
+from ..classify.train import CACHE_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
 from ..device import PRECISIONS
 from ..errors import StyleforgeError
 from .options import main_group, parse_numbers
@@ -69,54 +69,6 @@ def parse_model_options(items: tuple[str, ...], model: str) -> dict:
 
 def parse_augment(text: str) -> list[str]:
     return [] if text.strip().lower() in ("", "none") else [s.strip().lower() for s in text.split(",") if s.strip()]
-
-
-class TrainBars:
-    """Turns TrainEvents into one tqdm bar per epoch and a line per epoch."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
-        self.bar: tqdm | None = None
-        self.feature_bar: tqdm | None = None
-
-    def __call__(self, e: TrainEvent) -> None:
-        if self.quiet:
-            return
-        if e.kind == "phase" and e.steps:
-            if self.feature_bar is None or self.feature_bar.desc != e.message:
-                self._close_features()
-                self.feature_bar = tqdm(total=e.steps, desc=e.message, unit="img", dynamic_ncols=True, leave=False)
-            self.feature_bar.update(e.step - self.feature_bar.n)
-        elif e.kind == "phase":
-            self._close_features()
-            tqdm.write(e.message)
-        elif e.kind == "epoch_start":
-            self._close_features()
-            self.close()
-            self.bar = tqdm(total=e.steps, desc=f"epoch {e.epoch}/{e.epochs}", unit="batch", dynamic_ncols=True,
-                            leave=False)
-        elif e.kind == "step" and self.bar is not None:
-            self.bar.set_postfix(loss=f"{e.metrics['loss']:.4f}", acc=f"{e.metrics['acc']:.3f}",
-                                 lr=f"{e.metrics['lr']:.3g}", refresh=False)
-            self.bar.update(e.step - self.bar.n)
-        elif e.kind == "epoch_end":
-            self.close()
-            m = e.metrics
-            val = (f", val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f}" if m.get("val_loss") is not None else "")
-            tqdm.write(f"epoch {e.epoch}/{e.epochs}: train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f}{val} "
-                       f"({m['seconds']:.1f} s)")
-        elif e.kind == "done" and e.message:
-            tqdm.write(e.message)
-
-    def _close_features(self) -> None:
-        if self.feature_bar is not None:
-            self.feature_bar.close()
-            self.feature_bar = None
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 def data_options(f):
@@ -420,14 +372,11 @@ def summary_cmd(model: str, input_shape: str, classes: int, activation: str, fre
     """Per-layer settings (kernel, stride, padding, window), output shapes, parameters, the
     trainable part under the freeze policy, and multiply-adds of MODEL (a name, layer spec or
     FILE.py:CLASS)."""
-    from ..classify.models import apply_freeze
+    from ..classify.summary import summary
 
     shape = parse_shape(input_shape)
-    net = build_model(model, shape, classes, activation, **parse_model_options(options, model))
-    policy = TrainConfig(dataset="", output="", model=model, freeze=freeze).resolved_freeze()
-    apply_freeze(net, policy)
     try:
-        result = summarize(net, shape, policy)
+        result = summary(model, shape, classes, activation, freeze, **parse_model_options(options, model))
     except RuntimeError as exc:
         raise StyleforgeError(f"{model} cannot take a {input_shape} input ({str(exc).splitlines()[0][:100]}): "
                               "use a larger --input") from None
