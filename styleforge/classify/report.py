@@ -26,11 +26,17 @@ STEP_COLUMNS = ("step", "epoch", "loss")
 def new_figure(figsize: tuple[float, float], layout: str | None = None):
     """A matplotlib Figure with its own Agg canvas: no pyplot, so the global backend and
     pyplot's figure list are never touched (a notebook's ``plt.show()`` keeps working).
-    In a notebook the returned figure displays itself."""
+    In a notebook the returned figure displays itself (``_repr_png_``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=figsize, layout=layout)
+    class ShownFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            buf = io.BytesIO()
+            self.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+            return buf.getvalue()
+
+    fig = ShownFigure(figsize=figsize, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
