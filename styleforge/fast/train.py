@@ -190,13 +190,12 @@ def write_history(history: list[dict[str, float]], output: str | os.PathLike, pl
             writer.writeheader()
             writer.writerows(history)
     if plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # The object API on its own canvas: pyplot and the global backend stay as the user had them.
+        from ..classify.report import new_figure
 
         steps = [r["step"] for r in history]
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        fig = new_figure((7, 4))
+        ax = fig.subplots()
         window = max(1, len(history) // 50)
         for key in ("total", "content", "style", "tv"):
             vals = [r[key] for r in history]
@@ -211,8 +210,7 @@ def write_history(history: list[dict[str, float]], output: str | os.PathLike, pl
         ax.grid(alpha=0.3)
         fig.tight_layout()
         with atomic_path(png_path) as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
+            fig.savefig(tmp, format="png", dpi=100)
 
 
 def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] | None = None,
