@@ -735,7 +735,8 @@ def fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | N
             cm = torch.tensor(summary["confusion_test"])
             if cfg.plots:
                 report.plot_confusion(cm, classes, run_dir / "confusion_test.png",
-                                      title=f"test set: accuracy {summary['test_acc']:.2%}")
+                                      title=f"test set, best epoch ({best['epoch']}): accuracy "
+                                            f"{summary['test_acc']:.2%}")
             report.write_csv(per_class_rows, ["class", "precision", "recall", "f1", "support"],
                              run_dir / "per_class_test.csv")
             report.write_text(report.markdown_table(per_class_rows, ["class", "precision", "recall", "f1", "support"])
