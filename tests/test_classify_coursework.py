@@ -24,20 +24,6 @@ def run(*args):
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """3 colour classes x 16 images of 16x16."""
-    root = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(["red", "green", "blue"]):
-        (root / name).mkdir()
-        for i in range(16):
-            img = np.zeros((16, 16, 3), np.uint8)
-            img[..., c] = 180
-            Image.fromarray(img + rng.integers(0, 70, img.shape, dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
 def trained(folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
     r = run("classify", "train", "--dataset", folder, "--model", "convnet2", "--epochs", "3", "--batch-size", "8",

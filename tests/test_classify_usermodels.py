@@ -53,20 +53,6 @@ def run(*args):
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """3 classes x 16 small colour images told apart by colour."""
-    root = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(["red", "green", "blue"]):
-        (root / name).mkdir()
-        for i in range(16):
-            img = np.zeros((16, 16, 3), np.uint8)
-            img[..., c] = 180
-            Image.fromarray(img + rng.integers(0, 70, img.shape, dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("user") / "nets.py"
     path.write_text(MNIST_NET)
