@@ -341,16 +341,22 @@ def dry_run(model: nn.Module, shape: tuple[int, int, int], label: str) -> torch.
         return model.eval()(torch.zeros(1, *shape))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        hint = ("sizes written for other images must be computed from the input shape, or train on images of "
+                "the size the model was written for (--image-size)")
         if active:
             name, module, got = active[-1]
             where = f"layer {name!r} ({_describe(module)}) gets a {fmt_shape(got)} input"
+            if isinstance(module, nn.Conv2d) and got and got[0] != module.in_channels:
+                hint = (f"it was written for {module.in_channels}-channel images: take the channel count from an "
+                        "in_channels argument, or use data with that many channels")
+            elif isinstance(module, nn.Linear):
+                hint = (f"its {module.in_features} inputs were computed for another image size: compute them from "
+                        "an input_shape argument (or flatten after global pooling), or use --image-size")
         elif done:
             where = f"its forward fails after layer {done[-1][0]!r} (output {fmt_shape(done[-1][1])})"
         else:
             where = "its forward fails"
-        raise StyleforgeError(f"{label} does not fit {fmt_shape(shape)} images: {where} ({first}); sizes fixed for "
-                              "other images (e.g. 1x28x28) must be computed from the input, or use --image-size and "
-                              "data of the model's size") from None
+        raise StyleforgeError(f"{label} does not fit {fmt_shape(shape)} images: {where} ({first}); {hint}") from None
     finally:
         model.train(was)
         for h in hooks:
