@@ -190,3 +190,32 @@ def test_summary_shows_settings_freeze_and_multiply_adds(random_vgg19_file):
     assert "trainable 6,154 (freeze policy all-but-head)" in r.output and "k3 s1 p1" in r.output
     r = run("summary", "vgg19", "--input", "3x32x32", "--freeze", "none")
     assert f"trainable {frozen.total_params:,d} (freeze policy none)" in r.output
+
+
+def test_visualize_keeps_the_aspect_ratio_and_adds_a_colorbar(tmp_path):
+    from styleforge.classify import activations_figure, build_model, filters_figure
+    from styleforge.classify.visualize import LoadedModel, load_input
+
+    photo = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(photo)
+    assert load_input(photo, (3, 32, 32)).shape == (1, 3, 32, 43)  # 4:3 stays 4:3 (was squashed to 32x32)
+    torch.manual_seed(0)
+    loaded = LoadedModel(build_model("simple-cnn", (3, 32, 32), 10).eval(), (3, 32, 32), "simple-cnn")
+    fig, shape = activations_figure(loaded, photo, "trunk.0", count=4)
+    assert shape == (32, 32, 43)  # the head (sized for 32x32) is never run
+    assert any(ax.get_ylabel() == "activation" for ax in fig.axes)  # the colorbar
+    maps = [im for ax in fig.axes for im in ax.images][1:]
+    assert len({im.get_clim() for im in maps}) == 1  # one colour scale for every map
+    fig = filters_figure(loaded, photo, count=3)
+    assert any(ax.get_ylabel() == "activation" for ax in fig.axes)
+
+
+def test_predictions_figure_marks_mistakes():
+    from styleforge.classify import predictions_figure
+
+    images = torch.zeros(3, 3, 8, 8, dtype=torch.uint8)
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    fig = predictions_figure(images, torch.tensor([0, 0, 0]), probs, ["cat", "dog"])
+    titles = [(ax.get_title(), ax.title.get_color()) for ax in fig.axes if ax.images]
+    assert titles == [("cat 90%", "tab:green"), ("dog 80%\n(true: cat)", "tab:red"), ("cat 60%", "tab:green")]
+    assert "1 of 3 wrong" in fig._suptitle.get_text()
