@@ -323,9 +323,10 @@ def _build_user(name, shape, num_classes, act, source, options) -> Classifier:
     try:
         user.parse_spec(name)
     except StyleforgeError as exc:
-        if "(" not in name and len(user.split_spec(name)) == 1:
+        if "(" not in name:  # most likely a misspelt name
+            detail = "" if len(user.split_spec(name)) == 1 else f" (as a layer spec: {exc})"
             raise StyleforgeError(f"unknown model {name!r}: use one of {', '.join(MODELS)}, a layer spec such as "
-                                  f"{user.EXAMPLE!r}, or FILE.py:CLASS") from None
+                                  f"{user.EXAMPLE!r}, or FILE.py:CLASS{detail}") from None
         raise StyleforgeError(f"--model {name!r}: {exc}") from None
     return user.build_spec(name, shape, num_classes, act)
 
