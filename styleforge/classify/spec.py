@@ -154,7 +154,7 @@ def parse_spec(spec: str) -> list[_Layer]:
         if name == "in" and i != 1:
             raise StyleforgeError(f"{where}: in(CxHxW) can only be the first layer")
         layer = _Layer(i, token, name, *_args(token, where, m.group(2)))
-        layer.allow(*{"conv": (1, "ksp"), "maxpool": (1, "ks"), "avgpool": (1, "ks"), "dropout": (1, "")}.get(
+        layer.allow(*{"conv": (1, "ksp"), "maxpool": (1, "ks"), "avgpool": (1, "ks"), "dropout": (1, "p")}.get(
             name, (1, "") if name in ("fc", "in") else (0, "")))
         layers.append(layer)
     return layers
@@ -185,7 +185,10 @@ def _make(layer: _Layer, shape: tuple[int, ...], num_classes: int, act: str, las
     if n == "bn":
         return nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0])
     if n == "dropout":
-        p = float(pos[0]) if pos else 0.5
+        try:
+            p = float(pos[0] if pos else kw.get("p", "0.5"))
+        except ValueError:
+            raise StyleforgeError(f"{where}: the dropout probability must be a number") from None
         if not 0 <= p < 1:
             raise StyleforgeError(f"{where}: the dropout probability must be in [0, 1)")
         return nn.Dropout(p)
