@@ -142,6 +142,10 @@ def test_user_file_trains_evals_summarizes_and_visualizes(folder, model_file, tm
         assert model_from_checkpoint(ckpt).trunk.body[0].out_channels == 6
         layers = run("visualize", "layers", out)
         assert layers.exit_code == 0 and "conv1" in layers.output
+        pic = run("visualize", "filters", out, "--image", folder / "red" / "0.png", "--count", "3",
+                  "-o", tmp_path / "filters.png")
+        assert pic.exit_code == 0 and (tmp_path / "filters.png").is_file(), pic.output
+        assert run("classify", "predict", out, folder / "red" / "0.png").output.startswith("0.png: red ")
     finally:
         model_file.write_text(MNIST_NET)
     s = run("summary", f"{model_file_copy}:Adaptive", "--input", "1x28x28", "--option", "width=5")
