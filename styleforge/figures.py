@@ -6,20 +6,33 @@ that imports it (a notebook, a GUI). Each figure gets its own Agg canvas instead
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 from .io import atomic_path
 
 
-def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None, dpi: float | None = None,
-             **kwargs):
-    """A new figure and its axes (as ``Figure.subplots`` returns them), drawn by its own Agg canvas."""
+def new_figure(figsize: tuple[float, float] | None = None, layout: str | None = None, dpi: float | None = None):
+    """A Figure with its own Agg canvas (never pyplot's). In a notebook it shows itself (``_repr_png_``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=figsize, dpi=dpi)
+    class ShownFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            buf = io.BytesIO()
+            self.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+            return buf.getvalue()
+
+    fig = ShownFigure(figsize=figsize, layout=layout, dpi=dpi)
     FigureCanvasAgg(fig)
+    return fig
+
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None, dpi: float | None = None,
+             **kwargs):
+    """A new figure and its axes (as ``Figure.subplots`` returns them), drawn by its own Agg canvas."""
+    fig = new_figure(figsize, dpi=dpi)
     return fig, fig.subplots(nrows, ncols, **kwargs)
 
 

@@ -73,3 +73,20 @@ def striped_image(h: int = 64, w: int = 64, period: int = 6) -> torch.Tensor:
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     s = (((xx + yy) // period) % 2).float()
     return torch.stack([s, 1 - s, 0.5 * s + 0.25])[None]
+
+
+@pytest.fixture(scope="session")
+def folder(tmp_path_factory) -> Path:
+    """An image folder of 3 classes (red, green, blue) x 16 noisy 16x16 images, told apart by colour."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("colours")
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["red", "green", "blue"]):
+        (root / name).mkdir()
+        for i in range(16):
+            img = np.zeros((16, 16, 3), np.uint8)
+            img[..., c] = 180
+            Image.fromarray(img + rng.integers(0, 70, img.shape, dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root

@@ -11,20 +11,6 @@ from styleforge.cli import main_group
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """3 classes x 16 small images told apart by colour."""
-    root = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(["red", "green", "blue"]):
-        (root / name).mkdir()
-        for i in range(16):
-            img = np.zeros((16, 16, 3), np.uint8)
-            img[..., c] = 180
-            Image.fromarray(img + rng.integers(0, 70, img.shape, dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
 def trained(folder, tmp_path_factory):
     """One finished run (simple-cnn, 2 epochs) shared by the eval/visualize tests."""
     out = tmp_path_factory.mktemp("runs") / "run"

@@ -24,10 +24,16 @@ META_KEYS = ("model", "input_shape", "num_classes", "class_names", "activation",
 
 
 def make_meta(model: str, input_shape: tuple[int, int, int], class_names: list[str], activation: str,
-              model_options: Mapping[str, Any] | None = None, freeze: str = "none") -> dict[str, Any]:
-    return {"model": model, "input_shape": [int(v) for v in input_shape], "num_classes": len(class_names),
+              model_options: Mapping[str, Any] | None = None, freeze: str = "none",
+              model_source: str | None = None) -> dict[str, Any]:
+    """The checkpoint's description of the model. ``model_source`` is the code of a user's
+    model file (``--model file.py:Class``), kept so the model can be rebuilt anywhere."""
+    meta = {"model": model, "input_shape": [int(v) for v in input_shape], "num_classes": len(class_names),
             "class_names": list(class_names), "activation": activation,
             "model_options": dict(model_options or {}), "freeze": freeze}
+    if model_source is not None:
+        meta["model_source"] = model_source
+    return meta
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module | Mapping[str, torch.Tensor],
@@ -84,11 +90,18 @@ def check_compatible(ckpt: Mapping[str, Any], model: str | None = None, num_clas
         raise StyleforgeError(f"{where} takes {ckpt['input_shape'][0]}-channel images but the data has {channels}")
 
 
-def model_from_checkpoint(ckpt: Mapping[str, Any]) -> Classifier:
-    """Rebuild the model a checkpoint describes and load its weights (no weights lookup)."""
+def model_from_checkpoint(ckpt: Mapping[str, Any], model: torch.nn.Module | None = None) -> Classifier:
+    """Rebuild the model a checkpoint describes and load its weights (no weights lookup).
+    ``model``: a fresh instance of the network for checkpoints of a model object passed to
+    ``fit(model=...)`` (their architecture is Python code the checkpoint cannot hold)."""
     shape = tuple(ckpt["input_shape"])
-    model = build_model(ckpt["model"], shape, ckpt["num_classes"], ckpt["activation"],
-                        **dict(ckpt.get("model_options") or {}))
+    if model is not None:
+        from .models import as_classifier
+
+        model = as_classifier(model, shape)
+    else:
+        model = build_model(ckpt["model"], shape, ckpt["num_classes"], ckpt["activation"],
+                            model_source=ckpt.get("model_source"), **dict(ckpt.get("model_options") or {}))
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as exc:

@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .. import figures
 from ..errors import StyleforgeError
 from . import report
 
-COLUMNS = ["run", "model", "dataset", "epochs", "best_epoch", "train_acc", "val_acc", "test_acc", "test_loss",
-           "seconds"]
+COLUMNS = ["run", "model", "dataset", "activation", "params", "train_images", "epochs", "best_epoch", "train_loss",
+           "train_acc", "val_acc", "test_acc", "test_loss", "images_per_s", "seconds"]
 
 
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -27,46 +26,70 @@ def _label(run: Path, runs: Sequence[Path]) -> str:
     return run.name if names.count(run.name) == 1 else str(run)
 
 
+def _row(run: Path, runs: Sequence[Path], summary: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    ips = summary.get("images_per_second")
+    return {"run": _label(run, runs), "model": summary.get("model"),
+            "dataset": Path(str(summary.get("dataset"))).name, "activation": config.get("activation"),
+            "params": summary.get("params_trainable"), "train_images": summary.get("num_train"),
+            "epochs": summary.get("epochs_run"), "best_epoch": summary.get("best_epoch"),
+            "train_loss": summary.get("train_loss"), "train_acc": summary.get("train_acc"),
+            "val_acc": summary.get("val_acc"), "test_acc": summary.get("test_acc"),
+            "test_loss": summary.get("test_loss"), "images_per_s": round(ips) if ips else None,
+            "seconds": round(summary.get("wall_seconds", 0.0), 1)}
+
+
+def compare_figure(runs: Sequence[Path], metrics: Sequence[list[dict[str, Any]]]):
+    """Loss and accuracy per epoch of every run: validation solid, train dashed (the title
+    says which lines are drawn)."""
+    import matplotlib
+
+    fig = report.new_figure((11, 4.2))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    drawn = set()
+    for i, (run, rows) in enumerate(zip(runs, metrics)):
+        for ax, key in ((ax_loss, "loss"), (ax_acc, "acc")):
+            for split, style in (("val", "-"), ("train", "--")):
+                pts = [(m["epoch"], m[f"{split}_{key}"]) for m in rows if m.get(f"{split}_{key}") is not None]
+                if pts:
+                    drawn.add(split)
+                    ax.plot(*zip(*pts), style, color=colors[i % len(colors)],
+                            label=f"{_label(run, runs)} ({'validation' if split == 'val' else 'train'})")
+    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.xaxis.set_major_locator(report.integer_locator())
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=7)
+    key = "solid: validation, dashed: train" if drawn == {"val", "train"} else (
+        "validation" if drawn == {"val"} else "train")
+    ax_loss.set_title(f"loss ({key})")
+    ax_acc.set_title(f"accuracy ({key})")
+    fig.tight_layout()
+    return fig
+
+
+def _config(run: Path) -> dict[str, Any]:
+    path = run / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def compare(run_dirs: Sequence[str | Path], output: str | Path | None = None,
             table: str | Path | None = None) -> list[dict[str, Any]]:
-    """Rows of results for each run; with ``output`` a PNG of the validation (solid) and
-    training (dashed) curves of every run; with ``table`` a CSV, or markdown for ``.md``."""
+    """Rows of results for each run; with ``output`` a PNG of the curves of every run
+    (:func:`compare_figure`; its folder is created); with ``table`` a CSV, or markdown for ``.md``."""
     if not run_dirs:
         raise StyleforgeError("give at least one run directory")
     runs = [Path(r).expanduser() for r in run_dirs]
     loaded = [load_run(r) for r in runs]
-    rows = []
-    for run, (summary, _metrics) in zip(runs, loaded):
-        rows.append({"run": _label(run, runs), "model": summary.get("model"),
-                     "dataset": Path(str(summary.get("dataset"))).name, "epochs": summary.get("epochs_run"),
-                     "best_epoch": summary.get("best_epoch"), "train_acc": summary.get("train_acc"),
-                     "val_acc": summary.get("val_acc"), "test_acc": summary.get("test_acc"),
-                     "test_loss": summary.get("test_loss"), "seconds": round(summary.get("wall_seconds", 0.0), 1)})
+    rows = [_row(run, runs, summary, _config(run)) for run, (summary, _) in zip(runs, loaded)]
+    for target in (output, table):
+        if target is not None:
+            Path(target).expanduser().parent.mkdir(parents=True, exist_ok=True)
     if output is not None:
-        fig, (ax_loss, ax_acc) = figures.subplots(1, 2, figsize=(11, 4.2))
-        colors = figures.colors()
-        for i, (run, (_, metrics)) in enumerate(zip(runs, loaded)):
-            color = colors[i % len(colors)]
-            for ax, key in ((ax_loss, "loss"), (ax_acc, "acc")):
-                epochs = [m["epoch"] for m in metrics]
-                for split, style in (("val", "-"), ("train", "--")):
-                    col = f"{split}_{key}"
-                    pts = [(e, m[col]) for e, m in zip(epochs, metrics) if m.get(col) is not None]
-                    if pts:
-                        ax.plot(*zip(*pts), style, color=color,
-                                label=f"{_label(run, runs)} ({'validation' if split == 'val' else 'train'})")
-        for ax, name in ((ax_loss, "loss (cross-entropy)"), (ax_acc, "accuracy")):
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(name)
-            ax.xaxis.set_major_locator(report.integer_locator())
-            ax.grid(alpha=0.3)
-        ax_acc.legend(fontsize=7)
-        ax_loss.set_title("loss (solid: validation, dashed: train)")
-        ax_acc.set_title("accuracy")
-        fig.tight_layout()
-        figures.save_figure(fig, output)
+        report.save_figure(compare_figure(runs, [m for _, m in loaded]), Path(output).expanduser())
     if table is not None:
-        table = Path(table)
+        table = Path(table).expanduser()
         if table.suffix.lower() == ".md":
             report.write_text(report.markdown_table(rows, COLUMNS) + "\n", table)
         else:

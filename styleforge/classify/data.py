@@ -402,6 +402,9 @@ def load_splits(spec: DataSpec) -> Splits:
         raise StyleforgeError("the test images have a different number of channels from the training images")
     if spec.classes:
         train, test = _select_classes([train, test], spec.classes)
+    if len(test) == 0:  # e.g. --classes picks classes too small to give any image to --test-split
+        raise StyleforgeError(f"the test split holds no image of the classes {', '.join(test.classes)}: raise "
+                              "--test-split, give --test-data FOLDER, or choose other --classes")
     k = len(train.classes)
     val = None
     if spec.val_split > 0:

@@ -80,8 +80,11 @@ def _data_spec(cfg: EvalConfig, ckpt: dict[str, Any]) -> DataSpec:
                     0, cfg.image_size)
 
 
-def evaluate(cfg: EvalConfig, callback: Callable[[str], None] | None = None) -> EvalResult:
-    """Loss, accuracy, confusion matrix and per-class precision/recall of a checkpoint."""
+def evaluate(cfg: EvalConfig, callback: Callable[[str], None] | None = None,
+             model: torch.nn.Module | None = None) -> EvalResult:
+    """Loss (the one the run trained with), accuracy, confusion matrix and per-class
+    precision/recall of a checkpoint. ``model``: a fresh instance of the network for runs
+    of a model object passed to ``fit(model=...)``."""
     t0 = time.perf_counter()
     if cfg.split not in SPLITS:
         raise StyleforgeError(f"--split {cfg.split!r} is unknown: use one of {', '.join(SPLITS)}")
@@ -91,16 +94,17 @@ def evaluate(cfg: EvalConfig, callback: Callable[[str], None] | None = None) -> 
     say("loading data")
     splits = load_splits(_data_spec(cfg, ckpt))
     data = {"train": splits.train, "val": splits.val, "test": splits.test}[cfg.split]
-    if data is None:
-        raise StyleforgeError(f"there is no {cfg.split} split: give --val-split > 0")
+    if data is None or len(data) == 0:
+        raise StyleforgeError(f"the {cfg.split} split is empty: give --val-split > 0 (or a larger one)"
+                              if cfg.split == "val" else f"the {cfg.split} split is empty: choose another --split")
     check_compatible(ckpt, num_classes=len(splits.classes), class_names=splits.classes, channels=data.shape[0])
-    model = model_from_checkpoint(ckpt)
+    model = model_from_checkpoint(ckpt, model)
     rt = runtime(ctx.device_spec(cfg.device), cfg.precision)
     model = rt.to(model)
     size = tuple(ckpt["input_shape"][1:])
     say(f"evaluating {len(data)} {cfg.split} images")
     ev = evaluate_source(model, Source(data.images, data.labels, rt, size, features=False), rt, ctx,
-                         cfg.batch_size, len(splits.classes))
+                         cfg.batch_size, len(splits.classes), (ckpt.get("config") or {}).get("loss", "cross-entropy"))
     rows = report.per_class(ev["confusion"], splits.classes)
     result = EvalResult(ckpt["path"], cfg.split, ev["n"], ev["loss"], ev["acc"], ev["confusion"], splits.classes,
                         rows, time.perf_counter() - t0)

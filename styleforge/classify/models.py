@@ -272,16 +272,24 @@ def model_options(name: str) -> dict[str, object]:
 
 
 def build_model(name: str, shape: tuple[int, int, int], num_classes: int, activation_name: str = "relu",
-                pretrained: bool = False, weights: str | None = None, **options) -> Classifier:
-    """Build a registered model for inputs of ``shape`` = (C, H, W).
+                pretrained: bool = False, weights: str | None = None, *, model_source: str | None = None,
+                **options) -> Classifier:
+    """Build a model for inputs of ``shape`` = (C, H, W): a registered name, a layer spec
+    (``conv(32,k5,p2)-relu-maxpool(2)-flatten-fc``) or ``path/file.py:ClassName``.
 
     ``options`` are the model's own settings (see :func:`model_options`), e.g.
-    ``width=32`` for ``res-cnn`` or ``layer="relu4_4"`` for ``vgg19``. Models trained from
-    scratch get an :class:`InputNorm` in front (identity statistics until set)."""
-    if name not in MODELS:
-        raise StyleforgeError(f"unknown model {name!r}: use one of {', '.join(MODELS)}")
+    ``width=32`` for ``res-cnn`` or ``layer="relu4_4"`` for ``vgg19``; for a user's class,
+    keyword arguments of its ``__init__``. ``model_source`` is a user file's recorded code
+    (checkpoints keep it), used instead of reading the file. Models trained from scratch
+    get an :class:`InputNorm` in front (identity statistics until set)."""
     if num_classes < 2:
         raise StyleforgeError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if name not in MODELS:
+        if pretrained or weights:
+            raise StyleforgeError("--pretrained and --weights work with resnet18 and vgg19 only")
+        model = _build_user(name, shape, num_classes, activation_name, model_source, options)
+        model.input_norm = InputNorm(shape[0])
+        return model
     spec = MODELS[name]
     valid = model_options(name)
     unknown = [k for k in options if k not in valid]
@@ -295,6 +303,32 @@ def build_model(name: str, shape: tuple[int, int, int], num_classes: int, activa
     model = spec.build(shape, num_classes, activation_name, **options)
     model.input_norm = InputNorm(shape[0])
     return model
+
+
+def _build_user(name, shape, num_classes, act, source, options) -> Classifier:
+    """A layer spec or a user file's class (see :mod:`.spec`)."""
+    from . import spec as user
+
+    if user.is_file_ref(name):
+        path, cls_name, text = (name.rsplit(":", 1)[0], name.rsplit(":", 1)[1], source) if source is not None \
+            else user.read_model_file(name)
+        cls = user.class_from_source(text, path, cls_name)
+        return user.build_from_class(cls, shape, num_classes, act, options, path)
+    if name.startswith("python:"):
+        raise StyleforgeError(f"this model ({name[7:]}) was passed to fit() as a Python object: rebuild it in "
+                              "Python and pass it back (load_classifier(path, model=...))")
+    if options:
+        raise StyleforgeError(f"a layer spec takes no --option ({next(iter(options))!r}): write the settings "
+                              "into the layers")
+    try:
+        user.parse_spec(name)
+    except StyleforgeError as exc:
+        if "(" not in name:  # most likely a misspelt name
+            detail = "" if len(user.split_spec(name)) == 1 else f" (as a layer spec: {exc})"
+            raise StyleforgeError(f"unknown model {name!r}: use one of {', '.join(MODELS)}, a layer spec such as "
+                                  f"{user.EXAMPLE!r}, or FILE.py:CLASS{detail}") from None
+        raise StyleforgeError(f"--model {name!r}: {exc}") from None
+    return user.build_spec(name, shape, num_classes, act)
 
 
 def apply_freeze(model: Classifier, policy: str) -> None:
@@ -316,3 +350,23 @@ def apply_freeze(model: Classifier, policy: str) -> None:
                     module.requires_grad_(True)
         else:
             raise StyleforgeError("all-but-layer4 applies to resnet18 and vgg19")
+
+
+def as_classifier(net: nn.Module, shape: tuple[int, int, int], num_classes: int | None = None) -> Classifier:
+    """A model object (``fit(model=...)``) as a :class:`Classifier`: a Classifier is kept as
+    it is; any other module becomes the trunk, with an empty head and an :class:`InputNorm`
+    in front. ``num_classes`` is checked with a dry run (errors name the failing layer)."""
+    from .spec import dry_run, fmt_shape
+
+    if not isinstance(net, nn.Module):
+        raise StyleforgeError(f"model= takes an nn.Module object, not {type(net).__name__}")
+    if not isinstance(net, Classifier):
+        wrapped = Classifier(net, nn.Sequential())
+        wrapped.input_norm = InputNorm(shape[0])
+        net = wrapped
+    if num_classes is not None:
+        out = dry_run(net, shape, type(net.trunk).__name__)
+        if tuple(out.shape[1:]) != (num_classes,):
+            raise StyleforgeError(f"the model gives {fmt_shape(out.shape[1:])} outputs per image but the data has "
+                                  f"{num_classes} classes: change its last layer")
+    return net

@@ -1,4 +1,4 @@
-"""Per-layer output shapes and parameter counts of any model, from one dry run."""
+"""Per-layer settings, output shapes, parameter counts and multiply-adds of any model, from one dry run."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ class LayerRow:
     output_shape: tuple[int, ...]
     params: int
     trainable: int
+    settings: str = ""
+    macs: int = 0  # multiply-adds for one image
 
 
 @dataclass
@@ -23,23 +25,71 @@ class Summary:
     input_shape: tuple[int, ...]
     total_params: int
     trainable_params: int
+    freeze: str = "none"
+
+    @property
+    def total_macs(self) -> int:
+        return sum(r.macs for r in self.rows)
 
     def table(self) -> str:
-        lines = [f"{'layer':34s} {'type':18s} {'output shape':22s} {'params':>12s}"]
+        lines = [f"{'layer':28s} {'type':16s} {'settings':18s} {'output shape':14s} {'params':>11s} "
+                 f"{'trainable':>11s} {'mult-adds':>13s}"]
         lines.append("-" * len(lines[0]))
         for r in self.rows:
             shape = "x".join(str(d) for d in r.output_shape)
-            lines.append(f"{r.name:34s} {r.kind:18s} {shape:22s} {r.params:>12,d}")
+            lines.append(f"{r.name:28s} {r.kind:16s} {r.settings:18s} {shape:14s} {r.params:>11,d} "
+                         f"{r.trainable:>11,d} {r.macs:>13,d}")
         lines.append("-" * len(lines[0]))
         lines.append(f"input {'x'.join(map(str, self.input_shape))}; total params {self.total_params:,d}; "
-                     f"trainable {self.trainable_params:,d}")
+                     f"trainable {self.trainable_params:,d} (freeze policy {self.freeze}); "
+                     f"{self.total_macs:,d} multiply-adds per image ({self.total_macs / 1e6:.2f} M)")
         return "\n".join(lines)
 
+    def __str__(self) -> str:
+        return self.table()
 
-def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> Summary:
+
+def _pair(v) -> str:
+    a, b = (v, v) if isinstance(v, int) else tuple(v)
+    return f"{a}" if a == b else f"{a}x{b}"
+
+
+def layer_settings(m: nn.Module) -> str:
+    """Kernel, stride, padding, window, probability: what a layer was set up with."""
+    if isinstance(m, nn.Conv2d):
+        pad = m.padding if isinstance(m.padding, str) else _pair(m.padding)
+        text = f"k{_pair(m.kernel_size)} s{_pair(m.stride)} p{pad}"
+        return text + (f" g{m.groups}" if m.groups > 1 else "") + (f" d{_pair(m.dilation)}" if m.dilation != (1, 1)
+                                                                   else "")
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+        return f"k{_pair(m.kernel_size)} s{_pair(m.stride)} p{_pair(m.padding)}"
+    if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        return f"to {_pair(m.output_size)}"
+    if isinstance(m, nn.Linear):
+        return f"{m.in_features} -> {m.out_features}"
+    if isinstance(m, nn.Dropout):
+        return f"p={m.p:g}"
+    if isinstance(m, nn.LeakyReLU):
+        return f"slope {m.negative_slope:g}"
+    return ""
+
+
+def layer_macs(m: nn.Module, out: torch.Tensor) -> int:
+    """Multiply-adds of one image through a conv or linear layer (others count as 0)."""
+    if isinstance(m, nn.Conv2d):
+        per_output = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        return int(out[0].numel()) * per_output
+    if isinstance(m, nn.Linear):
+        return int(out[0].numel()) * m.in_features
+    return 0
+
+
+def summarize(model: nn.Module, input_shape: tuple[int, int, int], freeze: str = "none") -> Summary:
     """Run one zero image of ``input_shape`` (C, H, W) through ``model`` and record, for
-    every module that has parameters of its own or no children, its output shape (batch
-    dimension dropped) and its own parameter count."""
+    every module that has parameters of its own or no children, its settings, output
+    shape (batch dimension dropped), own parameter count, the part of it that trains
+    (``requires_grad``: apply the freeze policy first; ``freeze`` names it) and its
+    multiply-adds."""
     rows: list[LayerRow] = []
     hooks = []
     for name, module in model.named_modules():
@@ -52,7 +102,8 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> Summary:
                 rows.append(LayerRow(name, type(mod).__name__,
                                      tuple(out.shape[1:]) if out is not None else (),
                                      sum(p.numel() for p in own),
-                                     sum(p.numel() for p in own if p.requires_grad)))
+                                     sum(p.numel() for p in own if p.requires_grad),
+                                     layer_settings(mod), layer_macs(mod, out) if out is not None else 0))
             hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
@@ -65,4 +116,23 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> Summary:
             h.remove()
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return Summary(rows, tuple(input_shape), total, trainable)
+    return Summary(rows, tuple(input_shape), total, trainable, freeze)
+
+
+def summary(model: str | nn.Module, input_shape: tuple[int, int, int] = (3, 32, 32), num_classes: int = 10,
+            activation: str = "relu", freeze: str = "auto", **options) -> Summary:
+    """:func:`summarize` a model given by name, layer spec, ``FILE.py:CLASS`` or as a
+    module, after the freeze policy (``auto``: as training would choose it).
+    ``print(summary("simple-cnn"))`` prints the table."""
+    from .models import Classifier, apply_freeze, build_model
+    from .train import TrainConfig
+
+    shape = tuple(input_shape)
+    if isinstance(model, nn.Module):
+        net, name = model, "python:module"
+    else:
+        net, name = build_model(model, shape, num_classes, activation, **options), model
+    policy = TrainConfig(dataset="", output="", model=name, freeze=freeze).resolved_freeze()
+    if isinstance(net, Classifier):
+        apply_freeze(net, policy)
+    return summarize(net, shape, policy if isinstance(net, Classifier) else "none")

@@ -44,7 +44,12 @@ from . import report
 from .cache import extract_features, extraction_trunk
 from .checkpoint import check_compatible, make_meta, save_checkpoint
 from .data import DataSpec, Splits, channel_stats, load_splits
-from .models import FREEZE_POLICIES, MODELS, InputNorm, apply_freeze, build_model
+from .gallery import model_predictions_figure
+from .models import FREEZE_POLICIES, MODELS, InputNorm, apply_freeze, as_classifier, build_model
+from .progress import default_progress
+from .recipe import classification_loss, describe_recipe, resolve_recipe
+from .spec import is_file_ref, model_source
+from .spec import short_name as _short
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
@@ -52,7 +57,8 @@ AUGMENTS = ("crop", "flip")
 CACHE_MODES = ("auto", "on", "off")
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 # Files that make a folder "hold a run" (and that --overwrite removes).
-RUN_FILES = ("config.json", "metrics.csv", "summary.json", "best.pt", "last.pt", "curves.png",
+RUN_FILES = ("config.json", "metrics.csv", "steps.csv", "summary.json", "best.pt", "last.pt", "curves.png", "model.py",
+             "predictions.png",
              "confusion_test.png", "per_class_test.csv", "per_class_test.md", "report.md")
 
 
@@ -80,15 +86,18 @@ class TrainConfig:
     weights: str | None = None
     freeze: str = "auto"              # auto: all-but-head for vgg19, all-but-layer4 for pretrained resnet18
     model_options: dict[str, Any] = field(default_factory=dict)
-    # optimization
+    # optimization; the settings left None come from the recipe (classify.recipe.RECIPES)
     optimizer: str = "sgd"
     lr: float | None = None           # default per optimizer (DEFAULT_LR)
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    schedule: str = "onecycle"
-    warmup: float = 0.2               # fraction of training spent warming up (onecycle, cosine)
+    recipe: str = "default"           # default (momentum, decay, one-cycle) or plain (textbook SGD/Adam)
+    momentum: float | None = None
+    nesterov: bool | None = None
+    weight_decay: float | None = None
+    label_smoothing: float | None = None
+    schedule: str | None = None
+    warmup: float | None = None       # fraction of training spent warming up (onecycle, cosine)
+    loss: str = "cross-entropy"       # cross-entropy, mse or nll (classify.recipe.LOSSES)
+    track_test: bool = False          # record test loss/accuracy per epoch (never used for any choice)
     epochs: int = 10
     batch_size: int = 128             # per process
     eval_batch_size: int = 512
@@ -128,8 +137,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check the settings (one-line errors) and fill in defaults; returns a copy."""
-        if self.model not in MODELS:
-            raise StyleforgeError(f"unknown model {self.model!r}: use one of {', '.join(MODELS)}")
+        self = resolve_recipe(self)
         checks = [(self.optimizer, OPTIMIZERS, "--optimizer"), (self.schedule, SCHEDULES, "--schedule"),
                   (self.cache_features, CACHE_MODES, "--cache-features"),
                   (self.freeze, ("auto",) + FREEZE_POLICIES, "--freeze")]
@@ -158,10 +166,11 @@ class TrainConfig:
             raise StyleforgeError("--image-size must be at least 4")
         if self.overwrite and self.resume:
             raise StyleforgeError("--overwrite and --resume exclude each other")
-        if self.pretrained and not MODELS[self.model].pretrained:
+        has_weights = self.model in MODELS and MODELS[self.model].pretrained
+        if self.pretrained and not has_weights:
             raise StyleforgeError(f"{self.model} has no pretrained weights: --pretrained works with resnet18 and vgg19")
         return replace(self, lr=lr, augment=list(dict.fromkeys(self.augment)),
-                       pretrained=self.resolved_pretrained() if MODELS[self.model].pretrained else False)
+                       pretrained=self.resolved_pretrained() if has_weights else False)
 
 
 @dataclass
@@ -179,9 +188,13 @@ class TrainEvent:
 
 @dataclass
 class FitResult:
+    """The run directory, summary.json's content, one dict per epoch (``history``: the rows
+    of metrics.csv) and one per batch (``steps``: steps.csv)."""
+
     run_dir: Path
     summary: dict[str, Any]
     history: list[dict[str, Any]]
+    steps: list[dict[str, Any]] = field(default_factory=list)
 
 
 Callback = Callable[[TrainEvent], None]
@@ -262,7 +275,7 @@ class Source:
 
 @torch.no_grad()
 def evaluate_source(net: nn.Module, source: Source, rt: Runtime, ctx: distributed.Dist, batch_size: int,
-                    num_classes: int) -> dict[str, Any]:
+                    num_classes: int, loss: str = "cross-entropy") -> dict[str, Any]:
     """Loss, accuracy and confusion matrix over a whole split, sharded ``rank::world``.
 
     Each process sums loss and counts over its shard; the sums are added over processes,
@@ -280,7 +293,7 @@ def evaluate_source(net: nn.Module, source: Source, rt: Runtime, ctx: distribute
             with rt.autocast():
                 out = net(x)
             out = out.float()
-            loss_sum += F.cross_entropy(out, y, reduction="sum").double().cpu()
+            loss_sum += classification_loss(loss, out, y, reduction="sum").double().cpu()
             cm += torch.bincount((y * num_classes + out.argmax(1)).cpu(), minlength=num_classes ** 2).double()
     finally:
         net.train(was)
@@ -374,8 +387,17 @@ def _load_data(ctx: distributed.Dist, cfg: TrainConfig) -> Splits:
 
 # --------------------------------------------------------------------------- fit
 
-def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
+def fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | None = None,
+        progress: bool | None = None) -> FitResult:
     """Train ``cfg.model`` on ``cfg.dataset`` and write the run directory ``cfg.output``.
+
+    ``model``: an ``nn.Module`` object to train instead of ``cfg.model`` (trained in place;
+    the best weights are loaded into it at the end). Its checkpoints record the class name
+    only: rebuild it in Python to load them (``load_classifier(run, model=...)``).
+    ``progress``: without a ``callback``, show progress bars (None: only in a notebook).
+
+    Returns a :class:`FitResult`; ``pandas.DataFrame(result.history)`` is the per-epoch
+    table, ``DataFrame(result.steps)`` the per-batch losses.
 
     Files: config.json, metrics.csv, curves.png, best.pt, last.pt, summary.json,
     confusion_test.png, per_class_test.csv/.md, report.md. Raises StyleforgeError for
@@ -383,6 +405,9 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
     checkpoint so far is kept).
     """
     t_start = time.perf_counter()
+    callback = callback or default_progress(progress)
+    if model is not None:
+        cfg = replace(cfg, model=f"python:{type(model).__qualname__}")
     cfg = cfg.validate()
     ctx = distributed.setup()
     emit: Callback = callback if (callback is not None and ctx.is_main) else (lambda event: None)
@@ -404,15 +429,21 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
     freeze = cfg.resolved_freeze()
     if not ctx.is_main and cfg.pretrained:
         ctx.barrier()  # rank 0 finds (or downloads) the backbone weights first
+    source = model_source(cfg.model, model, resume_state)
     try:
-        model = build_model(cfg.model, shape, k, cfg.activation, cfg.pretrained, cfg.weights, **cfg.model_options)
+        model = (as_classifier(model, shape, k) if model is not None else
+                 build_model(cfg.model, shape, k, cfg.activation, cfg.pretrained, cfg.weights,
+                             model_source=source if is_file_ref(cfg.model) else None, **cfg.model_options))
     finally:
         if ctx.is_main and cfg.pretrained:
             ctx.barrier()
     if isinstance(model.input_norm, InputNorm):
         model.input_norm.set(*channel_stats(train.images))
     apply_freeze(model, freeze)
-    meta = make_meta(cfg.model, shape, classes, cfg.activation, cfg.model_options, freeze)
+    meta = make_meta(cfg.model, shape, classes, cfg.activation, cfg.model_options, freeze,
+                     source if is_file_ref(cfg.model) else None)
+    if source is not None and ctx.is_main:
+        report.write_text(source, run_dir / "model.py")
 
     start_epoch, rows, best, bad_epochs, train_seconds_before = 1, [], None, 0, 0.0
     if resume_state is not None:
@@ -445,9 +476,11 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
                      "num_classes": k, "data_source": splits.source, "data_notes": splits.notes,
                      "device": str(rt.device), "precision": rt.precision, "channels_last": rt.channels_last,
                      "world_size": ctx.world_size, "effective_batch_size": cfg.batch_size * ctx.world_size,
-                     "cached_features": use_cache, "params_total": n_total, "params_trainable": n_train}
+                     "cached_features": use_cache, "params_total": n_total, "params_trainable": n_train,
+                     "recipe_text": describe_recipe(cfg, ctx.world_size)}
     if ctx.is_main:
         save_json(config_record, run_dir / "config.json")
+    emit(TrainEvent("phase", message=config_record["recipe_text"]))
     emit(TrainEvent("phase", message=distributed.batch_note(cfg.batch_size, ctx.world_size, cfg.lr)))
 
     # Inputs: images, or the frozen trunk's outputs computed once.
@@ -519,6 +552,7 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
 
     t_loop = time.perf_counter()
     epochs_run = start_epoch - 1
+    step_rows = report.previous_steps(run_dir / "steps.csv", start_epoch) if ctx.is_main else []
 
     def resume_hint() -> str:
         if not ctx.is_main:
@@ -546,7 +580,7 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
             emit(TrainEvent("epoch_start", epoch, cfg.epochs, 0, steps_per_epoch))
             loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
             correct = torch.zeros((), dtype=torch.float64, device=rt.device)
-            seen, lr_now = 0, cfg.lr
+            seen, lr_now, batch_losses = 0, cfg.lr, []
             src = sources["train"]
             for step in range(steps_per_epoch):
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
@@ -567,10 +601,11 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
                 y = src.labels[idx.to(src.labels.device)]
                 with rt.autocast():
                     out = train_net(x)
-                loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+                loss = classification_loss(cfg.loss, out.float(), y, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 backward_step(loss, optimizer, scaler)
                 loss_sum += loss.detach().double() * len(idx)
+                batch_losses.append(loss.detach())
                 correct += (out.detach().argmax(1) == y).sum().double()
                 seen += len(idx)
                 if (step + 1) % log_every == 0 or step + 1 == steps_per_epoch:
@@ -584,6 +619,9 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
                                     {"loss": float(loss_sum / max(seen, 1)), "acc": float(correct / max(seen, 1)),
                                      "lr": lr_now}))
             train_seconds = train_seconds_before + (time.perf_counter() - t_loop)
+            if batch_losses:  # rank 0's batches; one device sync per epoch
+                step_rows += [{"step": (epoch - 1) * steps_per_epoch + i + 1, "epoch": epoch, "loss": v}
+                              for i, v in enumerate(torch.stack(batch_losses).float().cpu().tolist())]
             if stopped == "nan":
                 break
             totals = ctx.sum([float(loss_sum), float(correct), float(seen)])
@@ -594,8 +632,11 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
                                    "train_acc": float(totals[1] / totals[2]), "val_loss": None, "val_acc": None,
                                    "lr": lr_now}
             if "val" in sources:
-                ev = evaluate_source(net, sources["val"], rt, ctx, cfg.eval_batch_size, k)
+                ev = evaluate_source(net, sources["val"], rt, ctx, cfg.eval_batch_size, k, cfg.loss)
                 row["val_loss"], row["val_acc"] = ev["loss"], ev["acc"]
+            if cfg.track_test and cfg.evaluate_test:  # recorded for the curves only: no choice looks at it
+                ev = evaluate_source(net, sources["test"], rt, ctx, cfg.eval_batch_size, k, cfg.loss)
+                row["test_loss"], row["test_acc"] = ev["loss"], ev["acc"]
             row["seconds"] = time.perf_counter() - t_epoch
             rows.append(row)
             score = row["val_loss"] if row["val_loss"] is not None else row["train_loss"]
@@ -611,7 +652,9 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
                 stopped = "early-stopping"
                 message = f"validation loss did not improve for {cfg.patience} epochs"
             if ctx.is_main:
-                report.write_csv(rows, report.METRIC_COLUMNS, run_dir / "metrics.csv")
+                report.write_csv(rows, report.TRACKED_METRIC_COLUMNS if cfg.track_test else report.METRIC_COLUMNS,
+                                 run_dir / "metrics.csv")
+                report.write_csv(step_rows, report.STEP_COLUMNS, run_dir / "steps.csv")
                 if (epoch == cfg.epochs or stopped != "completed"
                         or time.perf_counter() - last_saved >= cfg.checkpoint_seconds):
                     save_last(epoch, row)
@@ -637,6 +680,17 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
         if epochs_run >= start_epoch else None,
     }
     per_class_rows = None
+    final_epoch = rows[-1]["epoch"] if rows and stopped != "nan" else None
+    final_differs = best is not None and final_epoch is not None and final_epoch != best["epoch"]
+    if final_epoch is not None:
+        summary["final_val_acc"], summary["final_val_loss"] = rows[-1]["val_acc"], rows[-1]["val_loss"]
+    if final_differs:
+        emit(TrainEvent("phase", message=f"evaluating the final epoch ({final_epoch})"))
+        for name in ("train", "test"):
+            if name == "test" and not cfg.evaluate_test:
+                continue
+            ev = evaluate_source(net, sources[name], rt, ctx, cfg.eval_batch_size, k, cfg.loss)
+            summary[f"final_{name}_acc"], summary[f"final_{name}_loss"] = ev["acc"], ev["loss"]
     if best is not None:
         if best_state is None:  # resumed and never improved: the best weights are on disk
             best_state = _on_main(ctx, lambda: load_torch(run_dir / "best.pt", "a readable checkpoint",
@@ -647,23 +701,33 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
             if name not in sources or (name == "test" and not cfg.evaluate_test):
                 summary[f"{name}_acc"] = summary[f"{name}_loss"] = None
                 continue
-            ev = evaluate_source(net, sources[name], rt, ctx, cfg.eval_batch_size, k)
+            ev = evaluate_source(net, sources[name], rt, ctx, cfg.eval_batch_size, k, cfg.loss)
             summary[f"{name}_acc"], summary[f"{name}_loss"] = ev["acc"], ev["loss"]
+            if not final_differs and name != "val":
+                summary[f"final_{name}_acc"], summary[f"final_{name}_loss"] = ev["acc"], ev["loss"]
             if name == "test":
                 summary["confusion_test"] = ev["confusion"].tolist()
                 per_class_rows = report.per_class(ev["confusion"], classes)
     else:
         for name in ("train", "val", "test"):
             summary[f"{name}_acc"] = summary[f"{name}_loss"] = None
+    summary["final_epoch"] = final_epoch
     summary["wall_seconds"] = time.perf_counter() - t_start
     if ctx.is_main:
         if cfg.plots and rows:
-            report.plot_curves(rows, run_dir / "curves.png", title=f"{cfg.model} on {Path(cfg.dataset).name}")
+            report.plot_curves(rows, run_dir / "curves.png", title=f"{_short(cfg.model)} on {Path(cfg.dataset).name}",
+                               steps=step_rows, best_epoch=summary["best_epoch"], loss_name=cfg.loss)
+        if cfg.plots and best is not None and cfg.evaluate_test:
+            report.save_figure(model_predictions_figure(model, test.images, test.labels, classes,
+                                                        lambda x: prepare_batch(x, rt, size), seed=cfg.split_seed,
+                                                        title=f"best checkpoint (epoch {best['epoch']})"),
+                               run_dir / "predictions.png")
         if per_class_rows is not None:
             cm = torch.tensor(summary["confusion_test"])
             if cfg.plots:
                 report.plot_confusion(cm, classes, run_dir / "confusion_test.png",
-                                      title=f"test set: accuracy {summary['test_acc']:.2%}")
+                                      title=f"test set, best epoch ({best['epoch']}): accuracy "
+                                            f"{summary['test_acc']:.2%}")
             report.write_csv(per_class_rows, ["class", "precision", "recall", "f1", "support"],
                              run_dir / "per_class_test.csv")
             report.write_text(report.markdown_table(per_class_rows, ["class", "precision", "recall", "f1", "support"])
@@ -675,4 +739,4 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
         kept = (f"the best checkpoint (epoch {best['epoch']}) is kept in {run_dir / 'best.pt'}" if best
                 else "no epoch finished, so no checkpoint was kept")
         raise StyleforgeError(f"{message}; {kept}")
-    return FitResult(run_dir, summary, rows)
+    return FitResult(run_dir, summary, rows, step_rows)

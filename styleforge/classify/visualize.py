@@ -18,12 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import figures
 from ..device import runtime
 from ..errors import StyleforgeError
-from ..io import check_writable, load_image
+from ..io import load_image
+from . import report
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .models import MODELS, Classifier, ResNetTrunk, VGGTrunk, build_model
+from .spec import is_file_ref
+from .spec import short_name as _short
 
 
 @dataclass
@@ -47,14 +49,21 @@ def load_model(model_or_checkpoint: str, input_shape: tuple[int, int, int] | Non
         return LoadedModel(model.eval(), shape, f"{model_or_checkpoint} ({what})")
     path = Path(model_or_checkpoint)
     if not path.exists():
-        raise StyleforgeError(f"{model_or_checkpoint!r} is neither a model ({', '.join(MODELS)}) nor a checkpoint "
-                              "or run directory")
+        shape = input_shape or (3, 32, 32)
+        try:
+            model = build_model(model_or_checkpoint, shape, num_classes)
+        except StyleforgeError as exc:
+            if is_file_ref(model_or_checkpoint) or "(" in model_or_checkpoint:
+                raise
+            raise StyleforgeError(f"{model_or_checkpoint!r} is neither a model ({', '.join(MODELS)}), a layer spec, "
+                                  f"FILE.py:CLASS, nor a checkpoint or run directory ({exc})") from None
+        return LoadedModel(model.eval(), shape, f"{_short(model_or_checkpoint)} (random weights)")
     ckpt = load_checkpoint(path)
     shape = tuple(ckpt["input_shape"])
     if input_shape is not None and input_shape[0] != shape[0]:
         raise StyleforgeError(f"{path} takes {shape[0]}-channel input, not {input_shape[0]}")
     return LoadedModel(model_from_checkpoint(ckpt), input_shape or shape,  # type: ignore[arg-type]
-                       f"{ckpt['model']} ({Path(ckpt['path']).parent.name}/{Path(ckpt['path']).name})")
+                       f"{_short(ckpt['model'])} ({Path(ckpt['path']).parent.name}/{Path(ckpt['path']).name})")
 
 
 def layer_table(model: nn.Module) -> dict[str, nn.Module]:
@@ -86,14 +95,25 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
 
 
 def load_input(image: str | os.PathLike, shape: tuple[int, int, int], size: int | None = None) -> torch.Tensor:
-    """The image as the model's input: (1, C, S, S) in [0, 1] (grayscale for 1-channel models)."""
+    """The image as (1, C, H, W) in [0, 1] (grayscale for 1-channel models), its aspect
+    ratio kept: the shorter side becomes ``size`` (default: the model's input size), so a
+    4:3 photo stays 4:3. A model whose input is not square gets its own H x W."""
     x = load_image(image)
-    s = size or shape[1]
-    x = F.interpolate(x, size=(s, s) if size or shape[1] == shape[2] else shape[1:], mode="bilinear",
-                      align_corners=False, antialias=True).clamp(0, 1)
+    h, w = x.shape[-2:]
+    if size is None and shape[1] != shape[2]:
+        target = tuple(shape[1:])
+    else:
+        s = size or shape[1]
+        target = (s, max(1, round(w * s / h))) if h <= w else (max(1, round(h * s / w)), s)
+    x = F.interpolate(x, size=target, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
     if shape[0] == 1:
         x = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]).clamp(0, 1)
     return x
+
+
+class _Reached(Exception):
+    """Raised by the hook once the layer has its output: the rest of the model is not run
+    (so a non-square image works even when the model's head expects a fixed size)."""
 
 
 @torch.no_grad()
@@ -104,10 +124,16 @@ def layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.T
     def hook(module, inputs, output):
         out = output if isinstance(output, torch.Tensor) else output[0]
         box.append(out.detach().float().clone())
+        raise _Reached
 
     handle = layer.register_forward_hook(hook)
     try:
         model.eval()(x)
+    except _Reached:
+        pass
+    except RuntimeError as exc:
+        raise StyleforgeError(f"the model cannot take this {x.shape[-2]}x{x.shape[-1]} image before that layer "
+                              f"({str(exc).splitlines()[0][:100]}): give --size or a layer nearer the input") from None
     finally:
         handle.remove()
     if not box:
@@ -128,12 +154,17 @@ def _norm01(t: torch.Tensor) -> torch.Tensor:
     return (t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)
 
 
+def _show_input(ax, x: torch.Tensor) -> None:
+    ax.imshow(x[0].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if x.shape[1] == 1 else None)
+    ax.set_title("input", fontsize=9)
+
+
 def filters_figure(loaded: LoadedModel, image: str | os.PathLike, layer: str = "conv1",
-                   indices: Sequence[int] | None = None, count: int = 8, output: str | os.PathLike = "filters.png",
-                   size: int | None = None, device: str = "cpu") -> Path:
+                   indices: Sequence[int] | None = None, count: int = 8, size: int | None = None,
+                   device: str = "cpu"):
     """Each chosen filter of a first conv layer (as an RGB or gray picture) above its
-    activation map on ``image``; the input image on the left."""
-    check_writable(output)
+    activation map on ``image`` (aspect ratio kept, one colour scale with a colorbar); the
+    input image on the left. Returns the Figure."""
     model = loaded.model
     conv = resolve_layer(model, layer)
     if not isinstance(conv, nn.Conv2d):
@@ -146,34 +177,37 @@ def filters_figure(loaded: LoadedModel, image: str | os.PathLike, layer: str = "
     rt = runtime(device, "fp32")
     model = rt.to(model)
     x = load_input(image, loaded.input_shape, size)
-    maps = layer_output(model, conv, rt.to(x))[0].cpu()
+    maps = layer_output(model, conv, rt.to(x))[0].cpu()[chosen]
     weights = conv.weight.detach().float().cpu()
     n = len(chosen)
-    fig, axes = figures.subplots(2, n + 1, figsize=(1.9 * (n + 1), 4.2), squeeze=False)
-    axes[0, 0].imshow(x[0].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if x.shape[1] == 1 else None)
-    axes[0, 0].set_title("input", fontsize=9)
+    aspect = maps.shape[-1] / maps.shape[-2]
+    fig = report.new_figure((1.9 * (n + 1) * max(1.0, aspect) + 0.8, 4.6), layout="constrained")
+    axes = fig.subplots(2, n + 1, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+    _show_input(axes[0, 0], x)
+    lo, hi = float(maps.min()), float(maps.max())
+    im = None
     for j, i in enumerate(chosen, start=1):
         w = _norm01(weights[i])
         pic = w.permute(1, 2, 0).numpy() if w.shape[0] == 3 else w[0].numpy()
         axes[0, j].imshow(pic, cmap=None if w.shape[0] == 3 else "gray", interpolation="nearest")
         axes[0, j].set_title(f"filter {i}", fontsize=9)
-        axes[1, j].imshow(maps[i].numpy(), cmap="viridis")
+        im = axes[1, j].imshow(maps[j - 1].numpy(), cmap="viridis", vmin=lo, vmax=hi)
         axes[1, j].set_title(f"activation {i}", fontsize=9)
+    if im is not None:
+        fig.colorbar(im, ax=axes[1, :].tolist(), shrink=0.8, label="activation")
     fig.suptitle(f"{loaded.label}: layer {layer} ({conv.out_channels} filters "
                  f"{conv.kernel_size[0]}x{conv.kernel_size[1]}), on {Path(image).name}", fontsize=10)
-    fig.tight_layout()
-    return figures.save_figure(fig, output)
+    return fig
 
 
 def activations_figure(loaded: LoadedModel, image: str | os.PathLike, layer: str, count: int = 10,
-                       indices: Sequence[int] | None = None, output: str | os.PathLike = "activations.png",
-                       size: int | None = None, device: str = "cpu", columns: int = 5
-                       ) -> tuple[Path, tuple[int, ...]]:
-    """Activation maps of the first ``count`` channels (or ``indices``) of a named layer.
-    Returns the file and the layer's output shape (C, H, W)."""
-    check_writable(output)
+                       indices: Sequence[int] | None = None, size: int | None = None, device: str = "cpu",
+                       columns: int = 5):
+    """Activation maps of the first ``count`` channels (or ``indices``) of a named layer, on
+    one colour scale with a colorbar, the image's aspect ratio kept. Returns the Figure and
+    the layer's output shape (C, H, W)."""
     model = loaded.model
     module = resolve_layer(model, layer)
     rt = runtime(device, "fp32")
@@ -187,16 +221,22 @@ def activations_figure(loaded: LoadedModel, image: str | os.PathLike, layer: str
     chosen = _parse_indices(indices, count, out.shape[0], f"layer {layer}")
     cols = min(columns, len(chosen)) + 1
     rows = -(-len(chosen) // (cols - 1))
-    fig, axes = figures.subplots(rows, cols, figsize=(2.0 * cols, 2.1 * rows), squeeze=False)
+    aspect = out.shape[-1] / out.shape[-2]
+    fig = report.new_figure((2.0 * cols * max(1.0, aspect) + 0.8, 2.2 * rows / min(1.0, aspect) + 0.4),
+                            layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    axes[0, 0].imshow(x[0].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if x.shape[1] == 1 else None)
-    axes[0, 0].set_title("input", fontsize=9)
+    _show_input(axes[0, 0], x)
+    maps = out[chosen]
+    im = None
     for j, i in enumerate(chosen):
         ax = axes[j // (cols - 1), 1 + j % (cols - 1)]
-        ax.imshow(out[i].numpy(), cmap="viridis", interpolation="nearest")
+        im = ax.imshow(maps[j].numpy(), cmap="viridis", interpolation="nearest", vmin=float(maps.min()),
+                       vmax=float(maps.max()))
         ax.set_title(f"channel {i}", fontsize=9)
+    if im is not None:
+        fig.colorbar(im, ax=axes[:, 1:].flatten().tolist(), shrink=0.8, label="activation")
     shape = tuple(out.shape)
     fig.suptitle(f"{loaded.label}: {layer} output {'x'.join(map(str, shape))} on {Path(image).name}", fontsize=10)
-    fig.tight_layout()
-    return figures.save_figure(fig, output), shape
+    return fig, shape

@@ -13,13 +13,16 @@ from pathlib import Path
 import click
 
 from .. import distributed
-from ..classify import MODELS, build_model, summarize
+from ..classify import MODELS
 from ..classify.models import ACTIVATIONS, FREEZE_POLICIES, model_options
-from ..classify.train import CACHE_MODES, OPTIMIZERS, SCHEDULES, TrainConfig, TrainEvent
+from ..classify.progress import TrainBars
+from ..classify.recipe import LOSSES, RECIPES
+from ..classify.spec import EXAMPLE as SPEC_EXAMPLE
+from ..classify.spec import LAYERS_HELP as SPEC_LAYERS
+from ..classify.train import CACHE_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
 from ..device import PRECISIONS
 from ..errors import StyleforgeError, first_line
 from .options import main_group, parse_numbers
-from .progress import Bar
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -68,38 +71,6 @@ def parse_augment(text: str) -> list[str]:
     return [] if text.strip().lower() in ("", "none") else [s.strip().lower() for s in text.split(",") if s.strip()]
 
 
-class TrainBars:
-    """Turns TrainEvents into a bar per feature-extraction phase and per epoch, and a line per epoch."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.features, self.epoch = Bar(quiet, leave=False), Bar(quiet, leave=False)
-
-    def __call__(self, e: TrainEvent) -> None:
-        if e.kind == "phase" and e.steps:
-            self.features.show(e.message, e.step, e.steps, "img")
-        elif e.kind == "phase":
-            self.features.close()
-            self.features.write(e.message)
-        elif e.kind in ("epoch_start", "step"):
-            self.features.close()
-            postfix = None if e.kind == "epoch_start" else {
-                "loss": f"{e.metrics['loss']:.4f}", "acc": f"{e.metrics['acc']:.3f}", "lr": f"{e.metrics['lr']:.3g}"}
-            self.epoch.show(f"epoch {e.epoch}/{e.epochs}", e.step if e.kind == "step" else 0, e.steps, "batch",
-                            postfix)
-        elif e.kind == "epoch_end":
-            self.epoch.close()
-            m = e.metrics
-            val = (f", val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f}" if m.get("val_loss") is not None else "")
-            self.epoch.write(f"epoch {e.epoch}/{e.epochs}: train loss {m['train_loss']:.4f} "
-                             f"acc {m['train_acc']:.4f}{val} ({m['seconds']:.1f} s)")
-        elif e.kind == "done" and e.message:
-            self.epoch.write(e.message)
-
-    def close(self) -> None:
-        self.features.close()
-        self.epoch.close()
-
-
 def data_options(f):
     """Dataset and split options shared by train and grid."""
     opts = [
@@ -128,7 +99,9 @@ def data_options(f):
 
 def model_opts(f):
     opts = [
-        click.option("--model", default="simple-cnn", show_default=True, help=f"One of: {', '.join(MODELS)}."),
+        click.option("--model", default="simple-cnn", show_default=True,
+                     help=f"One of: {', '.join(MODELS)}; or a layer spec, e.g. '{SPEC_EXAMPLE}' (see "
+                          "'styleforge classify models'); or FILE.py:CLASS (an nn.Module of yours)."),
         click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default="relu", show_default=True),
         click.option("--pretrained/--random-init", default=None,
                      help="ImageNet weights for vgg19/resnet18 (default: on for vgg19, off for resnet18)."),
@@ -146,10 +119,18 @@ def model_opts(f):
 
 def run_options(f):
     opts = [
-        click.option("--schedule", type=click.Choice(SCHEDULES), default="onecycle", show_default=True,
-                     help="LR schedule over training: onecycle (warm-up then linear decay), cosine, step, constant."),
-        click.option("--warmup", type=float, default=0.2, show_default=True, help="Warm-up fraction of training."),
-        click.option("--label-smoothing", type=float, default=0.0, show_default=True),
+        click.option("--recipe", type=click.Choice(list(RECIPES)), default="default", show_default=True,
+                     help="default: momentum 0.9 (Nesterov), weight decay 5e-4, one-cycle schedule with 20% warm-up; "
+                          "plain: textbook SGD/Adam (no momentum, no weight decay, constant lr, no smoothing). "
+                          "Options given explicitly win; the resolved recipe is printed and kept in the report."),
+        click.option("--loss", type=click.Choice(LOSSES), default="cross-entropy", show_default=True,
+                     help="cross-entropy; nll (log-softmax then negative log-likelihood: the same value); mse "
+                          "(squared error between softmax probabilities and the one-hot target)."),
+        click.option("--schedule", type=click.Choice(SCHEDULES),
+                     help="LR schedule over training: onecycle (warm-up then linear decay), cosine, step, constant "
+                          "(default: from --recipe)."),
+        click.option("--warmup", type=float, help="Warm-up fraction of training (default: from --recipe)."),
+        click.option("--label-smoothing", type=float, help="Default: from --recipe (0)."),
         click.option("--eval-batch-size", type=int, default=512, show_default=True),
         click.option("--patience", type=int, help="Stop after this many epochs without a lower validation loss."),
         click.option("--max-seconds", type=float, help="Training-time budget; the schedule follows elapsed time."),
@@ -179,6 +160,7 @@ def _base_config(kw: dict, output: str) -> TrainConfig:
         activation=kw["activation"], pretrained=kw["pretrained"],
         weights=str(kw["weights"]) if kw["weights"] else None, freeze=kw["freeze"],
         model_options=parse_model_options(kw["options"], kw["model"]), schedule=kw["schedule"],
+        recipe=kw["recipe"], loss=kw["loss"],
         warmup=kw["warmup"], label_smoothing=kw["label_smoothing"], eval_batch_size=kw["eval_batch_size"],
         patience=kw["patience"], max_seconds=kw["max_seconds"], cache_features=kw["cache_features"],
         int8_features=kw["int8_features"], checkpoint_seconds=kw["checkpoint_seconds"],
@@ -198,6 +180,9 @@ def models_cmd() -> None:
         opts = model_options(spec.name)
         opt_text = f" [options: {', '.join(f'{k}={v}' for k, v in opts.items())}]" if opts else ""
         click.echo(f"{spec.name:12s} {spec.description}{extra}{opt_text}")
+    click.echo("\nYour own architecture: --model 'LAYER-LAYER-...' (a layer spec; sizes inferred) or "
+               "--model FILE.py:CLASS.")
+    click.echo(SPEC_LAYERS)
 
 
 @classify_group.command("train")
@@ -206,14 +191,17 @@ def models_cmd() -> None:
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Run directory.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
 @click.option("--lr", type=float, help="Learning rate (default: 0.05 for sgd, 0.001 for adam/adamw).")
-@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum (Nesterov).")
-@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--momentum", type=float, help="SGD momentum (default: from --recipe: 0.9 Nesterov, plain 0).")
+@click.option("--weight-decay", type=float, help="Default: from --recipe (5e-4, plain 0).")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Per process (under torchrun).")
 @run_options
 @click.option("--overwrite", is_flag=True, help="Replace a run already in the output directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in the output directory from its last.pt.")
-def train_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, overwrite, resume, quiet, **kw):
+@click.option("--track-test", is_flag=True,
+              help="Also record test loss/accuracy after every epoch, for the curves (never used for any choice).")
+def train_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, overwrite, resume, track_test, quiet,
+              **kw):
     """Train a classifier; writes metrics, curves, checkpoints and a report to OUTPUT."""
     from ..classify.train import fit
 
@@ -221,6 +209,7 @@ def train_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size,
     cfg = _base_config(kw, str(output))
     cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay = optimizer, lr, momentum, weight_decay
     cfg.epochs, cfg.batch_size, cfg.overwrite, cfg.resume = epochs, batch_size, overwrite, resume
+    cfg.track_test = track_test
     bars = TrainBars(quiet)
     try:
         result = fit(cfg, callback=bars)
@@ -232,6 +221,9 @@ def train_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size,
         click.echo(f"wrote {output}: test acc {acc(s.get('test_acc'))}, val acc {acc(s.get('val_acc'))}, "
                    f"train acc {acc(s.get('train_acc'))} (best epoch {s.get('best_epoch')}, "
                    f"{s['wall_seconds']:.1f} s)")
+        if s.get("final_epoch") not in (None, s.get("best_epoch")):
+            click.echo(f"final epoch {s['final_epoch']}: test acc {acc(s.get('final_test_acc'))}, train acc "
+                       f"{acc(s.get('final_train_acc'))} (the checkpoint and report describe the best epoch)")
 
 
 @classify_group.command("eval")
@@ -275,8 +267,8 @@ def eval_cmd(checkpoint, dataset, split, data_root, test_data, download, classes
               help="Folder for the runs and grid.csv / grid.md.")
 @click.option("--optimizer", default="sgd", show_default=True, help="One or more of sgd, adam, adamw (comma list).")
 @click.option("--lr", help="Learning rates, e.g. 0.01,0.1 (default: per optimizer).")
-@click.option("--momentum", default="0.9", show_default=True, help="Comma list.")
-@click.option("--weight-decay", default="5e-4", show_default=True, help="Comma list.")
+@click.option("--momentum", help="Comma list (default: from --recipe).")
+@click.option("--weight-decay", help="Comma list (default: from --recipe).")
 @click.option("--epochs", default="10", show_default=True, help="Comma list.")
 @click.option("--batch-size", default="128", show_default=True, help="Comma list, e.g. 256,512.")
 @run_options
@@ -327,18 +319,64 @@ def compare_cmd(runs, output, table):
         click.echo(f"wrote {output}")
 
 
+@classify_group.command("predict")
+@click.argument("run_or_checkpoint", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", type=int, default=3, show_default=True, help="Classes to list per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (image, top classes with probabilities).")
+@click.option("--device", default="auto", show_default=True)
+def predict_cmd(run_or_checkpoint, images, top_k, as_json, device):
+    """The most probable classes of each of IMAGES under a trained model (a run directory or
+    checkpoint), with probabilities."""
+    import json
+
+    from ..classify.predict import format_predictions, predict
+
+    preds = predict(run_or_checkpoint, [str(p) for p in images], top_k, device)
+    if as_json:
+        click.echo(json.dumps([p.as_dict() for p in preds], indent=2))
+    else:
+        click.echo(format_predictions(preds))
+
+
+@classify_group.command("preview")
+@data_options
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
+@click.option("--count", type=int, default=32, show_default=True, help="Images to show (spread over the classes).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Which images, and their augmentation.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
+def preview_cmd(split, count, seed, output, **kw):
+    """A labelled grid of dataset images after resizing (--image-size) and augmentation (--augment)."""
+    from ..classify.data import DataSpec
+    from ..classify.preview import preview
+    from ..classify.report import save_figure
+    from ..io import check_writable
+
+    check_writable(output)
+    spec = DataSpec(kw["dataset"], kw["data_root"], kw["test_data"], kw["download"], parse_list(kw["classes"]),
+                    kw["per_class"], kw["val_split"], kw["test_split"], kw["split_seed"], kw["image_size"])
+    save_figure(preview(spec, parse_augment(kw["augment"]), count, split, seed), output)
+    click.echo(f"wrote {output}")
+
+
 @main_group.command("summary")
 @click.argument("model")
 @click.option("--input", "input_shape", default="3x32x32", show_default=True, help="Input shape CxHxW.")
 @click.option("--classes", type=int, default=10, show_default=True, help="Number of classes.")
 @click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default="relu", show_default=True)
+@click.option("--freeze", type=click.Choice(("auto",) + FREEZE_POLICIES), default="auto", show_default=True,
+              help="The freeze policy whose trainable counts to show (auto: as 'classify train' would use).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A model's own setting (repeatable).")
-def summary_cmd(model: str, input_shape: str, classes: int, activation: str, options: tuple[str, ...]) -> None:
-    """Per-layer output shapes and parameter counts of MODEL, and the totals."""
+def summary_cmd(model: str, input_shape: str, classes: int, activation: str, freeze: str,
+                options: tuple[str, ...]) -> None:
+    """Per-layer settings (kernel, stride, padding, window), output shapes, parameters, the
+    trainable part under the freeze policy, and multiply-adds of MODEL (a name, layer spec or
+    FILE.py:CLASS)."""
+    from ..classify.summary import summary
+
     shape = parse_shape(input_shape)
-    net = build_model(model, shape, classes, activation, **parse_model_options(options, model))
     try:
-        result = summarize(net, shape)
+        result = summary(model, shape, classes, activation, freeze, **parse_model_options(options, model))
     except RuntimeError as exc:
         raise StyleforgeError(f"{model} cannot take a {input_shape} input ({first_line(exc, 100)}): "
                               "use a larger --input") from None

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import StyleforgeError
+from ..io import check_writable
 from .classify import parse_shape
 from .options import main_group, parse_numbers
 
@@ -53,15 +54,18 @@ def _indices(text):
 @click.option("--layer", default="conv1", show_default=True, help="A first conv layer (1 or 3 input channels).")
 @click.option("--indices", help="Filters to show, e.g. 14,26,32,49,52 (default: the first --count).")
 @click.option("--count", type=int, default=8, show_default=True)
-@click.option("--size", type=int, help="Resize the image to SIZE x SIZE (default: the model's input size).")
+@click.option("--size", type=int, help="Resize the image's shorter side to SIZE, keeping its shape "
+                                      "(default: the model's input size).")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
 def filters_cmd(model_or_checkpoint, input_shape, num_classes, weights, random_init, device, image, layer, indices,
                 count, size, output):
     """Each chosen first-layer filter, as a picture, above its activation map on IMAGE."""
+    from ..classify.report import save_figure
     from ..classify.visualize import filters_figure
 
+    check_writable(output)
     loaded = _load(model_or_checkpoint, input_shape, num_classes, weights, random_init)
-    path = filters_figure(loaded, image, layer, _indices(indices), count, output, size, device)
+    path = save_figure(filters_figure(loaded, image, layer, _indices(indices), count, size, device), output)
     click.echo(f"wrote {path}")
 
 
@@ -71,15 +75,19 @@ def filters_cmd(model_or_checkpoint, input_shape, num_classes, weights, random_i
 @click.option("--layer", required=True, help="Any named layer (see 'styleforge visualize layers').")
 @click.option("--count", type=int, default=10, show_default=True, help="Show the first COUNT channels.")
 @click.option("--indices", help="Channels to show instead of the first --count.")
-@click.option("--size", type=int, help="Resize the image to SIZE x SIZE (default: the model's input size).")
+@click.option("--size", type=int, help="Resize the image's shorter side to SIZE, keeping its shape "
+                                      "(default: the model's input size).")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
 def activations_cmd(model_or_checkpoint, input_shape, num_classes, weights, random_init, device, image, layer, count,
                     indices, size, output):
     """Activation maps of the first COUNT channels of a named layer on IMAGE."""
+    from ..classify.report import save_figure
     from ..classify.visualize import activations_figure
 
+    check_writable(output)
     loaded = _load(model_or_checkpoint, input_shape, num_classes, weights, random_init)
-    path, shape = activations_figure(loaded, image, layer, count, _indices(indices), output, size, device)
+    fig, shape = activations_figure(loaded, image, layer, count, _indices(indices), size, device)
+    path = save_figure(fig, output)
     click.echo(f"wrote {path} ({layer} output {'x'.join(map(str, shape))})")
 
 
