@@ -39,6 +39,7 @@ def test_fast_train_two_processes_match_one(photos, tmp_path, random_vgg19_file)
     def common(steps):
         return ["fast", "train", style, "--data", folder, "--weights", random_vgg19_file, "--arch", "light",
                 "--image-size", "32", "--style-size", "32", "--steps", str(steps), "--checkpoint-every", "5",
+                "--lr-schedule", "constant",
                 "--device", "cpu", "--precision", "fp32", "--workers", "0", "-q"]
 
     def single(*args):
