@@ -17,7 +17,7 @@ from typing import Callable, Mapping, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from . import losses
+from . import guard, losses
 from .backbone import VGGFeatures
 from .color import original_colors as apply_original_colors
 from .device import Runtime, seed_everything
@@ -236,8 +236,9 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike],
     blend = [b / sum(blend) for b in blend]
     if cfg.optimizer not in ("lbfgs", "adam"):
         raise StyleforgeError(f"unknown optimizer {cfg.optimizer!r}: use lbfgs or adam")
-    if cfg.style_scale <= 0:
-        raise StyleforgeError(f"--style-scale must be positive, got {cfg.style_scale}")
+    guard.check_numbers([("--style-scale", cfg.style_scale, guard.POSITIVE), ("--lr", cfg.lr, guard.POSITIVE),
+                         ("--tv-weight", cfg.tv_weight, guard.NON_NEGATIVE), ("--seed", cfg.seed, guard.SEED),
+                         ("--size", cfg.size, guard.COUNT)])
     content_w, style_w = cfg.weights_pair()
     sizes = cfg.scale_sizes()
     steps = cfg.steps_per_scale(len(sizes))

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from .. import distributed
+from .. import distributed, guard
 from ..device import Runtime, runtime, seed_everything
 from ..errors import StyleforgeError
 from ..io import check_writable, save_json
@@ -128,6 +128,13 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check the settings (one-line errors) and fill in defaults; returns a copy."""
+        guard.check_numbers(
+            [("--lr", self.lr, guard.POSITIVE), ("--momentum", self.momentum, guard.PROBABILITY),
+             ("--weight-decay", self.weight_decay, guard.NON_NEGATIVE), ("--epochs", self.epochs, guard.COUNT),
+             ("--batch-size", self.batch_size, guard.COUNT), ("--eval-batch-size", self.eval_batch_size, guard.COUNT),
+             ("--max-seconds", self.max_seconds, guard.POSITIVE), ("--seed", self.seed, guard.SEED),
+             ("--checkpoint-every", self.checkpoint_seconds, guard.POSITIVE),
+             ("--split-seed", self.split_seed, guard.SEED), ("--per-class", self.per_class, guard.COUNT)])
         if self.model not in MODELS:
             raise StyleforgeError(f"unknown model {self.model!r}: use one of {', '.join(MODELS)}")
         checks = [(self.optimizer, OPTIMIZERS, "--optimizer"), (self.schedule, SCHEDULES, "--schedule"),

@@ -19,7 +19,15 @@ from ..classify.models import ACTIVATIONS, FREEZE_POLICIES, model_options
 from ..classify.train import CACHE_MODES, OPTIMIZERS, SCHEDULES, TrainConfig, TrainEvent
 from ..device import PRECISIONS
 from ..errors import StyleforgeError
-from .options import main_group, parse_numbers
+from .options import (
+    COUNT,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    SEED,
+    main_group,
+    parse_numbers,
+)
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -127,13 +135,13 @@ def data_options(f):
         click.option("--test-data", help="A separate test image folder (image-folder datasets)."),
         click.option("--download", is_flag=True, help="Download a named dataset if it is missing (online)."),
         click.option("--classes", help="A subset of classes by name, e.g. 0,1,7 or cat,dog."),
-        click.option("--per-class", type=int, help="Training images per class (drawn after the validation split)."),
-        click.option("--val-split", type=float, default=0.1, show_default=True,
+        click.option("--per-class", type=COUNT, help="Training images per class (drawn after the validation split)."),
+        click.option("--val-split", type=PROBABILITY, default=0.1, show_default=True,
                      help="Fraction of the training set held out for validation (0: none)."),
-        click.option("--test-split", type=float, default=0.2, show_default=True,
+        click.option("--test-split", type=PROBABILITY, default=0.2, show_default=True,
                      help="Folders without a test set: fraction of each class held out as test."),
-        click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the splits and subsets."),
-        click.option("--image-size", type=int, help="Model input size (square); default: the data's own size."),
+        click.option("--split-seed", type=SEED, default=0, show_default=True, help="Seed of the splits and subsets."),
+        click.option("--image-size", type=COUNT, help="Model input size (square); default: the data's own size."),
         click.option("--augment", default="none", show_default=True,
                      help="none, or a list of crop,flip (on tensors, per batch)."),
     ]
@@ -164,20 +172,21 @@ def run_options(f):
     opts = [
         click.option("--schedule", type=click.Choice(SCHEDULES), default="onecycle", show_default=True,
                      help="LR schedule over training: onecycle (warm-up then linear decay), cosine, step, constant."),
-        click.option("--warmup", type=float, default=0.2, show_default=True, help="Warm-up fraction of training."),
-        click.option("--label-smoothing", type=float, default=0.0, show_default=True),
-        click.option("--eval-batch-size", type=int, default=512, show_default=True),
-        click.option("--patience", type=int, help="Stop after this many epochs without a lower validation loss."),
-        click.option("--max-seconds", type=float, help="Training-time budget; the schedule follows elapsed time."),
+        click.option("--warmup", type=PROBABILITY, default=0.2, show_default=True,
+                     help="Warm-up fraction of training."),
+        click.option("--label-smoothing", type=PROBABILITY, default=0.0, show_default=True),
+        click.option("--eval-batch-size", type=COUNT, default=512, show_default=True),
+        click.option("--patience", type=COUNT, help="Stop after this many epochs without a lower validation loss."),
+        click.option("--max-seconds", type=POSITIVE, help="Training-time budget; the schedule follows elapsed time."),
         click.option("--cache-features", type=click.Choice(CACHE_MODES), default="auto", show_default=True,
                      help="Cache a frozen trunk's outputs (auto: when the trunk is frozen and --augment none)."),
         click.option("--int8-features", is_flag=True,
                      help="CPU, with the cache: extract features with an int8 copy of the trunk (about 1.8x faster)."),
-        click.option("--checkpoint-every", "checkpoint_seconds", type=float, default=30.0, show_default=True,
+        click.option("--checkpoint-every", "checkpoint_seconds", type=POSITIVE, default=30.0, show_default=True,
                      help="Write best.pt/last.pt at most every this many seconds (and after the last epoch)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=SEED, default=0, show_default=True),
         click.option("--no-plots", is_flag=True, help="Skip curves.png and confusion_test.png."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bars."),
     ]
@@ -221,11 +230,11 @@ def models_cmd() -> None:
 @model_opts
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Run directory.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
-@click.option("--lr", type=float, help="Learning rate (default: 0.05 for sgd, 0.001 for adam/adamw).")
-@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum (Nesterov).")
-@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True, help="Per process (under torchrun).")
+@click.option("--lr", type=POSITIVE, help="Learning rate (default: 0.05 for sgd, 0.001 for adam/adamw).")
+@click.option("--momentum", type=PROBABILITY, default=0.9, show_default=True, help="SGD momentum (Nesterov).")
+@click.option("--weight-decay", type=NON_NEGATIVE, default=5e-4, show_default=True)
+@click.option("--epochs", type=COUNT, default=10, show_default=True)
+@click.option("--batch-size", type=COUNT, default=128, show_default=True, help="Per process (under torchrun).")
 @run_options
 @click.option("--overwrite", is_flag=True, help="Replace a run already in the output directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in the output directory from its last.pt.")
@@ -258,10 +267,10 @@ def train_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size,
 @click.option("--test-data", help="A separate test image folder.")
 @click.option("--download", is_flag=True)
 @click.option("--classes", help="A subset of classes by name (must match the checkpoint's).")
-@click.option("--val-split", type=float)
-@click.option("--test-split", type=float)
-@click.option("--image-size", type=int, help="Decode size for folders of mixed-size images.")
-@click.option("--batch-size", type=int, default=512, show_default=True)
+@click.option("--val-split", type=PROBABILITY)
+@click.option("--test-split", type=PROBABILITY)
+@click.option("--image-size", type=COUNT, help="Decode size for folders of mixed-size images.")
+@click.option("--batch-size", type=COUNT, default=512, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path),
@@ -304,11 +313,11 @@ def grid_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, 
 
     kw["quiet"] = quiet
     base = _base_config(kw, str(output))
-    lists = {"optimizer": parse_list(optimizer), "lr": parse_numbers(lr, "--lr"),
-             "momentum": parse_numbers(momentum, "--momentum"),
-             "weight_decay": parse_numbers(weight_decay, "--weight-decay"),
-             "epochs": parse_numbers(epochs, "--epochs", int),
-             "batch_size": parse_numbers(batch_size, "--batch-size", int)}
+    lists = {"optimizer": parse_list(optimizer), "lr": parse_numbers(lr, "--lr", float, POSITIVE),
+             "momentum": parse_numbers(momentum, "--momentum", float, PROBABILITY),
+             "weight_decay": parse_numbers(weight_decay, "--weight-decay", float, NON_NEGATIVE),
+             "epochs": parse_numbers(epochs, "--epochs", int, COUNT),
+             "batch_size": parse_numbers(batch_size, "--batch-size", int, COUNT)}
     axes = {}
     for key, values in lists.items():
         if not values:
@@ -346,7 +355,7 @@ def compare_cmd(runs, output, table):
 @main_group.command("summary")
 @click.argument("model")
 @click.option("--input", "input_shape", default="3x32x32", show_default=True, help="Input shape CxHxW.")
-@click.option("--classes", type=int, default=10, show_default=True, help="Number of classes.")
+@click.option("--classes", type=COUNT, default=10, show_default=True, help="Number of classes.")
 @click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default="relu", show_default=True)
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A model's own setting (repeatable).")
 def summary_cmd(model: str, input_shape: str, classes: int, activation: str, options: tuple[str, ...]) -> None:

@@ -12,7 +12,16 @@ from ..fast.apply import stylize_files
 from ..fast.export import export_onnx
 from ..fast.train import DEFAULT_CONTENT_LAYERS, DEFAULT_STEPS, DEFAULT_STYLE_LAYERS, DEFAULT_STYLE_STRENGTH
 from ..io import check_writable
-from .options import main_group, parse_layer_weights, runtime_options
+from .options import (
+    COUNT,
+    FRACTION,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    main_group,
+    parse_layer_weights,
+    runtime_options,
+)
 
 
 def _layers(d: dict) -> str:
@@ -30,21 +39,21 @@ def fast_group() -> None:
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Model file to write (.pth).")
 @click.option("--arch", type=click.Choice(list(ARCHS)), default="light", show_default=True,
               help="light: 0.26 M parameters, what the shipped styles use; johnson: the published 1.68 M network.")
-@click.option("--image-size", type=int, default=256, show_default=True, help="Training crop size, px.")
-@click.option("--style-size", type=int, default=512, show_default=True, help="Long side of the style image, px.")
-@click.option("--batch-size", type=int, default=4, show_default=True, help="Images per step (per process).")
-@click.option("--steps", type=int, help=f"Training steps (default {DEFAULT_STEPS}).")
-@click.option("--epochs", type=float, help="Passes over --data (instead of --steps).")
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--style-strength", type=float, help=f"Trade-off in [0,1] (default {DEFAULT_STYLE_STRENGTH}).")
-@click.option("--content-weight", type=float)
-@click.option("--style-weight", type=float)
-@click.option("--tv-weight", type=float, default=1.0, show_default=True)
+@click.option("--image-size", type=COUNT, default=256, show_default=True, help="Training crop size, px.")
+@click.option("--style-size", type=COUNT, default=512, show_default=True, help="Long side of the style image, px.")
+@click.option("--batch-size", type=COUNT, default=4, show_default=True, help="Images per step (per process).")
+@click.option("--steps", type=COUNT, help=f"Training steps (default {DEFAULT_STEPS}).")
+@click.option("--epochs", type=POSITIVE, help="Passes over --data (instead of --steps).")
+@click.option("--lr", type=POSITIVE, default=1e-3, show_default=True)
+@click.option("--style-strength", type=FRACTION, help=f"Trade-off in [0,1] (default {DEFAULT_STYLE_STRENGTH}).")
+@click.option("--content-weight", type=NON_NEGATIVE)
+@click.option("--style-weight", type=NON_NEGATIVE)
+@click.option("--tv-weight", type=NON_NEGATIVE, default=1.0, show_default=True)
 @click.option("--content-layers", default=_layers(DEFAULT_CONTENT_LAYERS), show_default=True)
 @click.option("--style-layers", default=_layers(DEFAULT_STYLE_LAYERS), show_default=True)
 @click.option("--weights", type=click.Path(path_type=Path), help="VGG19 weights file (skips the lookup).")
-@click.option("--workers", type=int, help="Data-loading processes (default 1 on CPU, 2 on GPU).")
-@click.option("--checkpoint-every", type=int, default=500, show_default=True)
+@click.option("--workers", type=NON_NEGATIVE_INT, help="Data-loading processes (default 1 on CPU, 2 on GPU).")
+@click.option("--checkpoint-every", type=COUNT, default=500, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt.")
 @click.option("--fp32-model", is_flag=True, help="Store the model in float32 (default float16).")
 @runtime_options
@@ -89,9 +98,9 @@ def train_cmd(style_image, data, output, arch, image_size, style_size, batch_siz
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Output image/video file (one input) or folder.")
-@click.option("--size", type=int, help="Long side of the outputs, px (default: as the input).")
+@click.option("--size", type=COUNT, help="Long side of the outputs, px (default: as the input).")
 @click.option("--original-colors", is_flag=True, help="Keep the input's colours.")
-@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--batch-size", type=COUNT, default=4, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("-q", "--quiet", is_flag=True)

@@ -9,7 +9,17 @@ from tqdm import tqdm
 
 from ..io import check_writable, image_format, save_image, save_json
 from ..transfer import DEFAULT_STYLE_STRENGTH, Progress, StylizeConfig, stylize
-from .options import main_group, parse_layer_weights, parse_numbers, runtime_options
+from .options import (
+    COUNT,
+    FRACTION,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    main_group,
+    parse_layer_weights,
+    parse_numbers,
+    runtime_options,
+)
 
 
 class _Bars:
@@ -42,25 +52,25 @@ class _Bars:
 @click.argument("styles", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Output image (.png/.jpg). Default: CONTENT-STYLE.png here.")
-@click.option("--size", type=int, default=512, show_default=True, help="Long side of the output, px.")
-@click.option("--style-strength", type=float,
+@click.option("--size", type=COUNT, default=512, show_default=True, help="Long side of the output, px.")
+@click.option("--style-strength", type=FRACTION,
               help=f"Trade-off W in [0,1]: loss = W*style + (1-W)*content (default {DEFAULT_STYLE_STRENGTH}).")
-@click.option("--content-weight", type=float, help="Content weight (instead of --style-strength).")
-@click.option("--style-weight", type=float, help="Style weight (instead of --style-strength).")
-@click.option("--tv-weight", type=float, default=1.0, show_default=True, help="Total-variation weight.")
+@click.option("--content-weight", type=NON_NEGATIVE, help="Content weight (instead of --style-strength).")
+@click.option("--style-weight", type=NON_NEGATIVE, help="Style weight (instead of --style-strength).")
+@click.option("--tv-weight", type=NON_NEGATIVE, default=1.0, show_default=True, help="Total-variation weight.")
 @click.option("--content-layers", default="relu4_2", show_default=True,
               help="Content layers, NAME[:WEIGHT],...")
 @click.option("--style-layers", default="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1", show_default=True,
               help="Style layers, NAME[:WEIGHT],...")
 @click.option("--style-blend", help="Weights of the style images, e.g. 0.7,0.3 (default: equal).")
-@click.option("--style-scale", type=float, default=1.0, show_default=True,
+@click.option("--style-scale", type=POSITIVE, default=1.0, show_default=True,
               help="Style image size relative to the output size.")
 @click.option("--init", default="content", show_default=True, help="content, noise or an image FILE.")
 @click.option("--optimizer", type=click.Choice(["lbfgs", "adam"]), default="lbfgs", show_default=True)
 @click.option("--steps", help="Iterations per scale: N, or one value per scale (default 60,200 for lbfgs).")
-@click.option("--pyramid-levels", type=int, default=4, show_default=True,
+@click.option("--pyramid-levels", type=NON_NEGATIVE_INT, default=4, show_default=True,
               help="Optimize the image as a pyramid of this many coarser layers plus pixels (0: pixels only).")
-@click.option("--lr", type=float, help="Learning rate (default: 1 for lbfgs, 0.02 for adam).")
+@click.option("--lr", type=POSITIVE, help="Learning rate (default: 1 for lbfgs, 0.02 for adam).")
 @click.option("--scales", help="Long sides of the coarse-to-fine scales, e.g. 128,256,512.")
 @click.option("--multiscale/--no-multiscale", default=True, show_default=True,
               help="Optimize coarse to fine (default: half size, then full size).")
@@ -69,7 +79,7 @@ class _Bars:
 @click.option("--arch", type=click.Choice(["vgg19", "vgg16"]), default="vgg19", show_default=True)
 @click.option("--weights", type=click.Path(path_type=Path), help="Backbone weights file (skips the lookup).")
 @runtime_options
-@click.option("--save-every", type=int, default=0, help="Also write the image every N steps.")
+@click.option("--save-every", type=NON_NEGATIVE_INT, default=0, help="Also write the image every N steps.")
 @click.option("--log", "log_path", type=click.Path(path_type=Path),
               help="Write a JSON record (configuration and loss history).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
@@ -83,15 +93,16 @@ def stylize_cmd(content, styles, output, size, style_strength, content_weight, s
     check_writable(output)
     if log_path is not None:
         check_writable(log_path)
-    step_list = parse_numbers(steps, "--steps", int)
+    step_list = parse_numbers(steps, "--steps", int, NON_NEGATIVE_INT)
     cfg = StylizeConfig(
         size=size, style_strength=style_strength, content_weight=content_weight, style_weight=style_weight,
         tv_weight=tv_weight, content_layers=parse_layer_weights(content_layers, "--content-layers"),
         style_layers=parse_layer_weights(style_layers, "--style-layers"),
-        style_blend=parse_numbers(style_blend, "--style-blend"), style_scale=style_scale, init=init,
+        style_blend=parse_numbers(style_blend, "--style-blend", float, NON_NEGATIVE), style_scale=style_scale,
+        init=init,
         optimizer=optimizer, steps=step_list[0] if step_list and len(step_list) == 1 else step_list, lr=lr,
         pyramid_levels=pyramid_levels,
-        multiscale=multiscale, scales=parse_numbers(scales, "--scales", int), original_colors=original_colors,
+        multiscale=multiscale, scales=parse_numbers(scales, "--scales", int, COUNT), original_colors=original_colors,
         pooling=pooling, arch=arch, weights=str(weights) if weights else None, device=device,
         precision=precision, seed=seed)
     bars = _Bars(quiet, save_every, output)

@@ -8,7 +8,7 @@ import click
 
 from ..errors import StyleforgeError
 from .classify import parse_shape
-from .options import main_group, parse_numbers
+from .options import COUNT, NON_NEGATIVE_INT, main_group, parse_numbers
 
 
 @main_group.group("visualize")
@@ -21,7 +21,7 @@ def _model_args(f):
         click.argument("model_or_checkpoint"),
         click.option("--input", "input_shape", help="Input shape CxHxW for a model name (default 3x224x224 for "
                      "pretrained models, 3x32x32 otherwise; a checkpoint knows its own)."),
-        click.option("--classes", "num_classes", type=int, default=10, show_default=True,
+        click.option("--classes", "num_classes", type=COUNT, default=10, show_default=True,
                      help="Number of classes (model names only; the head is not shown)."),
         click.option("--weights", type=click.Path(path_type=Path), help="Backbone weights file (vgg19, resnet18)."),
         click.option("--random-init", is_flag=True, help="Random weights instead of ImageNet weights."),
@@ -41,7 +41,7 @@ def _load(model_or_checkpoint, input_shape, num_classes, weights, random_init):
 
 
 def _indices(text):
-    values = parse_numbers(text, "--indices", int)
+    values = parse_numbers(text, "--indices", int, NON_NEGATIVE_INT)
     if values is not None and not values:
         raise StyleforgeError("--indices is empty")
     return values
@@ -52,8 +52,8 @@ def _indices(text):
 @click.option("--image", required=True, type=click.Path(path_type=Path), help="Image to compute activations on.")
 @click.option("--layer", default="conv1", show_default=True, help="A first conv layer (1 or 3 input channels).")
 @click.option("--indices", help="Filters to show, e.g. 14,26,32,49,52 (default: the first --count).")
-@click.option("--count", type=int, default=8, show_default=True)
-@click.option("--size", type=int, help="Resize the image to SIZE x SIZE (default: the model's input size).")
+@click.option("--count", type=COUNT, default=8, show_default=True)
+@click.option("--size", type=COUNT, help="Resize the image to SIZE x SIZE (default: the model's input size).")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
 def filters_cmd(model_or_checkpoint, input_shape, num_classes, weights, random_init, device, image, layer, indices,
                 count, size, output):
@@ -69,9 +69,9 @@ def filters_cmd(model_or_checkpoint, input_shape, num_classes, weights, random_i
 @_model_args
 @click.option("--image", required=True, type=click.Path(path_type=Path))
 @click.option("--layer", required=True, help="Any named layer (see 'styleforge visualize layers').")
-@click.option("--count", type=int, default=10, show_default=True, help="Show the first COUNT channels.")
+@click.option("--count", type=COUNT, default=10, show_default=True, help="Show the first COUNT channels.")
 @click.option("--indices", help="Channels to show instead of the first --count.")
-@click.option("--size", type=int, help="Resize the image to SIZE x SIZE (default: the model's input size).")
+@click.option("--size", type=COUNT, help="Resize the image to SIZE x SIZE (default: the model's input size).")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
 def activations_cmd(model_or_checkpoint, input_shape, num_classes, weights, random_init, device, image, layer, count,
                     indices, size, output):

@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 import torch
 from torch.utils.data import DataLoader
 
-from .. import distributed, losses
+from .. import distributed, guard, losses
 from ..backbone import VGGFeatures
 from ..device import Runtime, seed_everything
 from ..device import runtime as make_runtime
@@ -143,6 +143,9 @@ class StyleLoss:
 
 
 def _check(cfg: FastTrainConfig) -> None:
+    guard.check_numbers(
+        [("--lr", cfg.lr, guard.POSITIVE), ("--epochs", cfg.epochs, guard.POSITIVE), ("--seed", cfg.seed, guard.SEED),
+         ("--tv-weight", cfg.tv_weight, guard.NON_NEGATIVE), ("--workers", cfg.workers, guard.NON_NEGATIVE)])
     if cfg.arch not in ARCHS:
         raise StyleforgeError(f"unknown --arch {cfg.arch!r}: use one of {', '.join(ARCHS)}")
     for name in ("image_size", "style_size", "batch_size", "checkpoint_every"):

@@ -1,0 +1,282 @@
+"""Checks on what users type and what files hold, shared by every command.
+
+Each check raises :class:`~styleforge.errors.StyleforgeError` with one line that says what
+is wrong and what to do; the CLI prints it as ``error: ...``. Library functions call these
+too, so a config built in Python is held to the same limits as one built by the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+
+from .errors import StyleforgeError
+
+if TYPE_CHECKING:  # torch is imported where needed: the CLI imports this module before any command runs
+    import torch
+
+# Seeds feed torch generators after being multiplied by about 1e6; 32 bits keep that in range.
+MAX_SEED = 2 ** 32 - 1
+
+# The ranges numeric options use (keyword arguments of check_number and of the CLI's Number).
+POSITIVE = {"low": 0, "low_open": True}                     # learning rates, scales, time budgets
+NON_NEGATIVE = {"low": 0}                                   # loss weights, weight decay, workers
+FRACTION = {"low": 0, "high": 1}                            # --style-strength
+PROBABILITY = {"low": 0, "high": 1, "high_open": True}      # momentum, splits, smoothing, warm-up
+COUNT = {"low": 1}                                          # sizes, epochs, steps, batch sizes
+SEED = {"low": 0, "high": MAX_SEED}
+
+
+# --------------------------------------------------------------------------- numbers
+
+def number_problem(value: Any, low: float | None = None, high: float | None = None, low_open: bool = False,
+                   high_open: bool = False) -> str | None:
+    """What is wrong with ``value`` for the range, as a phrase ("must be ..."), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    below = low is not None and (value < low or (low_open and value == low))
+    above = high is not None and (value > high or (high_open and value == high))
+    if not (below or above):
+        return None
+    lo, hi = _num(low), _num(high)
+    if low is not None and high is not None:
+        want = f"in {'(' if low_open else '['}{lo}, {hi}{')' if high_open else ']'}"
+    elif low is not None:
+        want = f"greater than {lo}" if low_open else f"at least {lo}"
+    else:
+        want = f"less than {hi}" if high_open else f"at most {hi}"
+    return f"must be {want}, got {value}"
+
+
+def _num(v: float | None) -> str:
+    return str(int(v)) if v is not None and float(v).is_integer() else f"{v:g}" if v is not None else ""
+
+
+def check_number(value: Any, option: str, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> Any:
+    """``value`` itself if it is finite and in range (``None`` passes), else a one-line error."""
+    if value is None:
+        return value
+    problem = number_problem(value, low, high, low_open, high_open)
+    if problem:
+        raise StyleforgeError(f"{option} {problem}")
+    return value
+
+
+def check_numbers(checks: Iterable[tuple[str, Any, Mapping[str, Any]]]) -> None:
+    """``check_number`` over ``(option, value, range)`` triples (a config's numeric fields)."""
+    for option, value, rng in checks:
+        check_number(value, option, **rng)
+
+
+def check_model_options(model: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+    """A model's ``--option`` values against the type of their defaults: whole numbers at
+    least 1 (0 where the default is 0, e.g. ``hidden=0``), probabilities in [0, 1),
+    lists of whole numbers, true/false."""
+    for key, value in options.items():
+        default = defaults.get(key)
+        where = f"--option {key}={value!r} for {model}"
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise StyleforgeError(f"{where}: give true or false")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise StyleforgeError(f"{where}: give a whole number")
+            check_number(value, where, low=min(1, default))
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise StyleforgeError(f"{where}: give a number in [0, 1)")
+            check_number(float(value), where, low=0, high=1, high_open=True)
+        elif isinstance(default, tuple):
+            items = value if isinstance(value, tuple) else (value,)
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in items):
+                raise StyleforgeError(f"{where}: give whole numbers of at least 1, e.g. {','.join(map(str, default))}")
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise StyleforgeError(f"{where}: give a name, e.g. {default}")
+
+
+# --------------------------------------------------------------------------- memory
+
+def available_memory(device: torch.device | str = "cpu") -> int:
+    """Bytes the job can still allocate: free GPU memory, or the host's MemAvailable."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return 1 << 62  # unknown: never refuse
+
+
+def check_memory(needed: float, what: str, hint: str, device: torch.device | str = "cpu") -> None:
+    """Refuse before starting when an estimate of the memory a job needs exceeds what is free."""
+    import torch
+
+    have = available_memory(device)
+    if needed > have:
+        where = "free on the GPU" if torch.device(device).type == "cuda" else "available"
+        raise StyleforgeError(f"{what} needs about {_gb(needed)} of memory, but only {_gb(have)} is {where}: {hint}")
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+
+# --------------------------------------------------------------------------- files read
+
+def check_state_dict(state: Any, where: str | os.PathLike, key: str = "state_dict") -> Mapping[str, torch.Tensor]:
+    """A state dict read from a file: names to tensors, every floating value finite."""
+    import torch
+
+    if not isinstance(state, Mapping) or not state:
+        raise StyleforgeError(f"{where} has no {key} of weights: the file is damaged or was edited")
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise StyleforgeError(f"{where}: entry {name!r} of its {key} is not a tensor: "
+                                  "the file is damaged or was edited")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise StyleforgeError(f"{where}: weight {name} holds NaN or infinite values (the training diverged "
+                                  "or the file is damaged): use an earlier checkpoint or train again")
+    return state
+
+
+def require_keys(record: Mapping[str, Any], where: str | os.PathLike, types: Mapping[str, type | tuple]) -> None:
+    """Each key present with the given type, else a one-line error naming the first one wrong."""
+    for key, kind in types.items():
+        if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool) and kind in (int, float):
+            raise StyleforgeError(f"{where} lacks a valid {key!r} entry: the file is damaged or was not "
+                                  "written by styleforge")
+
+
+def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], ignore: Iterable[str],
+                 where: str | os.PathLike, options: Mapping[str, str] | None = None) -> None:
+    """Refuse to resume when a setting that changes the run differs from the saved run's.
+
+    Every key of ``current`` not in ``ignore`` must equal the saved value (compared as
+    JSON would store them, so tuples equal lists). ``options`` maps keys to option names.
+    """
+    skip, names = set(ignore), dict(options or {})
+    changed = []
+    for key, value in current.items():
+        if key in skip:
+            continue
+        old = saved.get(key)
+        if _plain(old) != _plain(value):
+            changed.append(f"{names.get(key, '--' + key.replace('_', '-'))} {_show(old)} -> {_show(value)}")
+    if changed:
+        raise StyleforgeError(f"--resume: {where} was trained with other settings ({'; '.join(changed)}): "
+                              "use the same settings to continue, or start a new run")
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v)) or "none"
+    if isinstance(v, Mapping):
+        return ",".join(f"{k}={x}" for k, x in v.items()) or "none"
+    return "unset" if v is None else str(v)
+
+
+# --------------------------------------------------------------------------- outputs
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_not_inputs(outputs: Mapping[str, str | os.PathLike], inputs: Mapping[str, str | os.PathLike]) -> None:
+    """Refuse an output that is one of the inputs, or two outputs that are one file.
+
+    Both maps go from a label (``-o``, ``--log``, ``content image``) to a path; the error
+    names both.
+    """
+    seen: dict[Path, str] = {}
+    for label, path in outputs.items():
+        p = Path(path).expanduser()
+        key = p.resolve()
+        for in_label, in_path in inputs.items():
+            q = Path(in_path).expanduser()
+            if key == q.resolve() or _same(p, q):
+                raise StyleforgeError(f"{label} {p} is the {in_label}: styleforge never writes over an input; "
+                                      f"choose another {label.split()[0]}")
+        if key in seen:
+            raise StyleforgeError(f"{label} and {seen[key]} are the same file ({p}): give them different names")
+        seen[key] = label
+
+
+def check_distinct_targets(pairs: Iterable[tuple[Path, Path]]) -> None:
+    """``(source, target)`` pairs of a batch job: no target may be written twice."""
+    first: dict[Path, Path] = {}
+    for source, target in pairs:
+        key = Path(target).resolve()
+        if key in first:
+            raise StyleforgeError(f"{first[key]} and {source} would both be written to {target}: rename one of "
+                                  "them or stylize them separately")
+        first[key] = source
+
+
+# --------------------------------------------------------------------------- signals and workers
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process was, so it stops like Ctrl-C (temporaries removed)."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Terminated`; the previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def worker_errors(what: str) -> Iterator[None]:
+    """A DataLoader re-raises a worker's exception with the worker's whole traceback in its
+    message; keep the last line, the one that says what went wrong."""
+    try:
+        yield
+    except StyleforgeError as exc:
+        text = str(exc).strip()
+        if "DataLoader worker" not in text:
+            raise
+        last = text.splitlines()[-1]
+        raise StyleforgeError(last.split(": ", 1)[-1] if last.startswith("styleforge.") else last) from None
+    except Exception as exc:
+        text = str(exc).strip()
+        if "DataLoader worker" not in text:
+            raise
+        raise StyleforgeError(f"{what} failed in a data-loading process ({text.splitlines()[-1][:200]}): "
+                              "try --workers 0 to see the file") from None
