@@ -227,6 +227,23 @@ def check_not_inputs(outputs: Mapping[str, str | os.PathLike], inputs: Mapping[s
         seen[key] = label
 
 
+def foreign_entries(folder: str | os.PathLike, names: Iterable[str], run_dirs: str | None = None) -> list[Path]:
+    """What in ``folder`` styleforge did not write: anything but files named in ``names``
+    (or its temporaries), and sub-folders matching the ``run_dirs`` pattern that hold
+    anything else. Before deleting a folder, styleforge checks this is empty."""
+    from fnmatch import fnmatch
+
+    from .io import is_temporary
+
+    allowed, out = set(names), []
+    for p in sorted(Path(folder).iterdir()):
+        if p.is_dir() and not p.is_symlink() and run_dirs and fnmatch(p.name, run_dirs):
+            out += foreign_entries(p, allowed)
+        elif not (p.is_file() and not p.is_symlink() and (p.name in allowed or is_temporary(p.name))):
+            out.append(p)
+    return out
+
+
 def check_distinct_targets(pairs: Iterable[tuple[Path, Path]]) -> None:
     """``(source, target)`` pairs of a batch job: no target may be written twice."""
     first: dict[Path, Path] = {}

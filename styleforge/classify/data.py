@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 
 from ..errors import StyleforgeError
-from ..io import IMAGE_SUFFIXES, open_rgb, save_torch
+from ..io import IMAGE_SUFFIXES, header_size, open_rgb, save_torch
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
 DATA_ENV = "STYLEFORGE_DATA"
@@ -278,11 +278,7 @@ def load_folder(path: str | os.PathLike, image_size: int | None = None, use_cach
             pass
     sizes = set()
     for f, _ in flat:
-        try:
-            with Image.open(f) as im:
-                sizes.add(im.size)
-        except Exception:
-            sizes.add(None)  # decoding below gives the one-line error
+        sizes.add(header_size(f))  # None: decoding below gives the one-line error
         if len(sizes) > 1:
             break
     only = next(iter(sizes))

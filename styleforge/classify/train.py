@@ -36,13 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from .. import distributed, guard
+from .. import distributed, guard, lock
 from ..device import Runtime, runtime, seed_everything
 from ..errors import StyleforgeError
-from ..io import check_writable, save_json
+from ..io import check_writable, make_folder, save_json
 from . import report
 from .cache import extract_features, extraction_trunk
-from .checkpoint import check_compatible, make_meta, save_checkpoint
+from .checkpoint import check_compatible, load_checkpoint, make_meta, save_checkpoint
 from .data import DataSpec, Splits, channel_stats, load_splits
 from .models import FREEZE_POLICIES, MODELS, InputNorm, apply_freeze, build_model
 
@@ -54,6 +54,12 @@ DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 # Files that make a folder "hold a run" (and that --overwrite removes).
 RUN_FILES = ("config.json", "metrics.csv", "summary.json", "best.pt", "last.pt", "curves.png",
              "confusion_test.png", "per_class_test.csv", "per_class_test.md", "report.md")
+# Every file name a run directory or grid search of styleforge holds ("--overwrite" deletes
+# a folder only when it holds nothing else).
+OWN_FILES = RUN_FILES + tuple(f"{stem}_{split}.{ext}" for split in ("test", "val", "train")
+                              for stem, ext in (("confusion", "png"), ("per_class", "csv"), ("per_class", "md"),
+                                                ("eval", "json"))) + ("grid.csv", "grid.md", "grid.json")
+RUN_DIRS = "[0-9][0-9]-*"  # a grid search's run folders
 
 
 @dataclass
@@ -133,7 +139,7 @@ class TrainConfig:
              ("--weight-decay", self.weight_decay, guard.NON_NEGATIVE), ("--epochs", self.epochs, guard.COUNT),
              ("--batch-size", self.batch_size, guard.COUNT), ("--eval-batch-size", self.eval_batch_size, guard.COUNT),
              ("--max-seconds", self.max_seconds, guard.POSITIVE), ("--seed", self.seed, guard.SEED),
-             ("--checkpoint-every", self.checkpoint_seconds, guard.POSITIVE),
+             ("--checkpoint-every", self.checkpoint_seconds, guard.NON_NEGATIVE),
              ("--split-seed", self.split_seed, guard.SEED), ("--per-class", self.per_class, guard.COUNT)])
         if self.model not in MODELS:
             raise StyleforgeError(f"unknown model {self.model!r}: use one of {', '.join(MODELS)}")
@@ -346,29 +352,46 @@ def _on_main(ctx: distributed.Dist, fn: Callable[[], Any]) -> Any:
     return result
 
 
-def _prepare_run_dir(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+# Settings that may differ on --resume: where things are and how fast they run, not what is trained.
+RESUME_MAY_CHANGE = ("output", "overwrite", "resume", "data_root", "download", "weights", "device", "precision",
+                     "channels_last", "checkpoint_seconds", "eval_batch_size", "cache_features", "plots",
+                     "evaluate_test", "batch_size")  # batch_size: compared per effective batch below
+
+
+def _load_resume(run_dir: Path, cfg: TrainConfig, world_size: int) -> dict[str, Any]:
+    """last.pt, after checking its structure and that ``cfg`` continues the same run."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        raise StyleforgeError(f"nothing to resume: {last} does not exist (train without --resume first)")
+    state = load_checkpoint(last)
+    guard.require_keys(state, last, {"epoch": int, "config": dict, "optimizer": dict, "rows": list})
+    saved = state["config"]
+    current = {**asdict(cfg), "freeze": cfg.resolved_freeze()}  # the record holds the resolved policy
+    guard.check_resume(saved, current, RESUME_MAY_CHANGE, last, {"model_options": "--option"})
+    before = saved.get("effective_batch_size", saved.get("batch_size"))
+    if before != cfg.batch_size * world_size:
+        raise StyleforgeError(f"--resume: {last} was trained with an effective batch of {before}, this run has "
+                              f"{cfg.batch_size * world_size} (--batch-size x processes): use the same")
+    return state
+
+
+def _prepare_run_dir(run_dir: Path, cfg: TrainConfig, world_size: int = 1) -> dict[str, Any] | None:
     """Refuse to mix runs; with --resume return last.pt's content."""
     if run_dir.exists() and not run_dir.is_dir():
         raise StyleforgeError(f"-o {run_dir} is a file: give a run directory")
     if cfg.resume:
-        last = run_dir / "last.pt"
-        if not last.is_file():
-            raise StyleforgeError(f"nothing to resume: {last} does not exist (train without --resume first)")
-        try:
-            return torch.load(last, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise StyleforgeError(f"{last} is not a readable checkpoint ({type(exc).__name__}): "
-                                  "train again with --overwrite") from None
+        return _load_resume(run_dir, cfg, world_size)
     held = [f for f in RUN_FILES if (run_dir / f).exists()]
     if held and not cfg.overwrite:
         raise StyleforgeError(f"{run_dir} already holds a run ({', '.join(held[:3])}): use --overwrite to replace "
                               "it, --resume to continue it, or another -o")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(run_dir)
     check_writable(run_dir / "config.json")
     for f in held:
         (run_dir / f).unlink()
-    if cfg.overwrite and (run_dir / "grid").is_dir():
-        shutil.rmtree(run_dir / "grid")
+    grid_dir = run_dir / "grid"
+    if cfg.overwrite and grid_dir.is_dir() and not guard.foreign_entries(grid_dir, OWN_FILES, RUN_DIRS):
+        shutil.rmtree(grid_dir)  # only a grid search styleforge made
     return None
 
 
@@ -391,14 +414,26 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
     Files: config.json, metrics.csv, curves.png, best.pt, last.pt, summary.json,
     confusion_test.png, per_class_test.csv/.md, report.md. Raises StyleforgeError for
     bad input, and after writing every file when the loss became NaN (the best
-    checkpoint so far is kept).
+    checkpoint so far is kept). While it runs, the run directory is locked: a second
+    run into it stops at once.
     """
-    t_start = time.perf_counter()
     cfg = cfg.validate()
     ctx = distributed.setup()
+    run_dir = Path(cfg.output).expanduser()
+    if not ctx.is_main:
+        return _fit(cfg, callback)
+    if not run_dir.parent.is_dir():
+        make_folder(run_dir.parent)
+    with lock.hold(run_dir, folder=False):
+        return _fit(cfg, callback)
+
+
+def _fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
+    t_start = time.perf_counter()
+    ctx = distributed.current()
     emit: Callback = callback if (callback is not None and ctx.is_main) else (lambda event: None)
     run_dir = Path(cfg.output).expanduser()
-    resume_state = _on_main(ctx, lambda: _prepare_run_dir(run_dir, cfg))
+    resume_state = _on_main(ctx, lambda: _prepare_run_dir(run_dir, cfg, ctx.world_size))
 
     emit(TrainEvent("phase", message="loading data"))
     t_data = time.perf_counter()

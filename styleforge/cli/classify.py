@@ -182,7 +182,7 @@ def run_options(f):
                      help="Cache a frozen trunk's outputs (auto: when the trunk is frozen and --augment none)."),
         click.option("--int8-features", is_flag=True,
                      help="CPU, with the cache: extract features with an int8 copy of the trunk (about 1.8x faster)."),
-        click.option("--checkpoint-every", "checkpoint_seconds", type=POSITIVE, default=30.0, show_default=True,
+        click.option("--checkpoint-every", "checkpoint_seconds", type=NON_NEGATIVE, default=30.0, show_default=True,
                      help="Write best.pt/last.pt at most every this many seconds (and after the last epoch)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True),

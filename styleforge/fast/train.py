@@ -161,6 +161,18 @@ def _check(cfg: FastTrainConfig) -> None:
         raise StyleforgeError(f"--lr must be positive, got {cfg.lr}")
 
 
+def _check_min_size(cfg: FastTrainConfig, style: torch.Tensor, extractor: VGGFeatures) -> None:
+    """The loss network's deepest layer needs a few pixels (as ``stylize`` checks)."""
+    need = extractor.min_size
+    if cfg.image_size < need:
+        raise StyleforgeError(f"--image-size {cfg.image_size} is too small for the loss layers (they need at least "
+                              f"{need} px): use --image-size {max(need, 4)} or more")
+    h, w = style.shape[-2:]
+    if min(h, w) < need:
+        raise StyleforgeError(f"the style image is {w}x{h} px at --style-size {cfg.style_size}, too small for the "
+                              f"loss layers (they need at least {need} px per side): use a larger --style-size")
+
+
 def _load_resume(cfg: FastTrainConfig, ckpt: Path) -> dict:
     if not ckpt.is_file():
         raise StyleforgeError(f"--resume: no checkpoint {ckpt} to continue from (train without --resume)")
@@ -260,6 +272,7 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
         extractor = VGGFeatures(list(cfg.content_layers) + list(cfg.style_layers), arch=cfg.backbone,
                                 weights=cfg.weights)
     extractor = rt.to(extractor)
+    _check_min_size(cfg, style_img, extractor)
     loss_fn = StyleLoss(extractor, style_img, cfg.content_layers, cfg.style_layers, content_w, style_w,
                         cfg.tv_weight, rt)
     scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype is torch.float16 else None
