@@ -200,30 +200,23 @@ def _show(v: Any) -> str:
 
 # --------------------------------------------------------------------------- outputs
 
-def _same(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def check_not_inputs(outputs: Mapping[str, str | os.PathLike], inputs: Mapping[str, str | os.PathLike]) -> None:
+def check_not_inputs(outputs: Mapping[str, str | os.PathLike], inputs: Mapping[str, str | os.PathLike],
+                     option: str = "-o") -> None:
     """Refuse an output that is one of the inputs, or two outputs that are one file.
 
-    Both maps go from a label (``-o``, ``--log``, ``content image``) to a path; the error
-    names both.
+    Both maps go from a label (``-o``, ``--log``, ``the content image``) to a path
+    (compared after following links); the error names both.
     """
+    given = {Path(p).expanduser().resolve(): label for label, p in inputs.items()}
     seen: dict[Path, str] = {}
     for label, path in outputs.items():
-        p = Path(path).expanduser()
-        key = p.resolve()
-        for in_label, in_path in inputs.items():
-            q = Path(in_path).expanduser()
-            if key == q.resolve() or _same(p, q):
-                raise StyleforgeError(f"{label} {p} is the {in_label}: styleforge never writes over an input; "
-                                      f"choose another {label.split()[0]}")
+        key = Path(path).expanduser().resolve()
+        if key in given:
+            raise StyleforgeError(f"{label} {path} is {given[key]}: styleforge never writes over an input; "
+                                  f"choose another {label if label.startswith('-') else option}")
         if key in seen:
-            raise StyleforgeError(f"{label} and {seen[key]} are the same file ({p}): give them different names")
+            raise StyleforgeError(f"{seen[key]} and {label} would both be written to {path}: rename one of them "
+                                  "or write them separately")
         seen[key] = label
 
 
@@ -242,17 +235,6 @@ def foreign_entries(folder: str | os.PathLike, names: Iterable[str], run_dirs: s
         elif not (p.is_file() and not p.is_symlink() and (p.name in allowed or is_temporary(p.name))):
             out.append(p)
     return out
-
-
-def check_distinct_targets(pairs: Iterable[tuple[Path, Path]]) -> None:
-    """``(source, target)`` pairs of a batch job: no target may be written twice."""
-    first: dict[Path, Path] = {}
-    for source, target in pairs:
-        key = Path(target).resolve()
-        if key in first:
-            raise StyleforgeError(f"{first[key]} and {source} would both be written to {target}: rename one of "
-                                  "them or stylize them separately")
-        first[key] = source
 
 
 # --------------------------------------------------------------------------- signals and workers

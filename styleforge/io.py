@@ -153,6 +153,17 @@ def make_folder(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """Fail early if ``path`` cannot become (or is not) a writable folder; creates nothing."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise StyleforgeError(f"output folder {path} is a file: give a folder")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise StyleforgeError(f"cannot write into {existing}: choose another output folder")
+    return path
+
+
 def is_temporary(name: str) -> bool:
     """A file styleforge writes while it works: ``atomic_path``'s ``.NAME.xxxx.tmp`` or a lock."""
     return name.startswith(".") and name.endswith((".tmp", ".lock"))

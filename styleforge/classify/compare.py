@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import StyleforgeError
+from ..io import check_writable
 from . import report
 
 COLUMNS = ["run", "model", "dataset", "epochs", "best_epoch", "train_acc", "val_acc", "test_acc", "test_loss",
@@ -18,7 +19,17 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
     run = Path(run_dir).expanduser()
     if not (run / "summary.json").is_file() or not (run / "metrics.csv").is_file():
         raise StyleforgeError(f"{run} is not a finished run directory (no summary.json / metrics.csv)")
-    return json.loads((run / "summary.json").read_text()), report.read_metrics(run / "metrics.csv")
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+        metrics = report.read_metrics(run / "metrics.csv")
+    except (ValueError, UnicodeDecodeError, OSError) as exc:  # JSONDecodeError is a ValueError
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
+        raise StyleforgeError(f"{run} holds a damaged summary.json or metrics.csv ({first}): train the run "
+                              "again or leave it out") from None
+    if not isinstance(summary, dict) or any("epoch" not in m or m["epoch"] is None for m in metrics):
+        raise StyleforgeError(f"{run} holds a damaged summary.json or metrics.csv (not a run's record): train the "
+                              "run again or leave it out")
+    return summary, metrics
 
 
 def _label(run: Path, runs: Sequence[Path]) -> str:
@@ -33,6 +44,10 @@ def compare(run_dirs: Sequence[str | Path], output: str | Path | None = None,
     if not run_dirs:
         raise StyleforgeError("give at least one run directory")
     runs = [Path(r).expanduser() for r in run_dirs]
+    if output is not None:
+        report.check_figure_path(output)
+    if table is not None:
+        check_writable(table)
     loaded = [load_run(r) for r in runs]
     rows = []
     for run, (summary, _metrics) in zip(runs, loaded):

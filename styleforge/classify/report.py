@@ -14,7 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..io import atomic_path
+from ..errors import StyleforgeError
+from ..io import atomic_path, check_writable
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
@@ -66,6 +67,19 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def check_figure_path(path: str | os.PathLike) -> Path:
+    """Fail before any work if a figure cannot be written to ``path`` (folder, format)."""
+    path = check_writable(path)
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix and suffix not in kinds:
+        raise StyleforgeError(f"cannot write a figure as {path.name}: use .png, .pdf or .svg "
+                              f"(or one of {', '.join(sorted(kinds))})")
+    return path
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..device import runtime
 from ..errors import StyleforgeError
-from ..io import check_writable, load_image
+from ..io import load_image
 from . import report
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .models import MODELS, Classifier, _ResNetTrunk, _VGGTrunk, build_model
@@ -96,18 +96,32 @@ def load_input(image: str | os.PathLike, shape: tuple[int, int, int], size: int 
     return x
 
 
+class _Reached(Exception):
+    """Raised by the hook: the forward pass stops at the layer asked for."""
+
+
 @torch.no_grad()
 def layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's output for input ``x`` (a copy: later in-place ReLUs do not change it)."""
+    """The layer's output for input ``x`` (a copy: later in-place ReLUs do not change it).
+
+    The forward pass stops at the layer, so the layers after it (a linear head that fixes
+    the input size) never run: any ``--size`` works for the convolutional layers."""
     box: list[torch.Tensor] = []
 
     def hook(module, inputs, output):
         out = output if isinstance(output, torch.Tensor) else output[0]
         box.append(out.detach().float().clone())
+        raise _Reached
 
     handle = layer.register_forward_hook(hook)
     try:
         model.eval()(x)
+    except _Reached:
+        pass
+    except RuntimeError as exc:
+        first = (str(exc).strip().splitlines() or ["RuntimeError"])[0][:100]
+        raise StyleforgeError(f"the model cannot run a {x.shape[-2]}x{x.shape[-1]} input up to that layer ({first}): "
+                              "use the model's own input size (leave out --size) or an earlier layer") from None
     finally:
         handle.remove()
     if not box:
@@ -133,7 +147,7 @@ def filters_figure(loaded: LoadedModel, image: str | os.PathLike, layer: str = "
                    size: int | None = None, device: str = "cpu") -> Path:
     """Each chosen filter of a first conv layer (as an RGB or gray picture) above its
     activation map on ``image``; the input image on the left."""
-    check_writable(output)
+    report.check_figure_path(output)
     model = loaded.model
     conv = resolve_layer(model, layer)
     if not isinstance(conv, nn.Conv2d):
@@ -174,7 +188,7 @@ def activations_figure(loaded: LoadedModel, image: str | os.PathLike, layer: str
                        ) -> tuple[Path, tuple[int, ...]]:
     """Activation maps of the first ``count`` channels (or ``indices``) of a named layer.
     Returns the file and the layer's output shape (C, H, W)."""
-    check_writable(output)
+    report.check_figure_path(output)
     model = loaded.model
     module = resolve_layer(model, layer)
     rt = runtime(device, "fp32")

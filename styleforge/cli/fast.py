@@ -56,11 +56,12 @@ def fast_group() -> None:
 @click.option("--checkpoint-every", type=COUNT, default=500, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt.")
 @click.option("--fp32-model", is_flag=True, help="Store the model in float32 (default float16).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model (and its checkpoint) at OUTPUT.")
 @runtime_options
 @click.option("-q", "--quiet", is_flag=True)
 def train_cmd(style_image, data, output, arch, image_size, style_size, batch_size, steps, epochs, lr,
               style_strength, content_weight, style_weight, tv_weight, content_layers, style_layers, weights,
-              workers, checkpoint_every, resume, fp32_model, device, precision, seed, quiet):
+              workers, checkpoint_every, resume, fp32_model, overwrite, device, precision, seed, quiet):
     """Train a style network for STYLE_IMAGE on the photos in --data."""
     cfg = FastTrainConfig(
         style=str(style_image), data=str(data), output=str(output), arch=arch, image_size=image_size,
@@ -69,7 +70,8 @@ def train_cmd(style_image, data, output, arch, image_size, style_size, batch_siz
         tv_weight=tv_weight, content_layers=parse_layer_weights(content_layers, "--content-layers"),
         style_layers=parse_layer_weights(style_layers, "--style-layers"),
         weights=str(weights) if weights else None, seed=seed, device=device, precision=precision,
-        workers=workers, checkpoint_every=checkpoint_every, resume=resume, half=not fp32_model)
+        workers=workers, checkpoint_every=checkpoint_every, resume=resume, half=not fp32_model,
+        overwrite=overwrite)
     bar = None
 
     def progress(p):

@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from ..errors import StyleforgeError
+from ..guard import Terminated, check_not_inputs
 from ..io import check_writable, image_format, save_image, save_json
 from ..transfer import DEFAULT_STYLE_STRENGTH, Progress, StylizeConfig, stylize
 from .options import (
@@ -28,8 +30,10 @@ class _Bars:
     def __init__(self, quiet: bool, save_every: int, output: Path) -> None:
         self.quiet, self.save_every, self.output = quiet, save_every, output
         self.bar: tqdm | None = None
+        self.last: Progress | None = None
 
     def __call__(self, p: Progress) -> None:
+        self.last = p  # p.image is a fresh tensor each step: keeping it costs no copy
         if not self.quiet:
             if p.step == 1:
                 self.close()
@@ -45,6 +49,23 @@ class _Bars:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def keep_partial(self, exc: KeyboardInterrupt) -> StyleforgeError:
+        """On Ctrl-C or SIGTERM: write the image so far, and say how to continue from it."""
+        what = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        err = StyleforgeError(f"{what} before the first step: nothing was written")
+        if self.last is not None:
+            p, path = self.last, partial_path(self.output)
+            save_image(p.image, path)
+            err = StyleforgeError(f"{what} at scale {p.scale + 1}/{p.n_scales}, step {p.step}/{p.steps}: the image so "
+                                  f"far is in {path}; continue with --init {path}")
+        err.exit_code = 143 if isinstance(exc, Terminated) else 130
+        return err
+
+
+def partial_path(output: Path) -> Path:
+    """Where an interrupted run leaves its image: ``OUT.partial.png`` beside ``OUT.png``."""
+    return output.with_name(f"{output.stem}.partial{output.suffix}")
 
 
 @main_group.command("stylize")
@@ -93,6 +114,11 @@ def stylize_cmd(content, styles, output, size, style_strength, content_weight, s
     check_writable(output)
     if log_path is not None:
         check_writable(log_path)
+    named = {"-o": output, "the partial image": partial_path(output), **({"--log": log_path} if log_path else {})}
+    inputs = {"the content image": content, **{f"the style image {s}": s for s in styles},
+              **({"the --weights file": weights} if weights else {}),
+              **({"the --init image": init} if init not in ("content", "noise") else {})}
+    check_not_inputs(named, inputs)
     step_list = parse_numbers(steps, "--steps", int, NON_NEGATIVE_INT)
     cfg = StylizeConfig(
         size=size, style_strength=style_strength, content_weight=content_weight, style_weight=style_weight,
@@ -108,6 +134,9 @@ def stylize_cmd(content, styles, output, size, style_strength, content_weight, s
     bars = _Bars(quiet, save_every, output)
     try:
         result = stylize(str(content), [str(s) for s in styles], cfg, callback=bars)
+    except KeyboardInterrupt as exc:
+        bars.close()
+        raise bars.keep_partial(exc) from None
     finally:
         bars.close()
     save_image(result.image, output)

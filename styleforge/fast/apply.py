@@ -14,6 +14,7 @@ from ..color import original_colors as keep_colors
 from ..device import Runtime
 from ..device import runtime as make_runtime
 from ..errors import StyleforgeError
+from ..guard import check_not_inputs
 from ..io import (
     IMAGE_SUFFIXES,
     atomic_path,
@@ -76,6 +77,7 @@ def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike) -> list
         if not is_video:
             image_format(out)
         check_writable(out)
+        check_not_inputs({"-o": out}, {"the input": src})
         return [_Job(src, out, is_video)]
     if out.exists() and not out.is_dir():
         raise StyleforgeError(f"-o {out} is a file but the inputs need an output folder")
@@ -96,6 +98,10 @@ def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike) -> list
             job.target = job.target.with_suffix(".png")  # e.g. .gif/.ppm inputs
         if job.video:
             job.target = job.target.with_suffix(".mp4")
+    # Never over an input (``-o photos/`` with ``photos/``'s own files among the inputs), and
+    # never two inputs to one output (``a.gif`` and ``a.png`` both become ``a.png``).
+    check_not_inputs({f"the output of {j.source}": j.target for j in jobs},
+                     {f"the input {j.source}": j.source for j in jobs})
     if not out.parent.exists():
         raise StyleforgeError(f"output folder {out.parent} does not exist: create it first")
     try:

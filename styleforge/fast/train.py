@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 import torch
 from torch.utils.data import DataLoader
 
-from .. import distributed, guard, losses
+from .. import distributed, guard, lock, losses
 from ..backbone import VGGFeatures
 from ..device import Runtime, seed_everything
 from ..device import runtime as make_runtime
@@ -69,6 +69,7 @@ class FastTrainConfig:
     checkpoint_every: int = 500
     resume: bool = False
     half: bool = True                   # store the final model in float16
+    overwrite: bool = False             # replace an existing model (and its checkpoint)
 
     def weights_pair(self) -> tuple[float, float]:
         return loss_weights(self.style_strength, self.content_weight, self.style_weight, DEFAULT_STYLE_STRENGTH)
@@ -104,9 +105,10 @@ def history_paths(output: str | os.PathLike) -> tuple[Path, Path]:
     return out.with_name(out.stem + ".losses.csv"), out.with_name(out.stem + ".losses.png")
 
 
-# Settings that must not change between a run and its --resume.
-_RESUME_KEYS = ("style", "arch", "image_size", "style_size", "lr", "style_strength", "content_weight",
-                "style_weight", "tv_weight", "content_layers", "style_layers", "backbone", "seed")
+# Settings that may change between a run and its --resume (every other one must not):
+# where things run and how fast, and how long (more --steps continue the run).
+_RESUME_MAY_CHANGE = ("output", "steps", "epochs", "device", "precision", "workers", "checkpoint_every", "resume",
+                      "half", "weights", "batch_size", "overwrite")  # batch_size: compared as the global batch
 
 
 class StyleLoss:
@@ -153,6 +155,8 @@ def _check(cfg: FastTrainConfig) -> None:
             raise StyleforgeError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     if cfg.image_size % 4:
         raise StyleforgeError(f"--image-size must be a multiple of 4, got {cfg.image_size}")
+    if cfg.overwrite and cfg.resume:
+        raise StyleforgeError("--overwrite and --resume exclude each other")
     if cfg.steps is not None and cfg.epochs is not None:
         raise StyleforgeError("give --steps or --epochs, not both")
     if (cfg.steps is not None and cfg.steps < 1) or (cfg.epochs is not None and cfg.epochs <= 0):
@@ -179,15 +183,36 @@ def _load_resume(cfg: FastTrainConfig, ckpt: Path) -> dict:
     record = read_record(ckpt)
     if not isinstance(record, dict) or record.get("format") != CHECKPOINT_FORMAT:
         raise StyleforgeError(f"{ckpt} is not a styleforge training checkpoint")
-    old = record["config"]
+    guard.require_keys(record, ckpt, {"model": dict, "optimizer": dict, "step": int, "history": list,
+                                      "config": dict})
+    guard.check_state_dict(record["model"], ckpt, "model")
+    old = dict(record["config"])
     mine = _jsonable(asdict(cfg))
-    changed = [k for k in _RESUME_KEYS if old.get(k) != mine.get(k)]
-    if old.get("batch_size") * old.get("world_size", 1) != cfg.batch_size * distributed.current().world_size:
-        changed.append("global batch size")
-    if changed:
-        raise StyleforgeError(f"--resume: {', '.join(changed)} differ from the checkpoint's run; "
-                              "use the same settings or train a new model")
+    for key in ("style", "data"):  # the same files, however the path is written
+        old[key], mine[key] = (str(Path(str(d.get(key))).resolve()) for d in (old, mine))
+    guard.check_resume(old, mine, _RESUME_MAY_CHANGE, ckpt, {"style": "STYLE_IMAGE"})
+    before = old.get("global_batch", old.get("batch_size"))
+    if before != cfg.batch_size * distributed.current().world_size:
+        raise StyleforgeError(f"--resume: {ckpt} was trained with a global batch of {before}, this run has "
+                              f"{cfg.batch_size * distributed.current().world_size} (--batch-size x processes): "
+                              "use the same")
     return record
+
+
+def _check_paths(cfg: FastTrainConfig, files: list[Path]) -> None:
+    """Never write over the style image or a training photo, nor over another run's model."""
+    output, ckpt = Path(cfg.output), checkpoint_path(cfg.output)
+    written = {"-o": output, "the checkpoint": ckpt}
+    written.update(zip(("the loss table", "the loss plot"), history_paths(output)))
+    inputs = {"the style image": cfg.style, **{f"the training photo {f}": f for f in files if f.name in
+                                                {p.name for p in written.values()}}}
+    guard.check_not_inputs(written, inputs)
+    if cfg.resume or cfg.overwrite:
+        return
+    for what, path in (("a model", output), ("an interrupted run's checkpoint", ckpt)):
+        if path.exists():
+            raise StyleforgeError(f"{path} already holds {what}: use --overwrite to replace it"
+                                  + (", --resume to continue it" if path == ckpt else "") + ", or another -o")
 
 
 def _jsonable(d: dict) -> dict:
@@ -232,16 +257,30 @@ def write_history(history: list[dict[str, float]], output: str | os.PathLike, pl
 
 def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] | None = None,
                 extractor: VGGFeatures | None = None) -> FastTrainResult:
-    """Train a style network; writes the model, a checkpoint, the loss CSV and plot."""
+    """Train a style network; writes the model, a checkpoint, the loss CSV and plot.
+
+    The output is locked while it runs: a second run onto the same model stops at once.
+    """
     _check(cfg)
     ctx = distributed.setup()
+    if not ctx.is_main:
+        return _train_style(cfg, callback, extractor)
+    check_writable(cfg.output)
+    with lock.hold(cfg.output, folder=False):
+        return _train_style(cfg, callback, extractor)
+
+
+def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] | None,
+                 extractor: VGGFeatures | None) -> FastTrainResult:
+    ctx = distributed.current()
     output = Path(cfg.output)
     ckpt = checkpoint_path(output)
+    files, unreadable = list_images(cfg.data)
     if ctx.is_main:
         for p in (output, ckpt, *history_paths(output)):
             check_writable(p)
+        _check_paths(cfg, files)
     content_w, style_w = cfg.weights_pair()
-    files, unreadable = list_images(cfg.data)
     style_img = pil_to_tensor(resize_long_side(open_rgb(cfg.style), cfg.style_size))
 
     global_batch = cfg.batch_size * ctx.world_size
@@ -309,7 +348,7 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
 
     # Ctrl-C, SIGTERM (torchrun stopping the others when one process dies) and a lost peer
     # end in one line that names the checkpoint to --resume from.
-    with distributed.stop_cleanly(ctx, resume_hint):
+    with distributed.stop_cleanly(ctx, resume_hint), guard.worker_errors("reading the training photos"):
         for batch, bad in loader:
             step += 1
             skipped.extend(b for b in bad if b not in skipped)
@@ -328,8 +367,9 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
             values = ctx.sum([float(parts[k].detach()) for k in ("content", "style", "tv", "total")])
             values = (values / ctx.world_size).tolist()
             if not all(math.isfinite(v) for v in values):
-                raise StyleforgeError(f"the loss became {values[-1]} at step {step}: lower --lr; the last "
-                                      f"checkpoint (step {last_ckpt}) is valid for --resume")
+                kept = (f"the last checkpoint {ckpt} (step {last_ckpt}) is valid for --resume" if last_ckpt
+                        else "no checkpoint was written")
+                raise StyleforgeError(f"the loss became {values[-1]} at step {step}: lower --lr; {kept}")
             dt = time.perf_counter() - t0
             row = dict(zip(("content", "style", "tv", "total"), values))
             for k, v in row.items():
