@@ -102,6 +102,29 @@ def check_model_options(model: str, options: Mapping[str, Any], defaults: Mappin
 
 # --------------------------------------------------------------------------- memory
 
+# Lower bounds of the peak memory per pixel, so that a refusal is always right (the real
+# peak is higher: autograd buffers, allocator slack). VGG19 to relu5_1 in fp32 keeps one
+# tensor per convolution (its ReLUs work in place): about 320 floats per input pixel.
+VGG_BYTES_PER_PIXEL = 1300
+# L-BFGS keeps at least 20 steps x 2 vectors of the image pyramid (3 channels x 4/3 levels).
+LBFGS_BYTES_PER_PIXEL = 640
+
+
+def transformer_bytes_per_pixel(full_width: int) -> int:
+    """A style network at inference: about three live full-resolution tensors of its widest
+    full-resolution layer, fp32."""
+    return 12 * full_width
+
+
+def scaled_pixels(size: tuple[int, int], long_side: float | None) -> int:
+    """Pixels of an image of ``size`` (w, h) once its long side is ``long_side`` (None: as is)."""
+    w, h = size
+    if long_side is None:
+        return w * h
+    s = long_side / max(w, h)
+    return max(1, round(w * s)) * max(1, round(h * s))
+
+
 def available_memory(device: torch.device | str = "cpu") -> int:
     """Bytes the job can still allocate: free GPU memory, or the host's MemAvailable."""
     import torch

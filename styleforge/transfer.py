@@ -246,6 +246,12 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike],
     content_src = _as_pil_source(content)
     style_srcs = [_as_pil_source(s) for s in styles]
     rt = make_runtime(cfg.device, cfg.precision)
+    guard.check_memory(guard.scaled_pixels(content_src.size, sizes[-1])
+                       * (guard.VGG_BYTES_PER_PIXEL + guard.LBFGS_BYTES_PER_PIXEL)
+                       + max(guard.scaled_pixels(s.size, sizes[-1] * cfg.style_scale) for s in style_srcs)
+                       * guard.VGG_BYTES_PER_PIXEL,
+                       f"stylize at --size {sizes[-1]} (--style-scale {cfg.style_scale:g})",
+                       "use a smaller --size or --style-scale", rt.device)
     generator = seed_everything(cfg.seed)
     if extractor is None:
         extractor = VGGFeatures(list(cfg.content_layers) + list(cfg.style_layers), arch=cfg.arch,

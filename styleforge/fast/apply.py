@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from .. import guard
 from ..color import original_colors as keep_colors
 from ..device import Runtime
 from ..device import runtime as make_runtime
@@ -19,13 +20,14 @@ from ..io import (
     IMAGE_SUFFIXES,
     atomic_path,
     check_writable,
+    header_size,
     image_format,
     open_rgb,
     pil_to_tensor,
     resize_long_side,
     save_image,
 )
-from .model import TransformerNet, load_model, resolve_model
+from .model import ARCHS, TransformerNet, load_model, resolve_model
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 
@@ -133,6 +135,7 @@ def stylize_files(model: str | os.PathLike, inputs: Iterable[str | os.PathLike],
         _require_av()
     rt = make_runtime(device, precision)
     net, _ = load_model(resolve_model(model))
+    _check_memory(jobs, size, batch_size, net, rt)
     net = rt.to(net)
     written: list[Path] = []
     images = [j for j in jobs if not j.video]
@@ -148,6 +151,16 @@ def stylize_files(model: str | os.PathLike, inputs: Iterable[str | os.PathLike],
         stylize_video(net, job.source, job.target, rt, size, original_colors, batch_size, callback)
         written.append(job.target)
     return written
+
+
+def _check_memory(jobs: list[_Job], size: int | None, batch_size: int, net: TransformerNet, rt: Runtime) -> None:
+    """Refuse before decoding anything when the largest image cannot be stylized in memory."""
+    sizes = [header_size(j.source) for j in jobs if not j.video]
+    largest = max((guard.scaled_pixels(s, size) for s in sizes if s is not None), default=0)
+    if largest:
+        need = largest * min(batch_size, len(sizes)) * guard.transformer_bytes_per_pixel(ARCHS[net.arch].channels[0])
+        guard.check_memory(need, f"stylizing a {largest / 1e6:.0f}-megapixel image",
+                           "use a smaller --size (or --batch-size)", rt.device)
 
 
 def _same_size_groups(jobs: list[_Job], size: int | None, batch_size: int) -> Iterator[list]:

@@ -281,11 +281,17 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
             check_writable(p)
         _check_paths(cfg, files)
     content_w, style_w = cfg.weights_pair()
-    style_img = pil_to_tensor(resize_long_side(open_rgb(cfg.style), cfg.style_size))
+    style_src = open_rgb(cfg.style)
 
     global_batch = cfg.batch_size * ctx.world_size
     steps = cfg.steps or (math.ceil(cfg.epochs * len(files) / global_batch) if cfg.epochs else DEFAULT_STEPS)
     rt = make_runtime(ctx.device_spec(cfg.device), cfg.precision)
+    per_pixel = 2 * guard.VGG_BYTES_PER_PIXEL + guard.transformer_bytes_per_pixel(ARCHS[cfg.arch].channels[0])
+    guard.check_memory(cfg.batch_size * cfg.image_size ** 2 * per_pixel
+                       + guard.scaled_pixels(style_src.size, cfg.style_size) * guard.VGG_BYTES_PER_PIXEL,
+                       f"training at --image-size {cfg.image_size}, --batch-size {cfg.batch_size}, --style-size "
+                       f"{cfg.style_size}", "use a smaller --image-size, --batch-size or --style-size", rt.device)
+    style_img = pil_to_tensor(resize_long_side(style_src, cfg.style_size))
     seed_everything(cfg.seed)
     model = TransformerNet(cfg.arch)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
