@@ -27,8 +27,8 @@ from .options import (
 class _Bars:
     """Turns Progress callbacks into one tqdm bar per scale (and optional snapshots)."""
 
-    def __init__(self, quiet: bool, save_every: int, output: Path) -> None:
-        self.quiet, self.save_every, self.output = quiet, save_every, output
+    def __init__(self, quiet: bool, save_every: int, output: Path, inputs: list[Path]) -> None:
+        self.quiet, self.save_every, self.output, self.inputs = quiet, save_every, output, inputs
         self.bar: tqdm | None = None
         self.last: Progress | None = None
 
@@ -55,7 +55,7 @@ class _Bars:
         what = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
         err = StyleforgeError(f"{what} before the first step: nothing was written")
         if self.last is not None:
-            p, path = self.last, partial_path(self.output)
+            p, path = self.last, partial_path(self.output, self.inputs)
             save_image(p.image, path)
             err = StyleforgeError(f"{what} at scale {p.scale + 1}/{p.n_scales}, step {p.step}/{p.steps}: the image so "
                                   f"far is in {path}; continue with --init {path}")
@@ -63,9 +63,15 @@ class _Bars:
         return err
 
 
-def partial_path(output: Path) -> Path:
-    """Where an interrupted run leaves its image: ``OUT.partial.png`` beside ``OUT.png``."""
-    return output.with_name(f"{output.stem}.partial{output.suffix}")
+def partial_path(output: Path, inputs: list[Path]) -> Path:
+    """Where an interrupted run leaves its image: ``OUT.partial.png`` beside ``OUT.png``, or
+    ``OUT.partial-2.png``, ... when that is this run's ``--init`` (never written over)."""
+    taken = {p.resolve() for p in inputs}
+    for n in range(1, 1000):
+        path = output.with_name(f"{output.stem}.partial{'' if n == 1 else f'-{n}'}{output.suffix}")
+        if path.resolve() not in taken:
+            return path
+    raise StyleforgeError("no free name for the partial image")
 
 
 @main_group.command("stylize")
@@ -114,7 +120,7 @@ def stylize_cmd(content, styles, output, size, style_strength, content_weight, s
     check_writable(output)
     if log_path is not None:
         check_writable(log_path)
-    named = {"-o": output, "the partial image": partial_path(output), **({"--log": log_path} if log_path else {})}
+    named = {"-o": output, **({"--log": log_path} if log_path else {})}
     inputs = {"the content image": content, **{f"the style image {s}": s for s in styles},
               **({"the --weights file": weights} if weights else {}),
               **({"the --init image": init} if init not in ("content", "noise") else {})}
@@ -131,7 +137,7 @@ def stylize_cmd(content, styles, output, size, style_strength, content_weight, s
         multiscale=multiscale, scales=parse_numbers(scales, "--scales", int, COUNT), original_colors=original_colors,
         pooling=pooling, arch=arch, weights=str(weights) if weights else None, device=device,
         precision=precision, seed=seed)
-    bars = _Bars(quiet, save_every, output)
+    bars = _Bars(quiet, save_every, output, [Path(p) for p in inputs.values()])
     try:
         result = stylize(str(content), [str(s) for s in styles], cfg, callback=bars)
     except KeyboardInterrupt as exc:
