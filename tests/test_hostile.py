@@ -504,6 +504,44 @@ def test_a_second_run_into_a_locked_output_is_refused(env, roots, tmp_path, rand
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # the locks went with their holders
 
 
+# --------------------------------------------------------------------------- 13. bf16
+
+def test_auto_precision_trains_in_fp32_even_where_bf16_is_native(env, tmp_path, monkeypatch, random_vgg19_file):
+    """On a CPU with native bf16, ``auto`` picks bf16 for inference but trains exactly as fp32 does."""
+    from styleforge import device
+
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    assert device.runtime("cpu", "auto").amp_dtype is torch.bfloat16
+    assert device.for_training(device.runtime("cpu", "auto"), "auto").amp_dtype is None
+    assert device.for_training(device.runtime("cpu", "bf16"), "bf16").amp_dtype is torch.bfloat16
+    args = ["classify", "train", "--dataset", env / "colours", "--model", "simple-cnn", "--epochs", "1",
+            "--batch-size", "16", "--device", "cpu", "-q"]
+    ok(*args, "--precision", "auto", "-o", tmp_path / "auto")
+    ok(*args, "--precision", "fp32", "-o", tmp_path / "fp32")
+    a, b = (torch.load(tmp_path / name / "last.pt", weights_only=True) for name in ("auto", "fp32"))
+    assert a["config"]["precision"] == "fp32"
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    train = ["fast", "train", env / "style.png", "--data", env / "photos", "--weights", random_vgg19_file,
+             *[x for x in FAST_TRAIN if x not in ("--precision", "fp32")], "--fp32-model"]
+    ok(*train, "--precision", "auto", "-o", tmp_path / "auto.pth")
+    ok(*train, "--precision", "fp32", "-o", tmp_path / "fp32.pth")
+    a, b = (torch.load(tmp_path / name, weights_only=True) for name in ("auto.pth", "fp32.pth"))
+    assert a["training"]["precision"] == "fp32"
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
+def test_forced_bf16_training_stays_finite_and_learns(env, tmp_path):
+    """``--precision bf16`` (emulated on AVX2 CPUs) keeps loss and optimizer state in fp32."""
+    r = ok("classify", "train", "--dataset", env / "colours", "--model", "simple-cnn", "--epochs", "3",
+           "--batch-size", "8", "--device", "cpu", "--precision", "bf16", "--val-split", "0", "-q",
+           "-o", tmp_path / "bf16")
+    summary = json.loads((tmp_path / "bf16" / "summary.json").read_text())
+    assert summary["precision"] == "bf16" and summary["stopped"] == "completed" and summary["train_acc"] > 0.6, r.output
+    state = torch.load(tmp_path / "bf16" / "last.pt", weights_only=True)
+    moments = [v for s in state["optimizer"]["state"].values() for v in s.values() if isinstance(v, torch.Tensor)]
+    assert moments and all(v.dtype == torch.float32 for v in moments)
+
+
 # --------------------------------------------------------------------------- 12 and 15. signals (subprocesses)
 
 def _start(args, cwd):

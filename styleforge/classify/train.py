@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from .. import distributed, guard, lock
-from ..device import Runtime, runtime, seed_everything
+from ..device import Runtime, for_training, runtime, seed_everything
 from ..errors import StyleforgeError
 from ..io import check_writable, make_folder, save_json
 from . import report
@@ -446,6 +446,7 @@ def _fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
     shape = (c, *size)
 
     rt = runtime(ctx.device_spec(cfg.device), cfg.precision, cfg.channels_last)
+    extract_rt, rt = rt, for_training(rt, cfg.precision)  # auto on a CPU: bf16 extracts, fp32 trains
     seed_everything(cfg.seed)
     freeze = cfg.resolved_freeze()
     if not ctx.is_main and cfg.pretrained:
@@ -503,16 +504,16 @@ def _fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
         emit(TrainEvent("phase", message="extracting features"))
         t_feat = time.perf_counter()
         sources = {}
-        prepare = lambda x: prepare_batch(x, rt, size)  # noqa: E731
+        prepare = lambda x: prepare_batch(x, extract_rt, size)  # noqa: E731
         if cfg.int8_features:
             emit(TrainEvent("phase", message="calibrating the int8 trunk"))
-        trunk = extraction_trunk(model, rt, prepare, train.images if cfg.int8_features else None, cfg.seed)
+        trunk = extraction_trunk(model, extract_rt, prepare, train.images if cfg.int8_features else None, cfg.seed)
         for name, s in sets.items():
             if s is None:
                 continue
             # Every process extracts the whole split (no communication; the training
             # sampler draws any index on any rank).
-            feats = extract_features(trunk, s.images, prepare, rt,
+            feats = extract_features(trunk, s.images, prepare, extract_rt,
                                      cfg.eval_batch_size,
                                      progress=lambda done, n, name=name: emit(TrainEvent(
                                          "phase", step=done, steps=n, message=f"features: {name}")))

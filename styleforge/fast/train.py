@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from .. import distributed, guard, lock, losses
 from ..backbone import VGGFeatures
-from ..device import Runtime, seed_everything
+from ..device import Runtime, for_training, seed_everything
 from ..device import runtime as make_runtime
 from ..errors import StyleforgeError
 from ..io import atomic_path, check_writable, open_rgb, pil_to_tensor, resize_long_side, save_torch
@@ -285,7 +285,7 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
 
     global_batch = cfg.batch_size * ctx.world_size
     steps = cfg.steps or (math.ceil(cfg.epochs * len(files) / global_batch) if cfg.epochs else DEFAULT_STEPS)
-    rt = make_runtime(ctx.device_spec(cfg.device), cfg.precision)
+    rt = for_training(make_runtime(ctx.device_spec(cfg.device), cfg.precision), cfg.precision)
     per_pixel = 2 * guard.VGG_BYTES_PER_PIXEL + guard.transformer_bytes_per_pixel(ARCHS[cfg.arch].channels[0])
     guard.check_memory(cfg.batch_size * cfg.image_size ** 2 * per_pixel
                        + guard.scaled_pixels(style_src.size, cfg.style_size) * guard.VGG_BYTES_PER_PIXEL,
