@@ -175,6 +175,17 @@ def check_state_dict(state: Any, where: str | os.PathLike, key: str = "state_dic
     return state
 
 
+def load_state(target: Any, state: Any, where: str | os.PathLike, what: str = "weights") -> None:
+    """``target.load_state_dict(state)`` (a model or an optimizer) with a one-line error when
+    the saved state does not fit: a damaged or edited checkpoint."""
+    try:
+        target.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise StyleforgeError(f"{where}: its {what} do not fit this run ({first}): the file is damaged or was "
+                              "edited; train again with --overwrite") from None
+
+
 def require_keys(record: Mapping[str, Any], where: str | os.PathLike, types: Mapping[str, type | tuple]) -> None:
     """Each key present with the given type, else a one-line error naming the first one wrong."""
     for key, kind in types.items():

@@ -368,6 +368,19 @@ def test_classify_resume_refuses_changed_settings_and_writes_nothing(extra, name
             expect=named)
 
 
+def test_classify_resume_refuses_a_damaged_last_checkpoint(env, roots, tmp_path):
+    shutil.copytree(env / "run", tmp_path / "run")
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    last["optimizer"]["param_groups"] = last["optimizer"]["param_groups"][:1] * 5
+    torch.save(last, tmp_path / "run" / "last.pt")
+    refused(roots, "classify", "train", "--dataset", env / "colours", *CLASSIFY, "-o", tmp_path / "run", "--resume",
+            expect="its optimizer settings do not fit this run")
+    last.pop("epoch")
+    torch.save(last, tmp_path / "run" / "last.pt")
+    refused(roots, "classify", "train", "--dataset", env / "colours", *CLASSIFY, "-o", tmp_path / "run", "--resume",
+            expect="lacks a valid 'epoch'")
+
+
 @pytest.fixture(scope="module")
 def fast_run(env, tmp_path_factory, random_vgg19_file):
     out = tmp_path_factory.mktemp("fastrun") / "m.pth"

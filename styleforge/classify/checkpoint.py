@@ -75,6 +75,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise StyleforgeError(f"{path} records an impossible input shape or class list: the file is damaged or "
                               "was edited")
     check_state_dict(ckpt.get("state_dict"), path)
+    if not isinstance(ckpt.get("config", {}), dict):
+        raise StyleforgeError(f"{path} lacks a valid 'config' entry: the file is damaged or was edited")
     ckpt["path"] = str(path)
     return ckpt
 

@@ -405,6 +405,10 @@ def load_splits(spec: DataSpec) -> Splits:
         if not 0 <= frac < 1:
             raise StyleforgeError(f"{name} {frac} must be in [0, 1)")
     train, test, source = load_dataset(spec)
+    for name, s in (("training", train), ("test", test)):
+        if s is not None and len(s) and not 0 <= int(s.labels.min()) <= int(s.labels.max()) < len(s.classes):
+            raise StyleforgeError(f"{source}: a {name} label is outside 0..{len(s.classes) - 1}: the label file is "
+                                  "damaged; copy or download it again")
     notes = []
     if test is None:
         if spec.test_split <= 0:

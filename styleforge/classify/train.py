@@ -468,7 +468,7 @@ def _fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
         if list(resume_state["input_shape"]) != list(shape):
             raise StyleforgeError(f"{run_dir / 'last.pt'} takes {'x'.join(map(str, resume_state['input_shape']))} "
                                   f"input, this run {'x'.join(map(str, shape))}: use the same --image-size")
-        model.load_state_dict(resume_state["state_dict"])
+        guard.load_state(model, resume_state["state_dict"], run_dir / "last.pt")
         start_epoch = int(resume_state["epoch"]) + 1
         rows = [dict(r) for r in resume_state.get("rows", [])]
         best = dict(resume_state["best"]) if resume_state.get("best") else None
@@ -493,8 +493,6 @@ def _fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
                      "device": str(rt.device), "precision": rt.precision, "channels_last": rt.channels_last,
                      "world_size": ctx.world_size, "effective_batch_size": cfg.batch_size * ctx.world_size,
                      "cached_features": use_cache, "params_total": n_total, "params_trainable": n_train}
-    if ctx.is_main:
-        save_json(config_record, run_dir / "config.json")
     emit(TrainEvent("phase", message=distributed.batch_note(cfg.batch_size, ctx.world_size, cfg.lr)))
 
     # Inputs: images, or the frozen trunk's outputs computed once.
@@ -529,9 +527,11 @@ def _fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
     optimizer = make_optimizer(cfg, net)
     scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype is torch.float16 else None
     if resume_state is not None and resume_state.get("optimizer"):
-        optimizer.load_state_dict(resume_state["optimizer"])
+        guard.load_state(optimizer, resume_state["optimizer"], run_dir / "last.pt", "optimizer settings")
         if scaler is not None and resume_state.get("scaler"):
             scaler.load_state_dict(resume_state["scaler"])
+    if ctx.is_main:  # only now: a resumed checkpoint has been checked in full
+        save_json(config_record, run_dir / "config.json")
 
     sampler = DistributedSampler(range(len(train)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=False)
@@ -691,8 +691,7 @@ def _fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
     per_class_rows = None
     if best is not None:
         if best_state is None:  # resumed and never improved: the best weights are on disk
-            best_state = _on_main(ctx, lambda: torch.load(run_dir / "best.pt", map_location="cpu",
-                                                          weights_only=True)["state_dict"])
+            best_state = _on_main(ctx, lambda: load_checkpoint(run_dir / "best.pt")["state_dict"])
         model.load_state_dict(best_state)
         emit(TrainEvent("phase", message="evaluating the best checkpoint"))
         for name in ("train", "val", "test"):

@@ -298,8 +298,8 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
     start_step, history, skipped = 0, [], [str(p) for p in unreadable]
     record = _load_resume(cfg, ckpt) if cfg.resume else None
     if record is not None:
-        model.load_state_dict(record["model"])
-        optimizer.load_state_dict(record["optimizer"])
+        guard.load_state(model, record["model"], ckpt)
+        guard.load_state(optimizer, record["optimizer"], ckpt, "optimizer settings")
         start_step, history = record["step"], list(record["history"])
         skipped = sorted(set(skipped) | set(record.get("skipped", [])))
         if start_step >= steps:
