@@ -32,6 +32,11 @@ COUNT = {"low": 1}                                          # sizes, epochs, ste
 SEED = {"low": 0, "high": MAX_SEED}
 
 
+def first_line(exc: BaseException, limit: int = 120) -> str:
+    """The first line of an exception's message (or its type's name), for one-line errors."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
 # --------------------------------------------------------------------------- numbers
 
 def number_problem(value: Any, low: float | None = None, high: float | None = None, low_open: bool = False,
@@ -181,9 +186,8 @@ def load_state(target: Any, state: Any, where: str | os.PathLike, what: str = "w
     try:
         target.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-        raise StyleforgeError(f"{where}: its {what} do not fit this run ({first}): the file is damaged or was "
-                              "edited; train again with --overwrite") from None
+        raise StyleforgeError(f"{where}: its {what} do not fit this run ({first_line(exc)}): the file is damaged "
+                              "or was edited; train again with --overwrite") from None
 
 
 def require_keys(record: Mapping[str, Any], where: str | os.PathLike, types: Mapping[str, type | tuple]) -> None:

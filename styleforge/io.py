@@ -18,6 +18,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import StyleforgeError
+from .guard import first_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP",
@@ -56,8 +57,7 @@ def _read_error(path: Path, exc: Exception) -> Exception:
     if isinstance(exc, UnidentifiedImageError):
         return StyleforgeError(f"{path} is not an image file this tool can read (PNG, JPEG, ...)")
     if isinstance(exc, (OSError, SyntaxError, ValueError, EOFError)):
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-        return StyleforgeError(f"{path} is truncated or corrupt ({first}): re-export or re-download it")
+        return StyleforgeError(f"{path} is truncated or corrupt ({first_line(exc)}): re-export or re-download it")
     return exc
 
 

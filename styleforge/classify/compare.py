@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import StyleforgeError
+from ..guard import first_line
 from ..io import check_writable
 from . import report
 
@@ -23,9 +24,8 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
         summary = json.loads((run / "summary.json").read_text())
         metrics = report.read_metrics(run / "metrics.csv")
     except (ValueError, UnicodeDecodeError, OSError) as exc:  # JSONDecodeError is a ValueError
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
-        raise StyleforgeError(f"{run} holds a damaged summary.json or metrics.csv ({first}): train the run "
-                              "again or leave it out") from None
+        raise StyleforgeError(f"{run} holds a damaged summary.json or metrics.csv ({first_line(exc, 100)}): "
+                              "train the run again or leave it out") from None
     if not isinstance(summary, dict) or any("epoch" not in m or m["epoch"] is None for m in metrics):
         raise StyleforgeError(f"{run} holds a damaged summary.json or metrics.csv (not a run's record): train the "
                               "run again or leave it out")

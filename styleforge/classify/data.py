@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 
 from ..errors import StyleforgeError
+from ..guard import first_line
 from ..io import IMAGE_SUFFIXES, header_size, open_rgb, save_torch
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
@@ -132,12 +133,8 @@ def _read_idx(path: Path) -> np.ndarray:
         arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
         return arr.reshape(dims)
     except (OSError, EOFError, ValueError, struct.error, zlib.error) as exc:
-        raise StyleforgeError(f"{path} is not a readable MNIST idx file ({_first_line(exc)}): copy or download it "
+        raise StyleforgeError(f"{path} is not a readable MNIST idx file ({first_line(exc)}): copy or download it "
                               "again") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
 
 
 @contextlib.contextmanager
@@ -150,7 +147,7 @@ def _downloading(name: str, root: Path):
     except StyleforgeError:
         raise
     except Exception as exc:  # URLError, permission errors, checksum errors
-        raise StyleforgeError(f"downloading {name} into {root} failed ({type(exc).__name__}: {_first_line(exc)}): "
+        raise StyleforgeError(f"downloading {name} into {root} failed ({type(exc).__name__}: {first_line(exc)}): "
                               "check the network, or copy the files there by hand") from None
 
 

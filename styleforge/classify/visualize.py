@@ -20,6 +20,7 @@ from torch import nn
 
 from ..device import runtime
 from ..errors import StyleforgeError
+from ..guard import first_line
 from ..io import load_image
 from . import report
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -119,8 +120,8 @@ def layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.T
     except _Reached:
         pass
     except RuntimeError as exc:
-        first = (str(exc).strip().splitlines() or ["RuntimeError"])[0][:100]
-        raise StyleforgeError(f"the model cannot run a {x.shape[-2]}x{x.shape[-1]} input up to that layer ({first}): "
+        raise StyleforgeError(f"the model cannot run a {x.shape[-2]}x{x.shape[-1]} input up to that layer "
+                              f"({first_line(exc, 100)}): "
                               "use the model's own input size (leave out --size) or an earlier layer") from None
     finally:
         handle.remove()
