@@ -219,14 +219,20 @@ def test_library_configs_refuse_nan_too(env, tmp_path):
 
 # --------------------------------------------------------------------------- 4. memory
 
-@pytest.mark.parametrize("case", ["stylize-size", "style-scale", "fast-train", "fast-apply"])
+@pytest.mark.parametrize("case", ["stylize-size", "style-scale", "fast-train", "fast-apply", "classify-train",
+                                  "visualize", "summary"])
 def test_huge_sizes_are_refused_with_needed_and_available_memory(case, env, roots, tmp_path, random_vgg19_file):
     content, style, w = env / "content.png", env / "style.png", ["--weights", random_vgg19_file]
     args = {"stylize-size": ["stylize", content, style, "-o", tmp_path / "o.png", *w, "--size", "60000"],
             "style-scale": ["stylize", content, style, "-o", tmp_path / "o.png", *w, "--style-scale", "2000"],
             "fast-train": ["fast", "train", style, "--data", env / "photos", "-o", tmp_path / "m.pth", *w,
                            "--image-size", "40000"],
-            "fast-apply": ["fast", "apply", env / "model.pth", content, "-o", tmp_path / "o.png", "--size", "60000"]}
+            "fast-apply": ["fast", "apply", env / "model.pth", content, "-o", tmp_path / "o.png", "--size", "60000"],
+            "classify-train": ["classify", "train", "--dataset", env / "colours", *CLASSIFY, "--image-size", "40000",
+                               "-o", tmp_path / "r"],
+            "visualize": ["visualize", "activations", env / "run", "--image", content, "--layer", "conv1",
+                          "--size", "60000", "-o", tmp_path / "a.png"],
+            "summary": ["summary", "simple-cnn", "--input", "3x60000x60000"]}
     line = refused(roots, *args[case], expect="GB of memory, but only")
     assert "needs about" in line and "available" in line
 
@@ -582,6 +588,9 @@ def test_sigterm_stops_training_like_ctrl_c_and_leaves_no_temporaries(env, tmp_p
     proc = _start(["classify", "train", "--dataset", env / "colours", "--model", "simple-cnn", "--epochs", "100000",
                    "--batch-size", "16", "--precision", "fp32", "--checkpoint-every", "0", "-q", "-o", out], tmp_path)
     _wait_for(out / "last.pt", proc)
+    # A second run into the same place, while the first runs: refused, naming the first.
+    refused((env,), "classify", "train", "--dataset", env / "colours", *CLASSIFY, "-o", out,
+            "--overwrite", expect=f"in use by another styleforge run (process {proc.pid})")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0

@@ -435,6 +435,9 @@ def _fit(cfg: TrainConfig, callback: Callback | None = None) -> FitResult:
     run_dir = Path(cfg.output).expanduser()
     resume_state = _on_main(ctx, lambda: _prepare_run_dir(run_dir, cfg, ctx.world_size))
 
+    if cfg.image_size:  # a lower bound: one float channel of a batch, before and after resizing
+        guard.check_memory(8 * max(cfg.batch_size, cfg.eval_batch_size) * cfg.image_size ** 2,
+                           f"a batch at --image-size {cfg.image_size}", "use a smaller --image-size or --batch-size")
     emit(TrainEvent("phase", message="loading data"))
     t_data = time.perf_counter()
     splits = _load_data(ctx, cfg)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import guard
 from ..device import runtime
 from ..errors import StyleforgeError
 from ..guard import first_line
@@ -88,8 +89,9 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
 
 def load_input(image: str | os.PathLike, shape: tuple[int, int, int], size: int | None = None) -> torch.Tensor:
     """The image as the model's input: (1, C, S, S) in [0, 1] (grayscale for 1-channel models)."""
-    x = load_image(image)
     s = size or shape[1]
+    guard.check_memory(4 * 3 * s * max(s, shape[2]), f"a {s} px input", "use a smaller --size")  # the input alone
+    x = load_image(image)
     x = F.interpolate(x, size=(s, s) if size or shape[1] == shape[2] else shape[1:], mode="bilinear",
                       align_corners=False, antialias=True).clamp(0, 1)
     if shape[0] == 1:

@@ -19,6 +19,7 @@ from ..classify.models import ACTIVATIONS, FREEZE_POLICIES, model_options
 from ..classify.train import CACHE_MODES, OPTIMIZERS, SCHEDULES, TrainConfig, TrainEvent
 from ..device import PRECISIONS
 from ..errors import StyleforgeError
+from ..guard import check_memory
 from .options import (
     COUNT,
     NON_NEGATIVE,
@@ -38,6 +39,7 @@ def parse_shape(text: str) -> tuple[int, int, int]:
         raise StyleforgeError(f"--input {text!r} is not CxHxW, e.g. 1x28x28 or 3x32x32") from None
     if c not in (1, 3) or h < 1 or w < 1:
         raise StyleforgeError(f"--input {text!r}: channels must be 1 or 3 and sizes positive")
+    check_memory(4 * c * h * w, f"an input of {text}", "give a smaller --input")  # the input tensor alone
     return c, h, w
 
 
