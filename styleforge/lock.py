@@ -24,9 +24,17 @@ LOCK_NAME = ".styleforge.lock"
 
 
 def lock_path(target: str | os.PathLike, folder: bool) -> Path:
-    """Where the lock of a run directory (``folder``) or of an output file lives."""
-    target = Path(target)
-    return target / LOCK_NAME if folder else target.with_name(f".{target.name}.lock")
+    """Where the lock of a run directory (``folder``) or of an output file lives (beside it,
+    or inside a folder that has no name to put beside, such as ``.`` or ``/``)."""
+    target = Path(target).expanduser().resolve()
+    return target / LOCK_NAME if folder or not target.name else target.with_name(f".{target.name}.lock")
+
+
+def _open(path: Path) -> int | None:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager
@@ -36,11 +44,13 @@ def hold(target: str | os.PathLike, folder: bool = True) -> Iterator[None]:
     if fcntl is None:
         yield
         return
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise StyleforgeError(f"cannot create the lock file {path} ({exc.strerror}): choose a writable output") \
-            from None
+    fd = _open(path)
+    if fd is None and not folder and Path(target).is_dir():
+        # An existing run directory in a read-only parent: lock it from inside instead.
+        path = lock_path(target, folder=True)
+        fd = _open(path)
+    if fd is None:
+        raise StyleforgeError(f"cannot create the lock file {path}: choose an output in a writable folder")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
