@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import StyleforgeError, first_line
+from .guard import Terminated  # SIGTERM: torchrun stops the surviving processes this way when one fails
 
 # A rank that stops answering makes the others fail after this long instead of hanging.
 TIMEOUT = datetime.timedelta(minutes=float(os.environ.get("STYLEFORGE_DIST_TIMEOUT_MIN", "10")))
@@ -111,10 +112,6 @@ def setup() -> Dist:
     return _CURRENT
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM: torchrun stops the surviving processes this way when one of them fails."""
-
-
 def _stop_on_sigterm() -> None:
     def handler(signum, frame):
         # Once: a second SIGTERM while the first is being reported must not cut the message short.
@@ -138,8 +135,8 @@ def _stop_error(ctx: Dist, exc: BaseException, resume_hint: Callable[[], str]) -
     then = "run the same command with --resume to continue"
     where = f", rank {ctx.rank} of {ctx.world_size}" if ctx.enabled else ""
     if isinstance(exc, Terminated):
-        return StyleforgeError(f"stopped by SIGTERM{where} (under torchrun: another process failed): "
-                               f"{resume_hint()}; {then}")
+        why = " (under torchrun: another process failed)" if ctx.enabled else ""
+        return StyleforgeError(f"stopped by SIGTERM{where}{why}: {resume_hint()}; {then}")
     if isinstance(exc, KeyboardInterrupt):
         return StyleforgeError(f"interrupted: {resume_hint()}; {then}")
     if ctx.enabled and isinstance(exc, Exception) and _lost_peer(exc):

@@ -42,10 +42,34 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
-    except UnidentifiedImageError:
-        raise StyleforgeError(f"{path} is not an image file this tool can read (PNG, JPEG, ...)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise StyleforgeError(f"{path} is truncated or corrupt ({exc}): re-export or re-download it") from None
+    except Exception as exc:  # noqa: BLE001  (PIL raises many types for damaged files)
+        raise _read_error(path, exc) from None
+
+
+def _read_error(path: Path, exc: Exception) -> Exception:
+    """The one-line error for an image PIL cannot open (anything unexpected stays a bug)."""
+    if isinstance(exc, Image.DecompressionBombError):
+        # PIL refuses images whose header declares more pixels than MAX_IMAGE_PIXELS (a few
+        # bytes of PNG can declare 10^10 pixels); its error is not an OSError.
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        return StyleforgeError(f"{path} declares an image too large to decode safely (over {limit:,} pixels, "
+                               "a possible decompression bomb): give a smaller image")
+    if isinstance(exc, UnidentifiedImageError):
+        return StyleforgeError(f"{path} is not an image file this tool can read (PNG, JPEG, ...)")
+    if isinstance(exc, (OSError, SyntaxError, ValueError, EOFError)):
+        return StyleforgeError(f"{path} is truncated or corrupt ({first_line(exc)}): re-export or re-download it")
+    return exc
+
+
+def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) from the header alone, or None for a file that is not a readable image."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception as exc:  # noqa: BLE001
+        if isinstance(_read_error(Path(path), exc), StyleforgeError):
+            return None
+        raise
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -113,6 +137,36 @@ def check_writable(path: str | os.PathLike) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise StyleforgeError(f"output folder {folder} is not writable: choose another output path")
     return path
+
+
+def make_folder(path: str | os.PathLike) -> Path:
+    """Create an output folder (and its parents), with a one-line error when that is not possible."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StyleforgeError(f"{path} (or a folder above it) is a file: choose another output folder") from None
+    except OSError as exc:
+        raise StyleforgeError(f"cannot create the output folder {path} ({exc.strerror}): choose another") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StyleforgeError(f"output folder {path} is not writable: choose another output path")
+    return path
+
+
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """Fail early if ``path`` cannot become (or is not) a writable folder; creates nothing."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise StyleforgeError(f"output folder {path} is a file: give a folder")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise StyleforgeError(f"cannot write into {existing}: choose another output folder")
+    return path
+
+
+def is_temporary(name: str) -> bool:
+    """A file styleforge writes while it works: ``atomic_path``'s ``.NAME.xxxx.tmp`` or a lock."""
+    return name.startswith(".") and name.endswith((".tmp", ".lock"))
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from typing import Callable, Mapping, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from . import guard
 from .backbone import VGGFeatures
 from .color import original_colors as apply_original_colors
 from .device import Runtime, seed_everything
@@ -169,8 +170,9 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike],
     blend = [b / sum(blend) for b in blend]
     if cfg.optimizer not in ("lbfgs", "adam"):
         raise StyleforgeError(f"unknown optimizer {cfg.optimizer!r}: use lbfgs or adam")
-    if cfg.style_scale <= 0:
-        raise StyleforgeError(f"--style-scale must be positive, got {cfg.style_scale}")
+    guard.check_numbers([("--style-scale", cfg.style_scale, guard.POSITIVE), ("--lr", cfg.lr, guard.POSITIVE),
+                         ("--tv-weight", cfg.tv_weight, guard.NON_NEGATIVE), ("--seed", cfg.seed, guard.SEED),
+                         ("--size", cfg.size, guard.COUNT)])
     content_w, style_w = cfg.weights_pair()
     sizes = cfg.scale_sizes()
     steps = cfg.steps_per_scale(len(sizes))
@@ -178,6 +180,12 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike],
     content_src = _as_pil_source(content)
     style_srcs = [_as_pil_source(s) for s in styles]
     rt = make_runtime(cfg.device, cfg.precision)
+    guard.check_memory(guard.scaled_pixels(content_src.size, sizes[-1])
+                       * (guard.VGG_BYTES_PER_PIXEL + guard.LBFGS_BYTES_PER_PIXEL)
+                       + max(guard.scaled_pixels(s.size, sizes[-1] * cfg.style_scale) for s in style_srcs)
+                       * guard.VGG_BYTES_PER_PIXEL,
+                       f"stylize at --size {sizes[-1]} (--style-scale {cfg.style_scale:g})",
+                       "use a smaller --size or --style-scale", rt.device)
     generator = seed_everything(cfg.seed)
     if extractor is None:
         extractor = VGGFeatures(list(cfg.content_layers) + list(cfg.style_layers), arch=cfg.arch,

@@ -279,7 +279,7 @@ def test_interrupt_keeps_a_valid_checkpoint_and_resume_continues(photos, tmp_pat
 
 
 @pytest.mark.parametrize("change, text", [
-    ({"style_size": 6}, "too small for the style layers"),
+    ({"style_size": 6}, "too small for the loss layers"),
     ({"batch_size": 7}, "fewer than one batch of 7"),
     ({"image_size": 160}, "larger than every photo in --data (the largest short side is 52 px)"),
 ])

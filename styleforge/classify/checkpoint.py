@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import StyleforgeError, first_line
+from ..guard import check_state_dict, require_keys
 from ..io import load_torch, save_torch
 from .models import Classifier, build_model
 
@@ -69,6 +70,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or any(k not in ckpt for k in META_KEYS):
         raise StyleforgeError(f"{path} is not a styleforge classifier checkpoint (no {FORMAT} record): give a "
                               "best.pt or last.pt written by 'styleforge classify train'")
+    require_keys(ckpt, path, {"model": str, "input_shape": (list, tuple), "num_classes": int,
+                              "class_names": (list, tuple), "activation": str, "model_options": dict})
+    shape = ckpt["input_shape"]
+    if (len(shape) != 3 or not all(isinstance(v, int) and v >= 1 for v in shape)
+            or len(ckpt["class_names"]) != ckpt["num_classes"]):
+        raise StyleforgeError(f"{path} records an impossible input shape or class list: the file is damaged or "
+                              "was edited")
+    check_state_dict(ckpt.get("state_dict"), path)
+    if not isinstance(ckpt.get("config", {}), dict):
+        raise StyleforgeError(f"{path} lacks a valid 'config' entry: the file is damaged or was edited")
     ckpt["path"] = str(path)
     return ckpt
 

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import StyleforgeError
+from ..errors import StyleforgeError, first_line
+from ..io import check_writable
 from . import report
 
 COLUMNS = ["run", "model", "dataset", "activation", "params", "train_images", "epochs", "best_epoch", "train_loss",
@@ -18,7 +19,16 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
     run = Path(run_dir).expanduser()
     if not (run / "summary.json").is_file() or not (run / "metrics.csv").is_file():
         raise StyleforgeError(f"{run} is not a finished run directory (no summary.json / metrics.csv)")
-    return json.loads((run / "summary.json").read_text()), report.read_metrics(run / "metrics.csv")
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+        metrics = report.read_metrics(run / "metrics.csv")
+    except (ValueError, UnicodeDecodeError, OSError) as exc:  # JSONDecodeError is a ValueError
+        raise StyleforgeError(f"{run} holds a damaged summary.json or metrics.csv ({first_line(exc, 100)}): "
+                              "train the run again or leave it out") from None
+    if not isinstance(summary, dict) or any("epoch" not in m or m["epoch"] is None for m in metrics):
+        raise StyleforgeError(f"{run} holds a damaged summary.json or metrics.csv (not a run's record): train the "
+                              "run again or leave it out")
+    return summary, metrics
 
 
 def _label(run: Path, runs: Sequence[Path]) -> str:
@@ -81,6 +91,10 @@ def compare(run_dirs: Sequence[str | Path], output: str | Path | None = None,
     if not run_dirs:
         raise StyleforgeError("give at least one run directory")
     runs = [Path(r).expanduser() for r in run_dirs]
+    if output is not None:
+        report.check_figure_path(output)
+    if table is not None:
+        check_writable(table)
     loaded = [load_run(r) for r in runs]
     rows = [_row(run, runs, summary, _config(run)) for run, (summary, _) in zip(runs, loaded)]
     for target in (output, table):

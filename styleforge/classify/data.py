@@ -22,11 +22,14 @@ Where the data comes from:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import io
 import json
 import os
 import struct
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +39,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import StyleforgeError
-from ..io import IMAGE_SUFFIXES, load_torch, open_rgb, save_torch
+from ..errors import StyleforgeError, first_line
+from ..io import IMAGE_SUFFIXES, header_size, load_torch, open_rgb, save_torch
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
 DATA_ENV = "STYLEFORGE_DATA"
@@ -128,9 +131,23 @@ def _read_idx(path: Path) -> np.ndarray:
         dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
         arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
         return arr.reshape(dims)
-    except (OSError, EOFError, ValueError, struct.error) as exc:
-        raise StyleforgeError(f"{path} is not a readable MNIST idx file ({exc}): copy or download it again") \
-            from None
+    except (OSError, EOFError, ValueError, struct.error, zlib.error) as exc:
+        raise StyleforgeError(f"{path} is not a readable MNIST idx file ({first_line(exc)}): copy or download it "
+                              "again") from None
+
+
+@contextlib.contextmanager
+def _downloading(name: str, root: Path):
+    """torchvision's download prints a line per mirror tried: keep it quiet, fail in one line."""
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            yield
+    except StyleforgeError:
+        raise
+    except Exception as exc:  # URLError, permission errors, checksum errors
+        raise StyleforgeError(f"downloading {name} into {root} failed ({type(exc).__name__}: {first_line(exc)}): "
+                              "check the network, or copy the files there by hand") from None
 
 
 def _find_idx(raw: Path, stem: str) -> Path | None:
@@ -152,11 +169,9 @@ def load_mnist(name: str, root: Path, download: bool = False) -> tuple[ImageSet,
         from torchvision import datasets
 
         cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
-        try:
+        with _downloading(name, root):
             cls(str(root), train=True, download=True)
             cls(str(root), train=False, download=True)
-        except Exception as exc:  # URLError, permission errors, md5 errors
-            raise StyleforgeError(f"downloading {name} into {root} failed ({type(exc).__name__}: {exc})") from None
         missing = [s for pair in stems.values() for s in pair if _find_idx(raw, s) is None]
     if missing:
         raise StyleforgeError(
@@ -166,8 +181,11 @@ def load_mnist(name: str, root: Path, download: bool = False) -> tuple[ImageSet,
     for split, (img_stem, lab_stem) in stems.items():
         images = _read_idx(_find_idx(raw, img_stem))
         labels = _read_idx(_find_idx(raw, lab_stem))
-        if images.ndim != 3 or labels.shape[0] != images.shape[0]:
-            raise StyleforgeError(f"{raw}: {split} images and labels do not match")
+        if images.ndim != 3 or labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+            raise StyleforgeError(f"{raw}: {split} images and labels do not match: copy or download them again")
+        if labels.size and int(labels.max()) >= len(classes):
+            raise StyleforgeError(f"{raw}: a {split} label is {int(labels.max())}, but {name} has {len(classes)} "
+                                  "classes: the labels file is damaged; copy or download it again")
         out.append(ImageSet(torch.from_numpy(images.copy()).unsqueeze(1),
                             torch.from_numpy(labels.astype(np.int64)), list(classes)))
     return out[0], out[1]
@@ -181,11 +199,12 @@ def load_cifar10(root: Path, download: bool = False) -> tuple[ImageSet, ImageSet
         from torchvision import datasets
 
         try:
-            sets = [datasets.CIFAR10(str(root), train=t, download=download) for t in (True, False)]
-        except RuntimeError as exc:
-            raise StyleforgeError(f"CIFAR-10 in {root} is incomplete or corrupt ({exc}): add --download") from None
-        except Exception as exc:  # network errors
-            raise StyleforgeError(f"downloading cifar10 into {root} failed ({type(exc).__name__}: {exc})") from None
+            with _downloading("cifar10", root):
+                sets = [datasets.CIFAR10(str(root), train=t, download=download) for t in (True, False)]
+        except StyleforgeError as exc:
+            if download or "RuntimeError" not in str(exc):
+                raise
+            raise StyleforgeError(f"CIFAR-10 in {root} is incomplete or corrupt: add --download") from None
         return tuple(ImageSet(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(),
                               torch.tensor(s.targets, dtype=torch.long), list(s.classes))
                      for s in sets)  # type: ignore[return-value]
@@ -278,11 +297,7 @@ def load_folder(path: str | os.PathLike, image_size: int | None = None, use_cach
             pass
     sizes = set()
     for f, _ in flat:
-        try:
-            with Image.open(f) as im:
-                sizes.add(im.size)
-        except Exception:
-            sizes.add(None)  # decoding below gives the one-line error
+        sizes.add(header_size(f))  # None: decoding below gives the one-line error
         if len(sizes) > 1:
             break
     only = next(iter(sizes))
@@ -386,6 +401,10 @@ def load_splits(spec: DataSpec) -> Splits:
         if not 0 <= frac < 1:
             raise StyleforgeError(f"{name} {frac} must be in [0, 1)")
     train, test, source = load_dataset(spec)
+    for name, s in (("training", train), ("test", test)):
+        if s is not None and len(s) and not 0 <= int(s.labels.min()) <= int(s.labels.max()) < len(s.classes):
+            raise StyleforgeError(f"{source}: a {name} label is outside 0..{len(s.classes) - 1}: the label file is "
+                                  "damaged; copy or download it again")
     notes = []
     if test is None:
         if spec.test_split <= 0:

@@ -12,7 +12,7 @@ import torch
 from .. import distributed
 from ..device import runtime
 from ..errors import StyleforgeError
-from ..io import save_json
+from ..io import check_output_folder, make_folder, save_json
 from . import report
 from .checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
 from .data import DataSpec, load_splits
@@ -88,6 +88,8 @@ def evaluate(cfg: EvalConfig, callback: Callable[[str], None] | None = None,
     t0 = time.perf_counter()
     if cfg.split not in SPLITS:
         raise StyleforgeError(f"--split {cfg.split!r} is unknown: use one of {', '.join(SPLITS)}")
+    if cfg.output:
+        check_output_folder(cfg.output)
     ckpt = load_checkpoint(cfg.checkpoint)
     ctx = distributed.setup()
     say = callback if (callback is not None and ctx.is_main) else (lambda msg: None)
@@ -109,8 +111,7 @@ def evaluate(cfg: EvalConfig, callback: Callable[[str], None] | None = None,
     result = EvalResult(ckpt["path"], cfg.split, ev["n"], ev["loss"], ev["acc"], ev["confusion"], splits.classes,
                         rows, time.perf_counter() - t0)
     if cfg.output and ctx.is_main:
-        out = Path(cfg.output).expanduser()
-        out.mkdir(parents=True, exist_ok=True)
+        out = make_folder(Path(cfg.output).expanduser())
         report.plot_confusion(ev["confusion"], splits.classes, out / f"confusion_{cfg.split}.png",
                               title=f"{cfg.split} set: accuracy {ev['acc']:.2%}")
         cols = ["class", "precision", "recall", "f1", "support"]

@@ -14,11 +14,12 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from .. import guard, lock
 from ..errors import StyleforgeError
-from ..io import check_writable, save_json
+from ..io import check_writable, make_folder, save_json
 from . import report
 from .evaluate import EvalConfig, evaluate
-from .train import TrainConfig, TrainEvent, fit
+from .train import OWN_FILES, RUN_DIRS, TrainConfig, TrainEvent, fit
 
 # Short names used in the run folder names.
 _SHORT = {"lr": "lr", "batch_size": "bs", "optimizer": "opt", "weight_decay": "wd", "momentum": "mom",
@@ -43,7 +44,7 @@ def grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], output: str | Pat
          callback: Callable[[TrainEvent], None] | None = None, overwrite: bool = False) -> GridResult:
     """Train ``base`` with every combination of ``axes`` (TrainConfig field → values) into
     ``output/NN-.../``; write grid.csv / grid.md / grid.json ranked on validation accuracy;
-    evaluate the best run on the test set."""
+    evaluate the best run on the test set. The output folder is locked while it runs."""
     names = {f.name for f in fields(TrainConfig)}
     for key, values in axes.items():
         if key not in names or key in ("dataset", "output"):
@@ -53,15 +54,30 @@ def grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], output: str | Pat
     if base.val_split <= 0:
         raise StyleforgeError("a grid search ranks runs on validation accuracy: give --val-split > 0")
     out = Path(output).expanduser()
-    held = [f for f in GRID_FILES if (out / f).exists()] + [p.name for p in out.glob("[0-9][0-9]-*") if p.is_dir()]
+    if out.exists() and not out.is_dir():
+        raise StyleforgeError(f"-o {out} is a file: give a folder for the grid search")
+    make_folder(out.parent)
+    with lock.hold(out, folder=False):
+        _clear(out, overwrite)
+        return _grid(base, axes, out, callback)
+
+
+def _clear(out: Path, overwrite: bool) -> None:
+    """Refuse to mix searches; with ``overwrite`` delete the earlier one, and nothing else:
+    a folder named like a run (``01-holiday``) that holds other files is left alone."""
+    runs = [p for p in sorted(out.glob(RUN_DIRS)) if p.is_dir() and not guard.foreign_entries(p, OWN_FILES)]
+    held = [out / f for f in GRID_FILES if (out / f).exists()] + runs
     if held and not overwrite:
-        raise StyleforgeError(f"{out} already holds a grid search ({held[0]}, ...): use --overwrite or another -o")
-    out.mkdir(parents=True, exist_ok=True)
+        raise StyleforgeError(f"{out} already holds a grid search ({held[0].name}, ...): use --overwrite or "
+                              "another -o")
+    make_folder(out)
     check_writable(out / "grid.csv")
-    for name in held:
-        target = out / name
+    for target in held:
         shutil.rmtree(target) if target.is_dir() else target.unlink()
 
+
+def _grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], out: Path,
+          callback: Callable[[TrainEvent], None] | None) -> GridResult:
     keys = list(axes)
     combos = [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
     emit = callback or (lambda event: None)

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..backbone import ResNet18Trunk, VGGFeatures, resnet18
 from ..errors import StyleforgeError, first_line
+from ..guard import check_model_options
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -296,6 +297,7 @@ def build_model(name: str, shape: tuple[int, int, int], num_classes: int, activa
     if unknown:
         hint = ", ".join(valid) if valid else "none"
         raise StyleforgeError(f"{name} has no option {unknown[0]!r}: its options are {hint}")
+    check_model_options(name, options, valid)
     if spec.pretrained:
         return spec.build(shape, num_classes, activation_name, pretrained=pretrained, weights=weights, **options)
     if pretrained or weights:

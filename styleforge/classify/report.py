@@ -15,8 +15,9 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from ..errors import StyleforgeError
 from ..figures import new_figure, save_figure  # noqa: F401  (re-exported for the classify modules)
-from ..io import atomic_path
+from ..io import atomic_path, check_writable
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 TRACKED_METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
@@ -69,6 +70,19 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def check_figure_path(path: str | os.PathLike) -> Path:
+    """Fail before any work if a figure cannot be written to ``path`` (folder, format)."""
+    path = check_writable(path)
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix and suffix not in kinds:
+        raise StyleforgeError(f"cannot write a figure as {path.name}: use .png, .pdf or .svg "
+                              f"(or one of {', '.join(sorted(kinds))})")
+    return path
 
 
 def _step_points(steps: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float]]:

@@ -36,13 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from .. import distributed
-from ..device import STREAM_GAP, Runtime, backward_step, derived_seed, runtime, seed_everything
+from .. import distributed, guard, lock
+from ..device import STREAM_GAP, Runtime, backward_step, derived_seed, for_training, runtime, seed_everything
 from ..errors import StyleforgeError
-from ..io import check_writable, load_torch, save_json
+from ..io import check_writable, make_folder, save_json
 from . import report
 from .cache import extract_features, extraction_trunk
-from .checkpoint import check_compatible, make_meta, save_checkpoint
+from .checkpoint import check_compatible, load_checkpoint, make_meta, save_checkpoint
 from .data import DataSpec, Splits, channel_stats, load_splits
 from .gallery import model_predictions_figure
 from .models import FREEZE_POLICIES, MODELS, InputNorm, apply_freeze, as_classifier, build_model
@@ -60,6 +60,12 @@ DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 RUN_FILES = ("config.json", "metrics.csv", "steps.csv", "summary.json", "best.pt", "last.pt", "curves.png", "model.py",
              "predictions.png",
              "confusion_test.png", "per_class_test.csv", "per_class_test.md", "report.md")
+# Every file name a run directory or grid search of styleforge holds ("--overwrite" deletes
+# a folder only when it holds nothing else).
+OWN_FILES = RUN_FILES + tuple(f"{stem}_{split}.{ext}" for split in ("test", "val", "train")
+                              for stem, ext in (("confusion", "png"), ("per_class", "csv"), ("per_class", "md"),
+                                                ("eval", "json"))) + ("grid.csv", "grid.md", "grid.json")
+RUN_DIRS = "[0-9][0-9]-*"  # a grid search's run folders
 
 
 @dataclass
@@ -138,6 +144,13 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check the settings (one-line errors) and fill in defaults; returns a copy."""
         self = resolve_recipe(self)
+        guard.check_numbers(
+            [("--lr", self.lr, guard.POSITIVE), ("--momentum", self.momentum, guard.PROBABILITY),
+             ("--weight-decay", self.weight_decay, guard.NON_NEGATIVE), ("--epochs", self.epochs, guard.COUNT),
+             ("--batch-size", self.batch_size, guard.COUNT), ("--eval-batch-size", self.eval_batch_size, guard.COUNT),
+             ("--max-seconds", self.max_seconds, guard.POSITIVE), ("--seed", self.seed, guard.SEED),
+             ("--checkpoint-every", self.checkpoint_seconds, guard.NON_NEGATIVE),
+             ("--split-seed", self.split_seed, guard.SEED), ("--per-class", self.per_class, guard.COUNT)])
         checks = [(self.optimizer, OPTIMIZERS, "--optimizer"), (self.schedule, SCHEDULES, "--schedule"),
                   (self.cache_features, CACHE_MODES, "--cache-features"),
                   (self.freeze, ("auto",) + FREEZE_POLICIES, "--freeze")]
@@ -352,25 +365,46 @@ def _on_main(ctx: distributed.Dist, fn: Callable[[], Any]) -> Any:
     return result
 
 
-def _prepare_run_dir(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+# Settings that may differ on --resume: where things are and how fast they run, not what is trained.
+RESUME_MAY_CHANGE = ("output", "overwrite", "resume", "data_root", "download", "weights", "device", "precision",
+                     "channels_last", "checkpoint_seconds", "eval_batch_size", "cache_features", "plots",
+                     "evaluate_test", "batch_size")  # batch_size: compared per effective batch below
+
+
+def _load_resume(run_dir: Path, cfg: TrainConfig, world_size: int) -> dict[str, Any]:
+    """last.pt, after checking its structure and that ``cfg`` continues the same run."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        raise StyleforgeError(f"nothing to resume: {last} does not exist (train without --resume first)")
+    state = load_checkpoint(last)
+    guard.require_keys(state, last, {"epoch": int, "config": dict, "optimizer": dict, "rows": list})
+    saved = state["config"]
+    current = {**asdict(cfg), "freeze": cfg.resolved_freeze()}  # the record holds the resolved policy
+    guard.check_resume(saved, current, RESUME_MAY_CHANGE, last, {"model_options": "--option"})
+    before = saved.get("effective_batch_size", saved.get("batch_size"))
+    if before != cfg.batch_size * world_size:
+        raise StyleforgeError(f"--resume: {last} was trained with an effective batch of {before}, this run has "
+                              f"{cfg.batch_size * world_size} (--batch-size x processes): use the same")
+    return state
+
+
+def _prepare_run_dir(run_dir: Path, cfg: TrainConfig, world_size: int = 1) -> dict[str, Any] | None:
     """Refuse to mix runs; with --resume return last.pt's content."""
     if run_dir.exists() and not run_dir.is_dir():
         raise StyleforgeError(f"-o {run_dir} is a file: give a run directory")
     if cfg.resume:
-        last = run_dir / "last.pt"
-        if not last.is_file():
-            raise StyleforgeError(f"nothing to resume: {last} does not exist (train without --resume first)")
-        return load_torch(last, "a readable checkpoint", "train again with --overwrite")
+        return _load_resume(run_dir, cfg, world_size)
     held = [f for f in RUN_FILES if (run_dir / f).exists()]
     if held and not cfg.overwrite:
         raise StyleforgeError(f"{run_dir} already holds a run ({', '.join(held[:3])}): use --overwrite to replace "
                               "it, --resume to continue it, or another -o")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(run_dir)
     check_writable(run_dir / "config.json")
     for f in held:
         (run_dir / f).unlink()
-    if cfg.overwrite and (run_dir / "grid").is_dir():
-        shutil.rmtree(run_dir / "grid")
+    grid_dir = run_dir / "grid"
+    if cfg.overwrite and grid_dir.is_dir() and not guard.foreign_entries(grid_dir, OWN_FILES, RUN_DIRS):
+        shutil.rmtree(grid_dir)  # only a grid search styleforge made
     return None
 
 
@@ -402,18 +436,33 @@ def fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | N
     Files: config.json, metrics.csv, curves.png, best.pt, last.pt, summary.json,
     confusion_test.png, per_class_test.csv/.md, report.md. Raises StyleforgeError for
     bad input, and after writing every file when the loss became NaN (the best
-    checkpoint so far is kept).
+    checkpoint so far is kept). While it runs, the run directory is locked: a second
+    run into it stops at once.
     """
-    t_start = time.perf_counter()
     callback = callback or default_progress(progress)
     if model is not None:
         cfg = replace(cfg, model=f"python:{type(model).__qualname__}")
     cfg = cfg.validate()
     ctx = distributed.setup()
+    run_dir = Path(cfg.output).expanduser()
+    if not ctx.is_main:
+        return _fit(cfg, callback, model)
+    if not run_dir.parent.is_dir():
+        make_folder(run_dir.parent)
+    with lock.hold(run_dir, folder=False):
+        return _fit(cfg, callback, model)
+
+
+def _fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | None = None) -> FitResult:
+    t_start = time.perf_counter()
+    ctx = distributed.current()
     emit: Callback = callback if (callback is not None and ctx.is_main) else (lambda event: None)
     run_dir = Path(cfg.output).expanduser()
-    resume_state = _on_main(ctx, lambda: _prepare_run_dir(run_dir, cfg))
+    resume_state = _on_main(ctx, lambda: _prepare_run_dir(run_dir, cfg, ctx.world_size))
 
+    if cfg.image_size:  # a lower bound: one float channel of a batch, before and after resizing
+        guard.check_memory(8 * max(cfg.batch_size, cfg.eval_batch_size) * cfg.image_size ** 2,
+                           f"a batch at --image-size {cfg.image_size}", "use a smaller --image-size or --batch-size")
     emit(TrainEvent("phase", message="loading data"))
     t_data = time.perf_counter()
     splits = _load_data(ctx, cfg)
@@ -425,6 +474,7 @@ def fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | N
     shape = (c, *size)
 
     rt = runtime(ctx.device_spec(cfg.device), cfg.precision, cfg.channels_last)
+    extract_rt, rt = rt, for_training(rt, cfg.precision)  # auto on a CPU: bf16 extracts, fp32 trains
     seed_everything(cfg.seed)
     freeze = cfg.resolved_freeze()
     if not ctx.is_main and cfg.pretrained:
@@ -452,7 +502,7 @@ def fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | N
         if list(resume_state["input_shape"]) != list(shape):
             raise StyleforgeError(f"{run_dir / 'last.pt'} takes {'x'.join(map(str, resume_state['input_shape']))} "
                                   f"input, this run {'x'.join(map(str, shape))}: use the same --image-size")
-        model.load_state_dict(resume_state["state_dict"])
+        guard.load_state(model, resume_state["state_dict"], run_dir / "last.pt")
         start_epoch = int(resume_state["epoch"]) + 1
         rows = [dict(r) for r in resume_state.get("rows", [])]
         best = dict(resume_state["best"]) if resume_state.get("best") else None
@@ -478,8 +528,6 @@ def fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | N
                      "world_size": ctx.world_size, "effective_batch_size": cfg.batch_size * ctx.world_size,
                      "cached_features": use_cache, "params_total": n_total, "params_trainable": n_train,
                      "recipe_text": describe_recipe(cfg, ctx.world_size)}
-    if ctx.is_main:
-        save_json(config_record, run_dir / "config.json")
     emit(TrainEvent("phase", message=config_record["recipe_text"]))
     emit(TrainEvent("phase", message=distributed.batch_note(cfg.batch_size, ctx.world_size, cfg.lr)))
 
@@ -490,16 +538,16 @@ def fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | N
         emit(TrainEvent("phase", message="extracting features"))
         t_feat = time.perf_counter()
         sources = {}
-        prepare = lambda x: prepare_batch(x, rt, size)  # noqa: E731
+        prepare = lambda x: prepare_batch(x, extract_rt, size)  # noqa: E731
         if cfg.int8_features:
             emit(TrainEvent("phase", message="calibrating the int8 trunk"))
-        trunk = extraction_trunk(model, rt, prepare, train.images if cfg.int8_features else None, cfg.seed)
+        trunk = extraction_trunk(model, extract_rt, prepare, train.images if cfg.int8_features else None, cfg.seed)
         for name, s in sets.items():
             if s is None:
                 continue
             # Every process extracts the whole split (no communication; the training
             # sampler draws any index on any rank).
-            feats = extract_features(trunk, s.images, prepare, rt,
+            feats = extract_features(trunk, s.images, prepare, extract_rt,
                                      cfg.eval_batch_size,
                                      progress=lambda done, n, name=name: emit(TrainEvent(
                                          "phase", step=done, steps=n, message=f"features: {name}")))
@@ -515,9 +563,11 @@ def fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | N
     optimizer = make_optimizer(cfg, net)
     scaler = rt.grad_scaler()
     if resume_state is not None and resume_state.get("optimizer"):
-        optimizer.load_state_dict(resume_state["optimizer"])
+        guard.load_state(optimizer, resume_state["optimizer"], run_dir / "last.pt", "optimizer settings")
         if scaler is not None and resume_state.get("scaler"):
             scaler.load_state_dict(resume_state["scaler"])
+    if ctx.is_main:  # only now: a resumed checkpoint has been checked in full
+        save_json(config_record, run_dir / "config.json")
 
     sampler = DistributedSampler(range(len(train)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=False)
@@ -693,8 +743,7 @@ def fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | N
             summary[f"final_{name}_acc"], summary[f"final_{name}_loss"] = ev["acc"], ev["loss"]
     if best is not None:
         if best_state is None:  # resumed and never improved: the best weights are on disk
-            best_state = _on_main(ctx, lambda: load_torch(run_dir / "best.pt", "a readable checkpoint",
-                                                          "train again")["state_dict"])
+            best_state = _on_main(ctx, lambda: load_checkpoint(run_dir / "best.pt")["state_dict"])
         model.load_state_dict(best_state)
         emit(TrainEvent("phase", message="evaluating the best checkpoint"))
         for name in ("train", "val", "test"):

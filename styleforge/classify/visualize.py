@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import guard
 from ..device import runtime
-from ..errors import StyleforgeError
+from ..errors import StyleforgeError, first_line
 from ..io import load_image
 from . import report
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -98,6 +99,8 @@ def load_input(image: str | os.PathLike, shape: tuple[int, int, int], size: int 
     """The image as (1, C, H, W) in [0, 1] (grayscale for 1-channel models), its aspect
     ratio kept: the shorter side becomes ``size`` (default: the model's input size), so a
     4:3 photo stays 4:3. A model whose input is not square gets its own H x W."""
+    s = size or shape[1]
+    guard.check_memory(4 * 3 * s * max(s, shape[2]), f"a {s} px input", "use a smaller --size")
     x = load_image(image)
     h, w = x.shape[-2:]
     if size is None and shape[1] != shape[2]:
@@ -118,7 +121,10 @@ class _Reached(Exception):
 
 @torch.no_grad()
 def layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's output for input ``x`` (a copy: later in-place ReLUs do not change it)."""
+    """The layer's output for input ``x`` (a copy: later in-place ReLUs do not change it).
+
+    The forward pass stops at the layer, so the layers after it (a linear head that fixes
+    the input size) never run: any ``--size`` works for the convolutional layers."""
     box: list[torch.Tensor] = []
 
     def hook(module, inputs, output):
@@ -133,7 +139,7 @@ def layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.T
         pass
     except RuntimeError as exc:
         raise StyleforgeError(f"the model cannot take this {x.shape[-2]}x{x.shape[-1]} image before that layer "
-                              f"({str(exc).splitlines()[0][:100]}): give --size or a layer nearer the input") from None
+                              f"({first_line(exc, 100)}): give --size or a layer nearer the input") from None
     finally:
         handle.remove()
     if not box:

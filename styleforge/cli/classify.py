@@ -22,7 +22,16 @@ from ..classify.spec import LAYERS_HELP as SPEC_LAYERS
 from ..classify.train import CACHE_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
 from ..device import PRECISIONS
 from ..errors import StyleforgeError, first_line
-from .options import main_group, parse_numbers
+from ..guard import check_memory
+from .options import (
+    COUNT,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    SEED,
+    main_group,
+    parse_numbers,
+)
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -33,6 +42,7 @@ def parse_shape(text: str) -> tuple[int, int, int]:
         raise StyleforgeError(f"--input {text!r} is not CxHxW, e.g. 1x28x28 or 3x32x32") from None
     if c not in (1, 3) or h < 1 or w < 1:
         raise StyleforgeError(f"--input {text!r}: channels must be 1 or 3 and sizes positive")
+    check_memory(4 * c * h * w, f"an input of {text}", "give a smaller --input")  # the input tensor alone
     return c, h, w
 
 
@@ -82,13 +92,13 @@ def data_options(f):
         click.option("--test-data", help="A separate test image folder (image-folder datasets)."),
         click.option("--download", is_flag=True, help="Download a named dataset if it is missing (online)."),
         click.option("--classes", help="A subset of classes by name, e.g. 0,1,7 or cat,dog."),
-        click.option("--per-class", type=int, help="Training images per class (drawn after the validation split)."),
-        click.option("--val-split", type=float, default=0.1, show_default=True,
+        click.option("--per-class", type=COUNT, help="Training images per class (drawn after the validation split)."),
+        click.option("--val-split", type=PROBABILITY, default=0.1, show_default=True,
                      help="Fraction of the training set held out for validation (0: none)."),
-        click.option("--test-split", type=float, default=0.2, show_default=True,
+        click.option("--test-split", type=PROBABILITY, default=0.2, show_default=True,
                      help="Folders without a test set: fraction of each class held out as test."),
-        click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the splits and subsets."),
-        click.option("--image-size", type=int, help="Model input size (square); default: the data's own size."),
+        click.option("--split-seed", type=SEED, default=0, show_default=True, help="Seed of the splits and subsets."),
+        click.option("--image-size", type=COUNT, help="Model input size (square); default: the data's own size."),
         click.option("--augment", default="none", show_default=True,
                      help="none, or a list of crop,flip (on tensors, per batch)."),
     ]
@@ -129,20 +139,20 @@ def run_options(f):
         click.option("--schedule", type=click.Choice(SCHEDULES),
                      help="LR schedule over training: onecycle (warm-up then linear decay), cosine, step, constant "
                           "(default: from --recipe)."),
-        click.option("--warmup", type=float, help="Warm-up fraction of training (default: from --recipe)."),
-        click.option("--label-smoothing", type=float, help="Default: from --recipe (0)."),
-        click.option("--eval-batch-size", type=int, default=512, show_default=True),
-        click.option("--patience", type=int, help="Stop after this many epochs without a lower validation loss."),
-        click.option("--max-seconds", type=float, help="Training-time budget; the schedule follows elapsed time."),
+        click.option("--warmup", type=PROBABILITY, help="Warm-up fraction of training (default: from --recipe)."),
+        click.option("--label-smoothing", type=PROBABILITY, help="Default: from --recipe (0)."),
+        click.option("--eval-batch-size", type=COUNT, default=512, show_default=True),
+        click.option("--patience", type=COUNT, help="Stop after this many epochs without a lower validation loss."),
+        click.option("--max-seconds", type=POSITIVE, help="Training-time budget; the schedule follows elapsed time."),
         click.option("--cache-features", type=click.Choice(CACHE_MODES), default="auto", show_default=True,
                      help="Cache a frozen trunk's outputs (auto: when the trunk is frozen and --augment none)."),
         click.option("--int8-features", is_flag=True,
                      help="CPU, with the cache: extract features with an int8 copy of the trunk (about 1.8x faster)."),
-        click.option("--checkpoint-every", "checkpoint_seconds", type=float, default=30.0, show_default=True,
+        click.option("--checkpoint-every", "checkpoint_seconds", type=NON_NEGATIVE, default=30.0, show_default=True,
                      help="Write best.pt/last.pt at most every this many seconds (and after the last epoch)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=SEED, default=0, show_default=True),
         click.option("--no-plots", is_flag=True, help="Skip curves.png and confusion_test.png."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bars."),
     ]
@@ -190,11 +200,11 @@ def models_cmd() -> None:
 @model_opts
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Run directory.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
-@click.option("--lr", type=float, help="Learning rate (default: 0.05 for sgd, 0.001 for adam/adamw).")
-@click.option("--momentum", type=float, help="SGD momentum (default: from --recipe: 0.9 Nesterov, plain 0).")
-@click.option("--weight-decay", type=float, help="Default: from --recipe (5e-4, plain 0).")
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True, help="Per process (under torchrun).")
+@click.option("--lr", type=POSITIVE, help="Learning rate (default: 0.05 for sgd, 0.001 for adam/adamw).")
+@click.option("--momentum", type=PROBABILITY, help="SGD momentum (default: from --recipe: 0.9 Nesterov, plain 0).")
+@click.option("--weight-decay", type=NON_NEGATIVE, help="Default: from --recipe (5e-4, plain 0).")
+@click.option("--epochs", type=COUNT, default=10, show_default=True)
+@click.option("--batch-size", type=COUNT, default=128, show_default=True, help="Per process (under torchrun).")
 @run_options
 @click.option("--overwrite", is_flag=True, help="Replace a run already in the output directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in the output directory from its last.pt.")
@@ -234,10 +244,10 @@ def train_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size,
 @click.option("--test-data", help="A separate test image folder.")
 @click.option("--download", is_flag=True)
 @click.option("--classes", help="A subset of classes by name (must match the checkpoint's).")
-@click.option("--val-split", type=float)
-@click.option("--test-split", type=float)
-@click.option("--image-size", type=int, help="Decode size for folders of mixed-size images.")
-@click.option("--batch-size", type=int, default=512, show_default=True)
+@click.option("--val-split", type=PROBABILITY)
+@click.option("--test-split", type=PROBABILITY)
+@click.option("--image-size", type=COUNT, help="Decode size for folders of mixed-size images.")
+@click.option("--batch-size", type=COUNT, default=512, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path),
@@ -280,11 +290,11 @@ def grid_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, 
 
     kw["quiet"] = quiet
     base = _base_config(kw, str(output))
-    lists = {"optimizer": parse_list(optimizer), "lr": parse_numbers(lr, "--lr"),
-             "momentum": parse_numbers(momentum, "--momentum"),
-             "weight_decay": parse_numbers(weight_decay, "--weight-decay"),
-             "epochs": parse_numbers(epochs, "--epochs", int),
-             "batch_size": parse_numbers(batch_size, "--batch-size", int)}
+    lists = {"optimizer": parse_list(optimizer), "lr": parse_numbers(lr, "--lr", float, POSITIVE),
+             "momentum": parse_numbers(momentum, "--momentum", float, PROBABILITY),
+             "weight_decay": parse_numbers(weight_decay, "--weight-decay", float, NON_NEGATIVE),
+             "epochs": parse_numbers(epochs, "--epochs", int, COUNT),
+             "batch_size": parse_numbers(batch_size, "--batch-size", int, COUNT)}
     axes = {}
     for key, values in lists.items():
         if not values:
@@ -322,7 +332,7 @@ def compare_cmd(runs, output, table):
 @classify_group.command("predict")
 @click.argument("run_or_checkpoint", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--top-k", type=int, default=3, show_default=True, help="Classes to list per image.")
+@click.option("--top-k", type=COUNT, default=3, show_default=True, help="Classes to list per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (image, top classes with probabilities).")
 @click.option("--device", default="auto", show_default=True)
 def predict_cmd(run_or_checkpoint, images, top_k, as_json, device):
@@ -342,17 +352,16 @@ def predict_cmd(run_or_checkpoint, images, top_k, as_json, device):
 @classify_group.command("preview")
 @data_options
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
-@click.option("--count", type=int, default=32, show_default=True, help="Images to show (spread over the classes).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Which images, and their augmentation.")
+@click.option("--count", type=COUNT, default=32, show_default=True, help="Images to show (spread over the classes).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Which images, and their augmentation.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
 def preview_cmd(split, count, seed, output, **kw):
     """A labelled grid of dataset images after resizing (--image-size) and augmentation (--augment)."""
     from ..classify.data import DataSpec
     from ..classify.preview import preview
-    from ..classify.report import save_figure
-    from ..io import check_writable
+    from ..classify.report import check_figure_path, save_figure
 
-    check_writable(output)
+    check_figure_path(output)
     spec = DataSpec(kw["dataset"], kw["data_root"], kw["test_data"], kw["download"], parse_list(kw["classes"]),
                     kw["per_class"], kw["val_split"], kw["test_split"], kw["split_seed"], kw["image_size"])
     save_figure(preview(spec, parse_augment(kw["augment"]), count, split, seed), output)
@@ -362,7 +371,7 @@ def preview_cmd(split, count, seed, output, **kw):
 @main_group.command("summary")
 @click.argument("model")
 @click.option("--input", "input_shape", default="3x32x32", show_default=True, help="Input shape CxHxW.")
-@click.option("--classes", type=int, default=10, show_default=True, help="Number of classes.")
+@click.option("--classes", type=COUNT, default=10, show_default=True, help="Number of classes.")
 @click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default="relu", show_default=True)
 @click.option("--freeze", type=click.Choice(("auto",) + FREEZE_POLICIES), default="auto", show_default=True,
               help="The freeze policy whose trainable counts to show (auto: as 'classify train' would use).")

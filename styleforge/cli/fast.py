@@ -20,7 +20,16 @@ from ..fast.train import (
 )
 from ..io import check_writable, image_format, save_image
 from ..perceptual import STYLE_STRENGTH_HELP
-from .options import main_group, parse_layer_weights, runtime_options
+from .options import (
+    COUNT,
+    FRACTION,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    main_group,
+    parse_layer_weights,
+    runtime_options,
+)
 from .progress import Bar
 
 
@@ -40,31 +49,32 @@ def fast_group() -> None:
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Model file to write (.pth).")
 @click.option("--arch", type=click.Choice(list(ARCHS)), default="light", show_default=True,
               help="light: 0.26 M parameters, what the shipped styles use; johnson: the published 1.68 M network.")
-@click.option("--image-size", type=int, default=256, show_default=True, help="Training crop size, px.")
-@click.option("--style-size", type=int, default=512, show_default=True, help="Long side of the style image, px.")
-@click.option("--batch-size", type=int, default=4, show_default=True, help="Images per step (per process).")
-@click.option("--steps", type=int, help=f"Training steps (default {DEFAULT_STEPS}).")
-@click.option("--epochs", type=float, help="Passes over --data (instead of --steps).")
-@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--image-size", type=COUNT, default=256, show_default=True, help="Training crop size, px.")
+@click.option("--style-size", type=COUNT, default=512, show_default=True, help="Long side of the style image, px.")
+@click.option("--batch-size", type=COUNT, default=4, show_default=True, help="Images per step (per process).")
+@click.option("--steps", type=COUNT, help=f"Training steps (default {DEFAULT_STEPS}).")
+@click.option("--epochs", type=POSITIVE, help="Passes over --data (instead of --steps).")
+@click.option("--lr", type=POSITIVE, default=1e-3, show_default=True)
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="cosine", show_default=True,
               help="cosine: decay to 5% of --lr by the last step; constant: the published recipe.")
-@click.option("--style-strength", type=float, help=f"{STYLE_STRENGTH_HELP} Default {DEFAULT_STYLE_STRENGTH}.")
-@click.option("--content-weight", type=float)
-@click.option("--style-weight", type=float)
-@click.option("--tv-weight", type=float, default=1.0, show_default=True)
+@click.option("--style-strength", type=FRACTION, help=f"{STYLE_STRENGTH_HELP} Default {DEFAULT_STYLE_STRENGTH}.")
+@click.option("--content-weight", type=NON_NEGATIVE)
+@click.option("--style-weight", type=NON_NEGATIVE)
+@click.option("--tv-weight", type=NON_NEGATIVE, default=1.0, show_default=True)
 @click.option("--content-layers", default=_layers(DEFAULT_CONTENT_LAYERS), show_default=True)
 @click.option("--style-layers", default=_layers(DEFAULT_STYLE_LAYERS), show_default=True)
 @click.option("--weights", type=click.Path(path_type=Path), help="VGG19 weights file (skips the lookup).")
-@click.option("--workers", type=int, help="Data-loading processes (default 1 on CPU, 2 on GPU).")
-@click.option("--checkpoint-every", type=int, default=500, show_default=True)
+@click.option("--workers", type=NON_NEGATIVE_INT, help="Data-loading processes (default 1 on CPU, 2 on GPU).")
+@click.option("--checkpoint-every", type=COUNT, default=500, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt.")
-@click.option("--stop-at", type=int, help="Stop after this step, leaving OUTPUT.ckpt to --resume (splits a run).")
+@click.option("--stop-at", type=COUNT, help="Stop after this step, leaving OUTPUT.ckpt to --resume (splits a run).")
 @click.option("--fp32-model", is_flag=True, help="Store the model in float32 (default float16).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model (and its checkpoint) at OUTPUT.")
 @runtime_options
 @click.option("-q", "--quiet", is_flag=True)
 def train_cmd(style_image, data, output, arch, image_size, style_size, batch_size, steps, epochs, lr, lr_schedule,
               style_strength, content_weight, style_weight, tv_weight, content_layers, style_layers, weights,
-              workers, checkpoint_every, resume, stop_at, fp32_model, device, precision, seed, quiet):
+              workers, checkpoint_every, resume, stop_at, fp32_model, overwrite, device, precision, seed, quiet):
     """Train a style network for STYLE_IMAGE on the photos in --data."""
     cfg = FastTrainConfig(
         style=str(style_image), data=[str(d) for d in data], output=str(output), arch=arch, image_size=image_size,
@@ -73,7 +83,8 @@ def train_cmd(style_image, data, output, arch, image_size, style_size, batch_siz
         tv_weight=tv_weight, content_layers=parse_layer_weights(content_layers, "--content-layers"),
         style_layers=parse_layer_weights(style_layers, "--style-layers"),
         weights=str(weights) if weights else None, seed=seed, device=device, precision=precision,
-        workers=workers, checkpoint_every=checkpoint_every, resume=resume, stop_at=stop_at, half=not fp32_model)
+        workers=workers, checkpoint_every=checkpoint_every, resume=resume, stop_at=stop_at, half=not fp32_model,
+        overwrite=overwrite)
     bar = Bar(quiet)
 
     def progress(p):
@@ -95,9 +106,9 @@ def train_cmd(style_image, data, output, arch, image_size, style_size, batch_siz
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Output image/video file (one input) or folder.")
-@click.option("--size", type=int, help="Long side of the outputs, px (default: as the input).")
+@click.option("--size", type=COUNT, help="Long side of the outputs, px (default: as the input).")
 @click.option("--original-colors", is_flag=True, help="Keep the input's colours.")
-@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--batch-size", type=COUNT, default=4, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("-q", "--quiet", is_flag=True)
@@ -116,8 +127,8 @@ def apply_cmd(model, inputs, output, size, original_colors, batch_size, device, 
 @click.argument("photo", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Image file to write.")
 @click.option("--styles", help="Comma-separated model names or files (default: every installed style).")
-@click.option("--size", type=int, default=DEFAULT_TILE, show_default=True, help="Long side of each tile, px.")
-@click.option("--columns", type=int, help="Tiles per row (default: a near-square grid).")
+@click.option("--size", type=COUNT, default=DEFAULT_TILE, show_default=True, help="Long side of each tile, px.")
+@click.option("--columns", type=COUNT, help="Tiles per row (default: a near-square grid).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("-q", "--quiet", is_flag=True)

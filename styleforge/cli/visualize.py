@@ -7,9 +7,8 @@ from pathlib import Path
 import click
 
 from ..errors import StyleforgeError
-from ..io import check_writable
 from .classify import parse_shape
-from .options import main_group, parse_numbers
+from .options import COUNT, NON_NEGATIVE_INT, main_group, parse_numbers
 
 
 @main_group.group("visualize")
@@ -22,7 +21,7 @@ def _model_args(f):
         click.argument("model_or_checkpoint"),
         click.option("--input", "input_shape", help="Input shape CxHxW for a model name (default 3x224x224 for "
                      "pretrained models, 3x32x32 otherwise; a checkpoint knows its own)."),
-        click.option("--classes", "num_classes", type=int, default=10, show_default=True,
+        click.option("--classes", "num_classes", type=COUNT, default=10, show_default=True,
                      help="Number of classes (model names only; the head is not shown)."),
         click.option("--weights", type=click.Path(path_type=Path), help="Backbone weights file (vgg19, resnet18)."),
         click.option("--random-init", is_flag=True, help="Random weights instead of ImageNet weights."),
@@ -42,7 +41,7 @@ def _load(model_or_checkpoint, input_shape, num_classes, weights, random_init):
 
 
 def _indices(text):
-    values = parse_numbers(text, "--indices", int)
+    values = parse_numbers(text, "--indices", int, NON_NEGATIVE_INT)
     if values is not None and not values:
         raise StyleforgeError("--indices is empty")
     return values
@@ -53,17 +52,17 @@ def _indices(text):
 @click.option("--image", required=True, type=click.Path(path_type=Path), help="Image to compute activations on.")
 @click.option("--layer", default="conv1", show_default=True, help="A first conv layer (1 or 3 input channels).")
 @click.option("--indices", help="Filters to show, e.g. 14,26,32,49,52 (default: the first --count).")
-@click.option("--count", type=int, default=8, show_default=True)
-@click.option("--size", type=int, help="Resize the image's shorter side to SIZE, keeping its shape "
+@click.option("--count", type=COUNT, default=8, show_default=True)
+@click.option("--size", type=COUNT, help="Resize the image's shorter side to SIZE, keeping its shape "
                                       "(default: the model's input size).")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
 def filters_cmd(model_or_checkpoint, input_shape, num_classes, weights, random_init, device, image, layer, indices,
                 count, size, output):
     """Each chosen first-layer filter, as a picture, above its activation map on IMAGE."""
-    from ..classify.report import save_figure
+    from ..classify.report import check_figure_path, save_figure
     from ..classify.visualize import filters_figure
 
-    check_writable(output)
+    check_figure_path(output)
     loaded = _load(model_or_checkpoint, input_shape, num_classes, weights, random_init)
     path = save_figure(filters_figure(loaded, image, layer, _indices(indices), count, size, device), output)
     click.echo(f"wrote {path}")
@@ -73,18 +72,18 @@ def filters_cmd(model_or_checkpoint, input_shape, num_classes, weights, random_i
 @_model_args
 @click.option("--image", required=True, type=click.Path(path_type=Path))
 @click.option("--layer", required=True, help="Any named layer (see 'styleforge visualize layers').")
-@click.option("--count", type=int, default=10, show_default=True, help="Show the first COUNT channels.")
+@click.option("--count", type=COUNT, default=10, show_default=True, help="Show the first COUNT channels.")
 @click.option("--indices", help="Channels to show instead of the first --count.")
-@click.option("--size", type=int, help="Resize the image's shorter side to SIZE, keeping its shape "
+@click.option("--size", type=COUNT, help="Resize the image's shorter side to SIZE, keeping its shape "
                                       "(default: the model's input size).")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
 def activations_cmd(model_or_checkpoint, input_shape, num_classes, weights, random_init, device, image, layer, count,
                     indices, size, output):
     """Activation maps of the first COUNT channels of a named layer on IMAGE."""
-    from ..classify.report import save_figure
+    from ..classify.report import check_figure_path, save_figure
     from ..classify.visualize import activations_figure
 
-    check_writable(output)
+    check_figure_path(output)
     loaded = _load(model_or_checkpoint, input_shape, num_classes, weights, random_init)
     fig, shape = activations_figure(loaded, image, layer, count, _indices(indices), size, device)
     path = save_figure(fig, output)

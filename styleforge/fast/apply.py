@@ -10,21 +10,24 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from .. import guard
 from ..color import original_colors as keep_colors
 from ..device import Runtime
 from ..device import runtime as make_runtime
 from ..errors import StyleforgeError, first_line
+from ..guard import check_not_inputs
 from ..io import (
     IMAGE_SUFFIXES,
     atomic_path,
     check_writable,
+    header_size,
     image_format,
     open_rgb,
     pil_to_tensor,
     resize_long_side,
     save_image,
 )
-from .model import TransformerNet, load_model, resolve_model
+from .model import ARCHS, TransformerNet, load_model, resolve_model
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 
@@ -79,6 +82,7 @@ def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike) -> list
         if not is_video:
             image_format(out)
         check_writable(out)
+        check_not_inputs({"-o": out}, {"the input": src})
         return [_Job(src, out, is_video)]
     if out.exists() and not out.is_dir():
         raise StyleforgeError(f"-o {out} is a file but the inputs need an output folder")
@@ -99,6 +103,10 @@ def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike) -> list
             job.target = job.target.with_suffix(".png")  # e.g. .gif/.ppm inputs
         if job.video:
             job.target = job.target.with_suffix(".mp4")
+    # Never over an input (``-o photos/`` with ``photos/``'s own files among the inputs), and
+    # never two inputs to one output (``a.gif`` and ``a.png`` both become ``a.png``).
+    check_not_inputs({f"the output of {j.source}": j.target for j in jobs},
+                     {f"the input {j.source}": j.source for j in jobs})
     if not out.parent.exists():
         raise StyleforgeError(f"output folder {out.parent} does not exist: create it first")
     try:
@@ -130,6 +138,7 @@ def stylize_files(model: str | os.PathLike, inputs: Iterable[str | os.PathLike],
         _require_av()
     rt = make_runtime(device, precision)
     net, _ = load_model(resolve_model(model))
+    _check_memory(jobs, size, batch_size, net, rt)
     net = rt.to(net)
     written: list[Path] = []
     images = [j for j in jobs if not j.video]
@@ -147,6 +156,16 @@ def stylize_files(model: str | os.PathLike, inputs: Iterable[str | os.PathLike],
         stylize_video(net, job.source, job.target, rt, size, original_colors, batch_size, callback)
         written.append(job.target)
     return written
+
+
+def _check_memory(jobs: list[_Job], size: int | None, batch_size: int, net: TransformerNet, rt: Runtime) -> None:
+    """Refuse before decoding anything when the largest image cannot be stylized in memory."""
+    sizes = [header_size(j.source) for j in jobs if not j.video]
+    largest = max((guard.scaled_pixels(s, size) for s in sizes if s is not None), default=0)
+    if largest:
+        need = largest * min(batch_size, len(sizes)) * guard.transformer_bytes_per_pixel(ARCHS[net.arch].channels[0])
+        guard.check_memory(need, f"stylizing a {largest / 1e6:.0f}-megapixel image",
+                           "use a smaller --size (or --batch-size)", rt.device)
 
 
 def _same_size_groups(jobs: list[_Job], size: int | None, batch_size: int) -> Iterator[list]:

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from ..device import STREAM_GAP, derived_seed
 from ..errors import StyleforgeError
-from ..io import IMAGE_SUFFIXES, open_rgb, pil_to_tensor
+from ..io import IMAGE_SUFFIXES, header_size, open_rgb, pil_to_tensor
 
 
 def list_images(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
@@ -40,12 +40,7 @@ def list_images(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     good, bad = [], []
     for p in files:
-        try:
-            with Image.open(p) as img:
-                img.size  # noqa: B018  (header only)
-            good.append(p)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            bad.append(p)
+        (good if header_size(p) is not None else bad).append(p)
     if not good:
         what = f" ({len(bad)} unreadable)" if bad else ""
         raise StyleforgeError(f"--data {str(root)!r} holds no readable images{what}: "

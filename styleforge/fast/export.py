@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import StyleforgeError
+from ..guard import check_not_inputs
 from ..io import atomic_path, check_writable
 from .model import TransformerNet, load_model, resolve_model
 
@@ -33,7 +35,13 @@ class _Deployable(nn.Module):
 def export_onnx(model: str | os.PathLike, output: str | os.PathLike, opset: int = OPSET) -> Path:
     """Write MODEL as ONNX: input ``image`` (N, 3, H, W) in [0, 1], output ``stylized`` likewise."""
     out = check_writable(output)
-    net, _ = load_model(resolve_model(model))
+    path = resolve_model(model)
+    check_not_inputs({"-o": out}, {"the model file": path})
+    try:
+        import onnx  # noqa: F401  (torch's exporter writes the file through it)
+    except ImportError:
+        raise StyleforgeError("ONNX export needs the onnx package: pip install 'styleforge[onnx]'") from None
+    net, _ = load_model(path)
     wrapped = _Deployable(net.float().eval())
     example = torch.rand(1, 3, 64, 64)
     with atomic_path(out) as tmp, warnings.catch_warnings():

@@ -12,8 +12,10 @@ Two architectures share one definition, differing in width and depth:
   multiply-adds per pixel, for fast CPU inference at 1024 px and above (the full-size
   layers, not the residual blocks, dominate CPU time, so those are the ones thinned).
 
-Inputs and outputs are RGB in [0, 1]. Any size works: the input is reflection-padded to a
-multiple of 4 (the two stride-2 stages) and the output cropped back.
+Inputs and outputs are RGB in [0, 1]. Any size works, down to 1x1: the input is padded
+(edge pixels repeated) to a multiple of 4 (the two stride-2 stages) and to at least
+MIN_SIDE per side (reflection padding and instance norm need a few pixels even at 1/4
+resolution), and the output cropped back.
 """
 
 from __future__ import annotations
@@ -28,12 +30,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import StyleforgeError
+from ..guard import check_state_dict
 from ..io import load_torch, save_torch
 
 MODEL_FORMAT = "styleforge-fast-style"
 CHECKPOINT_FORMAT = "styleforge-fast-style-checkpoint"
 FORMAT_VERSION = 1
 MODEL_SUFFIX = ".pth"
+# Smallest side the layers see: 1/4 of it (4 px) still takes the residual blocks' reflection
+# padding and gives instance norm more than one value per channel.
+MIN_SIDE = 16
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,7 @@ class TransformerNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        ph, pw = (-h) % 4, (-w) % 4
+        ph, pw = max(MIN_SIDE - h, (-h) % 4), max(MIN_SIDE - w, (-w) % 4)
         if ph or pw:  # replicate (not reflect) works for any size and matches the ONNX graph
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
         # Departure from the published recipe: [0, 1] in and out instead of [0, 255] (the
@@ -146,7 +152,8 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise StyleforgeError(f"{path} is for architecture {arch!r}, which this styleforge does not know "
                               f"(known: {', '.join(ARCHS)})")
     model = TransformerNet(arch)
-    state = record["state_dict"] if record["format"] == MODEL_FORMAT else record["model"]
+    key = "state_dict" if record["format"] == MODEL_FORMAT else "model"
+    state = check_state_dict(record.get(key), path, key)
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()})
     except RuntimeError:

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from .. import distributed, figures
+from .. import distributed, figures, guard, lock
 from ..backbone import VGGFeatures
-from ..device import backward_step, seed_everything
+from ..device import backward_step, for_training, seed_everything
 from ..device import runtime as make_runtime
 from ..errors import StyleforgeError
 from ..io import atomic_path, check_writable, open_rgb, pil_to_tensor, resize_long_side, save_torch
@@ -85,6 +85,7 @@ class FastTrainConfig:
     stop_at: int | None = None          # stop after this step with a checkpoint (the schedule spans steps)
     resume: bool = False
     half: bool = True                   # store the final model in float16
+    overwrite: bool = False             # replace an existing model (and its checkpoint)
 
     def weights_pair(self) -> tuple[float, float]:
         return loss_weights(self.style_strength, self.content_weight, self.style_weight, DEFAULT_STYLE_STRENGTH)
@@ -120,13 +121,17 @@ def history_paths(output: str | os.PathLike) -> tuple[Path, Path]:
     return out.with_name(out.stem + ".losses.csv"), out.with_name(out.stem + ".losses.png")
 
 
-# Settings that must not change between a run and its --resume.
-_RESUME_KEYS = ("style", "arch", "image_size", "style_size", "lr", "lr_schedule", "style_strength",
-                "content_weight",
-                "style_weight", "tv_weight", "content_layers", "style_layers", "backbone", "seed")
+# Settings that may change between a run and its --resume (every other one must not):
+# where things run and how fast, and how long (more --steps continue the run).
+_RESUME_MAY_CHANGE = ("output", "steps", "epochs", "device", "precision", "workers", "checkpoint_every", "resume",
+                      "half", "weights", "batch_size", "overwrite", "stop_at")
+# (batch_size is compared as the global batch; steps must stay the same under a decaying schedule.)
 
 
 def _check(cfg: FastTrainConfig) -> None:
+    guard.check_numbers(
+        [("--lr", cfg.lr, guard.POSITIVE), ("--epochs", cfg.epochs, guard.POSITIVE), ("--seed", cfg.seed, guard.SEED),
+         ("--tv-weight", cfg.tv_weight, guard.NON_NEGATIVE), ("--workers", cfg.workers, guard.NON_NEGATIVE)])
     if cfg.arch not in ARCHS:
         raise StyleforgeError(f"unknown --arch {cfg.arch!r}: use one of {', '.join(ARCHS)}")
     for name in ("image_size", "style_size", "batch_size", "checkpoint_every"):
@@ -134,6 +139,8 @@ def _check(cfg: FastTrainConfig) -> None:
             raise StyleforgeError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     if cfg.image_size % 4:
         raise StyleforgeError(f"--image-size must be a multiple of 4, got {cfg.image_size}")
+    if cfg.overwrite and cfg.resume:
+        raise StyleforgeError("--overwrite and --resume exclude each other")
     if cfg.steps is not None and cfg.epochs is not None:
         raise StyleforgeError("give --steps or --epochs, not both")
     if (cfg.steps is not None and cfg.steps < 1) or (cfg.epochs is not None and cfg.epochs <= 0):
@@ -146,16 +153,20 @@ def _check(cfg: FastTrainConfig) -> None:
         raise StyleforgeError(f"unknown --lr-schedule {cfg.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
 
 
-def _check_inputs(cfg: FastTrainConfig, files: list[Path], style: torch.Tensor, min_side: int,
-                  global_batch: int) -> None:
-    """One-line errors, before training starts, for inputs that cannot give a model."""
+def _check_min_size(cfg: FastTrainConfig, style: torch.Tensor, extractor: VGGFeatures) -> None:
+    """The loss network's deepest layer needs a few pixels (as ``stylize`` checks)."""
+    need = extractor.min_size
+    if cfg.image_size < need:
+        raise StyleforgeError(f"--image-size {cfg.image_size} is too small for the loss layers (they need at least "
+                              f"{need} px): use --image-size {max(need, 4)} or more")
     h, w = style.shape[-2:]
-    if min(h, w) < min_side:
+    if min(h, w) < need:
         raise StyleforgeError(f"the style image is {w}x{h} px at --style-size {cfg.style_size}, too small for the "
-                              f"style layers (needs at least {min_side} px per side): use a larger --style-size")
-    if cfg.image_size < min_side:
-        raise StyleforgeError(f"--image-size {cfg.image_size} is too small for the loss layers "
-                              f"(needs at least {min_side} px)")
+                              f"loss layers (they need at least {need} px per side): use a larger --style-size")
+
+
+def _check_data(cfg: FastTrainConfig, files: list[Path], global_batch: int) -> None:
+    """One-line errors, before training starts, for photos that cannot give a model."""
     if len(files) < global_batch:
         raise StyleforgeError(f"--data holds {len(files)} usable photo(s), fewer than one batch of {global_batch}: "
                               "add photos or lower --batch-size")
@@ -175,17 +186,48 @@ def _load_resume(cfg: FastTrainConfig, ckpt: Path, steps: int) -> dict:
     record = read_record(ckpt)
     if not isinstance(record, dict) or record.get("format") != CHECKPOINT_FORMAT:
         raise StyleforgeError(f"{ckpt} is not a styleforge training checkpoint")
-    old = record["config"]
+    guard.require_keys(record, ckpt, {"model": dict, "optimizer": dict, "step": int, "history": list,
+                                      "config": dict})
+    guard.check_state_dict(record["model"], ckpt, "model")
+    old = dict(record["config"])
     mine = _jsonable(asdict(cfg))
-    changed = [k for k in _RESUME_KEYS if old.get(k) != mine.get(k)]
+    for key in ("style", "data"):  # the same files, however the paths are written
+        old[key], mine[key] = (_resolved(d.get(key)) for d in (old, mine))
+    guard.check_resume(old, mine, _RESUME_MAY_CHANGE, ckpt, {"style": "STYLE_IMAGE"})
+    before = old.get("global_batch", old.get("batch_size"))
+    if before != cfg.batch_size * distributed.current().world_size:
+        raise StyleforgeError(f"--resume: {ckpt} was trained with a global batch of {before}, this run has "
+                              f"{cfg.batch_size * distributed.current().world_size} (--batch-size x processes): "
+                              "use the same")
     if cfg.lr_schedule != "constant" and old.get("steps") != steps:
-        changed.append("steps (the learning-rate schedule spans them; use --stop-at to split a run)")
-    if old.get("batch_size") * old.get("world_size", 1) != cfg.batch_size * distributed.current().world_size:
-        changed.append("global batch size")
-    if changed:
-        raise StyleforgeError(f"--resume: {', '.join(changed)} differ from the checkpoint's run; "
-                              "use the same settings or train a new model")
+        raise StyleforgeError(f"--resume: {ckpt} was a run of {old.get('steps')} steps and the learning-rate "
+                              f"schedule spans them; give --steps {old.get('steps')} (use --stop-at to split a run)")
     return record
+
+
+def _check_paths(cfg: FastTrainConfig, files: list[Path]) -> None:
+    """Never write over the style image or a training photo, nor over another run's model."""
+    output, ckpt = Path(cfg.output), checkpoint_path(cfg.output)
+    written = {"-o": output, "the checkpoint": ckpt}
+    written.update(zip(("the loss table", "the loss plot"), history_paths(output)))
+    inputs = {"the style image": cfg.style, **{f"the training photo {f}": f for f in files if f.name in
+                                                {p.name for p in written.values()}}}
+    guard.check_not_inputs(written, inputs)
+    if cfg.resume or cfg.overwrite:
+        return
+    for what, path in (("a model", output), ("an interrupted run's checkpoint", ckpt)):
+        if path.exists():
+            raise StyleforgeError(f"{path} already holds {what}: use --overwrite to replace it"
+                                  + (", --resume to continue it" if path == ckpt else "") + ", or another -o")
+
+
+def _folders(data: str | os.PathLike | Sequence[str]) -> list[str]:
+    return [str(data)] if isinstance(data, (str, os.PathLike)) else [str(d) for d in data]
+
+
+def _resolved(data) -> list[str]:
+    """--data (or the style path) as absolute paths, to compare runs however the paths were written."""
+    return [str(Path(d).resolve()) for d in _folders(data)] if data is not None else []
 
 
 def _jsonable(d: dict) -> dict:
@@ -223,32 +265,52 @@ def write_history(history: list[dict[str, float]], output: str | os.PathLike, pl
 
 def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] | None = None,
                 extractor: VGGFeatures | None = None) -> FastTrainResult:
-    """Train a style network; writes the model, a checkpoint, the loss CSV and plot."""
+    """Train a style network; writes the model, a checkpoint, the loss CSV and plot.
+
+    The output is locked while it runs: a second run onto the same model stops at once.
+    """
     _check(cfg)
     ctx = distributed.setup()
+    if not ctx.is_main:
+        return _train_style(cfg, callback, extractor)
+    check_writable(cfg.output)
+    with lock.hold(cfg.output, folder=False):
+        return _train_style(cfg, callback, extractor)
+
+
+def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] | None,
+                 extractor: VGGFeatures | None) -> FastTrainResult:
+    ctx = distributed.current()
     output = Path(cfg.output)
     ckpt = checkpoint_path(output)
+    files, unreadable = [], []
+    for folder in _folders(cfg.data):
+        good, bad = list_images(folder)
+        files, unreadable = files + good, unreadable + bad
     if ctx.is_main:
         for p in (output, ckpt, *history_paths(output)):
             check_writable(p)
+        _check_paths(cfg, files)
     content_w, style_w = cfg.weights_pair()
-    files, unreadable = [], []
-    for folder in [cfg.data] if isinstance(cfg.data, (str, os.PathLike)) else cfg.data:
-        good, bad = list_images(folder)
-        files, unreadable = files + good, unreadable + bad
-    style_img = pil_to_tensor(resize_long_side(open_rgb(cfg.style), cfg.style_size))
+    style_src = open_rgb(cfg.style)
 
     global_batch = cfg.batch_size * ctx.world_size
     steps = cfg.steps or (math.ceil(cfg.epochs * len(files) / global_batch) if cfg.epochs else DEFAULT_STEPS)
-    rt = make_runtime(ctx.device_spec(cfg.device), cfg.precision)
+    rt = for_training(make_runtime(ctx.device_spec(cfg.device), cfg.precision), cfg.precision)
+    per_pixel = 2 * guard.VGG_BYTES_PER_PIXEL + guard.transformer_bytes_per_pixel(ARCHS[cfg.arch].channels[0])
+    guard.check_memory(cfg.batch_size * cfg.image_size ** 2 * per_pixel
+                       + guard.scaled_pixels(style_src.size, cfg.style_size) * guard.VGG_BYTES_PER_PIXEL,
+                       f"training at --image-size {cfg.image_size}, --batch-size {cfg.batch_size}, --style-size "
+                       f"{cfg.style_size}", "use a smaller --image-size, --batch-size or --style-size", rt.device)
+    style_img = pil_to_tensor(resize_long_side(style_src, cfg.style_size))
     seed_everything(cfg.seed)
     model = TransformerNet(cfg.arch)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start_step, history, skipped = 0, [], [str(p) for p in unreadable]
     record = _load_resume(cfg, ckpt, steps) if cfg.resume else None
     if record is not None:
-        model.load_state_dict(record["model"])
-        optimizer.load_state_dict(record["optimizer"])
+        guard.load_state(model, record["model"], ckpt)
+        guard.load_state(optimizer, record["optimizer"], ckpt, "optimizer settings")
         start_step, history = record["step"], list(record["history"])
         skipped = sorted(set(skipped) | set(record.get("skipped", [])))
         if start_step >= min(steps, cfg.stop_at or steps):
@@ -265,8 +327,9 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
     if extractor is None:
         extractor = VGGFeatures(list(cfg.content_layers) + list(cfg.style_layers), arch=cfg.backbone,
                                 weights=cfg.weights)
-    _check_inputs(cfg, files, style_img, extractor.min_size, global_batch)
     extractor = rt.to(extractor)
+    _check_min_size(cfg, style_img, extractor)
+    _check_data(cfg, files, global_batch)
     loss_fn = PerceptualLoss(extractor, style_img, cfg.content_layers, cfg.style_layers, content_weight=content_w,
                              style_weight=style_w, tv_weight=cfg.tv_weight, rt=rt)
     scaler = rt.grad_scaler()
@@ -304,7 +367,7 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
 
     # Ctrl-C, SIGTERM (torchrun stopping the others when one process dies) and a lost peer
     # end in one line that names the checkpoint to --resume from.
-    with distributed.stop_cleanly(ctx, resume_hint):
+    with distributed.stop_cleanly(ctx, resume_hint), guard.worker_errors("reading the training photos"):
         for batch, bad in loader:
             step += 1
             skipped.extend(b for b in bad if b not in skipped)
@@ -319,8 +382,9 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
             values = ctx.sum([float(parts[k].detach()) for k in ("content", "style", "tv", "total")])
             values = (values / ctx.world_size).tolist()
             if not all(math.isfinite(v) for v in values):
-                raise StyleforgeError(f"the loss became {values[-1]} at step {step}: lower --lr; the last "
-                                      f"checkpoint (step {last_ckpt}) is valid for --resume")
+                kept = (f"the last checkpoint {ckpt} (step {last_ckpt}) is valid for --resume" if last_ckpt
+                        else "no checkpoint was written")
+                raise StyleforgeError(f"the loss became {values[-1]} at step {step}: lower --lr; {kept}")
             dt = time.perf_counter() - t0
             row = dict(zip(("content", "style", "tv", "total"), values))
             for k, v in row.items():
