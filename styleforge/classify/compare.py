@@ -91,15 +91,15 @@ def compare(run_dirs: Sequence[str | Path], output: str | Path | None = None,
     if not run_dirs:
         raise StyleforgeError("give at least one run directory")
     runs = [Path(r).expanduser() for r in run_dirs]
-    if output is not None:
-        report.check_figure_path(output)
-    if table is not None:
-        check_writable(table)
     loaded = [load_run(r) for r in runs]
-    rows = [_row(run, runs, summary, _config(run)) for run, (summary, _) in zip(runs, loaded)]
     for target in (output, table):
         if target is not None:
             Path(target).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if output is not None:
+        report.check_figure_path(Path(output).expanduser())
+    if table is not None:
+        check_writable(Path(table).expanduser())
+    rows = [_row(run, runs, summary, _config(run)) for run, (summary, _) in zip(runs, loaded)]
     if output is not None:
         report.save_figure(compare_figure(runs, [m for _, m in loaded]), Path(output).expanduser())
     if table is not None:
