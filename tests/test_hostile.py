@@ -353,9 +353,9 @@ def test_pickled_code_is_never_loaded(env, roots, tmp_path):
     """A model or checkpoint file that holds pickled objects is refused, not run."""
     torch.save({"format": "styleforge-fast-style", "arch": "light", "state_dict": Path("x")}, tmp_path / "p.pth")
     refused(roots, "fast", "apply", tmp_path / "p.pth", env / "content.png", "-o", tmp_path / "o.png",
-            expect="pickled objects")
+            expect="pickled Python objects")
     torch.save({"format": "styleforge-classifier/1", "obj": Path("x")}, tmp_path / "p.pt")
-    refused(roots, "classify", "eval", tmp_path / "p.pt", expect="not a readable styleforge checkpoint")
+    refused(roots, "classify", "eval", tmp_path / "p.pt", expect="pickled Python objects, which styleforge never loads")
 
 
 # --------------------------------------------------------------------------- 8. resume

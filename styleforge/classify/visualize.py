@@ -138,8 +138,9 @@ def layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.T
     except _Reached:
         pass
     except RuntimeError as exc:
-        raise StyleforgeError(f"the model cannot take this {x.shape[-2]}x{x.shape[-1]} image before that layer "
-                              f"({first_line(exc, 100)}): give --size or a layer nearer the input") from None
+        raise StyleforgeError(f"the model cannot run a {x.shape[-2]}x{x.shape[-1]} input up to that layer "
+                              f"({first_line(exc, 100)}): use the model's own input size (leave out --size) or an "
+                              "earlier layer") from None
     finally:
         handle.remove()
     if not box:

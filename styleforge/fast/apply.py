@@ -142,9 +142,9 @@ def stylize_files(model: str | os.PathLike, inputs: Iterable[str | os.PathLike],
     net = rt.to(net)
     written: list[Path] = []
     images = [j for j in jobs if not j.video]
-    if callback and images:
-        callback(ApplyProgress(0, len(images), images[0].source, "images"))
     for group in _same_size_groups(images, size, batch_size):
+        if callback and not written:  # the stage starts once its first images have been read
+            callback(ApplyProgress(0, len(images), images[0].source, "images"))
         batch = torch.cat([x for _, x in group])
         out = apply_to_tensor(net, batch, rt, original_colors)
         for (job, _), y in zip(group, out):
