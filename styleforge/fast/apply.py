@@ -25,6 +25,7 @@ from ..io import (
     save_image,
 )
 from .model import TransformerNet, load_model, resolve_model
+from .universal import AnyStyle, UniversalStyler, build_styler
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 
@@ -39,7 +40,7 @@ class ApplyProgress:
     stage: str         # "images" for the image inputs, the file name for a video
 
 
-def apply_to_tensor(model: TransformerNet, images: torch.Tensor, rt: Runtime,
+def apply_to_tensor(model: TransformerNet | UniversalStyler, images: torch.Tensor, rt: Runtime,
                     original_colors: bool = False) -> torch.Tensor:
     """Stylize a (B, 3, H, W) batch in [0, 1]; returns float32 [0, 1] on the CPU."""
     with torch.inference_mode(), rt.autocast():
@@ -113,14 +114,20 @@ def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike) -> list
     return jobs
 
 
-def stylize_files(model: str | os.PathLike, inputs: Iterable[str | os.PathLike], output: str | os.PathLike,
+def stylize_files(model: str | os.PathLike | None, inputs: Iterable[str | os.PathLike], output: str | os.PathLike,
                   size: int | None = None, original_colors: bool = False, batch_size: int = 4,
                   device: str = "auto", precision: str = "auto",
-                  callback: Callable[[ApplyProgress], None] | None = None) -> list[Path]:
+                  callback: Callable[[ApplyProgress], None] | None = None,
+                  any_style: AnyStyle | None = None) -> list[Path]:
     """Stylize image files, folders (mirrored into ``output``) and videos; returns written paths.
 
+    The style comes from ``model`` (a trained network) or ``any_style`` (style images
+    through the universal decoders), exactly one of them.
     ``size``: long side of the outputs (default: the input's own size).
     """
+    if (model is None) == (any_style is None):
+        raise StyleforgeError("give a MODEL or --style-image, not both" if model is not None
+                              else "give a MODEL (a trained style) or --style-image PAINTING")
     if size is not None and size < 4:
         raise StyleforgeError(f"--size must be at least 4, got {size}")
     if batch_size < 1:
@@ -129,8 +136,7 @@ def stylize_files(model: str | os.PathLike, inputs: Iterable[str | os.PathLike],
     if any(j.video for j in jobs):
         _require_av()
     rt = make_runtime(device, precision)
-    net, _ = load_model(resolve_model(model))
-    net = rt.to(net)
+    net = rt.to(load_model(resolve_model(model))[0] if any_style is None else build_styler(any_style))
     written: list[Path] = []
     images = [j for j in jobs if not j.video]
     if callback and images:
@@ -171,8 +177,8 @@ def _require_av():
     return av
 
 
-def stylize_video(net: TransformerNet, source: Path, target: Path, rt: Runtime, size: int | None = None,
-                  original_colors: bool = False, batch_size: int = 4,
+def stylize_video(net: TransformerNet | UniversalStyler, source: Path, target: Path, rt: Runtime,
+                  size: int | None = None, original_colors: bool = False, batch_size: int = 4,
                   callback: Callable[[ApplyProgress], None] | None = None) -> Path:
     """Stylize every frame of a video and encode H.264 (yuv420p) at the same frame rate.
 
