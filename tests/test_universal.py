@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from conftest import striped_image, synthetic_image
 from PIL import Image
+from test_fast import _fails, run
 
 from styleforge.backbone import VGGFeatures
-from styleforge.cli import main_group
 from styleforge.errors import StyleforgeError
 from styleforge.fast.decoder_train import DecoderTrainConfig, train_decoders
 from styleforge.fast.universal import (
@@ -28,16 +27,6 @@ from styleforge.fast.universal import (
     wct,
 )
 from styleforge.io import save_image
-
-
-def run(*args):
-    return CliRunner().invoke(main_group, [str(a) for a in args])
-
-
-def _fails(result, text):
-    assert result.exit_code != 0, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], result.stderr
 
 
 def _cov(f: torch.Tensor) -> torch.Tensor:
