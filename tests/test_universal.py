@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import striped_image, synthetic_image
 from PIL import Image
-from test_fast import _fails, run
+from test_fast import _fails, run, write_clip
 
 from styleforge.backbone import VGGFeatures
 from styleforge.errors import StyleforgeError
@@ -200,6 +200,18 @@ def test_cli_apply_with_style_images(decoders, tmp_path, random_vgg19_file):
                  "--size", "64", "--original-colors", "--method", "adain", "--levels", "relu3_1", *common)
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "one.png").size == (64, 44)
+
+
+def test_cli_apply_style_image_to_video(decoders, tmp_path, random_vgg19_file):
+    av = pytest.importorskip("av")
+    save_image(striped_image(48, 48), tmp_path / "s.png")
+    result = run("fast", "apply", write_clip(av, tmp_path / "clip.mp4", frames=3), "-o", tmp_path / "out.mp4",
+                 "--style-image", tmp_path / "s.png", "--decoders", decoders, "--weights", random_vgg19_file,
+                 "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    with av.open(str(tmp_path / "out.mp4")) as f:
+        frames = list(f.decode(video=0))
+    assert len(frames) == 3 and (frames[0].width, frames[0].height) == (48, 32)
 
 
 @pytest.mark.parametrize("extra, text", [
