@@ -209,18 +209,23 @@ def test_onnx_matches_pytorch(tmp_path):
         assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
 
 
-def test_video_round_trip(tmp_path):
-    av = pytest.importorskip("av")
-    src = tmp_path / "clip.mp4"
-    with av.open(str(src), "w") as f:
+def write_clip(av, path, frames: int = 5):
+    """A 48x32 MPEG-4 clip of synthetic frames at 10 frames/s."""
+    with av.open(str(path), "w") as f:
         s = f.add_stream("mpeg4", rate=10)
         s.width, s.height, s.pix_fmt = 48, 32, "yuv420p"
-        for i in range(5):
+        for i in range(frames):
             arr = (synthetic_image(32, 48, phase=i)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
             for p in s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
                 f.mux(p)
         for p in s.encode():
             f.mux(p)
+    return path
+
+
+def test_video_round_trip(tmp_path):
+    av = pytest.importorskip("av")
+    src = write_clip(av, tmp_path / "clip.mp4")
     model = save_model(TransformerNet("light").eval(), tmp_path / "m.pth", "x", {})
     result = run("fast", "apply", model, src, "-o", tmp_path / "out.mp4", "--device", "cpu", "-q")
     assert result.exit_code == 0, result.output

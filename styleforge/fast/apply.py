@@ -28,6 +28,7 @@ from ..io import (
     save_image,
 )
 from .model import ARCHS, TransformerNet, load_model, resolve_model
+from .universal import AnyStyle, UniversalStyler, build_styler
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 
@@ -42,7 +43,7 @@ class ApplyProgress:
     stage: str         # "images" for the image inputs, the file name for a video
 
 
-def apply_to_tensor(model: TransformerNet, images: torch.Tensor, rt: Runtime,
+def apply_to_tensor(model: TransformerNet | UniversalStyler, images: torch.Tensor, rt: Runtime,
                     original_colors: bool = False) -> torch.Tensor:
     """Stylize a (B, 3, H, W) batch in [0, 1]; returns float32 [0, 1] on the CPU."""
     with torch.inference_mode(), rt.autocast():
@@ -121,14 +122,20 @@ def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike) -> list
     return jobs
 
 
-def stylize_files(model: str | os.PathLike, inputs: Iterable[str | os.PathLike], output: str | os.PathLike,
+def stylize_files(model: str | os.PathLike | None, inputs: Iterable[str | os.PathLike], output: str | os.PathLike,
                   size: int | None = None, original_colors: bool = False, batch_size: int = 4,
                   device: str = "auto", precision: str = "auto",
-                  callback: Callable[[ApplyProgress], None] | None = None) -> list[Path]:
+                  callback: Callable[[ApplyProgress], None] | None = None,
+                  any_style: AnyStyle | None = None) -> list[Path]:
     """Stylize image files, folders (mirrored into ``output``) and videos; returns written paths.
 
+    The style comes from ``model`` (a trained network) or ``any_style`` (style images
+    through the universal decoders), exactly one of them.
     ``size``: long side of the outputs (default: the input's own size).
     """
+    if (model is None) == (any_style is None):
+        raise StyleforgeError("give a MODEL or --style-image, not both" if model is not None
+                              else "give a MODEL (a trained style) or --style-image PAINTING")
     if size is not None and size < 4:
         raise StyleforgeError(f"--size must be at least 4, got {size}")
     if batch_size < 1:
@@ -137,8 +144,12 @@ def stylize_files(model: str | os.PathLike, inputs: Iterable[str | os.PathLike],
     if any(j.video for j in jobs):
         _require_av()
     rt = make_runtime(device, precision)
-    net, _ = load_model(resolve_model(model))
-    _check_memory(jobs, size, batch_size, net, rt)
+    if any_style is None:
+        net = load_model(resolve_model(model))[0]
+        per_pixel = guard.transformer_bytes_per_pixel(ARCHS[net.arch].channels[0])
+    else:
+        net, per_pixel = build_styler(any_style), guard.VGG_BYTES_PER_PIXEL
+    _check_memory(jobs, size, batch_size, per_pixel, rt)
     net = rt.to(net)
     written: list[Path] = []
     images = [j for j in jobs if not j.video]
@@ -158,12 +169,12 @@ def stylize_files(model: str | os.PathLike, inputs: Iterable[str | os.PathLike],
     return written
 
 
-def _check_memory(jobs: list[_Job], size: int | None, batch_size: int, net: TransformerNet, rt: Runtime) -> None:
+def _check_memory(jobs: list[_Job], size: int | None, batch_size: int, per_pixel: int, rt: Runtime) -> None:
     """Refuse before decoding anything when the largest image cannot be stylized in memory."""
     sizes = [header_size(j.source) for j in jobs if not j.video]
     largest = max((guard.scaled_pixels(s, size) for s in sizes if s is not None), default=0)
     if largest:
-        need = largest * min(batch_size, len(sizes)) * guard.transformer_bytes_per_pixel(ARCHS[net.arch].channels[0])
+        need = largest * min(batch_size, len(sizes)) * per_pixel
         guard.check_memory(need, f"stylizing a {largest / 1e6:.0f}-megapixel image",
                            "use a smaller --size (or --batch-size)", rt.device)
 
@@ -190,8 +201,8 @@ def _require_av():
     return av
 
 
-def stylize_video(net: TransformerNet, source: Path, target: Path, rt: Runtime, size: int | None = None,
-                  original_colors: bool = False, batch_size: int = 4,
+def stylize_video(net: TransformerNet | UniversalStyler, source: Path, target: Path, rt: Runtime,
+                  size: int | None = None, original_colors: bool = False, batch_size: int = 4,
                   callback: Callable[[ApplyProgress], None] | None = None) -> Path:
     """Stylize every frame of a video and encode H.264 (yuv420p) at the same frame rate.
 
