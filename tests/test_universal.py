@@ -217,7 +217,7 @@ def test_cli_apply_style_image_to_video(decoders, tmp_path, random_vgg19_file):
 @pytest.mark.parametrize("extra, text", [
     (["m.pth", "in.png", "--style-image", "s.png"], "not both"),
     (["in.png"], "give a MODEL"),
-    (["in.png", "--style-image", "s.png", "--strength", "1.5"], "--strength must be in [0, 1]"),
+    (["in.png", "--style-image", "s.png", "--strength", "1.5"], "'--strength': must be in [0, 1], got 1.5"),
     (["in.png", "--style-image", "s.png", "--style-blend", "1,2"], "2 weights but there are 1"),
     (["in.png", "--style-image", "s.png", "--levels", "relu9_1"], "unknown level 'relu9_1'"),
     (["in.png", "--style-image", "s.png", "--levels", "relu5_1"], "no decoder for relu5_1"),
