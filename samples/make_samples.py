@@ -44,7 +44,7 @@ def outputs() -> None:
 def fast() -> None:
     """samples/fast.jpg: chelsea through every shipped style model (`styleforge fast sheet`)."""
     subprocess.run([sys.executable, "-m", "styleforge", "fast", "sheet", "samples/chelsea.jpg", "-o",
-                    "samples/fast.jpg", "--size", "320", "--columns", "4", "--device", "cpu", "--precision", "fp32",
+                    "samples/fast.jpg", "--size", "320", "--device", "cpu", "--precision", "fp32",
                     "-q"], check=True, cwd=HERE.parent)
 
 
