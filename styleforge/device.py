@@ -221,3 +221,11 @@ def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
         torch.backends.cudnn.benchmark = False
     return torch.Generator().manual_seed(seed)
 
+
+def optimizer_to(optimizer, device: torch.device) -> None:
+    """Move a (resumed) optimizer's state tensors to ``device``: moving the model re-creates no
+    parameters, so the state loaded on the CPU must follow it. Adam's ``step`` counts stay put."""
+    for state in optimizer.state.values():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor) and k != "step":
+                state[k] = v.to(device)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -159,9 +161,19 @@ def test_decoder_resume_gives_the_same_weights(photos, tmp_path, random_vgg19_fi
         b = torch.load(tmp_path / "b" / name, weights_only=True)["state_dict"]
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["relu2_1"] for r in full.history] == [r["relu2_1"] for r in resumed.history]
-    with pytest.raises(StyleforgeError, match="lr, steps"):
+    with pytest.raises(StyleforgeError, match=r"other settings \(--lr 0.001 -> 0.005; --steps \d+ -> 9\)"):
         train_decoders(_dcfg(photos, tmp_path / "b", random_vgg19_file, steps=9, stop_at=None, lr=5e-3,
                              resume=True))
+
+
+def test_decoder_resume_refuses_other_photos(photos, tmp_path, random_vgg19_file):
+    train_decoders(_dcfg(photos, tmp_path / "b", random_vgg19_file, stop_at=3))
+    ckpt = (tmp_path / "b" / "decoders.ckpt").read_bytes()
+    other = tmp_path / "other"
+    shutil.copytree(photos, other)
+    with pytest.raises(StyleforgeError, match="other settings .--data"):
+        train_decoders(_dcfg(other, tmp_path / "b", random_vgg19_file, resume=True))
+    assert (tmp_path / "b" / "decoders.ckpt").read_bytes() == ckpt
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ function of the step, rank 0 writing, DDP under ``torchrun``.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,16 +27,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .. import distributed
+from .. import distributed, guard
 from ..backbone import VGGFeatures
-from ..device import backward_step, seed_everything
+from ..device import backward_step, optimizer_to, seed_everything
 from ..device import runtime as make_runtime
 from ..errors import StyleforgeError
 from ..io import check_writable, save_torch
 from ..losses import image_content_loss
 from .data import RandomCrops, StreamSampler, collate, list_images
 from .model import parameter_count, read_record
-from .train import LR_SCHEDULES, _cpu, lr_at, write_history
+from .train import LR_SCHEDULES, _cpu, _resolved, lr_at, write_history
 from .universal import LEVELS, Decoder, decoder_name, level_index, save_decoder
 
 CHECKPOINT_FORMAT = "styleforge-decoder-checkpoint"
@@ -147,14 +146,13 @@ def _load_resume(cfg: DecoderTrainConfig, ckpt: Path, config_record: dict) -> di
     record = read_record(ckpt)
     if not isinstance(record, dict) or record.get("format") != CHECKPOINT_FORMAT:
         raise StyleforgeError(f"{ckpt} is not a styleforge decoder checkpoint")
-    changed = [k for k in _RESUME_KEYS if record["config"].get(k) != config_record.get(k)]
-    if cfg.lr_schedule != "constant" and record["config"].get("steps") != cfg.steps:
-        changed.append("steps (the learning-rate schedule spans them; use --stop-at to split a run)")
-    if record["config"].get("global_batch") != config_record["global_batch"]:
-        changed.append("global batch size")
-    if changed:
-        raise StyleforgeError(f"--resume: {', '.join(changed)} differ from the checkpoint's run; "
-                              "use the same settings or train into a new folder")
+    guard.require_keys(record, ckpt, {"model": dict, "optimizer": dict, "step": int, "history": list,
+                                      "config": dict})
+    guard.check_state_dict(record["model"], ckpt, "model")
+    # The shared resume check (as fast train and classify train): every setting that changes the
+    # run, the photos and the global batch; the steps too where the schedule spans them.
+    keys = (*_RESUME_KEYS, "data", "global_batch") + (("steps",) if cfg.lr_schedule != "constant" else ())
+    guard.check_resume(record["config"], {k: config_record.get(k) for k in keys}, (), ckpt)
     if record["step"] >= min(cfg.steps, cfg.stop_at or cfg.steps):
         raise StyleforgeError(f"--resume: the checkpoint is at step {record['step']}, already at --steps "
                               f"{cfg.steps}: give more --steps to train further")
@@ -174,7 +172,7 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
         for p in [out_dir / decoder_name(lv) for lv in levels] + [out_dir / CHECKPOINT_NAME]:
             check_writable(p)
     ckpt = out_dir / CHECKPOINT_NAME
-    folders = [str(cfg.data)] if isinstance(cfg.data, (str, os.PathLike)) else [str(d) for d in cfg.data]
+    folders = _resolved(cfg.data)  # absolute: resume compares the photos, however the paths are written
     files: list[Path] = []
     for folder in folders:
         files += list_images(folder)[0]
@@ -203,10 +201,7 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
         with rt.autocast():
             decoders.set_input_scales(rt.to(collate([crops[i] for i in first])[0]), encoder)
     decoders = rt.to(decoders)
-    for state in optimizer.state.values():
-        for k, v in state.items():
-            if isinstance(v, torch.Tensor) and k != "step":
-                state[k] = v.to(rt.device)
+    optimizer_to(optimizer, rt.device)
     model = distributed.wrap(decoders, ctx, rt.device)
     scaler = rt.grad_scaler()
     workers = cfg.workers if cfg.workers is not None else rt.loader_workers

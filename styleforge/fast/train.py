@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from .. import distributed, figures, guard, lock
 from ..backbone import VGGFeatures
-from ..device import backward_step, for_training, seed_everything
+from ..device import backward_step, for_training, optimizer_to, seed_everything
 from ..device import runtime as make_runtime
 from ..errors import StyleforgeError
 from ..io import atomic_path, check_writable, open_rgb, pil_to_tensor, resize_long_side, save_torch
@@ -317,11 +317,7 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
             raise StyleforgeError(f"--resume: the checkpoint is at step {start_step}, already at --steps {steps}: "
                                   "give more --steps to train further")
     model = rt.to(model)
-    # Moving the model re-creates nothing, but the optimizer state must follow the device.
-    for state in optimizer.state.values():
-        for k, v in state.items():
-            if isinstance(v, torch.Tensor) and k != "step":
-                state[k] = v.to(rt.device)
+    optimizer_to(optimizer, rt.device)
     ddp_model = distributed.wrap(model, ctx, rt.device)
 
     if extractor is None:
