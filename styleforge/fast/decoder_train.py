@@ -35,8 +35,8 @@ from ..errors import StyleforgeError
 from ..io import check_writable, save_torch
 from ..losses import image_content_loss
 from .data import RandomCrops, StreamSampler, collate, list_images
-from .model import parameter_count, read_record
-from .train import LR_SCHEDULES, _cpu, _resolved, lr_at, write_history
+from .model import parameter_count
+from .train import LR_SCHEDULES, _cpu, _resolved, lr_at, read_checkpoint, write_history
 from .universal import LEVELS, Decoder, decoder_name, level_index, save_decoder
 
 CHECKPOINT_FORMAT = "styleforge-decoder-checkpoint"
@@ -141,14 +141,7 @@ class Reconstruction(nn.Module):
 
 
 def _load_resume(cfg: DecoderTrainConfig, ckpt: Path, config_record: dict) -> dict:
-    if not ckpt.is_file():
-        raise StyleforgeError(f"--resume: no checkpoint {ckpt} to continue from (train without --resume)")
-    record = read_record(ckpt)
-    if not isinstance(record, dict) or record.get("format") != CHECKPOINT_FORMAT:
-        raise StyleforgeError(f"{ckpt} is not a styleforge decoder checkpoint")
-    guard.require_keys(record, ckpt, {"model": dict, "optimizer": dict, "step": int, "history": list,
-                                      "config": dict})
-    guard.check_state_dict(record["model"], ckpt, "model")
+    record = read_checkpoint(ckpt, CHECKPOINT_FORMAT, "decoder")
     # The shared resume check (as fast train and classify train): every setting that changes the
     # run, the photos and the global batch; the steps too where the schedule spans them.
     keys = (*_RESUME_KEYS, "data", "global_batch") + (("steps",) if cfg.lr_schedule != "constant" else ())

@@ -180,15 +180,21 @@ def _check_data(cfg: FastTrainConfig, files: list[Path], global_batch: int) -> N
                           f"side is {largest} px): use --image-size {largest // 4 * 4} or less, or larger photos")
 
 
-def _load_resume(cfg: FastTrainConfig, ckpt: Path, steps: int) -> dict:
+def read_checkpoint(ckpt: Path, fmt: str, kind: str) -> dict:
+    """A training checkpoint for --resume, its format and structure checked (one-line errors)."""
     if not ckpt.is_file():
         raise StyleforgeError(f"--resume: no checkpoint {ckpt} to continue from (train without --resume)")
     record = read_record(ckpt)
-    if not isinstance(record, dict) or record.get("format") != CHECKPOINT_FORMAT:
-        raise StyleforgeError(f"{ckpt} is not a styleforge training checkpoint")
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        raise StyleforgeError(f"{ckpt} is not a styleforge {kind} checkpoint")
     guard.require_keys(record, ckpt, {"model": dict, "optimizer": dict, "step": int, "history": list,
                                       "config": dict})
     guard.check_state_dict(record["model"], ckpt, "model")
+    return record
+
+
+def _load_resume(cfg: FastTrainConfig, ckpt: Path, steps: int) -> dict:
+    record = read_checkpoint(ckpt, CHECKPOINT_FORMAT, "training")
     old = dict(record["config"])
     mine = _jsonable(asdict(cfg))
     for key in ("style", "data"):  # the same files, however the paths are written
