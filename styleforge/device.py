@@ -229,3 +229,9 @@ def optimizer_to(optimizer, device: torch.device) -> None:
         for k, v in state.items():
             if isinstance(v, torch.Tensor) and k != "step":
                 state[k] = v.to(device)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every parameter group's learning rate (the trainers' schedules are functions of progress)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr

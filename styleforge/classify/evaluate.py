@@ -16,7 +16,7 @@ from ..io import check_output_folder, make_folder, save_json
 from . import report
 from .checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
 from .data import DataSpec, load_splits
-from .train import Source, evaluate_source
+from .batches import Source, evaluate_source
 
 SPLITS = ("test", "val", "train")
 

@@ -10,7 +10,7 @@ from ..device import runtime
 from ..errors import StyleforgeError
 from .data import DataSpec, load_splits
 from .gallery import image_grid, pick_per_class
-from .train import AUGMENTS, augment_batch, prepare_batch
+from .batches import AUGMENTS, augment_batch, prepare_batch
 
 
 def preview(spec: DataSpec, augment: Sequence[str] = (), count: int = 32, split: str = "train", seed: int = 0,
