@@ -14,9 +14,9 @@ from ..device import runtime
 from ..errors import StyleforgeError
 from ..io import check_output_folder, make_folder, save_json
 from . import report
+from .batches import Source, evaluate_source
 from .checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
 from .data import DataSpec, load_splits
-from .batches import Source, evaluate_source
 
 SPLITS = ("test", "val", "train")
 

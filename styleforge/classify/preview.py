@@ -8,9 +8,9 @@ import torch
 
 from ..device import runtime
 from ..errors import StyleforgeError
+from .batches import AUGMENTS, augment_batch, prepare_batch
 from .data import DataSpec, load_splits
 from .gallery import image_grid, pick_per_class
-from .batches import AUGMENTS, augment_batch, prepare_batch
 
 
 def preview(spec: DataSpec, augment: Sequence[str] = (), count: int = 32, split: str = "train", seed: int = 0,

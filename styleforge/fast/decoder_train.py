@@ -10,33 +10,31 @@ Departure from the paper: both terms are relative (:func:`styleforge.losses.imag
 the squared error over the target's mean square, per image), so ``feature_weight`` means
 the same at every level whatever its activation scale.
 
-Data, resume, checkpoints and multi-process runs work as in :mod:`styleforge.fast.train`:
-the replayable photo stream of :mod:`styleforge.fast.data`, a learning rate that is a
-function of the step, rank 0 writing, DDP under ``torchrun``.
+Data, resume, checkpoints and multi-process runs are those of :mod:`styleforge.fast.train`,
+through the step loop both share (:mod:`styleforge.fast.loop`): the replayable photo stream
+of :mod:`styleforge.fast.data`, a learning rate that is a function of the step, rank 0
+writing, DDP under ``torchrun``.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from .. import distributed, guard
 from ..backbone import VGGFeatures
-from ..device import backward_step, optimizer_to, seed_everything
+from ..device import Runtime, seed_everything
 from ..device import runtime as make_runtime
 from ..errors import StyleforgeError
-from ..io import check_writable, save_torch
+from ..io import check_writable
 from ..losses import image_content_loss
-from .data import RandomCrops, StreamSampler, collate, list_images
+from .data import RandomCrops, StreamSampler, collate
+from .loop import LR_SCHEDULES, StepRun, check_batch, photo_files, read_checkpoint, resolved
 from .model import parameter_count
-from .train import LR_SCHEDULES, _cpu, _resolved, lr_at, read_checkpoint, write_history
 from .universal import LEVELS, Decoder, decoder_name, level_index, save_decoder
 
 CHECKPOINT_FORMAT = "styleforge-decoder-checkpoint"
@@ -146,9 +144,6 @@ def _load_resume(cfg: DecoderTrainConfig, ckpt: Path, config_record: dict) -> di
     # run, the photos and the global batch; the steps too where the schedule spans them.
     keys = (*_RESUME_KEYS, "data", "global_batch") + (("steps",) if cfg.lr_schedule != "constant" else ())
     guard.check_resume(record["config"], {k: config_record.get(k) for k in keys}, (), ckpt)
-    if record["step"] >= min(cfg.steps, cfg.stop_at or cfg.steps):
-        raise StyleforgeError(f"--resume: the checkpoint is at step {record['step']}, already at --steps "
-                              f"{cfg.steps}: give more --steps to train further")
     return record
 
 
@@ -164,27 +159,14 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
         out_dir.mkdir(parents=True, exist_ok=True)
         for p in [out_dir / decoder_name(lv) for lv in levels] + [out_dir / CHECKPOINT_NAME]:
             check_writable(p)
-    ckpt = out_dir / CHECKPOINT_NAME
-    folders = _resolved(cfg.data)  # absolute: resume compares the photos, however the paths are written
-    files: list[Path] = []
-    for folder in folders:
-        files += list_images(folder)[0]
+    folders = resolved(cfg.data)  # absolute: resume compares the photos, however the paths are written
+    files = photo_files(folders)[0]
     global_batch = cfg.batch_size * ctx.world_size
-    if len(files) < global_batch:
-        raise StyleforgeError(f"--data holds {len(files)} usable photo(s), fewer than one batch of {global_batch}: "
-                              "add photos or lower --batch-size")
-    config_record = {**asdict(cfg), "levels": levels, "data": folders, "world_size": ctx.world_size,
-                     "global_batch": global_batch}
+    check_batch(files, global_batch)
     rt = make_runtime(ctx.device_spec(cfg.device), cfg.precision)
-    seed_everything(cfg.seed)
-    decoders = Reconstruction(levels, cfg.width)
-    optimizer = torch.optim.Adam(decoders.parameters(), lr=cfg.lr)
-    step, history = 0, []
-    if cfg.resume:
-        record = _load_resume(cfg, ckpt, config_record)
-        decoders.load_state_dict(record["model"])
-        optimizer.load_state_dict(record["optimizer"])
-        step, history = record["step"], list(record["history"])
+    record = {**asdict(cfg), "levels": levels, "data": folders, "world_size": ctx.world_size,
+              "global_batch": global_batch}
+    run = _start(cfg, ctx, rt, levels, record)
     if encoder is None:
         encoder = VGGFeatures(levels, weights=cfg.weights)
     encoder = rt.to(encoder)
@@ -192,73 +174,44 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
     if not cfg.resume:  # every process: the whole first global batch, so all get the same scales
         first = next(iter(StreamSampler(len(files), global_batch, 1, cfg.seed)))
         with rt.autocast():
-            decoders.set_input_scales(rt.to(collate([crops[i] for i in first])[0]), encoder)
-    decoders = rt.to(decoders)
-    optimizer_to(optimizer, rt.device)
-    model = distributed.wrap(decoders, ctx, rt.device)
-    scaler = rt.grad_scaler()
-    workers = cfg.workers if cfg.workers is not None else rt.loader_workers
-    end = min(cfg.steps, cfg.stop_at or cfg.steps)
-    sampler = StreamSampler(len(files), global_batch, end, cfg.seed, step, ctx.rank, ctx.world_size)
-    loader = DataLoader(crops, batch_sampler=sampler, collate_fn=collate,
-                        num_workers=workers, pin_memory=rt.pin_memory, prefetch_factor=4 if workers else None)
-    history_file = out_dir / "decoders.pth"  # write_history names the CSV after this stem
+            run.model.set_input_scales(rt.to(collate([crops[i] for i in first])[0]), encoder)
+    run.place()
 
-    def save_checkpoint() -> None:
-        if ctx.is_main:
-            save_torch({"format": CHECKPOINT_FORMAT, "step": step, "config": config_record,
-                        "model": {k: v.detach().cpu() for k, v in decoders.state_dict().items()},
-                        "optimizer": _cpu(optimizer.state_dict()), "history": history}, ckpt)
-            write_history(history, history_file, plot=False)
-        ctx.barrier()
+    def loss_fn(x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with rt.autocast():
+            parts = run.train_model(x, encoder, cfg.feature_weight).float()
+        return parts.sum(), dict(zip(levels, parts))
 
-    start, start_step = time.perf_counter(), step
-    elapsed_before = history[-1]["seconds"] if history else 0.0
-    running: dict[str, float] = {}
-    last_ckpt = step
-    decoders.train()
+    def report(rate: float) -> None:
+        callback(DecoderProgress(run.step, cfg.steps, rate, dict(run.running),
+                                 distributed.batch_note(cfg.batch_size, ctx.world_size, cfg.lr)))
 
-    def resume_hint() -> str:
-        where = f"the checkpoint {ckpt} (step {last_ckpt}) is valid" if last_ckpt else "no checkpoint yet"
-        return f"at step {step}, {where}"
-
-    with distributed.stop_cleanly(ctx, resume_hint):
-        for batch, _bad in loader:
-            step += 1
-            x = rt.to(batch, non_blocking=True)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.lr_schedule)
-            with rt.autocast():
-                parts = model(x, encoder, cfg.feature_weight).float()
-            optimizer.zero_grad(set_to_none=True)
-            backward_step(parts.sum(), optimizer, scaler)
-            values = (ctx.sum(parts.detach().cpu()) / ctx.world_size).tolist()
-            if not all(math.isfinite(v) for v in values):
-                raise StyleforgeError(f"the loss became {values} at step {step}: lower --lr; the last "
-                                      f"checkpoint (step {last_ckpt}) is valid for --resume")
-            row = dict(zip(levels, values))
-            for k, v in row.items():
-                running[k] = v if k not in running else 0.95 * running[k] + 0.05 * v
-            history.append({"step": step, **row, "seconds": elapsed_before + time.perf_counter() - start})
-            if callback is not None and ctx.is_main:
-                rate = (step - start_step) * global_batch / (time.perf_counter() - start)
-                callback(DecoderProgress(step, cfg.steps, rate, dict(running),
-                                         distributed.batch_note(cfg.batch_size, ctx.world_size, cfg.lr)))
-            if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                save_checkpoint()
-                last_ckpt = step
-    seconds = elapsed_before + time.perf_counter() - start
-    save_checkpoint()
-    if step < cfg.steps:
+    loader = run.loader(crops, len(files), global_batch, min(cfg.steps, cfg.stop_at or cfg.steps), cfg.seed,
+                        cfg.workers)
+    seconds = run.run(loader, loss_fn, cfg, cfg.steps, global_batch, report if callback else None, rates=False)
+    run.save()  # every rank: it holds a barrier
+    if run.step < cfg.steps:
         distributed.teardown()
-        return DecoderTrainResult([ckpt], history, seconds)
+        return DecoderTrainResult([run.ckpt], run.history, seconds)
     paths = [out_dir / decoder_name(lv) for lv in levels]
     if ctx.is_main:
         for lv, path in zip(levels, paths):
-            training = {**config_record, "parameters": parameter_count(decoders.decoders[lv]),
+            training = {**record, "parameters": parameter_count(run.model.decoders[lv]),
                         "seconds": round(seconds, 1), "device": str(rt.device), "precision": rt.precision,
-                        "final_loss": round(running[lv], 6)}
-            save_decoder(decoders.decoders[lv], path, training, half=cfg.half)
+                        "final_loss": round(run.running[lv], 6)}
+            save_decoder(run.model.decoders[lv], path, training, half=cfg.half)
     ctx.barrier()
     distributed.teardown()
-    return DecoderTrainResult(paths, history, seconds)
+    return DecoderTrainResult(paths, run.history, seconds)
+
+
+def _start(cfg: DecoderTrainConfig, ctx: distributed.Dist, rt: Runtime, levels: list[str], record: dict) -> StepRun:
+    """The decoders and their optimizer, fresh or from the checkpoint (--resume)."""
+    seed_everything(cfg.seed)
+    decoders = Reconstruction(levels, cfg.width)
+    out_dir = Path(cfg.output)
+    run = StepRun(ctx, rt, decoders, torch.optim.Adam(decoders.parameters(), lr=cfg.lr), out_dir / CHECKPOINT_NAME,
+                  CHECKPOINT_FORMAT, record, out_dir / "decoders.pth")  # write_history names the CSV after this stem
+    if cfg.resume:
+        run.resume(_load_resume(cfg, run.ckpt, record), cfg.steps, cfg.stop_at)
+    return run

@@ -8,27 +8,36 @@ per device, DistributedDataParallel); only rank 0 writes files and reports progr
 
 from __future__ import annotations
 
-import csv
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
-from .. import distributed, figures, guard, lock
+from .. import distributed, guard, lock
 from ..backbone import VGGFeatures
-from ..device import backward_step, for_training, optimizer_to, seed_everything
+from ..device import Runtime, for_training, seed_everything
 from ..device import runtime as make_runtime
 from ..errors import StyleforgeError
-from ..io import atomic_path, check_writable, open_rgb, pil_to_tensor, resize_long_side, save_torch
+from ..io import check_writable, open_rgb, pil_to_tensor, resize_long_side
 from ..perceptual import PerceptualLoss, loss_weights
-from .data import RandomCrops, StreamSampler, collate, list_images
-from .model import ARCHS, CHECKPOINT_FORMAT, TransformerNet, parameter_count, read_record, save_model
+from .data import RandomCrops
+from .loop import (  # noqa: F401  (LR_FLOOR, lr_at: re-exported for the tests)
+    LR_FLOOR,
+    LR_SCHEDULES,
+    StepRun,
+    check_batch,
+    history_paths,
+    lr_at,
+    photo_files,
+    read_checkpoint,
+    resolved,
+    write_history,
+)
+from .model import ARCHS, CHECKPOINT_FORMAT, TransformerNet, parameter_count, save_model
 
 DEFAULT_CONTENT_LAYERS: dict[str, float] = {"relu2_2": 1.0}
 # Departure from Johnson et al. (VGG16 relu1_2, relu2_2, relu3_3, relu4_3): the first ReLU
@@ -37,21 +46,6 @@ DEFAULT_CONTENT_LAYERS: dict[str, float] = {"relu2_2": 1.0}
 DEFAULT_STYLE_LAYERS: dict[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 5)}
 DEFAULT_STYLE_STRENGTH = 0.5
 DEFAULT_STEPS = 4000
-LR_SCHEDULES = ("cosine", "constant")
-# Departure from Johnson et al. (constant lr for 40k steps): runs a CPU affords are 10-50x
-# shorter, and decaying the rate over the run removes most of the high-frequency noise
-# that the last constant-rate steps leave in the network's output.
-LR_FLOOR = 0.05
-
-
-def lr_at(step: int, steps: int, lr: float, schedule: str) -> float:
-    """Learning rate of (1-based) ``step`` of ``steps``: a function of the step alone, so resume is exact."""
-    if schedule == "constant" or steps <= 1:
-        return lr
-    t = (step - 1) / (steps - 1)
-    return lr * (LR_FLOOR + (1.0 - LR_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * t)))
-
-
 @dataclass
 class FastTrainConfig:
     """Everything that defines a training run (``None``: the documented default)."""
@@ -116,11 +110,6 @@ def checkpoint_path(output: str | os.PathLike) -> Path:
     return out.with_name(out.name + ".ckpt")
 
 
-def history_paths(output: str | os.PathLike) -> tuple[Path, Path]:
-    out = Path(output)
-    return out.with_name(out.stem + ".losses.csv"), out.with_name(out.stem + ".losses.png")
-
-
 # Settings that may change between a run and its --resume (every other one must not):
 # where things run and how fast, and how long (more --steps continue the run).
 _RESUME_MAY_CHANGE = ("output", "steps", "epochs", "device", "precision", "workers", "checkpoint_every", "resume",
@@ -167,9 +156,7 @@ def _check_min_size(cfg: FastTrainConfig, style: torch.Tensor, extractor: VGGFea
 
 def _check_data(cfg: FastTrainConfig, files: list[Path], global_batch: int) -> None:
     """One-line errors, before training starts, for photos that cannot give a model."""
-    if len(files) < global_batch:
-        raise StyleforgeError(f"--data holds {len(files)} usable photo(s), fewer than one batch of {global_batch}: "
-                              "add photos or lower --batch-size")
+    check_batch(files, global_batch)
     largest = 0
     for f in files:
         with Image.open(f) as img:
@@ -180,25 +167,12 @@ def _check_data(cfg: FastTrainConfig, files: list[Path], global_batch: int) -> N
                           f"side is {largest} px): use --image-size {largest // 4 * 4} or less, or larger photos")
 
 
-def read_checkpoint(ckpt: Path, fmt: str, kind: str) -> dict:
-    """A training checkpoint for --resume, its format and structure checked (one-line errors)."""
-    if not ckpt.is_file():
-        raise StyleforgeError(f"--resume: no checkpoint {ckpt} to continue from (train without --resume)")
-    record = read_record(ckpt)
-    if not isinstance(record, dict) or record.get("format") != fmt:
-        raise StyleforgeError(f"{ckpt} is not a styleforge {kind} checkpoint")
-    guard.require_keys(record, ckpt, {"model": dict, "optimizer": dict, "step": int, "history": list,
-                                      "config": dict})
-    guard.check_state_dict(record["model"], ckpt, "model")
-    return record
-
-
 def _load_resume(cfg: FastTrainConfig, ckpt: Path, steps: int) -> dict:
     record = read_checkpoint(ckpt, CHECKPOINT_FORMAT, "training")
     old = dict(record["config"])
     mine = _jsonable(asdict(cfg))
     for key in ("style", "data"):  # the same files, however the paths are written
-        old[key], mine[key] = (_resolved(d.get(key)) for d in (old, mine))
+        old[key], mine[key] = (resolved(d.get(key)) for d in (old, mine))
     guard.check_resume(old, mine, _RESUME_MAY_CHANGE, ckpt, {"style": "STYLE_IMAGE"})
     before = old.get("global_batch", old.get("batch_size"))
     if before != cfg.batch_size * distributed.current().world_size:
@@ -227,46 +201,8 @@ def _check_paths(cfg: FastTrainConfig, files: list[Path]) -> None:
                                   + (", --resume to continue it" if path == ckpt else "") + ", or another -o")
 
 
-def _folders(data: str | os.PathLike | Sequence[str]) -> list[str]:
-    return [str(data)] if isinstance(data, (str, os.PathLike)) else [str(d) for d in data]
-
-
-def _resolved(data) -> list[str]:
-    """--data (or the style path) as absolute paths, to compare runs however the paths were written."""
-    return [str(Path(d).resolve()) for d in _folders(data)] if data is not None else []
-
-
 def _jsonable(d: dict) -> dict:
     return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in d.items()}
-
-
-def write_history(history: list[dict[str, float]], output: str | os.PathLike, plot: bool = True) -> None:
-    """The loss history as CSV and (optionally) a PNG plot beside the model."""
-    csv_path, png_path = history_paths(output)
-    if not history:
-        return
-    with atomic_path(csv_path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
-    if plot:
-        steps = [r["step"] for r in history]
-        fig, ax = figures.subplots(figsize=(7, 4), dpi=100)
-        window = max(1, len(history) // 50)
-        for key in ("total", "content", "style", "tv"):
-            vals = [r[key] for r in history]
-            smooth = [sum(vals[max(0, i - window + 1):i + 1]) / len(vals[max(0, i - window + 1):i + 1])
-                      for i in range(len(vals))]
-            ax.plot(steps, smooth, label=key)
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_ylabel(f"weighted loss (mean of last {window} steps)")
-        ax.set_title(f"fast style training: {Path(output).stem}")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        figures.save_figure(fig, png_path, dpi=100, tight=False)
 
 
 def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] | None = None,
@@ -287,141 +223,72 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
 def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] | None,
                  extractor: VGGFeatures | None) -> FastTrainResult:
     ctx = distributed.current()
-    output = Path(cfg.output)
-    ckpt = checkpoint_path(output)
-    files, unreadable = [], []
-    for folder in _folders(cfg.data):
-        good, bad = list_images(folder)
-        files, unreadable = files + good, unreadable + bad
+    files, unreadable = photo_files(cfg.data)
     if ctx.is_main:
-        for p in (output, ckpt, *history_paths(output)):
+        for p in (cfg.output, checkpoint_path(cfg.output), *history_paths(cfg.output)):
             check_writable(p)
         _check_paths(cfg, files)
     content_w, style_w = cfg.weights_pair()
     style_src = open_rgb(cfg.style)
-
     global_batch = cfg.batch_size * ctx.world_size
     steps = cfg.steps or (math.ceil(cfg.epochs * len(files) / global_batch) if cfg.epochs else DEFAULT_STEPS)
     rt = for_training(make_runtime(ctx.device_spec(cfg.device), cfg.precision), cfg.precision)
-    per_pixel = 2 * guard.VGG_BYTES_PER_PIXEL + guard.transformer_bytes_per_pixel(ARCHS[cfg.arch].channels[0])
-    guard.check_memory(cfg.batch_size * cfg.image_size ** 2 * per_pixel
-                       + guard.scaled_pixels(style_src.size, cfg.style_size) * guard.VGG_BYTES_PER_PIXEL,
-                       f"training at --image-size {cfg.image_size}, --batch-size {cfg.batch_size}, --style-size "
-                       f"{cfg.style_size}", "use a smaller --image-size, --batch-size or --style-size", rt.device)
-    style_img = pil_to_tensor(resize_long_side(style_src, cfg.style_size))
-    seed_everything(cfg.seed)
-    model = TransformerNet(cfg.arch)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start_step, history, skipped = 0, [], [str(p) for p in unreadable]
-    record = _load_resume(cfg, ckpt, steps) if cfg.resume else None
-    if record is not None:
-        guard.load_state(model, record["model"], ckpt)
-        guard.load_state(optimizer, record["optimizer"], ckpt, "optimizer settings")
-        start_step, history = record["step"], list(record["history"])
-        skipped = sorted(set(skipped) | set(record.get("skipped", [])))
-        if start_step >= min(steps, cfg.stop_at or steps):
-            raise StyleforgeError(f"--resume: the checkpoint is at step {start_step}, already at --steps {steps}: "
-                                  "give more --steps to train further")
-    model = rt.to(model)
-    optimizer_to(optimizer, rt.device)
-    ddp_model = distributed.wrap(model, ctx, rt.device)
-
+    style_img = _style_image(cfg, style_src, rt)
+    run = _start(cfg, ctx, rt, steps, [str(p) for p in unreadable])
+    run.place()
     if extractor is None:
         extractor = VGGFeatures(list(cfg.content_layers) + list(cfg.style_layers), arch=cfg.backbone,
                                 weights=cfg.weights)
     extractor = rt.to(extractor)
     _check_min_size(cfg, style_img, extractor)
     _check_data(cfg, files, global_batch)
-    loss_fn = PerceptualLoss(extractor, style_img, cfg.content_layers, cfg.style_layers, content_weight=content_w,
-                             style_weight=style_w, tv_weight=cfg.tv_weight, rt=rt)
-    scaler = rt.grad_scaler()
+    perceptual = PerceptualLoss(extractor, style_img, cfg.content_layers, cfg.style_layers, content_weight=content_w,
+                                style_weight=style_w, tv_weight=cfg.tv_weight, rt=rt)
 
-    workers = cfg.workers if cfg.workers is not None else rt.loader_workers
-    end = min(steps, cfg.stop_at or steps)
-    sampler = StreamSampler(len(files), global_batch, end, cfg.seed, start_step, ctx.rank, ctx.world_size)
-    loader = DataLoader(RandomCrops(files, cfg.image_size), batch_sampler=sampler, collate_fn=collate,
-                        num_workers=workers, pin_memory=rt.pin_memory, prefetch_factor=4 if workers else None)
+    def loss_fn(x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        parts = perceptual(run.train_model(x), content=x)
+        return parts["total"], {k: parts[k] for k in ("content", "style", "tv", "total")}
 
-    config_record = {**_jsonable(asdict(cfg)), "steps": steps, "world_size": ctx.world_size,
-                     "global_batch": global_batch}
+    def report(rate: float) -> None:
+        callback(FastProgress(run.step, steps, rate, dict(run.running), len(run.skipped),
+                              distributed.batch_note(cfg.batch_size, ctx.world_size, cfg.lr)))
 
-    def save_checkpoint(step: int) -> None:
-        if ctx.is_main:
-            save_torch({"format": CHECKPOINT_FORMAT, "arch": cfg.arch, "step": step,
-                        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                        "optimizer": _cpu(optimizer.state_dict()), "config": config_record,
-                        "history": history, "skipped": skipped}, ckpt)
-            write_history(history, output, plot=False)
-        ctx.barrier()
-
-    start = time.perf_counter()
-    elapsed_before = history[-1]["seconds"] if history else 0.0
-    running: dict[str, float] = {}
-    last_ckpt = start_step
-    step = start_step
-    model.train()
-
-    def resume_hint() -> str:
-        if not ctx.is_main:
-            return f"rank 0 keeps the checkpoint {ckpt}"
-        where = f"the checkpoint {ckpt} (step {last_ckpt}) is valid" if last_ckpt else "no checkpoint was written yet"
-        return f"at step {step}, {where}"
-
-    # Ctrl-C, SIGTERM (torchrun stopping the others when one process dies) and a lost peer
-    # end in one line that names the checkpoint to --resume from.
-    with distributed.stop_cleanly(ctx, resume_hint), guard.worker_errors("reading the training photos"):
-        for batch, bad in loader:
-            step += 1
-            skipped.extend(b for b in bad if b not in skipped)
-            t0 = time.perf_counter()
-            x = rt.to(batch, non_blocking=True)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, steps, cfg.lr, cfg.lr_schedule)
-            parts = loss_fn(ddp_model(x), content=x)
-            optimizer.zero_grad(set_to_none=True)
-            backward_step(parts["total"], optimizer, scaler)
-            # Losses averaged over all processes: the loss of the global batch.
-            values = ctx.sum([float(parts[k].detach()) for k in ("content", "style", "tv", "total")])
-            values = (values / ctx.world_size).tolist()
-            if not all(math.isfinite(v) for v in values):
-                kept = (f"the last checkpoint {ckpt} (step {last_ckpt}) is valid for --resume" if last_ckpt
-                        else "no checkpoint was written")
-                raise StyleforgeError(f"the loss became {values[-1]} at step {step}: lower --lr; {kept}")
-            dt = time.perf_counter() - t0
-            row = dict(zip(("content", "style", "tv", "total"), values))
-            for k, v in row.items():
-                running[k] = v if k not in running else 0.95 * running[k] + 0.05 * v
-            history.append({"step": step, **row, "images_per_s": global_batch / dt,
-                            "seconds": elapsed_before + time.perf_counter() - start})
-            if callback is not None and ctx.is_main:
-                rate = (step - start_step) * global_batch / (time.perf_counter() - start)
-                callback(FastProgress(step, steps, rate, dict(running), len(skipped),
-                                      distributed.batch_note(cfg.batch_size, ctx.world_size, cfg.lr)))
-            if step % cfg.checkpoint_every == 0 and step < steps:
-                save_checkpoint(step)
-                last_ckpt = step
-
-    seconds = elapsed_before + time.perf_counter() - start
-    save_checkpoint(step)  # every rank: it holds a barrier
-    if step < steps:  # --stop-at: the checkpoint is the result; --resume finishes the run
+    loader = run.loader(RandomCrops(files, cfg.image_size), len(files), global_batch,
+                        min(steps, cfg.stop_at or steps), cfg.seed, cfg.workers)
+    seconds = run.run(loader, loss_fn, cfg, steps, global_batch, report if callback else None)
+    run.save()  # every rank: it holds a barrier
+    if run.step < steps:  # --stop-at: the checkpoint is the result; --resume finishes the run
         distributed.teardown()
-        return FastTrainResult(ckpt, history, seconds, skipped)
+        return FastTrainResult(run.ckpt, run.history, seconds, run.skipped)
     if ctx.is_main:
-        training = {**config_record, "parameters": parameter_count(model), "seconds": round(seconds, 1),
-                    "device": str(rt.device), "precision": rt.precision, "skipped_files": len(skipped),
-                    "final_losses": {k: round(v, 6) for k, v in running.items()}}
-        save_model(model, output, Path(cfg.style).stem, training, half=cfg.half)
-        write_history(history, output)
+        training = {**run.config, "parameters": parameter_count(run.model), "seconds": round(seconds, 1),
+                    "device": str(rt.device), "precision": rt.precision, "skipped_files": len(run.skipped),
+                    "final_losses": {k: round(v, 6) for k, v in run.running.items()}}
+        save_model(run.model, cfg.output, Path(cfg.style).stem, training, half=cfg.half)
+        write_history(run.history, cfg.output)
     ctx.barrier()
     distributed.teardown()
-    return FastTrainResult(output, history, seconds, skipped)
+    return FastTrainResult(Path(cfg.output), run.history, seconds, run.skipped)
 
 
-def _cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_cpu(v) for v in obj]
-    return obj
+def _style_image(cfg: FastTrainConfig, style_src: Image.Image, rt: Runtime) -> torch.Tensor:
+    """The style image at --style-size, after checking that training fits in memory."""
+    per_pixel = 2 * guard.VGG_BYTES_PER_PIXEL + guard.transformer_bytes_per_pixel(ARCHS[cfg.arch].channels[0])
+    guard.check_memory(cfg.batch_size * cfg.image_size ** 2 * per_pixel
+                       + guard.scaled_pixels(style_src.size, cfg.style_size) * guard.VGG_BYTES_PER_PIXEL,
+                       f"training at --image-size {cfg.image_size}, --batch-size {cfg.batch_size}, --style-size "
+                       f"{cfg.style_size}", "use a smaller --image-size, --batch-size or --style-size", rt.device)
+    return pil_to_tensor(resize_long_side(style_src, cfg.style_size))
+
+
+def _start(cfg: FastTrainConfig, ctx: distributed.Dist, rt: Runtime, steps: int, skipped: list[str]) -> StepRun:
+    """The network and its optimizer, fresh or from the checkpoint (--resume)."""
+    seed_everything(cfg.seed)
+    model = TransformerNet(cfg.arch)
+    record = {**_jsonable(asdict(cfg)), "steps": steps, "world_size": ctx.world_size,
+              "global_batch": cfg.batch_size * ctx.world_size}
+    run = StepRun(ctx, rt, model, torch.optim.Adam(model.parameters(), lr=cfg.lr), checkpoint_path(cfg.output),
+                  CHECKPOINT_FORMAT, record, Path(cfg.output), extra={"arch": cfg.arch}, skipped=skipped)
+    if cfg.resume:
+        run.resume(_load_resume(cfg, run.ckpt, steps), steps, cfg.stop_at)
+    return run
