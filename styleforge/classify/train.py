@@ -176,7 +176,6 @@ class TrainConfig:
                        pretrained=self.resolved_pretrained() if has_weights else False)
 
 
-
 @dataclass
 class FitResult:
     """The run directory, summary.json's content, one dict per epoch (``history``: the rows
@@ -454,8 +453,9 @@ def _summary(loop: Loop, state: RunState, data: _Data, stopped: str, message: st
     return {
         "model": cfg.model, "dataset": cfg.dataset, "classes": splits.classes, "input_shape": list(data.shape),
         "num_train": len(splits.train), "num_val": len(splits.val) if splits.val is not None else 0,
-        "num_test": len(splits.test), "epochs_run": state.epoch, "best_epoch": state.best["epoch"] if state.best
-        else None, "stopped": stopped, "message": message, "cached_features": loop.cached,
+        "num_test": len(splits.test), "epochs_run": state.epoch,
+        "best_epoch": state.best["epoch"] if state.best else None, "stopped": stopped, "message": message,
+        "cached_features": loop.cached,
         "int8_features": bool(cfg.int8_features), "device": str(rt.device), "precision": rt.precision,
         "world_size": ctx.world_size, "effective_batch_size": cfg.batch_size * ctx.world_size,
         "lr": cfg.lr, "params_total": record["params_total"], "params_trainable": record["params_trainable"],
