@@ -1,5 +1,6 @@
 """Classifier data: image folders, MNIST idx files, splits and subsets, batch augmentation."""
 
+import dataclasses
 import gzip
 import struct
 
@@ -144,3 +145,16 @@ def test_lr_schedules():
     assert lr_factor("onecycle", 0.2, warmup=0.2) == pytest.approx(1.0)
     assert lr_factor("onecycle", 1.0, warmup=0.2) == pytest.approx(0.0)
     assert lr_factor("cosine", 0.6, warmup=0.2) == pytest.approx(0.5)
+
+
+def test_train_config_holds_the_data_spec_fields_with_the_same_defaults():
+    """DataSpec's fields are TrainConfig's data fields (one default each), and data_spec() carries every one."""
+    spec_fields = {f.name: f for f in dataclasses.fields(DataSpec)}
+    train_fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert set(spec_fields) <= set(train_fields)
+    for name, f in spec_fields.items():
+        assert (f.default, f.default_factory) == (train_fields[name].default, train_fields[name].default_factory), name
+    values = {"dataset": "set", "data_root": "root", "test_data": "t", "download": True, "classes": ["a"],
+              "per_class": 3, "val_split": 0.3, "test_split": 0.4, "split_seed": 5, "image_size": 16}
+    assert set(values) == set(spec_fields)
+    assert TrainConfig(output="o", **values).data_spec() == DataSpec(**values)
