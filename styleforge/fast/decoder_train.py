@@ -154,11 +154,7 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
     ctx = distributed.setup()
     out_dir = Path(cfg.output)
     if ctx.is_main:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise StyleforgeError(f"-o {out_dir} is a file: give a folder for the decoders")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for p in [out_dir / decoder_name(lv) for lv in levels] + [out_dir / CHECKPOINT_NAME]:
-            check_writable(p)
+        _prepare_output(out_dir, levels)
     folders = resolved(cfg.data)  # absolute: resume compares the photos, however the paths are written
     files = photo_files(folders)[0]
     global_batch = cfg.batch_size * ctx.world_size
@@ -203,6 +199,14 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
     ctx.barrier()
     distributed.teardown()
     return DecoderTrainResult(paths, run.history, seconds)
+
+
+def _prepare_output(out_dir: Path, levels: list[str]) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StyleforgeError(f"-o {out_dir} is a file: give a folder for the decoders")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for p in [out_dir / decoder_name(lv) for lv in levels] + [out_dir / CHECKPOINT_NAME]:
+        check_writable(p)
 
 
 def _start(cfg: DecoderTrainConfig, ctx: distributed.Dist, rt: Runtime, levels: list[str], record: dict) -> StepRun:
