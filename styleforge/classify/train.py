@@ -149,7 +149,7 @@ class TrainConfig:
              ("--weight-decay", self.weight_decay, guard.NON_NEGATIVE), ("--epochs", self.epochs, guard.COUNT),
              ("--batch-size", self.batch_size, guard.COUNT), ("--eval-batch-size", self.eval_batch_size, guard.COUNT),
              ("--max-seconds", self.max_seconds, guard.POSITIVE), ("--seed", self.seed, guard.SEED),
-             ("--checkpoint-every", self.checkpoint_seconds, guard.NON_NEGATIVE),
+             ("--checkpoint-seconds", self.checkpoint_seconds, guard.NON_NEGATIVE),
              ("--split-seed", self.split_seed, guard.SEED), ("--per-class", self.per_class, guard.COUNT)])
         checks = [(self.optimizer, OPTIMIZERS, "--optimizer"), (self.schedule, SCHEDULES, "--schedule"),
                   (self.cache_features, CACHE_MODES, "--cache-features"),

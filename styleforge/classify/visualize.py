@@ -100,7 +100,7 @@ def load_input(image: str | os.PathLike, shape: tuple[int, int, int], size: int 
     ratio kept: the shorter side becomes ``size`` (default: the model's input size), so a
     4:3 photo stays 4:3. A model whose input is not square gets its own H x W."""
     s = size or shape[1]
-    guard.check_memory(4 * 3 * s * max(s, shape[2]), f"a {s} px input", "use a smaller --size")
+    guard.check_memory(4 * 3 * s * max(s, shape[2]), f"a {s} px input", "use a smaller --short-side")
     x = load_image(image)
     h, w = x.shape[-2:]
     if size is None and shape[1] != shape[2]:
@@ -124,7 +124,7 @@ def layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.T
     """The layer's output for input ``x`` (a copy: later in-place ReLUs do not change it).
 
     The forward pass stops at the layer, so the layers after it (a linear head that fixes
-    the input size) never run: any ``--size`` works for the convolutional layers."""
+    the input size) never run: any ``--short-side`` works for the convolutional layers."""
     box: list[torch.Tensor] = []
 
     def hook(module, inputs, output):
@@ -139,7 +139,7 @@ def layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.T
         pass
     except RuntimeError as exc:
         raise StyleforgeError(f"the model cannot run a {x.shape[-2]}x{x.shape[-1]} input up to that layer "
-                              f"({first_line(exc, 100)}): use the model's own input size (leave out --size) or an "
+                              f"({first_line(exc, 100)}): use the model's own input size (leave out --short-side) or an "
                               "earlier layer") from None
     finally:
         handle.remove()
@@ -168,7 +168,7 @@ def _show_input(ax, x: torch.Tensor) -> None:
 
 def filters_figure(loaded: LoadedModel, image: str | os.PathLike, layer: str = "conv1",
                    indices: Sequence[int] | None = None, count: int = 8, size: int | None = None,
-                   device: str = "cpu"):
+                   device: str = "auto"):
     """Each chosen filter of a first conv layer (as an RGB or gray picture) above its
     activation map on ``image`` (aspect ratio kept, one colour scale with a colorbar); the
     input image on the left. Returns the Figure."""
@@ -210,7 +210,7 @@ def filters_figure(loaded: LoadedModel, image: str | os.PathLike, layer: str = "
 
 
 def activations_figure(loaded: LoadedModel, image: str | os.PathLike, layer: str, count: int = 10,
-                       indices: Sequence[int] | None = None, size: int | None = None, device: str = "cpu",
+                       indices: Sequence[int] | None = None, size: int | None = None, device: str = "auto",
                        columns: int = 5):
     """Activation maps of the first ``count`` channels (or ``indices``) of a named layer, on
     one colour scale with a colorbar, the image's aspect ratio kept. Returns the Figure and
