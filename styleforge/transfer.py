@@ -23,7 +23,7 @@ from .device import Runtime, seed_everything
 from .device import runtime as make_runtime
 from .errors import StyleforgeError
 from .io import load_image, open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil
-from .perceptual import DEFAULT_STYLE_STRENGTH, PerceptualLoss, loss_weights
+from .perceptual import PerceptualLoss, loss_weights
 
 DEFAULT_CONTENT_LAYERS: dict[str, float] = {"relu4_2": 1.0}
 DEFAULT_STYLE_LAYERS: dict[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 6)}

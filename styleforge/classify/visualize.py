@@ -28,6 +28,10 @@ from .models import MODELS, Classifier, ResNetTrunk, VGGTrunk, build_model
 from .spec import is_file_ref
 from .spec import short_name as _short
 
+# Input shape of a model given by name: ImageNet's size for the pretrained ones.
+DEFAULT_SHAPE = (3, 32, 32)
+PRETRAINED_SHAPE = (3, 224, 224)
+
 
 @dataclass
 class LoadedModel:
@@ -42,7 +46,7 @@ def load_model(model_or_checkpoint: str, input_shape: tuple[int, int, int] | Non
     a checkpoint / run directory."""
     if model_or_checkpoint in MODELS and not Path(model_or_checkpoint).exists():
         spec = MODELS[model_or_checkpoint]
-        shape = input_shape or ((3, 224, 224) if spec.pretrained else (3, 32, 32))
+        shape = input_shape or (PRETRAINED_SHAPE if spec.pretrained else DEFAULT_SHAPE)
         use_weights = spec.pretrained and (pretrained or weights is not None)
         model = build_model(model_or_checkpoint, shape, num_classes, pretrained=use_weights,
                             weights=weights if spec.pretrained else None)
@@ -50,7 +54,7 @@ def load_model(model_or_checkpoint: str, input_shape: tuple[int, int, int] | Non
         return LoadedModel(model.eval(), shape, f"{model_or_checkpoint} ({what})")
     path = Path(model_or_checkpoint)
     if not path.exists():
-        shape = input_shape or (3, 32, 32)
+        shape = input_shape or DEFAULT_SHAPE
         try:
             model = build_model(model_or_checkpoint, shape, num_classes)
         except StyleforgeError as exc:
@@ -139,8 +143,8 @@ def layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.T
         pass
     except RuntimeError as exc:
         raise StyleforgeError(f"the model cannot run a {x.shape[-2]}x{x.shape[-1]} input up to that layer "
-                              f"({first_line(exc, 100)}): use the model's own input size (leave out --short-side) or an "
-                              "earlier layer") from None
+                              f"({first_line(exc, 100)}): use the model's own input size (leave out --short-side) "
+                              "or an earlier layer") from None
     finally:
         handle.remove()
     if not box:

@@ -26,7 +26,7 @@ from ..device import backward_step, for_training, optimizer_to, seed_everything
 from ..device import runtime as make_runtime
 from ..errors import StyleforgeError
 from ..io import atomic_path, check_writable, open_rgb, pil_to_tensor, resize_long_side, save_torch
-from ..perceptual import DEFAULT_STYLE_STRENGTH, PerceptualLoss, loss_weights
+from ..perceptual import PerceptualLoss, loss_weights
 from .data import RandomCrops, StreamSampler, collate, list_images
 from .model import ARCHS, CHECKPOINT_FORMAT, TransformerNet, parameter_count, read_record, save_model
 
