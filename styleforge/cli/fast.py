@@ -115,7 +115,7 @@ def train_cmd(style_image, data, output, arch, image_size, style_size, batch_siz
 @config_option(AnyStyle, "style_size", "--style-size", type=COUNT, metavar="PX", help=STYLE_SIZE_HELP)
 @config_option(AnyStyle, "method", "--method", type=click.Choice(METHODS),
                help="With --style-image: wct matches the style's feature covariance; adain only means and spreads.")
-@click.option("--levels", type=CommaList(click.Choice(LEVELS)), metavar="LEVEL,...", show_default="every decoder found",
+@click.option("--levels", type=CommaList(click.STRING), metavar="LEVEL,...", show_default="every decoder found",
               help=LEVELS_HELP)
 @click.option("--decoders", type=click.Path(path_type=Path), show_default="the weights folders",
               help="Folder of decoder-reluK_1.pth files.")
@@ -162,7 +162,7 @@ def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) ->
 @data_option
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Folder for the decoder files, the checkpoint and the loss CSV.")
-@config_option(DecoderTrainConfig, "levels", "--levels", type=CommaList(click.Choice(LEVELS)), metavar="LEVEL,...",
+@config_option(DecoderTrainConfig, "levels", "--levels", type=CommaList(click.STRING), metavar="LEVEL,...",
                help=LEVELS_HELP)
 @config_option(DecoderTrainConfig, "width", "--width", type=POSITIVE, help="Decoder channels relative to VGG19's.")
 @config_option(DecoderTrainConfig, "image_size", "--crop-size", type=COUNT, metavar="PX", old=("--image-size",),
