@@ -195,7 +195,7 @@ def search_options(lists: bool):
 
 
 def run_options(f):
-    recipes = "; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in r.items()) for name, r in RECIPES.items())
+    recipes = "; ".join(f"'{name}' = " + ", ".join(f"{k} {v}" for k, v in r.items()) for name, r in RECIPES.items())
     return stack(
         config_option(TrainConfig, "recipe", "--recipe", type=click.Choice(list(RECIPES)),
                       help=f"Preset of the optimization settings ({recipes}). Options given explicitly win; the "
@@ -269,7 +269,7 @@ def models_cmd() -> None:
 @run_options
 @click.option("--overwrite", is_flag=True, help="Replace what an earlier run wrote at OUTPUT (only files styleforge "
                                                "wrote).")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run from its checkpoint (OUTPUT/last.pt).")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run from its checkpoint. Here OUTPUT/last.pt.")
 @click.option("--track-test", is_flag=True,
               help="Also record test loss/accuracy after every epoch, for the curves (never used for any choice).")
 def train_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, overwrite, resume, track_test, quiet,
@@ -363,14 +363,15 @@ def grid_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, 
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="PNG of the overlaid curves.")
 @click.option("--table", type=click.Path(path_type=Path), help="Write the table (.csv, or .md for markdown).")
-def compare_cmd(runs, output, table):
+@quiet_option
+def compare_cmd(runs, output, table, quiet):
     """Overlay the learning curves of finished RUNS and tabulate their results."""
     from ..classify.compare import COLUMNS, compare
     from ..classify.report import markdown_table
 
     rows = compare(runs, output, table)
     click.echo(markdown_table(rows, COLUMNS))
-    if output:
+    if output and not quiet:
         click.echo(f"wrote {output}")
 
 

@@ -14,7 +14,7 @@ from ..fast.export import export_onnx
 from ..fast.model import MODEL_SUFFIX
 from ..fast.sheet import style_sheet
 from ..fast.train import DEFAULT_STEPS, LR_SCHEDULES
-from ..fast.universal import LEVELS, METHODS, AnyStyle
+from ..fast.universal import METHODS, AnyStyle
 from ..io import IMAGE_SUFFIXES, check_writable, image_format, save_image
 from .options import (
     BATCH_HELP,
@@ -23,6 +23,7 @@ from .options import (
     CROP_HELP,
     FRACTION,
     NON_NEGATIVE,
+    ORIGINAL_COLORS_HELP,
     POSITIVE,
     SIZE_HELP,
     STYLE_SIZE_HELP,
@@ -121,7 +122,7 @@ def train_cmd(style_image, data, output, arch, image_size, style_size, batch_siz
               help="Folder of decoder-reluK_1.pth files.")
 @weights_option
 @click.option("--size", type=COUNT, metavar="PX", show_default="the input's", help=SIZE_HELP)
-@click.option("--original-colors", is_flag=True, help="Keep the input's colours.")
+@click.option("--original-colors", is_flag=True, help=ORIGINAL_COLORS_HELP)
 @config_option(stylize_files, "batch_size", "--batch-size", type=COUNT, help=BATCH_HELP)
 @device_option(stylize_files)
 @precision_option(stylize_files)
@@ -176,18 +177,19 @@ def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) ->
                help="Weight of the feature (perceptual) reconstruction term; the pixel term has weight 1.")
 @weights_option
 @training_run_options(DecoderTrainConfig, f"OUTPUT/{CHECKPOINT_NAME}")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @runtime_options(DecoderTrainConfig)
 @quiet_option
 def train_decoders_cmd(data, output, levels, width, image_size, batch_size, steps, lr, lr_schedule, feature_weight,
-                       weights, workers, checkpoint_every, resume, stop_at, fp32_model, device, precision, seed,
-                       quiet):
+                       weights, workers, checkpoint_every, resume, stop_at, fp32_model, overwrite, device, precision,
+                       seed, quiet):
     """Train the decoders that --style-image uses: each inverts one VGG19 level, on photos alone."""
     cfg = DecoderTrainConfig(
         data=[str(d) for d in data], output=str(output), levels=levels, width=width,
         image_size=image_size, batch_size=batch_size, steps=steps, lr=lr, lr_schedule=lr_schedule,
         feature_weight=feature_weight, weights=str(weights) if weights else None, seed=seed, device=device,
         precision=precision, workers=workers, checkpoint_every=checkpoint_every, stop_at=stop_at, resume=resume,
-        half=not fp32_model)
+        half=not fp32_model, overwrite=overwrite)
     bar = Bar(quiet)
 
     def progress(p):

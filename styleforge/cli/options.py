@@ -118,6 +118,7 @@ BLEND_HELP = "Weights of the style images, e.g. 0.7,0.3 (normalized to sum to 1)
 STYLE_SIZE_HELP = "Long side of the style image, px."
 CROP_HELP = "Side of the square training crops, px."
 BATCH_HELP = "Images per batch (per process under torchrun)."
+ORIGINAL_COLORS_HELP = "Keep the content's colours (luminance-only transfer)."
 
 
 def default_of(source, name: str):
@@ -281,7 +282,7 @@ def training_run_options(source, checkpoint: str):
                       metavar="STEPS", old=("--checkpoint-every",),
                       help="Write the checkpoint every this many steps (and at the end)."),
         click.option("--resume", is_flag=True,
-                     help=f"Continue the interrupted run from its checkpoint ({checkpoint})."),
+                     help=f"Continue the interrupted run from its checkpoint. Here {checkpoint}."),
         click.option("--stop-at", type=COUNT, metavar="STEP",
                      help="Stop after this step, leaving the checkpoint to --resume (splits a run)."),
         click.option("--fp32-model", is_flag=True, help="Store the trained weights in float32 instead of float16."),

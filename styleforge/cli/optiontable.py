@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+_UNSET = getattr(click.core, "UNSET", None)  # Click 8.3+: an option without a default
 START, END = "<!-- every-option:start -->", "<!-- every-option:end -->"
 
 
@@ -70,7 +71,7 @@ def default_text(p: click.Option) -> str:
         return p.show_default
     if p.is_flag and p.secondary_opts:
         return "" if p.default is None else (p.opts if p.default else p.secondary_opts)[0]
-    if p.is_flag or p.default is None or p.default == ():
+    if p.is_flag or p.default is None or p.default == () or p.default is _UNSET:
         return ""
     return f"{p.default:g}" if isinstance(p.default, float) else str(p.default)
 

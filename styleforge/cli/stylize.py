@@ -15,6 +15,7 @@ from .options import (
     COUNT,
     NON_NEGATIVE,
     NON_NEGATIVE_INT,
+    ORIGINAL_COLORS_HELP,
     POSITIVE,
     SIZE_HELP,
     CommaList,
@@ -94,7 +95,7 @@ def partial_path(output: Path, inputs: list[Path]) -> Path:
               help="Long sides of the coarse-to-fine scales, e.g. 128,256,512.")
 @config_option(StylizeConfig, "multiscale", "--multiscale/--no-multiscale",
                help="Optimize coarse to fine (off: at --size only).")
-@click.option("--original-colors", is_flag=True, help="Keep the content's colours (luminance-only transfer).")
+@click.option("--original-colors", is_flag=True, help=ORIGINAL_COLORS_HELP)
 @config_option(StylizeConfig, "pooling", "--pooling", type=click.Choice(["max", "avg"]),
                help="Pooling layers of VGG.")
 @config_option(StylizeConfig, "backbone", "--backbone", type=click.Choice(["vgg19", "vgg16"]), old=("--arch",),

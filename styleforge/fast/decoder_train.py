@@ -67,6 +67,7 @@ class DecoderTrainConfig:
     stop_at: int | None = None
     resume: bool = False
     half: bool = True
+    overwrite: bool = False              # replace the decoders and checkpoint already in ``output``
 
     def validate(self) -> list[str]:
         """One-line errors for settings no run can use; returns the levels, shallow to deep."""
@@ -85,6 +86,8 @@ class DecoderTrainConfig:
                                   f"{2 * stride} for {levels[-1]}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise StyleforgeError(f"unknown --lr-schedule {self.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
+        if self.overwrite and self.resume:
+            raise StyleforgeError("--overwrite and --resume exclude each other")
         return levels
 
 
@@ -163,6 +166,10 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
         out_dir.mkdir(parents=True, exist_ok=True)
         for p in [out_dir / decoder_name(lv) for lv in levels] + [out_dir / CHECKPOINT_NAME]:
             check_writable(p)
+            if p.exists() and not (cfg.resume or cfg.overwrite):
+                raise StyleforgeError(f"{p} is already there (an earlier run's): use --overwrite to replace it"
+                                      + (", --resume to continue it" if p.name == CHECKPOINT_NAME else "")
+                                      + ", or another -o")
     ckpt = out_dir / CHECKPOINT_NAME
     folders = _resolved(cfg.data)  # absolute: resume compares the photos, however the paths are written
     files: list[Path] = []
