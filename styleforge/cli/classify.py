@@ -398,7 +398,7 @@ def predict_cmd(run_or_checkpoint, images, top_k, as_json, device):
 @classify_group.command("preview")
 @data_options
 @config_option(preview, "split", "--split", type=click.Choice(SPLITS), help="Which part of the data.")
-@config_option(preview, "count", "--count", type=COUNT, help="How many to show: here images, spread over the classes.")
+@config_option(preview, "count", "--count", type=COUNT, help="How many to show. Here images, spread over the classes.")
 @seed_option(preview)
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
 @quiet_option

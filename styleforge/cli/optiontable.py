@@ -67,13 +67,16 @@ def kind(p: click.Option) -> str:
 
 
 def default_text(p: click.Option) -> str:
+    """The default as typed (in backticks), or in words (what the library works out; "required")."""
+    if p.required:
+        return "required"
     if isinstance(p.show_default, str):
         return p.show_default
     if p.is_flag and p.secondary_opts:
-        return "" if p.default is None else (p.opts if p.default else p.secondary_opts)[0]
+        return "" if p.default is None else f"`{(p.opts if p.default else p.secondary_opts)[0]}`"
     if p.is_flag or p.default is None or p.default == () or p.default is _UNSET:
         return ""
-    return f"{p.default:g}" if isinstance(p.default, float) else str(p.default)
+    return f"`{p.default:g}`" if isinstance(p.default, float) else f"`{p.default}`"
 
 
 def markdown(table: list[Row]) -> str:
@@ -81,8 +84,8 @@ def markdown(table: list[Row]) -> str:
         return text.replace("|", "\\|")
 
     lines = ["| command | option | type (unit) | default | meaning |", "|---|---|---|---|---|"]
-    lines += [f"| `{r.command}` | `{r.option}` | {cell(r.kind)} | {cell(f'`{r.default}`') if r.default else ''} | "
-              f"{cell(r.meaning)} |" for r in table if not r.old]
+    lines += [f"| `{r.command}` | `{r.option}` | {cell(r.kind)} | {cell(r.default)} | {cell(r.meaning)} |"
+              for r in table if not r.old]
     old = [r for r in table if r.old]
     if old:
         lines += ["", "Old spellings, still accepted (each prints one line naming the new one):", "",

@@ -61,7 +61,7 @@ short_side_option = option("--short-side", type=COUNT, metavar="PX", old=("--siz
 @config_option(filters_figure, "layer", "--layer",
                help=f"{LAYER_HELP} Here a first conv layer (1 or 3 input channels).")
 @indices_option
-@config_option(filters_figure, "count", "--count", type=COUNT, help="How many to show: here filters.")
+@config_option(filters_figure, "count", "--count", type=COUNT, help="How many to show. Here filters.")
 @short_side_option
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
 @quiet_option
@@ -81,7 +81,7 @@ def filters_cmd(model_or_checkpoint, input_shape, num_classes, weights, random_i
 @_model_args
 @image_option
 @click.option("--layer", required=True, help=f"{LAYER_HELP} Here any layer.")
-@config_option(activations_figure, "count", "--count", type=COUNT, help="How many to show: here channels.")
+@config_option(activations_figure, "count", "--count", type=COUNT, help="How many to show. Here channels.")
 @indices_option
 @short_side_option
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
