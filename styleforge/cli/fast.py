@@ -13,7 +13,7 @@ from ..fast.decoder_train import CHECKPOINT_NAME, DecoderTrainConfig, train_deco
 from ..fast.export import export_onnx
 from ..fast.model import MODEL_SUFFIX
 from ..fast.sheet import style_sheet
-from ..fast.train import DEFAULT_STEPS, LR_SCHEDULES
+from ..fast.train import DEFAULT_STEPS, LR_FLOOR, LR_SCHEDULES
 from ..fast.universal import METHODS, AnyStyle
 from ..io import IMAGE_SUFFIXES, check_writable, image_format, save_image
 from .options import (
@@ -41,7 +41,7 @@ from .options import (
 )
 from .progress import Bar
 
-SCHEDULE_HELP = "Learning-rate schedule: cosine decays to 5% of --lr by the last step; constant keeps it."
+SCHEDULE_HELP = f"Learning-rate schedule: cosine decays to {LR_FLOOR:.0%} of --lr by the last step; constant keeps it."
 LEVELS_HELP = "VGG19 levels with a decoder, e.g. relu4_1,relu1_1."
 OVERWRITE_HELP = "Replace what an earlier run wrote at OUTPUT (only files styleforge wrote)."
 data_option = click.option("--data", required=True, multiple=True, type=click.Path(path_type=Path),
