@@ -16,7 +16,7 @@ from ..io import check_output_folder, make_folder, save_json
 from . import report
 from .checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
 from .data import DataSpec, load_splits
-from .train import Source, evaluate_source
+from .train import EVAL_BATCH_SIZE, Source, evaluate_source
 
 SPLITS = ("test", "val", "train")
 
@@ -40,7 +40,7 @@ class EvalConfig:
     val_split: float | None = None
     test_split: float | None = None
     image_size: int | None = None
-    batch_size: int = 512
+    batch_size: int = EVAL_BATCH_SIZE
     device: str = "auto"
     precision: str = "auto"
     output: str | None = None  # a folder for confusion_<split>.png, per_class_<split>.csv/.md, eval_<split>.json

@@ -56,6 +56,7 @@ SCHEDULES = ("onecycle", "cosine", "step", "constant")
 AUGMENTS = ("crop", "flip")
 CACHE_MODES = ("auto", "on", "off")
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+EVAL_BATCH_SIZE = 512  # evaluation keeps no activations for backward: larger batches fit
 # Files that make a folder "hold a run" (and that --overwrite removes).
 RUN_FILES = ("config.json", "metrics.csv", "steps.csv", "summary.json", "best.pt", "last.pt", "curves.png", "model.py",
              "predictions.png",
@@ -106,7 +107,7 @@ class TrainConfig:
     track_test: bool = False          # record test loss/accuracy per epoch (never used for any choice)
     epochs: int = 10
     batch_size: int = 128             # per process
-    eval_batch_size: int = 512
+    eval_batch_size: int = EVAL_BATCH_SIZE
     patience: int | None = None       # early stopping on validation loss
     max_seconds: float | None = None  # training-time budget (the schedule follows elapsed time)
     cache_features: str = "auto"
