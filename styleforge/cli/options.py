@@ -1,4 +1,5 @@
-"""The command group and option parsers shared by the commands."""
+"""The command group, option types, and the options several commands share, with their defaults read
+from the library (each written once) and old spellings kept working."""
 
 from __future__ import annotations
 
@@ -95,19 +96,20 @@ def parse_layer_weights(text: str, option: str) -> dict[str, float]:
     return out
 
 
-def parse_numbers(text: str | None, option: str, kind=float, number: Number | None = None) -> list | None:
-    """``0.01,0.1`` -> [0.01, 0.1]; each value checked against ``number`` (default: finite)."""
-    if text is None:
-        return None
-    try:
-        values = [kind(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=option) from None
-    for v in values:
-        problem = number_problem(v, *(number.range if number else (None, None, False, False)))
-        if problem:
-            raise click.BadParameter(problem, param_hint=option)
-    return values
+class CommaList(click.ParamType):
+    """``0.01,0.1`` -> [0.01, 0.1]: several values of one option, each checked as ``inner`` checks one."""
+
+    def __init__(self, inner: click.ParamType) -> None:
+        self.inner = inner
+        self.name = f"{inner.name} list"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        items = [s.strip() for s in str(value).split(",") if s.strip()]
+        if not items:
+            self.fail(f"{value!r} holds no value; give one or more, comma-separated", param, ctx)
+        return [self.inner.convert(item, param, ctx) for item in items]
 
 
 # ----------------------------------------------------------------- defaults from the library
@@ -235,22 +237,6 @@ def weights_option(f):
 
 def quiet_option(f):
     return click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines (errors still print).")(f)
-
-
-class CommaList(click.ParamType):
-    """``0.01,0.1`` -> [0.01, 0.1]: several values of one option, each checked as ``inner`` checks one."""
-
-    def __init__(self, inner: click.ParamType) -> None:
-        self.inner = inner
-        self.name = f"{inner.name} list"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
-        items = [s.strip() for s in str(value).split(",") if s.strip()]
-        if not items:
-            self.fail(f"{value!r} holds no value; give one or more, comma-separated", param, ctx)
-        return [self.inner.convert(item, param, ctx) for item in items]
 
 
 def style_loss_options(source):
