@@ -15,7 +15,7 @@ Rows (same run, same machine, 256 px crops, batch 4; the recipe rows train the p
                  styles use), bf16 autocast + channels_last (where the CPU has native bf16),
                  content targets only up to relu2_2, one-product Gram backward; fed the
                  recipe rows' batches (same data, same order).
-  styleforge --arch johnson   the same step with the published transformer, to show what
+  styleforge --network johnson   the same step with the published transformer, to show what
                  the architecture and what the rest of the step contribute.
 Quality check: after the same number of steps, each net's fp32 loss on 8 held-out BSDS val
 crops (the loss of recipe-vgg19 and styleforge is the same function).
@@ -181,11 +181,11 @@ def main() -> None:
     default_arch = FastTrainConfig.arch
     netsf, ipssf, ssf = train("styleforge", loss_fn, recipe_batches(files, steps), steps, args.warmup, rt,
                               arch=default_arch)
-    rows.append({"run": f"styleforge default (--arch {default_arch}, {rt.precision}, "
+    rows.append({"run": f"styleforge default (--network {default_arch}, {rt.precision}, "
                         f"channels_last={rt.channels_last})",
                  "img/s": f"{ipssf:.3f}", "s": f"{ssf:.1f}", "held-out loss": f"{score(netsf):.4f}"})
     netj, ipsj, sj = train("styleforge-johnson", loss_fn, recipe_batches(files, steps), steps, args.warmup, rt)
-    rows.append({"run": f"styleforge --arch johnson ({rt.precision}, channels_last={rt.channels_last})",
+    rows.append({"run": f"styleforge --network johnson ({rt.precision}, channels_last={rt.channels_last})",
                  "img/s": f"{ipsj:.3f}", "s": f"{sj:.1f}", "held-out loss": f"{score(netj):.4f}"})
     ratios = {"styleforge / recipe-vgg16": round(ipssf / ips16, 2),
               "styleforge / recipe-vgg19": round(ipssf / ips19, 2),

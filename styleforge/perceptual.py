@@ -21,6 +21,8 @@ from .errors import StyleforgeError
 # Relative style errors are about 100x smaller than relative content errors at a good
 # balance, so style strength W maps to the weights (content, style) = (1 - W, W * STYLE_GAIN).
 STYLE_GAIN = 100.0
+# Style strength when neither it nor explicit weights are given (stylize, fast train).
+DEFAULT_STYLE_STRENGTH = 0.5
 # What --style-strength means, for every command's --help (the one definition).
 STYLE_STRENGTH_HELP = (f"Style strength W in [0,1]: content weight 1-W, style weight {STYLE_GAIN:g}*W "
                        "(0 keeps the content, 1 ignores it).")
@@ -29,7 +31,7 @@ PARTS = ("content", "style", "tv", "total")
 
 
 def loss_weights(style_strength: float | None, content_weight: float | None, style_weight: float | None,
-                 default_strength: float) -> tuple[float, float]:
+                 default_strength: float = DEFAULT_STYLE_STRENGTH) -> tuple[float, float]:
     """(content_weight, style_weight) from style strength W or explicit weights (not both).
 
     W gives ``(1 - W, W * STYLE_GAIN)``; without W, each weight not given comes from

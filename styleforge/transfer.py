@@ -27,7 +27,11 @@ from .perceptual import PerceptualLoss, loss_weights
 
 DEFAULT_CONTENT_LAYERS: dict[str, float] = {"relu4_2": 1.0}
 DEFAULT_STYLE_LAYERS: dict[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 6)}
-DEFAULT_STYLE_STRENGTH = 0.5
+OPTIMIZERS = ("lbfgs", "adam")
+# Per optimizer: the learning rate, and the steps of the coarse scales and of the full-size
+# scale (a short coarse stage, then most of the work at full size).
+DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
+DEFAULT_STEPS = {"lbfgs": (60, 200), "adam": (300, 500)}
 MIN_COARSE_SIZE = 128
 RANGE_PENALTY = 1.0
 LBFGS_HISTORY_BYTES = 1 << 30
@@ -62,15 +66,25 @@ class StylizeConfig:
     scales: Sequence[int] | None = None
     original_colors: bool = False
     pooling: str = "max"
-    arch: str = "vgg19"
+    backbone: str = "vgg19"            # the VGG variant (backbone.VGGFeatures' arch)
     weights: str | None = None
     device: str = "auto"
     precision: str = "auto"
     seed: int = 0
 
+    def validate(self) -> None:
+        """One-line errors for settings no run can use (the style images are checked by :func:`stylize`)."""
+        if self.optimizer not in OPTIMIZERS:
+            raise StyleforgeError(f"unknown optimizer {self.optimizer!r}: use {' or '.join(OPTIMIZERS)}")
+        guard.check_numbers([("--style-scale", self.style_scale, guard.POSITIVE), ("--lr", self.lr, guard.POSITIVE),
+                             ("--tv-weight", self.tv_weight, guard.NON_NEGATIVE), ("--seed", self.seed, guard.SEED),
+                             ("--size", self.size, guard.COUNT)])
+        self.weights_pair()
+        self.steps_per_scale(len(self.scale_sizes()))
+
     def weights_pair(self) -> tuple[float, float]:
         """(content_weight, style_weight) after applying style_strength and defaults."""
-        return loss_weights(self.style_strength, self.content_weight, self.style_weight, DEFAULT_STYLE_STRENGTH)
+        return loss_weights(self.style_strength, self.content_weight, self.style_weight)
 
     def scale_sizes(self) -> list[int]:
         """Long-side sizes, coarse to fine, ending at ``size``."""
@@ -90,8 +104,8 @@ class StylizeConfig:
 
     def steps_per_scale(self, n_scales: int) -> list[int]:
         steps = self.steps
-        if steps is None:  # a short coarse stage, then most of the work at full size
-            coarse, final = (60, 200) if self.optimizer == "lbfgs" else (300, 500)
+        if steps is None:
+            coarse, final = DEFAULT_STEPS[self.optimizer]
             steps = [coarse] * (n_scales - 1) + [final]
         if isinstance(steps, int):
             steps = [steps] * n_scales
@@ -168,11 +182,7 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike],
     if any(b < 0 for b in blend) or sum(blend) <= 0:
         raise StyleforgeError("--style-blend weights must be non-negative and not all zero")
     blend = [b / sum(blend) for b in blend]
-    if cfg.optimizer not in ("lbfgs", "adam"):
-        raise StyleforgeError(f"unknown optimizer {cfg.optimizer!r}: use lbfgs or adam")
-    guard.check_numbers([("--style-scale", cfg.style_scale, guard.POSITIVE), ("--lr", cfg.lr, guard.POSITIVE),
-                         ("--tv-weight", cfg.tv_weight, guard.NON_NEGATIVE), ("--seed", cfg.seed, guard.SEED),
-                         ("--size", cfg.size, guard.COUNT)])
+    cfg.validate()
     content_w, style_w = cfg.weights_pair()
     sizes = cfg.scale_sizes()
     steps = cfg.steps_per_scale(len(sizes))
@@ -188,7 +198,7 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike],
                        "use a smaller --size or --style-scale", rt.device)
     generator = seed_everything(cfg.seed)
     if extractor is None:
-        extractor = VGGFeatures(list(cfg.content_layers) + list(cfg.style_layers), arch=cfg.arch,
+        extractor = VGGFeatures(list(cfg.content_layers) + list(cfg.style_layers), arch=cfg.backbone,
                                 pooling=cfg.pooling, weights=cfg.weights)
     extractor = rt.to(extractor)
     _check_min_size(content_src, style_srcs, sizes, cfg.style_scale, extractor)
@@ -303,11 +313,11 @@ def _optimize(objective: PerceptualLoss, image: torch.Tensor, steps: int, cfg: S
         # One iteration per step() call: torch's L-BFGS keeps its history in the optimizer
         # state across calls, so this equals one long run while letting us report progress.
         # Tolerances off: the relative losses have small gradients that would trip them.
-        opt = torch.optim.LBFGS(pyramid.layers, lr=cfg.lr or 1.0, max_iter=1,
+        opt = torch.optim.LBFGS(pyramid.layers, lr=cfg.lr or DEFAULT_LR["lbfgs"], max_iter=1,
                                 history_size=_lbfgs_history(sum(p.numel() for p in pyramid.layers)),
                                 tolerance_grad=0.0, tolerance_change=0.0)
     else:
-        opt = torch.optim.Adam(pyramid.layers, lr=cfg.lr or 0.02)
+        opt = torch.optim.Adam(pyramid.layers, lr=cfg.lr or DEFAULT_LR["adam"])
     for step in range(1, steps + 1):
         opt.step(closure)
         with torch.no_grad():

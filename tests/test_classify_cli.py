@@ -143,7 +143,7 @@ def test_visualize_filters_and_activations(trained, photo, tmp_path):
 
 @pytest.mark.slow
 def test_visualize_real_vgg19_filters(real_weights, shared, tmp_path):
-    r = run("visualize", "filters", "vgg19", "--image", shared / "data" / "content" / "zebra.jpg", "--size", "96",
+    r = run("visualize", "filters", "vgg19", "--image", shared / "data" / "content" / "zebra.jpg", "--short-side", "96",
             "--indices", "14,26,32,49,52", "-o", tmp_path / "vgg.png")
     assert r.exit_code == 0, r.output
     with Image.open(tmp_path / "vgg.png") as im:

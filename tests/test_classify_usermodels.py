@@ -164,7 +164,7 @@ def test_spec_runs_through_train_eval_grid_summary_and_visualize(folder, tmp_pat
     g = run("classify", "grid", "--dataset", folder, "--model", spec, "--lr", "0.01,0.05", "--epochs", "1",
             "--batch-size", "16", "-o", tmp_path / "grid", "-q", "--precision", "fp32")
     assert g.exit_code == 0, g.output
-    s = run("summary", spec, "--input", "1x28x28", "--classes", "3")
+    s = run("summary", spec, "--input", "1x28x28", "--num-classes", "3")
     assert s.exit_code == 0 and f"total params {8 * 9 + 8 + 8 * 14 * 14 * 3 + 3:,d}" in s.output
     photo = tmp_path / "photo.png"
     Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(photo)

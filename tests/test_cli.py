@@ -76,7 +76,7 @@ def test_two_styles_blend_init_file_vgg16(images, tmp_path, random_vgg16_file):
     content, style = images
     out = tmp_path / "out.png"
     _ok(run("stylize", content, style, content, "--style-blend", "0.7,0.3", "--init", content,
-            "--arch", "vgg16", "--weights", random_vgg16_file, "-o", out, *FAST))
+            "--backbone", "vgg16", "--weights", random_vgg16_file, "-o", out, *FAST))
     assert out.exists()
 
 

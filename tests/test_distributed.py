@@ -37,8 +37,8 @@ def photos(tmp_path):
 def test_fast_train_two_processes_match_one(photos, tmp_path, random_vgg19_file):
     folder, style = photos
     def common(steps):
-        return ["fast", "train", style, "--data", folder, "--weights", random_vgg19_file, "--arch", "light",
-                "--image-size", "32", "--style-size", "32", "--steps", str(steps), "--checkpoint-every", "5",
+        return ["fast", "train", style, "--data", folder, "--weights", random_vgg19_file, "--network", "light",
+                "--crop-size", "32", "--style-size", "32", "--steps", str(steps), "--checkpoint-steps", "5",
                 "--lr-schedule", "constant",
                 "--device", "cpu", "--precision", "fp32", "--workers", "0", "-q"]
 
@@ -120,11 +120,11 @@ def test_classify_train_two_processes_match_one(shapes, tmp_path):
     # the two step-s batches together are exactly the 1-process step-s batch, and the
     # gradient DDP averages (each rank's mean over equal-sized batches) is its gradient.
     two = _torchrun([a for a in _classify_args(shapes, tmp_path / "two", "--epochs", "3", "--batch-size", "8",
-                                               "--checkpoint-every", "0") if a != "-q"], tmp_path)
+                                               "--checkpoint-seconds", "0") if a != "-q"], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 processes x batch 8 = effective batch 16, lr 0.05" in two.stdout
     one = _single(*_classify_args(shapes, tmp_path / "one", "--epochs", "3", "--batch-size", "16",
-                                  "--checkpoint-every", "0"))
+                                  "--checkpoint-seconds", "0"))
     assert one.returncode == 0, one.stderr[-3000:]
     a = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
@@ -173,7 +173,7 @@ def test_killing_one_rank_fails_cleanly_and_the_checkpoint_resumes(shapes, tmp_p
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "STYLEFORGE_DIST_TIMEOUT_MIN": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "styleforge",
-           *map(str, _classify_args(shapes, out, "--epochs", "500", "--batch-size", "8", "--checkpoint-every", "0"))]
+           *map(str, _classify_args(shapes, out, "--epochs", "500", "--batch-size", "8", "--checkpoint-seconds", "0"))]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -202,7 +202,7 @@ def test_killing_one_rank_fails_cleanly_and_the_checkpoint_resumes(shapes, tmp_p
     # Resume in one process with the same settings (--resume refuses other --epochs), and stop
     # it with Ctrl-C once it has written a further epoch.
     more = subprocess.Popen([sys.executable, "-m", "styleforge", *map(str, _classify_args(
-        shapes, out, "--epochs", "500", "--batch-size", "16", "--checkpoint-every", "0", "--resume"))],
+        shapes, out, "--epochs", "500", "--batch-size", "16", "--checkpoint-seconds", "0", "--resume"))],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

@@ -240,7 +240,7 @@ def test_video_round_trip(tmp_path):
 
 def test_cli_train_and_bad_inputs(photos, tmp_path, random_vgg19_file):
     folder, style = photos
-    common = ["--weights", random_vgg19_file, "--arch", "light", "--image-size", "32", "--style-size", "32",
+    common = ["--weights", random_vgg19_file, "--network", "light", "--crop-size", "32", "--style-size", "32",
               "--batch-size", "2", "--device", "cpu", "--precision", "fp32", "--workers", "0", "-q"]
     result = run("fast", "train", style, "--data", folder, "-o", tmp_path / "m.pth", "--steps", "2", *common)
     assert result.exit_code == 0, result.output

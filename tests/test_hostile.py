@@ -36,7 +36,7 @@ from styleforge.fast import TransformerNet, save_model
 from styleforge.io import save_image
 
 FAST_STYLIZE = ["--size", "32", "--steps", "2", "--no-multiscale", "--precision", "fp32", "--device", "cpu", "-q"]
-FAST_TRAIN = ["--image-size", "32", "--style-size", "48", "--batch-size", "2", "--steps", "2", "--workers", "0",
+FAST_TRAIN = ["--crop-size", "32", "--style-size", "48", "--batch-size", "2", "--steps", "2", "--workers", "0",
               "--device", "cpu", "--precision", "fp32", "-q"]
 CLASSIFY = ["--model", "simple-cnn", "--epochs", "1", "--batch-size", "16", "--precision", "fp32", "-q"]
 
@@ -167,7 +167,7 @@ def test_fast_network_takes_tiny_and_thin_images(env, tmp_path):
     assert max(Image.open(tmp_path / "s4.png").size) == 4
 
 
-@pytest.mark.parametrize("extra, expect", [(["--image-size", "4"], "--image-size 4 is too small"),
+@pytest.mark.parametrize("extra, expect", [(["--crop-size", "4"], "--crop-size 4 is too small"),
                                            (["--style-size", "4"], "too small for the loss layers")])
 def test_fast_train_checks_the_minimum_size(extra, expect, env, roots, tmp_path, random_vgg19_file):
     refused(roots, "fast", "train", env / "style.png", "--data", env / "photos", "-o", tmp_path / "m.pth",
@@ -226,26 +226,27 @@ def test_huge_sizes_are_refused_with_needed_and_available_memory(case, env, root
     args = {"stylize-size": ["stylize", content, style, "-o", tmp_path / "o.png", *w, "--size", "60000"],
             "style-scale": ["stylize", content, style, "-o", tmp_path / "o.png", *w, "--style-scale", "2000"],
             "fast-train": ["fast", "train", style, "--data", env / "photos", "-o", tmp_path / "m.pth", *w,
-                           "--image-size", "40000"],
+                           "--crop-size", "40000"],
             "fast-apply": ["fast", "apply", env / "model.pth", content, "-o", tmp_path / "o.png", "--size", "60000"],
             "classify-train": ["classify", "train", "--dataset", env / "colours", *CLASSIFY, "--image-size", "40000",
                                "-o", tmp_path / "r"],
             "visualize": ["visualize", "activations", env / "run", "--image", content, "--layer", "conv1",
-                          "--size", "60000", "-o", tmp_path / "a.png"],
+                          "--short-side", "60000", "-o", tmp_path / "a.png"],
             "summary": ["summary", "simple-cnn", "--input", "3x60000x60000"]}
     line = refused(roots, *args[case], expect="GB of memory, but only")
     assert "needs about" in line and "available" in line
 
 
-# --------------------------------------------------------------------------- 5. visualize --size
+# --------------------------------------------------------------------------- 5. visualize --short-side
 
 def test_visualize_size_works_with_a_linear_head(env, roots, tmp_path):
     r = ok("visualize", "activations", env / "run", "--image", env / "content.png", "--layer", "last_conv",
-           "--size", "40", "-o", tmp_path / "a.png")
+           "--short-side", "40", "-o", tmp_path / "a.png")
     assert "last_conv output 128x" in r.output and (tmp_path / "a.png").is_file()
-    ok("visualize", "filters", env / "run", "--image", env / "content.png", "--size", "64", "-o", tmp_path / "f.png")
+    ok("visualize", "filters", env / "run", "--image", env / "content.png", "--short-side", "64",
+       "-o", tmp_path / "f.png")
     refused(roots, "visualize", "activations", env / "run", "--image", env / "content.png", "--layer", "head",
-            "--size", "40", "-o", tmp_path / "h.png", expect="leave out --size")
+            "--short-side", "40", "-o", tmp_path / "h.png", expect="leave out --short-side")
 
 
 # --------------------------------------------------------------------------- 6. output paths
@@ -391,7 +392,7 @@ def test_classify_resume_refuses_a_damaged_last_checkpoint(env, roots, tmp_path)
 def fast_run(env, tmp_path_factory, random_vgg19_file):
     out = tmp_path_factory.mktemp("fastrun") / "m.pth"
     ok("fast", "train", env / "style.png", "--data", env / "photos", "-o", out, "--weights", random_vgg19_file,
-       *FAST_TRAIN, "--checkpoint-every", "1")
+       *FAST_TRAIN, "--checkpoint-steps", "1")
     return out
 
 
@@ -586,7 +587,7 @@ def _error_line(stderr: str) -> str:
 def test_sigterm_stops_training_like_ctrl_c_and_leaves_no_temporaries(env, tmp_path):
     out = tmp_path / "run"
     proc = _start(["classify", "train", "--dataset", env / "colours", "--model", "simple-cnn", "--epochs", "100000",
-                   "--batch-size", "16", "--precision", "fp32", "--checkpoint-every", "0", "-q", "-o", out], tmp_path)
+                   "--batch-size", "16", "--precision", "fp32", "--checkpoint-seconds", "0", "-q", "-o", out], tmp_path)
     _wait_for(out / "last.pt", proc)
     # A second run into the same place, while the first runs: refused, naming the first.
     refused((env,), "classify", "train", "--dataset", env / "colours", *CLASSIFY, "-o", out,

@@ -248,12 +248,12 @@ def test_cli_apply_bad_input_is_one_line(decoders, tmp_path, random_vgg19_file, 
 
 
 def test_cli_train_decoders_and_bad_input(photos, tmp_path, random_vgg19_file):
-    common = ["--data", photos, "--weights", random_vgg19_file, "--image-size", "32", "--batch-size", "2",
+    common = ["--data", photos, "--weights", random_vgg19_file, "--crop-size", "32", "--batch-size", "2",
               "--device", "cpu", "-q", "--workers", "0"]
     result = run("fast", "train-decoders", "-o", tmp_path / "d", "--levels", "relu2_1", "--steps", "2", *common)
     assert result.exit_code == 0, result.output
     assert load_decoder(tmp_path / "d" / "decoder-relu2_1.pth").level == "relu2_1"
-    _fails(run("fast", "train-decoders", "-o", tmp_path / "e", "--levels", "relu5_1", *common, "--image-size", "24"),
-           "--image-size 24 must be a multiple of 16 and at least 32")
+    _fails(run("fast", "train-decoders", "-o", tmp_path / "e", "--levels", "relu5_1", *common, "--crop-size", "24"),
+           "--crop-size 24 must be a multiple of 16 and at least 32")
     _fails(run("fast", "train-decoders", "-o", tmp_path / "e", "--levels", "relu6_1", *common), "unknown level")
     _fails(run("fast", "train-decoders", "-o", tmp_path / "e", "--resume", *common), "no checkpoint")

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import torch
 
-from .. import distributed
+from .. import distributed, guard
 from ..device import runtime
 from ..errors import StyleforgeError
 from ..io import check_output_folder, make_folder, save_json
@@ -17,6 +17,7 @@ from . import report
 from .batches import Source, evaluate_source
 from .checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
 from .data import DataSpec, load_splits
+from .train import EVAL_BATCH_SIZE
 
 SPLITS = ("test", "val", "train")
 
@@ -40,10 +41,19 @@ class EvalConfig:
     val_split: float | None = None
     test_split: float | None = None
     image_size: int | None = None
-    batch_size: int = 512
+    batch_size: int = EVAL_BATCH_SIZE
     device: str = "auto"
     precision: str = "auto"
     output: str | None = None  # a folder for confusion_<split>.png, per_class_<split>.csv/.md, eval_<split>.json
+
+    def validate(self) -> None:
+        """One-line errors for settings no evaluation can use (the checkpoint is checked when read)."""
+        if self.split not in SPLITS:
+            raise StyleforgeError(f"--split {self.split!r} is unknown: use one of {', '.join(SPLITS)}")
+        guard.check_numbers([("--batch-size", self.batch_size, guard.COUNT),
+                             ("--val-split", self.val_split, guard.PROBABILITY),
+                             ("--test-split", self.test_split, guard.PROBABILITY),
+                             ("--image-size", self.image_size, guard.COUNT)])
 
 
 @dataclass
@@ -86,8 +96,7 @@ def evaluate(cfg: EvalConfig, callback: Callable[[str], None] | None = None,
     precision/recall of a checkpoint. ``model``: a fresh instance of the network for runs
     of a model object passed to ``fit(model=...)``."""
     t0 = time.perf_counter()
-    if cfg.split not in SPLITS:
-        raise StyleforgeError(f"--split {cfg.split!r} is unknown: use one of {', '.join(SPLITS)}")
+    cfg.validate()
     if cfg.output:
         check_output_folder(cfg.output)
     ckpt = load_checkpoint(cfg.checkpoint)

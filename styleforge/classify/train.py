@@ -56,6 +56,7 @@ __all__ = ["TrainConfig", "TrainEvent", "FitResult", "Callback", "fit", "OPTIMIZ
            "prepare_batch", "augment_batch", "lr_factor", "make_optimizer", "load_checkpoint", "_train_mode"]
 
 CACHE_MODES = ("auto", "on", "off")
+EVAL_BATCH_SIZE = 512  # evaluation keeps no activations for backward: larger batches fit
 
 
 @dataclass
@@ -96,7 +97,7 @@ class TrainConfig:
     track_test: bool = False          # record test loss/accuracy per epoch (never used for any choice)
     epochs: int = 10
     batch_size: int = 128             # per process
-    eval_batch_size: int = 512
+    eval_batch_size: int = EVAL_BATCH_SIZE
     patience: int | None = None       # early stopping on validation loss
     max_seconds: float | None = None  # training-time budget (the schedule follows elapsed time)
     cache_features: str = "auto"
@@ -139,7 +140,7 @@ class TrainConfig:
              ("--weight-decay", self.weight_decay, guard.NON_NEGATIVE), ("--epochs", self.epochs, guard.COUNT),
              ("--batch-size", self.batch_size, guard.COUNT), ("--eval-batch-size", self.eval_batch_size, guard.COUNT),
              ("--max-seconds", self.max_seconds, guard.POSITIVE), ("--seed", self.seed, guard.SEED),
-             ("--checkpoint-every", self.checkpoint_seconds, guard.NON_NEGATIVE),
+             ("--checkpoint-seconds", self.checkpoint_seconds, guard.NON_NEGATIVE),
              ("--split-seed", self.split_seed, guard.SEED), ("--per-class", self.per_class, guard.COUNT)])
         checks = [(self.optimizer, OPTIMIZERS, "--optimizer"), (self.schedule, SCHEDULES, "--schedule"),
                   (self.cache_features, CACHE_MODES, "--cache-features"),

@@ -28,6 +28,10 @@ from .models import MODELS, Classifier, ResNetTrunk, VGGTrunk, build_model
 from .spec import is_file_ref
 from .spec import short_name as _short
 
+# Input shape of a model given by name: ImageNet's size for the pretrained ones.
+DEFAULT_SHAPE = (3, 32, 32)
+PRETRAINED_SHAPE = (3, 224, 224)
+
 
 @dataclass
 class LoadedModel:
@@ -42,7 +46,7 @@ def load_model(model_or_checkpoint: str, input_shape: tuple[int, int, int] | Non
     a checkpoint / run directory."""
     if model_or_checkpoint in MODELS and not Path(model_or_checkpoint).exists():
         spec = MODELS[model_or_checkpoint]
-        shape = input_shape or ((3, 224, 224) if spec.pretrained else (3, 32, 32))
+        shape = input_shape or (PRETRAINED_SHAPE if spec.pretrained else DEFAULT_SHAPE)
         use_weights = spec.pretrained and (pretrained or weights is not None)
         model = build_model(model_or_checkpoint, shape, num_classes, pretrained=use_weights,
                             weights=weights if spec.pretrained else None)
@@ -50,7 +54,7 @@ def load_model(model_or_checkpoint: str, input_shape: tuple[int, int, int] | Non
         return LoadedModel(model.eval(), shape, f"{model_or_checkpoint} ({what})")
     path = Path(model_or_checkpoint)
     if not path.exists():
-        shape = input_shape or (3, 32, 32)
+        shape = input_shape or DEFAULT_SHAPE
         try:
             model = build_model(model_or_checkpoint, shape, num_classes)
         except StyleforgeError as exc:
@@ -100,7 +104,7 @@ def load_input(image: str | os.PathLike, shape: tuple[int, int, int], size: int 
     ratio kept: the shorter side becomes ``size`` (default: the model's input size), so a
     4:3 photo stays 4:3. A model whose input is not square gets its own H x W."""
     s = size or shape[1]
-    guard.check_memory(4 * 3 * s * max(s, shape[2]), f"a {s} px input", "use a smaller --size")
+    guard.check_memory(4 * 3 * s * max(s, shape[2]), f"a {s} px input", "use a smaller --short-side")
     x = load_image(image)
     h, w = x.shape[-2:]
     if size is None and shape[1] != shape[2]:
@@ -124,7 +128,7 @@ def layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.T
     """The layer's output for input ``x`` (a copy: later in-place ReLUs do not change it).
 
     The forward pass stops at the layer, so the layers after it (a linear head that fixes
-    the input size) never run: any ``--size`` works for the convolutional layers."""
+    the input size) never run: any ``--short-side`` works for the convolutional layers."""
     box: list[torch.Tensor] = []
 
     def hook(module, inputs, output):
@@ -139,8 +143,8 @@ def layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.T
         pass
     except RuntimeError as exc:
         raise StyleforgeError(f"the model cannot run a {x.shape[-2]}x{x.shape[-1]} input up to that layer "
-                              f"({first_line(exc, 100)}): use the model's own input size (leave out --size) or an "
-                              "earlier layer") from None
+                              f"({first_line(exc, 100)}): use the model's own input size (leave out --short-side) "
+                              "or an earlier layer") from None
     finally:
         handle.remove()
     if not box:
@@ -168,7 +172,7 @@ def _show_input(ax, x: torch.Tensor) -> None:
 
 def filters_figure(loaded: LoadedModel, image: str | os.PathLike, layer: str = "conv1",
                    indices: Sequence[int] | None = None, count: int = 8, size: int | None = None,
-                   device: str = "cpu"):
+                   device: str = "auto"):
     """Each chosen filter of a first conv layer (as an RGB or gray picture) above its
     activation map on ``image`` (aspect ratio kept, one colour scale with a colorbar); the
     input image on the left. Returns the Figure."""
@@ -210,7 +214,7 @@ def filters_figure(loaded: LoadedModel, image: str | os.PathLike, layer: str = "
 
 
 def activations_figure(loaded: LoadedModel, image: str | os.PathLike, layer: str, count: int = 10,
-                       indices: Sequence[int] | None = None, size: int | None = None, device: str = "cpu",
+                       indices: Sequence[int] | None = None, size: int | None = None, device: str = "auto",
                        columns: int = 5):
     """Activation maps of the first ``count`` channels (or ``indices``) of a named layer, on
     one colour scale with a colorbar, the image's aspect ratio kept. Returns the Figure and

@@ -14,24 +14,49 @@ import click
 
 from .. import distributed
 from ..classify import MODELS
+from ..classify.data import DataSpec
+from ..classify.evaluate import SPLITS, EvalConfig, evaluate
 from ..classify.models import ACTIVATIONS, FREEZE_POLICIES, model_options
+from ..classify.predict import predict
+from ..classify.preview import preview
 from ..classify.progress import TrainBars
 from ..classify.recipe import LOSSES, RECIPES
 from ..classify.spec import EXAMPLE as SPEC_EXAMPLE
 from ..classify.spec import LAYERS_HELP as SPEC_LAYERS
-from ..classify.train import CACHE_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
-from ..device import PRECISIONS
+from ..classify.summary import summary
+from ..classify.train import AUGMENTS, CACHE_MODES, DEFAULT_LR, OPTIMIZERS, SCHEDULES, TrainConfig
 from ..errors import StyleforgeError, first_line
 from ..guard import check_memory
 from .options import (
+    BATCH_HELP,
     COUNT,
     NON_NEGATIVE,
     POSITIVE,
     PROBABILITY,
-    SEED,
+    CommaList,
+    config_option,
+    default_of,
+    device_option,
     main_group,
-    parse_numbers,
+    precision_option,
+    quiet_option,
+    runtime_options,
+    seed_option,
+    stack,
+    weights_option,
 )
+
+INPUT_HELP = "Input shape CxHxW of a model given by name (a checkpoint knows its own)."
+
+
+def num_classes_option(source):
+    """--num-classes (once --classes, which now means a list of class names everywhere)."""
+    return config_option(source, "num_classes", "--num-classes", type=COUNT, old=("--classes",),
+                         help="Number of classes of a model given by name.")
+
+
+def as_text_shape(shape) -> str:
+    return "x".join(map(str, shape))
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -44,13 +69,6 @@ def parse_shape(text: str) -> tuple[int, int, int]:
         raise StyleforgeError(f"--input {text!r}: channels must be 1 or 3 and sizes positive")
     check_memory(4 * c * h * w, f"an input of {text}", "give a smaller --input")  # the input tensor alone
     return c, h, w
-
-
-def parse_list(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    items = [s.strip() for s in text.split(",") if s.strip()]
-    return items or None
 
 
 def _value(text: str):
@@ -77,94 +95,142 @@ def parse_model_options(items: tuple[str, ...], model: str) -> dict:
     return out
 
 
-def parse_augment(text: str) -> list[str]:
-    return [] if text.strip().lower() in ("", "none") else [s.strip().lower() for s in text.split(",") if s.strip()]
+def parse_augment(text: str | None) -> list[str]:
+    return [] if text is None or text.strip().lower() in ("", "none") else \
+        [s.strip().lower() for s in text.split(",") if s.strip()]
+
+
+DATA_HELP = {
+    "dataset": "mnist, fashion-mnist, cifar10, or an image folder (one sub-folder per class; or with train/ and test/ "
+               "inside).",
+    "data_root": "Folder holding the named datasets (else $STYLEFORGE_DATA, else ~/.cache/styleforge/data).",
+    "test_data": "A separate test image folder (image-folder datasets).",
+    "download": "Download a named dataset if it is missing (online).",
+    "classes": "A subset of classes by name or index, e.g. 0,1,7 or cat,dog.",
+    "val_split": "Fraction of the training set held out for validation (0: none).",
+    "test_split": "Folders without a test set: fraction of each class held out as test.",
+    "image_size": "Side of the square images the model sees, px; folders of mixed-size images are decoded at it.",
+}
+
+
+def _data_option_list(source=None) -> list:
+    """The data options; defaults from ``source`` (DataSpec), or None: as the checkpoint was trained."""
+    def opt(name: str, *decls: str, **kw):
+        if source is not None:
+            return config_option(source, name, *decls, help=DATA_HELP[name], **kw)
+        return click.option(*decls, name, show_default=None if kw.get("is_flag") else "the checkpoint's",
+                            help=DATA_HELP[name], **kw)
+
+    return [opt("dataset", "--dataset", required=source is not None, metavar="NAME|FOLDER"),
+            opt("data_root", "--data-root", metavar="FOLDER"),
+            opt("test_data", "--test-data", metavar="FOLDER"),
+            opt("download", "--download", is_flag=True),
+            opt("classes", "--classes", type=CommaList(click.STRING), metavar="NAME,..."),
+            opt("val_split", "--val-split", type=PROBABILITY),
+            opt("test_split", "--test-split", type=PROBABILITY),
+            opt("image_size", "--image-size", type=COUNT, metavar="PX")]
 
 
 def data_options(f):
-    """Dataset and split options shared by train and grid."""
-    opts = [
-        click.option("--dataset", required=True,
-                     help="mnist, fashion-mnist, cifar10, or an image folder (one sub-folder per class; "
-                          "or with train/ and test/ inside)."),
-        click.option("--data-root", help="Folder holding the named datasets (default: $STYLEFORGE_DATA, else "
-                                         "~/.cache/styleforge/data)."),
-        click.option("--test-data", help="A separate test image folder (image-folder datasets)."),
-        click.option("--download", is_flag=True, help="Download a named dataset if it is missing (online)."),
-        click.option("--classes", help="A subset of classes by name, e.g. 0,1,7 or cat,dog."),
-        click.option("--per-class", type=COUNT, help="Training images per class (drawn after the validation split)."),
-        click.option("--val-split", type=PROBABILITY, default=0.1, show_default=True,
-                     help="Fraction of the training set held out for validation (0: none)."),
-        click.option("--test-split", type=PROBABILITY, default=0.2, show_default=True,
-                     help="Folders without a test set: fraction of each class held out as test."),
-        click.option("--split-seed", type=SEED, default=0, show_default=True, help="Seed of the splits and subsets."),
-        click.option("--image-size", type=COUNT, help="Model input size (square); default: the data's own size."),
-        click.option("--augment", default="none", show_default=True,
-                     help="none, or a list of crop,flip (on tensors, per batch)."),
+    """Dataset and split options shared by train, grid and preview (defaults: DataSpec's)."""
+    spec_only = [
+        config_option(DataSpec, "per_class", "--per-class", type=COUNT,
+                      help="Training images per class (drawn after the validation split)."),
+        seed_option(DataSpec, "Seed of the splits and subsets (they do not move with --seed).", "split_seed"),
+        click.option("--augment", metavar="none|crop,flip", show_default="none",
+                     help=f"Augmentation, on tensors per batch: none, or a list of {','.join(AUGMENTS)}."),
     ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    return stack(*_data_option_list(DataSpec), *spec_only)(f)
 
 
 def model_opts(f):
-    opts = [
-        click.option("--model", default="simple-cnn", show_default=True,
-                     help=f"One of: {', '.join(MODELS)}; or a layer spec, e.g. '{SPEC_EXAMPLE}' (see "
-                          "'styleforge classify models'); or FILE.py:CLASS (an nn.Module of yours)."),
-        click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default="relu", show_default=True),
-        click.option("--pretrained/--random-init", default=None,
-                     help="ImageNet weights for vgg19/resnet18 (default: on for vgg19, off for resnet18)."),
-        click.option("--weights", type=click.Path(path_type=Path), help="Backbone weights file (skips the lookup)."),
-        click.option("--freeze", type=click.Choice(("auto",) + FREEZE_POLICIES), default="auto", show_default=True,
-                     help="auto: all-but-head for vgg19, all-but-layer4 for pretrained resnet18, else none."),
-        click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-                     help="A model's own setting, e.g. width=32 (res-cnn), layer=relu4_4, pool=avgmax, hidden=512 "
-                          "(vgg19). Repeatable."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    return stack(
+        config_option(TrainConfig, "model", "--model", metavar="NAME|SPEC|FILE.py:CLASS",
+                      help=f"The classifier: one of {', '.join(MODELS)}; or a layer spec, e.g. '{SPEC_EXAMPLE}' (see "
+                           "'styleforge classify models'); or FILE.py:CLASS (an nn.Module of yours)."),
+        activation_option,
+        click.option("--pretrained/--random-init", default=None, show_default="on for vgg19, off for resnet18",
+                     help="ImageNet weights for vgg19/resnet18."),
+        weights_option,
+        freeze_option,
+        model_option)(f)
+
+
+activation_option = config_option(TrainConfig, "activation", "--activation", type=click.Choice(list(ACTIVATIONS)),
+                                  help="Activation function, where the architecture allows.")
+freeze_option = config_option(TrainConfig, "freeze", "--freeze", type=click.Choice(("auto",) + FREEZE_POLICIES),
+                              help="Which layers do not train (auto: all-but-head for vgg19, all-but-layer4 for "
+                                   "pretrained resnet18, else none).")
+model_option = click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+                            help="A model's own setting, e.g. width=32 (res-cnn), layer=relu4_4, pool=avgmax, "
+                                 "hidden=512 (vgg19).")
+
+
+def _from_recipe(key: str) -> str:
+    return "from --recipe: " + ", ".join(f"{v:g} ({name})" for name, v in
+                                         ((n, float(r[key])) for n, r in RECIPES.items()))
+
+
+def search_options(lists: bool):
+    """--optimizer, --lr, --momentum, --weight-decay, --epochs, --batch-size: one value each
+    (train), or comma lists whose combinations a grid search trains (``lists``)."""
+    def opt(name: str, decl: str, kind, help: str, **kw):
+        if lists:
+            kw.setdefault("metavar", "VALUE,...")
+            help += " Comma list: one run per value."
+            kind = CommaList(kind)
+        if "show_default" in kw:
+            return click.option(decl, name, type=kind, help=help, **kw)
+        return config_option(TrainConfig, name, decl, type=kind, help=help, **kw)
+
+    return stack(
+        opt("optimizer", "--optimizer", click.Choice(OPTIMIZERS), "Optimizer."),
+        opt("lr", "--lr", POSITIVE, "Learning rate.",
+            show_default=", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items())),
+        opt("momentum", "--momentum", PROBABILITY, "SGD momentum.", show_default=_from_recipe("momentum")),
+        opt("weight_decay", "--weight-decay", NON_NEGATIVE, "Weight decay (on weights, not biases or norms).",
+            show_default=_from_recipe("weight_decay")),
+        opt("epochs", "--epochs", COUNT, "Passes over the training data."),
+        opt("batch_size", "--batch-size", COUNT, BATCH_HELP))
 
 
 def run_options(f):
-    opts = [
-        click.option("--recipe", type=click.Choice(list(RECIPES)), default="default", show_default=True,
-                     help="default: momentum 0.9 (Nesterov), weight decay 5e-4, one-cycle schedule with 20% warm-up; "
-                          "plain: textbook SGD/Adam (no momentum, no weight decay, constant lr, no smoothing). "
-                          "Options given explicitly win; the resolved recipe is printed and kept in the report."),
-        click.option("--loss", type=click.Choice(LOSSES), default="cross-entropy", show_default=True,
-                     help="cross-entropy; nll (log-softmax then negative log-likelihood: the same value); mse "
-                          "(squared error between softmax probabilities and the one-hot target)."),
-        click.option("--schedule", type=click.Choice(SCHEDULES),
-                     help="LR schedule over training: onecycle (warm-up then linear decay), cosine, step, constant "
-                          "(default: from --recipe)."),
-        click.option("--warmup", type=PROBABILITY, help="Warm-up fraction of training (default: from --recipe)."),
-        click.option("--label-smoothing", type=PROBABILITY, help="Default: from --recipe (0)."),
-        click.option("--eval-batch-size", type=COUNT, default=512, show_default=True),
+    recipes = "; ".join(f"'{name}' = " + ", ".join(f"{k} {v}" for k, v in r.items()) for name, r in RECIPES.items())
+    return stack(
+        config_option(TrainConfig, "recipe", "--recipe", type=click.Choice(list(RECIPES)),
+                      help=f"Preset of the optimization settings ({recipes}). Options given explicitly win; the "
+                           "resolved recipe is printed and kept in the report."),
+        config_option(TrainConfig, "loss", "--loss", type=click.Choice(LOSSES),
+                      help="cross-entropy; nll (log-softmax then negative log-likelihood: the same value); mse "
+                           "(squared error between softmax probabilities and the one-hot target)."),
+        click.option("--schedule", type=click.Choice(SCHEDULES), show_default="from --recipe",
+                     help="Learning-rate schedule over training: onecycle (warm-up then linear decay), cosine, step, "
+                          "constant."),
+        click.option("--warmup", type=PROBABILITY, show_default=_from_recipe("warmup"),
+                     help="Warm-up fraction of training."),
+        click.option("--label-smoothing", type=PROBABILITY, show_default=_from_recipe("label_smoothing"),
+                     help="Label smoothing of the cross-entropy targets."),
+        config_option(TrainConfig, "eval_batch_size", "--eval-batch-size", type=COUNT,
+                      help="Images per batch when evaluating."),
         click.option("--patience", type=COUNT, help="Stop after this many epochs without a lower validation loss."),
-        click.option("--max-seconds", type=POSITIVE, help="Training-time budget; the schedule follows elapsed time."),
-        click.option("--cache-features", type=click.Choice(CACHE_MODES), default="auto", show_default=True,
-                     help="Cache a frozen trunk's outputs (auto: when the trunk is frozen and --augment none)."),
+        click.option("--max-seconds", type=POSITIVE, metavar="SECONDS",
+                     help="Training-time budget; the schedule follows elapsed time."),
+        config_option(TrainConfig, "cache_features", "--cache-features", type=click.Choice(CACHE_MODES),
+                      help="Cache a frozen trunk's outputs (auto: when the trunk is frozen and --augment none)."),
         click.option("--int8-features", is_flag=True,
                      help="CPU, with the cache: extract features with an int8 copy of the trunk (about 1.8x faster)."),
-        click.option("--checkpoint-every", "checkpoint_seconds", type=NON_NEGATIVE, default=30.0, show_default=True,
-                     help="Write best.pt/last.pt at most every this many seconds (and after the last epoch)."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
-        click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True),
-        click.option("--seed", type=SEED, default=0, show_default=True),
+        config_option(TrainConfig, "checkpoint_seconds", "--checkpoint-seconds", type=NON_NEGATIVE,
+                      metavar="SECONDS", old=("--checkpoint-every",),
+                      help="Write best.pt/last.pt at most every this many seconds (and after the last epoch)."),
+        runtime_options(TrainConfig),
         click.option("--no-plots", is_flag=True, help="Skip curves.png and confusion_test.png."),
-        click.option("-q", "--quiet", is_flag=True, help="No progress bars."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+        quiet_option)(f)
 
 
 def _base_config(kw: dict, output: str) -> TrainConfig:
     return TrainConfig(
         dataset=kw["dataset"], output=output, model=kw["model"], data_root=kw["data_root"],
-        test_data=kw["test_data"], download=kw["download"], classes=parse_list(kw["classes"]),
+        test_data=kw["test_data"], download=kw["download"], classes=kw["classes"],
         per_class=kw["per_class"], val_split=kw["val_split"], test_split=kw["test_split"],
         split_seed=kw["split_seed"], image_size=kw["image_size"], augment=parse_augment(kw["augment"]),
         activation=kw["activation"], pretrained=kw["pretrained"],
@@ -199,15 +265,11 @@ def models_cmd() -> None:
 @data_options
 @model_opts
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Run directory.")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
-@click.option("--lr", type=POSITIVE, help="Learning rate (default: 0.05 for sgd, 0.001 for adam/adamw).")
-@click.option("--momentum", type=PROBABILITY, help="SGD momentum (default: from --recipe: 0.9 Nesterov, plain 0).")
-@click.option("--weight-decay", type=NON_NEGATIVE, help="Default: from --recipe (5e-4, plain 0).")
-@click.option("--epochs", type=COUNT, default=10, show_default=True)
-@click.option("--batch-size", type=COUNT, default=128, show_default=True, help="Per process (under torchrun).")
+@search_options(lists=False)
 @run_options
-@click.option("--overwrite", is_flag=True, help="Replace a run already in the output directory.")
-@click.option("--resume", is_flag=True, help="Continue the run in the output directory from its last.pt.")
+@click.option("--overwrite", is_flag=True, help="Replace what an earlier run wrote at OUTPUT (only files styleforge "
+                                               "wrote).")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run from its checkpoint. Here OUTPUT/last.pt.")
 @click.option("--track-test", is_flag=True,
               help="Also record test loss/accuracy after every epoch, for the curves (never used for any choice).")
 def train_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, overwrite, resume, track_test, quiet,
@@ -238,35 +300,25 @@ def train_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size,
 
 @classify_group.command("eval")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--dataset", help="Dataset (default: the one the checkpoint was trained on, same splits).")
-@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
-@click.option("--data-root", help="Folder holding the named datasets.")
-@click.option("--test-data", help="A separate test image folder.")
-@click.option("--download", is_flag=True)
-@click.option("--classes", help="A subset of classes by name (must match the checkpoint's).")
-@click.option("--val-split", type=PROBABILITY)
-@click.option("--test-split", type=PROBABILITY)
-@click.option("--image-size", type=COUNT, help="Decode size for folders of mixed-size images.")
-@click.option("--batch-size", type=COUNT, default=512, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
+@config_option(EvalConfig, "split", "--split", type=click.Choice(SPLITS), help="Which part of the data.")
+@stack(*_data_option_list())
+@config_option(EvalConfig, "batch_size", "--batch-size", type=COUNT, help=BATCH_HELP)
+@device_option(EvalConfig)
+@precision_option(EvalConfig)
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Folder for confusion_<split>.png, per_class_<split>.csv/.md and eval_<split>.json.")
-def eval_cmd(checkpoint, dataset, split, data_root, test_data, download, classes, val_split, test_split,
-             image_size, batch_size, device, precision, output):
+@quiet_option
+def eval_cmd(checkpoint, split, output, quiet, **kw):
     """Evaluate a run directory or checkpoint on a dataset split."""
-    from ..classify.evaluate import EvalConfig, evaluate
     from ..classify.report import markdown_table
 
-    result = evaluate(EvalConfig(str(checkpoint), dataset, split, data_root, test_data, download, parse_list(classes),
-                                 val_split, test_split, image_size, batch_size, device, precision,
-                                 str(output) if output else None))
+    result = evaluate(EvalConfig(str(checkpoint), split=split, output=str(output) if output else None, **kw))
     if not distributed.current().is_main:
         return
     click.echo(f"{split} accuracy {result.acc:.4f}, loss {result.loss:.4f} on {result.n} images "
                f"({result.seconds:.1f} s)")
     click.echo(markdown_table(result.per_class, ["class", "precision", "recall", "f1", "support"]))
-    if output:
+    if output and not quiet:
         click.echo(f"wrote {output}/confusion_{split}.png, per_class_{split}.csv/.md, eval_{split}.json")
 
 
@@ -275,14 +327,10 @@ def eval_cmd(checkpoint, dataset, split, data_root, test_data, download, classes
 @model_opts
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Folder for the runs and grid.csv / grid.md.")
-@click.option("--optimizer", default="sgd", show_default=True, help="One or more of sgd, adam, adamw (comma list).")
-@click.option("--lr", help="Learning rates, e.g. 0.01,0.1 (default: per optimizer).")
-@click.option("--momentum", help="Comma list (default: from --recipe).")
-@click.option("--weight-decay", help="Comma list (default: from --recipe).")
-@click.option("--epochs", default="10", show_default=True, help="Comma list.")
-@click.option("--batch-size", default="128", show_default=True, help="Comma list, e.g. 256,512.")
+@search_options(lists=True)
 @run_options
-@click.option("--overwrite", is_flag=True, help="Replace a grid search already in the output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace what an earlier run wrote at OUTPUT (only files styleforge "
+                                               "wrote).")
 def grid_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, quiet, overwrite, **kw):
     """Train every combination of the comma-separated settings; rank on validation accuracy,
     evaluate the best on the test set."""
@@ -290,11 +338,8 @@ def grid_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, 
 
     kw["quiet"] = quiet
     base = _base_config(kw, str(output))
-    lists = {"optimizer": parse_list(optimizer), "lr": parse_numbers(lr, "--lr", float, POSITIVE),
-             "momentum": parse_numbers(momentum, "--momentum", float, PROBABILITY),
-             "weight_decay": parse_numbers(weight_decay, "--weight-decay", float, NON_NEGATIVE),
-             "epochs": parse_numbers(epochs, "--epochs", int, COUNT),
-             "batch_size": parse_numbers(batch_size, "--batch-size", int, COUNT)}
+    lists = {"optimizer": optimizer, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+             "epochs": epochs, "batch_size": batch_size}
     axes = {}
     for key, values in lists.items():
         if not values:
@@ -318,29 +363,30 @@ def grid_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, 
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="PNG of the overlaid curves.")
 @click.option("--table", type=click.Path(path_type=Path), help="Write the table (.csv, or .md for markdown).")
-def compare_cmd(runs, output, table):
+@quiet_option
+def compare_cmd(runs, output, table, quiet):
     """Overlay the learning curves of finished RUNS and tabulate their results."""
     from ..classify.compare import COLUMNS, compare
     from ..classify.report import markdown_table
 
     rows = compare(runs, output, table)
     click.echo(markdown_table(rows, COLUMNS))
-    if output:
+    if output and not quiet:
         click.echo(f"wrote {output}")
 
 
 @classify_group.command("predict")
 @click.argument("run_or_checkpoint", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--top-k", type=COUNT, default=3, show_default=True, help="Classes to list per image.")
+@config_option(predict, "top_k", "--top-k", type=COUNT, help="Classes to list per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (image, top classes with probabilities).")
-@click.option("--device", default="auto", show_default=True)
+@device_option(predict)
 def predict_cmd(run_or_checkpoint, images, top_k, as_json, device):
     """The most probable classes of each of IMAGES under a trained model (a run directory or
     checkpoint), with probabilities."""
     import json
 
-    from ..classify.predict import format_predictions, predict
+    from ..classify.predict import format_predictions
 
     preds = predict(run_or_checkpoint, [str(p) for p in images], top_k, device)
     if as_json:
@@ -351,41 +397,39 @@ def predict_cmd(run_or_checkpoint, images, top_k, as_json, device):
 
 @classify_group.command("preview")
 @data_options
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
-@click.option("--count", type=COUNT, default=32, show_default=True, help="Images to show (spread over the classes).")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Which images, and their augmentation.")
+@config_option(preview, "split", "--split", type=click.Choice(SPLITS), help="Which part of the data.")
+@config_option(preview, "count", "--count", type=COUNT, help="How many to show. Here images, spread over the classes.")
+@seed_option(preview)
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
-def preview_cmd(split, count, seed, output, **kw):
+@quiet_option
+def preview_cmd(split, count, seed, output, quiet, **kw):
     """A labelled grid of dataset images after resizing (--image-size) and augmentation (--augment)."""
-    from ..classify.data import DataSpec
-    from ..classify.preview import preview
     from ..classify.report import check_figure_path, save_figure
 
     check_figure_path(output)
-    spec = DataSpec(kw["dataset"], kw["data_root"], kw["test_data"], kw["download"], parse_list(kw["classes"]),
+    spec = DataSpec(kw["dataset"], kw["data_root"], kw["test_data"], kw["download"], kw["classes"],
                     kw["per_class"], kw["val_split"], kw["test_split"], kw["split_seed"], kw["image_size"])
     save_figure(preview(spec, parse_augment(kw["augment"]), count, split, seed), output)
-    click.echo(f"wrote {output}")
+    if not quiet:
+        click.echo(f"wrote {output}")
 
 
 @main_group.command("summary")
 @click.argument("model")
-@click.option("--input", "input_shape", default="3x32x32", show_default=True, help="Input shape CxHxW.")
-@click.option("--classes", type=COUNT, default=10, show_default=True, help="Number of classes.")
-@click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default="relu", show_default=True)
-@click.option("--freeze", type=click.Choice(("auto",) + FREEZE_POLICIES), default="auto", show_default=True,
-              help="The freeze policy whose trainable counts to show (auto: as 'classify train' would use).")
-@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A model's own setting (repeatable).")
-def summary_cmd(model: str, input_shape: str, classes: int, activation: str, freeze: str,
+@click.option("--input", "input_shape", metavar="CxHxW", default=as_text_shape(default_of(summary, "input_shape")),
+              show_default=True, help=INPUT_HELP)
+@num_classes_option(summary)
+@activation_option
+@freeze_option
+@model_option
+def summary_cmd(model: str, input_shape: str, num_classes: int, activation: str, freeze: str,
                 options: tuple[str, ...]) -> None:
     """Per-layer settings (kernel, stride, padding, window), output shapes, parameters, the
     trainable part under the freeze policy, and multiply-adds of MODEL (a name, layer spec or
     FILE.py:CLASS)."""
-    from ..classify.summary import summary
-
     shape = parse_shape(input_shape)
     try:
-        result = summary(model, shape, classes, activation, freeze, **parse_model_options(options, model))
+        result = summary(model, shape, num_classes, activation, freeze, **parse_model_options(options, model))
     except RuntimeError as exc:
         raise StyleforgeError(f"{model} cannot take a {input_shape} input ({first_line(exc, 100)}): "
                               "use a larger --input") from None

@@ -9,36 +9,43 @@ import click
 from ..errors import StyleforgeError
 from ..fast import ARCHS, FastTrainConfig, available_models, train_style
 from ..fast.apply import VIDEO_SUFFIXES, stylize_files
-from ..fast.decoder_train import DEFAULT_DECODER_STEPS, DecoderTrainConfig, train_decoders
+from ..fast.decoder_train import CHECKPOINT_NAME, DecoderTrainConfig, train_decoders
 from ..fast.export import export_onnx
 from ..fast.model import MODEL_SUFFIX
-from ..fast.sheet import DEFAULT_TILE, style_sheet
-from ..fast.train import (
-    DEFAULT_CONTENT_LAYERS,
-    DEFAULT_STEPS,
-    DEFAULT_STYLE_LAYERS,
-    DEFAULT_STYLE_STRENGTH,
-    LR_SCHEDULES,
-)
-from ..fast.universal import DEFAULT_STYLE_SIZE, LEVELS, METHODS, AnyStyle
+from ..fast.sheet import style_sheet
+from ..fast.train import DEFAULT_STEPS, LR_FLOOR, LR_SCHEDULES
+from ..fast.universal import METHODS, AnyStyle
 from ..io import IMAGE_SUFFIXES, check_writable, image_format, save_image
-from ..perceptual import STYLE_STRENGTH_HELP
 from .options import (
+    BATCH_HELP,
+    BLEND_HELP,
     COUNT,
+    CROP_HELP,
     FRACTION,
     NON_NEGATIVE,
-    NON_NEGATIVE_INT,
+    ORIGINAL_COLORS_HELP,
     POSITIVE,
+    SIZE_HELP,
+    STYLE_SIZE_HELP,
+    CommaList,
+    config_option,
+    device_option,
     main_group,
     parse_layer_weights,
-    parse_numbers,
+    precision_option,
+    quiet_option,
     runtime_options,
+    style_loss_options,
+    training_run_options,
+    weights_option,
 )
 from .progress import Bar
 
-
-def _layers(d: dict) -> str:
-    return ",".join(d)
+SCHEDULE_HELP = f"Learning-rate schedule: cosine decays to {LR_FLOOR:.0%} of --lr by the last step; constant keeps it."
+LEVELS_HELP = "VGG19 levels with a decoder, e.g. relu4_1,relu1_1."
+OVERWRITE_HELP = "Replace what an earlier run wrote at OUTPUT (only files styleforge wrote)."
+data_option = click.option("--data", required=True, multiple=True, type=click.Path(path_type=Path),
+                           help="Folder of training photos (searched recursively); repeat for several.")
 
 
 @main_group.group("fast")
@@ -48,34 +55,25 @@ def fast_group() -> None:
 
 @fast_group.command("train")
 @click.argument("style_image", type=click.Path(path_type=Path))
-@click.option("--data", required=True, multiple=True, type=click.Path(path_type=Path),
-              help="Folder of training photos (searched recursively); repeat for several.")
+@data_option
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Model file to write (.pth).")
-@click.option("--arch", type=click.Choice(list(ARCHS)), default="light", show_default=True,
-              help="light: 0.26 M parameters, what the shipped styles use; johnson: the published 1.68 M network.")
-@click.option("--image-size", type=COUNT, default=256, show_default=True, help="Training crop size, px.")
-@click.option("--style-size", type=COUNT, default=512, show_default=True, help="Long side of the style image, px.")
-@click.option("--batch-size", type=COUNT, default=4, show_default=True, help="Images per step (per process).")
-@click.option("--steps", type=COUNT, help=f"Training steps (default {DEFAULT_STEPS}).")
-@click.option("--epochs", type=POSITIVE, help="Passes over --data (instead of --steps).")
-@click.option("--lr", type=POSITIVE, default=1e-3, show_default=True)
-@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="cosine", show_default=True,
-              help="cosine: decay to 5% of --lr by the last step; constant: the published recipe.")
-@click.option("--style-strength", type=FRACTION, help=f"{STYLE_STRENGTH_HELP} Default {DEFAULT_STYLE_STRENGTH}.")
-@click.option("--content-weight", type=NON_NEGATIVE)
-@click.option("--style-weight", type=NON_NEGATIVE)
-@click.option("--tv-weight", type=NON_NEGATIVE, default=1.0, show_default=True)
-@click.option("--content-layers", default=_layers(DEFAULT_CONTENT_LAYERS), show_default=True)
-@click.option("--style-layers", default=_layers(DEFAULT_STYLE_LAYERS), show_default=True)
-@click.option("--weights", type=click.Path(path_type=Path), help="VGG19 weights file (skips the lookup).")
-@click.option("--workers", type=NON_NEGATIVE_INT, help="Data-loading processes (default 1 on CPU, 2 on GPU).")
-@click.option("--checkpoint-every", type=COUNT, default=500, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt.")
-@click.option("--stop-at", type=COUNT, help="Stop after this step, leaving OUTPUT.ckpt to --resume (splits a run).")
-@click.option("--fp32-model", is_flag=True, help="Store the model in float32 (default float16).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing model (and its checkpoint) at OUTPUT.")
-@runtime_options
-@click.option("-q", "--quiet", is_flag=True)
+@config_option(FastTrainConfig, "arch", "--network", type=click.Choice(list(ARCHS)), old=("--arch",),
+               help="The style network: light (0.26 M parameters, what the shipped styles use) or johnson "
+                    "(the published 1.68 M network).")
+@config_option(FastTrainConfig, "image_size", "--crop-size", type=COUNT, metavar="PX", old=("--image-size",),
+               help=CROP_HELP)
+@config_option(FastTrainConfig, "style_size", "--style-size", type=COUNT, metavar="PX", help=STYLE_SIZE_HELP)
+@config_option(FastTrainConfig, "batch_size", "--batch-size", type=COUNT, help=BATCH_HELP)
+@click.option("--steps", type=COUNT, metavar="STEPS", show_default=str(DEFAULT_STEPS), help="Optimizer steps.")
+@click.option("--epochs", type=POSITIVE, help="Passes over the training data. Here instead of --steps; fractions work.")
+@config_option(FastTrainConfig, "lr", "--lr", type=POSITIVE, help="Learning rate.")
+@config_option(FastTrainConfig, "lr_schedule", "--lr-schedule", type=click.Choice(LR_SCHEDULES), help=SCHEDULE_HELP)
+@style_loss_options(FastTrainConfig)
+@weights_option
+@training_run_options(FastTrainConfig, "OUTPUT.ckpt")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+@runtime_options(FastTrainConfig)
+@quiet_option
 def train_cmd(style_image, data, output, arch, image_size, style_size, batch_size, steps, epochs, lr, lr_schedule,
               style_strength, content_weight, style_weight, tv_weight, content_layers, style_layers, weights,
               workers, checkpoint_every, resume, stop_at, fp32_model, overwrite, device, precision, seed, quiet):
@@ -111,31 +109,32 @@ def train_cmd(style_image, data, output, arch, image_size, style_size, batch_siz
               help="Output image/video file (one input) or folder.")
 @click.option("--style-image", multiple=True, type=click.Path(path_type=Path),
               help="Any image as the style, instead of MODEL (universal style transfer); repeat to blend several.")
-@click.option("--style-blend", help="Weights of the --style-image files, e.g. 0.7,0.3 (default: equal).")
-@click.option("--strength", type=FRACTION, default=1.0, show_default=True,
-              help="With --style-image: 0 keeps the photo, 1 is full style (blend of the features).")
-@click.option("--style-size", type=COUNT, default=DEFAULT_STYLE_SIZE, show_default=True,
-              help="Long side of the style image, px.")
-@click.option("--method", type=click.Choice(METHODS), default="wct", show_default=True,
-              help="With --style-image: wct matches the style's feature covariance; adain only means and spreads.")
-@click.option("--levels", help="With --style-image: decoder levels, e.g. relu4_1,relu1_1 (default: all found).")
-@click.option("--decoders", type=click.Path(path_type=Path),
-              help="Folder of decoder-reluK_1.pth files (default: the weights folders).")
-@click.option("--weights", type=click.Path(path_type=Path), help="VGG19 weights file (skips the lookup).")
-@click.option("--size", type=COUNT, help="Long side of the outputs, px (default: as the input).")
-@click.option("--original-colors", is_flag=True, help="Keep the input's colours.")
-@click.option("--batch-size", type=COUNT, default=4, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
-@click.option("-q", "--quiet", is_flag=True)
+@click.option("--style-blend", type=CommaList(NON_NEGATIVE), metavar="W,W,...", show_default="equal",
+              help=BLEND_HELP)
+@config_option(AnyStyle, "strength", "--strength", type=FRACTION,
+               help="With --style-image: 0 keeps the photo, 1 is full style (blend of the features).")
+@config_option(AnyStyle, "style_size", "--style-size", type=COUNT, metavar="PX", help=STYLE_SIZE_HELP)
+@config_option(AnyStyle, "method", "--method", type=click.Choice(METHODS),
+               help="With --style-image: wct matches the style's feature covariance; adain only means and spreads.")
+@click.option("--levels", type=CommaList(click.STRING), metavar="LEVEL,...", show_default="every decoder found",
+              help=LEVELS_HELP)
+@click.option("--decoders", type=click.Path(path_type=Path), show_default="the weights folders",
+              help="Folder of decoder-reluK_1.pth files.")
+@weights_option
+@click.option("--size", type=COUNT, metavar="PX", show_default="the input's", help=SIZE_HELP)
+@click.option("--original-colors", is_flag=True, help=ORIGINAL_COLORS_HELP)
+@config_option(stylize_files, "batch_size", "--batch-size", type=COUNT, help=BATCH_HELP)
+@device_option(stylize_files)
+@precision_option(stylize_files)
+@quiet_option
 def apply_cmd(args, output, style_image, style_blend, strength, style_size, method, levels, decoders, weights, size,
               original_colors, batch_size, device, precision, quiet):
     """Stylize INPUTS (images, folders, videos) with MODEL (a file or a shipped style name) or --style-image."""
     model, inputs = _model_and_inputs(args, style_image)
     any_style = None
     if style_image:
-        any_style = AnyStyle([str(p) for p in style_image], parse_numbers(style_blend, "--style-blend"), strength,
-                             style_size, decoders, _level_list(levels), method, weights)
+        any_style = AnyStyle([str(p) for p in style_image], style_blend, strength, style_size, decoders, levels, method,
+                             weights)
     with Bar(quiet) as bar:
         written = stylize_files(model, inputs, output, size=size, original_colors=original_colors,
                                 batch_size=batch_size, device=device, precision=precision,
@@ -160,42 +159,37 @@ def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) ->
     return str(first), list(args[1:])
 
 
-def _level_list(text: str | None) -> list[str] | None:
-    return None if text is None else [s.strip() for s in text.split(",") if s.strip()]
-
-
 @fast_group.command("train-decoders")
-@click.option("--data", required=True, multiple=True, type=click.Path(path_type=Path),
-              help="Folder of training photos (searched recursively); repeat for several.")
+@data_option
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Folder for the decoder files, the checkpoint and the loss CSV.")
-@click.option("--levels", default=",".join(LEVELS), show_default=True, help="VGG19 levels to train decoders for.")
-@click.option("--width", type=POSITIVE, default=0.5, show_default=True, help="Decoder channels relative to VGG19's.")
-@click.option("--image-size", type=COUNT, default=256, show_default=True, help="Training crop size, px.")
-@click.option("--batch-size", type=COUNT, default=8, show_default=True, help="Images per step (per process).")
-@click.option("--steps", type=COUNT, default=DEFAULT_DECODER_STEPS, show_default=True, help="Training steps.")
-@click.option("--lr", type=POSITIVE, default=1e-3, show_default=True)
-@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="cosine", show_default=True)
-@click.option("--feature-weight", type=NON_NEGATIVE, default=1.0, show_default=True,
-              help="Weight of the feature (perceptual) reconstruction term; the pixel term has weight 1.")
-@click.option("--weights", type=click.Path(path_type=Path), help="VGG19 weights file (skips the lookup).")
-@click.option("--workers", type=NON_NEGATIVE_INT, help="Data-loading processes (default 1 on CPU, 2 on GPU).")
-@click.option("--checkpoint-every", type=COUNT, default=500, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from OUTPUT/decoders.ckpt.")
-@click.option("--stop-at", type=COUNT, help="Stop after this step, leaving the checkpoint to --resume (splits a run).")
-@click.option("--fp32-model", is_flag=True, help="Store the decoders in float32 (default float16).")
-@runtime_options
-@click.option("-q", "--quiet", is_flag=True)
+@config_option(DecoderTrainConfig, "levels", "--levels", type=CommaList(click.STRING), metavar="LEVEL,...",
+               help=LEVELS_HELP)
+@config_option(DecoderTrainConfig, "width", "--width", type=POSITIVE, help="Decoder channels relative to VGG19's.")
+@config_option(DecoderTrainConfig, "image_size", "--crop-size", type=COUNT, metavar="PX", old=("--image-size",),
+               help=CROP_HELP)
+@config_option(DecoderTrainConfig, "batch_size", "--batch-size", type=COUNT, help=BATCH_HELP)
+@config_option(DecoderTrainConfig, "steps", "--steps", type=COUNT, metavar="STEPS", help="Optimizer steps.")
+@config_option(DecoderTrainConfig, "lr", "--lr", type=POSITIVE, help="Learning rate.")
+@config_option(DecoderTrainConfig, "lr_schedule", "--lr-schedule", type=click.Choice(LR_SCHEDULES),
+               help=SCHEDULE_HELP)
+@config_option(DecoderTrainConfig, "feature_weight", "--feature-weight", type=NON_NEGATIVE,
+               help="Weight of the feature (perceptual) reconstruction term; the pixel term has weight 1.")
+@weights_option
+@training_run_options(DecoderTrainConfig, f"OUTPUT/{CHECKPOINT_NAME}")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+@runtime_options(DecoderTrainConfig)
+@quiet_option
 def train_decoders_cmd(data, output, levels, width, image_size, batch_size, steps, lr, lr_schedule, feature_weight,
-                       weights, workers, checkpoint_every, resume, stop_at, fp32_model, device, precision, seed,
-                       quiet):
+                       weights, workers, checkpoint_every, resume, stop_at, fp32_model, overwrite, device, precision,
+                       seed, quiet):
     """Train the decoders that --style-image uses: each inverts one VGG19 level, on photos alone."""
     cfg = DecoderTrainConfig(
-        data=[str(d) for d in data], output=str(output), levels=_level_list(levels) or [], width=width,
+        data=[str(d) for d in data], output=str(output), levels=levels, width=width,
         image_size=image_size, batch_size=batch_size, steps=steps, lr=lr, lr_schedule=lr_schedule,
         feature_weight=feature_weight, weights=str(weights) if weights else None, seed=seed, device=device,
         precision=precision, workers=workers, checkpoint_every=checkpoint_every, stop_at=stop_at, resume=resume,
-        half=not fp32_model)
+        half=not fp32_model, overwrite=overwrite)
     bar = Bar(quiet)
 
     def progress(p):
@@ -213,22 +207,22 @@ def train_decoders_cmd(data, output, levels, width, image_size, batch_size, step
 @fast_group.command("sheet")
 @click.argument("photo", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Image file to write.")
-@click.option("--styles", help="Comma-separated model names or files (default: every installed style).")
-@click.option("--size", type=COUNT, default=DEFAULT_TILE, show_default=True, help="Long side of each tile, px.")
-@click.option("--columns", type=COUNT, help="Tiles per row (default: a near-square grid).")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
-@click.option("-q", "--quiet", is_flag=True)
-def sheet_cmd(photo, output, styles, size, columns, device, precision, quiet):
+@click.option("--styles", type=CommaList(click.STRING), metavar="NAME,...", show_default="every installed style",
+              help="Model names or files.")
+@config_option(style_sheet, "tile", "--size", type=COUNT, metavar="PX", help=f"{SIZE_HELP} Here each tile.")
+@click.option("--columns", type=COUNT, show_default="a near-square grid", help="Tiles per row.")
+@device_option(style_sheet)
+@precision_option(style_sheet)
+@quiet_option
+def sheet_cmd(photo, output, styles, tile, columns, device, precision, quiet):
     """PHOTO through every installed style, labelled, in one picture: how to choose a style."""
     if output.resolve() == photo.resolve():
         raise StyleforgeError(f"-o {output} is the input photo: give another file name")
     image_format(output)
     check_writable(output)
-    names = [s.strip() for s in styles.split(",") if s.strip()] if styles else None
     bar = Bar(quiet)
     with bar:
-        sheet = style_sheet(photo, names, tile=size, columns=columns, device=device, precision=precision,
+        sheet = style_sheet(photo, styles, tile=tile, columns=columns, device=device, precision=precision,
                             callback=lambda p: bar.show("sheet", p.done, p.total, "style"))
     save_image(sheet, output)
     if not quiet:
@@ -238,10 +232,13 @@ def sheet_cmd(photo, output, styles, size, columns, device, precision, quiet):
 @fast_group.command("export")
 @click.argument("model")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
-def export_cmd(model, output):
+@quiet_option
+def export_cmd(model, output, quiet):
     """Export MODEL to ONNX (dynamic batch, height and width; input and output in [0, 1])."""
     check_writable(output)
-    click.echo(f"wrote {export_onnx(model, output)}")
+    path = export_onnx(model, output)
+    if not quiet:
+        click.echo(f"wrote {path}")
 
 
 @fast_group.command("models")

@@ -1,10 +1,16 @@
-"""The command group and option parsers shared by the commands."""
+"""The command group, option types, and the options several commands share, with their defaults read
+from the library (each written once) and old spellings kept working."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import sys
+from pathlib import Path
+from typing import Mapping
 
 import click
+from click.core import ParameterSource
 
 from .. import __version__, guard
 from ..errors import StyleforgeError
@@ -90,28 +96,181 @@ def parse_layer_weights(text: str, option: str) -> dict[str, float]:
     return out
 
 
-def parse_numbers(text: str | None, option: str, kind=float, number: Number | None = None) -> list | None:
-    """``0.01,0.1`` -> [0.01, 0.1]; each value checked against ``number`` (default: finite)."""
-    if text is None:
-        return None
-    try:
-        values = [kind(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=option) from None
-    for v in values:
-        problem = number_problem(v, *(number.range if number else (None, None, False, False)))
-        if problem:
-            raise click.BadParameter(problem, param_hint=option)
-    return values
+class CommaList(click.ParamType):
+    """``0.01,0.1`` -> [0.01, 0.1]: several values of one option, each checked as ``inner`` checks one."""
+
+    def __init__(self, inner: click.ParamType) -> None:
+        self.inner = inner
+        self.name = f"{inner.name} list"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        items = [s.strip() for s in str(value).split(",") if s.strip()]
+        if not items:
+            self.fail(f"{value!r} holds no value; give one or more, comma-separated", param, ctx)
+        return [self.inner.convert(item, param, ctx) for item in items]
 
 
-def runtime_options(f):
-    """--device, --precision, --seed."""
+# ----------------------------------------------------------------- defaults from the library
+
+# Help texts of options several commands share, with their meaning in the first sentence.
+SIZE_HELP = "Long side of each output image, px."
+BLEND_HELP = "Weights of the style images, e.g. 0.7,0.3 (normalized to sum to 1)."
+STYLE_SIZE_HELP = "Long side of the style image, px."
+CROP_HELP = "Side of the square training crops, px."
+BATCH_HELP = "Images per batch (per process under torchrun)."
+ORIGINAL_COLORS_HELP = "Keep the content's colours (luminance-only transfer)."
+
+
+def default_of(source, name: str):
+    """The default of field ``name`` of a config dataclass, or of parameter ``name`` of a library
+    function: the one place each default is written (options read it from there)."""
+    if dataclasses.is_dataclass(source):
+        f = {f.name: f for f in dataclasses.fields(source)}[name]
+        if f.default_factory is not dataclasses.MISSING:
+            return f.default_factory()
+        return None if f.default is dataclasses.MISSING else f.default
+    default = inspect.signature(source).parameters[name].default
+    return None if default is inspect.Parameter.empty else default
+
+
+def as_text(value) -> str:
+    """A default as the user would type it: ``relu1_1,relu2_1:0.5``, ``0.001``, ``vgg19``."""
+    if isinstance(value, Mapping):
+        return ",".join(k if w == 1 else f"{k}:{w:g}" for k, w in value.items())
+    if isinstance(value, (list, tuple)):
+        return ",".join(as_text(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def config_option(source, name: str, *decls: str, **kw):
+    """An option whose default is ``source``'s default for ``name`` (see :func:`default_of`).
+
+    Lists and layer mappings become the text the option parses; the default shows in --help.
+    """
+    default = default_of(source, name)
+    if isinstance(default, (Mapping, list, tuple)):
+        default = as_text(default)
+    return option(*decls, name, default=default, show_default=default is not None, **kw)
+
+
+# ------------------------------------------------------------------------ renamed options
+
+_OLD = "styleforge.old_spellings"
+
+
+def option(*decls: str, old: tuple[str, ...] = (), **kw):
+    """``click.option`` that also accepts the ``old`` spellings, hidden from --help: each still
+    works, printing one line on stderr that names the new spelling."""
+    def decorate(f):
+        f = click.option(*decls, **({"callback": _take_old_value} if old else {}), **kw)(f)
+        new = next(d for d in decls if d.startswith("--"))
+        dest = f.__click_params__[-1].name
+        for spelling in old:
+            f = click.option(spelling, f"{dest}__{spelling.strip('-').replace('-', '_')}", type=kw.get("type"),
+                             multiple=kw.get("multiple", False), is_flag=kw.get("is_flag", False), hidden=True,
+                             expose_value=False, callback=_keep_old_value(spelling, new, dest),
+                             help=f"Old spelling of {new}.")(f)
+        return f
+    return decorate
+
+
+def _keep_old_value(spelling: str, new: str, dest: str):
+    def callback(ctx: click.Context, param: click.Parameter, value):
+        if ctx.get_parameter_source(param.name) in (None, ParameterSource.DEFAULT) or value is None:
+            return value
+        click.echo(f"warning: {spelling} is now {new}; the old name will go in a later version", err=True)
+        if ctx.get_parameter_source(dest) not in (None, ParameterSource.DEFAULT):
+            raise click.UsageError(f"give {new} or its old spelling {spelling}, not both", ctx)
+        ctx.meta.setdefault(_OLD, {})[dest] = value
+        if dest in ctx.params:  # the new option was processed first (Click orders by the command line)
+            ctx.params[dest] = value
+        return value
+    return callback
+
+
+def _take_old_value(ctx: click.Context, param: click.Parameter, value):
+    if param.name not in ctx.meta.get(_OLD, {}):
+        return value
+    if ctx.get_parameter_source(param.name) not in (None, ParameterSource.DEFAULT):
+        raise click.UsageError(f"give {param.opts[0]} or its old spelling, not both", ctx)
+    return ctx.meta[_OLD][param.name]
+
+
+# ------------------------------------------------------------- options every command shares
+
+def stack(*options):
+    """One decorator applying ``options`` in the order given (as listed in --help)."""
+    def decorate(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+    return decorate
+
+
+def device_option(source):
+    return config_option(source, "device", "--device", metavar="DEVICE",
+                         help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
+
+
+def precision_option(source):
     from ..device import PRECISIONS  # here, not at the top: styleforge.device imports torch
 
-    f = click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")(f)
-    f = click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-                     help="Autocast precision; auto picks what is fast and safe on the device.")(f)
-    f = click.option("--device", default="auto", show_default=True,
-                     help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")(f)
-    return f
+    return config_option(source, "precision", "--precision", type=click.Choice(PRECISIONS),
+                         help="Autocast precision; auto picks what is fast and safe on the device.")
+
+
+def seed_option(source, what: str = "Random seed (weights, data order, augmentation, noise).", name="seed"):
+    return config_option(source, name, "--" + name.replace("_", "-"), type=SEED, help=what)
+
+
+def runtime_options(source):
+    """--device, --precision, --seed, with ``source``'s defaults (a config class or library function)."""
+    return stack(device_option(source), precision_option(source), seed_option(source))
+
+
+def weights_option(f):
+    return click.option("--weights", type=click.Path(path_type=Path), metavar="FILE",
+                        help="Pretrained backbone weights file (skips the lookup: see 'styleforge weights').")(f)
+
+
+def quiet_option(f):
+    return click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines (errors still print).")(f)
+
+
+def style_loss_options(source):
+    """--style-strength, --content-weight, --style-weight, --tv-weight, --content-layers, --style-layers:
+    the perceptual loss of ``stylize`` and ``fast train``, defaults from ``source`` (a config class)."""
+    from ..perceptual import DEFAULT_STYLE_STRENGTH, STYLE_STRENGTH_HELP  # imports torch
+
+    opts = [
+        click.option("--style-strength", type=FRACTION, show_default=f"{DEFAULT_STYLE_STRENGTH:g}",
+                     help=STYLE_STRENGTH_HELP),
+        click.option("--content-weight", type=NON_NEGATIVE, help="Content weight (instead of --style-strength)."),
+        click.option("--style-weight", type=NON_NEGATIVE, help="Style weight (instead of --style-strength)."),
+        config_option(source, "tv_weight", "--tv-weight", type=NON_NEGATIVE, help="Total-variation weight."),
+        config_option(source, "content_layers", "--content-layers", metavar="NAME[:WEIGHT],...",
+                      help="Content layers of VGG, each with an optional weight."),
+        config_option(source, "style_layers", "--style-layers", metavar="NAME[:WEIGHT],...",
+                      help="Style layers of VGG, each with an optional weight."),
+    ]
+    return stack(*opts)
+
+
+def training_run_options(source, checkpoint: str):
+    """--workers, --checkpoint-steps, --resume, --stop-at, --fp32-model of the fast-style trainers;
+    ``checkpoint`` names the file --resume reads."""
+    opts = [
+        click.option("--workers", type=NON_NEGATIVE_INT, show_default="1 on CPU, 2 on GPU",
+                     help="Data-loading processes."),
+        config_option(source, "checkpoint_every", "--checkpoint-steps", type=COUNT,
+                      metavar="STEPS", old=("--checkpoint-every",),
+                      help="Write the checkpoint every this many steps (and at the end)."),
+        click.option("--resume", is_flag=True,
+                     help=f"Continue the interrupted run from its checkpoint. Here {checkpoint}."),
+        click.option("--stop-at", type=COUNT, metavar="STEP",
+                     help="Stop after this step, leaving the checkpoint to --resume (splits a run)."),
+        click.option("--fp32-model", is_flag=True, help="Store the trained weights in float32 instead of float16."),
+    ]
+    return stack(*opts)

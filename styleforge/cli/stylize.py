@@ -9,18 +9,23 @@ import click
 from ..errors import StyleforgeError
 from ..guard import Terminated, check_not_inputs
 from ..io import check_writable, image_format, save_image, save_json
-from ..perceptual import STYLE_STRENGTH_HELP
-from ..transfer import DEFAULT_STYLE_STRENGTH, Progress, StylizeConfig, stylize
+from ..transfer import DEFAULT_LR, DEFAULT_STEPS, OPTIMIZERS, Progress, StylizeConfig, stylize
 from .options import (
+    BLEND_HELP,
     COUNT,
-    FRACTION,
     NON_NEGATIVE,
     NON_NEGATIVE_INT,
+    ORIGINAL_COLORS_HELP,
     POSITIVE,
+    SIZE_HELP,
+    CommaList,
+    config_option,
     main_group,
     parse_layer_weights,
-    parse_numbers,
+    quiet_option,
     runtime_options,
+    style_loss_options,
+    weights_option,
 )
 from .progress import Bar
 
@@ -68,42 +73,43 @@ def partial_path(output: Path, inputs: list[Path]) -> Path:
 @main_group.command("stylize")
 @click.argument("content", type=click.Path(path_type=Path))
 @click.argument("styles", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Output image (.png/.jpg). Default: CONTENT-STYLE.png here.")
-@click.option("--size", type=COUNT, default=512, show_default=True, help="Long side of the output, px.")
-@click.option("--style-strength", type=FRACTION,
-              help=f"{STYLE_STRENGTH_HELP} Default {DEFAULT_STYLE_STRENGTH}.")
-@click.option("--content-weight", type=NON_NEGATIVE, help="Content weight (instead of --style-strength).")
-@click.option("--style-weight", type=NON_NEGATIVE, help="Style weight (instead of --style-strength).")
-@click.option("--tv-weight", type=NON_NEGATIVE, default=1.0, show_default=True, help="Total-variation weight.")
-@click.option("--content-layers", default="relu4_2", show_default=True,
-              help="Content layers, NAME[:WEIGHT],...")
-@click.option("--style-layers", default="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1", show_default=True,
-              help="Style layers, NAME[:WEIGHT],...")
-@click.option("--style-blend", help="Weights of the style images, e.g. 0.7,0.3 (default: equal).")
-@click.option("--style-scale", type=POSITIVE, default=1.0, show_default=True,
-              help="Style image size relative to the output size.")
-@click.option("--init", default="content", show_default=True, help="content, noise or an image FILE.")
-@click.option("--optimizer", type=click.Choice(["lbfgs", "adam"]), default="lbfgs", show_default=True)
-@click.option("--steps", help="Iterations per scale: N, or one value per scale (default 60,200 for lbfgs).")
-@click.option("--pyramid-levels", type=NON_NEGATIVE_INT, default=4, show_default=True,
-              help="Optimize the image as a pyramid of this many coarser layers plus pixels (0: pixels only).")
-@click.option("--lr", type=POSITIVE, help="Learning rate (default: 1 for lbfgs, 0.02 for adam).")
-@click.option("--scales", help="Long sides of the coarse-to-fine scales, e.g. 128,256,512.")
-@click.option("--multiscale/--no-multiscale", default=True, show_default=True,
-              help="Optimize coarse to fine (default: half size, then full size).")
-@click.option("--original-colors", is_flag=True, help="Keep the content's colours (luminance-only transfer).")
-@click.option("--pooling", type=click.Choice(["max", "avg"]), default="max", show_default=True)
-@click.option("--arch", type=click.Choice(["vgg19", "vgg16"]), default="vgg19", show_default=True)
-@click.option("--weights", type=click.Path(path_type=Path), help="Backbone weights file (skips the lookup).")
-@runtime_options
-@click.option("--save-every", type=NON_NEGATIVE_INT, default=0, help="Also write the image every N steps.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), show_default="CONTENT-STYLE.png here",
+              help="Output image (.png/.jpg).")
+@config_option(StylizeConfig, "size", "--size", type=COUNT, metavar="PX", help=SIZE_HELP)
+@style_loss_options(StylizeConfig)
+@click.option("--style-blend", type=CommaList(NON_NEGATIVE), metavar="W,W,...", show_default="equal",
+              help=BLEND_HELP)
+@config_option(StylizeConfig, "style_scale", "--style-scale", type=POSITIVE,
+               help="Style image size relative to the output size.")
+@config_option(StylizeConfig, "init", "--init", metavar="content|noise|FILE",
+               help="The starting image: the content, noise or an image file.")
+@config_option(StylizeConfig, "optimizer", "--optimizer", type=click.Choice(OPTIMIZERS), help="Optimizer.")
+@click.option("--steps", type=CommaList(NON_NEGATIVE_INT), metavar="STEPS",
+              show_default=", ".join(f"{','.join(map(str, v))} for {k}" for k, v in DEFAULT_STEPS.items()),
+              help="Optimizer steps. Here per scale: N for every scale, or one value per scale.")
+@config_option(StylizeConfig, "pyramid_levels", "--pyramid-levels", type=NON_NEGATIVE_INT,
+               help="Optimize the image as a pyramid of this many coarser layers plus pixels (0: pixels only).")
+@click.option("--lr", type=POSITIVE, show_default=", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()),
+              help="Learning rate.")
+@click.option("--scales", type=CommaList(COUNT), metavar="PX,PX,...", show_default="half size, then --size",
+              help="Long sides of the coarse-to-fine scales, e.g. 128,256,512.")
+@config_option(StylizeConfig, "multiscale", "--multiscale/--no-multiscale",
+               help="Optimize coarse to fine (off: at --size only).")
+@click.option("--original-colors", is_flag=True, help=ORIGINAL_COLORS_HELP)
+@config_option(StylizeConfig, "pooling", "--pooling", type=click.Choice(["max", "avg"]),
+               help="Pooling layers of VGG.")
+@config_option(StylizeConfig, "backbone", "--backbone", type=click.Choice(["vgg19", "vgg16"]), old=("--arch",),
+               help="The pretrained network whose features define the loss.")
+@weights_option
+@runtime_options(StylizeConfig)
+@click.option("--save-every", type=NON_NEGATIVE_INT, metavar="STEPS", default=0,
+              help="Also write the image every this many steps (0: never).")
 @click.option("--log", "log_path", type=click.Path(path_type=Path),
               help="Write a JSON record (configuration and loss history).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@quiet_option
 def stylize_cmd(content, styles, output, size, style_strength, content_weight, style_weight, tv_weight,
                 content_layers, style_layers, style_blend, style_scale, init, optimizer, steps, pyramid_levels, lr,
-                scales, multiscale, original_colors, pooling, arch, weights, device, precision, seed,
+                scales, multiscale, original_colors, pooling, backbone, weights, device, precision, seed,
                 save_every, log_path, quiet):
     """Stylize CONTENT with one or more STYLE images (Gatys et al.)."""
     output = output or Path(f"{content.stem}-{styles[0].stem}.png")
@@ -116,17 +122,13 @@ def stylize_cmd(content, styles, output, size, style_strength, content_weight, s
               **({"the --weights file": weights} if weights else {}),
               **({"the --init image": init} if init not in ("content", "noise") else {})}
     check_not_inputs(named, inputs)
-    step_list = parse_numbers(steps, "--steps", int, NON_NEGATIVE_INT)
     cfg = StylizeConfig(
         size=size, style_strength=style_strength, content_weight=content_weight, style_weight=style_weight,
         tv_weight=tv_weight, content_layers=parse_layer_weights(content_layers, "--content-layers"),
-        style_layers=parse_layer_weights(style_layers, "--style-layers"),
-        style_blend=parse_numbers(style_blend, "--style-blend", float, NON_NEGATIVE), style_scale=style_scale,
-        init=init,
-        optimizer=optimizer, steps=step_list[0] if step_list and len(step_list) == 1 else step_list, lr=lr,
-        pyramid_levels=pyramid_levels,
-        multiscale=multiscale, scales=parse_numbers(scales, "--scales", int, COUNT), original_colors=original_colors,
-        pooling=pooling, arch=arch, weights=str(weights) if weights else None, device=device,
+        style_layers=parse_layer_weights(style_layers, "--style-layers"), style_blend=style_blend,
+        style_scale=style_scale, init=init, optimizer=optimizer, steps=steps[0] if steps and len(steps) == 1 else steps,
+        lr=lr, pyramid_levels=pyramid_levels, multiscale=multiscale, scales=scales, original_colors=original_colors,
+        pooling=pooling, backbone=backbone, weights=str(weights) if weights else None, device=device,
         precision=precision, seed=seed)
     bars = _Bars(quiet, save_every, output, [Path(p) for p in inputs.values()])
     try:

@@ -6,9 +6,20 @@ from pathlib import Path
 
 import click
 
-from ..errors import StyleforgeError
-from .classify import parse_shape
-from .options import COUNT, NON_NEGATIVE_INT, main_group, parse_numbers
+from ..classify.visualize import DEFAULT_SHAPE, PRETRAINED_SHAPE, activations_figure, filters_figure, load_model
+from .classify import INPUT_HELP, as_text_shape, num_classes_option, parse_shape
+from .options import (
+    COUNT,
+    NON_NEGATIVE_INT,
+    CommaList,
+    config_option,
+    device_option,
+    main_group,
+    option,
+    quiet_option,
+    stack,
+    weights_option,
+)
 
 
 @main_group.group("visualize")
@@ -17,77 +28,75 @@ def visualize_group() -> None:
 
 
 def _model_args(f):
-    opts = [
+    return stack(
         click.argument("model_or_checkpoint"),
-        click.option("--input", "input_shape", help="Input shape CxHxW for a model name (default 3x224x224 for "
-                     "pretrained models, 3x32x32 otherwise; a checkpoint knows its own)."),
-        click.option("--classes", "num_classes", type=COUNT, default=10, show_default=True,
-                     help="Number of classes (model names only; the head is not shown)."),
-        click.option("--weights", type=click.Path(path_type=Path), help="Backbone weights file (vgg19, resnet18)."),
+        click.option("--input", "input_shape", metavar="CxHxW", help=INPUT_HELP,
+                     show_default=f"{as_text_shape(PRETRAINED_SHAPE)} for pretrained models, "
+                                  f"{as_text_shape(DEFAULT_SHAPE)} otherwise"),
+        num_classes_option(load_model),
+        weights_option,
         click.option("--random-init", is_flag=True, help="Random weights instead of ImageNet weights."),
-        click.option("--device", default="cpu", show_default=True),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+        device_option(filters_figure))(f)
 
 
 def _load(model_or_checkpoint, input_shape, num_classes, weights, random_init):
-    from ..classify.visualize import load_model
-
     shape = parse_shape(input_shape) if input_shape else None
     return load_model(model_or_checkpoint, shape, num_classes, pretrained=not random_init,
                       weights=str(weights) if weights else None)
 
 
-def _indices(text):
-    values = parse_numbers(text, "--indices", int, NON_NEGATIVE_INT)
-    if values is not None and not values:
-        raise StyleforgeError("--indices is empty")
-    return values
+LAYER_HELP = "A layer name (see 'styleforge visualize layers')."
+image_option = click.option("--image", required=True, type=click.Path(path_type=Path),
+                            help="The image the activations are computed on.")
+indices_option = click.option("--indices", type=CommaList(NON_NEGATIVE_INT), metavar="I,I,...",
+                              show_default="the first --count", help="Which ones to show, e.g. 14,26,32,49,52.")
+short_side_option = option("--short-side", type=COUNT, metavar="PX", old=("--size",),
+                           show_default="the model's input size",
+                           help="Resize the image's shorter side to this, keeping its shape.")
 
 
 @visualize_group.command("filters")
 @_model_args
-@click.option("--image", required=True, type=click.Path(path_type=Path), help="Image to compute activations on.")
-@click.option("--layer", default="conv1", show_default=True, help="A first conv layer (1 or 3 input channels).")
-@click.option("--indices", help="Filters to show, e.g. 14,26,32,49,52 (default: the first --count).")
-@click.option("--count", type=COUNT, default=8, show_default=True)
-@click.option("--size", type=COUNT, help="Resize the image's shorter side to SIZE, keeping its shape "
-                                      "(default: the model's input size).")
+@image_option
+@config_option(filters_figure, "layer", "--layer",
+               help=f"{LAYER_HELP} Here a first conv layer (1 or 3 input channels).")
+@indices_option
+@config_option(filters_figure, "count", "--count", type=COUNT, help="How many to show. Here filters.")
+@short_side_option
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
+@quiet_option
 def filters_cmd(model_or_checkpoint, input_shape, num_classes, weights, random_init, device, image, layer, indices,
-                count, size, output):
+                count, short_side, output, quiet):
     """Each chosen first-layer filter, as a picture, above its activation map on IMAGE."""
     from ..classify.report import check_figure_path, save_figure
-    from ..classify.visualize import filters_figure
 
     check_figure_path(output)
     loaded = _load(model_or_checkpoint, input_shape, num_classes, weights, random_init)
-    path = save_figure(filters_figure(loaded, image, layer, _indices(indices), count, size, device), output)
-    click.echo(f"wrote {path}")
+    path = save_figure(filters_figure(loaded, image, layer, indices, count, short_side, device), output)
+    if not quiet:
+        click.echo(f"wrote {path}")
 
 
 @visualize_group.command("activations")
 @_model_args
-@click.option("--image", required=True, type=click.Path(path_type=Path))
-@click.option("--layer", required=True, help="Any named layer (see 'styleforge visualize layers').")
-@click.option("--count", type=COUNT, default=10, show_default=True, help="Show the first COUNT channels.")
-@click.option("--indices", help="Channels to show instead of the first --count.")
-@click.option("--size", type=COUNT, help="Resize the image's shorter side to SIZE, keeping its shape "
-                                      "(default: the model's input size).")
+@image_option
+@click.option("--layer", required=True, help=f"{LAYER_HELP} Here any layer.")
+@config_option(activations_figure, "count", "--count", type=COUNT, help="How many to show. Here channels.")
+@indices_option
+@short_side_option
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
+@quiet_option
 def activations_cmd(model_or_checkpoint, input_shape, num_classes, weights, random_init, device, image, layer, count,
-                    indices, size, output):
+                    indices, short_side, output, quiet):
     """Activation maps of the first COUNT channels of a named layer on IMAGE."""
     from ..classify.report import check_figure_path, save_figure
-    from ..classify.visualize import activations_figure
 
     check_figure_path(output)
     loaded = _load(model_or_checkpoint, input_shape, num_classes, weights, random_init)
-    fig, shape = activations_figure(loaded, image, layer, count, _indices(indices), size, device)
+    fig, shape = activations_figure(loaded, image, layer, count, indices, short_side, device)
     path = save_figure(fig, output)
-    click.echo(f"wrote {path} ({layer} output {'x'.join(map(str, shape))})")
+    if not quiet:
+        click.echo(f"wrote {path} ({layer} output {'x'.join(map(str, shape))})")
 
 
 @visualize_group.command("layers")

@@ -16,7 +16,8 @@ from .options import main_group
               help="(Online) fetch torchvision's weights and save a local file the lookup finds "
                    "(VGG: the conv trunk alone, as ARCH-torchvision-features.pth).")
 @click.option("--to", "folder", type=click.Path(path_type=Path), default=None,
-              help="Folder to save into (default: the first of $STYLEFORGE_WEIGHTS, else the project's weights/).")
+              show_default="the first of $STYLEFORGE_WEIGHTS, else the project's weights/",
+              help="Folder to save the --download into.")
 def weights_cmd(download: str | None, folder: Path | None) -> None:
     """List the weights files the lookup finds, in order, and verify their sha256."""
     if download:

@@ -65,6 +65,28 @@ class DecoderTrainConfig:
     stop_at: int | None = None
     resume: bool = False
     half: bool = True
+    overwrite: bool = False              # replace the decoders and checkpoint already in ``output``
+
+    def validate(self) -> list[str]:
+        """One-line errors for settings no run can use; returns the levels, shallow to deep."""
+        if not self.levels:
+            raise StyleforgeError("--levels: give at least one level")
+        levels = sorted(dict.fromkeys(self.levels), key=level_index)
+        guard.check_numbers(
+            [("--crop-size", self.image_size, guard.COUNT), ("--batch-size", self.batch_size, guard.COUNT),
+             ("--steps", self.steps, guard.COUNT), ("--checkpoint-steps", self.checkpoint_every, guard.COUNT),
+             ("--lr", self.lr, guard.POSITIVE), ("--width", self.width, guard.POSITIVE),
+             ("--feature-weight", self.feature_weight, guard.NON_NEGATIVE), ("--seed", self.seed, guard.SEED),
+             ("--workers", self.workers, guard.NON_NEGATIVE), ("--stop-at", self.stop_at, guard.COUNT)])
+        stride = 2 ** (level_index(levels[-1]) - 1)
+        if self.image_size % stride or self.image_size < 2 * stride:
+            raise StyleforgeError(f"--crop-size {self.image_size} must be a multiple of {stride} and at least "
+                                  f"{2 * stride} for {levels[-1]}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise StyleforgeError(f"unknown --lr-schedule {self.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
+        if self.overwrite and self.resume:
+            raise StyleforgeError("--overwrite and --resume exclude each other")
+        return levels
 
 
 @dataclass
@@ -84,26 +106,6 @@ class DecoderTrainResult:
 
 
 _RESUME_KEYS = ("levels", "width", "image_size", "lr", "lr_schedule", "feature_weight", "seed")
-
-
-def _check(cfg: DecoderTrainConfig) -> list[str]:
-    if not cfg.levels:
-        raise StyleforgeError("--levels: give at least one level")
-    levels = sorted(dict.fromkeys(cfg.levels), key=level_index)
-    for name in ("image_size", "batch_size", "steps", "checkpoint_every"):
-        if getattr(cfg, name) < 1:
-            raise StyleforgeError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
-    stride = 2 ** (level_index(levels[-1]) - 1)
-    if cfg.image_size % stride or cfg.image_size < 2 * stride:
-        raise StyleforgeError(f"--image-size {cfg.image_size} must be a multiple of {stride} and at least "
-                              f"{2 * stride} for {levels[-1]}")
-    if not cfg.lr > 0 or not cfg.width > 0 or cfg.feature_weight < 0:
-        raise StyleforgeError("--lr and --width must be positive and --feature-weight not negative")
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise StyleforgeError(f"unknown --lr-schedule {cfg.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
-    if cfg.stop_at is not None and cfg.stop_at < 1:
-        raise StyleforgeError(f"--stop-at must be a positive step, got {cfg.stop_at}")
-    return levels
 
 
 class Reconstruction(nn.Module):
@@ -150,11 +152,11 @@ def _load_resume(cfg: DecoderTrainConfig, ckpt: Path, config_record: dict) -> di
 def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress], None] | None = None,
                    encoder: VGGFeatures | None = None) -> DecoderTrainResult:
     """Train one decoder per level; writes ``decoder-<level>.pth`` files, a checkpoint and the loss CSV."""
-    levels = _check(cfg)
+    levels = cfg.validate()
     ctx = distributed.setup()
     out_dir = Path(cfg.output)
     if ctx.is_main:
-        _prepare_output(out_dir, levels)
+        _prepare_output(out_dir, levels, replace=cfg.resume or cfg.overwrite)
     folders = resolved(cfg.data)  # absolute: resume compares the photos, however the paths are written
     files = photo_files(folders)[0]
     global_batch = cfg.batch_size * ctx.world_size
@@ -201,12 +203,17 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
     return DecoderTrainResult(paths, run.history, seconds)
 
 
-def _prepare_output(out_dir: Path, levels: list[str]) -> None:
+def _prepare_output(out_dir: Path, levels: list[str], replace: bool) -> None:
+    """The output folder, made; an earlier run's files there are refused unless ``replace``."""
     if out_dir.exists() and not out_dir.is_dir():
         raise StyleforgeError(f"-o {out_dir} is a file: give a folder for the decoders")
     out_dir.mkdir(parents=True, exist_ok=True)
     for p in [out_dir / decoder_name(lv) for lv in levels] + [out_dir / CHECKPOINT_NAME]:
         check_writable(p)
+        if p.exists() and not replace:
+            raise StyleforgeError(f"{p} is already there (an earlier run's): use --overwrite to replace it"
+                                  + (", --resume to continue it" if p.name == CHECKPOINT_NAME else "")
+                                  + ", or another -o")
 
 
 def _start(cfg: DecoderTrainConfig, ctx: distributed.Dist, rt: Runtime, levels: list[str], record: dict) -> StepRun:

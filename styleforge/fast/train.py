@@ -44,7 +44,6 @@ DEFAULT_CONTENT_LAYERS: dict[str, float] = {"relu2_2": 1.0}
 # of each VGG19 block, as Gatys et al. and `stylize` use. Stopping at relu4_1 needs 13% fewer
 # multiply-adds per training image than VGG16 to relu4_3.
 DEFAULT_STYLE_LAYERS: dict[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 5)}
-DEFAULT_STYLE_STRENGTH = 0.5
 DEFAULT_STEPS = 4000
 @dataclass
 class FastTrainConfig:
@@ -82,7 +81,27 @@ class FastTrainConfig:
     overwrite: bool = False             # replace an existing model (and its checkpoint)
 
     def weights_pair(self) -> tuple[float, float]:
-        return loss_weights(self.style_strength, self.content_weight, self.style_weight, DEFAULT_STYLE_STRENGTH)
+        return loss_weights(self.style_strength, self.content_weight, self.style_weight)
+
+    def validate(self) -> None:
+        """One-line errors for settings no run can use (the data and the style image are checked later)."""
+        guard.check_numbers(
+            [("--lr", self.lr, guard.POSITIVE), ("--epochs", self.epochs, guard.POSITIVE),
+             ("--seed", self.seed, guard.SEED), ("--tv-weight", self.tv_weight, guard.NON_NEGATIVE),
+             ("--workers", self.workers, guard.NON_NEGATIVE), ("--crop-size", self.image_size, guard.COUNT),
+             ("--style-size", self.style_size, guard.COUNT), ("--batch-size", self.batch_size, guard.COUNT),
+             ("--checkpoint-steps", self.checkpoint_every, guard.COUNT), ("--steps", self.steps, guard.COUNT),
+             ("--stop-at", self.stop_at, guard.COUNT)])
+        if self.arch not in ARCHS:
+            raise StyleforgeError(f"unknown --network {self.arch!r}: use one of {', '.join(ARCHS)}")
+        if self.image_size % 4:
+            raise StyleforgeError(f"--crop-size must be a multiple of 4, got {self.image_size}")
+        if self.overwrite and self.resume:
+            raise StyleforgeError("--overwrite and --resume exclude each other")
+        if self.steps is not None and self.epochs is not None:
+            raise StyleforgeError("give --steps or --epochs, not both")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise StyleforgeError(f"unknown --lr-schedule {self.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
 
 
 @dataclass
@@ -117,37 +136,12 @@ _RESUME_MAY_CHANGE = ("output", "steps", "epochs", "device", "precision", "worke
 # (batch_size is compared as the global batch; steps must stay the same under a decaying schedule.)
 
 
-def _check(cfg: FastTrainConfig) -> None:
-    guard.check_numbers(
-        [("--lr", cfg.lr, guard.POSITIVE), ("--epochs", cfg.epochs, guard.POSITIVE), ("--seed", cfg.seed, guard.SEED),
-         ("--tv-weight", cfg.tv_weight, guard.NON_NEGATIVE), ("--workers", cfg.workers, guard.NON_NEGATIVE)])
-    if cfg.arch not in ARCHS:
-        raise StyleforgeError(f"unknown --arch {cfg.arch!r}: use one of {', '.join(ARCHS)}")
-    for name in ("image_size", "style_size", "batch_size", "checkpoint_every"):
-        if getattr(cfg, name) < 1:
-            raise StyleforgeError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
-    if cfg.image_size % 4:
-        raise StyleforgeError(f"--image-size must be a multiple of 4, got {cfg.image_size}")
-    if cfg.overwrite and cfg.resume:
-        raise StyleforgeError("--overwrite and --resume exclude each other")
-    if cfg.steps is not None and cfg.epochs is not None:
-        raise StyleforgeError("give --steps or --epochs, not both")
-    if (cfg.steps is not None and cfg.steps < 1) or (cfg.epochs is not None and cfg.epochs <= 0):
-        raise StyleforgeError("--steps / --epochs must be positive")
-    if cfg.stop_at is not None and cfg.stop_at < 1:
-        raise StyleforgeError(f"--stop-at must be a positive step, got {cfg.stop_at}")
-    if not cfg.lr > 0:
-        raise StyleforgeError(f"--lr must be positive, got {cfg.lr}")
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise StyleforgeError(f"unknown --lr-schedule {cfg.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
-
-
 def _check_min_size(cfg: FastTrainConfig, style: torch.Tensor, extractor: VGGFeatures) -> None:
     """The loss network's deepest layer needs a few pixels (as ``stylize`` checks)."""
     need = extractor.min_size
     if cfg.image_size < need:
-        raise StyleforgeError(f"--image-size {cfg.image_size} is too small for the loss layers (they need at least "
-                              f"{need} px): use --image-size {max(need, 4)} or more")
+        raise StyleforgeError(f"--crop-size {cfg.image_size} is too small for the loss layers (they need at least "
+                              f"{need} px): use --crop-size {max(need, 4)} or more")
     h, w = style.shape[-2:]
     if min(h, w) < need:
         raise StyleforgeError(f"the style image is {w}x{h} px at --style-size {cfg.style_size}, too small for the "
@@ -163,8 +157,8 @@ def _check_data(cfg: FastTrainConfig, files: list[Path], global_batch: int) -> N
             largest = max(largest, min(img.size))
         if largest >= cfg.image_size:
             return
-    raise StyleforgeError(f"--image-size {cfg.image_size} is larger than every photo in --data (the largest short "
-                          f"side is {largest} px): use --image-size {largest // 4 * 4} or less, or larger photos")
+    raise StyleforgeError(f"--crop-size {cfg.image_size} is larger than every photo in --data (the largest short "
+                          f"side is {largest} px): use --crop-size {largest // 4 * 4} or less, or larger photos")
 
 
 def _load_resume(cfg: FastTrainConfig, ckpt: Path, steps: int) -> dict:
@@ -211,7 +205,7 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
 
     The output is locked while it runs: a second run onto the same model stops at once.
     """
-    _check(cfg)
+    cfg.validate()
     ctx = distributed.setup()
     if not ctx.is_main:
         return _train_style(cfg, callback, extractor)
@@ -276,8 +270,8 @@ def _style_image(cfg: FastTrainConfig, style_src: Image.Image, rt: Runtime) -> t
     per_pixel = 2 * guard.VGG_BYTES_PER_PIXEL + guard.transformer_bytes_per_pixel(ARCHS[cfg.arch].channels[0])
     guard.check_memory(cfg.batch_size * cfg.image_size ** 2 * per_pixel
                        + guard.scaled_pixels(style_src.size, cfg.style_size) * guard.VGG_BYTES_PER_PIXEL,
-                       f"training at --image-size {cfg.image_size}, --batch-size {cfg.batch_size}, --style-size "
-                       f"{cfg.style_size}", "use a smaller --image-size, --batch-size or --style-size", rt.device)
+                       f"training at --crop-size {cfg.image_size}, --batch-size {cfg.batch_size}, --style-size "
+                       f"{cfg.style_size}", "use a smaller --crop-size, --batch-size or --style-size", rt.device)
     return pil_to_tensor(resize_long_side(style_src, cfg.style_size))
 
 

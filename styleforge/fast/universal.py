@@ -336,13 +336,18 @@ class AnyStyle:
     method: str = "wct"
     weights: str | os.PathLike | None = None  # VGG19 weights file (default: the lookup)
 
+    def validate(self) -> None:
+        """One-line errors for settings no styler can use (the images and decoders are checked when read;
+        --method and --strength by :class:`UniversalStyler`, which also serves callers without an AnyStyle)."""
+        if self.style_size < 1:
+            raise StyleforgeError(f"--style-size must be positive, got {self.style_size}")
+        for lv in self.levels or ():
+            level_index(lv)
+
 
 def build_styler(cfg: AnyStyle) -> UniversalStyler:
     """A :class:`UniversalStyler` from style image files, decoder files and the VGG19 weights lookup."""
-    if cfg.style_size < 1:
-        raise StyleforgeError(f"--style-size must be positive, got {cfg.style_size}")
-    for lv in cfg.levels or ():
-        level_index(lv)
+    cfg.validate()
     paths = find_decoders(cfg.decoders, cfg.levels)
     styles = [pil_to_tensor(resize_long_side(open_rgb(p), cfg.style_size)) for p in cfg.style_images]
     encoder = VGGFeatures(list(paths), weights=cfg.weights)
