@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from common import record, require_shared, table  # noqa: E402
 
 from styleforge.classify.train import TrainConfig, TrainEvent, fit  # noqa: E402
-from styleforge.device import resolve_device  # noqa: E402
+from styleforge.runtime.device import resolve_device  # noqa: E402
 
 # The transfer recipe (chosen with linear/MLP probes on 3,000/10,000-image subsets; see the
 # README for how it was checked): 64 px input, VGG19 features up to relu4_4 (8x8x512 at
@@ -161,7 +161,7 @@ def _uncached_epoch_seconds(run_dir: str, n_train: int, batch_size: int, batches
     from styleforge.classify.checkpoint import load_checkpoint, model_from_checkpoint
     from styleforge.classify.data import DataSpec, load_splits
     from styleforge.classify.train import _train_mode, make_optimizer, prepare_batch
-    from styleforge.device import runtime
+    from styleforge.runtime.device import runtime
 
     ckpt = load_checkpoint(run_dir)
     cfg = ckpt["config"]

@@ -18,9 +18,9 @@ import torch
 from common import record, require_shared, table
 
 from styleforge.backbone import VGGFeatures
-from styleforge.fast.universal import find_decoders, load_decoder
-from styleforge.io import load_image, save_image
-from styleforge.losses import image_content_loss
+from styleforge.runtime.io import load_image, save_image
+from styleforge.style.fast.universal import find_decoders, load_decoder
+from styleforge.style.losses import image_content_loss
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

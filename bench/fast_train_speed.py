@@ -39,12 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import record, require_shared, table  # noqa: E402
 
 from styleforge.backbone import VGGFeatures, build_vgg_features  # noqa: E402
-from styleforge.device import runtime  # noqa: E402
-from styleforge.fast.data import list_images  # noqa: E402
-from styleforge.fast.model import TransformerNet  # noqa: E402
-from styleforge.fast.train import FastTrainConfig  # noqa: E402
-from styleforge.io import open_rgb, pil_to_tensor, resize_long_side  # noqa: E402
-from styleforge.perceptual import STYLE_GAIN, PerceptualLoss  # noqa: E402
+from styleforge.runtime.device import runtime  # noqa: E402
+from styleforge.runtime.io import open_rgb, pil_to_tensor, resize_long_side  # noqa: E402
+from styleforge.style.fast.data import list_images  # noqa: E402
+from styleforge.style.fast.model import TransformerNet  # noqa: E402
+from styleforge.style.fast.train import FastTrainConfig  # noqa: E402
+from styleforge.style.perceptual import STYLE_GAIN, PerceptualLoss  # noqa: E402
 
 SIZE, BATCH = 256, 4
 CONTENT_W, STYLE_W, TV_W = 0.5, 0.5 * STYLE_GAIN, 1.0

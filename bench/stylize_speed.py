@@ -23,10 +23,10 @@ import torch
 from common import record, require_shared, table
 
 from styleforge.backbone import VGGFeatures
-from styleforge.device import Runtime
-from styleforge.io import load_image
-from styleforge.perceptual import PerceptualLoss
-from styleforge.transfer import StylizeConfig, stylize
+from styleforge.runtime.device import Runtime
+from styleforge.runtime.io import load_image
+from styleforge.style.gatys import StylizeConfig, stylize
+from styleforge.style.perceptual import PerceptualLoss
 
 
 def objective_at(extractor, content_path, style_path, size, cfg: StylizeConfig, rt: Runtime) -> PerceptualLoss:

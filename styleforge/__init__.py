@@ -13,17 +13,17 @@ __version__ = "0.1.0"  # the one place it is written: pyproject.toml reads it
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "StyleforgeError": "errors",
-    "Progress": "transfer",
-    "StylizeConfig": "transfer",
-    "StylizeResult": "transfer",
-    "stylize": "transfer",
+    "StyleforgeError": "runtime.errors",
+    "Progress": "style.gatys",
+    "StylizeConfig": "style.gatys",
+    "StylizeResult": "style.gatys",
+    "stylize": "style.gatys",
 }
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:
-    from .errors import StyleforgeError  # noqa: F401  (for type checkers: the names __getattr__ serves)
-    from .transfer import Progress, StylizeConfig, StylizeResult, stylize  # noqa: F401
+    from .runtime.errors import StyleforgeError  # noqa: F401  (for type checkers: the names __getattr__ serves)
+    from .style.gatys import Progress, StylizeConfig, StylizeResult, stylize  # noqa: F401
 
 
 def __getattr__(name: str):

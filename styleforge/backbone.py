@@ -30,8 +30,8 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from .errors import StyleforgeError, first_line
-from .io import load_torch
+from .runtime.errors import StyleforgeError, first_line
+from .runtime.io import load_torch
 
 WEIGHTS_ENV = "STYLEFORGE_WEIGHTS"
 PROJECT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -253,7 +253,7 @@ def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], arch: str
 
 def save_features_file(arch: str, out: str | os.PathLike) -> Path:
     """Download torchvision's weights and save the VGG conv trunk alone (80 MB for VGG19)."""
-    from .io import save_torch
+    from .runtime.io import save_torch
 
     if arch not in _VGG_CFG:
         raise StyleforgeError(f"features-only files exist for vgg19 and vgg16, not {arch}")

@@ -7,7 +7,7 @@ from conftest import synthetic_image
 
 from styleforge import backbone
 from styleforge.backbone import ResNet18Trunk, VGGFeatures, vgg_layer_names
-from styleforge.errors import StyleforgeError
+from styleforge.runtime.errors import StyleforgeError
 
 
 def test_layer_names_follow_torchvision_indices():
@@ -111,9 +111,9 @@ def test_real_vgg19_loads_strictly_with_known_statistics(real_weights):
 def test_loss_weights_mean_the_same_for_a_rescaled_backbone(random_vgg19_file):
     """Scaling every conv layer (as the Caffe VGG19 differs from torchvision's) leaves the
     style-transfer objective unchanged: the defaults work for both weight sources."""
-    from styleforge.device import Runtime
-    from styleforge.perceptual import PerceptualLoss
-    from styleforge.transfer import DEFAULT_STYLE_LAYERS
+    from styleforge.runtime.device import Runtime
+    from styleforge.style.gatys import DEFAULT_STYLE_LAYERS
+    from styleforge.style.perceptual import PerceptualLoss
 
     layers = ["relu4_2", *DEFAULT_STYLE_LAYERS]
     state = torch.load(random_vgg19_file)
@@ -170,7 +170,7 @@ def test_int8_copy_needs_calibration_data():
 
 
 def test_int8_vgg19_features_of_real_photos_match_fp32(real_weights, shared):
-    from styleforge.io import open_rgb, pil_to_tensor, resize_long_side
+    from styleforge.runtime.io import open_rgb, pil_to_tensor, resize_long_side
 
     photos = sorted((shared / "data" / "bsds500" / "val").glob("*.jpg"))[:12]
     x = torch.cat([pil_to_tensor(resize_long_side(open_rgb(p), 64))[..., :40, :40] for p in photos])
@@ -213,7 +213,7 @@ def test_offline_resnet18_message_names_a_file_the_lookup_checks(tmp_path, monke
 
 
 def test_weights_folders_are_one_list_for_backbones_and_style_models(tmp_path, monkeypatch):
-    from styleforge.fast.model import available_models
+    from styleforge.style.fast.model import available_models
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()

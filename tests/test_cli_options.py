@@ -17,10 +17,10 @@ from styleforge.classify.train import TrainConfig
 from styleforge.cli import main_group
 from styleforge.cli.options import as_text, default_of, option
 from styleforge.cli.optiontable import END, START, commands, markdown, rows
-from styleforge.errors import StyleforgeError
-from styleforge.fast import FastTrainConfig
-from styleforge.fast.decoder_train import DecoderTrainConfig, train_decoders
-from styleforge.transfer import StylizeConfig
+from styleforge.runtime.errors import StyleforgeError
+from styleforge.style.fast import FastTrainConfig
+from styleforge.style.fast.decoder_train import DecoderTrainConfig, train_decoders
+from styleforge.style.gatys import StylizeConfig
 
 NONE = (None, getattr(click.core, "UNSET", None))  # no default (Click 8.3+ says UNSET)
 README = Path(__file__).resolve().parent.parent / "README.md"

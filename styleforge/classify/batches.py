@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed
-from ..device import Runtime
+from ..runtime import distributed
+from ..runtime.device import Runtime
 from .data import DataSpec, Splits, load_splits
 from .recipe import classification_loss
 

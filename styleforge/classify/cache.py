@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..backbone import int8_copy
-from ..device import Runtime
+from ..runtime.device import Runtime
 from .models import Classifier
 
 CALIBRATION_IMAGES = 256

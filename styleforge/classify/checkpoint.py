@@ -15,9 +15,9 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import StyleforgeError, first_line
-from ..guard import check_state_dict, require_keys
-from ..io import load_torch, save_torch
+from ..runtime.errors import StyleforgeError, first_line
+from ..runtime.guard import check_state_dict, require_keys
+from ..runtime.io import load_torch, save_torch
 from .models import Classifier, build_model
 
 FORMAT = "styleforge-classifier/1"
@@ -41,7 +41,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module | Mapping[st
                     meta: Mapping[str, Any], **extra: Any) -> Path:
     """Write ``{format, meta..., state_dict, extra...}`` atomically (tensors on CPU).
     ``model`` is a module (a DDP wrapper is unwrapped) or a state dict."""
-    from ..distributed import unwrap
+    from ..runtime.distributed import unwrap
 
     items = model.items() if isinstance(model, Mapping) else unwrap(model).state_dict().items()
     state = {k: v.detach().cpu() for k, v in items}

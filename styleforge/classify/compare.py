@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import StyleforgeError, first_line
-from ..io import check_writable
+from ..runtime.errors import StyleforgeError, first_line
+from ..runtime.io import check_writable
 from . import report
 
 COLUMNS = ["run", "model", "dataset", "activation", "params", "train_images", "epochs", "best_epoch", "train_loss",

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import StyleforgeError, first_line
-from ..io import IMAGE_SUFFIXES, header_size, load_torch, open_rgb, save_torch
+from ..runtime.errors import StyleforgeError, first_line
+from ..runtime.io import IMAGE_SUFFIXES, header_size, load_torch, open_rgb, save_torch
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
 DATA_ENV = "STYLEFORGE_DATA"

@@ -9,10 +9,10 @@ from typing import Any, Callable
 
 import torch
 
-from .. import distributed, guard
-from ..device import runtime
-from ..errors import StyleforgeError
-from ..io import check_output_folder, make_folder, save_json
+from ..runtime import distributed, guard
+from ..runtime.device import runtime
+from ..runtime.errors import StyleforgeError
+from ..runtime.io import check_output_folder, make_folder, save_json
 from . import report
 from .batches import Source, evaluate_source
 from .checkpoint import check_compatible, load_checkpoint, model_from_checkpoint

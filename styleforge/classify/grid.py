@@ -14,9 +14,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .. import guard, lock
-from ..errors import StyleforgeError
-from ..io import check_writable, make_folder, save_json
+from ..runtime import guard, lock
+from ..runtime.errors import StyleforgeError
+from ..runtime.io import check_writable, make_folder, save_json
 from . import report
 from .evaluate import EvalConfig, evaluate
 from .train import OWN_FILES, RUN_DIRS, TrainConfig, TrainEvent, fit

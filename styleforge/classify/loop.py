@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from .. import distributed
-from ..device import STREAM_GAP, Runtime, backward_step, derived_seed, set_lr
+from ..runtime import distributed
+from ..runtime.device import STREAM_GAP, Runtime, backward_step, derived_seed, set_lr
 from .batches import Source
 from .recipe import classification_loss
 

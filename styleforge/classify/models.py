@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import ResNet18Trunk, VGGFeatures, resnet18
-from ..errors import StyleforgeError, first_line
-from ..guard import check_model_options
+from ..runtime.errors import StyleforgeError, first_line
+from ..runtime.guard import check_model_options
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,

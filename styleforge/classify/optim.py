@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..errors import StyleforgeError
+from ..runtime.errors import StyleforgeError
 
 if TYPE_CHECKING:
     from .train import TrainConfig

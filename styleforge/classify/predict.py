@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..device import runtime
-from ..errors import StyleforgeError
-from ..io import open_rgb
+from ..runtime.device import runtime
+from ..runtime.errors import StyleforgeError
+from ..runtime.io import open_rgb
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import _fit_square
 from .models import Classifier

@@ -6,8 +6,8 @@ from typing import Sequence
 
 import torch
 
-from ..device import runtime
-from ..errors import StyleforgeError
+from ..runtime.device import runtime
+from ..runtime.errors import StyleforgeError
 from .batches import AUGMENTS, augment_batch, prepare_batch
 from .data import DataSpec, load_splits
 from .gallery import image_grid, pick_per_class

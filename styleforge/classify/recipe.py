@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import StyleforgeError
+from ..runtime.errors import StyleforgeError
 
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "schedule": "onecycle", "warmup": 0.2,

@@ -15,9 +15,9 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..errors import StyleforgeError
-from ..figures import new_figure, save_figure  # noqa: F401  (re-exported for the classify modules)
-from ..io import atomic_path, check_writable
+from ..runtime.errors import StyleforgeError
+from ..runtime.figures import new_figure, save_figure  # noqa: F401  (re-exported for the classify modules)
+from ..runtime.io import atomic_path, check_writable
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 TRACKED_METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",

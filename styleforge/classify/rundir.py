@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
-from .. import distributed, guard
-from ..errors import StyleforgeError
-from ..io import check_writable, make_folder, save_json
+from ..runtime import distributed, guard
+from ..runtime.errors import StyleforgeError
+from ..runtime.io import check_writable, make_folder, save_json
 from . import report
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .spec import short_name

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import StyleforgeError
+from ..runtime.errors import StyleforgeError
 
 EXAMPLE = "conv(32,k5,p2)-relu-maxpool(2)-flatten-fc(64)-relu-fc"
 LAYERS_HELP = """\

@@ -12,7 +12,7 @@ The phases, as in torchvision's reference scripts, each in its own place:
 - one epoch: :func:`~.loop.train_one_epoch`; the per-epoch evaluation and the final one: here;
 - the run directory: :mod:`.rundir` (:class:`~.rundir.RunState` is last.pt).
 
-The loop is written for ``torchrun`` from the start (``styleforge.distributed``): each
+The loop is written for ``torchrun`` from the start (``styleforge.runtime.distributed``): each
 process takes a :class:`~torch.utils.data.DistributedSampler` shard of every epoch, metrics
 are summed over processes, evaluation shards the data ``rank::world`` and sums counts and
 loss sums, so totals are exact whatever the world size; only rank 0 writes files and
@@ -32,10 +32,10 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from .. import distributed, guard, lock
-from ..device import Runtime, for_training, runtime, seed_everything
-from ..errors import StyleforgeError
-from ..io import make_folder, save_json
+from ..runtime import distributed, guard, lock
+from ..runtime.device import Runtime, for_training, runtime, seed_everything
+from ..runtime.errors import StyleforgeError
+from ..runtime.io import make_folder, save_json
 from . import report
 from .batches import AUGMENTS, Source, augment_batch, evaluate_source, load_data, prepare_batch
 from .cache import extract_features, extraction_trunk

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import guard
-from ..device import runtime
-from ..errors import StyleforgeError, first_line
-from ..io import load_image
+from ..runtime import guard
+from ..runtime.device import runtime
+from ..runtime.errors import StyleforgeError, first_line
+from ..runtime.io import load_image
 from . import report
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .models import MODELS, Classifier, ResNetTrunk, VGGTrunk, build_model

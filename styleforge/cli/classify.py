@@ -12,7 +12,6 @@ from pathlib import Path
 
 import click
 
-from .. import distributed
 from ..classify import MODELS
 from ..classify.data import DataSpec
 from ..classify.evaluate import SPLITS, EvalConfig, evaluate
@@ -25,8 +24,9 @@ from ..classify.spec import EXAMPLE as SPEC_EXAMPLE
 from ..classify.spec import LAYERS_HELP as SPEC_LAYERS
 from ..classify.summary import summary
 from ..classify.train import AUGMENTS, CACHE_MODES, DEFAULT_LR, OPTIMIZERS, SCHEDULES, TrainConfig
-from ..errors import StyleforgeError, first_line
-from ..guard import check_memory
+from ..runtime import distributed
+from ..runtime.errors import StyleforgeError, first_line
+from ..runtime.guard import check_memory
 from .options import (
     BATCH_HELP,
     COUNT,

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import click
 
-from ..errors import StyleforgeError
-from ..fast import ARCHS, FastTrainConfig, available_models, train_style
-from ..fast.apply import VIDEO_SUFFIXES, stylize_files
-from ..fast.decoder_train import CHECKPOINT_NAME, DecoderTrainConfig, train_decoders
-from ..fast.export import export_onnx
-from ..fast.model import MODEL_SUFFIX
-from ..fast.sheet import style_sheet
-from ..fast.train import DEFAULT_STEPS, LR_FLOOR, LR_SCHEDULES
-from ..fast.universal import METHODS, AnyStyle
-from ..io import IMAGE_SUFFIXES, check_writable, image_format, save_image
+from ..runtime.errors import StyleforgeError
+from ..runtime.io import IMAGE_SUFFIXES, check_writable, image_format, save_image
+from ..style.fast import ARCHS, FastTrainConfig, available_models, train_style
+from ..style.fast.apply import VIDEO_SUFFIXES, stylize_files
+from ..style.fast.decoder_train import CHECKPOINT_NAME, DecoderTrainConfig, train_decoders
+from ..style.fast.export import export_onnx
+from ..style.fast.model import MODEL_SUFFIX
+from ..style.fast.sheet import style_sheet
+from ..style.fast.train import DEFAULT_STEPS, LR_FLOOR, LR_SCHEDULES
+from ..style.fast.universal import METHODS, AnyStyle
 from .options import (
     BATCH_HELP,
     BLEND_HELP,

@@ -12,9 +12,10 @@ from typing import Mapping
 import click
 from click.core import ParameterSource
 
-from .. import __version__, guard
-from ..errors import StyleforgeError
-from ..guard import Terminated, number_problem, sigterm_as_interrupt
+from .. import __version__
+from ..runtime import guard
+from ..runtime.errors import StyleforgeError
+from ..runtime.guard import Terminated, number_problem, sigterm_as_interrupt
 from .lazy import LazyGroup
 
 
@@ -215,7 +216,7 @@ def device_option(source):
 
 
 def precision_option(source):
-    from ..device import PRECISIONS  # here, not at the top: styleforge.device imports torch
+    from ..runtime.device import PRECISIONS
 
     return config_option(source, "precision", "--precision", type=click.Choice(PRECISIONS),
                          help="Autocast precision; auto picks what is fast and safe on the device.")
@@ -242,7 +243,7 @@ def quiet_option(f):
 def style_loss_options(source):
     """--style-strength, --content-weight, --style-weight, --tv-weight, --content-layers, --style-layers:
     the perceptual loss of ``stylize`` and ``fast train``, defaults from ``source`` (a config class)."""
-    from ..perceptual import DEFAULT_STYLE_STRENGTH, STYLE_STRENGTH_HELP  # imports torch
+    from ..style.perceptual import DEFAULT_STYLE_STRENGTH, STYLE_STRENGTH_HELP
 
     opts = [
         click.option("--style-strength", type=FRACTION, show_default=f"{DEFAULT_STYLE_STRENGTH:g}",

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from ..errors import StyleforgeError
-from ..guard import Terminated, check_not_inputs
-from ..io import check_writable, image_format, save_image, save_json
-from ..transfer import DEFAULT_LR, DEFAULT_STEPS, OPTIMIZERS, Progress, StylizeConfig, stylize
+from ..runtime.errors import StyleforgeError
+from ..runtime.guard import Terminated, check_not_inputs
+from ..runtime.io import check_writable, image_format, save_image, save_json
+from ..style.gatys import DEFAULT_LR, DEFAULT_STEPS, OPTIMIZERS, Progress, StylizeConfig, stylize
 from .options import (
     BLEND_HELP,
     COUNT,

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .. import backbone
-from ..errors import StyleforgeError
+from ..runtime.errors import StyleforgeError
 from .options import main_group
 
 
@@ -26,7 +26,7 @@ def weights_cmd(download: str | None, folder: Path | None) -> None:
             raise StyleforgeError(f"folder {folder} does not exist: create it first")
         name = backbone.download_name(download)
         if download == "resnet18":
-            from ..io import save_torch
+            from ..runtime.io import save_torch
 
             state, _ = backbone.load_state_dict("resnet18", download=True)
             path = save_torch(state, folder / name)

@@ -1,0 +1,1 @@
+"""What every job runs on: devices and precision, processes, files, errors, input checks, figures."""

@@ -1,0 +1,1 @@
+"""Style transfer: the perceptual loss and its parts, Gatys optimization (gatys) and feed-forward networks (fast)."""

@@ -1,0 +1,228 @@
+"""Training the universal-style decoders: photos in, each level's decoder learns to invert VGG19.
+
+Li et al. (2017) train each decoder on its own with the loss
+``||I_out - I_in||^2 + lambda * ||Phi(I_out) - Phi(I_in)||^2`` (Phi: the encoder up to the
+decoder's level). Here all requested levels train together: one encoder pass gives every
+level's features, each decoder's loss is its own, and one Adam optimizer holds all their
+parameters (Adam is per-parameter, so this equals separate runs sharing the photo stream).
+
+Departure from the paper: both terms are relative (:func:`styleforge.style.losses.image_content_loss`,
+the squared error over the target's mean square, per image), so ``feature_weight`` means
+the same at every level whatever its activation scale.
+
+Data, resume, checkpoints and multi-process runs are those of :mod:`styleforge.style.fast.train`,
+through the step loop both share (:mod:`styleforge.style.fast.loop`): the replayable photo stream
+of :mod:`styleforge.style.fast.data`, a learning rate that is a function of the step, rank 0
+writing, DDP under ``torchrun``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ...backbone import VGGFeatures
+from ...runtime import distributed, guard
+from ...runtime.device import Runtime, seed_everything
+from ...runtime.device import runtime as make_runtime
+from ...runtime.errors import StyleforgeError
+from ...runtime.io import check_writable
+from ..losses import image_content_loss
+from .data import RandomCrops, StreamSampler, collate
+from .loop import LR_SCHEDULES, StepRun, check_batch, photo_files, read_checkpoint, resolved
+from .model import parameter_count
+from .universal import LEVELS, Decoder, decoder_name, level_index, save_decoder
+
+CHECKPOINT_FORMAT = "styleforge-decoder-checkpoint"
+CHECKPOINT_NAME = "decoders.ckpt"
+DEFAULT_DECODER_STEPS = 4000
+
+
+@dataclass
+class DecoderTrainConfig:
+    """Everything that defines a decoder training run."""
+
+    data: str | Sequence[str]
+    output: str                          # folder for decoder-reluK_1.pth, the checkpoint and the loss CSV
+    levels: Sequence[str] = LEVELS
+    width: float = 0.5                   # decoder channels relative to VGG19's
+    image_size: int = 256
+    batch_size: int = 8
+    steps: int = DEFAULT_DECODER_STEPS
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"
+    feature_weight: float = 1.0          # perceptual term; the pixel term has weight 1
+    weights: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int | None = None
+    checkpoint_every: int = 500
+    stop_at: int | None = None
+    resume: bool = False
+    half: bool = True
+    overwrite: bool = False              # replace the decoders and checkpoint already in ``output``
+
+    def validate(self) -> list[str]:
+        """One-line errors for settings no run can use; returns the levels, shallow to deep."""
+        if not self.levels:
+            raise StyleforgeError("--levels: give at least one level")
+        levels = sorted(dict.fromkeys(self.levels), key=level_index)
+        guard.check_numbers(
+            [("--crop-size", self.image_size, guard.COUNT), ("--batch-size", self.batch_size, guard.COUNT),
+             ("--steps", self.steps, guard.COUNT), ("--checkpoint-steps", self.checkpoint_every, guard.COUNT),
+             ("--lr", self.lr, guard.POSITIVE), ("--width", self.width, guard.POSITIVE),
+             ("--feature-weight", self.feature_weight, guard.NON_NEGATIVE), ("--seed", self.seed, guard.SEED),
+             ("--workers", self.workers, guard.NON_NEGATIVE), ("--stop-at", self.stop_at, guard.COUNT)])
+        stride = 2 ** (level_index(levels[-1]) - 1)
+        if self.image_size % stride or self.image_size < 2 * stride:
+            raise StyleforgeError(f"--crop-size {self.image_size} must be a multiple of {stride} and at least "
+                                  f"{2 * stride} for {levels[-1]}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise StyleforgeError(f"unknown --lr-schedule {self.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
+        if self.overwrite and self.resume:
+            raise StyleforgeError("--overwrite and --resume exclude each other")
+        return levels
+
+
+@dataclass
+class DecoderProgress:
+    step: int
+    steps: int
+    images_per_s: float
+    losses: dict[str, float]        # running average of each level's total loss
+    note: str = ""
+
+
+@dataclass
+class DecoderTrainResult:
+    paths: list[Path]               # the decoder files (or the checkpoint after --stop-at)
+    history: list[dict[str, float]]
+    seconds: float
+
+
+_RESUME_KEYS = ("levels", "width", "image_size", "lr", "lr_schedule", "feature_weight", "seed")
+
+
+class Reconstruction(nn.Module):
+    """The trained decoders, one per level; calling it gives each level's loss on a batch.
+
+    A module (not a function) so that under DDP the call goes through the wrapper, which
+    synchronizes the gradients. The frozen encoder is passed in, so it is no part of it.
+    """
+
+    def __init__(self, levels: Sequence[str], width: float) -> None:
+        super().__init__()
+        self.decoders = nn.ModuleDict({lv: Decoder(lv, width) for lv in levels})
+
+    def set_input_scales(self, images: torch.Tensor, encoder: VGGFeatures) -> None:
+        """Each decoder's fixed input scale: 1 / RMS of its level's features on ``images``."""
+        with torch.no_grad():
+            feats = encoder(images, list(self.decoders))
+            for level, decoder in self.decoders.items():
+                rms = feats[level].float().pow(2).mean().sqrt()
+                decoder.input_scale.fill_(float(1.0 / rms.clamp_min(1e-6)))
+
+    def forward(self, images: torch.Tensor, encoder: VGGFeatures, feature_weight: float) -> torch.Tensor:
+        """(levels,) losses: relative pixel error + feature_weight * relative feature error."""
+        with torch.no_grad():
+            targets = encoder(images, list(self.decoders))
+        out = []
+        for level, decoder in self.decoders.items():
+            decoded = decoder(targets[level])
+            pixel = image_content_loss(decoded, images)
+            feature = image_content_loss(encoder(decoded, [level])[level], targets[level])
+            out.append(pixel + feature_weight * feature)
+        return torch.stack(out)
+
+
+def _load_resume(cfg: DecoderTrainConfig, ckpt: Path, config_record: dict) -> dict:
+    record = read_checkpoint(ckpt, CHECKPOINT_FORMAT, "decoder")
+    # The shared resume check (as fast train and classify train): every setting that changes the
+    # run, the photos and the global batch; the steps too where the schedule spans them.
+    keys = (*_RESUME_KEYS, "data", "global_batch") + (("steps",) if cfg.lr_schedule != "constant" else ())
+    guard.check_resume(record["config"], {k: config_record.get(k) for k in keys}, (), ckpt)
+    return record
+
+
+def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress], None] | None = None,
+                   encoder: VGGFeatures | None = None) -> DecoderTrainResult:
+    """Train one decoder per level; writes ``decoder-<level>.pth`` files, a checkpoint and the loss CSV."""
+    levels = cfg.validate()
+    ctx = distributed.setup()
+    out_dir = Path(cfg.output)
+    if ctx.is_main:
+        _prepare_output(out_dir, levels, replace=cfg.resume or cfg.overwrite)
+    folders = resolved(cfg.data)  # absolute: resume compares the photos, however the paths are written
+    files = photo_files(folders)[0]
+    global_batch = cfg.batch_size * ctx.world_size
+    check_batch(files, global_batch)
+    rt = make_runtime(ctx.device_spec(cfg.device), cfg.precision)
+    record = {**asdict(cfg), "levels": levels, "data": folders, "world_size": ctx.world_size,
+              "global_batch": global_batch}
+    run = _start(cfg, ctx, rt, levels, record)
+    if encoder is None:
+        encoder = VGGFeatures(levels, weights=cfg.weights)
+    encoder = rt.to(encoder)
+    crops = RandomCrops(files, cfg.image_size)
+    if not cfg.resume:  # every process: the whole first global batch, so all get the same scales
+        first = next(iter(StreamSampler(len(files), global_batch, 1, cfg.seed)))
+        with rt.autocast():
+            run.model.set_input_scales(rt.to(collate([crops[i] for i in first])[0]), encoder)
+    run.place()
+
+    def loss_fn(x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with rt.autocast():
+            parts = run.train_model(x, encoder, cfg.feature_weight).float()
+        return parts.sum(), dict(zip(levels, parts))
+
+    def report(rate: float) -> None:
+        callback(DecoderProgress(run.step, cfg.steps, rate, dict(run.running),
+                                 distributed.batch_note(cfg.batch_size, ctx.world_size, cfg.lr)))
+
+    loader = run.loader(crops, len(files), global_batch, min(cfg.steps, cfg.stop_at or cfg.steps), cfg.seed,
+                        cfg.workers)
+    seconds = run.run(loader, loss_fn, cfg, cfg.steps, global_batch, report if callback else None, rates=False)
+    run.save()  # every rank: it holds a barrier
+    if run.step < cfg.steps:
+        distributed.teardown()
+        return DecoderTrainResult([run.ckpt], run.history, seconds)
+    paths = [out_dir / decoder_name(lv) for lv in levels]
+    if ctx.is_main:
+        for lv, path in zip(levels, paths):
+            training = {**record, "parameters": parameter_count(run.model.decoders[lv]),
+                        "seconds": round(seconds, 1), "device": str(rt.device), "precision": rt.precision,
+                        "final_loss": round(run.running[lv], 6)}
+            save_decoder(run.model.decoders[lv], path, training, half=cfg.half)
+    ctx.barrier()
+    distributed.teardown()
+    return DecoderTrainResult(paths, run.history, seconds)
+
+
+def _prepare_output(out_dir: Path, levels: list[str], replace: bool) -> None:
+    """The output folder, made; an earlier run's files there are refused unless ``replace``."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StyleforgeError(f"-o {out_dir} is a file: give a folder for the decoders")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for p in [out_dir / decoder_name(lv) for lv in levels] + [out_dir / CHECKPOINT_NAME]:
+        check_writable(p)
+        if p.exists() and not replace:
+            raise StyleforgeError(f"{p} is already there (an earlier run's): use --overwrite to replace it"
+                                  + (", --resume to continue it" if p.name == CHECKPOINT_NAME else "")
+                                  + ", or another -o")
+
+
+def _start(cfg: DecoderTrainConfig, ctx: distributed.Dist, rt: Runtime, levels: list[str], record: dict) -> StepRun:
+    """The decoders and their optimizer, fresh or from the checkpoint (--resume)."""
+    seed_everything(cfg.seed)
+    decoders = Reconstruction(levels, cfg.width)
+    out_dir = Path(cfg.output)
+    run = StepRun(ctx, rt, decoders, torch.optim.Adam(decoders.parameters(), lr=cfg.lr), out_dir / CHECKPOINT_NAME,
+                  CHECKPOINT_FORMAT, record, out_dir / "decoders.pth")  # write_history names the CSV after this stem
+    if cfg.resume:
+        run.resume(_load_resume(cfg, run.ckpt, record), cfg.steps, cfg.stop_at)
+    return run

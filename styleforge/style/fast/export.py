@@ -1,0 +1,53 @@
+"""ONNX export of a style network, with dynamic batch, height and width."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...runtime.errors import StyleforgeError
+from ...runtime.guard import check_not_inputs
+from ...runtime.io import atomic_path, check_writable
+from .model import TransformerNet, load_model, resolve_model
+
+OPSET = 17
+
+
+class _Deployable(nn.Module):
+    """The network with the pad-to-a-multiple-of-4 and the clamp inside the graph."""
+
+    def __init__(self, net: TransformerNet) -> None:
+        super().__init__()
+        self.net = net.net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2], image.shape[-1]
+        # Always pad (possibly by 0), so one graph serves every size.
+        x = F.pad(image, (0, (4 - w % 4) % 4, 0, (4 - h % 4) % 4), mode="replicate")
+        return self.net(x)[:, :, :h, :w].clamp(0, 1)
+
+
+def export_onnx(model: str | os.PathLike, output: str | os.PathLike, opset: int = OPSET) -> Path:
+    """Write MODEL as ONNX: input ``image`` (N, 3, H, W) in [0, 1], output ``stylized`` likewise."""
+    out = check_writable(output)
+    path = resolve_model(model)
+    check_not_inputs({"-o": out}, {"the model file": path})
+    try:
+        import onnx  # noqa: F401  (torch's exporter writes the file through it)
+    except ImportError:
+        raise StyleforgeError("ONNX export needs the onnx package: pip install 'styleforge[onnx]'") from None
+    net, _ = load_model(path)
+    wrapped = _Deployable(net.float().eval())
+    example = torch.rand(1, 3, 64, 64)
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapped, (example,), str(tmp), input_names=["image"], output_names=["stylized"],
+                          dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                        "stylized": {0: "batch", 2: "height", 3: "width"}},
+                          opset_version=opset, dynamo=False)
+    return out

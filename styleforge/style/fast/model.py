@@ -1,0 +1,196 @@
+"""Feed-forward style networks (Johnson, Alahi & Fei-Fei, 2016) and their model files.
+
+Two architectures share one definition, differing in width and depth:
+
+* ``johnson``: the published network (32-64-128 channels, five residual blocks, 1.68 M
+  parameters), with two departures that later work settled on: instance normalization
+  instead of batch normalization (Ulyanov et al., 2016) and nearest-neighbour upsampling
+  followed by a convolution instead of transposed convolutions (Odena et al., 2016), which
+  removes checkerboard artifacts.
+* ``light``: half the encoder width (16-32-64), three residual blocks, a thin decoder
+  (16-8 channels) and 5x5 edge convolutions: 0.26 M parameters and about 7x fewer
+  multiply-adds per pixel, for fast CPU inference at 1024 px and above (the full-size
+  layers, not the residual blocks, dominate CPU time, so those are the ones thinned).
+
+Inputs and outputs are RGB in [0, 1]. Any size works, down to 1x1: the input is padded
+(edge pixels repeated) to a multiple of 4 (the two stride-2 stages) and to at least
+MIN_SIDE per side (reflection padding and instance norm need a few pixels even at 1/4
+resolution), and the output cropped back.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...runtime.errors import StyleforgeError
+from ...runtime.guard import check_state_dict
+from ...runtime.io import load_torch, save_torch
+
+MODEL_FORMAT = "styleforge-fast-style"
+CHECKPOINT_FORMAT = "styleforge-fast-style-checkpoint"
+FORMAT_VERSION = 1
+MODEL_SUFFIX = ".pth"
+# Smallest side the layers see: 1/4 of it (4 px) still takes the residual blocks' reflection
+# padding and gives instance norm more than one value per channel.
+MIN_SIDE = 16
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    channels: tuple[int, int, int]   # encoder: full, 1/2 and 1/4 resolution
+    blocks: int                      # residual blocks at 1/4 resolution
+    decoder: tuple[int, int]         # channels after upsampling to 1/2 and to full resolution
+    edge_kernel: int = 9
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "johnson": ArchSpec((32, 64, 128), 5, (64, 32)),
+    "light": ArchSpec((16, 32, 64), 3, (16, 8), edge_kernel=5),
+}
+
+
+class _Conv(nn.Sequential):
+    """Reflection-padded convolution, then instance norm and ReLU unless ``last``."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, last: bool = False) -> None:
+        layers: list[nn.Module] = [nn.ReflectionPad2d(kernel // 2), nn.Conv2d(cin, cout, kernel, stride)]
+        if not last:
+            layers += [nn.InstanceNorm2d(cout, affine=True), nn.ReLU(inplace=True)]
+        super().__init__(*layers)
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels, affine=True),
+            nn.ReLU(inplace=True),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels, affine=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class _Up(nn.Sequential):
+    """Nearest-neighbour 2x upsampling, then a convolution (no checkerboard artifacts)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(nn.Upsample(scale_factor=2, mode="nearest"), _Conv(cin, cout, 3))
+
+
+class TransformerNet(nn.Module):
+    """Image-to-image style network: [0,1] RGB in, [0,1] RGB out, any height and width."""
+
+    def __init__(self, arch: str = "johnson") -> None:
+        super().__init__()
+        if arch not in ARCHS:
+            raise StyleforgeError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}")
+        self.arch = arch
+        spec = ARCHS[arch]
+        c1, c2, c3 = spec.channels
+        d2, d1 = spec.decoder
+        k = spec.edge_kernel
+        self.net = nn.Sequential(
+            _Conv(3, c1, k), _Conv(c1, c2, 3, stride=2), _Conv(c2, c3, 3, stride=2),
+            *[_Residual(c3) for _ in range(spec.blocks)],
+            _Up(c3, d2), _Up(d2, d1), _Conv(d1, 3, k, last=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        ph, pw = max(MIN_SIDE - h, (-h) % 4), max(MIN_SIDE - w, (-w) % 4)
+        if ph or pw:  # replicate (not reflect) works for any size and matches the ONNX graph
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        # Departure from the published recipe: [0, 1] in and out instead of [0, 255] (the
+        # first instance norm removes the input scale anyway; the last convolution then
+        # starts at the right output scale). No output squashing: training sees the raw
+        # values, inference clamps.
+        return self.net(x)[..., :h, :w]
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_model(model: TransformerNet, path: str | os.PathLike, style: str, training: dict[str, Any],
+               half: bool = True) -> Path:
+    """Write a model file: plain tensors and metadata (loadable with ``weights_only=True``).
+
+    ``half`` stores float16 weights (half the size; outputs differ by < 1/255 in [0, 1]).
+    """
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    record = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "arch": model.arch, "style": style,
+              "training": training, "state_dict": state}
+    return save_torch(record, path)
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a model or checkpoint file safely (no pickled code runs), with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise StyleforgeError(f"model file {str(path)!r} does not exist")
+    return load_torch(path, "a PyTorch file", "re-download or re-train it")
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[TransformerNet, dict]:
+    """Load a model file written by :func:`save_model` (or a training checkpoint)."""
+    record = read_record(path)
+    if not isinstance(record, dict) or record.get("format") not in (MODEL_FORMAT, CHECKPOINT_FORMAT):
+        hint = ""
+        if isinstance(record, dict) and any(str(k).startswith(("conv1.", "in1.", "res1.")) for k in record):
+            hint = " (it looks like a pytorch/examples fast_neural_style state dict; train with styleforge)"
+        raise StyleforgeError(f"{path} is not a styleforge style model{hint}")
+    arch = record.get("arch")
+    if arch not in ARCHS:
+        raise StyleforgeError(f"{path} is for architecture {arch!r}, which this styleforge does not know "
+                              f"(known: {', '.join(ARCHS)})")
+    model = TransformerNet(arch)
+    key = "state_dict" if record["format"] == MODEL_FORMAT else "model"
+    state = check_state_dict(record.get(key), path, key)
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+    except RuntimeError:
+        raise StyleforgeError(f"{path} says architecture {arch!r} but its weights do not fit that "
+                              "architecture: the file is damaged or was edited") from None
+    model.eval().requires_grad_(False)
+    return model.to(map_location), record
+
+
+def _model_folders() -> list[Path]:
+    """Where named models are looked up: the backbone weights folders, in their order."""
+    from ...backbone import weights_folders
+
+    return [folder for _, folder in weights_folders()]
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> Path:
+    """A path, or the name of a model in the weights folders (``starry_night``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    if p.suffix == "" and os.sep not in str(name_or_path):
+        for d in _model_folders():
+            for candidate in (d / f"{p.name}{MODEL_SUFFIX}", d / f"fast-{p.name}{MODEL_SUFFIX}"):
+                if candidate.is_file():
+                    return candidate
+        names = sorted(available_models())
+        raise StyleforgeError(f"no model named {p.name!r}: give a file path or one of "
+                              f"{', '.join(names) if names else '(none found)'}")
+    raise StyleforgeError(f"model file {str(p)!r} does not exist")
+
+
+def available_models() -> dict[str, Path]:
+    """Shipped / installed style models by name (``fast-NAME.pth`` in the weights folders)."""
+    found: dict[str, Path] = {}
+    for d in _model_folders():
+        if d.is_dir():
+            for f in sorted(d.glob(f"fast-*{MODEL_SUFFIX}")):
+                found.setdefault(f.stem[len("fast-"):], f)
+    return found

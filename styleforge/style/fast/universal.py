@@ -1,0 +1,355 @@
+"""Any image as the style in one pass: universal style transfer on VGG19 features.
+
+Li et al., "Universal Style Transfer via Feature Transforms" (NeurIPS 2017): the VGG19
+encoder is fixed; a decoder per level ``relu{k}_1`` is trained only to reconstruct photos
+from that level's features (:mod:`styleforge.style.fast.decoder_train`); a style is applied at
+test time by transforming the content features so their statistics become the style's,
+then decoding. Levels run coarse to fine (relu5_1 first): each level re-encodes the
+previous level's output image.
+
+Two transforms, both pure functions of feature tensors:
+
+* :func:`wct` (whitening-colouring): content features are decorrelated and rescaled to
+  unit covariance, then given the style's covariance and mean.
+* :func:`adain` (Huang & Belongie, 2017): each channel's mean and standard deviation are
+  set to the style's; cheaper, matches only the diagonal of the covariance.
+
+Several styles blend by mixing the transformed features with the blend weights, and
+``strength`` mixes the result with the untransformed content features (Li et al.'s
+alpha), at every level.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...backbone import VGGFeatures
+from ...runtime.errors import StyleforgeError
+from ...runtime.io import load_torch, open_rgb, pil_to_tensor, resize_long_side, save_torch
+
+LEVELS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+METHODS = ("wct", "adain")
+DEFAULT_STYLE_SIZE = 512
+DECODER_FORMAT = "styleforge-decoder"
+FORMAT_VERSION = 1
+# Channels of VGG19 blocks 1..5 and its convolutions per block.
+_VGG_WIDTHS = (64, 128, 256, 512, 512)
+_VGG_CONVS = (2, 2, 4, 4, 4)
+# Eigenvalues below this (relative to the largest) are treated as zero: the directions the
+# features do not span are left out of whitening/colouring instead of being amplified.
+# (Li et al. use an absolute 1e-5 on their feature scale; relative works for any scale.)
+EIG_FLOOR = 1e-5
+STD_EPS = 1e-5
+
+
+def level_index(level: str) -> int:
+    """``relu3_1`` -> 3; one-line error for anything else."""
+    if level not in LEVELS:
+        raise StyleforgeError(f"unknown level {level!r}: use one of {', '.join(LEVELS)}")
+    return LEVELS.index(level) + 1
+
+
+# --------------------------------------------------------------------------- transforms
+
+@dataclass
+class FeatureStats:
+    """A style's statistics at one level: channel mean, std and the covariance's square root."""
+
+    mean: torch.Tensor      # (C, 1), float64
+    std: torch.Tensor       # (C, 1), float64
+    colour: torch.Tensor    # (C, C), float64: Cov^(1/2)
+
+
+def _flat(features: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) or (1, C, H, W) -> (C, H*W) in float64."""
+    if features.dim() == 4:
+        if features.shape[0] != 1:
+            raise ValueError("one image at a time")
+        features = features[0]
+    return features.reshape(features.shape[0], -1).double()
+
+
+def _covariance(centered: torch.Tensor) -> torch.Tensor:
+    n = centered.shape[1]
+    return centered @ centered.T / max(n - 1, 1)
+
+
+def _sym_power(cov: torch.Tensor, power: float) -> torch.Tensor:
+    """cov^power for a symmetric PSD matrix, with eigenvalues under EIG_FLOOR * max set to 0."""
+    vals, vecs = torch.linalg.eigh(cov)
+    keep = vals > EIG_FLOOR * vals.max().clamp_min(1e-300)
+    scaled = torch.where(keep, vals.clamp_min(1e-300).pow(power), torch.zeros_like(vals))
+    return (vecs * scaled) @ vecs.T
+
+
+def feature_stats(features: torch.Tensor) -> FeatureStats:
+    """Statistics of one image's features (C, H, W), for :func:`wct` and :func:`adain`."""
+    f = _flat(features)
+    mean = f.mean(1, keepdim=True)
+    centered = f - mean
+    std = (centered.pow(2).sum(1, keepdim=True) / max(f.shape[1] - 1, 1)).sqrt()
+    return FeatureStats(mean, std, _sym_power(_covariance(centered), 0.5))
+
+
+def wct(content: torch.Tensor, style: FeatureStats) -> torch.Tensor:
+    """Whitening-colouring transform of one image's features (C, H, W) to the style's covariance and mean.
+
+    Returns features of the input's shape and dtype whose covariance (over positions) is
+    the style's (exactly, when the content spans all channels and the style covariance
+    is full rank).
+    """
+    f = _flat(content)
+    centered = f - f.mean(1, keepdim=True)
+    whitened = _sym_power(_covariance(centered), -0.5) @ centered
+    out = style.colour @ whitened + style.mean
+    return out.reshape(content.shape).to(content.dtype)
+
+
+def adain(content: torch.Tensor, style: FeatureStats) -> torch.Tensor:
+    """Adaptive instance normalization: each channel gets the style's mean and standard deviation."""
+    f = _flat(content)
+    mean = f.mean(1, keepdim=True)
+    std = ((f - mean).pow(2).sum(1, keepdim=True) / max(f.shape[1] - 1, 1)).sqrt()
+    out = (f - mean) / (std + STD_EPS) * style.std + style.mean
+    return out.reshape(content.shape).to(content.dtype)
+
+
+def stylize_features(content: torch.Tensor, styles: Sequence[FeatureStats], blend: Sequence[float],
+                     strength: float = 1.0, method: str = "wct") -> torch.Tensor:
+    """Transform a (B, C, H, W) batch to the blended styles; ``strength`` mixes with the content.
+
+    ``blend`` must sum to 1 (see :func:`normalized_blend`). Strength 0 returns ``content``.
+    """
+    if strength == 0:
+        return content
+    transform = {"wct": wct, "adain": adain}[method]
+    out = []
+    for f in content:
+        mixed = sum(w * transform(f, s).double() for s, w in zip(styles, blend))
+        out.append(strength * mixed + (1.0 - strength) * f.double())
+    return torch.stack(out).to(content.dtype)
+
+
+def normalized_blend(blend: Sequence[float] | None, n: int) -> list[float]:
+    """Blend weights for ``n`` styles (default equal), checked and scaled to sum to 1."""
+    weights = [1.0] * n if blend is None else [float(b) for b in blend]
+    if len(weights) != n:
+        raise StyleforgeError(f"--style-blend has {len(weights)} weights but there are {n} style images")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise StyleforgeError("--style-blend weights must be non-negative and not all zero")
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+# --------------------------------------------------------------------------- decoders
+
+class _Conv(nn.Sequential):
+    def __init__(self, cin: int, cout: int, last: bool = False) -> None:
+        layers: list[nn.Module] = [nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3)]
+        if not last:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class Decoder(nn.Module):
+    """Inverts VGG19 ``relu{k}_1`` features to RGB in [0, 1] (unclamped): a thinned mirror of VGG19.
+
+    Departure from Li et al.'s decoders (an exact mirror of VGG19 up to the level): each
+    block has ``width`` times VGG's channels and at most ``max_convs`` convolutions, which
+    makes the five decoders about 6x smaller and 4x cheaper per pixel. Upsampling is
+    nearest-neighbour, as in the paper.
+    """
+
+    def __init__(self, level: str, width: float = 0.5, max_convs: int = 2) -> None:
+        super().__init__()
+        k = level_index(level)
+        self.level, self.width, self.max_convs = level, width, max_convs
+
+        def w(block: int) -> int:
+            return max(8, int(_VGG_WIDTHS[block - 1] * width))
+
+        layers: list[nn.Module] = []
+        if k == 1:
+            layers.append(_Conv(_VGG_WIDTHS[0], 3, last=True))
+        else:
+            layers += [_Conv(_VGG_WIDTHS[k - 1], w(k - 1)), nn.Upsample(scale_factor=2, mode="nearest")]
+            for block in range(k - 1, 0, -1):
+                layers += [_Conv(w(block), w(block)) for _ in range(min(_VGG_CONVS[block - 1], max_convs) - 1)]
+                if block > 1:
+                    layers += [_Conv(w(block), w(block - 1)), nn.Upsample(scale_factor=2, mode="nearest")]
+                else:
+                    layers.append(_Conv(w(1), 3, last=True))
+        self.net = nn.Sequential(*layers)
+        # Departure from the paper: the features are multiplied by a fixed scale first, set
+        # once before training to 1 / (their RMS on the first batch); VGG19's activations
+        # (Caffe weights, 0-255 input scale) reach the hundreds, and unscaled inputs make the
+        # first steps of Adam overshoot by orders of magnitude.
+        self.register_buffer("input_scale", torch.ones(()))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features * self.input_scale)
+
+
+def decoder_name(level: str) -> str:
+    return f"decoder-{level}.pth"
+
+
+def save_decoder(decoder: Decoder, path: str | os.PathLike, training: Mapping[str, Any],
+                 half: bool = True) -> Path:
+    """A decoder file: plain tensors and metadata (loadable with ``weights_only=True``)."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in decoder.state_dict().items()}
+    return save_torch({"format": DECODER_FORMAT, "version": FORMAT_VERSION, "level": decoder.level,
+                       "width": decoder.width, "max_convs": decoder.max_convs, "training": dict(training),
+                       "state_dict": state}, path)
+
+
+def load_decoder(path: str | os.PathLike) -> Decoder:
+    """Read a decoder file written by :func:`save_decoder`, with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise StyleforgeError(f"decoder file {str(path)!r} does not exist")
+    record = load_torch(path, "a PyTorch file", "re-train it with 'styleforge fast train-decoders'")
+    if not isinstance(record, dict) or record.get("format") != DECODER_FORMAT:
+        raise StyleforgeError(f"{path} is not a styleforge decoder file")
+    decoder = Decoder(record["level"], record["width"], record["max_convs"])
+    try:
+        decoder.load_state_dict({k: v.float() for k, v in record["state_dict"].items()})
+    except RuntimeError:
+        raise StyleforgeError(f"{path}: its weights do not fit its stated layout; the file is damaged") from None
+    return decoder.eval().requires_grad_(False)
+
+
+def find_decoders(folder: str | os.PathLike | None = None,
+                  levels: Sequence[str] | None = None) -> dict[str, Path]:
+    """Decoder files by level: from ``folder``, else the first weights folder holding each level.
+
+    With ``levels``, every one must be found (one-line error naming the missing one).
+    """
+    if folder is not None:
+        if not Path(folder).is_dir():
+            raise StyleforgeError(f"--decoders {str(folder)!r} is not a folder")
+        folders = [Path(folder)]
+    else:
+        from ...backbone import weights_folders
+
+        folders = [d for _, d in weights_folders()]
+    found: dict[str, Path] = {}
+    for level in LEVELS:
+        for d in folders:
+            if (d / decoder_name(level)).is_file():
+                found[level] = d / decoder_name(level)
+                break
+    if levels is not None:
+        missing = [lv for lv in levels if lv not in found]
+        if missing:
+            where = folder or "the weights folders ($STYLEFORGE_WEIGHTS, weights/)"
+            raise StyleforgeError(f"no decoder for {missing[0]} in {where}: train one with 'styleforge fast "
+                                  f"train-decoders --levels {missing[0]}' or choose --levels from "
+                                  f"{', '.join(found) or '(none found)'}")
+        found = {lv: found[lv] for lv in levels}
+    elif not found:
+        where = folder or "the weights folders ($STYLEFORGE_WEIGHTS, weights/)"
+        raise StyleforgeError(f"no decoders (decoder-reluK_1.pth) in {where}: train them with "
+                              "'styleforge fast train-decoders' or pass --decoders DIR")
+    return found
+
+
+# --------------------------------------------------------------------------- the styler
+
+class UniversalStyler(nn.Module):
+    """Image in, stylized image out: encode, transform, decode, level by level from the deepest.
+
+    ``styles`` are (1, 3, H, W) images in [0, 1]; their statistics are computed once here.
+    Works on any photo size (reflection-padded to a multiple of the deepest level's stride
+    and cropped back).
+    """
+
+    def __init__(self, encoder: VGGFeatures, decoders: Mapping[str, Decoder], styles: Sequence[torch.Tensor],
+                 blend: Sequence[float] | None = None, strength: float = 1.0, method: str = "wct") -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise StyleforgeError(f"unknown --method {method!r}: use one of {', '.join(METHODS)}")
+        if not 0.0 <= strength <= 1.0:
+            raise StyleforgeError(f"--strength must be in [0, 1], got {strength}")
+        if not styles:
+            raise StyleforgeError("give at least one style image")
+        self.levels = sorted(decoders, key=level_index, reverse=True)
+        self.encoder = encoder
+        self.decoders = nn.ModuleDict({lv: decoders[lv] for lv in self.levels})
+        self.blend = normalized_blend(blend, len(styles))
+        self.strength, self.method = strength, method
+        self.stride = 2 ** (level_index(self.levels[0]) - 1)
+        self.stats = self._style_stats(styles)
+
+    def _style_stats(self, styles: Sequence[torch.Tensor]) -> dict[str, list[FeatureStats]]:
+        deepest = self.levels[0]
+        stats: dict[str, list[FeatureStats]] = {lv: [] for lv in self.levels}
+        for i, style in enumerate(styles):
+            h, w = style.shape[-2:]
+            if min(h, w) < self.stride:
+                raise StyleforgeError(f"style image {i + 1} is {w}x{h} px, too small for {deepest} (needs at least "
+                                      f"{self.stride} px per side): use a larger --style-size or a larger image")
+            with torch.inference_mode():
+                feats = self.encoder(style.to(next(self.encoder.parameters()).device).float(), self.levels)
+            for lv in self.levels:
+                stats[lv].append(feature_stats(feats[lv][0]))
+        return stats
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        h, w = images.shape[-2:]
+        ph, pw = (-h) % self.stride, (-w) % self.stride
+        # Reflection needs the pad to be smaller than the side; replicate covers tiny inputs.
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(images, (0, pw, 0, ph), mode=mode) if ph or pw else images
+        for lv in self.levels:
+            f = self.encoder(x, [lv])[lv]
+            stats = [_on(s, f.device) for s in self.stats[lv]]
+            f = stylize_features(f, stats, self.blend, self.strength, self.method)
+            x = self.decoders[lv](f)
+        return x[..., :h, :w]
+
+
+def _on(stats: FeatureStats, device: torch.device) -> FeatureStats:
+    if stats.mean.device == device:
+        return stats
+    return FeatureStats(stats.mean.to(device), stats.std.to(device), stats.colour.to(device))
+
+
+@dataclass
+class AnyStyle:
+    """What ``fast apply --style-image`` needs: the styles and how to apply them."""
+
+    style_images: Sequence[str | os.PathLike]
+    blend: Sequence[float] | None = None     # default: equal
+    strength: float = 1.0                    # 0: the decoders' reconstruction of the photo
+    style_size: int = DEFAULT_STYLE_SIZE     # long side of each style image, px
+    decoders: str | os.PathLike | None = None  # folder of decoder files (default: the weights folders)
+    levels: Sequence[str] | None = None      # default: every level whose decoder is found
+    method: str = "wct"
+    weights: str | os.PathLike | None = None  # VGG19 weights file (default: the lookup)
+
+    def validate(self) -> None:
+        """One-line errors for settings no styler can use (the images and decoders are checked when read;
+        --method and --strength by :class:`UniversalStyler`, which also serves callers without an AnyStyle)."""
+        if self.style_size < 1:
+            raise StyleforgeError(f"--style-size must be positive, got {self.style_size}")
+        for lv in self.levels or ():
+            level_index(lv)
+
+
+def build_styler(cfg: AnyStyle) -> UniversalStyler:
+    """A :class:`UniversalStyler` from style image files, decoder files and the VGG19 weights lookup."""
+    cfg.validate()
+    paths = find_decoders(cfg.decoders, cfg.levels)
+    styles = [pil_to_tensor(resize_long_side(open_rgb(p), cfg.style_size)) for p in cfg.style_images]
+    encoder = VGGFeatures(list(paths), weights=cfg.weights)
+    return UniversalStyler(encoder, {lv: load_decoder(p) for lv, p in paths.items()}, styles, cfg.blend,
+                           cfg.strength, cfg.method)

@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from styleforge.runtime import device
+from styleforge.runtime.errors import StyleforgeError
+
+
+def test_auto_device_is_an_available_device():
+    dev = device.resolve_device("auto")
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if device._mps_available() else "cpu")
+    assert dev.type == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_missing_cuda_is_a_clear_error():
+    with pytest.raises(StyleforgeError, match="CUDA is not available"):
+        device.resolve_device("cuda:0")
+
+
+def test_unknown_device_and_precision():
+    with pytest.raises(StyleforgeError, match="unknown device"):
+        device.resolve_device("tpu")
+    with pytest.raises(StyleforgeError, match="unknown precision"):
+        device.resolve_precision("fp8", torch.device("cpu"))
+
+
+def test_precision_mapping_on_cpu():
+    cpu = torch.device("cpu")
+    assert device.resolve_precision("fp32", cpu) is None
+    assert device.resolve_precision("bf16", cpu) is torch.bfloat16
+    assert device.resolve_precision("auto", cpu) is (torch.bfloat16 if device.cpu_has_fast_bf16() else None)
+    with pytest.raises(StyleforgeError, match="fp16 autocast is not supported on CPU"):
+        device.resolve_precision("fp16", cpu)
+
+
+def test_runtime_moves_to_channels_last_and_autocasts():
+    rt = device.Runtime(torch.device("cpu"), torch.bfloat16, channels_last=True)
+    x = rt.to(torch.rand(1, 3, 8, 8))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    conv = rt.to(torch.nn.Conv2d(3, 4, 3))
+    with rt.autocast():
+        assert conv(x).dtype is torch.bfloat16
+    assert rt.precision == "bf16"
+    assert not rt.pin_memory
+
+
+def test_seed_everything_repeats():
+    g1 = device.seed_everything(3)
+    a = torch.rand(2, generator=g1), torch.rand(2)
+    g2 = device.seed_everything(3)
+    b = torch.rand(2, generator=g2), torch.rand(2)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def _one_step(scaler):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    device.backward_step(net(torch.ones(3, 4)).pow(2).mean(), opt, scaler)
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def test_backward_step_with_the_scaler_fp16_needs_equals_the_plain_step():
+    cpu = torch.device("cpu")
+    assert device.Runtime(cpu).grad_scaler() is None and device.Runtime(cpu, torch.bfloat16).grad_scaler() is None
+    scaler = device.Runtime(cpu, torch.float16).grad_scaler()
+    assert scaler is not None and scaler.get_scale() > 1
+    for a, b in zip(_one_step(None), _one_step(scaler)):
+        torch.testing.assert_close(a, b)
+
+
+def test_device_choices_live_in_the_runtime():
+    cpu = device.Runtime(torch.device("cpu"))
+    assert cpu.on_cpu and cpu.loader_workers == 1 and cpu.peak_memory_mb() is None
+    assert not cpu.holds(torch.zeros(4))
+
+
+def test_derived_seeds_of_different_runs_epochs_and_ranks_never_collide():
+    seeds = {device.derived_seed(s, e * device.STREAM_GAP, r) for s in range(4) for e in range(100) for r in range(8)}
+    crops = {device.derived_seed(s, p, device.STREAM_GAP) for s in range(4) for p in range(10_000)}
+    assert len(seeds) == 4 * 100 * 8 and len(crops) == 4 * 10_000

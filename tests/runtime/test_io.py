@@ -1,0 +1,143 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from styleforge.runtime import io
+from styleforge.runtime.errors import StyleforgeError
+
+
+def _rgb_array(h=20, w=30):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_load_image_is_float_rgb_in_unit_range(tmp_path):
+    p = tmp_path / "a.png"
+    Image.fromarray(_rgb_array()).save(p)
+    x = io.load_image(p)
+    assert x.shape == (1, 3, 20, 30) and x.dtype == torch.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert io.load_image(p, size=15).shape == (1, 3, 10, 15)
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK"])
+def test_other_modes_become_rgb(tmp_path, mode):
+    img = Image.fromarray(_rgb_array()).convert(mode)
+    p = tmp_path / ("a.jpg" if mode == "CMYK" else "a.png")
+    img.save(p)
+    assert io.load_image(p).shape == (1, 3, 20, 30)
+
+
+def test_rgba_transparency_is_composited_on_white(tmp_path):
+    img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    img.save(tmp_path / "t.png")
+    torch.testing.assert_close(io.load_image(tmp_path / "t.png"), torch.ones(1, 3, 4, 4))
+
+
+def test_16_bit_grayscale_keeps_its_range(tmp_path):
+    arr = np.array([[0, 65535], [32768, 16384]], dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "g16.png")
+    x = io.load_image(tmp_path / "g16.png")
+    assert x.shape == (1, 3, 2, 2)
+    assert x[0, 0, 0, 1] == 1.0 and x[0, 0, 0, 0] == 0.0
+    assert abs(x[0, 0, 1, 0].item() - 0.5) < 0.01  # not clipped to white
+
+
+def test_exif_orientation_is_respected(tmp_path):
+    img = Image.fromarray(_rgb_array(10, 40))  # landscape pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    img.save(tmp_path / "r.jpg", exif=exif)
+    assert io.load_image(tmp_path / "r.jpg").shape == (1, 3, 40, 10)
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    with pytest.raises(StyleforgeError, match="no such file"):
+        io.load_image(tmp_path / "missing.png")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(StyleforgeError, match="empty"):
+        io.load_image(tmp_path / "empty.jpg")
+    (tmp_path / "notes.jpg").write_text("not an image")
+    with pytest.raises(StyleforgeError, match="not an image"):
+        io.load_image(tmp_path / "notes.jpg")
+    Image.fromarray(_rgb_array(200, 200)).save(tmp_path / "full.jpg")
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(StyleforgeError, match="truncated or corrupt"):
+        io.load_image(tmp_path / "cut.jpg")
+
+
+def test_save_image_round_trip_and_atomic_replace(tmp_path):
+    x = io.load_image(_save(tmp_path))
+    out = tmp_path / "out.png"
+    io.save_image(x, out)
+    torch.testing.assert_close(io.load_image(out), x)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+
+
+def test_failed_write_leaves_existing_file_intact(tmp_path, monkeypatch):
+    out = tmp_path / "out.png"
+    out.write_bytes(b"precious")
+
+    def broken_save(self, fp, *a, **k):
+        with open(fp, "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(OSError):
+        io.save_image(torch.rand(1, 3, 4, 4), out)
+    assert out.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_unwritable_outputs_are_refused_early(tmp_path):
+    with pytest.raises(StyleforgeError, match="does not exist"):
+        io.check_writable(tmp_path / "nope" / "out.png")
+    with pytest.raises(StyleforgeError, match="cannot tell the image format"):
+        io.image_format(tmp_path / "out.xyz")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StyleforgeError, match="is not a folder"):
+        io.check_writable(tmp_path / "file" / "out.png")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        with pytest.raises(StyleforgeError, match="not writable"):
+            io.check_writable(locked / "out.png")
+    finally:
+        locked.chmod(0o700)
+
+
+def _save(tmp_path):
+    p = tmp_path / "in.png"
+    Image.fromarray(_rgb_array()).save(p)
+    return p
+
+
+def test_load_torch_turns_every_unreadable_file_into_one_line(tmp_path):
+    from styleforge.runtime.errors import first_line
+    from styleforge.runtime.io import load_torch
+
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(2)}, good)
+    assert torch.equal(load_torch(good, "a thing", "fix it")["w"], torch.ones(2))
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:40])
+    for name in ("junk.pt", "cut.pt"):
+        with pytest.raises(StyleforgeError, match=rf"{name} is truncated or not a thing \(.+\): fix it$"):
+            load_torch(tmp_path / name, "a thing", "fix it")
+    torch.save({"when": Path("x")}, tmp_path / "pickle.pt")  # a pickled object weights_only refuses
+    with pytest.raises(StyleforgeError, match="holds pickled Python objects, which styleforge never loads: fix it"):
+        load_torch(tmp_path / "pickle.pt", "a thing", "fix it")
+    assert first_line(RuntimeError("Error(s) in loading:\n\tMissing key(s): a\n\tmore")) == "Missing key(s): a"
+    assert first_line(ValueError("\n bad value \nsecond")) == "bad value" and first_line(KeyError()) == "KeyError"

@@ -1,0 +1,294 @@
+"""Fast style networks: model shapes, training, checkpoint/resume, apply, ONNX, CLI, bad input."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import striped_image, synthetic_image
+from PIL import Image
+
+from styleforge.cli import main_group
+from styleforge.runtime.errors import StyleforgeError
+from styleforge.runtime.io import save_image
+from styleforge.style.fast import ARCHS, FastTrainConfig, TransformerNet, load_model, save_model, train_style
+from styleforge.style.fast.data import RandomCrops, StreamSampler, list_images
+from styleforge.style.fast.model import parameter_count
+from styleforge.style.fast.train import LR_FLOOR, lr_at
+
+
+def run(*args):
+    return CliRunner().invoke(main_group, [str(a) for a in args])
+
+
+def _fails(result, text):
+    assert result.exit_code != 0, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], result.stderr
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(6):
+        sub = folder / "sub" if i % 2 else folder
+        save_image(synthetic_image(40 + 4 * i, 52, phase=i), sub / f"p{i}.{'png' if i % 3 else 'jpg'}")
+    style = tmp_path / "style.png"
+    save_image(striped_image(48, 48), style)
+    return folder, style
+
+
+def _cfg(photos, tmp_path, vgg, **kw):
+    folder, style = photos
+    base = dict(style=str(style), data=str(folder), output=str(tmp_path / "m.pth"), arch="light", image_size=32,
+                style_size=48, batch_size=2, steps=6, checkpoint_every=3, weights=str(vgg), device="cpu",
+                precision="fp32", workers=0, half=False)
+    base.update(kw)
+    return FastTrainConfig(**base)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("hw", [(32, 32), (33, 47), (17, 6)])
+def test_model_any_size_finite(arch, hw):
+    torch.manual_seed(0)
+    net = TransformerNet(arch).eval()
+    with torch.no_grad():
+        y = net(torch.rand(2, 3, *hw))
+    assert y.shape == (2, 3, *hw) and torch.isfinite(y).all()
+
+
+def test_parameter_counts():
+    assert parameter_count(TransformerNet("johnson")) == 1_679_235  # the published network's size
+    assert parameter_count(TransformerNet("light")) < parameter_count(TransformerNet("johnson")) / 5
+
+
+def test_model_file_round_trip_fp16(tmp_path):
+    net = TransformerNet("light").eval()
+    path = save_model(net, tmp_path / "m.pth", "stripes", {"steps": 1})
+    loaded, record = load_model(path)
+    assert record["style"] == "stripes" and record["arch"] == "light"
+    assert all(v.dtype == torch.float16 for v in torch.load(path, weights_only=True)["state_dict"].values()
+               if v.is_floating_point())
+    x = torch.rand(1, 3, 40, 44)
+    with torch.no_grad():
+        assert (net(x).clamp(0, 1) - loaded(x).clamp(0, 1)).abs().max() < 2e-2
+
+
+def test_stream_sampler_is_independent_of_world_size_and_resume():
+    one = [b for b in StreamSampler(10, 4, 6, seed=3)]
+    two = [StreamSampler(10, 4, 6, seed=3, rank=r, world_size=2) for r in range(2)]
+    merged = [a + b for a, b in zip(*two)]
+    assert merged == one
+    resumed = list(StreamSampler(10, 4, 6, seed=3, start_step=2))
+    assert resumed == one[2:]
+    # Each epoch (10 positions) visits every image exactly once.
+    flat = [i for batch in one for i, _ in batch]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+
+
+def test_crops_are_deterministic_and_sized(photos):
+    files, bad = list_images(photos[0])
+    assert len(files) == 6 and not bad
+    ds = RandomCrops(files, 32)
+    a, _ = ds[(2, 99)]
+    b, _ = ds[(2, 99)]
+    assert a.shape == (3, 32, 32) and torch.equal(a, b)
+
+
+def test_corrupt_files_are_skipped_and_counted(photos, tmp_path):
+    folder = photos[0]
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    noise = (np.random.default_rng(0).random((200, 200, 3)) * 255).astype(np.uint8)
+    Image.fromarray(noise).save(tmp_path / "big.jpg", quality=95)
+    data = (tmp_path / "big.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])  # header intact, pixels cut
+    files, bad = list_images(folder)
+    assert [p.name for p in bad] == ["broken.jpg"]
+    ds = RandomCrops(files, 32)
+    idx = [p.name for p in files].index("truncated.jpg")
+    x, skipped = ds[(idx, 1)]
+    assert x.shape == (3, 32, 32) and [s.split("/")[-1] for s in skipped] == ["truncated.jpg"]
+
+
+def test_no_images_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StyleforgeError, match="no readable images"):
+        list_images(tmp_path / "empty")
+
+
+def test_training_lowers_the_loss_and_writes_outputs(photos, tmp_path, random_vgg19_file):
+    cfg = _cfg(photos, tmp_path, random_vgg19_file, steps=25, checkpoint_every=10, lr=5e-3)
+    result = train_style(cfg)
+    totals = [r["total"] for r in result.history]
+    assert np.mean(totals[-5:]) < 0.7 * np.mean(totals[:5])
+    assert (tmp_path / "m.pth").is_file() and (tmp_path / "m.pth.ckpt").is_file()
+    assert (tmp_path / "m.losses.csv").read_text().startswith("step,content,style,tv,total")
+    assert (tmp_path / "m.losses.png").stat().st_size > 1000
+    _, record = load_model(tmp_path / "m.pth")
+    assert record["training"]["steps"] == 25 and record["training"]["image_size"] == 32
+
+
+def test_resume_gives_the_same_weights(photos, tmp_path, random_vgg19_file):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    full = train_style(_cfg(photos, tmp_path / "a", random_vgg19_file))
+    part = _cfg(photos, tmp_path / "b", random_vgg19_file, stop_at=3)
+    assert train_style(part).model_path.name == "m.pth.ckpt" and not (tmp_path / "b" / "m.pth").exists()
+    resumed = train_style(_cfg(photos, tmp_path / "b", random_vgg19_file, resume=True))
+    a = torch.load(tmp_path / "a" / "m.pth", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "m.pth", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["total"] for r in full.history] == [r["total"] for r in resumed.history]
+
+
+def test_constant_schedule_resumes_to_more_steps(photos, tmp_path, random_vgg19_file):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    train_style(_cfg(photos, tmp_path / "a", random_vgg19_file, lr_schedule="constant"))
+    train_style(_cfg(photos, tmp_path / "b", random_vgg19_file, lr_schedule="constant", steps=3))
+    train_style(_cfg(photos, tmp_path / "b", random_vgg19_file, lr_schedule="constant", resume=True))
+    a = torch.load(tmp_path / "a" / "m.pth", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "m.pth", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cosine_schedule_refuses_resume_with_other_steps(photos, tmp_path, random_vgg19_file):
+    train_style(_cfg(photos, tmp_path, random_vgg19_file, steps=3))
+    with pytest.raises(StyleforgeError, match="steps.*--stop-at"):
+        train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=6))
+
+
+def test_lr_schedule_values():
+    assert lr_at(1, 10, 0.1, "cosine") == pytest.approx(0.1)
+    assert lr_at(10, 10, 0.1, "cosine") == pytest.approx(0.1 * LR_FLOOR)
+    mid = lr_at(5, 9, 0.1, "cosine")  # halfway: the mean of start and floor
+    assert mid == pytest.approx(0.1 * (1 + LR_FLOOR) / 2)
+    assert all(lr_at(s, 10, 0.1, "constant") == 0.1 for s in range(1, 11))
+    rates = [lr_at(s, 50, 1.0, "cosine") for s in range(1, 51)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+
+
+def test_resume_refuses_changed_settings(photos, tmp_path, random_vgg19_file):
+    train_style(_cfg(photos, tmp_path, random_vgg19_file, steps=3))
+    with pytest.raises(StyleforgeError, match="lr"):
+        train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, lr=0.5))
+
+
+def test_apply_odd_sizes_folders_and_colors(tmp_path):
+    model = save_model(TransformerNet("light").eval(), tmp_path / "m.pth", "x", {})
+    src = tmp_path / "in"
+    (src / "deep").mkdir(parents=True)
+    save_image(synthetic_image(31, 45), src / "a.png")
+    save_image(synthetic_image(50, 21), src / "deep" / "b.jpg")
+    result = run("fast", "apply", model, src, "-o", tmp_path / "out", "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "out" / "in" / "a.png").size == (45, 31)
+    assert Image.open(tmp_path / "out" / "in" / "deep" / "b.jpg").size == (21, 50)
+    result = run("fast", "apply", model, src / "a.png", "-o", tmp_path / "one.png", "--size", "64",
+                 "--original-colors", "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "one.png").size == (64, 44)
+
+
+def test_onnx_matches_pytorch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = save_model(TransformerNet("light").eval(), tmp_path / "m.pth", "x", {}, half=False)
+    assert run("fast", "export", model, "-o", tmp_path / "m.onnx").exit_code == 0
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    net, _ = load_model(model)
+    for hw in [(36, 52), (29, 41)]:
+        x = torch.rand(2, 3, *hw)
+        got = session.run(None, {"image": x.numpy()})[0]
+        with torch.no_grad():
+            want = net(x).clamp(0, 1).numpy()
+        assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
+
+
+def write_clip(av, path, frames: int = 5):
+    """A 48x32 MPEG-4 clip of synthetic frames at 10 frames/s."""
+    with av.open(str(path), "w") as f:
+        s = f.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = 48, 32, "yuv420p"
+        for i in range(frames):
+            arr = (synthetic_image(32, 48, phase=i)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                f.mux(p)
+        for p in s.encode():
+            f.mux(p)
+    return path
+
+
+def test_video_round_trip(tmp_path):
+    av = pytest.importorskip("av")
+    src = write_clip(av, tmp_path / "clip.mp4")
+    model = save_model(TransformerNet("light").eval(), tmp_path / "m.pth", "x", {})
+    result = run("fast", "apply", model, src, "-o", tmp_path / "out.mp4", "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    with av.open(str(tmp_path / "out.mp4")) as f:
+        frames = list(f.decode(video=0))
+    assert len(frames) == 5 and (frames[0].width, frames[0].height) == (48, 32)
+    (tmp_path / "bad.mp4").write_bytes(b"\x00" * 100)
+    _fails(run("fast", "apply", model, tmp_path / "bad.mp4", "-o", tmp_path / "o2.mp4", "--device", "cpu"),
+           "cannot read video")
+    assert not (tmp_path / "o2.mp4").exists()
+
+
+def test_cli_train_and_bad_inputs(photos, tmp_path, random_vgg19_file):
+    folder, style = photos
+    common = ["--weights", random_vgg19_file, "--network", "light", "--crop-size", "32", "--style-size", "32",
+              "--batch-size", "2", "--device", "cpu", "--precision", "fp32", "--workers", "0", "-q"]
+    result = run("fast", "train", style, "--data", folder, "-o", tmp_path / "m.pth", "--steps", "2", *common)
+    assert result.exit_code == 0, result.output
+    (tmp_path / "empty").mkdir()
+    _fails(run("fast", "train", style, "--data", tmp_path / "empty", "-o", tmp_path / "x.pth", *common),
+           "no readable images")
+    _fails(run("fast", "train", style, "--data", folder, "-o", tmp_path / "nope" / "x.pth", *common),
+           "does not exist")
+    # Model files that are not usable.
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    _fails(run("fast", "apply", tmp_path / "junk.pth", style, "-o", tmp_path / "o.png"), "not a PyTorch file")
+    data = (tmp_path / "m.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    _fails(run("fast", "apply", tmp_path / "cut.pth", style, "-o", tmp_path / "o.png"), "truncated")
+    torch.save({"conv1.conv2d.weight": torch.zeros(1)}, tmp_path / "plain.pth")
+    _fails(run("fast", "apply", tmp_path / "plain.pth", style, "-o", tmp_path / "o.png"), "not a styleforge")
+    record = torch.load(tmp_path / "m.pth", weights_only=True)
+    record["arch"] = "johnson"
+    torch.save(record, tmp_path / "other.pth")
+    _fails(run("fast", "apply", tmp_path / "other.pth", style, "-o", tmp_path / "o.png"), "do not fit")
+    _fails(run("fast", "apply", "no_such_style", style, "-o", tmp_path / "o.png"), "no model named")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_interrupt_keeps_a_valid_checkpoint_and_resume_continues(photos, tmp_path, random_vgg19_file):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    train_style(_cfg(photos, tmp_path / "a", random_vgg19_file))
+
+    def ctrl_c(p):
+        if p.step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(StyleforgeError, match=r"interrupted: at step 5, .*step 3\) is valid.*--resume"):
+        train_style(_cfg(photos, tmp_path / "b", random_vgg19_file), callback=ctrl_c)
+    assert not (tmp_path / "b" / "m.pth").exists()
+    train_style(_cfg(photos, tmp_path / "b", random_vgg19_file, resume=True))
+    a = torch.load(tmp_path / "a" / "m.pth", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "m.pth", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("change, text", [
+    ({"style_size": 6}, "too small for the loss layers"),
+    ({"batch_size": 7}, "fewer than one batch of 7"),
+    ({"image_size": 160}, "larger than every photo in --data (the largest short side is 52 px)"),
+])
+def test_inputs_that_cannot_train_fail_before_training(photos, tmp_path, random_vgg19_file, change, text):
+    with pytest.raises(StyleforgeError, match=re.escape(text)):
+        train_style(_cfg(photos, tmp_path, random_vgg19_file, **change))
+    assert not list(tmp_path.glob("m.pth*"))

@@ -1,0 +1,102 @@
+"""The grid-artifact measure (synthetic spectra) and the style contact sheet (library and CLI)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import synthetic_image
+from PIL import Image
+
+from styleforge.cli import main_group
+from styleforge.runtime.errors import StyleforgeError
+from styleforge.runtime.io import save_image
+from styleforge.style.fast import TransformerNet, save_model
+from styleforge.style.fast.quality import grid_artifact, grid_peaks
+from styleforge.style.fast.sheet import GAP, LABEL_HEIGHT, style_sheet
+
+
+def _scene(h=200, w=300) -> torch.Tensor:
+    """A photo-like picture: smooth shading plus non-periodic detail (blobs of every size)."""
+    g = torch.Generator().manual_seed(0)
+    base = synthetic_image(h, w)[0]
+    noise = torch.randn(1, 1, h // 8, w // 8, generator=g)
+    detail = torch.nn.functional.interpolate(noise, size=(h, w), mode="bicubic", align_corners=False)[0]
+    return (0.7 * base + 0.15 * detail + 0.02 * torch.randn(3, h, w, generator=g)).clamp(0, 1)
+
+
+def _grid(h, w, period, amplitude=0.04) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return amplitude * ((((xx % period) < period // 2) ^ ((yy % period) < period // 2)).float() - 0.5)
+
+
+def test_a_picture_without_a_grid_scores_about_one():
+    assert 0.5 < grid_peaks(_scene()) < 2.5
+
+
+@pytest.mark.parametrize("period", [2, 4])
+def test_a_faint_periodic_grid_is_caught(period):
+    scene = _scene()
+    gridded = (scene + _grid(*scene.shape[-2:], period)).clamp(0, 1)
+    assert grid_artifact(gridded, scene) > 5.0
+
+
+def test_texture_without_a_period_is_not_charged():
+    scene = _scene()
+    g = torch.Generator().manual_seed(1)
+    textured = (scene + 0.08 * torch.randn(scene.shape, generator=g)).clamp(0, 1)  # far stronger than the grid
+    assert grid_artifact(textured, scene) < 1.5
+
+
+def test_too_small_for_a_spectrum():
+    with pytest.raises(ValueError, match="at least 32"):
+        grid_peaks(torch.rand(3, 20, 40))
+
+
+@pytest.fixture
+def two_styles(tmp_path, monkeypatch):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for i, name in enumerate(("alpha", "beta")):
+        torch.manual_seed(i)
+        save_model(TransformerNet("light").eval(), folder / f"fast-{name}.pth", name, {})
+    monkeypatch.setenv("STYLEFORGE_WEIGHTS", str(folder))
+    photo = tmp_path / "photo.png"
+    save_image(synthetic_image(60, 90), photo)
+    return photo
+
+
+def test_sheet_has_the_photo_then_every_style(two_styles):
+    sheet = style_sheet(two_styles, ["alpha", "beta"], tile=48, columns=2, device="cpu", precision="fp32")
+    w, h = 48, 32                                   # 90x60 at a 48 px long side
+    assert sheet.size == (2 * (w + GAP) + GAP, 2 * (h + LABEL_HEIGHT + GAP) + GAP)
+    first = sheet.crop((GAP, GAP + LABEL_HEIGHT, GAP + w, GAP + LABEL_HEIGHT + h))
+    expected = Image.open(two_styles).convert("RGB").resize((w, h), Image.Resampling.LANCZOS)
+    assert list(first.getdata()) == list(expected.getdata())
+    second = sheet.crop((2 * GAP + w, GAP + LABEL_HEIGHT, 2 * (GAP + w), GAP + LABEL_HEIGHT + h))
+    assert list(second.getdata()) != list(first.getdata())   # the style network changed it
+    empty = sheet.crop((2 * GAP + w, 2 * GAP + 2 * LABEL_HEIGHT + h, 2 * (GAP + w), sheet.height - GAP))
+    assert set(empty.getdata()) == {(255, 255, 255)}         # 3 tiles in a 2x2 grid
+
+
+def test_sheet_cli_writes_and_refuses_bad_requests(two_styles, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "sheet.png"
+    result = runner.invoke(main_group, ["fast", "sheet", str(two_styles), "-o", str(out), "--size", "48", "-q",
+                                        "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size[0] > 3 * 48
+    before = two_styles.read_bytes()
+    for args, text in ((["-o", str(two_styles)], "is the input photo"),
+                       (["-o", str(tmp_path / "s.xyz")], "xyz"),
+                       (["-o", str(tmp_path / "s2.png"), "--styles", "alpha,nope"], "no model named 'nope'")):
+        result = runner.invoke(main_group, ["fast", "sheet", str(two_styles), *args, "-q"])
+        assert result.exit_code != 0
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], result.stderr
+    assert two_styles.read_bytes() == before and not (tmp_path / "s2.png").exists()
+
+
+def test_sheet_needs_a_usable_tile():
+    with pytest.raises(StyleforgeError, match="at least 32"):
+        style_sheet(Image.new("RGB", (64, 64)), ["x"], tile=8)

@@ -1,0 +1,79 @@
+import torch
+
+from styleforge.style import losses
+
+
+def test_gram_of_hand_built_tensor():
+    # Two channels over 2x2 positions: f0 = [1,2,3,4], f1 = [0,1,0,1].
+    f = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [0.0, 1.0]]]])
+    g = losses.gram_matrix(f)
+    expected = torch.tensor([[30.0, 6.0], [6.0, 2.0]]) / 4  # dot products / (H*W)
+    assert g.shape == (1, 2, 2)
+    torch.testing.assert_close(g[0], expected)
+
+
+def test_content_loss_of_identical_features_is_zero_and_positive_otherwise():
+    t = torch.randn(1, 8, 5, 5)
+    assert losses.content_loss(t, t).item() == 0.0
+    assert losses.content_loss(t + 0.1, t).item() > 0.0
+
+
+def test_content_loss_is_relative_error():
+    t = torch.full((1, 2, 3, 3), 2.0)
+    # mean((3 - 2)^2) / mean(2^2) = 1/4
+    torch.testing.assert_close(losses.content_loss(t + 1, t), torch.tensor(0.25))
+
+
+def test_tv_of_constant_image_is_zero_and_of_stripes_is_not():
+    assert losses.tv_loss(torch.full((1, 3, 8, 8), 0.3)).item() == 0.0
+    stripes = torch.zeros(1, 3, 8, 8)
+    stripes[..., ::2] = 1.0
+    # every horizontal neighbour pair differs by 1, vertical pairs are equal
+    torch.testing.assert_close(losses.tv_loss(stripes), torch.tensor(1.0))
+
+
+def test_style_loss_unchanged_by_permuting_pixel_positions():
+    torch.manual_seed(0)
+    f = torch.randn(1, 6, 7, 9)
+    target = losses.gram_matrix(torch.randn(1, 6, 7, 9))
+    perm = torch.randperm(7 * 9)
+    shuffled = f.reshape(1, 6, -1)[:, :, perm].reshape(1, 6, 7, 9)
+    a = losses.style_loss(losses.gram_matrix(f), target)
+    b = losses.style_loss(losses.gram_matrix(shuffled), target)
+    torch.testing.assert_close(a, b)
+    assert a.item() > 0
+
+
+def test_losses_do_not_depend_on_activation_scale():
+    """Why the losses are relative: a backbone whose activations are 100x larger
+    (the Caffe VGG19 against torchvision's) must give the same loss values."""
+    torch.manual_seed(0)
+    f, t = torch.rand(1, 4, 6, 6), torch.rand(1, 4, 6, 6)
+    for c in (0.2, 40.0, 270.0):
+        torch.testing.assert_close(losses.content_loss(c * f, c * t), losses.content_loss(f, t))
+        torch.testing.assert_close(
+            losses.style_loss(losses.gram_matrix(c * f), losses.gram_matrix(c * t)),
+            losses.style_loss(losses.gram_matrix(f), losses.gram_matrix(t)))
+
+
+def test_weighted_sum():
+    parts = {"a": torch.tensor(2.0), "b": torch.tensor(3.0)}
+    assert losses.weighted_sum(parts, {"a": 0.5, "b": 2.0}).item() == 7.0
+
+
+def test_gram_backward_matches_autograd_in_both_layouts():
+    torch.manual_seed(0)
+    f = torch.randn(2, 5, 4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(losses.gram_matrix, (f,))
+    cl = f.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    assert torch.autograd.gradcheck(losses.gram_matrix, (cl,))
+    plain = lambda x: torch.bmm(x.reshape(2, 5, 12), x.reshape(2, 5, 12).transpose(1, 2)) / 12
+    torch.testing.assert_close(losses.gram_matrix(cl), plain(f.detach()))
+
+
+def test_gram_of_bf16_features_is_fp32_and_close():
+    torch.manual_seed(0)
+    f = torch.rand(1, 8, 16, 16)
+    g16 = losses.gram_matrix(f.bfloat16())
+    assert g16.dtype == torch.float32
+    torch.testing.assert_close(g16, losses.gram_matrix(f), rtol=2e-2, atol=1e-3)

@@ -1,0 +1,259 @@
+"""Any-style transfer: WCT / AdaIN transforms, decoders, the styler, decoder training, CLI, bad input."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import striped_image, synthetic_image
+from PIL import Image
+from test_fast import _fails, run, write_clip
+
+from styleforge.backbone import VGGFeatures
+from styleforge.runtime.errors import StyleforgeError
+from styleforge.runtime.io import save_image
+from styleforge.style.fast.decoder_train import DecoderTrainConfig, train_decoders
+from styleforge.style.fast.universal import (
+    LEVELS,
+    AnyStyle,
+    Decoder,
+    UniversalStyler,
+    adain,
+    build_styler,
+    feature_stats,
+    load_decoder,
+    normalized_blend,
+    save_decoder,
+    stylize_features,
+    wct,
+)
+
+
+def _cov(f: torch.Tensor) -> torch.Tensor:
+    f = f.reshape(f.shape[0], -1).double()
+    c = f - f.mean(1, keepdim=True)
+    return c @ c.T / (f.shape[1] - 1)
+
+
+def _correlated(c: int, h: int, w: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(c, c, generator=g, dtype=torch.float64)
+    return (mix @ torch.randn(c, h * w, generator=g, dtype=torch.float64)).reshape(c, h, w) + 2.0
+
+
+def test_wct_gives_the_style_covariance_and_mean():
+    content, style = _correlated(8, 20, 25, 0), _correlated(8, 30, 30, 1) * 3 - 5
+    out = wct(content, feature_stats(style))
+    assert out.shape == content.shape
+    torch.testing.assert_close(_cov(out), _cov(style), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(out.mean((1, 2)), style.mean((1, 2)), rtol=1e-9, atol=1e-9)
+    # Whitening keeps the content's spatial structure: WCT to the content's own statistics is the identity.
+    torch.testing.assert_close(wct(content, feature_stats(content)), content, rtol=1e-8, atol=1e-8)
+
+
+def test_wct_leaves_out_directions_the_content_does_not_span():
+    content = _correlated(8, 2, 3, 0)  # 6 positions: rank 5 after centring, so 3 directions are empty
+    out = wct(content, feature_stats(_correlated(8, 20, 20, 1)))
+    assert torch.isfinite(out).all() and out.abs().max() < 1e3
+
+
+def test_adain_matches_channel_mean_and_std():
+    content, style = _correlated(6, 16, 16, 2), _correlated(6, 10, 12, 3) * 0.5 + 1
+    out = adain(content, feature_stats(style))
+    torch.testing.assert_close(out.mean((1, 2)), style.mean((1, 2)))
+    torch.testing.assert_close(out.std((1, 2)), style.std((1, 2)), rtol=1e-5, atol=1e-6)
+
+
+def test_strength_and_blend_mix_features_linearly():
+    content = _correlated(4, 8, 8, 4)[None].float()
+    s1, s2 = feature_stats(_correlated(4, 9, 9, 5)), feature_stats(_correlated(4, 9, 9, 6))
+    assert stylize_features(content, [s1], [1.0], strength=0.0) is content
+    full1 = stylize_features(content, [s1], [1.0])
+    full2 = stylize_features(content, [s2], [1.0])
+    torch.testing.assert_close(stylize_features(content, [s1, s2], [0.25, 0.75]), 0.25 * full1 + 0.75 * full2)
+    torch.testing.assert_close(stylize_features(content, [s1], [1.0], strength=0.4), 0.4 * full1 + 0.6 * content)
+    assert normalized_blend([1, 3], 2) == [0.25, 0.75]
+    with pytest.raises(StyleforgeError, match="2 weights but there are 3"):
+        normalized_blend([1, 1], 3)
+
+
+@pytest.fixture(scope="module")
+def encoder(random_vgg19_file):
+    return VGGFeatures(["relu2_1", "relu3_1", "relu5_1"], weights=random_vgg19_file)
+
+
+def test_decoders_invert_each_level_to_rgb_any_size():
+    channels = (64, 128, 256, 512, 512)
+    for k, level in enumerate(LEVELS):
+        assert Decoder(level)(torch.zeros(1, channels[k], 3, 5)).shape == (1, 3, 3 * 2 ** k, 5 * 2 ** k)
+    sizes = sum(sum(p.numel() for p in Decoder(lv).parameters()) for lv in LEVELS)
+    assert sizes * 2 < 25e6  # all five decoders in fp16 under 25 MB
+
+
+def test_strength_zero_is_the_reconstruction_and_sizes_are_kept(encoder):
+    torch.manual_seed(0)
+    dec = Decoder("relu3_1").eval()
+    photo = synthetic_image(37, 23)
+    styler = UniversalStyler(encoder, {"relu3_1": dec}, [striped_image(40, 40)], strength=0.0)
+    with torch.no_grad():
+        out = styler(photo)
+        padded = torch.nn.functional.pad(photo, (0, 1, 0, 3), mode="reflect")
+        expected = dec(encoder(padded, ["relu3_1"])["relu3_1"])[..., :37, :23]
+    torch.testing.assert_close(out, expected)
+    styled = UniversalStyler(encoder, {"relu3_1": dec}, [striped_image(40, 40)], strength=1.0)
+    with torch.no_grad():
+        assert not torch.allclose(styled(photo), out)
+
+
+def test_style_too_small_for_the_deepest_level(encoder):
+    decs = {"relu5_1": Decoder("relu5_1"), "relu2_1": Decoder("relu2_1")}
+    with pytest.raises(StyleforgeError, match="too small for relu5_1"):
+        UniversalStyler(encoder, decs, [striped_image(12, 40)])
+
+
+def test_decoder_file_round_trip_and_bad_files(tmp_path):
+    dec = Decoder("relu2_1")
+    dec.input_scale.fill_(0.25)
+    path = save_decoder(dec, tmp_path / "decoder-relu2_1.pth", {"steps": 1})
+    loaded = load_decoder(path)
+    x = torch.randn(1, 128, 4, 4)
+    assert (loaded(x) - dec(x)).abs().max() < 1e-2 and float(loaded.input_scale) == 0.25
+    torch.save({"x": 1}, tmp_path / "bad.pth")
+    with pytest.raises(StyleforgeError, match="not a styleforge decoder"):
+        load_decoder(tmp_path / "bad.pth")
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(6):
+        save_image(synthetic_image(36 + 4 * i, 44, phase=i), folder / f"p{i}.png")
+    return folder
+
+
+def _dcfg(photos, out, vgg, **kw):
+    base = dict(data=str(photos), output=str(out), levels=["relu1_1", "relu2_1"], image_size=32, batch_size=2,
+                steps=6, checkpoint_every=3, weights=str(vgg), device="cpu", precision="fp32", workers=0,
+                half=False)
+    return DecoderTrainConfig(**{**base, **kw})
+
+
+def test_decoder_training_lowers_the_loss(photos, tmp_path, random_vgg19_file):
+    result = train_decoders(_dcfg(photos, tmp_path / "d", random_vgg19_file, steps=30, lr=3e-3))
+    for level in ("relu1_1", "relu2_1"):
+        losses = [r[level] for r in result.history]
+        assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), (level, losses)
+    assert [p.name for p in result.paths] == ["decoder-relu1_1.pth", "decoder-relu2_1.pth"]
+    assert (tmp_path / "d" / "decoders.losses.csv").read_text().startswith("step,relu1_1,relu2_1,seconds")
+    assert float(load_decoder(result.paths[0]).input_scale) != 1.0
+
+
+def test_decoder_resume_gives_the_same_weights(photos, tmp_path, random_vgg19_file):
+    full = train_decoders(_dcfg(photos, tmp_path / "a", random_vgg19_file))
+    part = train_decoders(_dcfg(photos, tmp_path / "b", random_vgg19_file, stop_at=3))
+    assert part.paths[0].name == "decoders.ckpt" and not (tmp_path / "b" / "decoder-relu1_1.pth").exists()
+    resumed = train_decoders(_dcfg(photos, tmp_path / "b", random_vgg19_file, resume=True))
+    for name in ("decoder-relu1_1.pth", "decoder-relu2_1.pth"):
+        a = torch.load(tmp_path / "a" / name, weights_only=True)["state_dict"]
+        b = torch.load(tmp_path / "b" / name, weights_only=True)["state_dict"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["relu2_1"] for r in full.history] == [r["relu2_1"] for r in resumed.history]
+    with pytest.raises(StyleforgeError, match=r"other settings \(--lr 0.001 -> 0.005; --steps \d+ -> 9\)"):
+        train_decoders(_dcfg(photos, tmp_path / "b", random_vgg19_file, steps=9, stop_at=None, lr=5e-3,
+                             resume=True))
+
+
+def test_decoder_resume_refuses_other_photos(photos, tmp_path, random_vgg19_file):
+    train_decoders(_dcfg(photos, tmp_path / "b", random_vgg19_file, stop_at=3))
+    ckpt = (tmp_path / "b" / "decoders.ckpt").read_bytes()
+    other = tmp_path / "other"
+    shutil.copytree(photos, other)
+    with pytest.raises(StyleforgeError, match="other settings .--data"):
+        train_decoders(_dcfg(other, tmp_path / "b", random_vgg19_file, resume=True))
+    assert (tmp_path / "b" / "decoders.ckpt").read_bytes() == ckpt
+
+
+@pytest.fixture
+def decoders(tmp_path):
+    folder = tmp_path / "decoders"
+    folder.mkdir()
+    torch.manual_seed(0)
+    for level in ("relu1_1", "relu3_1"):
+        save_decoder(Decoder(level), folder / f"decoder-{level}.pth", {})
+    return folder
+
+
+def test_build_styler_finds_decoders_and_names_missing_levels(decoders, tmp_path, random_vgg19_file):
+    style = tmp_path / "s.png"
+    save_image(striped_image(48, 48), style)
+    styler = build_styler(AnyStyle([style], decoders=decoders, weights=random_vgg19_file))
+    assert styler.levels == ["relu3_1", "relu1_1"]
+    with pytest.raises(StyleforgeError, match="no decoder for relu4_1"):
+        build_styler(AnyStyle([style], decoders=decoders, levels=["relu4_1"], weights=random_vgg19_file))
+
+
+def test_cli_apply_with_style_images(decoders, tmp_path, random_vgg19_file):
+    for name, img in (("s1.png", striped_image(48, 48)), ("s2.jpg", synthetic_image(40, 56, phase=2.0))):
+        save_image(img, tmp_path / name)
+    src = tmp_path / "in"
+    src.mkdir()
+    save_image(synthetic_image(31, 45), src / "a.png")
+    save_image(synthetic_image(50, 21), src / "b.jpg")
+    common = ["--decoders", decoders, "--weights", random_vgg19_file, "--device", "cpu", "-q"]
+    result = run("fast", "apply", src, "-o", tmp_path / "out", "--style-image", tmp_path / "s1.png",
+                 "--style-image", tmp_path / "s2.jpg", "--style-blend", "0.7,0.3", "--strength", "0.8", *common)
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "out" / "in" / "a.png").size == (45, 31)
+    assert Image.open(tmp_path / "out" / "in" / "b.jpg").size == (21, 50)
+    result = run("fast", "apply", src / "a.png", "-o", tmp_path / "one.png", "--style-image", tmp_path / "s1.png",
+                 "--size", "64", "--original-colors", "--method", "adain", "--levels", "relu3_1", *common)
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "one.png").size == (64, 44)
+
+
+def test_cli_apply_style_image_to_video(decoders, tmp_path, random_vgg19_file):
+    av = pytest.importorskip("av")
+    save_image(striped_image(48, 48), tmp_path / "s.png")
+    result = run("fast", "apply", write_clip(av, tmp_path / "clip.mp4", frames=3), "-o", tmp_path / "out.mp4",
+                 "--style-image", tmp_path / "s.png", "--decoders", decoders, "--weights", random_vgg19_file,
+                 "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    with av.open(str(tmp_path / "out.mp4")) as f:
+        frames = list(f.decode(video=0))
+    assert len(frames) == 3 and (frames[0].width, frames[0].height) == (48, 32)
+
+
+@pytest.mark.parametrize("extra, text", [
+    (["m.pth", "in.png", "--style-image", "s.png"], "not both"),
+    (["in.png"], "give a MODEL"),
+    (["in.png", "--style-image", "s.png", "--strength", "1.5"], "'--strength': must be in [0, 1], got 1.5"),
+    (["in.png", "--style-image", "s.png", "--style-blend", "1,2"], "2 weights but there are 1"),
+    (["in.png", "--style-image", "s.png", "--levels", "relu9_1"], "unknown level 'relu9_1'"),
+    (["in.png", "--style-image", "s.png", "--levels", "relu5_1"], "no decoder for relu5_1"),
+    (["in.png", "--style-image", "s.png", "--style-size", "3"], "too small for relu3_1"),
+    (["in.png", "--style-image", "missing.png"], "missing.png"),
+])
+def test_cli_apply_bad_input_is_one_line(decoders, tmp_path, random_vgg19_file, monkeypatch, extra, text):
+    monkeypatch.chdir(tmp_path)
+    save_image(synthetic_image(32, 32), tmp_path / "in.png")
+    save_image(striped_image(48, 48), tmp_path / "s.png")
+    torch.save({"x": 1}, tmp_path / "m.pth")
+    result = run("fast", "apply", *extra, "-o", tmp_path / "o.png", "--decoders", decoders,
+                 "--weights", random_vgg19_file, "--device", "cpu", "-q")
+    _fails(result, text)
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_cli_train_decoders_and_bad_input(photos, tmp_path, random_vgg19_file):
+    common = ["--data", photos, "--weights", random_vgg19_file, "--crop-size", "32", "--batch-size", "2",
+              "--device", "cpu", "-q", "--workers", "0"]
+    result = run("fast", "train-decoders", "-o", tmp_path / "d", "--levels", "relu2_1", "--steps", "2", *common)
+    assert result.exit_code == 0, result.output
+    assert load_decoder(tmp_path / "d" / "decoder-relu2_1.pth").level == "relu2_1"
+    _fails(run("fast", "train-decoders", "-o", tmp_path / "e", "--levels", "relu5_1", *common, "--crop-size", "24"),
+           "--crop-size 24 must be a multiple of 16 and at least 32")
+    _fails(run("fast", "train-decoders", "-o", tmp_path / "e", "--levels", "relu6_1", *common), "unknown level")
+    _fails(run("fast", "train-decoders", "-o", tmp_path / "e", "--resume", *common), "no checkpoint")
