@@ -222,11 +222,12 @@ def train_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size,
     cfg.track_test = track_test
     bars = TrainBars(quiet)
     try:
-        result = fit(cfg, callback=bars)
+        with distributed.session() as ctx:
+            result = fit(cfg, callback=bars)
     finally:
         bars.close()
     s = result.summary
-    if distributed.current().is_main and not quiet:
+    if ctx.is_main and not quiet:
         acc = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
         click.echo(f"wrote {output}: test acc {acc(s.get('test_acc'))}, val acc {acc(s.get('val_acc'))}, "
                    f"train acc {acc(s.get('train_acc'))} (best epoch {s.get('best_epoch')}, "
@@ -258,10 +259,11 @@ def eval_cmd(checkpoint, dataset, split, data_root, test_data, download, classes
     from ..classify.evaluate import EvalConfig, evaluate
     from ..classify.report import markdown_table
 
-    result = evaluate(EvalConfig(str(checkpoint), dataset, split, data_root, test_data, download, parse_list(classes),
-                                 val_split, test_split, image_size, batch_size, device, precision,
-                                 str(output) if output else None))
-    if not distributed.current().is_main:
+    with distributed.session() as ctx:
+        result = evaluate(EvalConfig(str(checkpoint), dataset, split, data_root, test_data, download,
+                                     parse_list(classes), val_split, test_split, image_size, batch_size, device,
+                                     precision, str(output) if output else None))
+    if not ctx.is_main:
         return
     click.echo(f"{split} accuracy {result.acc:.4f}, loss {result.loss:.4f} on {result.n} images "
                f"({result.seconds:.1f} s)")
@@ -307,10 +309,11 @@ def grid_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, 
         raise StyleforgeError("nothing to search: give at least one setting with several values, e.g. --lr 0.01,0.1")
     bars = TrainBars(quiet)
     try:
-        grid(base, axes, output, callback=bars, overwrite=overwrite)
+        with distributed.session() as ctx:
+            grid(base, axes, output, callback=bars, overwrite=overwrite)
     finally:
         bars.close()
-    if distributed.current().is_main:
+    if ctx.is_main:
         click.echo((Path(output) / "grid.md").read_text())
 
 

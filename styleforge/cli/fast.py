@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from .. import distributed
 from ..errors import StyleforgeError
 from ..fast import ARCHS, FastTrainConfig, available_models, train_style
 from ..fast.apply import VIDEO_SUFFIXES, stylize_files
@@ -98,9 +99,9 @@ def train_cmd(style_image, data, output, arch, image_size, style_size, batch_siz
             "img/s": f"{p.images_per_s:.2f}", "content": f"{p.losses['content']:.3g}",
             "style": f"{p.losses['style']:.3g}", "skipped": str(p.skipped)})
 
-    with bar:
+    with bar, distributed.session() as ctx:
         result = train_style(cfg, progress)
-    if not quiet:
+    if ctx.is_main and not quiet:
         note = f", skipped {len(result.skipped)} unreadable files" if result.skipped else ""
         click.echo(f"wrote {result.model_path} ({result.seconds:.0f} s{note})")
 
@@ -204,9 +205,9 @@ def train_decoders_cmd(data, output, levels, width, image_size, batch_size, step
         bar.show("training", p.step, p.steps, "step", {"img/s": f"{p.images_per_s:.2f}",
                                                       **{k: f"{v:.3g}" for k, v in p.losses.items()}})
 
-    with bar:
+    with bar, distributed.session() as ctx:
         result = train_decoders(cfg, progress)
-    if not quiet:
+    if ctx.is_main and not quiet:
         click.echo(f"wrote {', '.join(str(p) for p in result.paths)} ({result.seconds:.0f} s)")
 
 

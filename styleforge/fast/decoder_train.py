@@ -156,7 +156,7 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
                    encoder: VGGFeatures | None = None) -> DecoderTrainResult:
     """Train one decoder per level; writes ``decoder-<level>.pth`` files, a checkpoint and the loss CSV."""
     levels = _check(cfg)
-    ctx = distributed.setup()
+    ctx = distributed.current()
     out_dir = Path(cfg.output)
     if ctx.is_main:
         if out_dir.exists() and not out_dir.is_dir():
@@ -250,7 +250,6 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
     seconds = elapsed_before + time.perf_counter() - start
     save_checkpoint()
     if step < cfg.steps:
-        distributed.teardown()
         return DecoderTrainResult([ckpt], history, seconds)
     paths = [out_dir / decoder_name(lv) for lv in levels]
     if ctx.is_main:
@@ -260,5 +259,4 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
                         "final_loss": round(running[lv], 6)}
             save_decoder(decoders.decoders[lv], path, training, half=cfg.half)
     ctx.barrier()
-    distributed.teardown()
     return DecoderTrainResult(paths, history, seconds)

@@ -276,7 +276,7 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
     The output is locked while it runs: a second run onto the same model stops at once.
     """
     _check(cfg)
-    ctx = distributed.setup()
+    ctx = distributed.current()
     if not ctx.is_main:
         return _train_style(cfg, callback, extractor)
     check_writable(cfg.output)
@@ -404,7 +404,6 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
     seconds = elapsed_before + time.perf_counter() - start
     save_checkpoint(step)  # every rank: it holds a barrier
     if step < steps:  # --stop-at: the checkpoint is the result; --resume finishes the run
-        distributed.teardown()
         return FastTrainResult(ckpt, history, seconds, skipped)
     if ctx.is_main:
         training = {**config_record, "parameters": parameter_count(model), "seconds": round(seconds, 1),
@@ -413,7 +412,6 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
         save_model(model, output, Path(cfg.style).stem, training, half=cfg.half)
         write_history(history, output)
     ctx.barrier()
-    distributed.teardown()
     return FastTrainResult(output, history, seconds, skipped)
 
 
