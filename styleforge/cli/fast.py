@@ -24,6 +24,7 @@ from ..fast.train import (
 from ..fast.universal import DEFAULT_STYLE_SIZE, LEVELS, METHODS, AnyStyle
 from ..io import IMAGE_SUFFIXES, check_writable, image_format, save_image
 from ..perceptual import STYLE_STRENGTH_HELP
+from ..progress import Bar
 from .options import (
     COUNT,
     FRACTION,
@@ -35,7 +36,6 @@ from .options import (
     parse_numbers,
     runtime_options,
 )
-from .progress import Bar
 
 
 def _layers(d: dict) -> str:
@@ -93,7 +93,7 @@ def train_cmd(style_image, data, output, arch, image_size, style_size, batch_siz
     bar = Bar(quiet)
 
     def progress(p):
-        if bar.bar is None:
+        if not bar.is_open:
             bar.write(p.note)
         bar.show("training", p.step, p.steps, "step", {
             "img/s": f"{p.images_per_s:.2f}", "content": f"{p.losses['content']:.3g}",
@@ -200,7 +200,7 @@ def train_decoders_cmd(data, output, levels, width, image_size, batch_size, step
     bar = Bar(quiet)
 
     def progress(p):
-        if bar.bar is None:
+        if not bar.is_open:
             bar.write(p.note)
         bar.show("training", p.step, p.steps, "step", {"img/s": f"{p.images_per_s:.2f}",
                                                       **{k: f"{v:.3g}" for k, v in p.losses.items()}})

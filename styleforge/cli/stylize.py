@@ -10,6 +10,7 @@ from ..errors import StyleforgeError
 from ..guard import Terminated, check_not_inputs
 from ..io import check_writable, image_format, save_image, save_json
 from ..perceptual import STYLE_STRENGTH_HELP
+from ..progress import Bar
 from ..transfer import DEFAULT_STYLE_STRENGTH, Progress, StylizeConfig, stylize
 from .options import (
     COUNT,
@@ -22,7 +23,6 @@ from .options import (
     parse_numbers,
     runtime_options,
 )
-from .progress import Bar
 
 
 class _Bars(Bar):
