@@ -7,7 +7,7 @@ the command line's ``--help`` and ``--version``, do not import torch.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"  # the one place it is written: pyproject.toml reads it
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .style.gatys import Progress, StylizeConfig, StylizeResult, stylize  # noqa: F401
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

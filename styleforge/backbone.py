@@ -277,15 +277,23 @@ class ImageNetNormalize(nn.Module):
 
 
 class VGGFeatures(nn.Module):
-    """Frozen VGG trunk returning named activations from one forward pass.
+    """VGG trunk returning named activations from one forward pass.
 
     Takes RGB in [0, 1] (normalizes itself) and stops at the deepest requested layer.
+
+    ``trainable=False`` (the default, what the style losses use): a fixed function. Its
+    parameters need no gradient and it stays in eval mode, so ``train()`` on it, or on a
+    model holding it, changes nothing. ``trainable=True`` (a classifier's trunk): its
+    parameters require gradients (a freeze policy may turn parts off again) and
+    ``train()``/``eval()`` work as on any module.
     """
 
     def __init__(self, layers: Iterable[str], arch: str = "vgg19", pooling: str = "max",
                  weights: str | os.PathLike | None = None,
-                 state_dict: Mapping[str, torch.Tensor] | None = None, download: bool = True) -> None:
+                 state_dict: Mapping[str, torch.Tensor] | None = None, download: bool = True,
+                 trainable: bool = False) -> None:
         super().__init__()
+        self.trainable = trainable
         names = vgg_layer_names(arch)
         self.layers = list(dict.fromkeys(layers))
         if not self.layers:
@@ -310,11 +318,11 @@ class VGGFeatures(nn.Module):
         self._wanted = set(self.layers)
         # The smallest input for which the deepest layer still has at least one pixel.
         self.min_size = 2 ** sum(1 for n in self.names[:-1] if n.startswith("pool"))
-        self.requires_grad_(False)
+        self.requires_grad_(trainable)
         self.eval()
 
-    def train(self, mode: bool = True) -> "VGGFeatures":  # always frozen
-        return super().train(False)
+    def train(self, mode: bool = True) -> "VGGFeatures":
+        return super().train(mode and self.trainable)
 
     def forward(self, x: torch.Tensor, layers: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         """Activations of the configured layers, or of ``layers`` only (stopping after the deepest)."""

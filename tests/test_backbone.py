@@ -35,6 +35,19 @@ def test_reading_a_conv_output_is_not_clobbered_by_inplace_relu(random_vgg19_fil
     torch.testing.assert_close(out["relu1_1"], out["conv1_1"].clamp(min=0))
 
 
+def test_frozen_unless_built_trainable_and_train_mode_follows(random_vgg19_file):
+    frozen = VGGFeatures(["relu1_1"], weights=random_vgg19_file)
+    holder = torch.nn.Sequential(frozen).train()  # train() on a model holding it changes nothing
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+    assert frozen(synthetic_image(8, 8))["relu1_1"].grad_fn is None
+    trainable = VGGFeatures(["relu1_1"], weights=random_vgg19_file, trainable=True)
+    assert not trainable.training and all(p.requires_grad for p in trainable.parameters())
+    holder = torch.nn.Sequential(trainable).train()
+    assert trainable.training and trainable.features[0].training
+    holder.eval()
+    assert not trainable.training and not trainable.features[0].training
+
+
 def test_unknown_layer_lists_valid_names(random_vgg19_file):
     with pytest.raises(StyleforgeError, match="unknown layer 'relu9_9'.*relu1_1"):
         VGGFeatures(["relu9_9"], weights=random_vgg19_file)

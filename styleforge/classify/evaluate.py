@@ -100,7 +100,7 @@ def evaluate(cfg: EvalConfig, callback: Callable[[str], None] | None = None,
     if cfg.output:
         check_output_folder(cfg.output)
     ckpt = load_checkpoint(cfg.checkpoint)
-    ctx = distributed.setup()
+    ctx = distributed.current()
     say = callback if (callback is not None and ctx.is_main) else (lambda msg: None)
     say("loading data")
     splits = load_splits(_data_spec(cfg, ckpt))

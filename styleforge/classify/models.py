@@ -227,8 +227,7 @@ def vgg19_classifier(shape, num_classes, act="relu", pretrained: bool = True,
     from ..backbone import build_vgg_features
 
     state = None if pretrained or weights else {k: v for k, v in build_vgg_features().state_dict().items()}
-    feats = VGGFeatures([layer], weights=weights, state_dict=state)
-    feats.requires_grad_(True)  # trainability is decided by the freeze policy
+    feats = VGGFeatures([layer], weights=weights, state_dict=state, trainable=True)  # the freeze policy decides
     trunk = VGGTrunk(feats, shape[0], layer, pool)
     width = _flat_size(trunk, (shape[0], max(shape[1], feats.min_size), max(shape[2], feats.min_size)))
     layers: list[nn.Module] = [nn.BatchNorm1d(width)] if norm else []

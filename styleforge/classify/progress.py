@@ -1,11 +1,12 @@
-"""Progress display for training: tqdm bars driven by :class:`~styleforge.classify.train.TrainEvent` callbacks."""
+"""Progress display for training: :class:`~styleforge.classify.train.TrainEvent` callbacks
+shown through the one bar adapter, :class:`styleforge.runtime.progress.Bar`."""
 
 from __future__ import annotations
 
 import sys
 from typing import TYPE_CHECKING, Callable
 
-from tqdm.auto import tqdm
+from ..runtime.progress import Bar
 
 if TYPE_CHECKING:
     from .train import TrainEvent
@@ -19,56 +20,32 @@ def in_notebook() -> bool:
     return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
 
 
-class TrainBars:
-    """Turns TrainEvents into one tqdm bar per epoch and a line per epoch (a text bar in a
-    terminal, a widget in a notebook where ipywidgets is installed: ``tqdm.auto``)."""
+class TrainBars(Bar):
+    """TrainEvents as bars that clear when their stage ends (feature extraction, one per
+    epoch) and a line per phase and per epoch."""
 
     def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
-        self.bar: tqdm | None = None
-        self.feature_bar: tqdm | None = None
+        super().__init__(quiet, leave=False)
 
     def __call__(self, e: TrainEvent) -> None:
-        if self.quiet:
-            return
         if e.kind == "phase" and e.steps:
-            if self.feature_bar is None or self.feature_bar.desc != e.message:
-                self._close_features()
-                self.feature_bar = tqdm(total=e.steps, desc=e.message, unit="img", dynamic_ncols=True, leave=False)
-            self.feature_bar.update(e.step - self.feature_bar.n)
-        elif e.kind == "phase":
-            self._close_features()
-            tqdm.write(e.message)
+            self.show(e.message, e.step, e.steps, "img")
         elif e.kind == "epoch_start":
-            self._close_features()
             self.close()
-            self.bar = tqdm(total=e.steps, desc=f"epoch {e.epoch}/{e.epochs}", unit="batch", dynamic_ncols=True,
-                            leave=False)
-        elif e.kind == "step" and self.bar is not None:
-            self.bar.set_postfix(loss=f"{e.metrics['loss']:.4f}", acc=f"{e.metrics['acc']:.3f}",
-                                 lr=f"{e.metrics['lr']:.3g}", refresh=False)
-            self.bar.update(e.step - self.bar.n)
+            self.show(f"epoch {e.epoch}/{e.epochs}", e.step, e.steps, "batch")
+        elif e.kind == "step" and self.is_open:
+            self.show(self.label or "", e.step, e.steps, "batch", {
+                "loss": f"{e.metrics['loss']:.4f}", "acc": f"{e.metrics['acc']:.3f}", "lr": f"{e.metrics['lr']:.3g}"})
         elif e.kind == "epoch_end":
             self.close()
             m = e.metrics
             val = (f", val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f}" if m.get("val_loss") is not None else "")
-            tqdm.write(f"epoch {e.epoch}/{e.epochs}: train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f}{val} "
+            self.write(f"epoch {e.epoch}/{e.epochs}: train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f}{val} "
                        f"({m['seconds']:.1f} s)")
-        elif e.kind == "done":
-            self._close_features()
+        elif e.kind in ("phase", "done"):
             self.close()
             if e.message:
-                tqdm.write(e.message)
-
-    def _close_features(self) -> None:
-        if self.feature_bar is not None:
-            self.feature_bar.close()
-            self.feature_bar = None
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+                self.write(e.message)
 
 
 def default_progress(progress: bool | None) -> Callable[[TrainEvent], None] | None:

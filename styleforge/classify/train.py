@@ -224,7 +224,7 @@ def fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | N
     if model is not None:
         cfg = replace(cfg, model=f"python:{type(model).__qualname__}")
     cfg = cfg.validate()
-    ctx = distributed.setup()
+    ctx = distributed.current()
     run_dir = Path(cfg.output).expanduser()
     if not ctx.is_main:
         return _fit(cfg, callback, model)

@@ -284,11 +284,12 @@ def train_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size,
     cfg.track_test = track_test
     bars = TrainBars(quiet)
     try:
-        result = fit(cfg, callback=bars)
+        with distributed.session() as ctx:
+            result = fit(cfg, callback=bars)
     finally:
         bars.close()
     s = result.summary
-    if distributed.current().is_main and not quiet:
+    if ctx.is_main and not quiet:
         acc = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
         click.echo(f"wrote {output}: test acc {acc(s.get('test_acc'))}, val acc {acc(s.get('val_acc'))}, "
                    f"train acc {acc(s.get('train_acc'))} (best epoch {s.get('best_epoch')}, "
@@ -312,8 +313,9 @@ def eval_cmd(checkpoint, split, output, quiet, **kw):
     """Evaluate a run directory or checkpoint on a dataset split."""
     from ..classify.report import markdown_table
 
-    result = evaluate(EvalConfig(str(checkpoint), split=split, output=str(output) if output else None, **kw))
-    if not distributed.current().is_main:
+    with distributed.session() as ctx:
+        result = evaluate(EvalConfig(str(checkpoint), split=split, output=str(output) if output else None, **kw))
+    if not ctx.is_main:
         return
     click.echo(f"{split} accuracy {result.acc:.4f}, loss {result.loss:.4f} on {result.n} images "
                f"({result.seconds:.1f} s)")
@@ -352,10 +354,11 @@ def grid_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, 
         raise StyleforgeError("nothing to search: give at least one setting with several values, e.g. --lr 0.01,0.1")
     bars = TrainBars(quiet)
     try:
-        grid(base, axes, output, callback=bars, overwrite=overwrite)
+        with distributed.session() as ctx:
+            grid(base, axes, output, callback=bars, overwrite=overwrite)
     finally:
         bars.close()
-    if distributed.current().is_main:
+    if ctx.is_main:
         click.echo((Path(output) / "grid.md").read_text())
 
 

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
+from ..runtime import distributed
 from ..runtime.errors import StyleforgeError
 from ..runtime.io import IMAGE_SUFFIXES, check_writable, image_format, save_image
+from ..runtime.progress import Bar
 from ..style.fast import ARCHS, FastTrainConfig, available_models, train_style
 from ..style.fast.apply import VIDEO_SUFFIXES, stylize_files
 from ..style.fast.decoder_train import CHECKPOINT_NAME, DecoderTrainConfig, train_decoders
@@ -39,7 +41,6 @@ from .options import (
     training_run_options,
     weights_option,
 )
-from .progress import Bar
 
 SCHEDULE_HELP = f"Learning-rate schedule: cosine decays to {LR_FLOOR:.0%} of --lr by the last step; constant keeps it."
 LEVELS_HELP = "VGG19 levels with a decoder, e.g. relu4_1,relu1_1."
@@ -90,15 +91,15 @@ def train_cmd(style_image, data, output, arch, image_size, style_size, batch_siz
     bar = Bar(quiet)
 
     def progress(p):
-        if bar.bar is None:
+        if not bar.is_open:
             bar.write(p.note)
         bar.show("training", p.step, p.steps, "step", {
             "img/s": f"{p.images_per_s:.2f}", "content": f"{p.losses['content']:.3g}",
             "style": f"{p.losses['style']:.3g}", "skipped": str(p.skipped)})
 
-    with bar:
+    with bar, distributed.session() as ctx:
         result = train_style(cfg, progress)
-    if not quiet:
+    if ctx.is_main and not quiet:
         note = f", skipped {len(result.skipped)} unreadable files" if result.skipped else ""
         click.echo(f"wrote {result.model_path} ({result.seconds:.0f} s{note})")
 
@@ -193,14 +194,14 @@ def train_decoders_cmd(data, output, levels, width, image_size, batch_size, step
     bar = Bar(quiet)
 
     def progress(p):
-        if bar.bar is None:
+        if not bar.is_open:
             bar.write(p.note)
         bar.show("training", p.step, p.steps, "step", {"img/s": f"{p.images_per_s:.2f}",
                                                       **{k: f"{v:.3g}" for k, v in p.losses.items()}})
 
-    with bar:
+    with bar, distributed.session() as ctx:
         result = train_decoders(cfg, progress)
-    if not quiet:
+    if ctx.is_main and not quiet:
         click.echo(f"wrote {', '.join(str(p) for p in result.paths)} ({result.seconds:.0f} s)")
 
 

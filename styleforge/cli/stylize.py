@@ -9,6 +9,7 @@ import click
 from ..runtime.errors import StyleforgeError
 from ..runtime.guard import Terminated, check_not_inputs
 from ..runtime.io import check_writable, image_format, save_image, save_json
+from ..runtime.progress import Bar
 from ..style.gatys import DEFAULT_LR, DEFAULT_STEPS, OPTIMIZERS, Progress, StylizeConfig, stylize
 from .options import (
     BLEND_HELP,
@@ -27,7 +28,6 @@ from .options import (
     style_loss_options,
     weights_option,
 )
-from .progress import Bar
 
 
 class _Bars(Bar):

@@ -14,7 +14,7 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, Union, cast
 
 import torch
 
@@ -23,7 +23,7 @@ from .errors import StyleforgeError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-T = TypeVar("T", torch.Tensor, torch.nn.Module)
+T = TypeVar("T", bound=Union[torch.Tensor, torch.nn.Module])
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
@@ -114,13 +114,13 @@ class Runtime:
     def to(self, x: T, non_blocking: bool = False) -> T:
         """Move a tensor or module to the device, in channels_last where that is on (4-D only)."""
         if isinstance(x, torch.Tensor):
-            x = x.to(self.device, non_blocking=non_blocking)
-            if self.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            return x
-        x = x.to(self.device)
+            t = x.to(self.device, non_blocking=non_blocking)
+            if self.channels_last and t.dim() == 4:
+                t = t.contiguous(memory_format=torch.channels_last)
+            return cast(T, t)
+        x.to(self.device)  # a module moves in place (and keeps its class: rt.to(VGGFeatures) is a VGGFeatures)
         if self.channels_last:
-            x = x.to(memory_format=torch.channels_last)
+            x.to(memory_format=torch.channels_last)
         return x
 
     @property

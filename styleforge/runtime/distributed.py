@@ -1,10 +1,12 @@
 """Multi-process training on PyTorch's own engine (torchrun + DistributedDataParallel).
 
-Both training loops (fast style, classifiers) call :func:`setup` once. Launched plainly it
-returns a single-process context and nothing changes; launched by ``torchrun`` (which sets
-``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous variables) it joins the process
-group (``nccl`` on CUDA, ``gloo`` on CPU), gives each process its own device and lets the
-loops ask who writes files (:attr:`Dist.is_main`) and how to combine metrics.
+The caller owns the process group: the CLI's training commands run the library inside
+``with session() as ctx:``. Launched plainly, a session is a single-process context and
+nothing changes; launched by ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK`` and the rendezvous variables) it joins the process group (``nccl`` on CUDA,
+``gloo`` on CPU) and leaves it on the way out. The training loops ask :func:`current`
+which process they are, who writes files (:attr:`Dist.is_main`) and how to combine metrics;
+called from Python without torchrun they need no session at all.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.distributed as dist
 
+from . import guard
 from .errors import StyleforgeError, first_line
 from .guard import Terminated  # SIGTERM: torchrun stops the surviving processes this way when one fails
 
@@ -87,39 +90,67 @@ def _to_comm_device(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-_CURRENT = Dist()
+_CURRENT: Dist | None = None  # the Dist of the open session; None outside any
 
 
-def setup() -> Dist:
-    """Join the torchrun process group if launched by torchrun; otherwise a 1-process context."""
+@contextlib.contextmanager
+def session() -> Iterator[Dist]:
+    """The process group's lifetime: ``with distributed.session() as ctx: fit(cfg)``.
+
+    Launched by torchrun, it joins the group, makes SIGTERM raise
+    :class:`~styleforge.runtime.guard.Terminated` (how torchrun stops the survivors when one process
+    fails) and, on the way out, whatever happened, destroys the group and puts back the
+    SIGTERM handler from before. Launched plainly it yields a 1-process :class:`Dist` and
+    touches nothing. Nested sessions share the outer one (so a grid's runs share one group).
+    The CLI's training commands open one; library functions ask :func:`current`.
+    """
     global _CURRENT
+    if _CURRENT is not None:
+        yield _CURRENT
+        return
+    ctx = _from_environment()
+    with contextlib.ExitStack() as stack:
+        if ctx.enabled and not dist.is_initialized():
+            stack.enter_context(guard.sigterm_as_interrupt())  # restored last, after the group is gone
+            _join(ctx)
+            stack.callback(dist.destroy_process_group)
+        _CURRENT = ctx
+        try:
+            yield ctx
+        finally:
+            _CURRENT = None
+
+
+def current() -> Dist:
+    """The open session's :class:`Dist`; outside any session a 1-process one.
+
+    Under torchrun a training function called outside :func:`session` would run as
+    independent copies writing the same files, so that is refused with what to do.
+    """
+    if _CURRENT is not None:
+        return _CURRENT
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise StyleforgeError("launched by torchrun (WORLD_SIZE is set), but outside a process group: call "
+                              "the training inside `with styleforge.runtime.distributed.session():`")
+    return Dist()
+
+
+def _from_environment() -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        _CURRENT = Dist()
-        return _CURRENT
+        return Dist()
     try:
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     except (KeyError, ValueError):
         raise StyleforgeError("WORLD_SIZE is set but RANK is not: launch with torchrun") from None
-    if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and os.environ.get("STYLEFORGE_DIST_BACKEND", "") != "gloo"
-        if use_cuda:
-            torch.cuda.set_device(local)
-        backend = "nccl" if use_cuda else "gloo"
-        dist.init_process_group(backend=backend, timeout=TIMEOUT)
-        _stop_on_sigterm()
-    _CURRENT = Dist(rank, world, local)
-    return _CURRENT
+    return Dist(rank, world, local)
 
 
-def _stop_on_sigterm() -> None:
-    def handler(signum, frame):
-        # Once: a second SIGTERM while the first is being reported must not cut the message short.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
+def _join(ctx: Dist) -> None:
+    use_cuda = torch.cuda.is_available() and os.environ.get("STYLEFORGE_DIST_BACKEND", "") != "gloo"
+    if use_cuda:
+        torch.cuda.set_device(ctx.local_rank)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=TIMEOUT)
 
 
 def _lost_peer(exc: BaseException) -> bool:
@@ -167,17 +198,6 @@ def stop_cleanly(ctx: Dist, resume_hint: Callable[[], str]) -> Iterator[None]:
         if err is exc:
             raise
         raise err from None
-
-
-def current() -> Dist:
-    return _CURRENT
-
-
-def teardown() -> None:
-    global _CURRENT
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    _CURRENT = Dist()
 
 
 def wrap(model: torch.nn.Module, ctx: Dist, device: torch.device) -> torch.nn.Module:

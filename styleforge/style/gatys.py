@@ -15,6 +15,7 @@ from typing import Callable, Mapping, Sequence, Union
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..backbone import VGGFeatures
 from ..runtime import guard
@@ -138,7 +139,7 @@ class StylizeResult:
     seconds: float
 
 
-def _as_pil_source(x):
+def _as_pil_source(x: ImageLike) -> Image.Image:
     """Keep images at full resolution (PIL) so each scale resizes from the original."""
     if isinstance(x, torch.Tensor):
         return tensor_to_pil(x)
@@ -158,7 +159,11 @@ def _initial_image(init: str, content: torch.Tensor, generator: torch.Generator)
         return torch.rand(content.shape, generator=generator)
     if not os.path.exists(init):
         raise StyleforgeError(f"--init {init!r} is neither 'content', 'noise' nor an existing image file")
-    return _resize_to(load_image(init), tuple(content.shape[-2:]))
+    return _resize_to(load_image(init), _hw(content))
+
+
+def _hw(image: torch.Tensor) -> tuple[int, int]:
+    return image.shape[-2], image.shape[-1]
 
 
 def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike],
@@ -207,7 +212,7 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike],
     image: torch.Tensor | None = None
     for k, (size, n_steps) in enumerate(zip(sizes, steps)):
         content_k = pil_to_tensor(resize_long_side(content_src, size))
-        hw = tuple(content_k.shape[-2:])
+        hw = _hw(content_k)
         style_k = [pil_to_tensor(resize_long_side(s, max(1, round(size * cfg.style_scale)))) for s in style_srcs]
         objective = PerceptualLoss(extractor, style_k, cfg.content_layers, cfg.style_layers, blend=blend,
                                    content=content_k, content_weight=content_w, style_weight=style_w,
@@ -216,6 +221,7 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike],
         image = _optimize(objective, rt.to(image), n_steps, cfg, rt,
                           lambda step, parts, x: _report(callback, history, k, len(sizes), step,
                                                          n_steps, hw, parts, x, start))
+    assert image is not None  # there is always at least one scale
     result = image.detach().float().cpu().clamp(0, 1).contiguous()
     if cfg.original_colors:
         result = apply_original_colors(result, pil_to_tensor(resize_long_side(content_src, sizes[-1])))
@@ -223,7 +229,8 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike],
                                                          extractor), time.perf_counter() - start)
 
 
-def _check_min_size(content_src, style_srcs, sizes, style_scale, extractor: VGGFeatures) -> None:
+def _check_min_size(content_src: Image.Image, style_srcs: list[Image.Image], sizes: list[int], style_scale: float,
+                    extractor: VGGFeatures) -> None:
     need = extractor.min_size
     smallest = sizes[0]
     for label, src, s in [("content", content_src, smallest)] + \
@@ -237,7 +244,9 @@ def _check_min_size(content_src, style_srcs, sizes, style_scale, extractor: VGGF
             )
 
 
-def _report(callback, history, k, n_scales, step, n_steps, hw, parts, image, start) -> None:
+def _report(callback: Callable[[Progress], None] | None, history: list[dict[str, float]], k: int, n_scales: int,
+            step: int, n_steps: int, hw: tuple[int, int], parts: Mapping[str, torch.Tensor], image: torch.Tensor,
+            start: float) -> None:
     values = {name: float(v) for name, v in parts.items()}
     history.append({"scale": k, "height": hw[0], "width": hw[1], "step": step,
                     "seconds": round(time.perf_counter() - start, 3), **values})
@@ -309,6 +318,7 @@ def _optimize(objective: PerceptualLoss, image: torch.Tensor, steps: int, cfg: S
         last_parts.update({n: v.detach() for n, v in parts.items()})
         return total
 
+    opt: torch.optim.Optimizer
     if cfg.optimizer == "lbfgs":
         # One iteration per step() call: torch's L-BFGS keeps its history in the optimizer
         # state across calls, so this equals one long run while letting us report progress.
@@ -326,8 +336,8 @@ def _optimize(objective: PerceptualLoss, image: torch.Tensor, steps: int, cfg: S
     return current
 
 
-def _config_record(cfg: StylizeConfig, content_w: float, style_w: float, sizes, steps, rt: Runtime,
-                   extractor: VGGFeatures) -> dict:
+def _config_record(cfg: StylizeConfig, content_w: float, style_w: float, sizes: list[int], steps: list[int],
+                   rt: Runtime, extractor: VGGFeatures) -> dict:
     record = asdict(cfg)
     record.update(content_layers=dict(cfg.content_layers), style_layers=dict(cfg.style_layers),
                   resolved={"content_weight": content_w, "style_weight": style_w, "scales": sizes,

@@ -55,6 +55,19 @@ def test_freeze_policies_on_resnet18():
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_vgg19_classifier_freezing_all_but_the_last_block():
+    # random trunk weights (pretrained=False): only which parameters train matters here
+    model = build_model("vgg19", (3, 32, 32), 4, pretrained=False, layer="relu5_1")
+    apply_freeze(model, "all-but-layer4")
+    features = model.trunk.features
+    tuned = {name for name, m in zip(features.names, features.features) if any(p.requires_grad for p in m.parameters())}
+    assert tuned == {"conv5_1"} and all(p.requires_grad for p in model.head.parameters())
+    model.train()
+    assert features.training  # a trainable trunk follows train()/eval()
+    model.eval()
+    assert not features.training
+
+
 def test_one_step_changes_exactly_the_unfrozen_parameters():
     torch.manual_seed(0)
     model = build_model("resnet18", (3, 32, 32), 4)

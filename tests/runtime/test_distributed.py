@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import ROOT, striped_image, synthetic_image
 
+from styleforge.runtime.errors import StyleforgeError
 from styleforge.runtime.io import save_image
 
 
@@ -196,7 +197,8 @@ def test_killing_one_rank_fails_cleanly_and_the_checkpoint_resumes(shapes, tmp_p
     assert ours and "--resume" in ours[0] and ("another process failed" in ours[0] or "lost contact" in ours[0]), \
         stderr[-3000:]
     assert "last.pt" in ours[0] and "is valid" in ours[0]
-    assert "styleforge/classify/" not in stderr and "styleforge/distributed" not in stderr  # no traceback of ours
+    # no traceback of ours
+    assert "styleforge/classify/" not in stderr and "styleforge/runtime/distributed" not in stderr
     epoch = torch.load(out / "last.pt", weights_only=True)["epoch"]  # intact, loadable
     assert epoch >= 3
     # Resume in one process with the same settings (--resume refuses other --epochs), and stop
@@ -220,3 +222,81 @@ def test_killing_one_rank_fails_cleanly_and_the_checkpoint_resumes(shapes, tmp_p
     resumed = torch.load(out / "last.pt", weights_only=True)["epoch"]
     assert resumed > epoch
     assert len((out / "metrics.csv").read_text().strip().splitlines()) >= 1 + resumed
+
+
+# --------------------------------------------------------------------------- the session owns the group
+
+_SESSION_SCRIPT = """
+import signal, sys
+import torch.distributed as dist
+from styleforge.runtime import distributed
+from styleforge.classify.train import TrainConfig, fit
+from styleforge.runtime.errors import StyleforgeError
+
+def mine(signum, frame):
+    pass
+
+signal.signal(signal.SIGTERM, mine)
+cfg = TrainConfig(sys.argv[1], sys.argv[2], model="convnet2", epochs=1, batch_size=8, device="cpu",
+                  precision="fp32", plots=False)
+try:
+    fit(cfg)  # under torchrun, outside a session: refused, nothing joined
+except StyleforgeError as exc:
+    assert "distributed.session()" in str(exc), exc
+assert not dist.is_initialized() and signal.getsignal(signal.SIGTERM) is mine
+with distributed.session() as ctx:
+    assert dist.is_initialized() and ctx.world_size == 2 and distributed.current() is ctx
+    assert signal.getsignal(signal.SIGTERM) is not mine  # SIGTERM stops the run cleanly meanwhile
+    fit(cfg)
+assert not dist.is_initialized() and signal.getsignal(signal.SIGTERM) is mine
+print("session ok", ctx.rank)
+"""
+
+
+def test_a_session_under_torchrun_leaves_no_group_and_the_sigterm_handler_as_it_was(shapes, tmp_path):
+    script = tmp_path / "lib.py"
+    script.write_text(_SESSION_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "STYLEFORGE_DIST_TIMEOUT_MIN": "2", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(shapes), str(tmp_path / "run")], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(run.stdout.split("\n")[:-1]) == ["session ok 0", "session ok 1"], run.stdout
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_without_torchrun_the_library_needs_no_session_and_changes_no_handler(monkeypatch):
+    import torch.distributed as dist
+
+    from styleforge.runtime import distributed
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+    assert distributed.current() == distributed.Dist()
+    with distributed.session() as ctx:
+        assert not ctx.enabled and ctx.is_main and distributed.current() is ctx
+        with distributed.session() as inner:  # nested: the same context
+            assert inner is ctx
+    assert signal.getsignal(signal.SIGTERM) is before and not dist.is_initialized()
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's variables without a session: refused, with what to do
+    with pytest.raises(StyleforgeError, match=r"distributed\.session\(\)"):
+        distributed.current()
+
+
+def test_a_session_that_fails_still_leaves_the_group_and_restores_the_handler(monkeypatch):
+    """The failure path in-process: a 1-process gloo group stands in for torchrun's."""
+    import torch.distributed as dist
+
+    from styleforge.runtime import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(distributed, "_join",
+                        lambda ctx: dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1))
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(StyleforgeError, match="inside"):
+        with distributed.session() as ctx:
+            assert ctx.enabled and dist.is_initialized() and distributed.current() is ctx
+            assert signal.getsignal(signal.SIGTERM) is not before
+            raise StyleforgeError("a failure inside the session")
+    assert not dist.is_initialized() and signal.getsignal(signal.SIGTERM) is before

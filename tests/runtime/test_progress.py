@@ -35,9 +35,10 @@ def test_apply_shows_one_bar_with_a_real_rate(tmp_path):
                                              "-o", str(tmp_path / "out"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     finals = re.findall(r"(\w+): 100%.*?(\d+)/(\d+) \[.*?([\d.]+)img/s\]", result.stderr)
-    assert [(label, done, total) for label, done, total, _ in finals] == [("images", "6", "6")], result.stderr
+    # (A slow machine may redraw the full bar once more before it closes: the same bar.)
+    assert {(label, done, total) for label, done, total, _ in finals} == {("images", "6", "6")}, result.stderr
     # Six 24 px images cannot be decoded, stylized and written in under a millisecond.
-    assert float(finals[0][3]) < 6000
+    assert all(float(rate) < 6000 for *_, rate in finals)
 
 
 def test_classify_bars_show_phases_epochs_and_lines(capsys):
@@ -61,3 +62,24 @@ def test_classify_bars_show_phases_epochs_and_lines(capsys):
     for e in events:
         TrainBars(quiet=True)(e)
     assert capsys.readouterr() == ("", "")
+
+
+def test_one_bar_at_a_time_counts_not_increments(capsys):
+    from styleforge.runtime.progress import Bar
+
+    with Bar() as bar:
+        bar.write("note")
+        for done in (0, 3, 7, 10):
+            bar.show("first", done, 10, "img", {"loss": "0.5"})
+        bar.show("second", 0, 4, "step")  # a new stage closes the previous bar
+        assert bar.is_open and bar.label == "second"
+    assert not bar.is_open
+    out, err = capsys.readouterr()
+    assert out == "note\n"
+    assert re.search(r"first: 100%.*10/10.*loss=0.5", err) and "second:   0%" in err and "0/4" in err
+    with Bar(quiet=True) as quiet:
+        quiet.write("note")
+        quiet.show("first", 1, 2, "img")
+        assert not quiet.is_open
+    assert capsys.readouterr() == ("", "")
+

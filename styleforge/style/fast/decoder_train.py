@@ -153,7 +153,7 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
                    encoder: VGGFeatures | None = None) -> DecoderTrainResult:
     """Train one decoder per level; writes ``decoder-<level>.pth`` files, a checkpoint and the loss CSV."""
     levels = cfg.validate()
-    ctx = distributed.setup()
+    ctx = distributed.current()
     out_dir = Path(cfg.output)
     if ctx.is_main:
         _prepare_output(out_dir, levels, replace=cfg.resume or cfg.overwrite)
@@ -189,7 +189,6 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
     seconds = run.run(loader, loss_fn, cfg, cfg.steps, global_batch, report if callback else None, rates=False)
     run.save()  # every rank: it holds a barrier
     if run.step < cfg.steps:
-        distributed.teardown()
         return DecoderTrainResult([run.ckpt], run.history, seconds)
     paths = [out_dir / decoder_name(lv) for lv in levels]
     if ctx.is_main:
@@ -199,7 +198,6 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
                         "final_loss": round(run.running[lv], 6)}
             save_decoder(run.model.decoders[lv], path, training, half=cfg.half)
     ctx.barrier()
-    distributed.teardown()
     return DecoderTrainResult(paths, run.history, seconds)
 
 

@@ -206,7 +206,7 @@ def train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] |
     The output is locked while it runs: a second run onto the same model stops at once.
     """
     cfg.validate()
-    ctx = distributed.setup()
+    ctx = distributed.current()
     if not ctx.is_main:
         return _train_style(cfg, callback, extractor)
     check_writable(cfg.output)
@@ -252,7 +252,6 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
     seconds = run.run(loader, loss_fn, cfg, steps, global_batch, report if callback else None)
     run.save()  # every rank: it holds a barrier
     if run.step < steps:  # --stop-at: the checkpoint is the result; --resume finishes the run
-        distributed.teardown()
         return FastTrainResult(run.ckpt, run.history, seconds, run.skipped)
     if ctx.is_main:
         training = {**run.config, "parameters": parameter_count(run.model), "seconds": round(seconds, 1),
@@ -261,7 +260,6 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
         save_model(run.model, cfg.output, Path(cfg.style).stem, training, half=cfg.half)
         write_history(run.history, cfg.output)
     ctx.barrier()
-    distributed.teardown()
     return FastTrainResult(Path(cfg.output), run.history, seconds, run.skipped)
 
 

@@ -1,10 +1,14 @@
-"""One progress-bar adapter for every command: library callbacks in, one tqdm bar at a time out."""
+"""The one progress-bar adapter: library callbacks in, one tqdm bar at a time out.
+
+Every command's progress goes through :class:`Bar`; so does ``fit()``'s own display in a
+notebook (``tqdm.auto``: a text bar in a terminal, a widget in Jupyter with ipywidgets).
+"""
 
 from __future__ import annotations
 
 from typing import Mapping
 
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 
 class Bar:
@@ -19,6 +23,10 @@ class Bar:
         self.quiet, self.leave = quiet, leave
         self.label: str | None = None
         self.bar: tqdm | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.bar is not None
 
     def show(self, label: str, done: int, total: int | None, unit: str,
              postfix: Mapping[str, str] | None = None) -> None:
