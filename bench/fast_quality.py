@@ -81,9 +81,13 @@ def any_style_config(style_path: Path, args) -> AnyStyle:
     return AnyStyle([str(style_path)], style_size=args.style_size, decoders=args.decoders, levels=levels, **extra)
 
 
-def score(extractor, out: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> tuple[float, float, float]:
-    objective = PerceptualLoss(extractor, style, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, content=content,
-                               content_weight=1.0, style_weight=1.0, tv_weight=0.0, rt=runtime("cpu", "fp32"))
+def objective_for(extractor, content: torch.Tensor, style: torch.Tensor) -> PerceptualLoss:
+    """`stylize`'s objective for one photo and painting, fp32 (built once, scores every method's output)."""
+    return PerceptualLoss(extractor, style, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, content=content,
+                          content_weight=1.0, style_weight=1.0, tv_weight=0.0, rt=runtime("cpu", "fp32"))
+
+
+def score(objective: PerceptualLoss, out: torch.Tensor, content: torch.Tensor) -> tuple[float, float, float]:
     with torch.no_grad():
         parts = objective(out)
     return float(parts["content"]), float(parts["style"]), grid_artifact(out, content)
@@ -134,6 +138,7 @@ def summary_rows(name: str, scores: dict, secs: dict, info: dict) -> list[dict]:
 def run_style(name, model_path, files, args, extractor, stl, out_dir: Path) -> tuple[list[dict], dict]:
     style = pil_to_tensor(resize_long_side(open_rgb(require_shared() / "data" / "styles" / f"{name}.jpg"),
                                            args.size))
+    started = time.perf_counter()
     runs, info = methods_for(name, model_path, style, args, extractor, stl)
     shown = [m for m in METHODS if m in runs]
     scores = {m: [] for m in shown}
@@ -142,14 +147,14 @@ def run_style(name, model_path, files, args, extractor, stl, out_dir: Path) -> t
     for i, f in enumerate(files):
         photo = resize_long_side(open_rgb(f), args.size)
         content = pil_to_tensor(photo)
-        outs = {}
+        outs, objective = {}, objective_for(extractor, content, style)
         for m in shown:
             limit, fn = runs[m]
             if i < limit:
                 t = time.perf_counter()
                 outs[m] = fn(photo, content)
                 secs[m].append(time.perf_counter() - t)
-                scores[m].append(score(extractor, outs[m], content, style))
+                scores[m].append(score(objective, outs[m], content))
         print(f"{name} {i + 1}/{len(files)} " + " ".join(
             f"{m} {tuple(round(v, 3) for v in scores[m][-1])}" for m in outs), flush=True)
         if i < SHEET_PHOTOS:
@@ -159,6 +164,8 @@ def run_style(name, model_path, files, args, extractor, stl, out_dir: Path) -> t
         sheet_path = out_dir / f"{name}.png"
         compose(tiles, 1 + len(shown)).save(sheet_path)
         print(f"contact sheet: {sheet_path}")
+    info["seconds"] = round(time.perf_counter() - started, 1)
+    print(f"{name}: {info['seconds']} s", flush=True)
     return summary_rows(name, scores, secs, info), {"photos": [f.name for f in files], **info, **scores}
 
 
