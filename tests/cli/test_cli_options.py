@@ -23,7 +23,7 @@ from styleforge.style.fast.decoder_train import DecoderTrainConfig, train_decode
 from styleforge.style.gatys import StylizeConfig
 
 NONE = (None, getattr(click.core, "UNSET", None))  # no default (Click 8.3+ says UNSET)
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 # Option names whose meaning differs between commands on purpose, and why (keep it short).
 ALLOWED = {
