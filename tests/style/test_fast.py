@@ -16,8 +16,8 @@ from styleforge.runtime.errors import StyleforgeError
 from styleforge.runtime.io import save_image
 from styleforge.style.fast import ARCHS, FastTrainConfig, TransformerNet, load_model, save_model, train_style
 from styleforge.style.fast.data import RandomCrops, StreamSampler, list_images
-from styleforge.style.fast.model import parameter_count
-from styleforge.style.fast.train import LR_FLOOR, lr_at
+from styleforge.style.fast.model import UPSAMPLE_MODES, parameter_count
+from styleforge.style.fast.train import LR_FLOOR, lr_at, shifted
 
 
 def run(*args):
@@ -52,10 +52,11 @@ def _cfg(photos, tmp_path, vgg, **kw):
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("upsample", UPSAMPLE_MODES)
 @pytest.mark.parametrize("hw", [(32, 32), (33, 47), (17, 6)])
-def test_model_any_size_finite(arch, hw):
+def test_model_any_size_finite(arch, upsample, hw):
     torch.manual_seed(0)
-    net = TransformerNet(arch).eval()
+    net = TransformerNet(arch, upsample).eval()
     with torch.no_grad():
         y = net(torch.rand(2, 3, *hw))
     assert y.shape == (2, 3, *hw) and torch.isfinite(y).all()
@@ -76,6 +77,43 @@ def test_model_file_round_trip_fp16(tmp_path):
     x = torch.rand(1, 3, 40, 44)
     with torch.no_grad():
         assert (net(x).clamp(0, 1) - loaded(x).clamp(0, 1)).abs().max() < 2e-2
+
+
+def test_upsampling_is_kept_in_the_model_file_and_old_files_read_as_nearest(tmp_path):
+    torch.manual_seed(0)
+    net = TransformerNet("light", "bilinear").eval()
+    path = save_model(net, tmp_path / "m.pth", "x", {}, half=False)
+    loaded, record = load_model(path)
+    x = torch.rand(1, 3, 24, 28)
+    with torch.no_grad():
+        assert record["upsample"] == "bilinear" and torch.equal(loaded(x), net(x))
+    old = torch.load(path, weights_only=True)
+    del old["upsample"]
+    torch.save(old, tmp_path / "old.pth")
+    assert load_model(tmp_path / "old.pth")[0].upsample == "nearest"
+    old["upsample"] = "bicubic-ish"
+    torch.save(old, tmp_path / "odd.pth")
+    with pytest.raises(StyleforgeError, match="upsampling 'bicubic-ish'"):
+        load_model(tmp_path / "odd.pth")
+
+
+def test_loss_shift_crops_output_and_photo_alike_and_depends_on_the_step_only():
+    out, photo = torch.rand(2, 3, 32, 36), torch.rand(2, 3, 32, 36)
+    a_out, a_photo = shifted(out, photo, 4, seed=0, step=7)
+    b_out, b_photo = shifted(out.clone(), photo.clone(), 4, seed=0, step=7)
+    assert a_out.shape == a_photo.shape == (2, 3, 29, 33) and torch.equal(a_out, b_out)
+    offsets = set()
+    for step in range(40):
+        o, _ = shifted(out, photo, 4, seed=0, step=step)
+        dy = next(y for y in range(4) if torch.equal(o[..., 0, :], out[..., y, 0:33]) or
+                  any(torch.equal(o[..., 0, :], out[..., y, x:x + 33]) for x in range(4)))
+        dx = next(x for x in range(4) if torch.equal(o[..., 0, :], out[..., dy, x:x + 33]))
+        assert torch.equal(o, out[..., dy:dy + 29, dx:dx + 33])
+        assert torch.equal(shifted(out, photo, 4, 0, step)[1], photo[..., dy:dy + 29, dx:dx + 33])
+        offsets.add((dy, dx))
+    assert len(offsets) >= 12  # every step draws anew: nearly all 16 offsets appear in 40 steps
+    for shift in (0, 1):
+        assert shifted(out, photo, shift, 0, 3)[0] is out
 
 
 def test_stream_sampler_is_independent_of_world_size_and_resume():
@@ -135,10 +173,11 @@ def test_training_lowers_the_loss_and_writes_outputs(photos, tmp_path, random_vg
 def test_resume_gives_the_same_weights(photos, tmp_path, random_vgg19_file):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    full = train_style(_cfg(photos, tmp_path / "a", random_vgg19_file))
-    part = _cfg(photos, tmp_path / "b", random_vgg19_file, stop_at=3)
+    kw = dict(upsample="bilinear", loss_shift=4)  # both drawn from the step: resume must replay them
+    full = train_style(_cfg(photos, tmp_path / "a", random_vgg19_file, **kw))
+    part = _cfg(photos, tmp_path / "b", random_vgg19_file, stop_at=3, **kw)
     assert train_style(part).model_path.name == "m.pth.ckpt" and not (tmp_path / "b" / "m.pth").exists()
-    resumed = train_style(_cfg(photos, tmp_path / "b", random_vgg19_file, resume=True))
+    resumed = train_style(_cfg(photos, tmp_path / "b", random_vgg19_file, resume=True, **kw))
     a = torch.load(tmp_path / "a" / "m.pth", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b" / "m.pth", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -194,10 +233,11 @@ def test_apply_odd_sizes_folders_and_colors(tmp_path):
     assert Image.open(tmp_path / "one.png").size == (64, 44)
 
 
-def test_onnx_matches_pytorch(tmp_path):
+@pytest.mark.parametrize("upsample", UPSAMPLE_MODES)
+def test_onnx_matches_pytorch(tmp_path, upsample):
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
-    model = save_model(TransformerNet("light").eval(), tmp_path / "m.pth", "x", {}, half=False)
+    model = save_model(TransformerNet("light", upsample).eval(), tmp_path / "m.pth", "x", {}, half=False)
     assert run("fast", "export", model, "-o", tmp_path / "m.onnx").exit_code == 0
     session = ort.InferenceSession(str(tmp_path / "m.onnx"))
     net, _ = load_model(model)

@@ -40,6 +40,10 @@ MODEL_SUFFIX = ".pth"
 # Smallest side the layers see: 1/4 of it (4 px) still takes the residual blocks' reflection
 # padding and gives instance norm more than one value per channel.
 MIN_SIDE = 16
+# How the decoder doubles the resolution before each of its convolutions. ``nearest`` copies
+# every value into a 2x2 block, which the thin ``light`` decoder cannot smooth away: its
+# outputs carry a 2- and 4-pixel grid (issue 11). ``bilinear`` interpolates instead.
+UPSAMPLE_MODES = ("bilinear", "nearest")
 
 
 @dataclass(frozen=True)
@@ -79,20 +83,23 @@ class _Residual(nn.Module):
 
 
 class _Up(nn.Sequential):
-    """Nearest-neighbour 2x upsampling, then a convolution (no checkerboard artifacts)."""
+    """2x upsampling, then a convolution (no transposed convolution: no checkerboard artifacts)."""
 
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(nn.Upsample(scale_factor=2, mode="nearest"), _Conv(cin, cout, 3))
+    def __init__(self, cin: int, cout: int, mode: str) -> None:
+        up = nn.Upsample(scale_factor=2, mode=mode, align_corners=False if mode == "bilinear" else None)
+        super().__init__(up, _Conv(cin, cout, 3))
 
 
 class TransformerNet(nn.Module):
     """Image-to-image style network: [0,1] RGB in, [0,1] RGB out, any height and width."""
 
-    def __init__(self, arch: str = "johnson") -> None:
+    def __init__(self, arch: str = "johnson", upsample: str = "nearest") -> None:
         super().__init__()
         if arch not in ARCHS:
             raise StyleforgeError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}")
-        self.arch = arch
+        if upsample not in UPSAMPLE_MODES:
+            raise StyleforgeError(f"unknown upsampling {upsample!r}: use one of {', '.join(UPSAMPLE_MODES)}")
+        self.arch, self.upsample = arch, upsample
         spec = ARCHS[arch]
         c1, c2, c3 = spec.channels
         d2, d1 = spec.decoder
@@ -100,7 +107,7 @@ class TransformerNet(nn.Module):
         self.net = nn.Sequential(
             _Conv(3, c1, k), _Conv(c1, c2, 3, stride=2), _Conv(c2, c3, 3, stride=2),
             *[_Residual(c3) for _ in range(spec.blocks)],
-            _Up(c3, d2), _Up(d2, d1), _Conv(d1, 3, k, last=True))
+            _Up(c3, d2, upsample), _Up(d2, d1, upsample), _Conv(d1, 3, k, last=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -126,7 +133,8 @@ def save_model(model: TransformerNet, path: str | os.PathLike, style: str, train
     """
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    record = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "arch": model.arch, "style": style,
+    record = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "arch": model.arch, "upsample": model.upsample,
+              "style": style,
               "training": training, "state_dict": state}
     return save_torch(record, path)
 
@@ -151,7 +159,11 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     if arch not in ARCHS:
         raise StyleforgeError(f"{path} is for architecture {arch!r}, which this styleforge does not know "
                               f"(known: {', '.join(ARCHS)})")
-    model = TransformerNet(arch)
+    upsample = record.get("upsample", "nearest")  # files written before the choice existed: nearest
+    if upsample not in UPSAMPLE_MODES:
+        raise StyleforgeError(f"{path} asks for upsampling {upsample!r}, which this styleforge does not know "
+                              f"(known: {', '.join(UPSAMPLE_MODES)})")
+    model = TransformerNet(arch, upsample)
     key = "state_dict" if record["format"] == MODEL_FORMAT else "model"
     state = check_state_dict(record.get(key), path, key)
     try:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ...backbone import VGGFeatures
 from ...runtime import distributed, guard, lock
-from ...runtime.device import Runtime, for_training, seed_everything
+from ...runtime.device import Runtime, derived_seed, for_training, seed_everything
 from ...runtime.device import runtime as make_runtime
 from ...runtime.errors import StyleforgeError
 from ...runtime.io import check_writable, open_rgb, pil_to_tensor, resize_long_side
@@ -37,7 +37,7 @@ from .loop import (  # noqa: F401  (LR_FLOOR, lr_at: re-exported for the tests)
     resolved,
     write_history,
 )
-from .model import ARCHS, CHECKPOINT_FORMAT, TransformerNet, parameter_count, save_model
+from .model import ARCHS, CHECKPOINT_FORMAT, UPSAMPLE_MODES, TransformerNet, parameter_count, save_model
 
 DEFAULT_CONTENT_LAYERS: dict[str, float] = {"relu2_2": 1.0}
 # Departure from Johnson et al. (VGG16 relu1_2, relu2_2, relu3_3, relu4_3): the first ReLU
@@ -55,6 +55,8 @@ class FastTrainConfig:
     # Default: the thin network the shipped styles use (about 2x the training images/s of
     # ``johnson`` on a CPU, 6x at inference); ``johnson`` is the published one.
     arch: str = "light"
+    upsample: str = "nearest"           # how the decoder doubles the resolution (model.UPSAMPLE_MODES)
+    loss_shift: int = 0                 # the loss sees the output and the photo shifted by 0..N-1 px (see shifted)
     image_size: int = 256
     style_size: int = 512
     batch_size: int = 4                 # per process
@@ -94,6 +96,10 @@ class FastTrainConfig:
              ("--stop-at", self.stop_at, guard.COUNT)])
         if self.arch not in ARCHS:
             raise StyleforgeError(f"unknown --network {self.arch!r}: use one of {', '.join(ARCHS)}")
+        if self.upsample not in UPSAMPLE_MODES:
+            raise StyleforgeError(f"unknown --upsample {self.upsample!r}: use one of {', '.join(UPSAMPLE_MODES)}")
+        if self.loss_shift < 0 or self.loss_shift >= self.image_size // 2:
+            raise StyleforgeError(f"--loss-shift must be between 0 and half the --crop-size, got {self.loss_shift}")
         if self.image_size % 4:
             raise StyleforgeError(f"--crop-size must be a multiple of 4, got {self.image_size}")
         if self.overwrite and self.resume:
@@ -240,7 +246,8 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
                                 style_weight=style_w, tv_weight=cfg.tv_weight, rt=rt)
 
     def loss_fn(x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        parts = perceptual(run.train_model(x), content=x)
+        out, photo = shifted(run.train_model(x), x, cfg.loss_shift, cfg.seed, run.step)
+        parts = perceptual(out, content=photo)
         return parts["total"], {k: parts[k] for k in ("content", "style", "tv", "total")}
 
     def report(rate: float) -> None:
@@ -263,6 +270,27 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
     return FastTrainResult(Path(cfg.output), run.history, seconds, run.skipped)
 
 
+def shifted(out: torch.Tensor, photo: torch.Tensor, shift: int, seed: int,
+            step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output and its photo cropped by the same offset of 0..shift-1 px each way (a function of the step).
+
+    Departure from Johnson et al., who score the output where the network put it. The style
+    network's stride-2 stages and VGG's max-pooling then lie on one pixel grid, and the network
+    learns to lower the Gram losses with a pattern locked to that grid: a texture that repeats
+    every 2 and 4 px over the whole picture (issue 11). Moving the loss network's grid by a
+    different offset each step leaves such a pattern nothing to gain. The crop drops at most
+    shift-1 px per side, the same for the output and the photo, so the content loss still
+    compares aligned pictures.
+    """
+    if shift <= 1:
+        return out, photo
+    gen = torch.Generator().manual_seed(derived_seed(seed, step))
+    dy, dx = (int(v) for v in torch.randint(shift, (2,), generator=gen))
+    h, w = out.shape[-2:]
+    crop = (..., slice(dy, h - (shift - 1) + dy), slice(dx, w - (shift - 1) + dx))
+    return out[crop], photo[crop]
+
+
 def _style_image(cfg: FastTrainConfig, style_src: Image.Image, rt: Runtime) -> torch.Tensor:
     """The style image at --style-size, after checking that training fits in memory."""
     per_pixel = 2 * guard.VGG_BYTES_PER_PIXEL + guard.transformer_bytes_per_pixel(ARCHS[cfg.arch].channels[0])
@@ -276,11 +304,12 @@ def _style_image(cfg: FastTrainConfig, style_src: Image.Image, rt: Runtime) -> t
 def _start(cfg: FastTrainConfig, ctx: distributed.Dist, rt: Runtime, steps: int, skipped: list[str]) -> StepRun:
     """The network and its optimizer, fresh or from the checkpoint (--resume)."""
     seed_everything(cfg.seed)
-    model = TransformerNet(cfg.arch)
+    model = TransformerNet(cfg.arch, cfg.upsample)
     record = {**_jsonable(asdict(cfg)), "steps": steps, "world_size": ctx.world_size,
               "global_batch": cfg.batch_size * ctx.world_size}
     run = StepRun(ctx, rt, model, torch.optim.Adam(model.parameters(), lr=cfg.lr), checkpoint_path(cfg.output),
-                  CHECKPOINT_FORMAT, record, Path(cfg.output), extra={"arch": cfg.arch}, skipped=skipped)
+                  CHECKPOINT_FORMAT, record, Path(cfg.output), extra={"arch": cfg.arch, "upsample": cfg.upsample},
+                  skipped=skipped)
     if cfg.resume:
         run.resume(_load_resume(cfg, run.ckpt, steps), steps, cfg.stop_at)
     return run
