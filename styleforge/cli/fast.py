@@ -25,7 +25,6 @@ from .options import (
     CROP_HELP,
     FRACTION,
     NON_NEGATIVE,
-    NON_NEGATIVE_INT,
     ORIGINAL_COLORS_HELP,
     POSITIVE,
     SIZE_HELP,
@@ -63,10 +62,8 @@ def fast_group() -> None:
                help="The style network: light (0.26 M parameters, what the shipped styles use) or johnson "
                     "(the published 1.68 M network).")
 @config_option(FastTrainConfig, "upsample", "--upsample", type=click.Choice(UPSAMPLE_MODES),
-               help="How the network's decoder doubles the resolution: bilinear, or nearest (leaves a 2-4 px grid).")
-@config_option(FastTrainConfig, "loss_shift", "--loss-shift", type=NON_NEGATIVE_INT, metavar="PX",
-               help="The loss sees the output and the photo shifted together by 0..PX-1 px each step, so the network "
-                    "cannot pay for a pattern locked to its own pixel grid (0 or 1: no shift).")
+               help="How the network's decoder doubles the resolution: bilinear, or nearest (as published; prints a "
+                    "2-4 px grid on the light network).")
 @config_option(FastTrainConfig, "image_size", "--crop-size", type=COUNT, metavar="PX", old=("--image-size",),
                help=CROP_HELP)
 @config_option(FastTrainConfig, "style_size", "--style-size", type=COUNT, metavar="PX", help=STYLE_SIZE_HELP)
@@ -81,15 +78,15 @@ def fast_group() -> None:
 @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @runtime_options(FastTrainConfig)
 @quiet_option
-def train_cmd(style_image, data, output, arch, upsample, loss_shift, image_size, style_size, batch_size, steps, epochs,
-              lr, lr_schedule,
-              style_strength, content_weight, style_weight, tv_weight, content_layers, style_layers, weights,
-              workers, checkpoint_every, resume, stop_at, fp32_model, overwrite, device, precision, seed, quiet):
+def train_cmd(style_image, data, output, arch, upsample, image_size, style_size, batch_size, steps, epochs, lr,
+              lr_schedule, style_strength, content_weight, style_weight, tv_weight, content_layers, style_layers,
+              weights, workers, checkpoint_every, resume, stop_at, fp32_model, overwrite, device, precision, seed,
+              quiet):
     """Train a style network for STYLE_IMAGE on the photos in --data."""
     cfg = FastTrainConfig(
         style=str(style_image), data=[str(d) for d in data], output=str(output), arch=arch, upsample=upsample,
-        loss_shift=loss_shift, image_size=image_size,
-        style_size=style_size, batch_size=batch_size, steps=steps, epochs=epochs, lr=lr, lr_schedule=lr_schedule,
+        image_size=image_size, style_size=style_size, batch_size=batch_size, steps=steps, epochs=epochs, lr=lr,
+        lr_schedule=lr_schedule,
         style_strength=style_strength, content_weight=content_weight, style_weight=style_weight,
         tv_weight=tv_weight, content_layers=parse_layer_weights(content_layers, "--content-layers"),
         style_layers=parse_layer_weights(style_layers, "--style-layers"),

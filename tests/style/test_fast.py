@@ -17,7 +17,7 @@ from styleforge.runtime.io import save_image
 from styleforge.style.fast import ARCHS, FastTrainConfig, TransformerNet, load_model, save_model, train_style
 from styleforge.style.fast.data import RandomCrops, StreamSampler, list_images
 from styleforge.style.fast.model import UPSAMPLE_MODES, parameter_count
-from styleforge.style.fast.train import LR_FLOOR, lr_at, shifted
+from styleforge.style.fast.train import LR_FLOOR, lr_at
 
 
 def run(*args):
@@ -97,25 +97,6 @@ def test_upsampling_is_kept_in_the_model_file_and_old_files_read_as_nearest(tmp_
         load_model(tmp_path / "odd.pth")
 
 
-def test_loss_shift_crops_output_and_photo_alike_and_depends_on_the_step_only():
-    out, photo = torch.rand(2, 3, 32, 36), torch.rand(2, 3, 32, 36)
-    a_out, a_photo = shifted(out, photo, 4, seed=0, step=7)
-    b_out, b_photo = shifted(out.clone(), photo.clone(), 4, seed=0, step=7)
-    assert a_out.shape == a_photo.shape == (2, 3, 29, 33) and torch.equal(a_out, b_out)
-    offsets = set()
-    for step in range(40):
-        o, _ = shifted(out, photo, 4, seed=0, step=step)
-        dy = next(y for y in range(4) if torch.equal(o[..., 0, :], out[..., y, 0:33]) or
-                  any(torch.equal(o[..., 0, :], out[..., y, x:x + 33]) for x in range(4)))
-        dx = next(x for x in range(4) if torch.equal(o[..., 0, :], out[..., dy, x:x + 33]))
-        assert torch.equal(o, out[..., dy:dy + 29, dx:dx + 33])
-        assert torch.equal(shifted(out, photo, 4, 0, step)[1], photo[..., dy:dy + 29, dx:dx + 33])
-        offsets.add((dy, dx))
-    assert len(offsets) >= 12  # every step draws anew: nearly all 16 offsets appear in 40 steps
-    for shift in (0, 1):
-        assert shifted(out, photo, shift, 0, 3)[0] is out
-
-
 def test_stream_sampler_is_independent_of_world_size_and_resume():
     one = [b for b in StreamSampler(10, 4, 6, seed=3)]
     two = [StreamSampler(10, 4, 6, seed=3, rank=r, world_size=2) for r in range(2)]
@@ -173,7 +154,7 @@ def test_training_lowers_the_loss_and_writes_outputs(photos, tmp_path, random_vg
 def test_resume_gives_the_same_weights(photos, tmp_path, random_vgg19_file):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    kw = dict(upsample="bilinear", loss_shift=4)  # both drawn from the step: resume must replay them
+    kw = dict(upsample="nearest")  # the model file and the checkpoint carry it
     full = train_style(_cfg(photos, tmp_path / "a", random_vgg19_file, **kw))
     part = _cfg(photos, tmp_path / "b", random_vgg19_file, stop_at=3, **kw)
     assert train_style(part).model_path.name == "m.pth.ckpt" and not (tmp_path / "b" / "m.pth").exists()
