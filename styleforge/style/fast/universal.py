@@ -62,23 +62,43 @@ def level_index(level: str) -> int:
 class FeatureStats:
     """A style's statistics at one level: channel mean, std and the covariance's square root."""
 
-    mean: torch.Tensor      # (C, 1), float64
-    std: torch.Tensor       # (C, 1), float64
+    mean: torch.Tensor      # (C,), float64
+    std: torch.Tensor       # (C,), float64
     colour: torch.Tensor    # (C, C), float64: Cov^(1/2)
 
 
-def _flat(features: torch.Tensor) -> torch.Tensor:
-    """(C, H, W) or (1, C, H, W) -> (C, H*W) in float64."""
+def _rows(features: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) or (1, C, H, W) -> (H*W, C), a view in either memory layout (no copy)."""
     if features.dim() == 4:
         if features.shape[0] != 1:
             raise ValueError("one image at a time")
         features = features[0]
-    return features.reshape(features.shape[0], -1).double()
+    return features.permute(1, 2, 0).reshape(-1, features.shape[0])
 
 
-def _covariance(centered: torch.Tensor) -> torch.Tensor:
-    n = centered.shape[1]
-    return centered @ centered.T / max(n - 1, 1)
+@dataclass
+class _Moments:
+    """One image's feature statistics: means, variances and (for WCT) the covariance, float64."""
+
+    mean: torch.Tensor          # (C,)
+    var: torch.Tensor           # (C,)
+    cov: torch.Tensor | None    # (C, C)
+
+
+def _moments(rows: torch.Tensor, covariance: bool = True) -> _Moments:
+    """Statistics of (N, C) features; the O(N C^2) product is float32, only C x C results are float64.
+
+    The features are centred before the product (a float32 copy), so the covariance does
+    not lose digits to the mean, which is of the order of the spread for ReLU features.
+    """
+    rows = rows.float()
+    n = max(rows.shape[0] - 1, 1)
+    mean = rows.mean(0)
+    centred = rows - mean
+    if covariance:
+        cov = (centred.T @ centred).double() / n
+        return _Moments(mean.double(), cov.diagonal().clone(), cov)
+    return _Moments(mean.double(), centred.pow(2).sum(0).double() / n, None)
 
 
 def _sym_power(cov: torch.Tensor, power: float) -> torch.Tensor:
@@ -91,34 +111,70 @@ def _sym_power(cov: torch.Tensor, power: float) -> torch.Tensor:
 
 def feature_stats(features: torch.Tensor) -> FeatureStats:
     """Statistics of one image's features (C, H, W), for :func:`wct` and :func:`adain`."""
-    f = _flat(features)
-    mean = f.mean(1, keepdim=True)
-    centered = f - mean
-    std = (centered.pow(2).sum(1, keepdim=True) / max(f.shape[1] - 1, 1)).sqrt()
-    return FeatureStats(mean, std, _sym_power(_covariance(centered), 0.5))
+    with _no_autocast(features):
+        m = _moments(_rows(features))
+    return FeatureStats(m.mean, m.var.sqrt(), _sym_power(m.cov, 0.5))
+
+
+def _affine(content: _Moments, styles: Sequence[FeatureStats], blend: Sequence[float], strength: float,
+            method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, b), float64, such that A f + b is the blended, strength-mixed transform of every position f.
+
+    Both transforms are affine in the features: WCT is f -> Cs^(1/2) Cc^(-1/2) (f - mc) + ms
+    (Li et al. whiten and colour in two steps; one C x C matrix is the same map at half the
+    cost), AdaIN is the same with diagonal matrices. Blending styles and mixing with the
+    content are affine too, so the whole level is one matrix and one bias, applied once.
+    """
+    if method == "wct":
+        whiten = _sym_power(content.cov, -0.5)
+        parts = [(s.colour @ whiten, s.mean) for s in styles]
+    else:
+        inv_std = 1.0 / (content.var.sqrt() + STD_EPS)
+        parts = [(torch.diag(s.std * inv_std), s.mean) for s in styles]
+    eye = torch.eye(len(content.mean), dtype=torch.float64, device=content.mean.device)
+    matrix = (1.0 - strength) * eye + strength * sum(w * a for (a, _), w in zip(parts, blend))
+    target = strength * sum(w * (mean - a @ content.mean) for (a, mean), w in zip(parts, blend))
+    return matrix, target
+
+
+def _apply(features: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """matrix @ f + bias at every position of (C, H, W) features, float32, keeping their memory layout."""
+    c, h, w = features.shape
+    a, b = matrix.to(features.device, torch.float32), bias.to(features.device, torch.float32)
+    if features.stride(0) == 1 and c > 1:  # channels last: positions are rows
+        return torch.addmm(b, _rows(features).float(), a.T).reshape(h, w, c).permute(2, 0, 1)
+    return torch.addmm(b[:, None], a, features.reshape(c, -1).float()).reshape(c, h, w)
+
+
+def _no_autocast(features: torch.Tensor):
+    """The statistics and the transform stay float32 under a bf16/fp16 autocast (C x C products, and
+    eigenvalues down to 1e-5 of the largest)."""
+    return torch.autocast(features.device.type, enabled=False)
+
+
+def _transform(content: torch.Tensor, styles: Sequence[FeatureStats], blend: Sequence[float], strength: float,
+               method: str) -> torch.Tensor:
+    """One image's (C, H, W) features, transformed; float32."""
+    if method not in METHODS:
+        raise StyleforgeError(f"unknown --method {method!r}: use one of {', '.join(METHODS)}")
+    with _no_autocast(content):
+        moments = _moments(_rows(content), covariance=method == "wct")
+        return _apply(content, *_affine(moments, styles, blend, strength, method))
 
 
 def wct(content: torch.Tensor, style: FeatureStats) -> torch.Tensor:
     """Whitening-colouring transform of one image's features (C, H, W) to the style's covariance and mean.
 
-    Returns features of the input's shape and dtype whose covariance (over positions) is
+    Returns float32 features of the input's shape whose covariance (over positions) is
     the style's (exactly, when the content spans all channels and the style covariance
     is full rank).
     """
-    f = _flat(content)
-    centered = f - f.mean(1, keepdim=True)
-    whitened = _sym_power(_covariance(centered), -0.5) @ centered
-    out = style.colour @ whitened + style.mean
-    return out.reshape(content.shape).to(content.dtype)
+    return _transform(content, [style], [1.0], 1.0, "wct")
 
 
 def adain(content: torch.Tensor, style: FeatureStats) -> torch.Tensor:
     """Adaptive instance normalization: each channel gets the style's mean and standard deviation."""
-    f = _flat(content)
-    mean = f.mean(1, keepdim=True)
-    std = ((f - mean).pow(2).sum(1, keepdim=True) / max(f.shape[1] - 1, 1)).sqrt()
-    out = (f - mean) / (std + STD_EPS) * style.std + style.mean
-    return out.reshape(content.shape).to(content.dtype)
+    return _transform(content, [style], [1.0], 1.0, "adain")
 
 
 def stylize_features(content: torch.Tensor, styles: Sequence[FeatureStats], blend: Sequence[float],
@@ -126,15 +182,15 @@ def stylize_features(content: torch.Tensor, styles: Sequence[FeatureStats], blen
     """Transform a (B, C, H, W) batch to the blended styles; ``strength`` mixes with the content.
 
     ``blend`` must sum to 1 (see :func:`normalized_blend`). Strength 0 returns ``content``.
+    The content's statistics (and, for WCT, its eigendecomposition) are computed once per
+    image, whatever the number of styles.
     """
     if strength == 0:
         return content
-    transform = {"wct": wct, "adain": adain}[method]
-    out = []
-    for f in content:
-        mixed = sum(w * transform(f, s).double() for s, w in zip(styles, blend))
-        out.append(strength * mixed + (1.0 - strength) * f.double())
-    return torch.stack(out).to(content.dtype)
+    out = [_transform(f, styles, blend, strength, method).to(content.dtype) for f in content]
+    if len(out) == 1:
+        return out[0][None]
+    return torch.empty_like(content).copy_(torch.stack(out))  # empty_like keeps the memory layout
 
 
 def normalized_blend(blend: Sequence[float] | None, n: int) -> list[float]:
