@@ -315,3 +315,19 @@ def test_no_dark_line_at_odd_edges_with_the_shipped_decoders(shared, real_weight
     assert out.shape == (161, 241)
     for edge, inner in ((out[:, -2:].mean(1), out[:, -8:-4].mean(1)), (out[-2:].mean(0), out[-8:-4].mean(0))):
         assert float((edge - inner).mean()) > -5, float((edge - inner).mean())  # zero padding: -9
+
+
+def test_transform_stays_float32_under_bf16_autocast(encoder):
+    # Where the CPU has native bf16, Runtime's auto precision runs the styler under bf16 autocast:
+    # the convolutions go bf16, the statistics and the C x C transform must not (eigenvalues down
+    # to 1e-5 of the largest).
+    feats = _relu_features(64, 32, 32, 0).bfloat16()
+    stats = feature_stats(_relu_features(64, 24, 24, 1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = wct(feats, stats)
+        assert stylize_features(feats[None], [stats], [1.0]).dtype == torch.bfloat16
+    _close(low, wct(feats.float(), stats), 1e-5)
+    torch.manual_seed(0)
+    styler = UniversalStyler(encoder, {"relu3_1": Decoder("relu3_1").eval()}, [striped_image(40, 40)])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert styler(synthetic_image(37, 23)).shape == (1, 3, 37, 23)
