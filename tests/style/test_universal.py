@@ -331,3 +331,19 @@ def test_transform_stays_float32_under_bf16_autocast(encoder):
     styler = UniversalStyler(encoder, {"relu3_1": Decoder("relu3_1").eval()}, [striped_image(40, 40)])
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert styler(synthetic_image(37, 23)).shape == (1, 3, 37, 23)
+
+
+def test_each_level_encodes_only_up_to_its_own_layer(encoder):
+    # Li et al.'s coarse-to-fine WCT re-encodes each level's output for the next, finer level; each
+    # pass must stop at that level's layer although the encoder is configured up to relu5_1.
+    decs = {"relu3_1": Decoder("relu3_1").eval(), "relu2_1": Decoder("relu2_1").eval()}
+    styler = UniversalStyler(encoder, decs, [striped_image(40, 40)])
+    convs = [m for m in encoder.features if isinstance(m, torch.nn.Conv2d)]
+    calls = [0] * len(convs)
+    hooks = [m.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1)) for i, m in enumerate(convs)]
+    with torch.no_grad():
+        styler(synthetic_image(32, 32))
+    for h in hooks:
+        h.remove()
+    # conv1_1, conv1_2, conv2_1 in both passes; conv2_2 and conv3_1 only in the relu3_1 pass; nothing deeper.
+    assert calls == [2, 2, 2, 1, 1] + [0] * (len(convs) - 5)
