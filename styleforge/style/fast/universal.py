@@ -21,14 +21,10 @@ alpha), at every level.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
 import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -328,44 +324,6 @@ def find_decoders(folder: str | os.PathLike | None = None,
 
 # --------------------------------------------------------------------------- the styler
 
-# glibc's mallopt parameters, and the ceilings of its adaptive thresholds on 64-bit systems.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_GLIBC_MMAP_MAX, _GLIBC_TRIM_MAX = 32 << 20, 64 << 20
-
-
-@functools.cache
-def _mallopt() -> Any:
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    return getattr(ctypes.CDLL(None), "mallopt", None)
-
-
-@contextlib.contextmanager
-def _reuse_large_blocks() -> Iterator[None]:
-    """Inside: glibc's malloc keeps freed large blocks for the next layer instead of unmapping them.
-
-    A 512 px image's activations are 16-64 MB each; glibc serves blocks of 32 MB and more
-    with a fresh mmap and unmaps them when freed, so every layer's output is page-faulted
-    in again (measured: a third of the styler's time at 512 px on a 2-core CPU). Inside,
-    such blocks come from the heap, which is kept while the styler runs. On leaving, the
-    thresholds are set to the ceilings glibc's own adaptive thresholds reach once a program
-    has freed blocks this large (32 MB mmap, 64 MB trim: what the process would have had
-    anyway; glibc has no getter for the previous values), so the heap is trimmed again.
-    Elsewhere than glibc (macOS, Windows, musl): nothing.
-    """
-    mallopt = _mallopt()
-    if mallopt is None:
-        yield
-        return
-    mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(1 << 30))
-    mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(1 << 30))
-    try:
-        yield
-    finally:
-        mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(_GLIBC_MMAP_MAX))
-        mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(_GLIBC_TRIM_MAX))
-
-
 
 class UniversalStyler(nn.Module):
     """Image in, stylized image out: encode, transform, decode, level by level from the deepest.
@@ -404,7 +362,7 @@ class UniversalStyler(nn.Module):
             if min(h, w) < self.stride:
                 raise StyleforgeError(f"style image {i + 1} is {w}x{h} px, too small for {deepest} (needs at least "
                                       f"{self.stride} px per side): use a larger --style-size or a larger image")
-            with torch.inference_mode(), _reuse_large_blocks():
+            with torch.inference_mode():
                 x = style.to(next(self.encoder.parameters()).device).float()
                 feats = self.encoder(x.contiguous(memory_format=torch.channels_last), self.levels)
             for lv in self.levels:
@@ -412,10 +370,6 @@ class UniversalStyler(nn.Module):
         return stats
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with _reuse_large_blocks():
-            return self._forward(images)
-
-    def _forward(self, images: torch.Tensor) -> torch.Tensor:
         h, w = images.shape[-2:]
         ph, pw = (-h) % self.stride, (-w) % self.stride
         # Reflection needs the pad to be smaller than the side; replicate covers tiny inputs.
