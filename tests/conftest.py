@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,16 @@ import torch
 from styleforge.backbone import build_vgg_features
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that a test stops with SIGINT: Ctrl-C as in a terminal.
+
+    A shell without job control starts background commands with SIGINT ignored, and children
+    inherit that; Python then installs no KeyboardInterrupt handler, so the test would measure
+    how the test runner was launched instead of what styleforge does on Ctrl-C.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 SHARED = Path(os.environ.get("STYLEFORGE_SHARED", ROOT.parent / "shared"))
 SHARED_WEIGHTS = SHARED / "weights" / "vgg19-features.pth"
 

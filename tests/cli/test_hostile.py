@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import ROOT, striped_image, synthetic_image
+from conftest import ROOT, default_sigint, striped_image, synthetic_image
 from PIL import Image
 
 from styleforge.classify.train import TrainConfig
@@ -567,7 +567,7 @@ def test_forced_bf16_training_stays_finite_and_learns(env, tmp_path):
 def _start(args, cwd):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "styleforge", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
 
 
 def _wait_for(path: Path, proc, timeout: float = 120) -> None:

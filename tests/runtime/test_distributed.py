@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, striped_image, synthetic_image
+from conftest import ROOT, default_sigint, striped_image, synthetic_image
 
 from styleforge.runtime.errors import StyleforgeError
 from styleforge.runtime.io import save_image
@@ -205,7 +205,7 @@ def test_killing_one_rank_fails_cleanly_and_the_checkpoint_resumes(shapes, tmp_p
     # it with Ctrl-C once it has written a further epoch.
     more = subprocess.Popen([sys.executable, "-m", "styleforge", *map(str, _classify_args(
         shapes, out, "--epochs", "500", "--batch-size", "16", "--checkpoint-seconds", "0", "--resume"))],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and more.poll() is None and \
