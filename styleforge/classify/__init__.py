@@ -6,9 +6,10 @@ The coursework loop, in a script or a notebook::
 
     import styleforge.classify as sc
 
-    sc.preview(sc.DataSpec("mnist", per_class=50), augment=["crop"])       # a Figure
+    data = sc.DataSpec("mnist", per_class=50)                             # what to load, how to split it
+    sc.preview(data, augment=["crop"])                                     # a Figure
     print(sc.summary("conv(32,k5,p2)-relu-maxpool(2)-flatten-fc", (1, 28, 28)))
-    result = sc.fit(sc.TrainConfig(dataset="mnist", output="runs/a", model="simple-cnn"))
+    result = sc.fit(sc.TrainConfig(data, output="runs/a", model="simple-cnn"))
     pandas.DataFrame(result.history)                                        # one row per epoch
     sc.curves_figure(result.history, steps=result.steps, best_epoch=result.summary["best_epoch"])
     sc.evaluate(sc.EvalConfig("runs/a")).acc

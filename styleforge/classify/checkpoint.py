@@ -4,12 +4,14 @@ A checkpoint records what is needed to rebuild the model without the training da
 pretrained-weights files: model name and options, input shape, number of classes, class
 names, activation, and the plain ``state_dict`` (never a DDP wrapper's, so a checkpoint
 from an 8-GPU run loads on one CPU and the other way round). It is written with
-``torch.save`` atomically and read with ``torch.load(weights_only=True)``.
+``torch.save`` atomically and read with ``torch.load(weights_only=True)``. The training
+run's record (``config``) is brought to the current format on reading (:func:`upgrade_config`).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,10 +20,30 @@ import torch
 from ..runtime.errors import StyleforgeError, first_line
 from ..runtime.guard import check_state_dict, require_keys
 from ..runtime.io import load_torch, save_torch
+from .data import DataSpec
 from .models import Classifier, build_model
 
 FORMAT = "styleforge-classifier/1"
 META_KEYS = ("model", "input_shape", "num_classes", "class_names", "activation", "model_options")
+# The format of a run's record (config.json, and a checkpoint's "config"), written as its
+# "config_version". 1 (written without the number, by styleforge 0.1.0): DataSpec's fields
+# at the top level; 2: nested under "data", as TrainConfig holds them.
+CONFIG_VERSION = 2
+
+
+def upgrade_config(record: Mapping[str, Any], where: str | os.PathLike) -> dict[str, Any]:
+    """A run's record in the current format (a copy): the one place older formats are read."""
+    version = record.get("config_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise StyleforgeError(f"{where} records config_version {version!r}: the file is damaged or was edited")
+    if version > CONFIG_VERSION:
+        raise StyleforgeError(f"{where} was written by a newer styleforge (config format {version}, this one reads "
+                              f"up to {CONFIG_VERSION}): upgrade styleforge to use it")
+    out = dict(record)
+    if version == 1:
+        out["data"] = {f.name: out.pop(f.name) for f in fields(DataSpec) if f.name in out}
+    out["config_version"] = CONFIG_VERSION
+    return out
 
 
 def make_meta(model: str, input_shape: tuple[int, int, int], class_names: list[str], activation: str,
@@ -80,6 +102,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     check_state_dict(ckpt.get("state_dict"), path)
     if not isinstance(ckpt.get("config", {}), dict):
         raise StyleforgeError(f"{path} lacks a valid 'config' entry: the file is damaged or was edited")
+    if "config" in ckpt:
+        ckpt["config"] = upgrade_config(ckpt["config"], path)
     ckpt["path"] = str(path)
     return ckpt
 

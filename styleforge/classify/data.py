@@ -31,14 +31,15 @@ import os
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..runtime import guard
 from ..runtime.errors import StyleforgeError, first_line
 from ..runtime.io import IMAGE_SUFFIXES, header_size, load_torch, open_rgb, save_torch
 
@@ -92,6 +93,20 @@ class DataSpec:
     test_split: float = 0.2           # for folders without a test set: fraction held out as test
     split_seed: int = 0               # the splits and subsets do not change with the training seed
     image_size: int | None = None     # decode size for folders of mixed-size (or non-square) images
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> "DataSpec":
+        """The spec ``asdict`` (a run's config record, under "data") wrote; keys it does not know are left out."""
+        return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
+
+    def validate(self) -> "DataSpec":
+        """One-line errors for settings no dataset can use; returns the spec."""
+        guard.check_numbers([("--val-split", self.val_split, guard.PROBABILITY),
+                             ("--test-split", self.test_split, guard.PROBABILITY),
+                             ("--split-seed", self.split_seed, guard.SEED), ("--per-class", self.per_class, guard.COUNT)])
+        if self.image_size is not None and self.image_size < 4:
+            raise StyleforgeError("--image-size must be at least 4")
+        return self
 
 
 @dataclass

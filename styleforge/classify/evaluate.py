@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,8 +27,9 @@ class EvalConfig:
     """What to evaluate, and on which data.
 
     Without ``dataset`` the checkpoint's own data settings are used (same dataset,
-    classes and splits as in training). With ``dataset`` the data are as given, and the
-    checkpoint must fit them (same number of classes, same class names).
+    classes and splits as in training). With ``dataset`` the data are as given (DataSpec's
+    defaults for the rest), and the checkpoint must fit them (same number of classes, same
+    class names). The data settings left None are the checkpoint's, or DataSpec's.
     """
 
     checkpoint: str
@@ -47,13 +48,11 @@ class EvalConfig:
     output: str | None = None  # a folder for confusion_<split>.png, per_class_<split>.csv/.md, eval_<split>.json
 
     def validate(self) -> None:
-        """One-line errors for settings no evaluation can use (the checkpoint is checked when read)."""
+        """One-line errors for settings no evaluation can use (the checkpoint is checked when read,
+        the data settings with the checkpoint's: :func:`_data_spec`)."""
         if self.split not in SPLITS:
             raise StyleforgeError(f"--split {self.split!r} is unknown: use one of {', '.join(SPLITS)}")
-        guard.check_numbers([("--batch-size", self.batch_size, guard.COUNT),
-                             ("--val-split", self.val_split, guard.PROBABILITY),
-                             ("--test-split", self.test_split, guard.PROBABILITY),
-                             ("--image-size", self.image_size, guard.COUNT)])
+        guard.check_numbers([("--batch-size", self.batch_size, guard.COUNT)])
 
 
 @dataclass
@@ -74,20 +73,22 @@ class EvalResult:
                 "seconds": self.seconds}
 
 
+# EvalConfig's data settings, each replacing the checkpoint's (or DataSpec's default) when given.
+_DATA_OVERRIDES = ("data_root", "test_data", "classes", "val_split", "test_split", "image_size")
+
+
 def _data_spec(cfg: EvalConfig, ckpt: dict[str, Any]) -> DataSpec:
-    train_cfg = ckpt.get("config") or {}
-    if cfg.dataset is None:
-        if not train_cfg.get("dataset"):
+    """The data to evaluate on: ``cfg.dataset`` with DataSpec's defaults, or else the data the
+    checkpoint was trained on (its classes as found), with ``cfg``'s settings where given."""
+    if cfg.dataset is not None:
+        base = DataSpec(cfg.dataset)
+    else:
+        trained = (ckpt.get("config") or {}).get("data") or {}
+        if not trained.get("dataset"):
             raise StyleforgeError(f"{ckpt['path']} does not record its dataset: give --dataset")
-        return DataSpec(train_cfg["dataset"], cfg.data_root or train_cfg.get("data_root"),
-                        cfg.test_data or train_cfg.get("test_data"), cfg.download, train_cfg.get("class_names"),
-                        train_cfg.get("per_class"),
-                        train_cfg.get("val_split", 0.1) if cfg.val_split is None else cfg.val_split,
-                        train_cfg.get("test_split", 0.2) if cfg.test_split is None else cfg.test_split,
-                        train_cfg.get("split_seed", 0), cfg.image_size or train_cfg.get("image_size"))
-    return DataSpec(cfg.dataset, cfg.data_root, cfg.test_data, cfg.download, cfg.classes, None,
-                    0.1 if cfg.val_split is None else cfg.val_split, 0.2 if cfg.test_split is None else cfg.test_split,
-                    0, cfg.image_size)
+        base = replace(DataSpec.from_dict(trained), classes=ckpt.get("class_names"))
+    given = {k: getattr(cfg, k) for k in _DATA_OVERRIDES if getattr(cfg, k) is not None}
+    return replace(base, download=cfg.download, **given).validate()
 
 
 def evaluate(cfg: EvalConfig, callback: Callable[[str], None] | None = None,

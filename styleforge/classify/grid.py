@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -18,6 +18,7 @@ from ..runtime import guard, lock
 from ..runtime.errors import StyleforgeError
 from ..runtime.io import check_writable, make_folder, save_json
 from . import report
+from .data import DataSpec
 from .evaluate import EvalConfig, evaluate
 from .train import OWN_FILES, RUN_DIRS, TrainConfig, TrainEvent, fit
 
@@ -42,16 +43,17 @@ def _run_name(i: int, combo: Mapping[str, Any]) -> str:
 
 def grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], output: str | Path,
          callback: Callable[[TrainEvent], None] | None = None, overwrite: bool = False) -> GridResult:
-    """Train ``base`` with every combination of ``axes`` (TrainConfig field → values) into
-    ``output/NN-.../``; write grid.csv / grid.md / grid.json ranked on validation accuracy;
-    evaluate the best run on the test set. The output folder is locked while it runs."""
-    names = {f.name for f in fields(TrainConfig)}
+    """Train ``base`` with every combination of ``axes`` (setting → values: a TrainConfig field,
+    or a DataSpec one such as per_class) into ``output/NN-.../``; write grid.csv / grid.md /
+    grid.json ranked on validation accuracy; evaluate the best run on the test set. The output
+    folder is locked while it runs."""
+    names = {f.name for f in fields(TrainConfig)} | {f.name for f in fields(DataSpec)}
     for key, values in axes.items():
-        if key not in names or key in ("dataset", "output"):
+        if key not in names or key in ("data", "dataset", "output"):
             raise StyleforgeError(f"cannot search over {key!r}: use settings such as lr, batch_size, optimizer")
         if not values:
             raise StyleforgeError(f"grid axis {key} has no values")
-    if base.val_split <= 0:
+    if base.data.val_split <= 0:
         raise StyleforgeError("a grid search ranks runs on validation accuracy: give --val-split > 0")
     out = Path(output).expanduser()
     if out.exists() and not out.is_dir():
@@ -85,7 +87,7 @@ def _grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], out: Path,
     for i, combo in enumerate(combos, start=1):
         run_dir = out / _run_name(i, combo)
         emit(TrainEvent("phase", message=f"run {i}/{len(combos)}: " + ", ".join(f"{k}={v}" for k, v in combo.items())))
-        cfg = replace(base, output=str(run_dir), evaluate_test=False, overwrite=False, resume=False, **combo)
+        cfg = base.with_settings(output=str(run_dir), evaluate_test=False, overwrite=False, resume=False, **combo)
         status = "completed"
         try:
             fit(cfg, callback=callback)
@@ -113,7 +115,7 @@ def _grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], out: Path,
     columns = ["rank", "run", *keys, "val_acc", "val_loss", "train_acc", "best_epoch", "epochs_run", "seconds",
                "stopped"]
     report.write_csv(ranked, columns, out / "grid.csv")
-    md = [f"# Grid search: {base.model} on {base.dataset}", "",
+    md = [f"# Grid search: {base.model} on {base.data.dataset}", "",
           "Ranked on validation accuracy (the test set is used once, for the best run only).", "",
           report.markdown_table(ranked, columns), "",
           f"Best: **{best['run']}** ({', '.join(f'{k}={best[k]}' for k in keys)}): validation accuracy "

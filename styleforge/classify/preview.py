@@ -23,7 +23,7 @@ def preview(spec: DataSpec, augment: Sequence[str] = (), count: int = 32, split:
     bad = [a for a in augment if a not in AUGMENTS]
     if bad:
         raise StyleforgeError(f"--augment {bad[0]!r} is unknown: use none or a list of {', '.join(AUGMENTS)}")
-    splits = load_splits(spec)
+    splits = load_splits(spec.validate())
     data = {"train": splits.train, "val": splits.val, "test": splits.test}.get(split)
     if data is None or len(data) == 0:
         raise StyleforgeError(f"there is no {split} split: give --val-split > 0 or another --split")

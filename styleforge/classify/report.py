@@ -217,7 +217,7 @@ def write_report(run_dir: Path, summary: Mapping[str, Any], config: Mapping[str,
     """A short report.md that puts the numbers and figures together."""
     s = summary
 
-    lines = [f"# {config.get('model')} on {config.get('dataset')}", ""]
+    lines = [f"# {config.get('model')} on {s.get('dataset')}", ""]
     cached = ""
     if s.get("cached_features"):
         cached = " (frozen-trunk features cached{})".format(

@@ -12,7 +12,7 @@ import copy
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -198,13 +198,19 @@ def load_resume(run_dir: Path, cfg: TrainConfig, world_size: int) -> RunState:
     if not last.is_file():
         raise StyleforgeError(f"nothing to resume: {last} does not exist (train without --resume first)")
     state = RunState.load(last)
-    current = {**asdict(cfg), "freeze": cfg.resolved_freeze()}  # the record holds the resolved policy
-    guard.check_resume(state.config, current, RESUME_MAY_CHANGE, last, {"model_options": "--option"})
+    current = {**cfg.as_dict(), "freeze": cfg.resolved_freeze()}  # the record holds the resolved policy
+    guard.check_resume(_settings(state.config), _settings(current), RESUME_MAY_CHANGE, last,
+                       {"model_options": "--option"})
     before = state.config.get("effective_batch_size", state.config.get("batch_size"))
     if before != cfg.batch_size * world_size:
         raise StyleforgeError(f"--resume: {last} was trained with an effective batch of {before}, this run has "
                               f"{cfg.batch_size * world_size} (--batch-size x processes): use the same")
     return state
+
+
+def _settings(record: dict[str, Any]) -> dict[str, Any]:
+    """A record's settings side by side, as the options name them (``data``'s beside the others)."""
+    return {**{k: v for k, v in record.items() if k != "data"}, **record.get("data", {})}
 
 
 def prepare_run_dir(run_dir: Path, cfg: TrainConfig, world_size: int = 1) -> RunState | None:
@@ -235,7 +241,7 @@ def write_results(run_dir: Path, cfg: TrainConfig, summary: dict[str, Any], stat
     best, classes = state.best, summary["classes"]
     if cfg.plots and state.rows:
         report.plot_curves(state.rows, run_dir / "curves.png", title=f"{short_name(cfg.model)} on "
-                           f"{Path(cfg.dataset).name}", steps=step_rows, best_epoch=summary["best_epoch"],
+                           f"{Path(cfg.data.dataset).name}", steps=step_rows, best_epoch=summary["best_epoch"],
                            loss_name=cfg.loss)
     if cfg.plots and best is not None and cfg.evaluate_test:
         report.save_figure(predictions(), run_dir / "predictions.png")

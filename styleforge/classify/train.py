@@ -26,7 +26,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -39,7 +39,7 @@ from ..runtime.io import make_folder, save_json
 from . import report
 from .batches import AUGMENTS, Source, augment_batch, evaluate_source, load_data, prepare_batch
 from .cache import extract_features, extraction_trunk
-from .checkpoint import load_checkpoint, make_meta
+from .checkpoint import CONFIG_VERSION, load_checkpoint, make_meta, upgrade_config
 from .data import DataSpec, Splits, channel_stats
 from .gallery import model_predictions_figure
 from .loop import Callback, Clock, Loop, TrainEvent, _train_mode, train_one_epoch
@@ -61,21 +61,15 @@ EVAL_BATCH_SIZE = 512  # evaluation keeps no activations for backward: larger ba
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; the CLI's ``classify train`` fills one in."""
+    """Everything a training run needs; the CLI's ``classify train`` fills one in.
 
-    dataset: str
+    ``data`` is what to load and how to cut it, e.g.
+    ``TrainConfig(DataSpec("mnist", per_class=50), "runs/mnist", model="convnet2")``.
+    """
+
+    data: DataSpec
     output: str
     model: str = "simple-cnn"
-    # data
-    data_root: str | None = None
-    test_data: str | None = None
-    download: bool = False
-    classes: list[str] | None = None
-    per_class: int | None = None
-    val_split: float = 0.1
-    test_split: float = 0.2
-    split_seed: int = 0
-    image_size: int | None = None     # the model's input size (square); default: the data's own size
     augment: list[str] = field(default_factory=list)
     # model
     activation: str = "relu"
@@ -114,9 +108,26 @@ class TrainConfig:
     evaluate_test: bool = True        # grid search turns this off: the test set decides nothing
     plots: bool = True
 
-    def data_spec(self) -> DataSpec:
-        """The data part of the settings (the fields this config shares with :class:`DataSpec`)."""
-        return DataSpec(**{f.name: getattr(self, f.name) for f in fields(DataSpec)})
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as config.json records them (``data`` nested), with the format's version."""
+        return {"config_version": CONFIG_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any], where: str = "the config") -> "TrainConfig":
+        """The settings of a run's record (config.json, a checkpoint's ``config``, :meth:`as_dict`),
+        in this or an earlier format; the keys of what the run found are left out."""
+        record = upgrade_config(record, where)
+        guard.require_keys(record, where, {"data": dict, "output": str})
+        guard.require_keys(record["data"], where, {"dataset": str})
+        names = {f.name for f in fields(cls)} - {"data"}
+        return cls(data=DataSpec.from_dict(record["data"]), **{k: v for k, v in record.items() if k in names})
+
+    def with_settings(self, **settings: Any) -> "TrainConfig":
+        """A copy with ``settings`` changed, named as the options name them: DataSpec's fields
+        (``val_split``, ``per_class``, ...) change ``data``, the others this config."""
+        data_names = {f.name for f in fields(DataSpec)}
+        data = {k: settings.pop(k) for k in list(settings) if k in data_names}
+        return replace(self, data=replace(self.data, **data), **settings)
 
     def resolved_pretrained(self) -> bool:
         if self.pretrained is not None:
@@ -140,8 +151,8 @@ class TrainConfig:
              ("--weight-decay", self.weight_decay, guard.NON_NEGATIVE), ("--epochs", self.epochs, guard.COUNT),
              ("--batch-size", self.batch_size, guard.COUNT), ("--eval-batch-size", self.eval_batch_size, guard.COUNT),
              ("--max-seconds", self.max_seconds, guard.POSITIVE), ("--seed", self.seed, guard.SEED),
-             ("--checkpoint-seconds", self.checkpoint_seconds, guard.NON_NEGATIVE),
-             ("--split-seed", self.split_seed, guard.SEED), ("--per-class", self.per_class, guard.COUNT)])
+             ("--checkpoint-seconds", self.checkpoint_seconds, guard.NON_NEGATIVE)])
+        self.data.validate()
         checks = [(self.optimizer, OPTIMIZERS, "--optimizer"), (self.schedule, SCHEDULES, "--schedule"),
                   (self.cache_features, CACHE_MODES, "--cache-features"),
                   (self.freeze, ("auto",) + FREEZE_POLICIES, "--freeze")]
@@ -158,7 +169,7 @@ class TrainConfig:
             raise StyleforgeError(f"--lr {lr} must be a positive number")
         if self.patience is not None and self.patience < 1:
             raise StyleforgeError("--patience must be at least 1")
-        if self.patience is not None and self.val_split <= 0:
+        if self.patience is not None and self.data.val_split <= 0:
             raise StyleforgeError("--patience needs a validation set: give --val-split > 0")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise StyleforgeError("--max-seconds must be positive")
@@ -166,8 +177,6 @@ class TrainConfig:
             raise StyleforgeError("--warmup must be in [0, 1)")
         if not 0 <= self.label_smoothing < 1:
             raise StyleforgeError("--label-smoothing must be in [0, 1)")
-        if self.image_size is not None and self.image_size < 4:
-            raise StyleforgeError("--image-size must be at least 4")
         if self.overwrite and self.resume:
             raise StyleforgeError("--overwrite and --resume exclude each other")
         has_weights = self.model in MODELS and MODELS[self.model].pretrained
@@ -204,7 +213,7 @@ class _Data:
 
 def fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | None = None,
         progress: bool | None = None) -> FitResult:
-    """Train ``cfg.model`` on ``cfg.dataset`` and write the run directory ``cfg.output``.
+    """Train ``cfg.model`` on ``cfg.data`` and write the run directory ``cfg.output``.
 
     ``model``: an ``nn.Module`` object to train instead of ``cfg.model`` (trained in place;
     the best weights are loaded into it at the end). Its checkpoints record the class name
@@ -282,14 +291,15 @@ def _fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | 
 # --------------------------------------------------------------------------- setup
 
 def _load(cfg: TrainConfig, ctx: distributed.Dist, emit: Callback) -> _Data:
-    if cfg.image_size:  # a lower bound: one float channel of a batch, before and after resizing
-        guard.check_memory(8 * max(cfg.batch_size, cfg.eval_batch_size) * cfg.image_size ** 2,
-                           f"a batch at --image-size {cfg.image_size}", "use a smaller --image-size or --batch-size")
+    image_size = cfg.data.image_size
+    if image_size:  # a lower bound: one float channel of a batch, before and after resizing
+        guard.check_memory(8 * max(cfg.batch_size, cfg.eval_batch_size) * image_size ** 2,
+                           f"a batch at --image-size {image_size}", "use a smaller --image-size or --batch-size")
     emit(TrainEvent("phase", message="loading data"))
     t_data = time.perf_counter()
-    splits = load_data(ctx, cfg.data_spec())
+    splits = load_data(ctx, cfg.data)
     _, h, w = splits.train.shape
-    size = (cfg.image_size, cfg.image_size) if cfg.image_size else (h, w)
+    size = (image_size, image_size) if image_size else (h, w)
     return _Data(splits, size, time.perf_counter() - t_data)
 
 
@@ -339,7 +349,7 @@ def _config_record(cfg: TrainConfig, ctx: distributed.Dist, data: _Data, model: 
                    cached: bool) -> dict[str, Any]:
     """config.json: the settings, resolved, and what the run found (data, device, parameters)."""
     splits = data.splits
-    return {**asdict(cfg), "freeze": cfg.resolved_freeze(), "input_shape": list(data.shape),
+    return {**cfg.as_dict(), "freeze": cfg.resolved_freeze(), "input_shape": list(data.shape),
             "class_names": splits.classes, "num_classes": len(splits.classes), "data_source": splits.source,
             "data_notes": splits.notes, "device": str(rt.device), "precision": rt.precision,
             "channels_last": rt.channels_last, "world_size": ctx.world_size,
@@ -452,7 +462,7 @@ def _summary(loop: Loop, state: RunState, data: _Data, stopped: str, message: st
     cfg, ctx, rt, record, splits = loop.cfg, loop.ctx, loop.rt, state.config, data.splits
     trained = state.train_seconds - loop.clock.before  # in this process
     return {
-        "model": cfg.model, "dataset": cfg.dataset, "classes": splits.classes, "input_shape": list(data.shape),
+        "model": cfg.model, "dataset": cfg.data.dataset, "classes": splits.classes, "input_shape": list(data.shape),
         "num_train": len(splits.train), "num_val": len(splits.val) if splits.val is not None else 0,
         "num_test": len(splits.test), "epochs_run": state.epoch,
         "best_epoch": state.best["epoch"] if state.best else None, "stopped": stopped, "message": message,
@@ -502,5 +512,5 @@ def _evaluate_final(loop: Loop, state: RunState, ckpts: Checkpoints, summary: di
 def _predictions_figure(cfg: TrainConfig, model: Classifier, data: _Data, rt: Runtime, best_epoch: int):
     test = data.splits.test
     return model_predictions_figure(model, test.images, test.labels, data.splits.classes,
-                                    lambda x: prepare_batch(x, rt, data.size), seed=cfg.split_seed,
+                                    lambda x: prepare_batch(x, rt, data.size), seed=cfg.data.split_seed,
                                     title=f"best checkpoint (epoch {best_epoch})")

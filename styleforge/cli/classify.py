@@ -8,6 +8,7 @@ progress callbacks become tqdm bars here.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import click
@@ -227,12 +228,14 @@ def run_options(f):
         quiet_option)(f)
 
 
+def _data_spec(kw: dict) -> DataSpec:
+    """The data options' values (:func:`data_options`) as a DataSpec."""
+    return DataSpec(**{f.name: kw[f.name] for f in fields(DataSpec)})
+
+
 def _base_config(kw: dict, output: str) -> TrainConfig:
     return TrainConfig(
-        dataset=kw["dataset"], output=output, model=kw["model"], data_root=kw["data_root"],
-        test_data=kw["test_data"], download=kw["download"], classes=kw["classes"],
-        per_class=kw["per_class"], val_split=kw["val_split"], test_split=kw["test_split"],
-        split_seed=kw["split_seed"], image_size=kw["image_size"], augment=parse_augment(kw["augment"]),
+        data=_data_spec(kw), output=output, model=kw["model"], augment=parse_augment(kw["augment"]),
         activation=kw["activation"], pretrained=kw["pretrained"],
         weights=str(kw["weights"]) if kw["weights"] else None, freeze=kw["freeze"],
         model_options=parse_model_options(kw["options"], kw["model"]), schedule=kw["schedule"],
@@ -410,9 +413,7 @@ def preview_cmd(split, count, seed, output, quiet, **kw):
     from ..classify.report import check_figure_path, save_figure
 
     check_figure_path(output)
-    spec = DataSpec(kw["dataset"], kw["data_root"], kw["test_data"], kw["download"], kw["classes"],
-                    kw["per_class"], kw["val_split"], kw["test_split"], kw["split_seed"], kw["image_size"])
-    save_figure(preview(spec, parse_augment(kw["augment"]), count, split, seed), output)
+    save_figure(preview(_data_spec(kw), parse_augment(kw["augment"]), count, split, seed), output)
     if not quiet:
         click.echo(f"wrote {output}")
 
