@@ -2,6 +2,7 @@
 
 import dataclasses
 import gzip
+import json
 import struct
 
 import numpy as np
@@ -116,9 +117,9 @@ def test_real_mnist_loads_and_a_short_run_beats_chance(shared, tmp_path):
     train, test = load_mnist("mnist", shared / "data")
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
     assert train.counts()[1] == 6742 and test.counts()[0] == 980
-    r = fit(TrainConfig(dataset="mnist", data_root=str(shared / "data"), output=str(tmp_path / "run"),
-                        model="fc-only", per_class=30, val_split=0.02, epochs=3, batch_size=32,
-                        precision="fp32", plots=False))
+    r = fit(TrainConfig(DataSpec("mnist", str(shared / "data"), per_class=30, val_split=0.02),
+                        output=str(tmp_path / "run"), model="fc-only", epochs=3, batch_size=32, precision="fp32",
+                        plots=False))
     assert r.summary["num_train"] == 300 and r.summary["num_test"] == 10000
     assert r.summary["test_acc"] > 0.6, r.summary  # chance is 0.1
 
@@ -147,14 +148,40 @@ def test_lr_schedules():
     assert lr_factor("cosine", 0.6, warmup=0.2) == pytest.approx(0.5)
 
 
-def test_train_config_holds_the_data_spec_fields_with_the_same_defaults():
-    """DataSpec's fields are TrainConfig's data fields (one default each), and data_spec() carries every one."""
-    spec_fields = {f.name: f for f in dataclasses.fields(DataSpec)}
+def test_train_config_nests_the_data_spec_and_copies_none_of_its_fields():
+    spec_fields = {f.name for f in dataclasses.fields(DataSpec)}
     train_fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    assert set(spec_fields) <= set(train_fields)
-    for name, f in spec_fields.items():
-        assert (f.default, f.default_factory) == (train_fields[name].default, train_fields[name].default_factory), name
+    assert train_fields["data"].type in (DataSpec, "DataSpec") and not spec_fields & set(train_fields)
     values = {"dataset": "set", "data_root": "root", "test_data": "t", "download": True, "classes": ["a"],
               "per_class": 3, "val_split": 0.3, "test_split": 0.4, "split_seed": 5, "image_size": 16}
-    assert set(values) == set(spec_fields)
-    assert TrainConfig(output="o", **values).data_spec() == DataSpec(**values)
+    assert set(values) == spec_fields
+    # with_settings names settings as the options do: DataSpec's go to data, the others stay.
+    cfg = TrainConfig(DataSpec("x"), "o").with_settings(lr=0.5, **values)
+    assert cfg.data == DataSpec(**values) and cfg.lr == 0.5 and cfg.output == "o"
+
+
+def test_a_train_config_round_trips_through_its_record_and_reads_the_first_format():
+    cfg = TrainConfig(DataSpec("set", "root", "t", True, ["a", "b"], 3, 0.3, 0.4, 5, 16), "out", model="res-cnn",
+                      augment=["crop"], model_options={"width": 8}, lr=0.2, epochs=2, seed=7, resume=True)
+    record = cfg.as_dict()
+    assert record["config_version"] == 2 and record["data"]["val_split"] == 0.3 and "val_split" not in record
+    assert TrainConfig.from_dict(record) == cfg
+    assert TrainConfig.from_dict(json.loads(json.dumps(record))) == cfg
+    # The first format (styleforge 0.1.0): DataSpec's fields at the top level, no version; what the
+    # run found (class_names, device, ...) beside the settings is left out.
+    flat = {**{k: v for k, v in record.items() if k not in ("data", "config_version")}, **record["data"],
+            "class_names": ["a", "b"], "params_total": 10}
+    assert TrainConfig.from_dict(flat) == cfg
+    with pytest.raises(StyleforgeError, match="lacks a valid 'dataset' entry"):
+        TrainConfig.from_dict({"config_version": 2, "output": "o", "data": {}})
+    with pytest.raises(StyleforgeError, match="config_version 'two': the file is damaged"):
+        TrainConfig.from_dict({**record, "config_version": "two"})
+
+
+def test_data_spec_validate_gives_one_line_errors():
+    assert DataSpec("x", val_split=0.0).validate() == DataSpec("x", val_split=0.0)
+    for bad, message in ((dict(val_split=1.0), "--val-split must be in"), (dict(split_seed=-1), "--split-seed"),
+                         (dict(per_class=0), "--per-class must be at least 1"),
+                         (dict(image_size=2), "--image-size must be at least 4")):
+        with pytest.raises(StyleforgeError, match=message):
+            DataSpec("x", **bad).validate()

@@ -11,6 +11,7 @@ from PIL import Image
 from styleforge.classify import apply_freeze, build_model
 from styleforge.classify.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
 from styleforge.classify.compare import compare
+from styleforge.classify.data import DataSpec
 from styleforge.classify.evaluate import EvalConfig, evaluate
 from styleforge.classify.grid import grid
 from styleforge.classify.train import TrainConfig, _train_mode, fit, make_optimizer
@@ -44,10 +45,9 @@ def toy(tmp_path_factory):
 
 
 def cfg(toy, out, **kw) -> TrainConfig:
-    base = dict(dataset=str(toy), output=str(out), model="convnet2", epochs=4, batch_size=16, lr=0.05,
-                precision="fp32", plots=False, test_split=0.25, val_split=0.2)
-    base.update(kw)
-    return TrainConfig(**base)
+    base = TrainConfig(DataSpec(str(toy), test_split=0.25, val_split=0.2), str(out), model="convnet2", epochs=4,
+                       batch_size=16, lr=0.05, precision="fp32", plots=False)
+    return base.with_settings(**kw)
 
 
 def test_tiny_run_learns_and_writes_a_well_formed_run_dir(toy, tmp_path):
@@ -155,6 +155,63 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(toy, tmp_path)
         assert len(list(csv.DictReader(f))) == 3
     with pytest.raises(StyleforgeError, match="nothing to resume"):
         fit(cfg(toy, tmp_path / "nowhere", resume=True))
+
+
+def as_first_format(record: dict) -> dict:
+    """A run record as styleforge 0.1.0 wrote it: DataSpec's fields beside the others, no config_version."""
+    flat = {k: v for k, v in record.items() if k not in ("data", "config_version")}
+    return {**flat, **record["data"]}
+
+
+def rewrite_in_first_format(run_dir) -> None:
+    for name in ("best.pt", "last.pt"):
+        ckpt = torch.load(run_dir / name, weights_only=True)
+        ckpt["config"] = as_first_format(ckpt["config"])
+        torch.save(ckpt, run_dir / name)
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps(as_first_format(config)))
+
+
+def test_a_run_of_the_first_config_format_resumes_evaluates_and_is_rewritten_nested(toy, tmp_path):
+    kw = dict(epochs=2, model="bn-cnn", model_options={"widths": (8, 16)}, checkpoint_seconds=0,
+              data_root=str(tmp_path / "moved"))  # data_root may differ on --resume, and is nested now
+    fit(cfg(toy, tmp_path / "straight", **kw))
+
+    def interrupt(event):
+        if event.kind == "epoch_end" and event.epoch == 1:
+            raise KeyboardInterrupt
+
+    old = tmp_path / "old"
+    with pytest.raises(StyleforgeError, match="interrupted"):
+        fit(cfg(toy, old, **kw), callback=interrupt)
+    before = evaluate(EvalConfig(str(old), split="val", precision="fp32"))
+    rewrite_in_first_format(old)
+    assert "config_version" not in torch.load(old / "last.pt", weights_only=True)["config"]
+    ev = evaluate(EvalConfig(str(old), split="val", precision="fp32"))  # the dataset, splits and seed: flat keys
+    assert (ev.n, ev.acc, ev.loss) == (before.n, before.acc, before.loss) and ev.n == 18
+    with pytest.raises(StyleforgeError, match=r"other settings \(--val-split 0.2 -> 0.3\)"):
+        fit(cfg(toy, old, resume=True, **{**kw, "val_split": 0.3}))
+    fit(cfg(toy, old, resume=True, **{**kw, "data_root": None}))
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")["state_dict"]
+    b = load_checkpoint(old / "last.pt")["state_dict"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+    config = json.loads((old / "config.json").read_text())
+    assert config["config_version"] == 2 and config["data"]["val_split"] == 0.2 and "val_split" not in config
+    assert TrainConfig.from_dict(config).data == DataSpec(str(toy), val_split=0.2, test_split=0.25)
+
+
+def test_a_record_of_a_newer_format_is_refused_in_one_line(toy, tmp_path):
+    fit(cfg(toy, tmp_path / "run", epochs=1))
+    ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    ckpt["config"]["config_version"] = 99
+    torch.save(ckpt, tmp_path / "run" / "best.pt")
+    newer = r"written by a newer styleforge \(config format 99, this one reads up to 2\): upgrade styleforge"
+    for read in (lambda: load_checkpoint(tmp_path / "run"), lambda: TrainConfig.from_dict(ckpt["config"]),
+                 lambda: evaluate(EvalConfig(str(tmp_path / "run")))):
+        with pytest.raises(StyleforgeError, match=newer) as err:
+            read()
+        assert "\n" not in str(err.value)
 
 
 def blow_up_after_first_epoch(monkeypatch, epochs: int) -> None:
