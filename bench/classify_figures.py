@@ -13,8 +13,8 @@
 Every run uses the library (``styleforge.classify.train.fit``) and writes its run
 directory under ``--work`` (default: a folder in the temp dir) with curves, confusion
 matrix and report; the numbers go to ``bench/results/classify_<figure>-DATE.json``
-with machine, command and date. ``--set KEY=VALUE`` overrides a TrainConfig field in
-every run of the chosen figure (e.g. ``--set epochs=3``), for quick looks.
+with machine, command and date. ``--set KEY=VALUE`` overrides a TrainConfig (or DataSpec)
+field in every run of the chosen figure (e.g. ``--set epochs=3``), for quick looks.
 
 Data: ``../shared/data`` (MNIST idx files; CIFAR-10 as JPEG folders, decoded once and
 cached in ``$STYLEFORGE_CACHE``/``~/.cache/styleforge``; the first CIFAR run pays about
@@ -29,7 +29,7 @@ import math
 import sys
 import tempfile
 import time
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from common import record, require_shared, table  # noqa: E402
 
+from styleforge.classify.data import DataSpec  # noqa: E402
 from styleforge.classify.train import TrainConfig, TrainEvent, fit  # noqa: E402
 from styleforge.runtime.device import resolve_device  # noqa: E402
 
@@ -63,14 +64,13 @@ class Run:
         self.device, self.precision = args.device, args.precision
 
     def cfg(self, name: str, **kw) -> TrainConfig:
-        base = dict(dataset="cifar10", data_root=str(self.data), output=str(self.work / name), overwrite=True,
-                    device=self.device, precision=self.precision)
-        base.update(kw)
-        return replace(TrainConfig(**base), **self.overrides)
+        base = TrainConfig(DataSpec("cifar10", str(self.data)), output=str(self.work / name), overwrite=True,
+                           device=self.device, precision=self.precision)
+        return base.with_settings(**kw).with_settings(**self.overrides)
 
     def fit(self, name: str, **kw) -> dict:
         cfg = self.cfg(name, **kw)
-        print(f"--- {name}: {cfg.model} on {cfg.dataset}", flush=True)
+        print(f"--- {name}: {cfg.model} on {cfg.data.dataset}", flush=True)
         summary = fit(cfg, callback=_print_epochs).summary
         print(f"    test acc {summary['test_acc']}, wall {summary['wall_seconds']:.1f} s "
               f"(train {summary['train_seconds']:.1f} s, features {summary['feature_seconds']:.1f} s, "
@@ -91,12 +91,12 @@ def _print_epochs(e: TrainEvent) -> None:
 
 
 def parse_sets(items: list[str]) -> dict:
-    names = {f.name for f in fields(TrainConfig)}
+    names = ({f.name for f in fields(TrainConfig)} | {f.name for f in fields(DataSpec)}) - {"data"}
     out = {}
     for item in items:
         key, _, text = item.partition("=")
         if key not in names:
-            sys.exit(f"--set {item}: no TrainConfig field {key!r}")
+            sys.exit(f"--set {item}: no TrainConfig or DataSpec field {key!r}")
         try:
             out[key] = json.loads(text)
         except json.JSONDecodeError:
@@ -159,19 +159,16 @@ def _uncached_epoch_seconds(run_dir: str, n_train: int, batch_size: int, batches
     """Seconds an epoch would take running the frozen trunk every step (timed on ``batches``
     batches of the training set, extrapolated to ``n_train`` images)."""
     from styleforge.classify.checkpoint import load_checkpoint, model_from_checkpoint
-    from styleforge.classify.data import DataSpec, load_splits
+    from styleforge.classify.data import load_splits
     from styleforge.classify.train import _train_mode, make_optimizer, prepare_batch
     from styleforge.runtime.device import runtime
 
     ckpt = load_checkpoint(run_dir)
-    cfg = ckpt["config"]
-    splits = load_splits(DataSpec(cfg["dataset"], cfg["data_root"], classes=cfg["classes"],
-                                  val_split=cfg["val_split"], per_class=cfg["per_class"],
-                                  split_seed=cfg["split_seed"]))
+    splits = load_splits(TrainConfig.from_dict(ckpt["config"]).data)  # the data as the run loaded them
     rt = runtime(device, precision)
     model = rt.to(model_from_checkpoint(ckpt))
     model.trunk.requires_grad_(False)
-    opt = make_optimizer(TrainConfig(dataset="x", output="x", optimizer="adamw", lr=1e-4).validate(), model)
+    opt = make_optimizer(TrainConfig(DataSpec("x"), "x", optimizer="adamw", lr=1e-4).validate(), model)
     _train_mode(model)
     size = tuple(ckpt["input_shape"][1:])
     times = []

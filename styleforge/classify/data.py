@@ -103,7 +103,8 @@ class DataSpec:
         """One-line errors for settings no dataset can use; returns the spec."""
         guard.check_numbers([("--val-split", self.val_split, guard.PROBABILITY),
                              ("--test-split", self.test_split, guard.PROBABILITY),
-                             ("--split-seed", self.split_seed, guard.SEED), ("--per-class", self.per_class, guard.COUNT)])
+                             ("--split-seed", self.split_seed, guard.SEED),
+                             ("--per-class", self.per_class, guard.COUNT)])
         if self.image_size is not None and self.image_size < 4:
             raise StyleforgeError("--image-size must be at least 4")
         return self

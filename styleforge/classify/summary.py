@@ -124,6 +124,7 @@ def summary(model: str | nn.Module, input_shape: tuple[int, int, int] = (3, 32, 
     """:func:`summarize` a model given by name, layer spec, ``FILE.py:CLASS`` or as a
     module, after the freeze policy (``auto``: as training would choose it).
     ``print(summary("simple-cnn"))`` prints the table."""
+    from .data import DataSpec
     from .models import Classifier, apply_freeze, build_model
     from .train import TrainConfig
 
@@ -132,7 +133,7 @@ def summary(model: str | nn.Module, input_shape: tuple[int, int, int] = (3, 32, 
         net, name = model, "python:module"
     else:
         net, name = build_model(model, shape, num_classes, activation, **options), model
-    policy = TrainConfig(dataset="", output="", model=name, freeze=freeze).resolved_freeze()
+    policy = TrainConfig(DataSpec(""), output="", model=name, freeze=freeze).resolved_freeze()
     if isinstance(net, Classifier):
         apply_freeze(net, policy)
     return summarize(net, shape, policy if isinstance(net, Classifier) else "none")

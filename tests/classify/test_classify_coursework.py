@@ -56,14 +56,14 @@ def test_train_prints_and_records_the_resolved_recipe_and_files(trained):
 
 
 def test_plain_recipe_is_the_textbook_optimizer(folder):
-    cfg = TrainConfig(dataset=str(folder), output="x", recipe="plain", lr=0.1).validate()
+    cfg = TrainConfig(DataSpec(str(folder)), output="x", recipe="plain", lr=0.1).validate()
     assert (cfg.momentum, cfg.weight_decay, cfg.schedule, cfg.label_smoothing, cfg.nesterov) == \
         (0.0, 0.0, "constant", 0.0, False)
     opt = make_optimizer(cfg, torch.nn.Linear(2, 2))
     assert opt.param_groups[0]["momentum"] == 0 and opt.param_groups[0]["weight_decay"] == 0
-    mixed = TrainConfig(dataset=str(folder), output="x", recipe="plain", momentum=0.5).validate()
+    mixed = TrainConfig(DataSpec(str(folder)), output="x", recipe="plain", momentum=0.5).validate()
     assert mixed.momentum == 0.5 and mixed.schedule == "constant"  # explicit settings win over the recipe
-    default = TrainConfig(dataset=str(folder), output="x").validate()
+    default = TrainConfig(DataSpec(str(folder)), output="x").validate()
     assert (default.momentum, default.weight_decay, default.schedule) == (0.9, 5e-4, "onecycle")
 
 
@@ -79,7 +79,7 @@ def test_losses():
 
 
 def test_mse_loss_trains_and_is_reported(folder, tmp_path):
-    r = fit(TrainConfig(dataset=str(folder), output=str(tmp_path / "mse"), model="convnet2", loss="mse", epochs=3,
+    r = fit(TrainConfig(DataSpec(str(folder)), output=str(tmp_path / "mse"), model="convnet2", loss="mse", epochs=3,
                         batch_size=8, precision="fp32", plots=False))
     assert r.summary["test_acc"] >= 0.8 and r.history[-1]["val_loss"] < 1.0
     assert "loss (mse)" in (tmp_path / "mse" / "report.md").read_text()
@@ -127,7 +127,7 @@ def test_preview_grid_and_cli(folder, tmp_path):
 def test_compare_table_and_folder(trained, folder, tmp_path):
     out, _ = trained
     other = tmp_path / "noval"
-    fit(TrainConfig(dataset=str(folder), output=str(other), model="fc-only", epochs=2, batch_size=8, val_split=0,
+    fit(TrainConfig(DataSpec(str(folder), val_split=0), output=str(other), model="fc-only", epochs=2, batch_size=8,
                     precision="fp32", plots=False))
     rows = compare([out, other], tmp_path / "new" / "dir" / "cmp.png", tmp_path / "new" / "t.md")
     assert (tmp_path / "new" / "dir" / "cmp.png").is_file()
@@ -165,7 +165,7 @@ def test_fit_leaves_the_matplotlib_backend_alone(folder, tmp_path):
     plt.switch_backend("template")  # stands in for a notebook's inline backend
     try:
         figures = plt.get_fignums()
-        fit(TrainConfig(dataset=str(folder), output=str(tmp_path / "r"), model="fc-only", epochs=1, batch_size=16,
+        fit(TrainConfig(DataSpec(str(folder)), output=str(tmp_path / "r"), model="fc-only", epochs=1, batch_size=16,
                         precision="fp32"))
         assert matplotlib.get_backend() == "template" and plt.get_fignums() == figures
         assert (tmp_path / "r" / "curves.png").is_file() and (tmp_path / "r" / "predictions.png").is_file()

@@ -12,6 +12,7 @@ from torch import nn
 
 from styleforge.classify import build_model
 from styleforge.classify.checkpoint import load_checkpoint, model_from_checkpoint
+from styleforge.classify.data import DataSpec
 from styleforge.classify.train import TrainConfig, fit
 from styleforge.cli import main_group
 from styleforge.runtime.errors import StyleforgeError
@@ -73,7 +74,7 @@ def test_table2_spec_is_simple_cnn_parameter_for_parameter():
 def test_table2_spec_trains_to_the_same_accuracy_as_simple_cnn(folder, tmp_path):
     results = []
     for name in ("simple-cnn", TABLE2):
-        cfg = TrainConfig(dataset=str(folder), output=str(tmp_path / str(len(results))), model=name, epochs=2,
+        cfg = TrainConfig(DataSpec(str(folder)), output=str(tmp_path / str(len(results))), model=name, epochs=2,
                           batch_size=16, precision="fp32", plots=False, seed=5)
         results.append(fit(cfg))
     a, b = results
@@ -180,7 +181,7 @@ def test_fit_takes_a_model_object(folder, tmp_path):
     net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                         nn.Linear(6, 3))
     before = net[0].weight.detach().clone()
-    r = fit(TrainConfig(dataset=str(folder), output=str(tmp_path / "run"), epochs=2, batch_size=16,
+    r = fit(TrainConfig(DataSpec(str(folder)), output=str(tmp_path / "run"), epochs=2, batch_size=16,
                         precision="fp32", plots=False), model=net)
     assert not torch.equal(before, net[0].weight.detach())  # trained in place
     ckpt = load_checkpoint(r.run_dir)
@@ -192,5 +193,5 @@ def test_fit_takes_a_model_object(folder, tmp_path):
     rebuilt = model_from_checkpoint(ckpt, model=fresh)
     assert torch.equal(rebuilt.trunk[0].weight, net[0].weight.detach().cpu())
     with pytest.raises(StyleforgeError, match="gives 4 outputs per image but the data has 3 classes"):
-        fit(TrainConfig(dataset=str(folder), output=str(tmp_path / "bad"), epochs=1, plots=False),
+        fit(TrainConfig(DataSpec(str(folder)), output=str(tmp_path / "bad"), epochs=1, plots=False),
             model=nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4)))

@@ -28,6 +28,7 @@ from click.testing import CliRunner
 from conftest import ROOT, default_sigint, striped_image, synthetic_image
 from PIL import Image
 
+from styleforge.classify.data import DataSpec
 from styleforge.classify.train import TrainConfig
 from styleforge.cli import main_group
 from styleforge.runtime import lock
@@ -214,7 +215,7 @@ def test_numbers_are_range_checked(args, expect, env, roots, tmp_path):
 
 def test_library_configs_refuse_nan_too(env, tmp_path):
     with pytest.raises(StyleforgeError, match="--max-seconds must be a finite number"):
-        TrainConfig(dataset=str(env / "colours"), output=str(tmp_path / "r"), max_seconds=math.nan).validate()
+        TrainConfig(DataSpec(str(env / "colours")), output=str(tmp_path / "r"), max_seconds=math.nan).validate()
 
 
 # --------------------------------------------------------------------------- 4. memory

@@ -230,14 +230,14 @@ _SESSION_SCRIPT = """
 import signal, sys
 import torch.distributed as dist
 from styleforge.runtime import distributed
-from styleforge.classify.train import TrainConfig, fit
+from styleforge.classify import DataSpec, TrainConfig, fit
 from styleforge.runtime.errors import StyleforgeError
 
 def mine(signum, frame):
     pass
 
 signal.signal(signal.SIGTERM, mine)
-cfg = TrainConfig(sys.argv[1], sys.argv[2], model="convnet2", epochs=1, batch_size=8, device="cpu",
+cfg = TrainConfig(DataSpec(sys.argv[1]), sys.argv[2], model="convnet2", epochs=1, batch_size=8, device="cpu",
                   precision="fp32", plots=False)
 try:
     fit(cfg)  # under torchrun, outside a session: refused, nothing joined
