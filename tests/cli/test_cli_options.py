@@ -34,7 +34,7 @@ ALLOWED = {
 NOTHING_TO_QUIET = {"classify models", "classify predict", "fast models", "summary", "visualize layers", "weights"}
 CONFIGS = {"stylize": [StylizeConfig], "fast train": [FastTrainConfig], "fast train-decoders": [DecoderTrainConfig],
            "classify train": [TrainConfig, DataSpec], "classify grid": [TrainConfig, DataSpec],
-           "classify eval": [EvalConfig]}
+           "classify preview": [DataSpec], "classify eval": [EvalConfig]}
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,38 @@ def test_each_default_is_the_librarys():
                         (path, p.name)
                     checked += 1
     assert checked > 40
+
+
+def test_the_data_options_give_data_specs_defaults_and_eval_the_checkpoints(monkeypatch, tmp_path):
+    """train, grid and preview build DataSpec(dataset) when no other data option is given (each
+    default is DataSpec's); eval's data options are None: the checkpoint's settings."""
+    import importlib
+
+    import styleforge.cli.classify as cli_classify
+
+    grid_mod, train_mod = (importlib.import_module(f"styleforge.classify.{m}") for m in ("grid", "train"))
+
+    seen = {}
+
+    def capture(name):
+        def fake(cfg, *args, **kw):
+            seen[name] = cfg
+            raise StyleforgeError("captured")
+        return fake
+
+    monkeypatch.setattr(train_mod, "fit", capture("train"))
+    monkeypatch.setattr(grid_mod, "grid", capture("grid"))
+    monkeypatch.setattr(cli_classify, "preview", capture("preview"))
+    monkeypatch.setattr(cli_classify, "evaluate", capture("eval"))
+    out = str(tmp_path / "out.png")
+    for args in (["train", "-o", out], ["grid", "-o", out, "--lr", "0.1,0.2"], ["preview", "-o", out]):
+        result = CliRunner().invoke(main_group, ["classify", *args, "--dataset", "set"])
+        assert "captured" in result.stderr, result.output
+    assert seen["train"].data == seen["grid"].data == seen["preview"] == DataSpec("set")
+    assert "captured" in CliRunner().invoke(main_group, ["classify", "eval", str(tmp_path)]).stderr
+    assert seen["eval"] == EvalConfig(str(tmp_path))
+    assert all(getattr(seen["eval"], f) is None for f in ("dataset", "data_root", "test_data", "classes",
+                                                          "val_split", "test_split", "image_size"))
 
 
 def test_old_spellings_work_and_say_the_new_one_once():
