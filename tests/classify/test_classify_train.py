@@ -268,6 +268,9 @@ def test_grid_ranks_on_validation_and_tests_only_the_best(toy, tmp_path):
     assert "test accuracy" in (tmp_path / "grid" / "grid.md").read_text()
     with pytest.raises(StyleforgeError, match="already holds a grid search"):
         grid(cfg(toy, tmp_path / "unused", epochs=1), {"lr": [0.01, 0.1]}, tmp_path / "grid")
+    for axis in ("data", "dataset", "output", "colour"):  # DataSpec's other fields are settings like lr
+        with pytest.raises(StyleforgeError, match=f"cannot search over '{axis}'"):
+            grid(cfg(toy, tmp_path / "unused"), {axis: [1, 2]}, tmp_path / "grid2")
 
 
 def test_compare_overlays_runs(toy, tmp_path):
