@@ -92,7 +92,9 @@ class DataSpec:
     val_split: float = 0.1            # fraction of the training set held out for validation
     test_split: float = 0.2           # for folders without a test set: fraction held out as test
     split_seed: int = 0               # the splits and subsets do not change with the training seed
-    image_size: int | None = None     # decode size for folders of mixed-size (or non-square) images
+    # The side of the square images a model trained on these data sees, and the decode size of
+    # folders of mixed-size (or non-square) images; None: the data's own size.
+    image_size: int | None = None
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> "DataSpec":
