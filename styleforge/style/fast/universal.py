@@ -56,9 +56,10 @@ STD_EPS = 1e-5
 DEFAULT_WORK_SIZE: int | None = None
 MIN_WORK_SIZE = 16  # relu5_1 needs 16 px per side
 # Scaling a working-size result up (not in Li et al., who decode at full size): bicubic, an
-# unsharp mask of this amount (upscaling halves the fine texture's contrast, which the style
-# loss measures), then this fraction of the photo's own fine luminance detail (what the
-# downscaling took away), which keeps its edges sharp. Both chosen on bench/fast_quality.py.
+# unsharp mask (upscaling flattens the fine texture, which the style loss measures: its
+# amount grows with the scale factor f as f - 1, up to this at 2x and beyond), then this
+# fraction of the photo's own fine luminance detail (what the downscaling took away), which
+# keeps its edges sharp. Both chosen on bench/fast_quality.py (4 photos, 3 paintings).
 UPSCALE_SHARPEN = 1.0
 UPSCALE_DETAIL = 0.5
 
@@ -425,11 +426,13 @@ def _blur3(x: torch.Tensor) -> torch.Tensor:
 def upscale(stylized: torch.Tensor, small: torch.Tensor, photo: torch.Tensor,
             sharpen: float = UPSCALE_SHARPEN, detail: float = UPSCALE_DETAIL) -> torch.Tensor:
     """A result stylized at ``small``'s size, at ``photo``'s size (float32): bicubic, an unsharp mask of
-    ``sharpen``, plus ``detail`` times the photo's luminance detail that ``small`` lacks."""
+    ``sharpen`` (times the scale factor less 1, up to 1), plus ``detail`` times the photo's luminance
+    detail that ``small`` lacks."""
     size = photo.shape[-2:]
     out = F.interpolate(stylized.float(), size=size, mode="bicubic", align_corners=False)
-    if sharpen:
-        out = out + sharpen * (out - _blur3(out))
+    amount = sharpen * min(1.0, max(size) / max(small.shape[-2:]) - 1.0)
+    if amount > 0:
+        out = out + amount * (out - _blur3(out))
     if detail:
         coarse = F.interpolate(small.float(), size=size, mode="bicubic", align_corners=False)
         out = out + detail * (luminance(photo) - luminance(coarse))
