@@ -419,8 +419,12 @@ def check_work_size(work_size: int | None) -> None:
         raise StyleforgeError(f"--work-size must be at least {MIN_WORK_SIZE} px, got {work_size}")
 
 
-def _blur3(x: torch.Tensor) -> torch.Tensor:
-    return F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+def _unsharp(x: torch.Tensor, amount: float) -> torch.Tensor:
+    """x + amount * (x - its 3x3 mean), edges replicated: one depthwise convolution."""
+    c = x.shape[1]
+    kernel = torch.full((c, 1, 3, 3), -amount / 9, dtype=x.dtype, device=x.device)
+    kernel[:, :, 1, 1] += 1 + amount
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
 
 
 def upscale(stylized: torch.Tensor, small: torch.Tensor, photo: torch.Tensor,
@@ -429,13 +433,16 @@ def upscale(stylized: torch.Tensor, small: torch.Tensor, photo: torch.Tensor,
     ``sharpen`` (times the scale factor less 1, up to 1), plus ``detail`` times the photo's luminance
     detail that ``small`` lacks."""
     size = photo.shape[-2:]
-    out = F.interpolate(stylized.float(), size=size, mode="bicubic", align_corners=False)
+    # Bicubic is about 1.5x faster from the default layout, the depthwise convolution about 7x
+    # in channels-last (oneDNN, one AVX2 thread, 1024 px).
+    out = F.interpolate(stylized.float().contiguous(), size=size, mode="bicubic", align_corners=False)
+    out = out.contiguous(memory_format=torch.channels_last)
     amount = sharpen * min(1.0, max(size) / max(small.shape[-2:]) - 1.0)
     if amount > 0:
-        out = out + amount * (out - _blur3(out))
+        out = _unsharp(out, amount)
     if detail:
-        coarse = F.interpolate(small.float(), size=size, mode="bicubic", align_corners=False)
-        out = out + detail * (luminance(photo) - luminance(coarse))
+        coarse = F.interpolate(luminance(small), size=size, mode="bicubic", align_corners=False)
+        out += detail * (luminance(photo) - coarse)
     return out
 
 
