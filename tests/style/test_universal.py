@@ -305,6 +305,20 @@ def test_cli_apply_style_image_to_video(decoders, tmp_path, random_vgg19_file):
     assert len(frames) == 3 and (frames[0].width, frames[0].height) == (48, 32)
 
 
+def test_work_size_lowers_the_memory_estimate(decoders, tmp_path, random_vgg19_file, monkeypatch):
+    from styleforge.runtime import guard
+
+    save_image(synthetic_image(30, 45), tmp_path / "in.png")
+    save_image(striped_image(48, 48), tmp_path / "s.png")
+    monkeypatch.setattr(guard, "available_memory", lambda device: 1e9)  # 1.3 GB needed at full size
+    common = ["--style-image", tmp_path / "s.png", "--size", "1200", "--decoders", decoders,
+              "--weights", random_vgg19_file, "--device", "cpu", "-q"]
+    _fails(run("fast", "apply", tmp_path / "in.png", "-o", tmp_path / "o.png", *common), "GB of memory, but only")
+    result = run("fast", "apply", tmp_path / "in.png", "-o", tmp_path / "o.png", *common, "--work-size", "64")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "o.png").size == (1200, 800)
+
+
 @pytest.mark.parametrize("extra, text", [
     (["m.pth", "in.png", "--style-image", "s.png"], "not both"),
     (["in.png"], "give a MODEL"),
