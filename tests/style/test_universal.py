@@ -28,6 +28,7 @@ from styleforge.style.fast.universal import (
     normalized_blend,
     save_decoder,
     stylize_features,
+    upscale,
     wct,
 )
 
@@ -150,6 +151,37 @@ def test_strength_zero_is_the_reconstruction_and_sizes_are_kept(encoder):
         assert not torch.allclose(styled(photo), out)
 
 
+def test_work_size_stylizes_at_that_long_side_and_keeps_the_photo_size(encoder):
+    torch.manual_seed(0)
+    dec = Decoder("relu3_1").eval()
+    photo, style = synthetic_image(37, 23), [striped_image(40, 40)]
+    seen = []
+    hook = dec.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[-2:])))
+    small = UniversalStyler(encoder, {"relu3_1": dec}, style, strength=0.0, work_size=16)
+    with torch.no_grad():
+        out = small(photo)
+    hook.remove()
+    assert out.shape == photo.shape
+    assert seen == [(16, 12)]  # 16 x 10 at the working size, padded to relu3_1's stride of 4
+    # A photo within the working size is stylized as without one.
+    full = UniversalStyler(encoder, {"relu3_1": dec}, style, strength=0.0)
+    fits = UniversalStyler(encoder, {"relu3_1": dec}, style, strength=0.0, work_size=37)
+    with torch.no_grad():
+        torch.testing.assert_close(fits(photo), full(photo))
+    with pytest.raises(StyleforgeError, match="--work-size must be at least 16 px, got 8"):
+        UniversalStyler(encoder, {"relu3_1": dec}, style, work_size=8)
+
+
+def test_upscale_restores_the_photos_fine_luminance_and_keeps_flat_areas():
+    gray = striped_image(40, 60).mean(1, keepdim=True).expand(1, 3, 40, 60)
+    small = torch.nn.functional.interpolate(gray, size=(10, 15), mode="bilinear", antialias=True)
+    # An identity "stylization": the photo's own detail brings back the photo (exactly, for grey).
+    torch.testing.assert_close(upscale(small, small, gray, sharpen=0.0, detail=1.0), gray)
+    assert (upscale(small, small, gray, sharpen=0.0, detail=0.0) - gray).abs().mean() > 0.01
+    flat = torch.full((1, 3, 10, 15), 0.3)
+    torch.testing.assert_close(upscale(flat, small, gray, sharpen=1.0, detail=0.0), torch.full((1, 3, 40, 60), 0.3))
+
+
 def test_style_too_small_for_the_deepest_level(encoder):
     decs = {"relu5_1": Decoder("relu5_1"), "relu2_1": Decoder("relu2_1")}
     with pytest.raises(StyleforgeError, match="too small for relu5_1"):
@@ -255,6 +287,10 @@ def test_cli_apply_with_style_images(decoders, tmp_path, random_vgg19_file):
                  "--size", "64", "--original-colors", "--method", "adain", "--levels", "relu3_1", *common)
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "one.png").size == (64, 44)
+    result = run("fast", "apply", src / "a.png", "-o", tmp_path / "work.png", "--style-image", tmp_path / "s1.png",
+                 "--size", "64", "--work-size", "32", *common)
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "work.png").size == (64, 44)
 
 
 def test_cli_apply_style_image_to_video(decoders, tmp_path, random_vgg19_file):
@@ -269,6 +305,20 @@ def test_cli_apply_style_image_to_video(decoders, tmp_path, random_vgg19_file):
     assert len(frames) == 3 and (frames[0].width, frames[0].height) == (48, 32)
 
 
+def test_work_size_lowers_the_memory_estimate(decoders, tmp_path, random_vgg19_file, monkeypatch):
+    from styleforge.runtime import guard
+
+    save_image(synthetic_image(30, 45), tmp_path / "in.png")
+    save_image(striped_image(48, 48), tmp_path / "s.png")
+    monkeypatch.setattr(guard, "available_memory", lambda device: 1e9)  # 1.3 GB needed at full size
+    common = ["--style-image", tmp_path / "s.png", "--size", "1200", "--decoders", decoders,
+              "--weights", random_vgg19_file, "--device", "cpu", "-q"]
+    _fails(run("fast", "apply", tmp_path / "in.png", "-o", tmp_path / "o.png", *common), "GB of memory, but only")
+    result = run("fast", "apply", tmp_path / "in.png", "-o", tmp_path / "o.png", *common, "--work-size", "64")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "o.png").size == (1200, 800)
+
+
 @pytest.mark.parametrize("extra, text", [
     (["m.pth", "in.png", "--style-image", "s.png"], "not both"),
     (["in.png"], "give a MODEL"),
@@ -277,6 +327,7 @@ def test_cli_apply_style_image_to_video(decoders, tmp_path, random_vgg19_file):
     (["in.png", "--style-image", "s.png", "--levels", "relu9_1"], "unknown level 'relu9_1'"),
     (["in.png", "--style-image", "s.png", "--levels", "relu5_1"], "no decoder for relu5_1"),
     (["in.png", "--style-image", "s.png", "--style-size", "3"], "too small for relu3_1"),
+    (["in.png", "--style-image", "s.png", "--work-size", "8"], "--work-size must be at least 16 px, got 8"),
     (["in.png", "--style-image", "missing.png"], "missing.png"),
 ])
 def test_cli_apply_bad_input_is_one_line(decoders, tmp_path, random_vgg19_file, monkeypatch, extra, text):
