@@ -26,7 +26,7 @@ from .models import Classifier, build_model
 FORMAT = "styleforge-classifier/1"
 META_KEYS = ("model", "input_shape", "num_classes", "class_names", "activation", "model_options")
 # The format of a run's record (config.json, and a checkpoint's "config"), written as its
-# "config_version". 1 (written without the number, by styleforge 0.1.0): DataSpec's fields
+# "config_version". 1 (written without the number, before the number existed): DataSpec's fields
 # at the top level; 2: nested under "data", as TrainConfig holds them.
 CONFIG_VERSION = 2
 
@@ -42,6 +42,8 @@ def upgrade_config(record: Mapping[str, Any], where: str | os.PathLike) -> dict[
     out = dict(record)
     if version == 1:
         out["data"] = {f.name: out.pop(f.name) for f in fields(DataSpec) if f.name in out}
+    if not isinstance(out.get("data", {}), dict):
+        raise StyleforgeError(f"{where} holds no valid 'data' settings: the file is damaged or was edited")
     out["config_version"] = CONFIG_VERSION
     return out
 

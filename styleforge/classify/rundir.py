@@ -199,13 +199,22 @@ def load_resume(run_dir: Path, cfg: TrainConfig, world_size: int) -> RunState:
         raise StyleforgeError(f"nothing to resume: {last} does not exist (train without --resume first)")
     state = RunState.load(last)
     current = {**cfg.as_dict(), "freeze": cfg.resolved_freeze()}  # the record holds the resolved policy
-    guard.check_resume(_settings(state.config), _settings(current), RESUME_MAY_CHANGE, last,
-                       {"model_options": "--option"})
+    saved = _with_defaults(state.config, last, type(cfg))
+    guard.check_resume(_settings(saved), _settings(current), RESUME_MAY_CHANGE, last, {"model_options": "--option"})
     before = state.config.get("effective_batch_size", state.config.get("batch_size"))
     if before != cfg.batch_size * world_size:
         raise StyleforgeError(f"--resume: {last} was trained with an effective batch of {before}, this run has "
                               f"{cfg.batch_size * world_size} (--batch-size x processes): use the same")
     return state
+
+
+def _with_defaults(record: dict[str, Any], where: Path, config: type[TrainConfig]) -> dict[str, Any]:
+    """``record`` with the settings it lacks at their defaults: a run recorded before a setting
+    existed continues as if it had been given that setting's default."""
+    filled = config.from_dict(record, str(where)).as_dict()
+    out = {**{k: v for k, v in filled.items() if k not in record}, **record}
+    out["data"] = {**filled["data"], **record.get("data", {})}
+    return out
 
 
 def _settings(record: dict[str, Any]) -> dict[str, Any]:

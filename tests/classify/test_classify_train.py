@@ -158,15 +158,17 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(toy, tmp_path)
 
 
 def as_first_format(record: dict) -> dict:
-    """A run record as styleforge 0.1.0 wrote it: DataSpec's fields beside the others, no config_version."""
+    """A run record as written before config_version: DataSpec's fields beside the others."""
     flat = {k: v for k, v in record.items() if k not in ("data", "config_version")}
     return {**flat, **record["data"]}
 
 
-def rewrite_in_first_format(run_dir) -> None:
+def rewrite_in_first_format(run_dir, missing: tuple[str, ...] = ()) -> None:
+    """The run's records in the first format, without the settings named in ``missing``
+    (as if written before those settings existed)."""
     for name in ("best.pt", "last.pt"):
         ckpt = torch.load(run_dir / name, weights_only=True)
-        ckpt["config"] = as_first_format(ckpt["config"])
+        ckpt["config"] = {k: v for k, v in as_first_format(ckpt["config"]).items() if k not in missing}
         torch.save(ckpt, run_dir / name)
     config = json.loads((run_dir / "config.json").read_text())
     (run_dir / "config.json").write_text(json.dumps(as_first_format(config)))
@@ -185,7 +187,7 @@ def test_a_run_of_the_first_config_format_resumes_evaluates_and_is_rewritten_nes
     with pytest.raises(StyleforgeError, match="interrupted"):
         fit(cfg(toy, old, **kw), callback=interrupt)
     before = evaluate(EvalConfig(str(old), split="val", precision="fp32"))
-    rewrite_in_first_format(old)
+    rewrite_in_first_format(old, missing=("loss",))  # a later setting resumes at its default
     assert "config_version" not in torch.load(old / "last.pt", weights_only=True)["config"]
     ev = evaluate(EvalConfig(str(old), split="val", precision="fp32"))  # the dataset, splits and seed: flat keys
     assert (ev.n, ev.acc, ev.loss) == (before.n, before.acc, before.loss) and ev.n == 18
@@ -212,6 +214,9 @@ def test_a_record_of_a_newer_format_is_refused_in_one_line(toy, tmp_path):
         with pytest.raises(StyleforgeError, match=newer) as err:
             read()
         assert "\n" not in str(err.value)
+    ckpt["config"] = {**ckpt["config"], "config_version": 2, "data": "mnist"}
+    with pytest.raises(StyleforgeError, match="holds no valid 'data' settings: the file is damaged"):
+        TrainConfig.from_dict(ckpt["config"])
 
 
 def blow_up_after_first_epoch(monkeypatch, epochs: int) -> None:

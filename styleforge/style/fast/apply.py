@@ -149,7 +149,7 @@ def stylize_files(model: str | os.PathLike | None, inputs: Iterable[str | os.Pat
         per_pixel = guard.transformer_bytes_per_pixel(ARCHS[net.arch].channels[0])
     else:
         net, per_pixel = build_styler(any_style), guard.VGG_BYTES_PER_PIXEL
-    _check_memory(jobs, size, batch_size, per_pixel, rt, None if any_style is None else any_style.work_size)
+    _check_memory(jobs, size, batch_size, per_pixel, rt, any_style)
     net = rt.to(net)
     written: list[Path] = []
     images = [j for j in jobs if not j.video]
@@ -170,7 +170,7 @@ def stylize_files(model: str | os.PathLike | None, inputs: Iterable[str | os.Pat
 
 
 def _check_memory(jobs: list[_Job], size: int | None, batch_size: int, per_pixel: int, rt: Runtime,
-                  work_size: int | None = None) -> None:
+                  any_style: AnyStyle | None = None) -> None:
     """Refuse before decoding anything when the largest image cannot be stylized in memory.
 
     ``per_pixel`` is the network's cost per pixel it works on: the output's, or with
@@ -179,18 +179,18 @@ def _check_memory(jobs: list[_Job], size: int | None, batch_size: int, per_pixel
     sizes = [s for s in (header_size(j.source) for j in jobs if not j.video) if s is not None]
     if not sizes:
         return
+    work_size = None if any_style is None else any_style.work_size
 
     def need(s: tuple[int, int]) -> int:
         out = guard.scaled_pixels(s, size)
-        if work_size is None:
+        if work_size is None or (size or max(s)) <= work_size:  # no scaling up
             return out * per_pixel
-        worked = guard.scaled_pixels(s, min(size or max(s), work_size))
-        return worked * per_pixel + out * guard.UPSCALE_BYTES_PER_PIXEL
+        return guard.scaled_pixels(s, work_size) * per_pixel + out * guard.UPSCALE_BYTES_PER_PIXEL
 
     largest = max(sizes, key=need)
+    hint = "use a smaller --size (or --batch-size)" + (", or --work-size" if any_style and work_size is None else "")
     guard.check_memory(need(largest) * min(batch_size, len(sizes)),
-                       f"stylizing a {guard.scaled_pixels(largest, size) / 1e6:.0f}-megapixel image",
-                       "use a smaller --size (or --batch-size)", rt.device)
+                       f"stylizing a {guard.scaled_pixels(largest, size) / 1e6:.0f}-megapixel image", hint, rt.device)
 
 
 def _same_size_groups(jobs: list[_Job], size: int | None, batch_size: int) -> Iterator[list]:

@@ -54,7 +54,7 @@ STD_EPS = 1e-5
 # (192 px; 256 px: 2.5-3x) raised the style loss of bench/fast_quality.py and made the
 # pictures softer, at 192 px smeared (README, "Any painting as the style"); the user chooses.
 DEFAULT_WORK_SIZE: int | None = None
-MIN_WORK_SIZE = 16  # relu5_1 needs 16 px per side
+MIN_WORK_SIZE = 16  # relu5_1 needs 16 px; it caps the long side (a shorter side is padded)
 # Scaling a working-size result up (not in Li et al., who decode at full size): bicubic, an
 # unsharp mask (upscaling flattens the fine texture, which the style loss measures: its
 # amount grows with the scale factor f as f - 1, up to this at 2x and beyond), then this
@@ -346,7 +346,7 @@ class UniversalStyler(nn.Module):
     ``styles`` are (1, 3, H, W) images in [0, 1]; their statistics are computed once here.
     Works on any photo size (reflection-padded to a multiple of the deepest level's stride
     and cropped back). With ``work_size``, photos whose long side is larger are stylized at
-    that long side and scaled back up (:func:`upscale`): the time stops growing with the photo.
+    that long side and scaled back up (:func:`upscale`): the time hardly grows with the photo.
     """
 
     def __init__(self, encoder: VGGFeatures, decoders: Mapping[str, Decoder], styles: Sequence[torch.Tensor],
@@ -432,6 +432,14 @@ def upscale(stylized: torch.Tensor, small: torch.Tensor, photo: torch.Tensor,
     """A result stylized at ``small``'s size, at ``photo``'s size (float32): bicubic, an unsharp mask of
     ``sharpen`` (times the scale factor less 1, up to 1), plus ``detail`` times the photo's luminance
     detail that ``small`` lacks."""
+    # Autocast would run the convolution and the luminance einsum in bf16/fp16 and round the
+    # sharpening and the added detail to about one grey level: this part stays float32.
+    with torch.autocast(photo.device.type, enabled=False):
+        return _upscale(stylized, small.float(), photo.float(), sharpen, detail)
+
+
+def _upscale(stylized: torch.Tensor, small: torch.Tensor, photo: torch.Tensor, sharpen: float,
+             detail: float) -> torch.Tensor:
     size = photo.shape[-2:]
     # Bicubic is about 1.5x faster from the default layout, the depthwise convolution about 7x
     # in channels-last (oneDNN, one AVX2 thread, 1024 px).
