@@ -313,7 +313,8 @@ def test_work_size_lowers_the_memory_estimate(decoders, tmp_path, random_vgg19_f
     monkeypatch.setattr(guard, "available_memory", lambda device: 1e9)  # 1.3 GB needed at full size
     common = ["--style-image", tmp_path / "s.png", "--size", "1200", "--decoders", decoders,
               "--weights", random_vgg19_file, "--device", "cpu", "-q"]
-    _fails(run("fast", "apply", tmp_path / "in.png", "-o", tmp_path / "o.png", *common), "(or --batch-size), or --work-size")
+    _fails(run("fast", "apply", tmp_path / "in.png", "-o", tmp_path / "o.png", *common),
+           "(or --batch-size), or --work-size")
     result = run("fast", "apply", tmp_path / "in.png", "-o", tmp_path / "o.png", *common, "--work-size", "64")
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "o.png").size == (1200, 800)
