@@ -214,11 +214,11 @@ def test_apply_odd_sizes_folders_and_colors(tmp_path):
     assert Image.open(tmp_path / "one.png").size == (64, 44)
 
 
-@pytest.mark.parametrize("upsample", UPSAMPLE_MODES)
-def test_onnx_matches_pytorch(tmp_path, upsample):
+@pytest.mark.parametrize("upsample, noise", [(m, 0.0) for m in UPSAMPLE_MODES] + [("bilinear", 0.2)])
+def test_onnx_matches_pytorch(tmp_path, upsample, noise):
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
-    model = save_model(TransformerNet("light", upsample).eval(), tmp_path / "m.pth", "x", {}, half=False)
+    model = save_model(TransformerNet("light", upsample, noise).eval(), tmp_path / "m.pth", "x", {}, half=False)
     assert run("fast", "export", model, "-o", tmp_path / "m.onnx").exit_code == 0
     session = ort.InferenceSession(str(tmp_path / "m.onnx"))
     net, _ = load_model(model)
@@ -313,3 +313,32 @@ def test_inputs_that_cannot_train_fail_before_training(photos, tmp_path, random_
     with pytest.raises(StyleforgeError, match=re.escape(text)):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, **change))
     assert not list(tmp_path.glob("m.pth*"))
+
+
+def test_pixel_noise_is_fixed_white_unit_noise_without_a_lattice():
+    from styleforge.style.fast.model import pixel_noise
+    from styleforge.style.fast.quality import grid_peaks
+
+    n = pixel_noise(torch.zeros(2, 3, 256, 320))
+    assert n.shape == (1, 3, 256, 320) and torch.equal(n, pixel_noise(torch.ones(1, 3, 256, 320)))
+    assert abs(float(n.mean())) < 0.01 and abs(float(n.std()) - 1) < 0.01
+    assert float(n.abs().max()) <= 3 ** 0.5 + 1e-6
+    # no correlation between neighbours, rows or channels, and a part of a larger pattern is the pattern
+    assert max(abs(float((n[..., 1:] * n[..., :-1]).mean())), abs(float((n[..., 1:, :] * n[..., :-1, :]).mean())),
+               abs(float((n[:, 0] * n[:, 1]).mean()))) < 0.02
+    assert torch.equal(pixel_noise(torch.zeros(1, 3, 300, 400))[..., :256, :320], n)
+    # white noise scores about 3 on the grid measure (a 3x3 peak against a median); a lattice scores far more
+    assert grid_peaks((0.5 + 0.1 * n[0]).clamp(0, 1)) < 5
+
+
+def test_input_noise_changes_flat_regions_and_is_recorded(tmp_path):
+    torch.manual_seed(0)
+    flat = torch.full((1, 3, 32, 32), 0.5)
+    plain, noisy = TransformerNet("light", "bilinear").eval(), TransformerNet("light", "bilinear", 0.2).eval()
+    noisy.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(plain(flat), noisy(flat)) and torch.equal(noisy(flat), noisy(flat))
+    net, record = load_model(save_model(noisy, tmp_path / "m.pth", "x", {}, half=False))
+    assert record["noise"] == net.noise == 0.2
+    with pytest.raises(StyleforgeError, match="input noise must be a number >= 0"):
+        TransformerNet("light", "bilinear", -1.0)

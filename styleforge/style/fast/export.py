@@ -13,7 +13,7 @@ from torch import nn
 from ...runtime.errors import StyleforgeError
 from ...runtime.guard import check_not_inputs
 from ...runtime.io import atomic_path, check_writable
-from .model import TransformerNet, load_model, resolve_model
+from .model import TransformerNet, load_model, pixel_noise, resolve_model
 
 OPSET = 17
 
@@ -23,10 +23,12 @@ class _Deployable(nn.Module):
 
     def __init__(self, net: TransformerNet) -> None:
         super().__init__()
-        self.net = net.net
+        self.net, self.noise = net.net, net.noise
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         h, w = image.shape[-2], image.shape[-1]
+        if self.noise:
+            image = image + self.noise * pixel_noise(image)
         # Always pad (possibly by 0), so one graph serves every size.
         x = F.pad(image, (0, (4 - w % 4) % 4, 0, (4 - h % 4) % 4), mode="replicate")
         return self.net(x)[:, :, :h, :w].clamp(0, 1)

@@ -20,6 +20,7 @@ resolution), and the output cropped back.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,13 @@ MIN_SIDE = 16
 # every value into a 2x2 block, which the thin ``light`` decoder cannot smooth away: its
 # outputs carry a 2- and 4-pixel grid (issue 11). ``bilinear`` interpolates instead.
 UPSAMPLE_MODES = ("bilinear", "nearest")
+# Input noise (departure from Johnson et al.; texture networks, Ulyanov et al. 2016, feed noise
+# too). Where a photo is flat, a stride-4 network sees a constant input, so any texture it paints
+# there repeats every 4 px, locked to its own lattice: the hatching the grid measure catches
+# (issue 11). Noise of unit variance, times the model's ``noise`` amount, is added to the input:
+# fresh in training, at inference one fixed pattern (:func:`pixel_noise`), so a picture is
+# reproducible and the exported ONNX graph computes the very same values.
+_NOISE_PRIME = 2_147_483_647  # 2**31 - 1: products of two residues fit in int64
 
 
 @dataclass(frozen=True)
@@ -90,11 +98,37 @@ class _Up(nn.Sequential):
         super().__init__(up, _Conv(cin, cout, 3))
 
 
+def uniform_noise(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Training noise: uniform, mean 0, variance 1 (the distribution :func:`pixel_noise` has)."""
+    return (torch.rand(shape, generator=generator) - 0.5) * math.sqrt(12.0)
+
+
+def pixel_noise(like: torch.Tensor) -> torch.Tensor:
+    """Inference noise for images shaped like ``like``: (1, 3, H, W), uniform, mean 0, variance 1.
+
+    Each value is an integer hash of its channel and pixel coordinates (a linear mix, squared
+    twice modulo a prime, then a Lehmer step): no lattice, no state, the same on every device,
+    and only integer ops that ONNX has, so exported graphs reproduce it exactly.
+    """
+    h, w = like.shape[-2], like.shape[-1]
+    y = torch.arange(h, device=like.device).view(1, 1, h, 1)
+    x = torch.arange(w, device=like.device).view(1, 1, 1, w)
+    c = torch.arange(3, device=like.device).view(1, 3, 1, 1)
+    k = (x * 92821 + y * 68917 + c * 1_000_003 + 12345) % _NOISE_PRIME
+    for _ in range(2):
+        k = (k * k + 40503) % _NOISE_PRIME
+    k = (k * 48271) % _NOISE_PRIME
+    return (k.to(like.dtype) / _NOISE_PRIME - 0.5) * math.sqrt(12.0)
+
+
 class TransformerNet(nn.Module):
     """Image-to-image style network: [0,1] RGB in, [0,1] RGB out, any height and width."""
 
-    def __init__(self, arch: str = "johnson", upsample: str = "nearest") -> None:
+    def __init__(self, arch: str = "johnson", upsample: str = "nearest", noise: float = 0.0) -> None:
         super().__init__()
+        if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
+            raise StyleforgeError(f"input noise must be a number >= 0, got {noise!r}")
+        self.noise = float(noise)
         if arch not in ARCHS:
             raise StyleforgeError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}")
         if upsample not in UPSAMPLE_MODES:
@@ -109,7 +143,10 @@ class TransformerNet(nn.Module):
             *[_Residual(c3) for _ in range(spec.blocks)],
             _Up(c3, d2, upsample), _Up(d2, d1, upsample), _Conv(d1, 3, k, last=True))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``noise``: the training noise for this batch (unit variance); None: :func:`pixel_noise`."""
+        if self.noise:
+            x = x + self.noise * (pixel_noise(x) if noise is None else noise)
         h, w = x.shape[-2:]
         ph, pw = max(MIN_SIDE - h, (-h) % 4), max(MIN_SIDE - w, (-w) % 4)
         if ph or pw:  # replicate (not reflect) works for any size and matches the ONNX graph
@@ -134,7 +171,7 @@ def save_model(model: TransformerNet, path: str | os.PathLike, style: str, train
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
     record = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "arch": model.arch, "upsample": model.upsample,
-              "style": style,
+              "noise": model.noise, "style": style,
               "training": training, "state_dict": state}
     return save_torch(record, path)
 
@@ -163,7 +200,10 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     if upsample not in UPSAMPLE_MODES:
         raise StyleforgeError(f"{path} asks for upsampling {upsample!r}, which this styleforge does not know "
                               f"(known: {', '.join(UPSAMPLE_MODES)})")
-    model = TransformerNet(arch, upsample)
+    noise = record.get("noise", 0.0)  # files written before input noise existed: none
+    if not (isinstance(noise, (int, float)) and not isinstance(noise, bool) and math.isfinite(noise) and noise >= 0):
+        raise StyleforgeError(f"{path} asks for input noise {noise!r}: the file is damaged or was edited")
+    model = TransformerNet(arch, upsample, noise)
     key = "state_dict" if record["format"] == MODEL_FORMAT else "model"
     state = check_state_dict(record.get(key), path, key)
     try:
