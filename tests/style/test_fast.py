@@ -332,12 +332,18 @@ def test_pixel_noise_is_fixed_white_unit_noise_without_a_lattice():
 
 
 def test_input_noise_changes_flat_regions_and_is_recorded(tmp_path):
+    from styleforge.style.fast.model import pixel_noise
+
     torch.manual_seed(0)
     flat = torch.full((1, 3, 32, 32), 0.5)
     plain, noisy = TransformerNet("light", "bilinear").eval(), TransformerNet("light", "bilinear", 0.2).eval()
     noisy.load_state_dict(plain.state_dict())
     with torch.no_grad():
         assert not torch.allclose(plain(flat), noisy(flat)) and torch.equal(noisy(flat), noisy(flat))
+        first = noisy(flat)
+        noisy(torch.full((1, 3, 20, 28), 0.5))              # another size replaces the kept pattern
+        assert torch.equal(noisy(flat), first)
+        assert torch.equal(first, plain(flat + 0.2 * pixel_noise(flat)))
     net, record = load_model(save_model(noisy, tmp_path / "m.pth", "x", {}, half=False))
     assert record["noise"] == net.noise == 0.2
     with pytest.raises(StyleforgeError, match="input noise must be a number >= 0"):
