@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from ..color import luminance
+
 # Frequencies in cycles per pixel, (vertical, horizontal): periods 2 and 4 along each axis
 # and the diagonals they combine into. (0, 0) is the mean, left out.
 _GRID_FREQS = [(fy, fx) for fy in (0.0, 0.25, 0.5) for fx in (0.0, 0.25, 0.5) if (fy, fx) != (0.0, 0.0)]
@@ -30,11 +32,7 @@ def _luma(image: torch.Tensor) -> torch.Tensor:
     x = image.detach().float()
     if x.dim() == 4:
         x = x[0]
-    if x.shape[0] == 3:
-        x = 0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]
-    else:
-        x = x[0]
-    return x
+    return luminance(x[None])[0, 0] if x.shape[0] == 3 else x[0]
 
 
 def _power(luma: torch.Tensor) -> torch.Tensor:
