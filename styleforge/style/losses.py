@@ -93,6 +93,28 @@ def tv_loss(image: torch.Tensor) -> torch.Tensor:
     return dx.float().pow(2).mean() + dy.float().pow(2).mean()
 
 
+def lattice_energy(change: torch.Tensor, period: int = 4, tile: int = 32) -> torch.Tensor:
+    """Mean square of the part of ``change`` that repeats on a ``period``-pixel lattice, per tile.
+
+    ``change``: (B, C, H, W), e.g. a network's output minus its input. Within each ``tile`` x
+    ``tile`` square, the mean over all pixels at the same position modulo ``period`` (one of
+    period^2 phases) minus the tile's mean is the lattice-locked pattern there: exactly the
+    tile's Fourier components at multiples of 1/period cycle per pixel. Texture that does not
+    follow the lattice averages out (about 1/(tile/period)^2 of its energy remains: 1/64 at
+    the defaults); a pattern locked to the lattice is counted whole. Pixels beyond the last
+    whole tile are left out.
+    """
+    b, c, h, w = change.shape
+    ty, tx = h // tile, w // tile
+    if ty == 0 or tx == 0:
+        raise ValueError(f"lattice_energy needs at least {tile}x{tile} pixels, got {w}x{h}")
+    n = tile // period
+    x = change[..., :ty * tile, :tx * tile].float().reshape(b, c, ty, n, period, tx, n, period)
+    phases = x.mean(dim=(3, 6))                       # (B, C, ty, period, tx, period)
+    pattern = phases - phases.mean(dim=(3, 5), keepdim=True)
+    return pattern.pow(2).mean()
+
+
 def weighted_sum(losses: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
     """Sum of per-layer losses times their weights."""
     return sum(weights[name] * losses[name] for name in weights)

@@ -145,7 +145,7 @@ def test_training_lowers_the_loss_and_writes_outputs(photos, tmp_path, random_vg
     totals = [r["total"] for r in result.history]
     assert np.mean(totals[-5:]) < 0.7 * np.mean(totals[:5])
     assert (tmp_path / "m.pth").is_file() and (tmp_path / "m.pth.ckpt").is_file()
-    assert (tmp_path / "m.losses.csv").read_text().startswith("step,content,style,tv,total")
+    assert (tmp_path / "m.losses.csv").read_text().startswith("step,content,style,tv,lattice,total")
     assert (tmp_path / "m.losses.png").stat().st_size > 1000
     _, record = load_model(tmp_path / "m.pth")
     assert record["training"]["steps"] == 25 and record["training"]["image_size"] == 32
@@ -196,6 +196,20 @@ def test_resume_refuses_changed_settings(photos, tmp_path, random_vgg19_file):
     train_style(_cfg(photos, tmp_path, random_vgg19_file, steps=3))
     with pytest.raises(StyleforgeError, match="lr"):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, lr=0.5))
+    with pytest.raises(StyleforgeError, match="--lattice-weight 1000.0 -> 7.0"):
+        train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, lattice_weight=7.0))
+
+
+def test_lattice_penalty_adds_to_the_loss_and_only_there(photos, tmp_path, random_vgg19_file):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    off = train_style(_cfg(photos, tmp_path / "a", random_vgg19_file, steps=1, lattice_weight=0.0, input_noise=0.0))
+    on = train_style(_cfg(photos, tmp_path / "b", random_vgg19_file, steps=1, lattice_weight=50.0, input_noise=0.0))
+    assert off.history[0]["lattice"] == 0.0
+    # the same first batch and the same initial network: only the lattice term differs
+    assert on.history[0]["content"] == off.history[0]["content"] and on.history[0]["style"] == off.history[0]["style"]
+    assert on.history[0]["lattice"] > 0
+    assert on.history[0]["total"] == pytest.approx(off.history[0]["total"] + on.history[0]["lattice"], rel=1e-6)
 
 
 def test_apply_odd_sizes_folders_and_colors(tmp_path):

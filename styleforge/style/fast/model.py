@@ -41,6 +41,8 @@ MODEL_SUFFIX = ".pth"
 # Smallest side the layers see: 1/4 of it (4 px) still takes the residual blocks' reflection
 # padding and gives instance norm more than one value per channel.
 MIN_SIDE = 16
+# The networks' pixel lattice: two stride-2 stages, so what they paint can repeat every 4 px.
+LATTICE = 4
 # How the decoder doubles the resolution before each of its convolutions. ``nearest`` copies
 # every value into a 2x2 block, which the thin ``light`` decoder cannot smooth away: its
 # outputs carry a 2- and 4-pixel grid (issue 11). ``bilinear`` interpolates instead.
@@ -155,7 +157,7 @@ class TransformerNet(nn.Module):
         if self.noise:
             x = x + self.noise * (self._fixed_noise(x) if noise is None else noise)
         h, w = x.shape[-2:]
-        ph, pw = max(MIN_SIDE - h, (-h) % 4), max(MIN_SIDE - w, (-w) % 4)
+        ph, pw = max(MIN_SIDE - h, (-h) % LATTICE), max(MIN_SIDE - w, (-w) % LATTICE)
         if ph or pw:  # replicate (not reflect) works for any size and matches the ONNX graph
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
         # Departure from the published recipe: [0, 1] in and out instead of [0, 255] (the
