@@ -71,6 +71,9 @@ def fast_group() -> None:
 @config_option(FastTrainConfig, "lattice_weight", "--lattice-weight", type=NON_NEGATIVE, metavar="WEIGHT",
                help="Penalty on texture that repeats on the network's 4-px lattice (the grid the eye sees first); "
                     "0: none, as published.")
+@config_option(FastTrainConfig, "laplacian_weight", "--laplacian-weight", type=NON_NEGATIVE, metavar="WEIGHT",
+               help="Weight of a loss on the Laplacian of the 4x4-pooled picture against the photo's (Li et al. "
+                    "2017): keeps the photo's outlines in place. 0: none, as published.")
 @config_option(FastTrainConfig, "image_size", "--crop-size", type=COUNT, metavar="PX", old=("--image-size",),
                help=CROP_HELP)
 @config_option(FastTrainConfig, "style_size", "--style-size", type=COUNT, metavar="PX", help=STYLE_SIZE_HELP)
@@ -85,15 +88,16 @@ def fast_group() -> None:
 @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @runtime_options(FastTrainConfig)
 @quiet_option
-def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_weight, image_size, style_size,
-              batch_size, steps, epochs, lr, lr_schedule, style_strength, content_weight, style_weight, tv_weight,
-              content_layers, style_layers, weights, workers, checkpoint_every, resume, stop_at, fp32_model, overwrite,
-              device, precision, seed, quiet):
+def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_weight, laplacian_weight, image_size,
+              style_size, batch_size, steps, epochs, lr, lr_schedule, style_strength, content_weight, style_weight,
+              tv_weight, content_layers, style_layers, weights, workers, checkpoint_every, resume, stop_at, fp32_model,
+              overwrite, device, precision, seed, quiet):
     """Train a style network for STYLE_IMAGE on the photos in --data."""
     cfg = FastTrainConfig(
         style=str(style_image), data=[str(d) for d in data], output=str(output), arch=arch, upsample=upsample,
-        input_noise=input_noise, lattice_weight=lattice_weight, image_size=image_size, style_size=style_size,
-        batch_size=batch_size, steps=steps, epochs=epochs, lr=lr, lr_schedule=lr_schedule,
+        input_noise=input_noise, lattice_weight=lattice_weight, laplacian_weight=laplacian_weight,
+        image_size=image_size, style_size=style_size, batch_size=batch_size, steps=steps, epochs=epochs, lr=lr,
+        lr_schedule=lr_schedule,
         style_strength=style_strength, content_weight=content_weight, style_weight=style_weight,
         tv_weight=tv_weight, content_layers=parse_layer_weights(content_layers, "--content-layers"),
         style_layers=parse_layer_weights(style_layers, "--style-layers"),

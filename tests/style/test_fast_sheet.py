@@ -1,4 +1,4 @@
-"""The grid-artifact measure (synthetic spectra) and the style contact sheet (library and CLI)."""
+"""The grid-artifact and edge measures (synthetic pictures) and the style contact sheet (library and CLI)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from styleforge.cli import main_group
 from styleforge.runtime.errors import StyleforgeError
 from styleforge.runtime.io import save_image
 from styleforge.style.fast import TransformerNet, save_model
-from styleforge.style.fast.quality import grid_artifact, grid_peaks
+from styleforge.style.fast.quality import edge_agreement, grid_artifact, grid_peaks
 from styleforge.style.fast.sheet import GAP, LABEL_HEIGHT, style_sheet
 
 
@@ -46,6 +46,32 @@ def test_texture_without_a_period_is_not_charged():
     g = torch.Generator().manual_seed(1)
     textured = (scene + 0.08 * torch.randn(scene.shape, generator=g)).clamp(0, 1)  # far stronger than the grid
     assert grid_artifact(textured, scene) < 1.5
+
+
+def test_edge_agreement_keeps_outlines_and_loses_them():
+    scene = _scene()
+    assert edge_agreement(scene, scene) == pytest.approx(1.0)
+    g = torch.Generator().manual_seed(2)
+    # outlines kept under new colours and fine texture: high; the same texture with the outlines
+    # washed out (a heavy blur) or moved (the picture flipped): low
+    recoloured = (scene.flip(0) * 0.8 + 0.03 * torch.randn(scene.shape, generator=g)).clamp(0, 1)
+    washed = torch.nn.functional.avg_pool2d(scene[None], 25, 1, 12, count_include_pad=False)[0]
+    washed = (washed + 0.03 * torch.randn(scene.shape, generator=g)).clamp(0, 1)
+    assert edge_agreement(recoloured, scene) > 0.8
+    assert edge_agreement(washed, scene) < 0.6
+    assert abs(edge_agreement(scene.flip(-1), scene)) < 0.3
+
+
+def test_laplacian_loss_sees_outlines_not_offsets():
+    from styleforge.style import losses
+
+    scene = _scene(64, 96)[None]
+    assert losses.laplacian_loss(scene, scene).item() == 0.0
+    assert losses.laplacian_loss(scene + 0.1, scene).item() < 1e-10   # a brightness change keeps the outlines
+    flat = torch.full_like(scene, 0.5)
+    assert losses.laplacian_loss(flat, scene).item() == pytest.approx(1.0)  # relative: all of the outlines gone
+    # 4x4 average pooling first: a 2-px checkerboard (finer than the pooling) is invisible to it
+    assert losses.laplacian_loss(scene + _grid(64, 96, 2), scene).item() < 1e-10
 
 
 def test_too_small_for_a_spectrum():

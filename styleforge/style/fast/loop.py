@@ -217,7 +217,7 @@ def write_history(history: list[dict[str, float]], output: str | os.PathLike, pl
         steps = [r["step"] for r in history]
         fig, ax = figures.subplots(figsize=(7, 4), dpi=100)
         window = max(1, len(history) // 50)
-        for key in [k for k in ("total", "content", "style", "tv", "lattice") if k in history[0]]:
+        for key in [k for k in ("total", "content", "style", "tv", "lattice", "laplacian") if k in history[0]]:
             vals = [r[key] for r in history]
             smooth = [sum(vals[max(0, i - window + 1):i + 1]) / len(vals[max(0, i - window + 1):i + 1])
                       for i in range(len(vals))]
