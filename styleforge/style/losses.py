@@ -113,26 +113,25 @@ def laplacian_loss(image: torch.Tensor, content: torch.Tensor, pool: int = 4) ->
     return (err / (want.pow(2).flatten(1).mean(1) + EPS)).mean()
 
 
-def lattice_energy(change: torch.Tensor, period: int = 4, tile: int = 32) -> torch.Tensor:
-    """Mean square of the part of ``change`` that repeats on a ``period``-pixel lattice, per tile.
+def lattice_energy(change: torch.Tensor, period: int = 4) -> torch.Tensor:
+    """Mean square of the part of ``change`` that repeats on a ``period``-pixel lattice.
 
-    ``change``: (B, C, H, W), e.g. a network's output minus its input. Within each ``tile`` x
-    ``tile`` square, the mean over all pixels at the same position modulo ``period`` (one of
-    period^2 phases) minus the tile's mean is the lattice-locked pattern there: exactly the
-    tile's Fourier components at multiples of 1/period cycle per pixel. Texture that does not
-    follow the lattice averages out (about 1/(tile/period)^2 of its energy remains: 1/64 at
-    the defaults); a pattern locked to the lattice is counted whole. Pixels beyond the last
-    whole tile are left out.
+    ``change``: (B, C, H, W), e.g. a network's output minus its input, with H and W multiples
+    of ``period``. The power of the Hann-windowed picture at exactly the lattice frequencies
+    (multiples of 1/period cycle per pixel, the mean left out), scaled so that a pattern that
+    repeats on the lattice counts its whole mean square: the peaks the grid measure sees. The
+    window keeps smooth changes (shading, colour shifts) out; texture that does not follow
+    the lattice leaves about 34/(H*W) of its energy per channel (white noise) in those bins.
     """
     b, c, h, w = change.shape
-    ty, tx = h // tile, w // tile
-    if ty == 0 or tx == 0:
-        raise ValueError(f"lattice_energy needs at least {tile}x{tile} pixels, got {w}x{h}")
-    n = tile // period
-    x = change[..., :ty * tile, :tx * tile].float().reshape(b, c, ty, n, period, tx, n, period)
-    phases = x.mean(dim=(3, 6))                       # (B, C, ty, period, tx, period)
-    pattern = phases - phases.mean(dim=(3, 5), keepdim=True)
-    return pattern.pow(2).mean()
+    if h % period or w % period:
+        raise ValueError(f"lattice_energy needs sides that are multiples of {period}, got {w}x{h}")
+    window = (torch.hann_window(h, periodic=True, device=change.device)[:, None]
+              * torch.hann_window(w, periodic=True, device=change.device)[None, :])
+    spectrum = torch.fft.fft2(change.float() * window)[..., ::h // period, ::w // period]
+    power = spectrum.real.pow(2) + spectrum.imag.pow(2)
+    lattice = power.sum(dim=(-2, -1)) - power[..., 0, 0]
+    return lattice.mean() / window.sum().pow(2)
 
 
 def weighted_sum(losses: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:

@@ -310,8 +310,7 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
 def _structure_terms(cfg: FastTrainConfig, y: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """The weighted lattice and Laplacian terms of outputs ``y`` for inputs ``x`` (zero when off)."""
     zero = y.new_zeros((), dtype=torch.float32)
-    lattice = (cfg.lattice_weight * losses.lattice_energy(y - x, LATTICE, min(32, cfg.image_size))
-               if cfg.lattice_weight else zero)  # tiles of 32 px, or the whole crop when smaller
+    lattice = cfg.lattice_weight * losses.lattice_energy(y - x, LATTICE) if cfg.lattice_weight else zero
     laplacian = cfg.laplacian_weight * losses.laplacian_loss(y, x) if cfg.laplacian_weight else zero
     return {"lattice": lattice, "laplacian": laplacian}
 
