@@ -40,7 +40,7 @@ def test_fast_train_two_processes_match_one(photos, tmp_path, random_vgg19_file)
     def common(steps):
         return ["fast", "train", style, "--data", folder, "--weights", random_vgg19_file, "--network", "light",
                 "--crop-size", "32", "--style-size", "32", "--steps", str(steps), "--checkpoint-steps", "5",
-                "--lr-schedule", "constant",
+                "--lr-schedule", "constant", "--input-noise", "0.2", "--laplacian-weight", "1",
                 "--device", "cpu", "--precision", "fp32", "--workers", "0", "-q"]
 
     def single(*args):
