@@ -72,6 +72,9 @@ def test_laplacian_loss_sees_outlines_not_offsets():
     assert losses.laplacian_loss(flat, scene).item() == pytest.approx(1.0)  # relative: all of the outlines gone
     # 4x4 average pooling first: a 2-px checkerboard (finer than the pooling) is invisible to it
     assert losses.laplacian_loss(scene + _grid(64, 96, 2), scene).item() < 1e-10
+    # on luminance: new colours with new outlines of their own, at the same luminance, cost nothing
+    chroma = torch.tensor([0.587, -0.299, 0.0]).view(1, 3, 1, 1) * _scene(64, 96)[None, :1].flip(-1)
+    assert losses.laplacian_loss(scene + chroma, scene).item() < 1e-10
 
 
 def test_too_small_for_a_spectrum():
