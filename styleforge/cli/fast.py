@@ -66,8 +66,8 @@ def fast_group() -> None:
                     "2-4 px grid on the light network).")
 @config_option(FastTrainConfig, "input_noise", "--input-noise", type=NON_NEGATIVE, metavar="AMOUNT",
                help="Noise added to the photos the network sees (unit variance times AMOUNT; a fixed pattern at "
-                    "inference): texture on flat regions instead of hatching locked to the network's 4-px lattice. "
-                    "0: none, as published.")
+                    "inference): something to paint from on flat regions, but the network blurs outlines to remove "
+                    "it. 0: none, as published.")
 @config_option(FastTrainConfig, "lattice_weight", "--lattice-weight", type=NON_NEGATIVE, metavar="WEIGHT",
                help="Penalty on texture that repeats on the network's 4-px lattice (the grid the eye sees first); "
                     "0: none, as published.")

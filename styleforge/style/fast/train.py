@@ -2,7 +2,9 @@
 
 The loss is the one :func:`styleforge.stylize` optimizes (relative content and Gram
 losses on VGG features, total variation), averaged over a batch of random photo crops;
-the style Gram targets are computed once. Runs unchanged under ``torchrun`` (one process
+the style Gram targets are computed once. Two terms of its own answer a feed-forward
+network's failures: the lattice penalty (texture locked to its 4-px lattice) and, optionally,
+the Laplacian loss (outlines washed away). Runs unchanged under ``torchrun`` (one process
 per device, DistributedDataParallel); only rank 0 writes files and reports progress.
 """
 
