@@ -203,6 +203,9 @@ class StepRun:
         return f"at step {self.step}, {where}"
 
 
+_NOT_LOSSES = ("step", "images_per_s", "seconds")  # the other columns of a history row
+
+
 def write_history(history: list[dict[str, float]], output: str | os.PathLike, plot: bool = True) -> None:
     """The loss history as CSV and (optionally) a PNG plot beside the model."""
     csv_path, png_path = history_paths(output)
@@ -217,7 +220,9 @@ def write_history(history: list[dict[str, float]], output: str | os.PathLike, pl
         steps = [r["step"] for r in history]
         fig, ax = figures.subplots(figsize=(7, 4), dpi=100)
         window = max(1, len(history) // 50)
-        for key in [k for k in ("total", "content", "style", "tv", "lattice", "laplacian") if k in history[0]]:
+        # every loss the trainer recorded, except terms switched off (all zero: nothing on a log scale)
+        names = [k for k in history[0] if k not in _NOT_LOSSES and any(r[k] > 0 for r in history)]
+        for key in names:
             vals = [r[key] for r in history]
             smooth = [sum(vals[max(0, i - window + 1):i + 1]) / len(vals[max(0, i - window + 1):i + 1])
                       for i in range(len(vals))]
