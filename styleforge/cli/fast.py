@@ -76,6 +76,10 @@ def fast_group() -> None:
                     "2017): keeps the photo's outlines in place. 0: none, as published.")
 @config_option(FastTrainConfig, "image_size", "--crop-size", type=COUNT, metavar="PX", old=("--image-size",),
                help=CROP_HELP)
+@config_option(FastTrainConfig, "photo_size", "--photo-size", type=COUNT, metavar="PX",
+               help="Long side the photos are scaled to (times a random zoom up to 1.25) before the crops are cut: "
+                    "the scale the network learns to paint at, best near the size you will apply it at. Default: "
+                    "each photo's short side to the crop size, as published.")
 @config_option(FastTrainConfig, "style_size", "--style-size", type=COUNT, metavar="PX", help=STYLE_SIZE_HELP)
 @config_option(FastTrainConfig, "batch_size", "--batch-size", type=COUNT, help=BATCH_HELP)
 @click.option("--steps", type=COUNT, metavar="STEPS", show_default=str(DEFAULT_STEPS), help="Optimizer steps.")
@@ -89,15 +93,15 @@ def fast_group() -> None:
 @runtime_options(FastTrainConfig)
 @quiet_option
 def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_weight, laplacian_weight, image_size,
-              style_size, batch_size, steps, epochs, lr, lr_schedule, style_strength, content_weight, style_weight,
-              tv_weight, content_layers, style_layers, weights, workers, checkpoint_every, resume, stop_at, fp32_model,
-              overwrite, device, precision, seed, quiet):
+              photo_size, style_size, batch_size, steps, epochs, lr, lr_schedule, style_strength, content_weight,
+              style_weight, tv_weight, content_layers, style_layers, weights, workers, checkpoint_every, resume,
+              stop_at, fp32_model, overwrite, device, precision, seed, quiet):
     """Train a style network for STYLE_IMAGE on the photos in --data."""
     cfg = FastTrainConfig(
         style=str(style_image), data=[str(d) for d in data], output=str(output), arch=arch, upsample=upsample,
         input_noise=input_noise, lattice_weight=lattice_weight, laplacian_weight=laplacian_weight,
-        image_size=image_size, style_size=style_size, batch_size=batch_size, steps=steps, epochs=epochs, lr=lr,
-        lr_schedule=lr_schedule,
+        image_size=image_size, photo_size=photo_size, style_size=style_size, batch_size=batch_size, steps=steps,
+        epochs=epochs, lr=lr, lr_schedule=lr_schedule,
         style_strength=style_strength, content_weight=content_weight, style_weight=style_weight,
         tv_weight=tv_weight, content_layers=parse_layer_weights(content_layers, "--content-layers"),
         style_layers=parse_layer_weights(style_layers, "--style-layers"),

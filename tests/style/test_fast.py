@@ -118,6 +118,30 @@ def test_crops_are_deterministic_and_sized(photos):
     assert a.shape == (3, 32, 32) and torch.equal(a, b)
 
 
+def test_photo_size_sets_the_scale_crops_are_cut_at(tmp_path):
+    # A 200x100 horizontal ramp from 0 to 1: the step between neighbouring pixels of a crop is
+    # 1/(photo width after scaling), so it tells the scale the crop was cut at.
+    ramp = np.tile(np.linspace(0, 255, 200), (100, 1))
+    Image.fromarray(np.stack([ramp] * 3, -1).round().astype(np.uint8)).save(tmp_path / "ramp.png")
+    files = [tmp_path / "ramp.png"]
+
+    def width_after_scaling(ds):
+        steps = []
+        for seed in range(8):
+            crop, _ = ds[(0, seed)]
+            row = crop[0, 10, 2:-2]
+            steps.append(float((row[-1] - row[0]).abs()) / (len(row) - 1))
+        return [1 / s for s in steps]
+
+    # Default: short side (100) to the crop size (32) times up to 1.25: width 64-80.
+    assert all(60 < w < 84 for w in width_after_scaling(RandomCrops(files, 32)))
+    # --photo-size 400: long side (200) to 400-500.
+    assert all(380 < w < 520 for w in width_after_scaling(RandomCrops(files, 32, photo_size=400)))
+    # A photo size that would leave the short side under the crop: the crop still fits (width >= 64).
+    crop, _ = RandomCrops(files, 32, photo_size=40)[(0, 1)]
+    assert crop.shape == (3, 32, 32)
+
+
 def test_corrupt_files_are_skipped_and_counted(photos, tmp_path):
     folder = photos[0]
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
@@ -199,6 +223,8 @@ def test_resume_refuses_changed_settings(photos, tmp_path, random_vgg19_file):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, lr=0.5))
     with pytest.raises(StyleforgeError, match="--lattice-weight 100000.0 -> 7.0"):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, lattice_weight=7.0))
+    with pytest.raises(StyleforgeError, match="--photo-size unset -> 96"):
+        train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, photo_size=96))
 
 
 def test_lattice_penalty_adds_to_the_loss_and_only_there(photos, tmp_path, random_vgg19_file):

@@ -51,12 +51,14 @@ def list_images(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
 class RandomCrops(Dataset):
     """Item ``(index, seed)`` -> a random ``size`` x ``size`` crop in [0, 1] and the bad files met.
 
-    The image is scaled so its short side is ``size * U(1, max_zoom)``, then cropped at a
+    The image is scaled so its short side is ``size * U(1, max_zoom)`` (each crop then holds
+    most of the photo), or with ``photo_size`` so its long side is ``photo_size * U(1, max_zoom)``
+    (the scale the network will paint at; at least ``size`` on the short side), then cropped at a
     random place and flipped at random. A file that fails to decode is recorded and the next file is used instead.
     """
 
-    def __init__(self, files: list[Path], size: int, max_zoom: float = 1.25) -> None:
-        self.files, self.size, self.max_zoom = files, size, max_zoom
+    def __init__(self, files: list[Path], size: int, max_zoom: float = 1.25, photo_size: int | None = None) -> None:
+        self.files, self.size, self.max_zoom, self.photo_size = files, size, max_zoom, photo_size
 
     def __len__(self) -> int:
         return len(self.files)
@@ -75,9 +77,11 @@ class RandomCrops(Dataset):
         else:
             raise StyleforgeError("none of the training images can be decoded")
         w, h = img.size
-        short = min(w, h)
-        target = self.size * (1.0 + (self.max_zoom - 1.0) * torch.rand((), generator=g).item())
-        scale = target / short
+        zoom = 1.0 + (self.max_zoom - 1.0) * torch.rand((), generator=g).item()
+        if self.photo_size is None:
+            scale = self.size * zoom / min(w, h)
+        else:
+            scale = max(self.photo_size * zoom / max(w, h), self.size / min(w, h))
         if abs(scale - 1.0) > 1e-3:
             nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
             img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)

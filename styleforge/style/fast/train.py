@@ -92,6 +92,11 @@ class FastTrainConfig:
     # (issue 11); the Laplacian of the 4x4-pooled picture holds its outlines in place.
     laplacian_weight: float = 0.0
     image_size: int = 256
+    # Long side the photos are scaled to before cropping (None: short side to the crop size, so
+    # each crop holds most of the photo, as published). The network learns to paint at the scale it
+    # is trained at: with whole photos shrunk into 128 px crops it painted photos at 512 px with
+    # too little texture (issue 11: relu2_1 style loss above the photo's own).
+    photo_size: int | None = None
     style_size: int = 512
     batch_size: int = 4                 # per process
     steps: int | None = None            # default DEFAULT_STEPS unless epochs is given
@@ -125,6 +130,7 @@ class FastTrainConfig:
             [("--lr", self.lr, guard.POSITIVE), ("--epochs", self.epochs, guard.POSITIVE),
              ("--seed", self.seed, guard.SEED), ("--tv-weight", self.tv_weight, guard.NON_NEGATIVE),
              ("--workers", self.workers, guard.NON_NEGATIVE), ("--crop-size", self.image_size, guard.COUNT),
+             ("--photo-size", self.photo_size, guard.COUNT),
              ("--style-size", self.style_size, guard.COUNT), ("--batch-size", self.batch_size, guard.COUNT),
              ("--checkpoint-steps", self.checkpoint_every, guard.COUNT),
              ("--input-noise", self.input_noise, guard.NON_NEGATIVE),
@@ -206,6 +212,7 @@ def _load_resume(cfg: FastTrainConfig, ckpt: Path, steps: int) -> dict:
     record = read_checkpoint(ckpt, CHECKPOINT_FORMAT, "training")
     # Settings older checkpoints lack, at the value those runs used.
     old = {"upsample": "nearest", "input_noise": 0.0, "lattice_weight": 0.0, "laplacian_weight": 0.0,
+           "photo_size": None,
            **record["config"]}
     mine = _jsonable(asdict(cfg))
     for key in ("style", "data"):  # the same files, however the paths are written
@@ -295,7 +302,7 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
         callback(FastProgress(run.step, steps, rate, dict(run.running), len(run.skipped),
                               distributed.batch_note(cfg.batch_size, ctx.world_size, cfg.lr)))
 
-    loader = run.loader(RandomCrops(files, cfg.image_size), len(files), global_batch,
+    loader = run.loader(RandomCrops(files, cfg.image_size, photo_size=cfg.photo_size), len(files), global_batch,
                         min(steps, cfg.stop_at or steps), cfg.seed, cfg.workers)
     seconds = run.run(loader, loss_fn, cfg, steps, global_batch, report if callback else None)
     run.save()  # every rank: it holds a barrier
