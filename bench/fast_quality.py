@@ -7,7 +7,9 @@ at ``--size`` px (long side), each method's picture is scored with one objective
 targets, the style image at the output size; the grid-artifact measure
 (styleforge.style.fast.quality.grid_artifact: periodic 2/4 px peaks relative to the content photo's);
 and the edge measure (quality.edge_agreement: correlation of the output's and the photo's outlines,
-higher is better), which catches a lost subject that the VGG content loss scores well.
+higher is better), which catches a lost subject that the VGG content loss scores well. The style
+loss is also given at each style layer (relu1_1/.../relu5_1), which says where a style falls short
+(colours and fine texture at the first layers, larger motifs at the last).
 
 * styleforge: the style network, through the path `fast apply` takes (fp32 here), where a
   model for the painting exists;
@@ -98,11 +100,12 @@ def objective_for(extractor, content: torch.Tensor, style: torch.Tensor) -> Perc
                           content_weight=1.0, style_weight=1.0, tv_weight=0.0, rt=runtime("cpu", "fp32"))
 
 
-def score(objective: PerceptualLoss, out: torch.Tensor, content: torch.Tensor) -> tuple[float, float, float, float]:
-    """(content loss, style loss, grid, edges) of one output."""
+def score(objective: PerceptualLoss, out: torch.Tensor, content: torch.Tensor) -> tuple[float, ...]:
+    """(content loss, style loss, grid, edges, then the style loss at each style layer) of one output."""
     with torch.no_grad():
         parts = objective(out)
-    return float(parts["content"]), float(parts["style"]), grid_artifact(out, content), edge_agreement(out, content)
+    return (float(parts["content"]), float(parts["style"]), grid_artifact(out, content), edge_agreement(out, content),
+            *objective.style_by_layer(out).values())
 
 
 def methods_for(name, model_path, style, args, extractor, stl) -> tuple[dict, dict]:
@@ -142,6 +145,8 @@ def summary_rows(name: str, scores: dict, secs: dict, info: dict) -> list[dict]:
                        "style loss": round(statistics.mean(v[1] for v in scores[m]), 4),
                        "grid": round(statistics.mean(v[2] for v in scores[m]), 3),
                        "edges": round(statistics.mean(v[3] for v in scores[m]), 3),
+                       "style by layer": "/".join(f"{statistics.mean(v[k] for v in scores[m]):.2f}"
+                                                  for k in range(4, len(scores[m][0]))),
                        "s/image": round(statistics.mean(secs[m]), 3)}
     for m in ("styleforge", "any-style"):
         if m in rows and PEER in rows:
@@ -172,7 +177,7 @@ def run_style(name, model_path, files, args, extractor, stl, out_dir: Path) -> t
                 secs[m].append(time.perf_counter() - t)
                 scores[m].append(score(objective, outs[m], content))
         print(f"{name} {i + 1}/{len(files)} " + " ".join(
-            f"{m} {tuple(round(v, 3) for v in scores[m][-1])}" for m in outs), flush=True)
+            f"{m} {tuple(round(v, 3) for v in scores[m][-1][:4])}" for m in outs), flush=True)
         if i < SHEET_PHOTOS:
             tiles += [(f.stem, photo)] + [(m, tensor_to_pil(outs[m][0])) if m in outs
                                           else (f"{m} (not run)", photo.point(lambda v: 255)) for m in shown]
@@ -241,7 +246,8 @@ def main() -> None:
     for name in names:
         style_rows, per_photo[name] = run_style(name, models.get(name), files, args, extractor, stl, out_dir)
         rows += style_rows
-    print(table(rows, ["style", "method", "photos", "content loss", "style loss", "grid", "edges", "s/image", "bar"]))
+    print(table(rows, ["style", "method", "photos", "content loss", "style loss", "grid", "edges", "style by layer",
+                      "s/image", "bar"]))
     data = {"start": args.start, "count": len(files), "size": args.size, "rows": rows, "per_photo": per_photo}
     if args.any_style:
         cfg = any_style_config(Path("PAINTING"), args)

@@ -112,10 +112,18 @@ class PerceptualLoss:
             per_layer = {n: losses.content_loss(feats[n], self.content_targets[n], self.content_ms[n])
                          for n in self.content_layers}
         content_term = losses.weighted_sum(per_layer, self.content_layers)
-        style_term = losses.weighted_sum(
-            {n: losses.style_loss(losses.gram_matrix(feats[n]), self.style_targets[n], self.style_ms[n])
-             for n in self.style_layers}, self.style_layers)
+        style_term = losses.weighted_sum(self._style_by_layer(feats), self.style_layers)
         parts = {"content": self.weights["content"] * content_term, "style": self.weights["style"] * style_term,
                  "tv": self.weights["tv"] * losses.tv_loss(image)}
         parts["total"] = parts["content"] + parts["style"] + parts["tv"]
         return parts
+
+    def _style_by_layer(self, feats: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {n: losses.style_loss(losses.gram_matrix(feats[n]), self.style_targets[n], self.style_ms[n])
+                for n in self.style_layers}
+
+    def style_by_layer(self, image: torch.Tensor) -> dict[str, float]:
+        """The unweighted style loss of ``image`` at each style layer (where a style falls short)."""
+        with torch.no_grad(), self.rt.autocast():
+            feats = self.extractor(self.rt.to(image), layers=self.style_layers)
+        return {n: float(v) for n, v in self._style_by_layer(feats).items()}

@@ -33,6 +33,16 @@ def test_parts_are_named_and_sum_to_the_total(extractor):
     assert _loss(extractor, content=content)(content)["content"].item() == 0.0
 
 
+def test_style_by_layer_gives_each_layer_and_weighs_into_the_style_part(extractor):
+    style, image = striped_image(32, 32), synthetic_image(32, 32, phase=1.0)
+    loss = _loss(extractor, styles=style, content=image)
+    by_layer = loss.style_by_layer(image)
+    assert list(by_layer) == list(STYLE) and all(v > 0 for v in by_layer.values())
+    # Equal layer weights: the style part is the style weight (50) times the layers' mean.
+    assert loss(image)["style"].item() == pytest.approx(50.0 * sum(by_layer.values()) / len(STYLE), rel=1e-5)
+    assert all(v == pytest.approx(0.0, abs=1e-6) for v in loss.style_by_layer(style).values())
+
+
 def test_fixed_and_per_call_content_targets_agree_for_one_image(extractor):
     content, image = synthetic_image(32, 32), synthetic_image(32, 32, phase=2.0)
     fixed = _loss(extractor, content=content)(image)
