@@ -77,9 +77,9 @@ def fast_group() -> None:
 @config_option(FastTrainConfig, "image_size", "--crop-size", type=COUNT, metavar="PX", old=("--image-size",),
                help=CROP_HELP)
 @config_option(FastTrainConfig, "photo_size", "--photo-size", type=COUNT, metavar="PX",
+               show_default="each photo's short side to the crop size, as published",
                help="Long side the photos are scaled to (times a random zoom up to 1.25) before the crops are cut: "
-                    "the scale the network learns to paint at, best near the size you will apply it at. Default: "
-                    "each photo's short side to the crop size, as published.")
+                    "the scale the network learns to paint at, best near the size you will apply it at.")
 @config_option(FastTrainConfig, "style_size", "--style-size", type=COUNT, metavar="PX", help=STYLE_SIZE_HELP)
 @config_option(FastTrainConfig, "batch_size", "--batch-size", type=COUNT, help=BATCH_HELP)
 @click.option("--steps", type=COUNT, metavar="STEPS", show_default=str(DEFAULT_STEPS), help="Optimizer steps.")
