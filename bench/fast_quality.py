@@ -102,10 +102,9 @@ def objective_for(extractor, content: torch.Tensor, style: torch.Tensor) -> Perc
 
 def score(objective: PerceptualLoss, out: torch.Tensor, content: torch.Tensor) -> tuple[float, ...]:
     """(content loss, style loss, grid, edges, then the style loss at each style layer) of one output."""
-    with torch.no_grad():
-        parts = objective(out)
-    return (float(parts["content"]), float(parts["style"]), grid_artifact(out, content), edge_agreement(out, content),
-            *objective.style_by_layer(out).values())
+    parts, by_layer = objective.scored(out)
+    return (parts["content"], parts["style"], grid_artifact(out, content), edge_agreement(out, content),
+            *by_layer.values())
 
 
 def methods_for(name, model_path, style, args, extractor, stl) -> tuple[dict, dict]:

@@ -97,6 +97,17 @@ class PerceptualLoss:
         """The weighted parts for ``image`` (a batch), against the fixed content targets or,
         when given, each image's own ``content`` input (each image's relative error counts
         the same)."""
+        return self._parts(image, content)[0]
+
+    def scored(self, image: torch.Tensor) -> tuple[dict[str, float], dict[str, float]]:
+        """The weighted parts of ``image`` against the fixed content targets, and the unweighted
+        style loss at each style layer (where a style falls short), from one VGG pass, no grad."""
+        with torch.no_grad():
+            parts, by_layer = self._parts(image, None)
+        return {n: float(v) for n, v in parts.items()}, {n: float(v) for n, v in by_layer.items()}
+
+    def _parts(self, image: torch.Tensor, content: torch.Tensor | None
+               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         if content is None and self.content_targets is None:
             raise ValueError("this PerceptualLoss has no content targets: pass content")
         with self.rt.autocast():
@@ -112,18 +123,10 @@ class PerceptualLoss:
             per_layer = {n: losses.content_loss(feats[n], self.content_targets[n], self.content_ms[n])
                          for n in self.content_layers}
         content_term = losses.weighted_sum(per_layer, self.content_layers)
-        style_term = losses.weighted_sum(self._style_by_layer(feats), self.style_layers)
-        parts = {"content": self.weights["content"] * content_term, "style": self.weights["style"] * style_term,
+        by_layer = {n: losses.style_loss(losses.gram_matrix(feats[n]), self.style_targets[n], self.style_ms[n])
+                    for n in self.style_layers}
+        parts = {"content": self.weights["content"] * content_term,
+                 "style": self.weights["style"] * losses.weighted_sum(by_layer, self.style_layers),
                  "tv": self.weights["tv"] * losses.tv_loss(image)}
         parts["total"] = parts["content"] + parts["style"] + parts["tv"]
-        return parts
-
-    def _style_by_layer(self, feats: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {n: losses.style_loss(losses.gram_matrix(feats[n]), self.style_targets[n], self.style_ms[n])
-                for n in self.style_layers}
-
-    def style_by_layer(self, image: torch.Tensor) -> dict[str, float]:
-        """The unweighted style loss of ``image`` at each style layer (where a style falls short)."""
-        with torch.no_grad(), self.rt.autocast():
-            feats = self.extractor(self.rt.to(image), layers=self.style_layers)
-        return {n: float(v) for n, v in self._style_by_layer(feats).items()}
+        return parts, by_layer

@@ -33,14 +33,15 @@ def test_parts_are_named_and_sum_to_the_total(extractor):
     assert _loss(extractor, content=content)(content)["content"].item() == 0.0
 
 
-def test_style_by_layer_gives_each_layer_and_weighs_into_the_style_part(extractor):
-    style, image = striped_image(32, 32), synthetic_image(32, 32, phase=1.0)
-    loss = _loss(extractor, styles=style, content=image)
-    by_layer = loss.style_by_layer(image)
+def test_scored_gives_the_parts_and_each_style_layer_from_one_pass(extractor):
+    style, content, image = striped_image(32, 32), synthetic_image(32, 32), synthetic_image(32, 32, phase=1.0)
+    loss = _loss(extractor, styles=style, content=content)
+    parts, by_layer = loss.scored(image)
     assert list(by_layer) == list(STYLE) and all(v > 0 for v in by_layer.values())
+    assert parts == {n: pytest.approx(float(v)) for n, v in loss(image).items()}
     # Equal layer weights: the style part is the style weight (50) times the layers' mean.
-    assert loss(image)["style"].item() == pytest.approx(50.0 * sum(by_layer.values()) / len(STYLE), rel=1e-5)
-    assert all(v == pytest.approx(0.0, abs=1e-6) for v in loss.style_by_layer(style).values())
+    assert parts["style"] == pytest.approx(50.0 * sum(by_layer.values()) / len(STYLE), rel=1e-5)
+    assert all(v == pytest.approx(0.0, abs=1e-6) for v in loss.scored(style)[1].values())
 
 
 def test_fixed_and_per_call_content_targets_agree_for_one_image(extractor):
