@@ -11,12 +11,13 @@ Rows (same run, same machine, 256 px crops, batch 4; the recipe rows train the p
   recipe-vgg19   the same recipe mechanics on styleforge's loss (VGG19 weights from
                  ../shared, relu2_2 content, relu1_1..relu4_1 style, relative losses), so
                  its loss after N steps compares with styleforge's.
-  styleforge     `styleforge fast train` defaults: the `light` transformer (what the shipped
-                 styles use), bf16 autocast + channels_last (where the CPU has native bf16),
-                 content targets only up to relu2_2, one-product Gram backward; fed the
-                 recipe rows' batches (same data, same order).
-  styleforge --network johnson   the same step with the published transformer, to show what
-                 the architecture and what the rest of the step contribute.
+  styleforge default   `styleforge fast train` defaults: the `light` transformer (what the
+                 shipped styles use), the precision `--precision auto` trains in, content
+                 targets only up to relu2_2, one-product Gram backward; fed the recipe rows'
+                 batches (same data, same order); and the same step with the published
+                 `johnson` transformer, to show what the architecture and the rest contribute.
+  styleforge --precision bf16   both again in bf16 autocast + channels_last, where the CPU
+                 runs bf16 natively (AVX512-BF16 or AMX).
 Quality check: after the same number of steps, each net's fp32 loss on 8 held-out BSDS val
 crops (the loss of recipe-vgg19 and styleforge is the same function).
 
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import record, require_shared, table  # noqa: E402
 
 from styleforge.backbone import VGGFeatures, build_vgg_features  # noqa: E402
-from styleforge.runtime.device import runtime  # noqa: E402
+from styleforge.runtime.device import cpu_has_fast_bf16, for_training, runtime  # noqa: E402
 from styleforge.runtime.io import open_rgb, pil_to_tensor, resize_long_side  # noqa: E402
 from styleforge.style.fast.data import list_images  # noqa: E402
 from styleforge.style.fast.model import TransformerNet  # noqa: E402
@@ -172,25 +173,29 @@ def main() -> None:
     rows.append({"run": "recipe-vgg19 (fp32, same loss as styleforge)", "img/s": f"{ips19:.3f}",
                  "s": f"{s19:.1f}", "held-out loss": f"{score(net19):.4f}"})
 
-    rt = runtime("cpu", "auto")
-    extractor = rt.to(VGGFeatures(["relu2_2", "relu1_1", "relu2_1", "relu3_1", "relu4_1"]))
-    loss_fn = PerceptualLoss(extractor, style, {"relu2_2": 1.0}, {f"relu{i}_1": 1.0 for i in range(1, 5)},
-                             content_weight=CONTENT_W, style_weight=STYLE_W, tv_weight=TV_W, rt=rt)
-    # The same batches as the recipe rows (decoded in the main process, which only slows
-    # styleforge down), so the held-out losses differ by the training step alone.
+    # The runtime `fast train` takes by default (--precision auto: fp32 training on a CPU), and
+    # bf16 + channels_last as a row of its own where the CPU runs bf16 natively.
+    runtimes = {"default": for_training(runtime("cpu", "auto"), "auto")}
+    if cpu_has_fast_bf16():
+        runtimes["--precision bf16"] = runtime("cpu", "bf16")
     default_arch = FastTrainConfig.arch
-    netsf, ipssf, ssf = train("styleforge", loss_fn, recipe_batches(files, steps), steps, args.warmup, rt,
-                              arch=default_arch)
-    rows.append({"run": f"styleforge default (--network {default_arch}, {rt.precision}, "
-                        f"channels_last={rt.channels_last})",
-                 "img/s": f"{ipssf:.3f}", "s": f"{ssf:.1f}", "held-out loss": f"{score(netsf):.4f}"})
-    netj, ipsj, sj = train("styleforge-johnson", loss_fn, recipe_batches(files, steps), steps, args.warmup, rt)
-    rows.append({"run": f"styleforge --network johnson ({rt.precision}, channels_last={rt.channels_last})",
-                 "img/s": f"{ipsj:.3f}", "s": f"{sj:.1f}", "held-out loss": f"{score(netj):.4f}"})
-    ratios = {"styleforge / recipe-vgg16": round(ipssf / ips16, 2),
-              "styleforge / recipe-vgg19": round(ipssf / ips19, 2),
-              "styleforge johnson / recipe-vgg16": round(ipsj / ips16, 2),
-              "styleforge johnson / recipe-vgg19": round(ipsj / ips19, 2)}
+    fast = {}
+    for label, rt in runtimes.items():
+        extractor = rt.to(VGGFeatures(["relu2_2", "relu1_1", "relu2_1", "relu3_1", "relu4_1"]))
+        loss_fn = PerceptualLoss(extractor, style, {"relu2_2": 1.0}, {f"relu{i}_1": 1.0 for i in range(1, 5)},
+                                 content_weight=CONTENT_W, style_weight=STYLE_W, tv_weight=TV_W, rt=rt)
+        # The same batches as the recipe rows (decoded in the main process, which only slows
+        # styleforge down), so the held-out losses differ by the training step alone.
+        for arch in (default_arch, "johnson"):
+            net, ips, secs = train(f"styleforge {label} {arch}", loss_fn, recipe_batches(files, steps), steps,
+                                   args.warmup, rt, arch=arch)
+            fast[label, arch] = ips
+            rows.append({"run": f"styleforge {label} (--network {arch}, {rt.precision}, "
+                                f"channels_last={rt.channels_last})",
+                         "img/s": f"{ips:.3f}", "s": f"{secs:.1f}", "held-out loss": f"{score(net):.4f}"})
+    ratios = {f"styleforge {label} {arch} / {base}": round(ips / base_ips, 2)
+              for (label, arch), ips in fast.items() for base, base_ips in (("recipe-vgg16", ips16),
+                                                                           ("recipe-vgg19", ips19))}
     print(table(rows, ["run", "img/s", "s", "held-out loss"]))
     print(ratios)
     path = record("fast_train_speed", {"steps_timed": args.steps, "warmup": args.warmup, "size": SIZE,
