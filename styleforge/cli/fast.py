@@ -135,9 +135,9 @@ def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_we
 @config_option(AnyStyle, "strength", "--strength", type=FRACTION,
                help="With --style-image: 0 keeps the photo, 1 is full style (blend of the features).")
 @config_option(AnyStyle, "style_size", "--style-size", type=COUNT, metavar="PX", help=STYLE_SIZE_HELP)
-@config_option(AnyStyle, "work_size", "--work-size", type=COUNT, metavar="PX",
+@config_option(stylize_files, "work_size", "--work-size", type=COUNT, metavar="PX",
                show_default=DEFAULT_WORK_SIZE or "the photo's size",
-               help="With --style-image: long side to stylize at, px; larger photos get the result scaled up "
+               help="Long side to stylize at, px; larger photos get the result scaled up "
                     "(faster, coarser brush strokes).")
 @config_option(AnyStyle, "method", "--method", type=click.Choice(METHODS),
                help="With --style-image: wct matches the style's feature covariance; adain only means and spreads.")
@@ -159,13 +159,13 @@ def apply_cmd(args, output, style_image, style_blend, strength, style_size, work
     any_style = None
     if style_image:
         any_style = AnyStyle([str(p) for p in style_image], style_blend, strength, style_size, decoders, levels, method,
-                             weights, work_size)
+                             weights)
     with Bar(quiet) as bar:
         written = stylize_files(model, inputs, output, size=size, original_colors=original_colors,
                                 batch_size=batch_size, device=device, precision=precision,
                                 callback=lambda p: bar.show(p.stage, p.done, p.total,
                                                             "img" if p.stage == "images" else "frame"),
-                                any_style=any_style)
+                                any_style=any_style, work_size=work_size)
     if not quiet:
         click.echo(f"wrote {len(written)} file(s) to {output}")
 

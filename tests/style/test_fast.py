@@ -18,6 +18,7 @@ from styleforge.style.fast import ARCHS, FastTrainConfig, TransformerNet, load_m
 from styleforge.style.fast.data import RandomCrops, StreamSampler, list_images
 from styleforge.style.fast.model import UPSAMPLE_MODES, parameter_count
 from styleforge.style.fast.train import LR_FLOOR, lr_at
+from styleforge.style.fast.universal import WorkSized
 
 
 def run(*args):
@@ -253,6 +254,33 @@ def test_apply_odd_sizes_folders_and_colors(tmp_path):
                  "--original-colors", "--device", "cpu", "-q")
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "one.png").size == (64, 44)
+
+
+def test_work_size_runs_a_trained_net_at_that_long_side_and_keeps_the_photo_size(tmp_path):
+    torch.manual_seed(0)
+    net = TransformerNet("light").eval()
+    seen = []
+    hook = net.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
+    photo = synthetic_image(60, 90)
+    with torch.no_grad():
+        out = WorkSized(net, 30)(photo)
+        assert out.shape == photo.shape and seen == [(20, 30)]
+        # A photo within the working size is stylized as without one.
+        torch.testing.assert_close(WorkSized(net, 90)(photo), net(photo))
+    hook.remove()
+    with pytest.raises(StyleforgeError, match="--work-size must be at least 16 px, got 8"):
+        WorkSized(net, 8)
+    model = save_model(net, tmp_path / "m.pth", "x", {})
+    save_image(photo, tmp_path / "in.png")
+    result = run("fast", "apply", model, tmp_path / "in.png", "-o", tmp_path / "o.png", "--work-size", "32",
+                 "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "o.png").size == (90, 60)
+    # Stylized at 32 px and scaled up: not what the full-size pass gives.
+    full = tmp_path / "full.png"
+    assert run("fast", "apply", model, tmp_path / "in.png", "-o", full, "--device", "cpu", "-q").exit_code == 0
+    small, big = (np.asarray(Image.open(p), dtype=np.float32) for p in (tmp_path / "o.png", full))
+    assert np.abs(small - big).mean() > 1.0
 
 
 @pytest.mark.parametrize("upsample, noise", [(m, 0.0) for m in UPSAMPLE_MODES] + [("bilinear", 0.2)])

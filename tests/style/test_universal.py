@@ -94,7 +94,9 @@ def test_one_matrix_float32_wct_equals_the_float64_two_step_path_at_real_size():
     # The same in channels-last layout, which the output keeps.
     out_cl = wct(content[None].contiguous(memory_format=torch.channels_last)[0], feature_stats(style))
     assert out_cl.stride()[0] == 1
-    _close(out_cl, out, 1e-6)
+    # Not bit-equal: the two layouts take different float32 kernels, which sum in another order
+    # (3.6e-6 on an AVX-512/AMX Xeon, under 1e-6 on an AVX2 EPYC).
+    _close(out_cl, out, 1e-5)
 
 
 def test_wct_leaves_out_directions_the_content_does_not_span():

@@ -28,7 +28,7 @@ from ...runtime.io import (
 )
 from ..color import original_colors as keep_colors
 from .model import ARCHS, TransformerNet, load_model, resolve_model
-from .universal import AnyStyle, UniversalStyler, build_styler
+from .universal import DEFAULT_WORK_SIZE, AnyStyle, UniversalStyler, WorkSized, build_styler
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 
@@ -43,7 +43,7 @@ class ApplyProgress:
     stage: str         # "images" for the image inputs, the file name for a video
 
 
-def apply_to_tensor(model: TransformerNet | UniversalStyler, images: torch.Tensor, rt: Runtime,
+def apply_to_tensor(model: TransformerNet | UniversalStyler | WorkSized, images: torch.Tensor, rt: Runtime,
                     original_colors: bool = False) -> torch.Tensor:
     """Stylize a (B, 3, H, W) batch in [0, 1]; returns float32 [0, 1] on the CPU."""
     with torch.inference_mode(), rt.autocast():
@@ -126,12 +126,13 @@ def stylize_files(model: str | os.PathLike | None, inputs: Iterable[str | os.Pat
                   size: int | None = None, original_colors: bool = False, batch_size: int = 4,
                   device: str = "auto", precision: str = "auto",
                   callback: Callable[[ApplyProgress], None] | None = None,
-                  any_style: AnyStyle | None = None) -> list[Path]:
+                  any_style: AnyStyle | None = None, work_size: int | None = DEFAULT_WORK_SIZE) -> list[Path]:
     """Stylize image files, folders (mirrored into ``output``) and videos; returns written paths.
 
     The style comes from ``model`` (a trained network) or ``any_style`` (style images
     through the universal decoders), exactly one of them.
     ``size``: long side of the outputs (default: the input's own size).
+    ``work_size``: long side to stylize at; larger pictures get the result scaled up.
     """
     if (model is None) == (any_style is None):
         raise StyleforgeError("give a MODEL or --style-image, not both" if model is not None
@@ -144,12 +145,14 @@ def stylize_files(model: str | os.PathLike | None, inputs: Iterable[str | os.Pat
     if any(j.video for j in jobs):
         _require_av()
     rt = make_runtime(device, precision)
+    net: TransformerNet | UniversalStyler | WorkSized
     if any_style is None:
-        net = load_model(resolve_model(model))[0]
-        per_pixel = guard.transformer_bytes_per_pixel(ARCHS[net.arch].channels[0])
+        trained = load_model(resolve_model(model))[0]
+        per_pixel = guard.transformer_bytes_per_pixel(ARCHS[trained.arch].channels[0])
+        net = WorkSized(trained, work_size) if work_size else trained
     else:
-        net, per_pixel = build_styler(any_style), guard.VGG_BYTES_PER_PIXEL
-    _check_memory(jobs, size, batch_size, per_pixel, rt, any_style)
+        net, per_pixel = build_styler(any_style, work_size), guard.VGG_BYTES_PER_PIXEL
+    _check_memory(jobs, size, batch_size, per_pixel, rt, work_size)
     net = rt.to(net)
     written: list[Path] = []
     images = [j for j in jobs if not j.video]
@@ -170,16 +173,15 @@ def stylize_files(model: str | os.PathLike | None, inputs: Iterable[str | os.Pat
 
 
 def _check_memory(jobs: list[_Job], size: int | None, batch_size: int, per_pixel: int, rt: Runtime,
-                  any_style: AnyStyle | None = None) -> None:
+                  work_size: int | None = None) -> None:
     """Refuse before decoding anything when the largest image cannot be stylized in memory.
 
     ``per_pixel`` is the network's cost per pixel it works on: the output's, or with
-    ``work_size`` (any-style) the working size's, plus the cost of scaling up to the output.
+    ``work_size`` the working size's, plus the cost of scaling up to the output.
     """
     sizes = [s for s in (header_size(j.source) for j in jobs if not j.video) if s is not None]
     if not sizes:
         return
-    work_size = None if any_style is None else any_style.work_size
 
     def need(s: tuple[int, int]) -> int:
         out = guard.scaled_pixels(s, size)
@@ -188,7 +190,7 @@ def _check_memory(jobs: list[_Job], size: int | None, batch_size: int, per_pixel
         return guard.scaled_pixels(s, work_size) * per_pixel + out * guard.UPSCALE_BYTES_PER_PIXEL
 
     largest = max(sizes, key=need)
-    hint = "use a smaller --size (or --batch-size)" + (", or --work-size" if any_style and work_size is None else "")
+    hint = "use a smaller --size (or --batch-size)" + (", or --work-size" if work_size is None else "")
     guard.check_memory(need(largest) * min(batch_size, len(sizes)),
                        f"stylizing a {guard.scaled_pixels(largest, size) / 1e6:.0f}-megapixel image", hint, rt.device)
 
@@ -215,7 +217,7 @@ def _require_av():
     return av
 
 
-def stylize_video(net: TransformerNet | UniversalStyler, source: Path, target: Path, rt: Runtime,
+def stylize_video(net: TransformerNet | UniversalStyler | WorkSized, source: Path, target: Path, rt: Runtime,
                   size: int | None = None, original_colors: bool = False, batch_size: int = 4,
                   callback: Callable[[ApplyProgress], None] | None = None) -> Path:
     """Stylize every frame of a video and encode H.264 (yuv420p) at the same frame rate.

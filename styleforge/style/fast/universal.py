@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -389,13 +389,7 @@ class UniversalStyler(nn.Module):
         return stats
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        h, w = images.shape[-2:]
-        if self.work_size is None or max(h, w) <= self.work_size:
-            return self._stylize(images)
-        scale = self.work_size / max(h, w)
-        small = F.interpolate(images, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
-                              antialias=True, align_corners=False)
-        return upscale(self._stylize(small), small, images)
+        return at_work_size(self._stylize, images, self.work_size)
 
     def _stylize(self, images: torch.Tensor) -> torch.Tensor:
         """Li et al.'s cascade at the images' own size."""
@@ -417,6 +411,32 @@ def check_work_size(work_size: int | None) -> None:
     """One-line error for a working size no styler can use (None: full size)."""
     if work_size is not None and work_size < MIN_WORK_SIZE:
         raise StyleforgeError(f"--work-size must be at least {MIN_WORK_SIZE} px, got {work_size}")
+
+
+def at_work_size(stylize: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                 work_size: int | None) -> torch.Tensor:
+    """``stylize(images)``, or, where their long side exceeds ``work_size``, ``stylize`` of the images
+    scaled down to it and the result scaled back up (:func:`upscale`)."""
+    h, w = images.shape[-2:]
+    if work_size is None or max(h, w) <= work_size:
+        return stylize(images)
+    scale = work_size / max(h, w)
+    small = F.interpolate(images, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
+                          antialias=True, align_corners=False)
+    return upscale(stylize(small), small, images)
+
+
+class WorkSized(nn.Module):
+    """A trained style network applied at a working size (``fast apply MODEL --work-size``): it
+    paints at the pixel scale it was trained at, so a smaller working size means larger strokes."""
+
+    def __init__(self, net: nn.Module, work_size: int | None) -> None:
+        super().__init__()
+        check_work_size(work_size)
+        self.net, self.work_size = net, work_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return at_work_size(self.net, images, self.work_size)
 
 
 def _unsharp(x: torch.Tensor, amount: float) -> torch.Tensor:
@@ -472,23 +492,23 @@ class AnyStyle:
     levels: Sequence[str] | None = None      # default: every level whose decoder is found
     method: str = "wct"
     weights: str | os.PathLike | None = None  # VGG19 weights file (default: the lookup)
-    work_size: int | None = DEFAULT_WORK_SIZE  # long side to stylize at, px (None: the photo's size)
 
     def validate(self) -> None:
         """One-line errors for settings no styler can use (the images and decoders are checked when read;
         --method and --strength by :class:`UniversalStyler`, which also serves callers without an AnyStyle)."""
         if self.style_size < 1:
             raise StyleforgeError(f"--style-size must be positive, got {self.style_size}")
-        check_work_size(self.work_size)
         for lv in self.levels or ():
             level_index(lv)
 
 
-def build_styler(cfg: AnyStyle) -> UniversalStyler:
-    """A :class:`UniversalStyler` from style image files, decoder files and the VGG19 weights lookup."""
+def build_styler(cfg: AnyStyle, work_size: int | None = DEFAULT_WORK_SIZE) -> UniversalStyler:
+    """A :class:`UniversalStyler` from style image files, decoder files and the VGG19 weights lookup,
+    stylizing at ``work_size`` (long side, px; None: the photo's size)."""
     cfg.validate()
+    check_work_size(work_size)
     paths = find_decoders(cfg.decoders, cfg.levels)
     styles = [pil_to_tensor(resize_long_side(open_rgb(p), cfg.style_size)) for p in cfg.style_images]
     encoder = VGGFeatures(list(paths), weights=cfg.weights)
     return UniversalStyler(encoder, {lv: load_decoder(p) for lv, p in paths.items()}, styles, cfg.blend,
-                           cfg.strength, cfg.method, cfg.work_size)
+                           cfg.strength, cfg.method, work_size)
