@@ -1,4 +1,4 @@
-"""The grid-artifact and edge measures (synthetic pictures) and the style contact sheet (library and CLI)."""
+"""The grid-artifact, hatching and edge measures (synthetic pictures) and the style contact sheet (library and CLI)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from styleforge.cli import main_group
 from styleforge.runtime.errors import StyleforgeError
 from styleforge.runtime.io import save_image
 from styleforge.style.fast import TransformerNet, save_model
-from styleforge.style.fast.quality import edge_agreement, grid_artifact, grid_peaks
+from styleforge.style.fast.quality import edge_agreement, grid_artifact, grid_peaks, hatching, hatching_artifact
 from styleforge.style.fast.sheet import GAP, LABEL_HEIGHT, style_sheet
 
 
@@ -46,6 +46,49 @@ def test_texture_without_a_period_is_not_charged():
     g = torch.Generator().manual_seed(1)
     textured = (scene + 0.08 * torch.randn(scene.shape, generator=g)).clamp(0, 1)  # far stronger than the grid
     assert grid_artifact(textured, scene) < 1.5
+
+
+def _hatch(h, w, period, angle, amplitude=0.15) -> torch.Tensor:
+    """Stripes ``period`` px apart at ``angle`` degrees, gently wavy: a woven hatching."""
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                            indexing="ij")
+    a = torch.deg2rad(torch.tensor(float(angle)))
+    across = xx * torch.cos(a) + yy * torch.sin(a) + 1.5 * torch.sin(yy / 9.0)
+    return amplitude * torch.sin(2 * torch.pi * across / period)
+
+
+def _blobs(h=200, w=300) -> torch.Tensor:
+    """A photo-like picture with no period at all: blobs of two sizes and a little grain."""
+    g = torch.Generator().manual_seed(4)
+
+    def blobs(cell: int) -> torch.Tensor:
+        noise = torch.randn(1, 3, h // cell, w // cell, generator=g)
+        return torch.nn.functional.interpolate(noise, size=(h, w), mode="bicubic", align_corners=False)[0]
+
+    return (0.5 + 0.2 * blobs(16) + 0.08 * blobs(4) + 0.02 * torch.randn(3, h, w, generator=g)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("period, angle", [(3.5, 0), (5, 30), (8, 75)])
+def test_a_hatching_at_any_period_and_angle_is_caught_where_the_grid_measure_is_blind(period, angle):
+    scene = _blobs()
+    hatched = (scene + _hatch(*scene.shape[-2:], period, angle)).clamp(0, 1)
+    assert hatching(hatched) > 0.7 and hatching_artifact(hatched, scene) > 3.0
+    if period not in (2, 4):
+        assert grid_artifact(hatched, scene) < 2.0
+
+
+def test_hatching_leaves_dabs_and_photo_detail_alone():
+    scene = _blobs()
+    assert hatching(scene) < 0.4
+    g = torch.Generator().manual_seed(3)
+    # dabs: random blobs a few px wide, far stronger than the scene's own detail
+    dabs = torch.nn.functional.interpolate(torch.randn(1, 3, 50, 75, generator=g), size=(200, 300), mode="bicubic",
+                                           align_corners=False)[0]
+    painted = (scene + 0.15 * dabs).clamp(0, 1)
+    assert hatching_artifact(painted, scene) < 1.5
+    assert hatching(torch.full((3, 40, 40), 0.5)) == 0.0  # nothing textured
+    with pytest.raises(ValueError, match="at least 32x32"):
+        hatching(torch.rand(3, 20, 60))
 
 
 def test_edge_agreement_keeps_outlines_and_loses_them():
