@@ -12,12 +12,12 @@ Rows (same run, same machine, 256 px crops, batch 4; the recipe rows train the p
                  ../shared, relu2_2 content, relu1_1..relu4_1 style, relative losses), so
                  its loss after N steps compares with styleforge's.
   styleforge default   `styleforge fast train` defaults: the `light` transformer (what the
-                 shipped styles use), the precision `--precision auto` trains in, content
+                 shipped styles use), `--precision auto` (bf16 autocast + channels_last where
+                 the CPU runs bf16 natively, AVX512-BF16 or AMX; fp32 elsewhere), content
                  targets only up to relu2_2, one-product Gram backward; fed the recipe rows'
                  batches (same data, same order); and the same step with the published
                  `johnson` transformer, to show what the architecture and the rest contribute.
-  styleforge --precision bf16   both again in bf16 autocast + channels_last, where the CPU
-                 runs bf16 natively (AVX512-BF16 or AMX).
+  styleforge --precision fp32   both again in fp32, where the default is bf16.
 Quality check: after the same number of steps, each net's fp32 loss on 8 held-out BSDS val
 crops (the loss of recipe-vgg19 and styleforge is the same function).
 
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import record, require_shared, table  # noqa: E402
 
 from styleforge.backbone import VGGFeatures, build_vgg_features  # noqa: E402
-from styleforge.runtime.device import cpu_has_fast_bf16, for_training, runtime  # noqa: E402
+from styleforge.runtime.device import cpu_has_fast_bf16, runtime  # noqa: E402
 from styleforge.runtime.io import open_rgb, pil_to_tensor, resize_long_side  # noqa: E402
 from styleforge.style.fast.data import list_images  # noqa: E402
 from styleforge.style.fast.model import TransformerNet  # noqa: E402
@@ -173,11 +173,11 @@ def main() -> None:
     rows.append({"run": "recipe-vgg19 (fp32, same loss as styleforge)", "img/s": f"{ips19:.3f}",
                  "s": f"{s19:.1f}", "held-out loss": f"{score(net19):.4f}"})
 
-    # The runtime `fast train` takes by default (--precision auto: fp32 training on a CPU), and
-    # bf16 + channels_last as a row of its own where the CPU runs bf16 natively.
-    runtimes = {"default": for_training(runtime("cpu", "auto"), "auto")}
+    # The runtime `fast train` takes by default (--precision auto: bf16 + channels_last where the
+    # CPU runs bf16 natively, fp32 elsewhere), and fp32 as a row of its own where that is bf16.
+    runtimes = {"default": runtime("cpu", "auto")}
     if cpu_has_fast_bf16():
-        runtimes["--precision bf16"] = runtime("cpu", "bf16")
+        runtimes["--precision fp32"] = runtime("cpu", "fp32")
     default_arch = FastTrainConfig.arch
     fast = {}
     for label, rt in runtimes.items():

@@ -193,7 +193,9 @@ def derived_seed(seed: int, *offsets: int, stride: int = SEED_STRIDE) -> int:
     deterministic, so a resumed or data-parallel run draws exactly what an uninterrupted one does."""
     return seed * stride + sum(offsets)
 def for_training(rt: Runtime, requested: str) -> Runtime:
-    """The runtime a training loop uses: ``auto`` on a CPU trains in fp32.
+    """The runtime a classifier's training loop uses: ``auto`` on a CPU trains in fp32. (Style
+    networks and decoders train at ``auto`` as resolved; a style network's bf16 losses matched
+    its fp32 ones, README, issue 11.)
 
     CPU bf16 autocast runs convolutions and matrix products in bf16 (oneDNN's native
     kernels where the CPU has AVX512-BF16/AMX); training a classifier that way diverged
