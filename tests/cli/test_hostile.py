@@ -527,8 +527,9 @@ def test_a_second_run_into_a_locked_output_is_refused(env, roots, tmp_path, rand
 
 # --------------------------------------------------------------------------- 13. bf16
 
-def test_auto_precision_trains_in_fp32_even_where_bf16_is_native(env, tmp_path, monkeypatch, random_vgg19_file):
-    """On a CPU with native bf16, ``auto`` picks bf16 for inference but trains exactly as fp32 does."""
+def test_auto_precision_where_bf16_is_native(env, tmp_path, monkeypatch, random_vgg19_file):
+    """On a CPU with native bf16, ``auto`` picks bf16 for inference; a classifier trains exactly as fp32
+    does, a style network exactly as ``--precision bf16`` does (its bf16 losses matched fp32's)."""
     from styleforge.runtime import device
 
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
@@ -545,10 +546,12 @@ def test_auto_precision_trains_in_fp32_even_where_bf16_is_native(env, tmp_path, 
     train = ["fast", "train", env / "style.png", "--data", env / "photos", "--weights", random_vgg19_file,
              *[x for x in FAST_TRAIN if x not in ("--precision", "fp32")], "--fp32-model"]
     ok(*train, "--precision", "auto", "-o", tmp_path / "auto.pth")
+    ok(*train, "--precision", "bf16", "-o", tmp_path / "bf16.pth")
     ok(*train, "--precision", "fp32", "-o", tmp_path / "fp32.pth")
-    a, b = (torch.load(tmp_path / name, weights_only=True) for name in ("auto.pth", "fp32.pth"))
-    assert a["training"]["precision"] == "fp32"
+    a, b, c = (torch.load(tmp_path / name, weights_only=True) for name in ("auto.pth", "bf16.pth", "fp32.pth"))
+    assert a["training"]["precision"] == "bf16"
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert not all(torch.equal(a["state_dict"][k], c["state_dict"][k]) for k in a["state_dict"])
 
 
 def test_forced_bf16_training_stays_finite_and_learns(env, tmp_path):
