@@ -74,6 +74,9 @@ def fast_group() -> None:
 @config_option(FastTrainConfig, "laplacian_weight", "--laplacian-weight", type=NON_NEGATIVE, metavar="WEIGHT",
                help="Weight of a loss on the Laplacian of the 4x4-pooled picture against the photo's (Li et al. "
                     "2017): keeps the photo's outlines in place. 0: none, as published.")
+@config_option(FastTrainConfig, "hatching_weight", "--hatching-weight", type=NON_NEGATIVE, metavar="WEIGHT",
+               help="Penalty on fine texture that repeats itself every 3-10 px more than the photo's does (a "
+                    "woven hatching instead of strokes). 0: none.")
 @config_option(FastTrainConfig, "image_size", "--crop-size", type=COUNT, metavar="PX", old=("--image-size",),
                help=CROP_HELP)
 @config_option(FastTrainConfig, "photo_size", "--photo-size", type=COUNT, metavar="PX",
@@ -92,7 +95,8 @@ def fast_group() -> None:
 @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @runtime_options(FastTrainConfig)
 @quiet_option
-def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_weight, laplacian_weight, image_size,
+def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_weight, laplacian_weight,
+              hatching_weight, image_size,
               photo_size, style_size, batch_size, steps, epochs, lr, lr_schedule, style_strength, content_weight,
               style_weight, tv_weight, content_layers, style_layers, weights, workers, checkpoint_every, resume,
               stop_at, fp32_model, overwrite, device, precision, seed, quiet):
@@ -100,6 +104,7 @@ def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_we
     cfg = FastTrainConfig(
         style=str(style_image), data=[str(d) for d in data], output=str(output), arch=arch, upsample=upsample,
         input_noise=input_noise, lattice_weight=lattice_weight, laplacian_weight=laplacian_weight,
+        hatching_weight=hatching_weight,
         image_size=image_size, photo_size=photo_size, style_size=style_size, batch_size=batch_size, steps=steps,
         epochs=epochs, lr=lr, lr_schedule=lr_schedule,
         style_strength=style_strength, content_weight=content_weight, style_weight=style_weight,

@@ -105,3 +105,40 @@ def test_gram_of_bf16_features_is_fp32_and_close():
     g16 = losses.gram_matrix(f.bfloat16())
     assert g16.dtype == torch.float32
     torch.testing.assert_close(g16, losses.gram_matrix(f), rtol=2e-2, atol=1e-3)
+
+
+def _stripes(h: int, w: int, period: float) -> torch.Tensor:
+    xx = torch.arange(w, dtype=torch.float32)[None, :].expand(h, w)
+    return 0.5 + 0.2 * torch.sin(2 * math.pi * xx / period)
+
+
+def test_gaussian_blur_keeps_a_constant_and_the_mean():
+    x = torch.rand(2, 3, 20, 30, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(losses.gaussian_blur(torch.full((1, 2, 9, 9), 0.3), 1.5), torch.full((1, 2, 9, 9), 0.3))
+    blurred = losses.gaussian_blur(x, 2.0)
+    assert blurred.shape == x.shape and blurred.std() < x.std() / 2
+
+
+def test_repetition_of_stripes_is_high_and_of_noise_low_and_it_is_differentiable():
+    g = torch.Generator().manual_seed(1)
+    stripes = torch.stack([_stripes(64, 96, 5.0), _stripes(64, 96, 8.0)])[:, None]
+    noise = (0.5 + 0.1 * torch.randn(2, 1, 64, 96, generator=g))
+    assert (losses.repetition(stripes) > 0.8).all() and (losses.repetition(noise) < 0.3).all()
+    # Dabs: random blobs about 4 px wide decorrelate within the lags looked at.
+    dabs = torch.nn.functional.interpolate(torch.randn(1, 1, 16, 24, generator=g), size=(64, 96), mode="bicubic")
+    assert losses.repetition(0.5 + 0.1 * dabs) < 0.45
+    with pytest.raises(ValueError, match="at least 32x32"):
+        losses.repetition(torch.rand(1, 1, 16, 64))
+
+
+def test_repetition_loss_charges_added_hatching_only():
+    g = torch.Generator().manual_seed(2)
+    photo = (0.5 + 0.1 * torch.randn(2, 3, 64, 64, generator=g)).clamp(0, 1)
+    assert losses.repetition_loss(photo, photo).item() == 0.0
+    hatched = (photo + 0.3 * (_stripes(64, 64, 5.0) - 0.5)).clamp(0, 1).requires_grad_(True)
+    loss = losses.repetition_loss(hatched, photo)
+    assert loss.item() > 0.1
+    loss.backward()
+    assert torch.isfinite(hatched.grad).all() and hatched.grad.abs().sum() > 0
+    # Less repetition than the photo costs nothing (the penalty is one-sided).
+    assert losses.repetition_loss(photo, hatched.detach()).item() == 0.0

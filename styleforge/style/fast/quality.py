@@ -23,9 +23,9 @@ a photo's JPEG blocking or man-made regular patterns are not charged to the netw
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..color import luminance
+from ..losses import gaussian_blur, repetition
 
 # Frequencies in cycles per pixel, (vertical, horizontal): periods 2 and 4 along each axis
 # and the diagonals they combine into. (0, 0) is the mean, left out.
@@ -102,12 +102,7 @@ def grid_peaks(image: torch.Tensor) -> float:
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    k = 2 * int(3 * sigma) + 1
-    t = torch.arange(k, dtype=x.dtype) - k // 2
-    g = torch.exp(-t.pow(2) / (2 * sigma * sigma))
-    g = g / g.sum()
-    x = F.pad(x[None, None], (k // 2,) * 4, mode="reflect")
-    return F.conv2d(F.conv2d(x, g.view(1, 1, 1, k)), g.view(1, 1, k, 1))[0, 0]
+    return gaussian_blur(x[None, None], sigma)[0, 0]
 
 
 def _edges(luma: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -132,34 +127,19 @@ def edge_agreement(output: torch.Tensor, content: torch.Tensor, sigma: float = E
 
 def hatching(image: torch.Tensor) -> float:
     """How strongly the picture's fine texture repeats itself: the mean, over textured tiles, of the
-    highest normalized autocorrelation of the fine luminance texture at lags of 3-10 px.
+    highest normalized autocorrelation of the fine luminance texture at lags of 3-10 px in any
+    direction (:func:`styleforge.style.losses.repetition`).
 
-    Painted dabs and photo detail decorrelate within a few pixels (about 0.25); a hatching, one
-    stroke repeated every few pixels in any direction and at any period in that range, correlates
-    with itself one period away (a pure stripe pattern: about 0.9). ``image``: (3, H, W) or
-    (1, 3, H, W) RGB in [0, 1], at least one tile (32 px) a side.
+    Painted dabs and photo detail decorrelate within a few pixels (about 0.25); a hatching
+    correlates with itself along its strokes and one period across them (long parallel strokes:
+    about 0.9). Photos with long straight detail score high too, hence :func:`hatching_artifact`.
+    ``image``: (3, H, W) or (1, 3, H, W) RGB in [0, 1], at least one tile (32 px) a side.
     """
     luma = _luma(image)
-    t = HATCH_TILE
     h, w = luma.shape
-    if min(h, w) < t:
-        raise ValueError(f"hatching needs at least {t}x{t} pixels, got {w}x{h}")
-    fine = (luma - _blur(luma, HATCH_SIGMA))[: h // t * t, : w // t * t]
-    tiles = fine.unfold(0, t, t).unfold(1, t, t).reshape(-1, t, t)
-    tiles = tiles - tiles.mean((1, 2), keepdim=True)
-    window = torch.hann_window(t, periodic=False)
-    tiles = tiles * (window[:, None] * window[None, :])
-    spec = torch.fft.rfft2(tiles, s=(2 * t, 2 * t))  # zero-padded: a linear, not circular, correlation
-    auto = torch.fft.fftshift(torch.fft.irfft2(spec.real.pow(2) + spec.imag.pow(2), s=(2 * t, 2 * t)), dim=(1, 2))
-    auto = auto / auto[:, t, t].clamp_min(1e-12)[:, None, None]
-    lag = torch.arange(2 * t, dtype=torch.float32) - t
-    dist = (lag[:, None].pow(2) + lag[None, :].pow(2)).sqrt()
-    ring = (dist >= HATCH_LAGS[0]) & (dist <= HATCH_LAGS[1])
-    energy = tiles.pow(2).mean((1, 2))
-    textured = energy > HATCH_FLAT * energy.median()
-    if not textured.any():
-        return 0.0
-    return float(auto[:, ring].max(1).values[textured].mean())
+    if min(h, w) < HATCH_TILE:
+        raise ValueError(f"hatching needs at least {HATCH_TILE}x{HATCH_TILE} pixels, got {w}x{h}")
+    return float(repetition(luma[None, None], HATCH_TILE, HATCH_SIGMA, HATCH_LAGS, HATCH_FLAT)[0])
 
 
 def hatching_artifact(output: torch.Tensor, content: torch.Tensor) -> float:
