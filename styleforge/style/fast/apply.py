@@ -28,7 +28,7 @@ from ...runtime.io import (
 )
 from ..color import original_colors as keep_colors
 from .model import ARCHS, TransformerNet, load_model, resolve_model
-from .universal import DEFAULT_WORK_SIZE, AnyStyle, UniversalStyler, WorkSized, build_styler
+from .universal import DEFAULT_WORK_SIZE, AnyStyle, UniversalStyler, WorkSized, build_styler, check_work_size
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 
@@ -141,6 +141,7 @@ def stylize_files(model: str | os.PathLike | None, inputs: Iterable[str | os.Pat
         raise StyleforgeError(f"--size must be at least 4, got {size}")
     if batch_size < 1:
         raise StyleforgeError(f"--batch-size must be positive, got {batch_size}")
+    check_work_size(work_size)  # before plan() creates an output folder
     jobs = plan(inputs, output)
     if any(j.video for j in jobs):
         _require_av()
