@@ -14,7 +14,7 @@ from ..style.fast import ARCHS, FastTrainConfig, available_models, train_style
 from ..style.fast.apply import VIDEO_SUFFIXES, stylize_files
 from ..style.fast.decoder_train import CHECKPOINT_NAME, DecoderTrainConfig, train_decoders
 from ..style.fast.export import export_onnx
-from ..style.fast.model import DOWNSAMPLE_MODES, MODEL_SUFFIX, UPSAMPLE_MODES
+from ..style.fast.model import MODEL_SUFFIX, UPSAMPLE_MODES
 from ..style.fast.sheet import style_sheet
 from ..style.fast.train import DEFAULT_STEPS, LR_FLOOR, LR_SCHEDULES
 from ..style.fast.universal import DEFAULT_WORK_SIZE, METHODS, AnyStyle
@@ -64,9 +64,6 @@ def fast_group() -> None:
 @config_option(FastTrainConfig, "upsample", "--upsample", type=click.Choice(UPSAMPLE_MODES),
                help="How the network's decoder doubles the resolution: bilinear, or nearest (as published; prints a "
                     "2-4 px grid on the light network).")
-@config_option(FastTrainConfig, "downsample", "--downsample", type=click.Choice(DOWNSAMPLE_MODES),
-               help="How the network's encoder halves the resolution: strided (as published) or blur (a fixed blur "
-                    "first: anti-aliased, so the network paints less on its own 4-px lattice).")
 @config_option(FastTrainConfig, "input_noise", "--input-noise", type=NON_NEGATIVE, metavar="AMOUNT",
                help="Noise added to the photos the network sees (unit variance times AMOUNT; a fixed pattern at "
                     "inference): something to paint from on flat regions, but the network blurs outlines to remove "
@@ -98,7 +95,7 @@ def fast_group() -> None:
 @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @runtime_options(FastTrainConfig)
 @quiet_option
-def train_cmd(style_image, data, output, arch, upsample, downsample, input_noise, lattice_weight, laplacian_weight,
+def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_weight, laplacian_weight,
               hatching_weight, image_size,
               photo_size, style_size, batch_size, steps, epochs, lr, lr_schedule, style_strength, content_weight,
               style_weight, tv_weight, content_layers, style_layers, weights, workers, checkpoint_every, resume,
@@ -106,7 +103,7 @@ def train_cmd(style_image, data, output, arch, upsample, downsample, input_noise
     """Train a style network for STYLE_IMAGE on the photos in --data."""
     cfg = FastTrainConfig(
         style=str(style_image), data=[str(d) for d in data], output=str(output), arch=arch, upsample=upsample,
-        downsample=downsample, input_noise=input_noise, lattice_weight=lattice_weight, laplacian_weight=laplacian_weight,
+        input_noise=input_noise, lattice_weight=lattice_weight, laplacian_weight=laplacian_weight,
         hatching_weight=hatching_weight,
         image_size=image_size, photo_size=photo_size, style_size=style_size, batch_size=batch_size, steps=steps,
         epochs=epochs, lr=lr, lr_schedule=lr_schedule,

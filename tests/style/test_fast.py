@@ -16,7 +16,7 @@ from styleforge.runtime.errors import StyleforgeError
 from styleforge.runtime.io import save_image
 from styleforge.style.fast import ARCHS, FastTrainConfig, TransformerNet, load_model, save_model, train_style
 from styleforge.style.fast.data import RandomCrops, StreamSampler, list_images
-from styleforge.style.fast.model import DOWNSAMPLE_MODES, UPSAMPLE_MODES, _BlurPad, parameter_count
+from styleforge.style.fast.model import UPSAMPLE_MODES, parameter_count
 from styleforge.style.fast.train import LR_FLOOR, lr_at
 from styleforge.style.fast.universal import WorkSized
 
@@ -54,11 +54,10 @@ def _cfg(photos, tmp_path, vgg, **kw):
 
 @pytest.mark.parametrize("arch", list(ARCHS))
 @pytest.mark.parametrize("upsample", UPSAMPLE_MODES)
-@pytest.mark.parametrize("downsample", DOWNSAMPLE_MODES)
 @pytest.mark.parametrize("hw", [(32, 32), (33, 47), (17, 6)])
-def test_model_any_size_finite(arch, upsample, downsample, hw):
+def test_model_any_size_finite(arch, upsample, hw):
     torch.manual_seed(0)
-    net = TransformerNet(arch, upsample, downsample=downsample).eval()
+    net = TransformerNet(arch, upsample).eval()
     with torch.no_grad():
         y = net(torch.rand(2, 3, *hw))
     assert y.shape == (2, 3, *hw) and torch.isfinite(y).all()
@@ -96,38 +95,6 @@ def test_upsampling_is_kept_in_the_model_file_and_old_files_read_as_nearest(tmp_
     old["upsample"] = "bicubic-ish"
     torch.save(old, tmp_path / "odd.pth")
     with pytest.raises(StyleforgeError, match="upsampling 'bicubic-ish'"):
-        load_model(tmp_path / "odd.pth")
-
-
-def test_blurred_downsampling_removes_the_finest_detail_before_the_stride():
-    """The blur zeroes a 2-px checkerboard (what a stride of 2 would alias) and keeps flat colour."""
-    yy, xx = torch.meshgrid(torch.arange(12), torch.arange(12), indexing="ij")
-    checker = ((yy + xx) % 2).float().view(1, 1, 12, 12).expand(1, 2, 12, 12)
-    blurred = _BlurPad(2, 1)(checker)
-    assert blurred.shape == (1, 2, 14, 14)
-    assert torch.allclose(blurred, torch.full_like(blurred, 0.5), atol=1e-6)
-    assert torch.allclose(_BlurPad(3, 0)(torch.full((1, 3, 5, 5), 0.3)), torch.full((1, 3, 5, 5), 0.3))
-
-
-def test_downsampling_is_kept_in_the_model_file_and_old_files_read_as_strided(tmp_path):
-    torch.manual_seed(0)
-    net = TransformerNet("light", "bilinear", downsample="blur").eval()
-    assert net.state_dict().keys() == TransformerNet("light", "bilinear").state_dict().keys()
-    path = save_model(net, tmp_path / "m.pth", "x", {}, half=False)
-    loaded, record = load_model(path)
-    x = torch.rand(1, 3, 24, 28)
-    with torch.no_grad():
-        assert record["downsample"] == "blur" and torch.equal(loaded(x), net(x))
-        strided = TransformerNet("light", "bilinear")
-        strided.load_state_dict(net.state_dict())
-        assert (strided(x) - net(x)).abs().max() > 1e-3  # the blur changes what the weights compute
-    old = torch.load(path, weights_only=True)
-    del old["downsample"]
-    torch.save(old, tmp_path / "old.pth")
-    assert load_model(tmp_path / "old.pth")[0].downsample == "strided"
-    old["downsample"] = "maxpool"
-    torch.save(old, tmp_path / "odd.pth")
-    with pytest.raises(StyleforgeError, match="downsampling 'maxpool'"):
         load_model(tmp_path / "odd.pth")
 
 
@@ -316,12 +283,11 @@ def test_work_size_runs_a_trained_net_at_that_long_side_and_keeps_the_photo_size
     assert np.abs(small - big).mean() > 1.0
 
 
-@pytest.mark.parametrize("upsample, noise, downsample", [(m, 0.0, "strided") for m in UPSAMPLE_MODES]
-                         + [("bilinear", 0.2, "strided"), ("bilinear", 0.0, "blur")])
-def test_onnx_matches_pytorch(tmp_path, upsample, noise, downsample):
+@pytest.mark.parametrize("upsample, noise", [(m, 0.0) for m in UPSAMPLE_MODES] + [("bilinear", 0.2)])
+def test_onnx_matches_pytorch(tmp_path, upsample, noise):
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
-    model = save_model(TransformerNet("light", upsample, noise, downsample).eval(), tmp_path / "m.pth", "x", {}, half=False)
+    model = save_model(TransformerNet("light", upsample, noise).eval(), tmp_path / "m.pth", "x", {}, half=False)
     assert run("fast", "export", model, "-o", tmp_path / "m.onnx").exit_code == 0
     session = ort.InferenceSession(str(tmp_path / "m.onnx"))
     net, _ = load_model(model)

@@ -47,13 +47,6 @@ LATTICE = 4
 # every value into a 2x2 block, which the thin ``light`` decoder cannot smooth away: its
 # outputs carry a 2- and 4-pixel grid (issue 11). ``bilinear`` interpolates instead.
 UPSAMPLE_MODES = ("bilinear", "nearest")
-# How the encoder halves the resolution. ``strided``: a stride-2 convolution, as published; it
-# samples every other pixel of what it sees, so detail finer than 4 px aliases into the features and
-# the network can tell a pixel's place on its 4-px lattice. ``blur``: a fixed binomial [1, 2, 1]^2
-# blur of each channel first (anti-aliased downsampling, after Zhang 2019, "Making Convolutional
-# Networks Shift-Invariant Again"; blurred before the strided convolution rather than after a
-# stride-1 one, which would cost 4x those layers).
-DOWNSAMPLE_MODES = ("strided", "blur")
 # Input noise (departure from Johnson et al.; texture networks, Ulyanov et al. 2016, feed noise
 # too). Where a photo is flat, a stride-4 network sees a constant input, so any texture it paints
 # there repeats every 4 px, locked to its own lattice: the hatching the grid measure catches
@@ -85,30 +78,6 @@ class _Conv(nn.Sequential):
         if not last:
             layers += [nn.InstanceNorm2d(cout, affine=True), nn.ReLU(inplace=True)]
         super().__init__(*layers)
-
-
-class _BlurPad(nn.Module):
-    """Binomial 3x3 blur of each of ``channels``, then reflection padding: stands where a strided
-    :class:`_Conv` has its padding, so the weights' names are the same in both modes."""
-
-    def __init__(self, channels: int, pad: int) -> None:
-        super().__init__()
-        k = torch.tensor([1.0, 2.0, 1.0])
-        kernel = (k[:, None] * k[None, :] / 16).expand(channels, 1, 3, 3).contiguous()
-        self.register_buffer("kernel", kernel, persistent=False)  # fixed: not in model files
-        self.pad = pad
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.kernel.to(x.dtype), groups=self.kernel.shape[0])
-        return F.pad(x, (self.pad,) * 4, mode="reflect")
-
-
-def _down(cin: int, cout: int, mode: str) -> _Conv:
-    """A stride-2 stage of the encoder (``mode``: one of DOWNSAMPLE_MODES)."""
-    conv = _Conv(cin, cout, 3, stride=2)
-    if mode == "blur":
-        conv[0] = _BlurPad(cin, 1)
-    return conv
 
 
 class _Residual(nn.Module):
@@ -163,8 +132,7 @@ def pixel_noise(like: torch.Tensor) -> torch.Tensor:
 class TransformerNet(nn.Module):
     """Image-to-image style network: [0,1] RGB in, [0,1] RGB out, any height and width."""
 
-    def __init__(self, arch: str = "johnson", upsample: str = "nearest", noise: float = 0.0,
-                 downsample: str = "strided") -> None:
+    def __init__(self, arch: str = "johnson", upsample: str = "nearest", noise: float = 0.0) -> None:
         super().__init__()
         if not is_noise_amount(noise):
             raise StyleforgeError(f"input noise must be a number >= 0, got {noise!r}")
@@ -174,15 +142,13 @@ class TransformerNet(nn.Module):
             raise StyleforgeError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}")
         if upsample not in UPSAMPLE_MODES:
             raise StyleforgeError(f"unknown upsampling {upsample!r}: use one of {', '.join(UPSAMPLE_MODES)}")
-        if downsample not in DOWNSAMPLE_MODES:
-            raise StyleforgeError(f"unknown downsampling {downsample!r}: use one of {', '.join(DOWNSAMPLE_MODES)}")
-        self.arch, self.upsample, self.downsample = arch, upsample, downsample
+        self.arch, self.upsample = arch, upsample
         spec = ARCHS[arch]
         c1, c2, c3 = spec.channels
         d2, d1 = spec.decoder
         k = spec.edge_kernel
         self.net = nn.Sequential(
-            _Conv(3, c1, k), _down(c1, c2, downsample), _down(c2, c3, downsample),
+            _Conv(3, c1, k), _Conv(c1, c2, 3, stride=2), _Conv(c2, c3, 3, stride=2),
             *[_Residual(c3) for _ in range(spec.blocks)],
             _Up(c3, d2, upsample), _Up(d2, d1, upsample), _Conv(d1, 3, k, last=True))
 
@@ -223,7 +189,7 @@ def save_model(model: TransformerNet, path: str | os.PathLike, style: str, train
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
     record = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "arch": model.arch, "upsample": model.upsample,
-              "downsample": model.downsample, "noise": model.noise, "style": style,
+              "noise": model.noise, "style": style,
               "training": training, "state_dict": state}
     return save_torch(record, path)
 
@@ -252,14 +218,10 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     if upsample not in UPSAMPLE_MODES:
         raise StyleforgeError(f"{path} asks for upsampling {upsample!r}, which this styleforge does not know "
                               f"(known: {', '.join(UPSAMPLE_MODES)})")
-    downsample = record.get("downsample", "strided")  # files written before the choice existed
-    if downsample not in DOWNSAMPLE_MODES:
-        raise StyleforgeError(f"{path} asks for downsampling {downsample!r}, which this styleforge does not know "
-                              f"(known: {', '.join(DOWNSAMPLE_MODES)})")
     noise = record.get("noise", 0.0)  # files written before input noise existed: none
     if not is_noise_amount(noise):
         raise StyleforgeError(f"{path} asks for input noise {noise!r}: the file is damaged or was edited")
-    model = TransformerNet(arch, upsample, noise, downsample)
+    model = TransformerNet(arch, upsample, noise)
     key = "state_dict" if record["format"] == MODEL_FORMAT else "model"
     state = check_state_dict(record.get(key), path, key)
     try:

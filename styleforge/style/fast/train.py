@@ -43,7 +43,6 @@ from .loop import (  # noqa: F401  (LR_FLOOR, lr_at: re-exported for the tests)
 from .model import (
     ARCHS,
     CHECKPOINT_FORMAT,
-    DOWNSAMPLE_MODES,
     LATTICE,
     UPSAMPLE_MODES,
     TransformerNet,
@@ -75,9 +74,6 @@ class FastTrainConfig:
     # that grew with training (issue 11); bilinear took the grid measure from 4.22 to 2.77 after 200
     # probe steps and the visible hatching away (README, "Fast style networks: speed and quality").
     upsample: str = "bilinear"
-    # How the encoder halves the resolution (model.DOWNSAMPLE_MODES): strided as published, or
-    # blurred first (anti-aliased), so the network knows less of its own 4-px lattice.
-    downsample: str = "strided"
     # Noise added to the input crops (model.pixel_noise; 0: none, as published). It halved the grid
     # measure (9.9 -> 4.4) before the lattice penalty existed, but the network learns to blur the
     # noise away and the photo's outlines with it (edge measure 0.09-0.17 at 0.2 against 0.36-0.44
@@ -153,9 +149,6 @@ class FastTrainConfig:
             raise StyleforgeError(f"unknown --network {self.arch!r}: use one of {', '.join(ARCHS)}")
         if self.upsample not in UPSAMPLE_MODES:
             raise StyleforgeError(f"unknown --upsample {self.upsample!r}: use one of {', '.join(UPSAMPLE_MODES)}")
-        if self.downsample not in DOWNSAMPLE_MODES:
-            raise StyleforgeError(f"unknown --downsample {self.downsample!r}: use one of "
-                                  f"{', '.join(DOWNSAMPLE_MODES)}")
         if self.image_size % 4:
             raise StyleforgeError(f"--crop-size must be a multiple of 4, got {self.image_size}")
         if self.overwrite and self.resume:
@@ -226,7 +219,7 @@ def _check_data(cfg: FastTrainConfig, files: list[Path], global_batch: int) -> N
 def _load_resume(cfg: FastTrainConfig, ckpt: Path, steps: int) -> dict:
     record = read_checkpoint(ckpt, CHECKPOINT_FORMAT, "training")
     # Settings older checkpoints lack, at the value those runs used.
-    old = {"upsample": "nearest", "downsample": "strided", "input_noise": 0.0, "lattice_weight": 0.0, "laplacian_weight": 0.0,
+    old = {"upsample": "nearest", "input_noise": 0.0, "lattice_weight": 0.0, "laplacian_weight": 0.0,
            "photo_size": None, "hatching_weight": 0.0,
            **record["config"]}
     mine = _jsonable(asdict(cfg))
@@ -366,12 +359,11 @@ def _style_image(cfg: FastTrainConfig, style_src: Image.Image, rt: Runtime) -> t
 def _start(cfg: FastTrainConfig, ctx: distributed.Dist, rt: Runtime, steps: int, skipped: list[str]) -> StepRun:
     """The network and its optimizer, fresh or from the checkpoint (--resume)."""
     seed_everything(cfg.seed)
-    model = TransformerNet(cfg.arch, cfg.upsample, cfg.input_noise, cfg.downsample)
+    model = TransformerNet(cfg.arch, cfg.upsample, cfg.input_noise)
     record = {**_jsonable(asdict(cfg)), "steps": steps, "world_size": ctx.world_size,
               "global_batch": cfg.batch_size * ctx.world_size}
     run = StepRun(ctx, rt, model, torch.optim.Adam(model.parameters(), lr=cfg.lr), checkpoint_path(cfg.output),
                   CHECKPOINT_FORMAT, record, Path(cfg.output), extra={"arch": cfg.arch, "upsample": cfg.upsample,
-                                                                     "downsample": cfg.downsample,
                                                                      "noise": cfg.input_noise},
                   skipped=skipped)
     if cfg.resume:
