@@ -16,7 +16,7 @@ from ..style.fast.decoder_train import CHECKPOINT_NAME, DecoderTrainConfig, trai
 from ..style.fast.export import export_onnx
 from ..style.fast.model import MODEL_SUFFIX, UPSAMPLE_MODES
 from ..style.fast.sheet import style_sheet
-from ..style.fast.train import DEFAULT_STEPS, LR_FLOOR, LR_SCHEDULES
+from ..style.fast.train import DEFAULT_LR, DEFAULT_STEPS, LR_FLOOR, LR_SCHEDULES
 from ..style.fast.universal import DEFAULT_WORK_SIZE, METHODS, AnyStyle
 from .options import (
     BATCH_HELP,
@@ -87,7 +87,8 @@ def fast_group() -> None:
 @config_option(FastTrainConfig, "batch_size", "--batch-size", type=COUNT, help=BATCH_HELP)
 @click.option("--steps", type=COUNT, metavar="STEPS", show_default=str(DEFAULT_STEPS), help="Optimizer steps.")
 @click.option("--epochs", type=POSITIVE, help="Passes over the training data. Here instead of --steps; fractions work.")
-@config_option(FastTrainConfig, "lr", "--lr", type=POSITIVE, help="Learning rate.")
+@config_option(FastTrainConfig, "lr", "--lr", type=POSITIVE,
+               show_default=", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()), help="Learning rate.")
 @config_option(FastTrainConfig, "lr_schedule", "--lr-schedule", type=click.Choice(LR_SCHEDULES), help=SCHEDULE_HELP)
 @style_loss_options(FastTrainConfig)
 @weights_option

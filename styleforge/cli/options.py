@@ -247,7 +247,8 @@ def style_loss_options(source):
     from ..style.perceptual import DEFAULT_STYLE_STRENGTH, STYLE_STRENGTH_HELP
 
     opts = [
-        click.option("--style-strength", type=FRACTION, show_default=f"{DEFAULT_STYLE_STRENGTH:g}",
+        click.option("--style-strength", type=FRACTION,
+                     show_default=f"{getattr(source, 'default_style_strength', DEFAULT_STYLE_STRENGTH):g}",
                      help=STYLE_STRENGTH_HELP),
         click.option("--content-weight", type=NON_NEGATIVE, help="Content weight (instead of --style-strength)."),
         click.option("--style-weight", type=NON_NEGATIVE, help="Style weight (instead of --style-strength)."),

@@ -17,7 +17,8 @@ from styleforge.runtime.io import save_image
 from styleforge.style.fast import ARCHS, FastTrainConfig, TransformerNet, load_model, save_model, train_style
 from styleforge.style.fast.data import RandomCrops, StreamSampler, list_images
 from styleforge.style.fast.model import UPSAMPLE_MODES, parameter_count
-from styleforge.style.fast.train import LR_FLOOR, lr_at
+from styleforge.style.fast.train import DEFAULT_LR, LR_FLOOR, lr_at
+from styleforge.style.perceptual import STYLE_GAIN, loss_weights
 from styleforge.style.fast.universal import WorkSized
 
 
@@ -222,10 +223,26 @@ def test_resume_refuses_changed_settings(photos, tmp_path, random_vgg19_file):
     train_style(_cfg(photos, tmp_path, random_vgg19_file, steps=3))
     with pytest.raises(StyleforgeError, match="lr"):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, lr=0.5))
-    with pytest.raises(StyleforgeError, match="--lattice-weight 100000.0 -> 7.0"):
+    with pytest.raises(StyleforgeError, match="--lattice-weight 1000000.0 -> 7.0"):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, lattice_weight=7.0))
     with pytest.raises(StyleforgeError, match="--photo-size unset -> 96"):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, photo_size=96))
+
+
+def test_defaults_a_gentler_style_and_a_learning_rate_per_network(photos, tmp_path, random_vgg19_file):
+    cfg = FastTrainConfig(style="s.jpg", data="d", output="o.pth")
+    assert (cfg.arch, cfg.image_size, cfg.lr) == ("light", 128, None)
+    # --style-strength keeps stylize's meaning; only its default differs
+    assert cfg.weights_pair() == pytest.approx((0.75, 0.25 * STYLE_GAIN))
+    assert FastTrainConfig("s.jpg", "d", "o.pth", style_strength=0.5).weights_pair() == pytest.approx(
+        loss_weights(None, None, None))
+    for arch, lr in DEFAULT_LR.items():
+        (tmp_path / arch).mkdir()
+        cfg = _cfg(photos, tmp_path / arch, random_vgg19_file, arch=arch, steps=1, lr=None)
+        _, record = load_model(train_style(cfg).model_path)
+        assert record["training"]["lr"] == lr
+    given = _cfg(photos, tmp_path / "given", random_vgg19_file, steps=1, lr=2e-3, output=str(tmp_path / "g.pth"))
+    assert load_model(train_style(given).model_path)[1]["training"]["lr"] == 2e-3
 
 
 def test_lattice_penalty_adds_to_the_loss_and_only_there(photos, tmp_path, random_vgg19_file):
