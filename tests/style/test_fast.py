@@ -64,6 +64,37 @@ def test_model_any_size_finite(arch, upsample, hw):
     assert y.shape == (2, 3, *hw) and torch.isfinite(y).all()
 
 
+def test_lattice_part_is_what_repeats_on_the_4px_lattice_and_nothing_else():
+    from styleforge.style.fast.model import lattice_part
+
+    h, w = 96, 128
+    y, x = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    ramp = (0.3 + 0.004 * x + 0.002 * y).expand(1, 3, h, w)
+    torch.manual_seed(0)
+    tile = torch.rand(3, 4, 4) - 0.5
+    lattice = (tile - tile.mean(dim=(1, 2), keepdim=True)).repeat(1, h // 4, w // 4)[None]
+    inner = (..., slice(34, -34), slice(34, -34))  # the binomial weights reach 32 px
+    assert lattice_part(ramp)[inner].abs().max() < 1e-5
+    assert (lattice_part(ramp + lattice) - lattice)[inner].abs().max() < 1e-5
+    for period, most in [(6.5, 0.002), (30.0, 0.002), (4.4, 0.06)]:  # off the lattice: (nearly) nothing
+        wave = 0.1 * torch.sin(2 * torch.pi * x / period).expand(1, 3, h, w)
+        assert lattice_part(wave)[inner].abs().max() < most, period
+    # near the borders the weights are renormalized over the pixels there are: a lattice still comes out
+    assert (lattice_part(lattice) - lattice).abs().max() < 1e-5
+
+
+def test_inference_takes_the_lattice_part_off_and_training_sees_the_raw_output():
+    from styleforge.style.fast.model import lattice_part
+
+    torch.manual_seed(0)
+    net, x = TransformerNet("light", "bilinear"), torch.rand(1, 3, 40, 56)
+    with torch.no_grad():
+        raw = net.net(x)
+        assert torch.equal(net.train()(x), raw)
+        shown = raw.clamp(0, 1)
+        assert torch.allclose(net.eval()(x), shown - lattice_part(shown), atol=1e-6)
+
+
 def test_parameter_counts():
     assert parameter_count(TransformerNet("johnson")) == 1_679_235  # the published network's size
     assert parameter_count(TransformerNet("light")) < parameter_count(TransformerNet("johnson")) / 5

@@ -13,13 +13,13 @@ from torch import nn
 from ...runtime.errors import StyleforgeError
 from ...runtime.guard import check_not_inputs
 from ...runtime.io import atomic_path, check_writable
-from .model import TransformerNet, load_model, pixel_noise, resolve_model
+from .model import TransformerNet, lattice_part, load_model, pixel_noise, resolve_model
 
 OPSET = 17
 
 
 class _Deployable(nn.Module):
-    """The network with the pad-to-a-multiple-of-4 and the clamp inside the graph."""
+    """The network with the pad-to-a-multiple-of-4, the lattice notch and the clamp inside the graph."""
 
     def __init__(self, net: TransformerNet) -> None:
         super().__init__()
@@ -31,7 +31,9 @@ class _Deployable(nn.Module):
             image = image + self.noise * pixel_noise(image)
         # Always pad (possibly by 0), so one graph serves every size.
         x = F.pad(image, (0, (4 - w % 4) % 4, 0, (4 - h % 4) % 4), mode="replicate")
-        return self.net(x)[:, :, :h, :w].clamp(0, 1)
+        out = self.net(x).clamp(0, 1)
+        out = out - lattice_part(out)  # as TransformerNet.forward at inference
+        return out[:, :, :h, :w].clamp(0, 1)
 
 
 def export_onnx(model: str | os.PathLike, output: str | os.PathLike, opset: int = OPSET) -> Path:

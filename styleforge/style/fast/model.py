@@ -164,7 +164,15 @@ class TransformerNet(nn.Module):
         # first instance norm removes the input scale anyway; the last convolution then
         # starts at the right output scale). No output squashing: training sees the raw
         # values, inference clamps.
-        return self.net(x)[..., :h, :w]
+        out = self.net(x)
+        if not self.training:
+            # Departure from Johnson et al.: in training the lattice penalty charges texture locked
+            # to the 4-px lattice; at inference what is left of it is taken off (issue 11), from the
+            # picture as shown: taken off before the clamp, the lattice of the values past black or
+            # white came back along those regions' edges (one photo's grid 0.86 -> 1.18; 0.12 so).
+            out = out.clamp(0, 1)
+            out = out - lattice_part(out).to(out.dtype)
+        return out[..., :h, :w]
 
 
     def _fixed_noise(self, x: torch.Tensor) -> torch.Tensor:
@@ -174,6 +182,50 @@ class TransformerNet(nn.Module):
         if p is None or p.shape[-2:] != x.shape[-2:] or p.device != x.device or p.dtype != x.dtype:
             p = self._pattern = pixel_noise(x)
         return p
+
+
+# Weights over whole lattice steps (0, +-4, ... +-32 px) of the average lattice_part takes: binomial,
+# so that they fall smoothly to the sides (like a Gaussian of 8 px). The notch they make is about
+# 0.02 cycle/px wide: on issue 11's benchmark, 9 taps (16 px, a notch twice as wide) left the
+# grid measure at 5 on some photos: it compares a peak with the bins around it, which a wide
+# notch darkens too.
+_STEP_TAPS = tuple(float(math.comb(16, k)) for k in range(17))
+# A mean over one lattice period that is symmetric about the pixel: the two ends share a phase.
+_PERIOD_TAPS = (0.5, 1.0, 1.0, 1.0, 0.5)
+
+
+def _separable(x: torch.Tensor, taps: tuple[float, ...], dilation: int) -> torch.Tensor:
+    """``x`` (N, 1, H, W) convolved along both axes with ``taps`` spaced ``dilation`` px apart
+    (zero padding: callers that need a weighted mean divide by the same filter of ones)."""
+    k = torch.tensor(taps, dtype=x.dtype, device=x.device)
+    k = (k / k.sum()).view(1, 1, 1, -1)
+    pad = dilation * (len(taps) // 2)
+    x = F.conv2d(x, k, padding=(0, pad), dilation=(1, dilation))
+    return F.conv2d(x, k.transpose(-1, -2), padding=(pad, 0), dilation=(dilation, 1))
+
+
+def lattice_part(change: torch.Tensor, period: int = LATTICE) -> torch.Tensor:
+    """The part of ``change`` (B, C, H, W; sides of at least ``period``) that repeats on a
+    ``period``-px lattice, locally.
+
+    At each pixel: the weighted mean of the pixels a whole number of periods away (its own
+    phase of the lattice), less the mean of all the pixels around (every phase alike). A
+    pattern that repeats every ``period`` px comes out whole; smooth changes (shading, colour
+    shifts, ramps) give 0, and texture at other periods nearly 0. Linear and shift-invariant
+    (a notch at the lattice frequencies, 1/period cycle/px and its multiples) but near the borders.
+    """
+    x = change.float().flatten(0, 1).unsqueeze(1)  # every channel alone: kernels of one known shape
+    same_phase = _separable(x, _STEP_TAPS, period) / _separable(torch.ones_like(x[:1]), _STEP_TAPS, period)
+    k = torch.tensor(_PERIOD_TAPS, dtype=x.dtype, device=x.device)
+    k = k / k.sum()
+    every_phase = F.conv2d(_pad_by_period(same_phase, period, len(_PERIOD_TAPS) // 2), (k[:, None] * k)[None, None])
+    return (same_phase - every_phase).view_as(change)
+
+
+def _pad_by_period(x: torch.Tensor, period: int, pad: int) -> torch.Tensor:
+    """``x`` padded by ``pad`` px on each side with the pixels one ``period`` inward (the same phase)."""
+    x = torch.cat([x[..., period - pad:period], x, x[..., -period:pad - period]], dim=-1)
+    return torch.cat([x[..., period - pad:period, :], x, x[..., -period:pad - period, :]], dim=-2)
 
 
 def parameter_count(model: nn.Module) -> int:
