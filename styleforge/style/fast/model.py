@@ -184,48 +184,41 @@ class TransformerNet(nn.Module):
         return p
 
 
-# Weights over whole lattice steps (0, +-4, ... +-32 px) of the average lattice_part takes: binomial,
-# so that they fall smoothly to the sides (like a Gaussian of 8 px). The notch they make is about
-# 0.02 cycle/px wide: on issue 11's benchmark, 9 taps (16 px, a notch twice as wide) left the
-# grid measure at 5 on some photos: it compares a peak with the bins around it, which a wide
-# notch darkens too.
-_STEP_TAPS = tuple(float(math.comb(16, k)) for k in range(17))
-# A mean over one lattice period that is symmetric about the pixel: the two ends share a phase.
-_PERIOD_TAPS = (0.5, 1.0, 1.0, 1.0, 0.5)
+# Side of the cells, in lattice steps, over which lattice_part averages each phase before it
+# interpolates between cells: 4 steps (16 px), which with the interpolation weighs pixels like a
+# Gaussian of about 8 px. The notch that makes is about 0.02 cycle/px wide: a notch twice as wide
+# (8 px) left issue 11's grid measure at 5 on some photos (it compares a peak with the bins around
+# it, which a wide notch darkens too).
+_CELL_STEPS = 4
 
 
-def _separable(x: torch.Tensor, taps: tuple[float, ...], dilation: int) -> torch.Tensor:
-    """``x`` (N, 1, H, W) convolved along both axes with ``taps`` spaced ``dilation`` px apart
-    (zero padding: callers that need a weighted mean divide by the same filter of ones)."""
-    k = torch.tensor(taps, dtype=x.dtype, device=x.device)
-    k = (k / k.sum()).view(1, 1, 1, -1)
-    pad = dilation * (len(taps) // 2)
-    x = F.conv2d(x, k, padding=(0, pad), dilation=(1, dilation))
-    return F.conv2d(x, k.transpose(-1, -2), padding=(pad, 0), dilation=(dilation, 1))
+def _local_mean(x: torch.Tensor, cell: int) -> torch.Tensor:
+    """``x`` (N, C, H, W) averaged over cells of ``cell`` px and interpolated back between the cells'
+    centres: a smooth local mean that keeps ramps exactly (away from the borders)."""
+    # Windows of two cells, a cell apart: without the overlap, texture of 6-30 px period aliased
+    # into the coarse grid and a fifth of its amplitude came out as a false lattice.
+    coarse = F.avg_pool2d(x, 2 * cell, stride=cell, padding=cell // 2, ceil_mode=True, count_include_pad=False)
+    return F.interpolate(coarse, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def lattice_part(change: torch.Tensor, period: int = LATTICE) -> torch.Tensor:
-    """The part of ``change`` (B, C, H, W; sides of at least ``period``) that repeats on a
+    """The part of ``change`` (B, C, H, W; sides multiples of ``period``) that repeats on a
     ``period``-px lattice, locally.
 
-    At each pixel: the weighted mean of the pixels a whole number of periods away (its own
-    phase of the lattice), less the mean of all the pixels around (every phase alike). A
-    pattern that repeats every ``period`` px comes out whole; smooth changes (shading, colour
-    shifts, ramps) give 0, and texture at other periods nearly 0. Linear and shift-invariant
-    (a notch at the lattice frequencies, 1/period cycle/px and its multiples) but near the borders.
+    At each pixel: the local mean of the pixels a whole number of periods away (its own phase
+    of the lattice), less the local mean of all the pixels (every phase alike). A pattern that
+    repeats every ``period`` px comes out whole; smooth changes (shading, colour shifts, ramps)
+    give 0, and texture at other periods nearly 0: a notch at 1/period cycle/px and its multiples.
     """
-    x = change.float().flatten(0, 1).unsqueeze(1)  # every channel alone: kernels of one known shape
-    same_phase = _separable(x, _STEP_TAPS, period) / _separable(torch.ones_like(x[:1]), _STEP_TAPS, period)
-    k = torch.tensor(_PERIOD_TAPS, dtype=x.dtype, device=x.device)
-    k = k / k.sum()
-    every_phase = F.conv2d(_pad_by_period(same_phase, period, len(_PERIOD_TAPS) // 2), (k[:, None] * k)[None, None])
-    return (same_phase - every_phase).view_as(change)
-
-
-def _pad_by_period(x: torch.Tensor, period: int, pad: int) -> torch.Tensor:
-    """``x`` padded by ``pad`` px on each side with the pixels one ``period`` inward (the same phase)."""
-    x = torch.cat([x[..., period - pad:period], x, x[..., -period:pad - period]], dim=-1)
-    return torch.cat([x[..., period - pad:period, :], x, x[..., -period:pad - period, :]], dim=-2)
+    b, c, h, w = change.shape
+    if h % period or w % period:
+        raise ValueError(f"lattice_part needs sides that are multiples of {period}, got {w}x{h}")
+    x = change.float()
+    # Each phase as a picture of its own (pixel_unshuffle), averaged the same way as the whole:
+    # pooling and interpolation cost a few percent of the network at 1024 px, where convolutions
+    # of one channel at a time cost a third of it.
+    same_phase = F.pixel_shuffle(_local_mean(F.pixel_unshuffle(x, period), _CELL_STEPS), period)
+    return (same_phase - _local_mean(x, _CELL_STEPS * period)).view_as(change)
 
 
 def parameter_count(model: nn.Module) -> int:
