@@ -16,10 +16,10 @@ from styleforge.runtime.errors import StyleforgeError
 from styleforge.runtime.io import save_image
 from styleforge.style.fast import ARCHS, FastTrainConfig, TransformerNet, load_model, save_model, train_style
 from styleforge.style.fast.data import RandomCrops, StreamSampler, list_images
-from styleforge.style.fast.model import UPSAMPLE_MODES, parameter_count
+from styleforge.style.fast.model import UPSAMPLE_MODES, lattice_part, parameter_count
 from styleforge.style.fast.train import DEFAULT_LR, LR_FLOOR, lr_at
-from styleforge.style.perceptual import STYLE_GAIN, loss_weights
 from styleforge.style.fast.universal import WorkSized
+from styleforge.style.perceptual import STYLE_GAIN, loss_weights
 
 
 def run(*args):
@@ -65,8 +65,6 @@ def test_model_any_size_finite(arch, upsample, hw):
 
 
 def test_lattice_part_is_what_repeats_on_the_4px_lattice_and_nothing_else():
-    from styleforge.style.fast.model import lattice_part
-
     h, w = 96, 128
     y, x = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
     ramp = (0.3 + 0.004 * x + 0.002 * y).expand(1, 3, h, w)
@@ -88,8 +86,6 @@ def test_lattice_part_is_what_repeats_on_the_4px_lattice_and_nothing_else():
 
 
 def test_inference_takes_the_lattice_part_off_and_training_sees_the_raw_output():
-    from styleforge.style.fast.model import lattice_part
-
     torch.manual_seed(0)
     net, x = TransformerNet("light", "bilinear"), torch.rand(1, 3, 40, 56)
     with torch.no_grad():

@@ -186,9 +186,9 @@ class TransformerNet(nn.Module):
 
 # Side of the cells, in lattice steps, over which lattice_part averages each phase before it
 # interpolates between cells: 4 steps (16 px), which with the interpolation weighs pixels like a
-# Gaussian of about 8 px. The notch that makes is about 0.02 cycle/px wide: a notch twice as wide
-# (8 px) left issue 11's grid measure at 5 on some photos (it compares a peak with the bins around
-# it, which a wide notch darkens too).
+# Gaussian of about 8 px. The notch that makes is about 0.02 cycle/px wide: a first form with a notch
+# twice as wide left issue 11's grid measure at 5 on some photos (it compares a peak with the bins
+# around it, which a wide notch darkens too).
 _CELL_STEPS = 4
 
 
