@@ -13,7 +13,7 @@ from torch import nn
 from ...runtime.errors import StyleforgeError
 from ...runtime.guard import check_not_inputs
 from ...runtime.io import atomic_path, check_writable
-from .model import TransformerNet, lattice_part, load_model, pixel_noise, resolve_model
+from .model import TransformerNet, load_model, pixel_noise, resolve_model, without_lattice
 
 OPSET = 17
 
@@ -31,9 +31,7 @@ class _Deployable(nn.Module):
             image = image + self.noise * pixel_noise(image)
         # Always pad (possibly by 0), so one graph serves every size.
         x = F.pad(image, (0, (4 - w % 4) % 4, 0, (4 - h % 4) % 4), mode="replicate")
-        out = self.net(x).clamp(0, 1)
-        out = out - lattice_part(out)  # as TransformerNet.forward at inference
-        return out[:, :, :h, :w].clamp(0, 1)
+        return without_lattice(self.net(x))[:, :, :h, :w].clamp(0, 1)
 
 
 def export_onnx(model: str | os.PathLike, output: str | os.PathLike, opset: int = OPSET) -> Path:

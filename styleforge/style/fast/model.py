@@ -170,8 +170,7 @@ class TransformerNet(nn.Module):
             # to the 4-px lattice; at inference what is left of it is taken off (issue 11), from the
             # picture as shown: taken off before the clamp, the lattice of the values past black or
             # white came back along those regions' edges (one photo's grid 0.86 -> 1.18; 0.12 so).
-            out = out.clamp(0, 1)
-            out = out - lattice_part(out).to(out.dtype)
+            out = without_lattice(out)
         return out[..., :h, :w]
 
 
@@ -201,8 +200,8 @@ def _local_mean(x: torch.Tensor, cell: int) -> torch.Tensor:
     return F.interpolate(coarse, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def lattice_part(change: torch.Tensor, period: int = LATTICE) -> torch.Tensor:
-    """The part of ``change`` (B, C, H, W; sides multiples of ``period``) that repeats on a
+def lattice_part(image: torch.Tensor, period: int = LATTICE) -> torch.Tensor:
+    """The part of ``image`` (B, C, H, W; sides multiples of ``period``) that repeats on a
     ``period``-px lattice, locally.
 
     At each pixel: the local mean of the pixels a whole number of periods away (its own phase
@@ -210,15 +209,22 @@ def lattice_part(change: torch.Tensor, period: int = LATTICE) -> torch.Tensor:
     repeats every ``period`` px comes out whole; smooth changes (shading, colour shifts, ramps)
     give 0, and texture at other periods nearly 0: a notch at 1/period cycle/px and its multiples.
     """
-    b, c, h, w = change.shape
+    h, w = image.shape[-2:]
     if h % period or w % period:
         raise ValueError(f"lattice_part needs sides that are multiples of {period}, got {w}x{h}")
-    x = change.float()
+    x = image.float()
     # Each phase as a picture of its own (pixel_unshuffle), averaged the same way as the whole:
     # pooling and interpolation cost a few percent of the network at 1024 px, where convolutions
     # of one channel at a time cost a third of it.
     same_phase = F.pixel_shuffle(_local_mean(F.pixel_unshuffle(x, period), _CELL_STEPS), period)
-    return (same_phase - _local_mean(x, _CELL_STEPS * period)).view_as(change)
+    return same_phase - _local_mean(x, _CELL_STEPS * period)
+
+
+def without_lattice(output: torch.Tensor) -> torch.Tensor:
+    """A network's raw output as shown (clamped to [0, 1]) less its :func:`lattice_part`; the
+    inference end of TransformerNet and of its ONNX graph."""
+    shown = output.clamp(0, 1)
+    return shown - lattice_part(shown).to(shown.dtype)
 
 
 def parameter_count(model: nn.Module) -> int:
