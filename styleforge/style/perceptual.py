@@ -71,7 +71,8 @@ class PerceptualLoss:
     def __init__(self, extractor: VGGFeatures, styles: torch.Tensor | Sequence[torch.Tensor],
                  content_layers: Mapping[str, float], style_layers: Mapping[str, float], *,
                  content_weight: float, style_weight: float, tv_weight: float, rt: Runtime,
-                 blend: Sequence[float] | None = None, content: torch.Tensor | None = None) -> None:
+                 blend: Sequence[float] | None = None, content: torch.Tensor | None = None,
+                 sliced_layers: Mapping[str, float] | None = None, sliced_weight: float = 0.0) -> None:
         self.extractor, self.rt = extractor, rt
         self.content_layers, self.style_layers = normalized(content_layers), normalized(style_layers)
         self.weights = {"content": content_weight, "style": style_weight, "tv": tv_weight}
@@ -89,9 +90,24 @@ class PerceptualLoss:
                 feats = extractor(rt.to(content), layers=self.content_layers)
                 self.content_targets = {n: feats[n].detach() for n in self.content_layers}
         self.style_targets = grams
+        self.sliced_weight = sliced_weight
+        self.sliced_layers = normalized(sliced_layers) if sliced_weight and sliced_layers else {}
+        self.sliced_targets = self._sliced_targets(styles) if self.sliced_layers else {}
         self.style_ms = {n: losses.mean_square(t) for n, t in grams.items()}
         if self.content_targets is not None:
             self.content_ms = {n: losses.mean_square(t) for n, t in self.content_targets.items()}
+
+    def _sliced_targets(self, styles: list[torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per sliced layer: fixed directions and the first style's features projected on them, sorted."""
+        if len(styles) != 1:
+            raise StyleforgeError("the sliced style loss takes one style image, not a blend")
+        with torch.no_grad(), self.rt.autocast():
+            feats = self.extractor(self.rt.to(styles[0]), layers=self.sliced_layers)
+        targets = {}
+        for i, n in enumerate(self.sliced_layers):
+            directions = losses.orthonormal_directions(feats[n].shape[1], seed=i).to(feats[n].device)
+            targets[n] = (directions, losses.sorted_projections(feats[n].float(), directions))
+        return targets
 
     def __call__(self, image: torch.Tensor, content: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The weighted parts for ``image`` (a batch), against the fixed content targets or,
@@ -128,5 +144,9 @@ class PerceptualLoss:
         parts = {"content": self.weights["content"] * content_term,
                  "style": self.weights["style"] * losses.weighted_sum(by_layer, self.style_layers),
                  "tv": self.weights["tv"] * losses.tv_loss(image)}
+        if self.sliced_targets:
+            sliced = {n: losses.sliced_wasserstein(feats[n], want_sorted, directions)
+                      for n, (directions, want_sorted) in self.sliced_targets.items()}
+            parts["style"] = parts["style"] + self.sliced_weight * losses.weighted_sum(sliced, self.sliced_layers)
         parts["total"] = parts["content"] + parts["style"] + parts["tv"]
         return parts, by_layer

@@ -142,3 +142,51 @@ def test_repetition_loss_charges_added_hatching_only():
     assert torch.isfinite(hatched.grad).all() and hatched.grad.abs().sum() > 0
     # Less repetition than the photo costs nothing (the penalty is one-sided).
     assert losses.repetition_loss(photo, hatched.detach()).item() == 0.0
+
+
+def test_quantiles_of_a_sorted_row_interpolate_between_its_values():
+    row = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    torch.testing.assert_close(losses.quantiles(row, 4), row)  # same size: the values themselves
+    torch.testing.assert_close(losses.quantiles(row, 2), torch.tensor([[0.5, 2.5]]))
+    torch.testing.assert_close(losses.quantiles(row, 1), torch.tensor([[1.5]]))
+
+
+def test_sliced_wasserstein_is_blind_to_where_values_sit_and_counts_a_flat_mean_as_one():
+    torch.manual_seed(0)
+    target = torch.rand(1, 3, 16, 20)
+    directions = losses.sphere_directions(32)
+    want = losses.sorted_projections(target, directions)
+    shuffled = target.flatten(2)[..., torch.randperm(320)].view(1, 3, 16, 20)
+    assert losses.sliced_wasserstein(shuffled, want, directions).item() < 1e-10
+    flat = target.mean((2, 3), keepdim=True).expand(2, 3, 8, 8).contiguous()
+    assert losses.sliced_wasserstein(flat, want, directions).item() == pytest.approx(1.0, abs=1e-2)
+    # Half the target's values, each twice (its subsample in proportion) is still near 0; half of
+    # them all at one end of the range (a shifted palette) is not.
+    sorted_lum = target.flatten(2)[..., target.flatten(2).sum(1)[0].argsort()]
+    evens = sorted_lum[..., ::2].reshape(1, 3, 16, 10)
+    darkest = sorted_lum[..., :160].reshape(1, 3, 16, 10)
+    assert losses.sliced_wasserstein(evens, want, directions).item() < 0.01
+    assert losses.sliced_wasserstein(darkest, want, directions).item() > 0.2
+
+
+def test_sliced_wasserstein_in_one_dimension_is_the_exact_transport_cost():
+    # One channel, one direction: sorted values against sorted values; a shift by s costs s^2 / var.
+    target = torch.linspace(0, 1, 101).view(1, 1, 1, 101)
+    directions = torch.ones(1, 1)
+    want = losses.sorted_projections(target, directions)
+    moved = (target + 0.1).flip(-1)
+    expected = 0.01 / target.var().item()
+    assert losses.sliced_wasserstein(moved, want, directions).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_direction_sets_are_unit_fixed_and_cover_their_space():
+    d = losses.sphere_directions(32)
+    torch.testing.assert_close(d.norm(dim=1), torch.ones(32))
+    assert (d[:, 2] > 0).all()  # the upper half sphere: no direction twice with opposite signs
+    probe = torch.nn.functional.normalize(torch.randn(5000, 3, generator=torch.Generator().manual_seed(0)), dim=1)
+    worst = (probe @ d.T).abs().amax(1).min().item()
+    assert math.degrees(math.acos(worst)) < 22  # every colour axis within 22 degrees of one of them
+    basis = losses.orthonormal_directions(16, seed=3)
+    torch.testing.assert_close(basis @ basis.T, torch.eye(16), atol=1e-5, rtol=0)
+    assert torch.equal(basis, losses.orthonormal_directions(16, seed=3))
+    assert not torch.equal(basis, losses.orthonormal_directions(16, seed=4))
