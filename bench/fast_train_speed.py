@@ -11,15 +11,18 @@ Rows (same run, same machine, 256 px crops, batch 4; the recipe rows train the p
   recipe-vgg19   the same recipe mechanics on styleforge's loss (VGG19 weights from
                  ../shared, relu2_2 content, relu1_1..relu4_1 style, relative losses), so
                  its loss after N steps compares with styleforge's.
-  styleforge default   `styleforge fast train` defaults: the `light` transformer (what the
-                 shipped styles use), `--precision auto` (bf16 autocast + channels_last where
-                 the CPU runs bf16 natively, AVX512-BF16 or AMX; fp32 elsewhere), content
-                 targets only up to relu2_2, one-product Gram backward; fed the recipe rows'
-                 batches (same data, same order); and the same step with the published
-                 `johnson` transformer, to show what the architecture and the rest contribute.
+  fast train defaults   what `styleforge fast train STYLE --data DIR` runs, through its library
+                 function: its default crops (128 px), network, precision, loss terms and
+                 penalties, its own data pipeline (--workers 0 here); images/s after warm-up.
+  styleforge 256 px    the training step alone at the recipe's size: the `light` transformer
+                 (what the shipped styles use), `--precision auto` (bf16 autocast + channels_last
+                 where the CPU runs bf16 natively, AVX512-BF16 or AMX; fp32 elsewhere), content
+                 targets only up to relu2_2, one-product Gram backward, no penalties; fed the
+                 recipe rows' batches (same data, same order); and the same step with the
+                 published `johnson` transformer, to show what the architecture contributes.
   styleforge --precision fp32   both again in fp32, where the default is bf16.
-Quality check: after the same number of steps, each net's fp32 loss on 8 held-out BSDS val
-crops (the loss of recipe-vgg19 and styleforge is the same function).
+Quality check: after the same number of steps, each 256 px net's fp32 loss on 8 held-out BSDS
+val crops (the loss of recipe-vgg19 and styleforge is the same function).
 
     python bench/fast_train_speed.py [--steps 20] [--warmup 3]
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +48,7 @@ from styleforge.runtime.device import cpu_has_fast_bf16, runtime  # noqa: E402
 from styleforge.runtime.io import open_rgb, pil_to_tensor, resize_long_side  # noqa: E402
 from styleforge.style.fast.data import list_images  # noqa: E402
 from styleforge.style.fast.model import TransformerNet  # noqa: E402
-from styleforge.style.fast.train import FastTrainConfig  # noqa: E402
+from styleforge.style.fast.train import FastTrainConfig, train_style  # noqa: E402
 from styleforge.style.perceptual import STYLE_GAIN, PerceptualLoss  # noqa: E402
 
 SIZE, BATCH = 256, 4
@@ -139,6 +143,19 @@ def train(name, loss_fn, batches, steps, warmup, rt=None, arch="johnson"):
     return net.float().eval(), ips, seconds
 
 
+def fast_train_defaults(shared: Path, steps: int, warmup: int) -> tuple[float, float]:
+    """(images/s, seconds) of `fast train` with every default, timed after ``warmup`` steps."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = FastTrainConfig(style=str(shared / "data" / "styles" / "starry_night.jpg"),
+                              data=[str(shared / "data" / "bsds500" / "train")], output=str(Path(tmp) / "m.pth"),
+                              steps=steps, workers=0)
+        history = train_style(cfg).history
+    seconds = history[-1]["seconds"] - history[warmup - 1]["seconds"]
+    ips = (steps - warmup) * cfg.batch_size / seconds
+    print(f"fast train defaults: {ips:.3f} img/s", flush=True)
+    return ips, seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
@@ -173,6 +190,10 @@ def main() -> None:
     rows.append({"run": "recipe-vgg19 (fp32, same loss as styleforge)", "img/s": f"{ips19:.3f}",
                  "s": f"{s19:.1f}", "held-out loss": f"{score(net19):.4f}"})
 
+    ipsd, sd = fast_train_defaults(shared, steps, args.warmup)
+    rows.append({"run": f"fast train defaults ({FastTrainConfig.image_size} px crops, {FastTrainConfig.arch}, "
+                        "penalties on)", "img/s": f"{ipsd:.3f}", "s": f"{sd:.1f}", "held-out loss": "n/a"})
+
     # The runtime `fast train` takes by default (--precision auto: bf16 + channels_last where the
     # CPU runs bf16 natively, fp32 elsewhere), and fp32 as a row of its own where that is bf16.
     runtimes = {"default": runtime("cpu", "auto")}
@@ -190,11 +211,13 @@ def main() -> None:
             net, ips, secs = train(f"styleforge {label} {arch}", loss_fn, recipe_batches(files, steps), steps,
                                    args.warmup, rt, arch=arch)
             fast[label, arch] = ips
-            rows.append({"run": f"styleforge {label} (--network {arch}, {rt.precision}, "
+            rows.append({"run": f"styleforge 256 px {label} (--network {arch}, {rt.precision}, "
                                 f"channels_last={rt.channels_last})",
                          "img/s": f"{ips:.3f}", "s": f"{secs:.1f}", "held-out loss": f"{score(net):.4f}"})
-    ratios = {f"styleforge {label} {arch} / {base}": round(ips / base_ips, 2)
-              for (label, arch), ips in fast.items() for base, base_ips in (("recipe-vgg16", ips16),
+    fast["fast train", "defaults"] = ipsd
+    named = {(k if k[0] == "fast train" else (f"styleforge 256 px {k[0]}", k[1])): v for k, v in fast.items()}
+    ratios = {f"{label} {arch} / {base}": round(ips / base_ips, 2)
+              for (label, arch), ips in named.items() for base, base_ips in (("recipe-vgg16", ips16),
                                                                            ("recipe-vgg19", ips19))}
     print(table(rows, ["run", "img/s", "s", "held-out loss"]))
     print(ratios)
