@@ -15,6 +15,7 @@ from styleforge.backbone import VGGFeatures
 from styleforge.runtime.errors import StyleforgeError
 from styleforge.runtime.io import open_rgb, pil_to_tensor, save_image
 from styleforge.style.fast.decoder_train import DecoderTrainConfig, train_decoders
+from styleforge.style.fast.model import without_lattice
 from styleforge.style.fast.universal import (
     EIG_FLOOR,
     LEVELS,
@@ -138,19 +139,46 @@ def test_decoders_invert_each_level_to_rgb_any_size():
     assert sizes * 2 < 25e6  # all five decoders in fp16 under 25 MB
 
 
+def _grey_decoder(level: str) -> Decoder:
+    """A random decoder whose pictures vary around mid-grey (a random one's lie mostly outside [0, 1])."""
+    dec = Decoder(level).eval()
+    with torch.no_grad():
+        dec.net[-1][1].weight.mul_(0.01)
+        dec.net[-1][1].bias.fill_(0.5)
+    return dec
+
+
 def test_strength_zero_is_the_reconstruction_and_sizes_are_kept(encoder):
     torch.manual_seed(0)
-    dec = Decoder("relu3_1").eval()
+    dec = _grey_decoder("relu3_1")
     photo = synthetic_image(37, 23)
     styler = UniversalStyler(encoder, {"relu3_1": dec}, [striped_image(40, 40)], strength=0.0)
     with torch.no_grad():
         out = styler(photo)
         padded = torch.nn.functional.pad(photo, (0, 1, 0, 3), mode="reflect")
-        expected = dec(encoder(padded, ["relu3_1"])["relu3_1"])[..., :37, :23]
+        expected = without_lattice(dec(encoder(padded, ["relu3_1"])["relu3_1"]), 4)[..., :37, :23]
     torch.testing.assert_close(out, expected)
     styled = UniversalStyler(encoder, {"relu3_1": dec}, [striped_image(40, 40)], strength=1.0)
     with torch.no_grad():
         assert not torch.allclose(styled(photo), out)
+
+
+class _LatticePainter(torch.nn.Module):
+    """A stand-in relu3_1 decoder: mid-grey with a texture that repeats every 4 px."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = features.shape
+        tile = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(0))
+        tile = tile - tile.mean((1, 2), keepdim=True)
+        return 0.5 + 0.3 * tile.repeat(1, h, w).expand(b, -1, -1, -1)
+
+
+def test_what_a_decoder_paints_on_its_own_lattice_is_taken_off(encoder):
+    styler = UniversalStyler(encoder, {"relu3_1": _LatticePainter()}, [striped_image(40, 40)])
+    with torch.no_grad():
+        out = styler(synthetic_image(40, 48))
+    assert out.shape == (1, 3, 40, 48)
+    assert (out - 0.5).abs().max().item() < 1e-5
 
 
 def test_work_size_stylizes_at_that_long_side_and_keeps_the_photo_size(encoder):

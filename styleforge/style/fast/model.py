@@ -220,11 +220,12 @@ def lattice_part(image: torch.Tensor, period: int = LATTICE) -> torch.Tensor:
     return same_phase - _local_mean(x, _CELL_STEPS * period)
 
 
-def without_lattice(output: torch.Tensor) -> torch.Tensor:
+def without_lattice(output: torch.Tensor, period: int = LATTICE) -> torch.Tensor:
     """A network's raw output as shown (clamped to [0, 1]) less its :func:`lattice_part`; the
-    inference end of TransformerNet and of its ONNX graph."""
+    inference end of TransformerNet, of its ONNX graph, and of each any-style decoder. The clamp
+    comes first: clamping after would print the lattice back where values ran past white."""
     shown = output.clamp(0, 1)
-    return shown - lattice_part(shown).to(shown.dtype)
+    return shown - lattice_part(shown, period).to(shown.dtype)
 
 
 def parameter_count(model: nn.Module) -> int:

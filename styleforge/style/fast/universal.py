@@ -34,6 +34,7 @@ from ...backbone import VGGFeatures
 from ...runtime.errors import StyleforgeError
 from ...runtime.io import load_torch, open_rgb, pil_to_tensor, resize_long_side, save_torch
 from ..color import luminance
+from .model import without_lattice
 
 LEVELS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 METHODS = ("wct", "adain")
@@ -404,6 +405,11 @@ class UniversalStyler(nn.Module):
             stats = [_on(s, f.device) for s in self.stats[lv]]
             f = stylize_features(f, stats, self.blend, self.strength, self.method)
             x = self.decoders[lv](f)
+            # Departure from Li et al.: a decoder that upsamples k times paints texture that repeats on
+            # its 2^k px lattice (nearest-neighbour upsampling; a grid measure of 6.5-9.3 at full size,
+            # issue 15). That part is taken off each level's picture before the next level sees it.
+            period = 2 ** (level_index(lv) - 1)
+            x = without_lattice(x, period) if period > 1 else x
         return x[..., :h, :w]
 
 
