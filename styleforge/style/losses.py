@@ -256,13 +256,6 @@ def sliced_wasserstein(x: torch.Tensor, target_sorted: torch.Tensor, directions:
         return (got - want).pow(2).mean(dim=(1, 2)).mean() / (target.var(dim=-1).mean() + EPS)
 
 
-def orthonormal_directions(channels: int, seed: int, count: int | None = None) -> torch.Tensor:
-    """``count`` (default: all ``channels``) rows of a random orthonormal basis of the channel space,
-    (count, C), the same for the same ``seed`` on every machine."""
-    g = torch.randn(channels, channels, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return torch.linalg.qr(g)[0].T[:count].contiguous().float()
-
-
 def weighted_sum(losses: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
     """Sum of per-layer losses times their weights."""
     return sum(weights[name] * losses[name] for name in weights)

@@ -26,11 +26,6 @@ DEFAULT_STYLE_STRENGTH = 0.5
 # What --style-strength means, for every command's --help (the one definition).
 STYLE_STRENGTH_HELP = (f"Style strength W in [0,1]: content weight 1-W, style weight {STYLE_GAIN:g}*W "
                        "(0 keeps the content, 1 ignores it).")
-# The sliced style loss's sample (losses.sliced_wasserstein): directions per layer, and at most this
-# many positions per image, every 2nd or 4th one in each axis (sorting dominates its cost: with 64
-# directions on all relu1_1 positions of 128 px crops it doubled the time of a training step).
-SLICED_DIRECTIONS = 32
-SLICED_POSITIONS = 4096
 # The named parts a PerceptualLoss returns; "total" is the sum of the other three.
 PARTS = ("content", "style", "tv", "total")
 
@@ -76,8 +71,7 @@ class PerceptualLoss:
     def __init__(self, extractor: VGGFeatures, styles: torch.Tensor | Sequence[torch.Tensor],
                  content_layers: Mapping[str, float], style_layers: Mapping[str, float], *,
                  content_weight: float, style_weight: float, tv_weight: float, rt: Runtime,
-                 blend: Sequence[float] | None = None, content: torch.Tensor | None = None,
-                 sliced_layers: Mapping[str, float] | None = None, sliced_weight: float = 0.0) -> None:
+                 blend: Sequence[float] | None = None, content: torch.Tensor | None = None) -> None:
         self.extractor, self.rt = extractor, rt
         self.content_layers, self.style_layers = normalized(content_layers), normalized(style_layers)
         self.weights = {"content": content_weight, "style": style_weight, "tv": tv_weight}
@@ -95,41 +89,9 @@ class PerceptualLoss:
                 feats = extractor(rt.to(content), layers=self.content_layers)
                 self.content_targets = {n: feats[n].detach() for n in self.content_layers}
         self.style_targets = grams
-        self.sliced_weight = sliced_weight
-        self.sliced_layers = normalized(sliced_layers) if sliced_weight and sliced_layers else {}
-        self.sliced_targets = self._sliced_targets(styles) if self.sliced_layers else {}
-        self._quantiles: dict[tuple[str, int], torch.Tensor] = {}
         self.style_ms = {n: losses.mean_square(t) for n, t in grams.items()}
         if self.content_targets is not None:
             self.content_ms = {n: losses.mean_square(t) for n, t in self.content_targets.items()}
-
-    def _sliced_targets(self, styles: list[torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Per sliced layer: fixed directions and the first style's features projected on them, sorted."""
-        if len(styles) != 1:
-            raise StyleforgeError("the sliced style loss takes one style image, not a blend")
-        with torch.no_grad(), self.rt.autocast():
-            feats = self.extractor(self.rt.to(styles[0]), layers=self.sliced_layers)
-        targets = {}
-        for i, n in enumerate(self.sliced_layers):
-            directions = losses.orthonormal_directions(feats[n].shape[1], seed=i, count=SLICED_DIRECTIONS)
-            targets[n] = (directions.to(feats[n].device), losses.sorted_projections(feats[n].float(), directions))
-        return targets
-
-    def _sliced(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The sliced style loss of a batch's features, on every ``stride``-th position (its target quantiles
-        computed once per size)."""
-        per_layer = {}
-        for n, (directions, target) in self.sliced_targets.items():
-            f = feats[n]
-            stride = 1
-            while f.shape[-2] * f.shape[-1] > SLICED_POSITIONS * stride * stride:
-                stride *= 2
-            f = f[..., ::stride, ::stride]
-            key = (n, f.shape[-2] * f.shape[-1])
-            if key not in self._quantiles:
-                self._quantiles[key] = losses.quantiles(target[0], key[1])
-            per_layer[n] = losses.sliced_wasserstein(f, target, directions, self._quantiles[key])
-        return self.sliced_weight * losses.weighted_sum(per_layer, self.sliced_layers)
 
     def __call__(self, image: torch.Tensor, content: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The weighted parts for ``image`` (a batch), against the fixed content targets or,
@@ -166,7 +128,5 @@ class PerceptualLoss:
         parts = {"content": self.weights["content"] * content_term,
                  "style": self.weights["style"] * losses.weighted_sum(by_layer, self.style_layers),
                  "tv": self.weights["tv"] * losses.tv_loss(image)}
-        if self.sliced_targets:
-            parts["style"] = parts["style"] + self._sliced(feats)
         parts["total"] = parts["content"] + parts["style"] + parts["tv"]
         return parts, by_layer

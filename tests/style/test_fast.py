@@ -213,7 +213,7 @@ def test_resume_gives_the_same_weights(photos, tmp_path, random_vgg19_file):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     # nearest: the model file and the checkpoint carry it; every loss term and the input noise on
-    kw = dict(upsample="nearest", input_noise=0.2, laplacian_weight=1.0, palette_weight=1.0, sliced_weight=1.0)
+    kw = dict(upsample="nearest", input_noise=0.2, laplacian_weight=1.0, palette_weight=1.0)
     full = train_style(_cfg(photos, tmp_path / "a", random_vgg19_file, **kw))
     assert all(r["palette"] > 0 for r in full.history)
     part = _cfg(photos, tmp_path / "b", random_vgg19_file, stop_at=3, **kw)

