@@ -235,24 +235,21 @@ def quantiles(sorted_values: torch.Tensor, count: int) -> torch.Tensor:
     return sorted_values[..., lo] * (1 - t) + sorted_values[..., hi] * t
 
 
-def sliced_wasserstein(x: torch.Tensor, target_sorted: torch.Tensor, directions: torch.Tensor,
-                       want: torch.Tensor | None = None) -> torch.Tensor:
-    """Sliced Wasserstein-2 distance between each image's pixels (or feature vectors) and a target's,
-    relative; mean over the batch (Heitz et al. 2021, "A Sliced Wasserstein Loss for Neural Texture
-    Synthesis").
+def sliced_wasserstein(x: torch.Tensor, target_sorted: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Sliced Wasserstein-2 distance between each image's pixels and a target's, relative; mean over
+    the batch (Heitz et al. 2021, "A Sliced Wasserstein Loss for Neural Texture Synthesis").
 
     ``x``: (B, C, H, W); ``target_sorted``: :func:`sorted_projections` of the target (1, K, M) on the
-    same (K, C) ``directions``; ``want``: its :func:`quantiles` at H*W, if already computed. Per
-    direction, the squared distance between the sorted projections (the 1-D optimal transport),
-    averaged, divided by the target's variance along the directions: 0 when the picture holds the
-    target's values in the target's proportions (wherever it puts them), 1 for one constant at the
-    target's mean. Departure from Heitz et al.: fixed directions, not new random ones each step, so a
-    run needs no random stream for them and sorts its target once.
+    same (K, C) ``directions``. Per direction, the squared distance between the sorted projections
+    (the 1-D optimal transport), averaged, divided by the target's variance along the directions:
+    0 when the picture holds the target's values in the target's proportions (wherever it puts
+    them), 1 for one constant at the target's mean. Departure from Heitz et al.: fixed directions,
+    not new random ones each step, so a run needs no random stream for them and sorts its target once.
     """
     with torch.autocast(x.device.type, enabled=False):
         got = sorted_projections(x, directions)
         target = target_sorted[0].float()
-        want = quantiles(target, got.shape[-1]) if want is None else want
+        want = quantiles(target, got.shape[-1])
         return (got - want).pow(2).mean(dim=(1, 2)).mean() / (target.var(dim=-1).mean() + EPS)
 
 

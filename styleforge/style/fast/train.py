@@ -372,10 +372,10 @@ def _structure_terms(cfg: FastTrainConfig, y: torch.Tensor, x: torch.Tensor) -> 
 
 def _palette_term(weight: float, style: torch.Tensor, rt: Runtime) -> Callable[[torch.Tensor], torch.Tensor]:
     """The weighted palette loss of a batch against the style image's colours, sorted once (zero when off)."""
-    directions = losses.sphere_directions(PALETTE_DIRECTIONS).to(rt.device)
-    target = losses.sorted_projections(style.to(rt.device), directions) if weight else None
-    if target is None:
+    if not weight:
         return lambda y: y.new_zeros((), dtype=torch.float32)
+    directions = losses.sphere_directions(PALETTE_DIRECTIONS).to(rt.device)
+    target = losses.sorted_projections(style.to(rt.device), directions)
     return lambda y: weight * losses.sliced_wasserstein(y, target, directions)
 
 
