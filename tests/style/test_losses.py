@@ -179,6 +179,41 @@ def test_sliced_wasserstein_in_one_dimension_is_the_exact_transport_cost():
     assert losses.sliced_wasserstein(moved, want, directions).item() == pytest.approx(expected, rel=1e-4)
 
 
+def test_quantile_at_reads_fractions_between_a_sorted_rows_values():
+    row = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    got = losses.quantile_at(row, torch.tensor([0.0, 0.125, 0.25, 0.5, 1.0]))
+    torch.testing.assert_close(got, torch.tensor([0.0, 0.0, 0.5, 1.5, 3.0]))
+
+
+def test_tone_target_keeps_the_photos_order_and_takes_the_targets_tones():
+    torch.manual_seed(0)
+    tones = torch.rand(64).sort().values
+    # A photo holding exactly the target's tones, shuffled: its own values come back; any
+    # monotone change of the photo's tones (darker, more contrast) gives the same target.
+    luma = tones[torch.randperm(64)].view(1, 1, 8, 8)
+    torch.testing.assert_close(losses.tone_target(luma, tones), luma)
+    torch.testing.assert_close(losses.tone_target(luma.pow(3) * 0.2, tones), luma)
+    # Ties share one value (a clipped white sky stays flat): the mean of the tones they span.
+    tied = torch.tensor([0.0, 1.0, 1.0, 1.0]).view(1, 1, 2, 2)
+    got = losses.tone_target(tied, torch.tensor([0.0, 0.2, 0.6, 1.0])).flatten()
+    torch.testing.assert_close(got, torch.tensor([0.0, 0.6, 0.6, 0.6]))
+
+
+def test_tone_loss_is_zero_for_the_photos_order_and_charges_inverted_light_and_dark():
+    ramp = torch.linspace(0, 1, 32).view(1, 1, 1, 32).expand(1, 3, 32, 32)  # grey: luminance = value
+    tones = ramp[0, 0].flatten().sort().values
+    assert losses.tone_loss(ramp, ramp, tones).item() < 1e-10
+    # Darker or brighter photos of the same scene get the painting's tones: the photo's own scale is free.
+    assert losses.tone_loss(ramp, ramp * 0.3, tones).item() < 1e-10
+    flat = losses.tone_loss(torch.full_like(ramp, 0.5), ramp, tones).item()
+    inverted = losses.tone_loss(ramp.flip(-1), ramp, tones).item()
+    assert 0.8 < flat < 1.0  # the blur takes a little of the target's variance away
+    assert inverted == pytest.approx(4 * flat, rel=0.05)  # (2 (v - mean))^2 = 4 (v - mean)^2
+    picture = ramp.clone().requires_grad_()
+    losses.tone_loss(picture.flip(-1), ramp, tones).backward()
+    assert torch.isfinite(picture.grad).all() and picture.grad.abs().sum() > 0
+
+
 def test_palette_directions_are_unit_and_cover_the_colour_space():
     d = losses.sphere_directions(32)
     torch.testing.assert_close(d.norm(dim=1), torch.ones(32))
