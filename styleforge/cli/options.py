@@ -157,6 +157,22 @@ def config_option(source, name: str, *decls: str, **kw):
     return option(*decls, name, default=default, **kw)
 
 
+def number_text(x: float) -> str:
+    """A float as users type it: 1e6, 0.25, 30 (not 1000000.0 or 1e+06)."""
+    mantissa, _, exponent = f"{x:g}".partition("e")
+    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
+
+
+class _Option(click.Option):
+    """``click.Option`` that shows a float default as users type it (:func:`number_text`)."""
+
+    def get_help_extra(self, ctx: click.Context):
+        extra = super().get_help_extra(ctx)
+        if isinstance(self.default, float) and "default" in extra:
+            extra["default"] = number_text(self.default)
+        return extra
+
+
 # ------------------------------------------------------------------------ renamed options
 
 _OLD = "styleforge.old_spellings"
@@ -166,7 +182,7 @@ def option(*decls: str, old: tuple[str, ...] = (), **kw):
     """``click.option`` that also accepts the ``old`` spellings, hidden from --help: each still
     works, printing one line on stderr that names the new spelling."""
     def decorate(f):
-        f = click.option(*decls, **({"callback": _take_old_value} if old else {}), **kw)(f)
+        f = click.option(*decls, cls=_Option, **({"callback": _take_old_value} if old else {}), **kw)(f)
         new = next(d for d in decls if d.startswith("--"))
         dest = f.__click_params__[-1].name
         for spelling in old:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from .options import number_text
+
 _UNSET = getattr(click.core, "UNSET", None)  # Click 8.3+: an option without a default
 START, END = "<!-- every-option:start -->", "<!-- every-option:end -->"
 
@@ -76,7 +78,7 @@ def default_text(p: click.Option) -> str:
         return "" if p.default is None else f"`{(p.opts if p.default else p.secondary_opts)[0]}`"
     if p.is_flag or p.default is None or p.default == () or p.default is _UNSET:
         return ""
-    return f"`{p.default:g}`" if isinstance(p.default, float) else f"`{p.default}`"
+    return f"`{number_text(p.default)}`" if isinstance(p.default, float) else f"`{p.default}`"
 
 
 def markdown(table: list[Row]) -> str:

@@ -15,7 +15,7 @@ from styleforge.classify.data import DataSpec
 from styleforge.classify.evaluate import EvalConfig
 from styleforge.classify.train import TrainConfig
 from styleforge.cli import main_group
-from styleforge.cli.options import as_text, default_of, option
+from styleforge.cli.options import as_text, default_of, number_text, option
 from styleforge.cli.optiontable import END, START, commands, markdown, rows
 from styleforge.runtime.errors import StyleforgeError
 from styleforge.style.fast import FastTrainConfig
@@ -95,6 +95,16 @@ def test_each_default_is_the_librarys():
                         (path, p.name)
                     checked += 1
     assert checked > 40
+
+
+@pytest.mark.parametrize("value, text", [(1e6, "1e6"), (3e-4, "0.0003"), (1e-5, "1e-5"), (30.0, "30"), (0.25, "0.25")])
+def test_float_defaults_read_as_typed(value, text):
+    assert number_text(value) == text
+
+
+def test_help_shows_a_float_default_as_typed():
+    out = CliRunner().invoke(main_group, ["fast", "train", "--help"], terminal_width=200).output
+    assert "[default: 1e6]" in out and "1000000.0" not in out
 
 
 def test_the_data_options_give_data_specs_defaults_and_eval_the_checkpoints(monkeypatch, tmp_path):
