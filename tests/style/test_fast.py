@@ -260,6 +260,8 @@ def test_resume_refuses_changed_settings(photos, tmp_path, random_vgg19_file):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, lattice_weight=7.0))
     with pytest.raises(StyleforgeError, match="--photo-size unset -> 96"):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, photo_size=96))
+    with pytest.raises(StyleforgeError, match="--tone-weight 0.0 -> 10.0"):
+        train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, tone_weight=10.0))
 
 
 def test_defaults_a_gentler_style_and_a_learning_rate_per_network(photos, tmp_path, random_vgg19_file):
