@@ -117,6 +117,10 @@ def session() -> Iterator[Dist]:
         _CURRENT = ctx
         try:
             yield ctx
+            # Every rank done before any takes its side of the group down: without it, under load,
+            # one rank's teardown aborted a slower peer (gloo: "terminate called without an active
+            # exception"). Not after an error: the other ranks may never arrive.
+            ctx.barrier()
         finally:
             _CURRENT = None
 
