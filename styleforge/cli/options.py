@@ -15,7 +15,7 @@ from click.core import ParameterSource
 from .. import __version__
 from ..runtime import guard
 from ..runtime.errors import StyleforgeError
-from ..runtime.guard import Terminated, number_problem, sigterm_as_interrupt
+from ..runtime.guard import Terminated, number_problem, number_text, sigterm_as_interrupt
 from .lazy import LazyGroup
 
 
@@ -155,12 +155,6 @@ def config_option(source, name: str, *decls: str, **kw):
         default = as_text(default)
     kw.setdefault("show_default", default is not None)
     return option(*decls, name, default=default, **kw)
-
-
-def number_text(x: float) -> str:
-    """A float as users type it: 1e6, 0.25, 30 (not 1000000.0 or 1e+06)."""
-    mantissa, _, exponent = f"{x:g}".partition("e")
-    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
 
 
 class _Option(click.Option):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .options import number_text
+from ..runtime.guard import number_text
 
 _UNSET = getattr(click.core, "UNSET", None)  # Click 8.3+: an option without a default
 START, END = "<!-- every-option:start -->", "<!-- every-option:end -->"

@@ -228,7 +228,15 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def number_text(x: float) -> str:
+    """A float as users type it: 1e6, 0.25, 30 (not 1000000.0 or 1e+06)."""
+    mantissa, _, exponent = f"{x:g}".partition("e")
+    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
+
+
 def _show(v: Any) -> str:
+    if isinstance(v, float):
+        return number_text(v)
     if isinstance(v, (list, tuple)):
         return ",".join(map(str, v)) or "none"
     if isinstance(v, Mapping):

@@ -256,11 +256,11 @@ def test_resume_refuses_changed_settings(photos, tmp_path, random_vgg19_file):
     train_style(_cfg(photos, tmp_path, random_vgg19_file, steps=3))
     with pytest.raises(StyleforgeError, match="lr"):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, lr=0.5))
-    with pytest.raises(StyleforgeError, match="--lattice-weight 1000000.0 -> 7.0"):
+    with pytest.raises(StyleforgeError, match="--lattice-weight 1e6 -> 7"):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, lattice_weight=7.0))
     with pytest.raises(StyleforgeError, match="--photo-size unset -> 96"):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, photo_size=96))
-    with pytest.raises(StyleforgeError, match="--tone-weight 0.0 -> 10.0"):
+    with pytest.raises(StyleforgeError, match="--tone-weight 0 -> 10"):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, tone_weight=10.0))
 
 
