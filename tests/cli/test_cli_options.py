@@ -15,9 +15,10 @@ from styleforge.classify.data import DataSpec
 from styleforge.classify.evaluate import EvalConfig
 from styleforge.classify.train import TrainConfig
 from styleforge.cli import main_group
-from styleforge.cli.options import as_text, default_of, number_text, option
+from styleforge.cli.options import as_text, default_of, option
 from styleforge.cli.optiontable import END, START, commands, markdown, rows
 from styleforge.runtime.errors import StyleforgeError
+from styleforge.runtime.guard import number_text
 from styleforge.style.fast import FastTrainConfig
 from styleforge.style.fast.decoder_train import DecoderTrainConfig, train_decoders
 from styleforge.style.gatys import StylizeConfig
