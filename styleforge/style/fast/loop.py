@@ -218,7 +218,7 @@ def write_history(history: list[dict[str, float]], output: str | os.PathLike, pl
             writer.writerows(history)
     if plot:
         steps = [r["step"] for r in history]
-        fig, ax = figures.subplots(figsize=(7, 4), dpi=100)
+        fig, ax = figures.subplots(figsize=(8.5, 4), dpi=100)
         window = max(1, len(history) // 50)
         # every loss the trainer recorded, except terms switched off (all zero: nothing on a log scale)
         names = [k for k in history[0] if k not in _NOT_LOSSES and any(r[k] > 0 for r in history)]
@@ -231,7 +231,8 @@ def write_history(history: list[dict[str, float]], output: str | os.PathLike, pl
         ax.set_xlabel("step")
         ax.set_ylabel(f"weighted loss (mean of last {window} steps)")
         ax.set_title(f"fast style training: {Path(output).stem}")
-        ax.legend()
+        # beside the axes, not on them: with eight terms a legend inside covers the first steps' curves
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         figures.save_figure(fig, png_path, dpi=100, tight=False)
