@@ -284,5 +284,6 @@ def models_cmd():
     found = available_models()
     if not found:
         click.echo("no style models found (looked in $STYLEFORGE_WEIGHTS and the project's weights/)")
+    width = max((len(name) for name in found), default=0)
     for name, path in found.items():
-        click.echo(f"{name:20s} {path}")
+        click.echo(f"{name:{width}s}  {path}")

@@ -172,3 +172,19 @@ def test_sheet_cli_writes_and_refuses_bad_requests(two_styles, tmp_path):
 def test_sheet_needs_a_usable_tile():
     with pytest.raises(StyleforgeError, match="at least 32"):
         style_sheet(Image.new("RGB", (64, 64)), ["x"], tile=8)
+
+
+def test_models_lists_every_style_with_its_path_in_one_column(tmp_path, monkeypatch):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    names = ("a", "a_name_longer_than_any_shipped_style")
+    for name in names:
+        save_model(TransformerNet("light").eval(), folder / f"fast-{name}.pth", name, {})
+    monkeypatch.setenv("STYLEFORGE_WEIGHTS", str(folder))
+    result = CliRunner().invoke(main_group, ["fast", "models"])
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines()}
+    assert set(names) <= set(lines)
+    columns = {line.index(line.split()[1]) for line in lines.values()}
+    assert len(columns) == 1 and min(columns) > len(names[1])   # paths aligned, after the longest name
+    assert lines["a"].split()[1] == str(folder / "fast-a.pth")
