@@ -47,9 +47,18 @@ def record(name: str, results: dict) -> Path:
     now = _dt.datetime.now()
     payload = {"benchmark": name, "date": now.isoformat(timespec="seconds"), "machine": machine(),
                "command": " ".join(shlex.quote(a) for a in ["python"] + sys.argv), **results}
-    path = RESULTS / f"{name}-{now:%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
+    stem = f"{name}-{now:%Y%m%d-%H%M%S}"
+    # Two benchmarks ending in the same second (session 17: two styles scored side by side) must
+    # not overwrite each other's record: the second gets -2, and so on.
+    for n in range(1, 100):
+        path = RESULTS / (stem + (f"-{n}" if n > 1 else "") + ".json")
+        try:
+            with path.open("x") as fh:
+                fh.write(json.dumps(payload, indent=2) + "\n")
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"too many records named {stem}")
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
