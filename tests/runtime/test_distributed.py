@@ -251,7 +251,9 @@ with distributed.session() as ctx:
     assert signal.getsignal(signal.SIGTERM) is not mine  # SIGTERM stops the run cleanly meanwhile
     fit(cfg)
 assert not dist.is_initialized() and signal.getsignal(signal.SIGTERM) is mine
-print("session ok", ctx.rank)
+# one write per rank: under PYTHONUNBUFFERED print() writes its pieces apart and two ranks'
+# lines could interleave on the shared pipe ("session ok session ok 1", "0")
+sys.stdout.write(f"session ok {ctx.rank}\\n")
 """
 
 
