@@ -15,14 +15,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 from styleforge.style.fast.decoder_train import Reconstruction
-from styleforge.style.fast.loop import write_history
-from styleforge.style.fast.model import load_model, parameter_count, save_model
+from styleforge.style.fast.loop import running_averages, write_history
+from styleforge.style.fast.model import load_model, parameter_count, read_record, save_model
 from styleforge.style.fast.universal import decoder_name, save_decoder
-
-_NOT_LOSSES = ("step", "images_per_s", "seconds")
 
 
 def model_from_checkpoint(ckpt: str, out: str, style: str) -> None:
@@ -30,24 +26,24 @@ def model_from_checkpoint(ckpt: str, out: str, style: str) -> None:
     last = rec["history"][-1]
     training = {**rec["config"], "parameters": parameter_count(net), "seconds": round(last["seconds"], 1),
                 "precision": "bf16", "skipped_files": len(rec.get("skipped", [])), "stopped_at_step": rec["step"],
-                "final_losses": {k: round(v, 6) for k, v in last.items() if k not in _NOT_LOSSES}}
+                "final_losses": {k: round(v, 6) for k, v in running_averages(rec["history"]).items()}}
     save_model(net, out, style, training, half=True)
     write_history(rec["history"], out)
     print(f"{out}: step {rec['step']} of {rec['config']['steps']}, {training['seconds']} s")
 
 
 def decoders_from_checkpoint(ckpt: str, out_dir: str) -> None:
-    rec = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own file, from the lease
-    cfg, last = rec["config"], rec["history"][-1]
+    rec = read_record(ckpt)
+    cfg, last, running = rec["config"], rec["history"][-1], running_averages(rec["history"])
     model = Reconstruction(cfg["levels"], cfg["width"])
     model.load_state_dict({k: v.float() for k, v in rec["model"].items()})
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     for lv in cfg["levels"]:
         training = {**cfg, "parameters": parameter_count(model.decoders[lv]), "seconds": round(last["seconds"], 1),
-                    "device": "cuda", "precision": "bf16", "final_loss": round(last[lv], 6),
+                    "device": "cuda", "precision": "bf16", "final_loss": round(running[lv], 6),
                     "stopped_at_step": rec["step"]}
         path = save_decoder(model.decoders[lv], Path(out_dir) / decoder_name(lv), training)
-        print(f"{path}: step {rec['step']} of {cfg['steps']}, loss {last[lv]:.4f}")
+        print(f"{path}: step {rec['step']} of {cfg['steps']}, loss {running[lv]:.4f}")
 
 
 if __name__ == "__main__":

@@ -160,7 +160,9 @@ def slim(ckpt: Path, out: Path) -> None:
     """A checkpoint without its optimizer state, weights in float16: what gpu_models.py needs."""
     import torch
 
-    rec = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own file, just written
+    from styleforge.style.fast.model import read_record
+
+    rec = read_record(ckpt)
     rec.pop("optimizer", None)
     rec["model"] = {k: v.half() if v.is_floating_point() else v for k, v in rec["model"].items()}
     torch.save(rec, out)

@@ -223,6 +223,10 @@ def test_resume_gives_the_same_weights(photos, tmp_path, random_vgg19_file):
     b = torch.load(tmp_path / "b" / "m.pth", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["total"] for r in full.history] == [r["total"] for r in resumed.history]
+    # the reported final losses (running averages) are the uninterrupted run's, not the resumed part's
+    fa = torch.load(tmp_path / "a" / "m.pth", weights_only=True)["training"]["final_losses"]
+    fb = torch.load(tmp_path / "b" / "m.pth", weights_only=True)["training"]["final_losses"]
+    assert fa.keys() == fb.keys() and all(fa[k] == pytest.approx(fb[k], rel=1e-6) for k in fa)
 
 
 def test_constant_schedule_resumes_to_more_steps(photos, tmp_path, random_vgg19_file):

@@ -123,6 +123,7 @@ class StepRun:
         guard.load_state(self.optimizer, record["optimizer"], self.ckpt, "optimizer settings")
         self.step = self.last_ckpt = record["step"]
         self.history = list(record["history"])
+        self.running = running_averages(self.history)  # as an uninterrupted run would hold them
         self.skipped = sorted(set(self.skipped) | set(record.get("skipped", [])))
 
     def place(self) -> None:
@@ -165,8 +166,7 @@ class StepRun:
                     if self.last_ckpt else "no checkpoint was written")
             raise StyleforgeError(f"the loss became {row.get('total', bad[0])} at step {self.step}: lower --lr; "
                                   f"{kept}")
-        for k, v in row.items():
-            self.running[k] = v if k not in self.running else 0.95 * self.running[k] + 0.05 * v
+        _average_into(self.running, row)
         return row
 
     def run(self, loader: DataLoader, loss_fn: LossFn, cfg: Any, steps: int, global_batch: int,
@@ -204,6 +204,22 @@ class StepRun:
 
 
 _NOT_LOSSES = ("step", "images_per_s", "seconds")  # the other columns of a history row
+
+
+def _average_into(running: dict[str, float], row: Mapping[str, float]) -> None:
+    """Fold one step's named losses into their exponential averages (what progress and a model's
+    ``final_losses`` report)."""
+    for k, v in row.items():
+        if k not in _NOT_LOSSES:
+            running[k] = v if k not in running else 0.95 * running[k] + 0.05 * v
+
+
+def running_averages(history: list[dict[str, float]]) -> dict[str, float]:
+    """The exponential averages after ``history``: a resumed run's, or a stopped run's from its checkpoint."""
+    running: dict[str, float] = {}
+    for row in history:
+        _average_into(running, row)
+    return running
 
 
 def write_history(history: list[dict[str, float]], output: str | os.PathLike, plot: bool = True) -> None:
