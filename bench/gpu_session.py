@@ -62,6 +62,14 @@ JOBS = ([(f"A-{s}", "fast", s, CAND + ["--hatching-weight", "30"], 2400, None, 1
            for s in ("composition_vii", "udnie", "the_scream", "great_wave")]
         + [(f"dec5-fw{w}", "dec", None, ["--levels", "relu5_1", "--feature-weight", w], 6000, None, 2)
            for w in ("0.1", "0.3")])
+# Round 2 (a second call while the machine was warm): the candidate with the finest style layers
+# doubled (E, composition_vii's need) and at strength 0.45 (F), on all six.
+ROUND2 = ([(f"E-{s}", "fast", s, CAND + ["--hatching-weight", "30", "--style-layers",
+                                         "relu1_1:2,relu2_1:2,relu3_1,relu4_1"], 2400, None, 1) for s in SIX]
+          + [(f"F-{s}", "fast", s, CAND + ["--hatching-weight", "30", "--style-strength", "0.45"], 2400, None, 1)
+             for s in SIX])
+# Round 3: the candidate A again with --seed 1 (does a default pass whatever the seed?).
+ROUND3 = [(f"A1-{s}", "fast", s, CAND + ["--hatching-weight", "30", "--seed", "1"], 2400, None, 1) for s in SIX]
 # Session 17's jobs (commit 04455af) were six fast runs (shipwreck, composition_vii and udnie
 # recipes) and the decoders relu1_1-relu3_1 and relu4_1-relu5_1; README and weights/README give them.
 
@@ -221,6 +229,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--only", help="comma-separated job names (a dry run on the CPU)")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--round", type=int, default=1, help="2: session 18's second call")
     args = ap.parse_args()
     start, out_dir = time.time(), Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -233,7 +242,7 @@ def main() -> None:
     build_weights()
 
     # 1. every job side by side for a few steps: does it run, and how fast with the others beside it
-    all_jobs = [j for j in JOBS if not args.only or j[0] in args.only.split(",")]
+    all_jobs = [j for j in {1: JOBS, 2: ROUND2, 3: ROUND3}[args.round] if not args.only or j[0] in args.only.split(",")]
     rates: dict = {j[0]: None for j in all_jobs}
     jobs = all_jobs
     if args.calib_steps > 0:

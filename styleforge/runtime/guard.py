@@ -229,8 +229,12 @@ def _plain(v: Any) -> Any:
 
 
 def number_text(x: float) -> str:
-    """A float as users type it: 1e6, 0.25, 30 (not 1000000.0 or 1e+06)."""
+    """A float as users type it: 1e6, 3e5, 0.25, 30 (not 1000000.0, 300000 or 1e+06)."""
     mantissa, _, exponent = f"{x:g}".partition("e")
+    if not exponent and abs(x) >= 1e4 and x.is_integer():  # 300000 -> 3e5 where that is exact
+        digits = mantissa.lstrip("-").rstrip("0")
+        if len(digits) == 1:
+            return f"{'-' if x < 0 else ''}{digits}e{len(mantissa.lstrip('-')) - 1}"
     return f"{mantissa}e{int(exponent)}" if exponent else mantissa
 
 

@@ -98,14 +98,15 @@ def test_each_default_is_the_librarys():
     assert checked > 40
 
 
-@pytest.mark.parametrize("value, text", [(1e6, "1e6"), (3e-4, "0.0003"), (1e-5, "1e-5"), (30.0, "30"), (0.25, "0.25")])
+@pytest.mark.parametrize("value, text", [(1e6, "1e6"), (3e5, "3e5"), (350000.0, "350000"), (3e-4, "0.0003"),
+                                         (1e-5, "1e-5"), (30.0, "30"), (0.25, "0.25"), (-3e5, "-3e5")])
 def test_float_defaults_read_as_typed(value, text):
     assert number_text(value) == text
 
 
 def test_help_shows_a_float_default_as_typed():
     out = CliRunner().invoke(main_group, ["fast", "train", "--help"], terminal_width=200).output
-    assert "[default: 1e6]" in out and "1000000.0" not in out
+    assert "[default: 3e5]" in out and "300000" not in out
 
 
 def test_the_data_options_give_data_specs_defaults_and_eval_the_checkpoints(monkeypatch, tmp_path):

@@ -260,19 +260,21 @@ def test_resume_refuses_changed_settings(photos, tmp_path, random_vgg19_file):
     train_style(_cfg(photos, tmp_path, random_vgg19_file, steps=3))
     with pytest.raises(StyleforgeError, match="lr"):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, lr=0.5))
-    with pytest.raises(StyleforgeError, match="--lattice-weight 1e6 -> 7"):
+    with pytest.raises(StyleforgeError, match="--lattice-weight 3e5 -> 7"):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, lattice_weight=7.0))
     with pytest.raises(StyleforgeError, match="--photo-size unset -> 96"):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, photo_size=96))
-    with pytest.raises(StyleforgeError, match="--tone-weight 0 -> 10"):
-        train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, tone_weight=10.0))
+    with pytest.raises(StyleforgeError, match="--tone-weight 10 -> 0"):
+        train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, tone_weight=0.0))
 
 
 def test_defaults_a_gentler_style_and_a_learning_rate_per_network(photos, tmp_path, random_vgg19_file):
     cfg = FastTrainConfig(style="s.jpg", data="d", output="o.pth")
     assert (cfg.arch, cfg.image_size, cfg.lr) == ("light", 128, None)
     # --style-strength keeps stylize's meaning; only its default differs
-    assert cfg.weights_pair() == pytest.approx((0.75, 0.25 * STYLE_GAIN))
+    assert cfg.weights_pair() == pytest.approx((0.6, 0.4 * STYLE_GAIN))
+    assert (dict(cfg.content_layers), cfg.palette_weight, cfg.tone_weight, cfg.lattice_weight, cfg.hatching_weight) == (
+        {"relu4_2": 1.0}, 30.0, 10.0, 3e5, 30.0)
     assert FastTrainConfig("s.jpg", "d", "o.pth", style_strength=0.5).weights_pair() == pytest.approx(
         loss_weights(None, None, None))
     for arch, lr in DEFAULT_LR.items():

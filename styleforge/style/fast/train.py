@@ -52,7 +52,10 @@ from .model import (
     uniform_noise,
 )
 
-DEFAULT_CONTENT_LAYERS: dict[str, float] = {"relu2_2": 1.0}
+# Content layer. Departure from Johnson et al. (relu2_2): with the palette and tone losses (below)
+# holding colour and light, relu4_2 (stylize's) keeps the subjects and leaves the fine texture to the
+# style; the session-18 default probes (README, "Defaults") chose it with the weights below.
+DEFAULT_CONTENT_LAYERS: dict[str, float] = {"relu4_2": 1.0}
 # Departure from Johnson et al. (VGG16 relu1_2, relu2_2, relu3_3, relu4_3): the first ReLU
 # of each VGG19 block, as Gatys et al. and `stylize` use. Stopping at relu4_1 needs 13% fewer
 # multiply-adds per training image than VGG16 to relu4_3.
@@ -96,8 +99,9 @@ class FastTrainConfig:
     # charges exactly that part of what it adds. Probes (starry_night, 2400 steps with the defaults
     # below, 20 photos; grid / style): 2.65 / 0.264 at 3e5, 1.81 / 0.275 at 1e6, 2.98 / 0.443 at 3e6
     # (too strong: the style loss stalls and the network paints flat "thermal" blobs). Without it,
-    # probes reached a grid of 9.6-9.9 by step 500.
-    lattice_weight: float = 1e6
+    # probes reached a grid of 9.6-9.9 by step 500. 3e5 since session 18: with the palette and tone
+    # losses and strength 0.4, every default probe's grid measure was 0.16-0.22 (the peer's 1.0-1.35).
+    lattice_weight: float = 3e5
     # Weight of the Laplacian loss (losses.laplacian_loss of output against input; 0: none), after
     # Li et al. 2017, "Laplacian-Steered Neural Style Transfer". Departure from Johnson et al.: VGG
     # content losses let a short-trained network wash a photo into one texture with dark silhouettes
@@ -115,15 +119,17 @@ class FastTrainConfig:
     # washed every photo in one colour near the painting's mean (issue 11: the_scream orange,
     # composition_vii brown). Probes at 30 (2400 steps, 20 photos): the_scream passed the bar (hatching
     # 0.99 -> 0.89); composition_vii and great_wave got the painting's colours but inverted light and
-    # dark in places (it fixes how much of each colour, not where), so it is not a default.
-    palette_weight: float = 0.0
+    # dark in places (it fixes how much of each colour, not where); with the tone loss (below), which
+    # says where light and dark go, it is a default since session 18.
+    palette_weight: float = 30.0
     # Weight of the tone loss (losses.tone_loss: the output's blurred luminance against the photo's,
     # histogram-matched to the painting's; 0: none): light and dark where the photo has them, in the
     # painting's tones. Not in the papers: with the palette loss alone, networks inverted light and
     # dark in places (above); this says where the tones go. Probes at 10 with palette 30 (2400 steps,
     # 20 photos): great_wave and composition_vii kept their light and dark and failed only the style
-    # loss (0.368, 0.267 against the peer's 0.293, 0.222); not yet a default.
-    tone_weight: float = 0.0
+    # loss (0.368, 0.267 against the peer's 0.293, 0.222), which strength 0.4 and content relu4_2 then
+    # gave them: a default since session 18 (README, "Defaults").
+    tone_weight: float = 10.0
     # Crop side. Departure from the published 256 px: 128 px crops of whole photos shrunk to 128 px
     # (short side) taught texture at 4x the images/s; the shipped starry_night passes the benchmark so.
     image_size: int = 128
@@ -159,8 +165,10 @@ class FastTrainConfig:
     # --style-strength when none is given. It means what it means for `stylize` (content weight
     # 1 - W, style weight W times the style gain), but a network cannot match a photo and a painting
     # as exactly as the optimizer does: at stylize's 0.5 it lost the subjects under blobs (issue 11:
-    # content 1.29-1.41 and the grid back, against 1.12 at 0.25 after 600 steps).
-    default_style_strength: ClassVar[float] = 0.25
+    # content 1.29-1.41 and the grid back, against 1.12 at 0.25 after 600 steps). 0.4 since session 18:
+    # with content at relu4_2 and the palette and tone losses, 0.25 left great_wave and composition_vii
+    # short of the painting's style (README, "Defaults"); 0.5 passed composition_vii but not the others.
+    default_style_strength: ClassVar[float] = 0.4
 
     def weights_pair(self) -> tuple[float, float]:
         return loss_weights(self.style_strength, self.content_weight, self.style_weight,
