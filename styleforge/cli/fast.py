@@ -25,6 +25,7 @@ from .options import (
     CROP_HELP,
     FRACTION,
     NON_NEGATIVE,
+    NON_NEGATIVE_INT,
     ORIGINAL_COLORS_HELP,
     POSITIVE,
     SIZE_HELP,
@@ -43,6 +44,8 @@ from .options import (
 )
 
 SCHEDULE_HELP = f"Learning-rate schedule: cosine decays to {LR_FLOOR:.0%} of --lr by the last step; constant keeps it."
+WARMUP_HELP = ("The learning rate rises linearly from 0 over these first steps (0: none); a deep decoder "
+               "(relu5_1) needs it to keep its first layer alive.")
 LEVELS_HELP = "VGG19 levels with a decoder, e.g. relu4_1,relu1_1."
 OVERWRITE_HELP = "Replace what an earlier run wrote at OUTPUT (only files styleforge wrote)."
 data_option = click.option("--data", required=True, multiple=True, type=click.Path(path_type=Path),
@@ -96,6 +99,8 @@ def fast_group() -> None:
 @config_option(FastTrainConfig, "lr", "--lr", type=POSITIVE,
                show_default=", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()), help="Learning rate.")
 @config_option(FastTrainConfig, "lr_schedule", "--lr-schedule", type=click.Choice(LR_SCHEDULES), help=SCHEDULE_HELP)
+@config_option(FastTrainConfig, "warmup_steps", "--warmup-steps", type=NON_NEGATIVE_INT, metavar="STEPS",
+               help=WARMUP_HELP)
 @style_loss_options(FastTrainConfig)
 @weights_option
 @training_run_options(FastTrainConfig, "OUTPUT.ckpt")
@@ -104,16 +109,16 @@ def fast_group() -> None:
 @quiet_option
 def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_weight, laplacian_weight,
               hatching_weight, palette_weight, tone_weight, image_size,
-              photo_size, style_size, batch_size, steps, epochs, lr, lr_schedule, style_strength, content_weight,
-              style_weight, tv_weight, content_layers, style_layers, weights, workers, checkpoint_every, resume,
-              stop_at, fp32_model, overwrite, device, precision, seed, quiet):
+              photo_size, style_size, batch_size, steps, epochs, lr, lr_schedule, warmup_steps, style_strength,
+              content_weight, style_weight, tv_weight, content_layers, style_layers, weights, workers,
+              checkpoint_every, resume, stop_at, fp32_model, overwrite, device, precision, seed, quiet):
     """Train a style network for STYLE_IMAGE on the photos in --data."""
     cfg = FastTrainConfig(
         style=str(style_image), data=[str(d) for d in data], output=str(output), arch=arch, upsample=upsample,
         input_noise=input_noise, lattice_weight=lattice_weight, laplacian_weight=laplacian_weight,
         hatching_weight=hatching_weight, palette_weight=palette_weight, tone_weight=tone_weight,
         image_size=image_size, photo_size=photo_size, style_size=style_size, batch_size=batch_size, steps=steps,
-        epochs=epochs, lr=lr, lr_schedule=lr_schedule,
+        epochs=epochs, lr=lr, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
         style_strength=style_strength, content_weight=content_weight, style_weight=style_weight,
         tv_weight=tv_weight, content_layers=parse_layer_weights(content_layers, "--content-layers"),
         style_layers=parse_layer_weights(style_layers, "--style-layers"),
@@ -210,6 +215,8 @@ def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) ->
 @config_option(DecoderTrainConfig, "lr", "--lr", type=POSITIVE, help="Learning rate.")
 @config_option(DecoderTrainConfig, "lr_schedule", "--lr-schedule", type=click.Choice(LR_SCHEDULES),
                help=SCHEDULE_HELP)
+@config_option(DecoderTrainConfig, "warmup_steps", "--warmup-steps", type=NON_NEGATIVE_INT, metavar="STEPS",
+               help=WARMUP_HELP)
 @config_option(DecoderTrainConfig, "feature_weight", "--feature-weight", type=NON_NEGATIVE,
                help="Weight of the feature (perceptual) reconstruction term; the pixel term has weight 1.")
 @weights_option
@@ -217,16 +224,17 @@ def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) ->
 @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @runtime_options(DecoderTrainConfig)
 @quiet_option
-def train_decoders_cmd(data, output, levels, width, image_size, batch_size, steps, lr, lr_schedule, feature_weight,
+def train_decoders_cmd(data, output, levels, width, image_size, batch_size, steps, lr, lr_schedule, warmup_steps,
+                       feature_weight,
                        weights, workers, checkpoint_every, resume, stop_at, fp32_model, overwrite, device, precision,
                        seed, quiet):
     """Train the decoders that --style-image uses: each inverts one VGG19 level, on photos alone."""
     cfg = DecoderTrainConfig(
         data=[str(d) for d in data], output=str(output), levels=levels, width=width,
         image_size=image_size, batch_size=batch_size, steps=steps, lr=lr, lr_schedule=lr_schedule,
-        feature_weight=feature_weight, weights=str(weights) if weights else None, seed=seed, device=device,
-        precision=precision, workers=workers, checkpoint_every=checkpoint_every, stop_at=stop_at, resume=resume,
-        half=not fp32_model, overwrite=overwrite)
+        warmup_steps=warmup_steps, feature_weight=feature_weight, weights=str(weights) if weights else None,
+        seed=seed, device=device, precision=precision, workers=workers, checkpoint_every=checkpoint_every,
+        stop_at=stop_at, resume=resume, half=not fp32_model, overwrite=overwrite)
     bar = Bar(quiet)
 
     def progress(p):

@@ -256,6 +256,14 @@ def test_lr_schedule_values():
     assert all(a > b for a, b in zip(rates, rates[1:]))
 
 
+def test_warmup_rises_linearly_then_follows_the_schedule():
+    assert [lr_at(s, 100, 0.1, "constant", warmup=4) for s in (1, 2, 3, 4, 5)] == pytest.approx(
+        [0.025, 0.05, 0.075, 0.1, 0.1])
+    assert lr_at(2, 100, 0.1, "cosine", warmup=4) == pytest.approx(0.5 * lr_at(2, 100, 0.1, "cosine"))
+    assert [lr_at(s, 100, 0.1, "cosine", warmup=4) for s in range(4, 101)] == pytest.approx(
+        [lr_at(s, 100, 0.1, "cosine") for s in range(4, 101)])
+
+
 def test_resume_refuses_changed_settings(photos, tmp_path, random_vgg19_file):
     train_style(_cfg(photos, tmp_path, random_vgg19_file, steps=3))
     with pytest.raises(StyleforgeError, match="lr"):

@@ -271,6 +271,24 @@ def test_decoder_resume_gives_the_same_weights(photos, tmp_path, random_vgg19_fi
                              resume=True))
 
 
+def test_decoder_resume_with_warmup_and_from_a_checkpoint_older_than_the_option(photos, tmp_path, random_vgg19_file):
+    full = train_decoders(_dcfg(photos, tmp_path / "a", random_vgg19_file, warmup_steps=4))
+    train_decoders(_dcfg(photos, tmp_path / "b", random_vgg19_file, warmup_steps=4, stop_at=3))
+    resumed = train_decoders(_dcfg(photos, tmp_path / "b", random_vgg19_file, warmup_steps=4, resume=True))
+    assert [r["relu2_1"] for r in full.history] == [r["relu2_1"] for r in resumed.history]
+    assert full.history[0]["relu2_1"] == train_decoders(_dcfg(photos, tmp_path / "c", random_vgg19_file)).history[0][
+        "relu2_1"]  # the first step's loss is measured before any update
+    with pytest.raises(StyleforgeError, match=r"--warmup-steps 4 -> 0"):
+        train_decoders(_dcfg(photos, tmp_path / "b", random_vgg19_file, steps=6, resume=True, overwrite=False))
+    # a checkpoint written before --warmup-steps existed resumes as a run without warmup
+    train_decoders(_dcfg(photos, tmp_path / "d", random_vgg19_file, stop_at=3))
+    ckpt = tmp_path / "d" / "decoders.ckpt"
+    record = torch.load(ckpt, weights_only=True)
+    del record["config"]["warmup_steps"]
+    torch.save(record, ckpt)
+    assert train_decoders(_dcfg(photos, tmp_path / "d", random_vgg19_file, resume=True)).paths[0].is_file()
+
+
 def test_decoder_resume_refuses_other_photos(photos, tmp_path, random_vgg19_file):
     train_decoders(_dcfg(photos, tmp_path / "b", random_vgg19_file, stop_at=3))
     ckpt = (tmp_path / "b" / "decoders.ckpt").read_bytes()
@@ -375,9 +393,13 @@ def test_cli_apply_bad_input_is_one_line(decoders, tmp_path, random_vgg19_file, 
 def test_cli_train_decoders_and_bad_input(photos, tmp_path, random_vgg19_file):
     common = ["--data", photos, "--weights", random_vgg19_file, "--crop-size", "32", "--batch-size", "2",
               "--device", "cpu", "-q", "--workers", "0"]
-    result = run("fast", "train-decoders", "-o", tmp_path / "d", "--levels", "relu2_1", "--steps", "2", *common)
+    result = run("fast", "train-decoders", "-o", tmp_path / "d", "--levels", "relu2_1", "--steps", "2",
+                 "--warmup-steps", "5", *common)
     assert result.exit_code == 0, result.output
-    assert load_decoder(tmp_path / "d" / "decoder-relu2_1.pth").level == "relu2_1"
+    decoder_file = torch.load(tmp_path / "d" / "decoder-relu2_1.pth", weights_only=True)
+    assert decoder_file["level"] == "relu2_1" and decoder_file["training"]["warmup_steps"] == 5
+    _fails(run("fast", "train-decoders", "-o", tmp_path / "e", "--warmup-steps", "-1", *common),
+           "--warmup-steps")
     _fails(run("fast", "train-decoders", "-o", tmp_path / "e", "--levels", "relu5_1", *common, "--crop-size", "24"),
            "--crop-size 24 must be a multiple of 16 and at least 32")
     _fails(run("fast", "train-decoders", "-o", tmp_path / "e", "--levels", "relu6_1", *common), "unknown level")

@@ -55,6 +55,7 @@ class DecoderTrainConfig:
     steps: int = DEFAULT_DECODER_STEPS
     lr: float = 1e-3
     lr_schedule: str = "cosine"
+    warmup_steps: int = 0                # the learning rate rises linearly over these first steps (loop.lr_at)
     feature_weight: float = 1.0          # perceptual term; the pixel term has weight 1
     weights: str | None = None
     seed: int = 0
@@ -76,6 +77,7 @@ class DecoderTrainConfig:
             [("--crop-size", self.image_size, guard.COUNT), ("--batch-size", self.batch_size, guard.COUNT),
              ("--steps", self.steps, guard.COUNT), ("--checkpoint-steps", self.checkpoint_every, guard.COUNT),
              ("--lr", self.lr, guard.POSITIVE), ("--width", self.width, guard.POSITIVE),
+             ("--warmup-steps", self.warmup_steps, guard.NON_NEGATIVE),
              ("--feature-weight", self.feature_weight, guard.NON_NEGATIVE), ("--seed", self.seed, guard.SEED),
              ("--workers", self.workers, guard.NON_NEGATIVE), ("--stop-at", self.stop_at, guard.COUNT)])
         stride = 2 ** (level_index(levels[-1]) - 1)
@@ -105,7 +107,7 @@ class DecoderTrainResult:
     seconds: float
 
 
-_RESUME_KEYS = ("levels", "width", "image_size", "lr", "lr_schedule", "feature_weight", "seed")
+_RESUME_KEYS = ("levels", "width", "image_size", "lr", "lr_schedule", "warmup_steps", "feature_weight", "seed")
 
 
 class Reconstruction(nn.Module):
@@ -145,7 +147,8 @@ def _load_resume(cfg: DecoderTrainConfig, ckpt: Path, config_record: dict) -> di
     # The shared resume check (as fast train and classify train): every setting that changes the
     # run, the photos and the global batch; the steps too where the schedule spans them.
     keys = (*_RESUME_KEYS, "data", "global_batch") + (("steps",) if cfg.lr_schedule != "constant" else ())
-    guard.check_resume(record["config"], {k: config_record.get(k) for k in keys}, (), ckpt)
+    saved = {"warmup_steps": 0, **record["config"]}  # checkpoints from before the option had none
+    guard.check_resume(saved, {k: config_record.get(k) for k in keys}, (), ckpt)
     return record
 
 

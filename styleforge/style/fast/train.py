@@ -144,6 +144,7 @@ class FastTrainConfig:
     epochs: float | None = None
     lr: float | None = None             # default DEFAULT_LR[arch]
     lr_schedule: str = "cosine"         # cosine: decays to LR_FLOOR * lr by the last step; constant
+    warmup_steps: int = 0               # the learning rate rises linearly over these first steps (loop.lr_at)
     style_strength: float | None = None
     content_weight: float | None = None
     style_weight: float | None = None
@@ -178,6 +179,7 @@ class FastTrainConfig:
         """One-line errors for settings no run can use (the data and the style image are checked later)."""
         guard.check_numbers(
             [("--lr", self.lr, guard.POSITIVE), ("--epochs", self.epochs, guard.POSITIVE),
+             ("--warmup-steps", self.warmup_steps, guard.NON_NEGATIVE),
              ("--seed", self.seed, guard.SEED), ("--tv-weight", self.tv_weight, guard.NON_NEGATIVE),
              ("--workers", self.workers, guard.NON_NEGATIVE), ("--crop-size", self.image_size, guard.COUNT),
              ("--photo-size", self.photo_size, guard.COUNT),
@@ -266,7 +268,7 @@ def _load_resume(cfg: FastTrainConfig, ckpt: Path, steps: int) -> dict:
     record = read_checkpoint(ckpt, CHECKPOINT_FORMAT, "training")
     # Settings older checkpoints lack, at the value those runs used.
     old = {"upsample": "nearest", "input_noise": 0.0, "lattice_weight": 0.0, "laplacian_weight": 0.0,
-           "photo_size": None, "hatching_weight": 0.0, "palette_weight": 0.0, "tone_weight": 0.0,
+           "photo_size": None, "hatching_weight": 0.0, "palette_weight": 0.0, "tone_weight": 0.0, "warmup_steps": 0,
            **record["config"]}
     mine = _jsonable(asdict(cfg))
     for key in ("style", "data"):  # the same files, however the paths are written
