@@ -61,8 +61,9 @@ DEFAULT_CONTENT_LAYERS: dict[str, float] = {"relu4_2": 1.0}
 # multiply-adds per training image than VGG16 to relu4_3.
 DEFAULT_STYLE_LAYERS: dict[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 5)}
 # Steps of a run when neither --steps nor --epochs is given: 2400 batches of 4 128-px crops, about
-# 30 minutes on a 2-core CPU with native bf16 (issue 11's probes: twice as many lowered the style
-# loss further, 0.273 -> 0.204, at twice the time).
+# 40 minutes with session 18's defaults on a 2-core CPU with native bf16, one thread beside another
+# run (2337 s for starry_night; issue 11's probes: twice as many steps lowered the style loss further,
+# 0.273 -> 0.204, at twice the time).
 DEFAULT_STEPS = 2400
 # Learning rate by network when --lr is not given: every issue 11 probe that came near the bar
 # trained `light` at 5e-3; `johnson` does not train at that rate (a green wash with dark blobs
