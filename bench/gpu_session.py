@@ -229,7 +229,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--only", help="comma-separated job names (a dry run on the CPU)")
     ap.add_argument("--skip-speed", action="store_true")
-    ap.add_argument("--round", type=int, default=1, help="2: session 18's second call")
+    ap.add_argument("--round", type=int, choices=(1, 2, 3), default=1,
+                    help="session 18's calls: 1 JOBS, 2 ROUND2, 3 ROUND3")
     args = ap.parse_args()
     start, out_dir = time.time(), Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,8 @@ def lr_at(step: int, steps: int, lr: float, schedule: str, warmup: int = 0) -> f
     ``warmup``: the rate rises linearly over the first ``warmup`` steps (``step / warmup`` of it).
     Not in the papers: Adam's first steps move every weight by about the full rate whatever the
     gradient's size, and the relu5_1 decoder's first layer died in them (every ReLU off for every
-    input, a flat-colour picture ever after: session 18); 100 warmup steps kept 60 % of it alive.
+    input, a flat-colour picture ever after: session 18); with 100 warmup steps 44 % of it stayed
+    alive and the decoder learnt (16.7 dB on 20 test photos after 1200 CPU steps, against 13.1).
     """
     scale = min(1.0, step / warmup) if warmup > 0 else 1.0
     if schedule == "constant" or steps <= 1:
