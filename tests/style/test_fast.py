@@ -207,6 +207,8 @@ def test_training_lowers_the_loss_and_writes_outputs(photos, tmp_path, random_vg
     assert (tmp_path / "m.losses.png").stat().st_size > 1000
     _, record = load_model(tmp_path / "m.pth")
     assert record["training"]["steps"] == 25 and record["training"]["image_size"] == 32
+    # the default strength is written out, not left as null (given weights would be recorded as given)
+    assert record["training"]["style_strength"] == FastTrainConfig.default_style_strength
 
 
 def test_resume_gives_the_same_weights(photos, tmp_path, random_vgg19_file):

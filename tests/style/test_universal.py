@@ -242,7 +242,7 @@ def photos(tmp_path):
 def _dcfg(photos, out, vgg, **kw):
     base = dict(data=str(photos), output=str(out), levels=["relu1_1", "relu2_1"], image_size=32, batch_size=2,
                 steps=6, checkpoint_every=3, weights=str(vgg), device="cpu", precision="fp32", workers=0,
-                half=False)
+                half=False, warmup_steps=0)  # tiny runs: the default warmup (100 steps) would outlast them
     return DecoderTrainConfig(**{**base, **kw})
 
 

@@ -372,13 +372,22 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
     if run.step < steps:  # --stop-at: the checkpoint is the result; --resume finishes the run
         return FastTrainResult(run.ckpt, run.history, seconds, run.skipped)
     if ctx.is_main:
-        training = {**run.config, "parameters": parameter_count(run.model), "seconds": round(seconds, 1),
-                    "device": str(rt.device), "precision": rt.precision, "skipped_files": len(run.skipped),
+        training = {**run.config, **_effective_strength(cfg), "parameters": parameter_count(run.model),
+                    "seconds": round(seconds, 1), "device": str(rt.device), "precision": rt.precision,
+                    "skipped_files": len(run.skipped),
                     "final_losses": {k: round(v, 6) for k, v in run.running.items()}}
         save_model(run.model, cfg.output, Path(cfg.style).stem, training, half=cfg.half)
         write_history(run.history, cfg.output)
     ctx.barrier()
     return FastTrainResult(Path(cfg.output), run.history, seconds, run.skipped)
+
+
+def _effective_strength(cfg: FastTrainConfig) -> dict[str, float]:
+    """The style strength a run used where it took the default, for the model file's record (which
+    would otherwise say null and leave a later reader to know what the default was then)."""
+    if cfg.style_strength is None and cfg.content_weight is None and cfg.style_weight is None:
+        return {"style_strength": cfg.default_style_strength}
+    return {}
 
 
 def _structure_terms(cfg: FastTrainConfig, y: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
