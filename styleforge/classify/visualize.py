@@ -22,6 +22,7 @@ from ..runtime import guard
 from ..runtime.device import runtime
 from ..runtime.errors import StyleforgeError, first_line
 from ..runtime.io import load_image
+from ..style.color import luminance
 from . import report
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .models import MODELS, Classifier, ResNetTrunk, VGGTrunk, build_model
@@ -114,7 +115,7 @@ def load_input(image: str | os.PathLike, shape: tuple[int, int, int], size: int 
         target = (s, max(1, round(w * s / h))) if h <= w else (max(1, round(h * s / w)), s)
     x = F.interpolate(x, size=target, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
     if shape[0] == 1:
-        x = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]).clamp(0, 1)
+        x = luminance(x).clamp(0, 1)
     return x
 
 

@@ -44,8 +44,7 @@ from .options import (
 )
 
 SCHEDULE_HELP = f"Learning-rate schedule: cosine decays to {LR_FLOOR:.0%} of --lr by the last step; constant keeps it."
-WARMUP_HELP = ("The learning rate rises linearly from 0 over these first steps (0: none); a deep decoder "
-               "(relu5_1) needs it to keep its first layer alive.")
+WARMUP_HELP = "The learning rate rises linearly from 0 over these first steps (0: none)."
 LEVELS_HELP = "VGG19 levels with a decoder, e.g. relu4_1,relu1_1."
 OVERWRITE_HELP = "Replace what an earlier run wrote at OUTPUT (only files styleforge wrote)."
 data_option = click.option("--data", required=True, multiple=True, type=click.Path(path_type=Path),
@@ -216,7 +215,7 @@ def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) ->
 @config_option(DecoderTrainConfig, "lr_schedule", "--lr-schedule", type=click.Choice(LR_SCHEDULES),
                help=SCHEDULE_HELP)
 @config_option(DecoderTrainConfig, "warmup_steps", "--warmup-steps", type=NON_NEGATIVE_INT, metavar="STEPS",
-               help=WARMUP_HELP)
+               help=WARMUP_HELP + " Without it a relu5_1 decoder's first layer dies.")
 @config_option(DecoderTrainConfig, "feature_weight", "--feature-weight", type=NON_NEGATIVE,
                help="Weight of the feature (perceptual) reconstruction term; the pixel term has weight 1.")
 @weights_option
