@@ -79,6 +79,9 @@ def fast_group() -> None:
 @config_option(FastTrainConfig, "hatching_weight", "--hatching-weight", type=NON_NEGATIVE, metavar="WEIGHT",
                help="Penalty on fine texture that repeats itself every 3-10 px more than the photo's does (a "
                     "woven hatching instead of strokes). 0: none.")
+@config_option(FastTrainConfig, "detail_weight", "--detail-weight", type=NON_NEGATIVE, metavar="WEIGHT",
+               help="Weight of a loss on the photo's 1-4 px detail lost in the picture (a face turned into one "
+                    "dark tone inside a kept outline). 0: none.")
 @config_option(FastTrainConfig, "palette_weight", "--palette-weight", type=NON_NEGATIVE, metavar="WEIGHT",
                help="Weight of a loss on the picture's colours against the painting's, in its proportions "
                     "(sliced Wasserstein): against a one-colour wash. 0: none.")
@@ -107,7 +110,7 @@ def fast_group() -> None:
 @runtime_options(FastTrainConfig)
 @quiet_option
 def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_weight, laplacian_weight,
-              hatching_weight, palette_weight, tone_weight, image_size,
+              hatching_weight, detail_weight, palette_weight, tone_weight, image_size,
               photo_size, style_size, batch_size, steps, epochs, lr, lr_schedule, warmup_steps, style_strength,
               content_weight, style_weight, tv_weight, content_layers, style_layers, weights, workers,
               checkpoint_every, resume, stop_at, fp32_model, overwrite, device, precision, seed, quiet):
@@ -115,7 +118,8 @@ def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_we
     cfg = FastTrainConfig(
         style=str(style_image), data=[str(d) for d in data], output=str(output), arch=arch, upsample=upsample,
         input_noise=input_noise, lattice_weight=lattice_weight, laplacian_weight=laplacian_weight,
-        hatching_weight=hatching_weight, palette_weight=palette_weight, tone_weight=tone_weight,
+        hatching_weight=hatching_weight, detail_weight=detail_weight, palette_weight=palette_weight,
+        tone_weight=tone_weight,
         image_size=image_size, photo_size=photo_size, style_size=style_size, batch_size=batch_size, steps=steps,
         epochs=epochs, lr=lr, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
         style_strength=style_strength, content_weight=content_weight, style_weight=style_weight,

@@ -144,6 +144,24 @@ def test_repetition_loss_charges_added_hatching_only():
     assert losses.repetition_loss(photo, hatched.detach()).item() == 0.0
 
 
+def test_detail_loss_is_zero_for_the_photo_one_for_a_flat_picture_and_pulls_towards_its_detail():
+    g = torch.Generator().manual_seed(3)
+    blobs = torch.nn.functional.interpolate(torch.randn(2, 3, 16, 16, generator=g), size=(64, 64), mode="bicubic")
+    photo = (0.5 + 0.1 * blobs).clamp(0, 1)
+    assert losses.detail_loss(photo, photo).item() == pytest.approx(0.0, abs=1e-4)
+    flat = torch.full_like(photo, 0.5).requires_grad_(True)
+    loss = losses.detail_loss(flat, photo)
+    assert loss.item() == pytest.approx(1.0, abs=1e-3)
+    loss.backward()  # finite where the picture has no detail at all (the square roots are guarded)
+    assert torch.isfinite(flat.grad).all()
+    # one gradient step from a washed-out picture brings back some of the photo's detail
+    washed = torch.nn.functional.avg_pool2d(photo, 9, 1, 4, count_include_pad=False).requires_grad_(True)
+    before = losses.detail_loss(washed, photo)
+    before.backward()
+    after = losses.detail_loss(washed.detach() - 0.05 * washed.grad / washed.grad.abs().max(), photo)
+    assert after.item() < before.item()
+
+
 def test_quantiles_of_a_sorted_row_interpolate_between_its_values():
     row = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
     torch.testing.assert_close(losses.quantiles(row, 4), row)  # same size: the values themselves

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import losses
 from ..color import luminance
 from ..losses import gaussian_blur, repetition
 
@@ -115,37 +116,17 @@ def edge_agreement(output: torch.Tensor, content: torch.Tensor, sigma: float = E
     return float((a * b).sum() / (a.norm() * b.norm() + 1e-12))
 
 
-# Scales of detail_kept, in pixels at the benchmark's 512 px: the band between blurs of 1 and 4 px
-# (an eye, a nostril, an aircraft's lettering), compared in Gaussian windows of 8 px.
-DETAIL_BAND = (1.0, 4.0)
-DETAIL_WINDOW = 8.0
-
-
-def _band(luma: torch.Tensor) -> torch.Tensor:
-    return _blur(luma, DETAIL_BAND[0]) - _blur(luma, DETAIL_BAND[1])
-
-
 def detail_kept(output: torch.Tensor, content: torch.Tensor) -> float:
     """How much of the photo's fine detail is still visible in the stylized picture: 1 for the photo
     itself, about 0 for a flat or unrelated picture. Same size images.
 
-    In each window (:data:`DETAIL_WINDOW`) the photo's and the picture's detail (luminance band-passed
-    to :data:`DETAIL_BAND`) are compared: their correlation (negative counts as 0), times the picture's
-    contrast there relative to the photo's, capped at 1 (detail as strong as the photo's or stronger
-    counts fully, painted texture beside it only lowers the correlation). Averaged over the windows
-    where the photo has its more detailed half.
+    :func:`styleforge.style.losses.detail_kept` of their luminance (1-4 px detail, 8 px windows).
 
     :func:`edge_agreement` is dominated by the strongest outlines: a network that turns a grizzly
     into a dark silhouette keeps them and scores well, yet its face is gone (issue 11, session 20:
     the peer keeps eyes and muzzle). This measure sees that loss inside the outline.
     """
-    x, y = _band(_luma(content)), _band(_luma(output))
-    vx, vy = _blur(x * x, DETAIL_WINDOW), _blur(y * y, DETAIL_WINDOW)
-    cov = _blur(x * y, DETAIL_WINDOW)
-    sx, sy = vx.clamp(min=0).sqrt(), vy.clamp(min=0).sqrt()
-    kept = (cov / (sx * sy + 1e-8)).clamp(min=0) * (sy / (sx + 1e-8)).clamp(max=1)
-    detailed = vx >= vx.flatten().median()
-    return float(kept[detailed].mean())
+    return float(losses.detail_kept(_luma(output)[None, None], _luma(content)[None, None])[0])
 
 
 def hatching(image: torch.Tensor) -> float:
