@@ -27,7 +27,6 @@ import torch
 
 from .. import losses
 from ..color import luminance
-from ..losses import gaussian_blur, repetition
 
 # Frequencies in cycles per pixel, (vertical, horizontal): periods 2 and 4 along each axis
 # and the diagonals they combine into. (0, 0) is the mean, left out.
@@ -93,7 +92,7 @@ def grid_peaks(image: torch.Tensor) -> float:
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    return gaussian_blur(x[None, None], sigma)[0, 0]
+    return losses.gaussian_blur(x[None, None], sigma)[0, 0]
 
 
 def _edges(luma: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -139,7 +138,7 @@ def hatching(image: torch.Tensor) -> float:
     about 0.9). Photos with long straight detail score high too, hence :func:`hatching_artifact`.
     ``image``: (3, H, W) or (1, 3, H, W) RGB in [0, 1], at least one tile (32 px) a side.
     """
-    return float(repetition(_luma(image)[None, None])[0])
+    return float(losses.repetition(_luma(image)[None, None])[0])
 
 
 def hatching_artifact(output: torch.Tensor, content: torch.Tensor) -> float:
