@@ -175,7 +175,7 @@ class Checkpoints:
             return f"rank 0 keeps the checkpoints in {self.run_dir}"
         if self.saved_epoch >= 1:
             return f"the checkpoint {self.run_dir / 'last.pt'} (epoch {self.saved_epoch}) is valid"
-        return "no checkpoint was written yet"
+        return distributed.NO_CHECKPOINT
 
 
 def on_main(ctx: distributed.Dist, fn: Callable[[], Any]) -> Any:

@@ -157,6 +157,10 @@ def _join(ctx: Dist) -> None:
     dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=TIMEOUT)
 
 
+# How a trainer's resume hint ends when no checkpoint exists yet (``stop_cleanly``).
+NO_CHECKPOINT = "no checkpoint was written yet"
+
+
 def _lost_peer(exc: BaseException) -> bool:
     """A collective failed because another process died or stopped answering."""
     if isinstance(exc, getattr(dist, "DistError", ())):
@@ -167,16 +171,19 @@ def _lost_peer(exc: BaseException) -> bool:
 
 
 def _stop_error(ctx: Dist, exc: BaseException, resume_hint: Callable[[], str]) -> BaseException:
-    then = "run the same command with --resume to continue"
+    hint = resume_hint()
+    # --resume with no checkpoint is refused, so before the first one the advice is to start again.
+    then = ("run the same command again to start over" if hint.endswith(NO_CHECKPOINT)
+            else "run the same command with --resume to continue")
     where = f", rank {ctx.rank} of {ctx.world_size}" if ctx.enabled else ""
     if isinstance(exc, Terminated):
         why = " (under torchrun: another process failed)" if ctx.enabled else ""
-        return StyleforgeError(f"stopped by SIGTERM{where}{why}: {resume_hint()}; {then}")
+        return StyleforgeError(f"stopped by SIGTERM{where}{why}: {hint}; {then}")
     if isinstance(exc, KeyboardInterrupt):
-        return StyleforgeError(f"interrupted: {resume_hint()}; {then}")
+        return StyleforgeError(f"interrupted: {hint}; {then}")
     if ctx.enabled and isinstance(exc, Exception) and _lost_peer(exc):
         return StyleforgeError(f"lost contact with another training process{where} ({first_line(exc, 160)}): "
-                               f"{resume_hint()}; {then}")
+                               f"{hint}; {then}")
     return exc
 
 

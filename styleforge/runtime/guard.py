@@ -314,7 +314,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
 @contextlib.contextmanager
 def worker_errors(what: str) -> Iterator[None]:
     """A DataLoader re-raises a worker's exception with the worker's whole traceback in its
-    message; keep the last line, the one that says what went wrong."""
+    message; keep the last line, the one that says what went wrong. A worker killed by SIGTERM
+    raises :class:`Terminated`, as the signal does here."""
     try:
         yield
     except StyleforgeError as exc:
@@ -327,5 +328,12 @@ def worker_errors(what: str) -> Iterator[None]:
         text = str(exc).strip()
         if "DataLoader worker" not in text:
             raise
-        raise StyleforgeError(f"{what} failed in a data-loading process ({text.splitlines()[-1][:200]}): "
+        # Which signal killed the worker: in the message, or (when the death was noticed while
+        # waiting for a batch: "exited unexpectedly") in the exception it was raised from.
+        killed = next((str(e).strip() for e in (exc, exc.__cause__) if "killed by signal" in str(e)), text)
+        # A worker stopped by SIGTERM sent to the whole process group (which stops this process
+        # too) is a stop, not a data error: stop as that signal does (checkpoint, resume hint).
+        if killed.endswith("killed by signal: Terminated."):
+            raise Terminated() from None
+        raise StyleforgeError(f"{what} failed in a data-loading process ({killed.splitlines()[-1][:200]}): "
                               "try --workers 0 to see the file") from None

@@ -304,3 +304,18 @@ def test_a_session_that_fails_still_leaves_the_group_and_restores_the_handler(mo
             assert signal.getsignal(signal.SIGTERM) is not before
             raise StyleforgeError("a failure inside the session")
     assert not dist.is_initialized() and signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("hint, advice", [
+    ("at step 600, the checkpoint m.pth.ckpt (step 500) is valid", "run the same command with --resume to continue"),
+    ("at step 151, no checkpoint was written yet", "run the same command again to start over"),
+])
+def test_a_stop_says_resume_only_where_there_is_a_checkpoint(hint, advice):
+    from styleforge.runtime import distributed
+    from styleforge.runtime.guard import Terminated
+
+    for stop, what in ((Terminated(), "stopped by SIGTERM"), (KeyboardInterrupt(), "interrupted")):
+        with pytest.raises(StyleforgeError) as caught:
+            with distributed.stop_cleanly(distributed.Dist(), lambda: hint):
+                raise stop
+        assert str(caught.value) == f"{what}: {hint}; {advice}"

@@ -208,7 +208,7 @@ class StepRun:
         if not self.ctx.is_main:
             return f"rank 0 keeps the checkpoint {self.ckpt}"
         where = (f"the checkpoint {self.ckpt} (step {self.last_ckpt}) is valid" if self.last_ckpt
-                 else "no checkpoint was written yet")
+                 else distributed.NO_CHECKPOINT)
         return f"at step {self.step}, {where}"
 
 
