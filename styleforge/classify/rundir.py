@@ -170,12 +170,14 @@ class Checkpoints:
             self.best_state = on_main(self.ctx, lambda: load_checkpoint(self.run_dir / "best.pt")["state_dict"])
         return self.best_state
 
-    def resume_hint(self) -> str:
+    def resume_hint(self) -> distributed.ResumeHint:
+        saved = self.saved_epoch >= 1
         if not self.ctx.is_main:
-            return f"rank 0 keeps the checkpoints in {self.run_dir}"
-        if self.saved_epoch >= 1:
-            return f"the checkpoint {self.run_dir / 'last.pt'} (epoch {self.saved_epoch}) is valid"
-        return distributed.NO_CHECKPOINT
+            return distributed.ResumeHint(f"rank 0 keeps the checkpoints in {self.run_dir}", saved)
+        if saved:
+            return distributed.ResumeHint(
+                f"the checkpoint {self.run_dir / 'last.pt'} (epoch {self.saved_epoch}) is valid", True)
+        return distributed.ResumeHint(distributed.NO_CHECKPOINT, False)
 
 
 def on_main(ctx: distributed.Dist, fn: Callable[[], Any]) -> Any:

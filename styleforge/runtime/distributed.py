@@ -157,8 +157,16 @@ def _join(ctx: Dist) -> None:
     dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=TIMEOUT)
 
 
-# How a trainer's resume hint ends when no checkpoint exists yet (``stop_cleanly``).
-NO_CHECKPOINT = "no checkpoint was written yet"
+@dataclass(frozen=True)
+class ResumeHint:
+    """Where an interrupted run stands (``stop_cleanly``): ``text`` names the valid checkpoint, or
+    says there is none yet; ``has_checkpoint`` chooses the advice (--resume, or start over)."""
+
+    text: str
+    has_checkpoint: bool
+
+
+NO_CHECKPOINT = "no checkpoint was written yet"  # a trainer's text when has_checkpoint is False
 
 
 def _lost_peer(exc: BaseException) -> bool:
@@ -170,11 +178,12 @@ def _lost_peer(exc: BaseException) -> bool:
         "gloo", "nccl", "connection", "peer", "timed out", "timeout", "broken pipe"))
 
 
-def _stop_error(ctx: Dist, exc: BaseException, resume_hint: Callable[[], str]) -> BaseException:
-    hint = resume_hint()
+def _stop_error(ctx: Dist, exc: BaseException, resume_hint: Callable[[], ResumeHint]) -> BaseException:
+    where_run = resume_hint()
+    hint = where_run.text
     # --resume with no checkpoint is refused, so before the first one the advice is to start again.
-    then = ("run the same command again to start over" if hint.endswith(NO_CHECKPOINT)
-            else "run the same command with --resume to continue")
+    then = ("run the same command with --resume to continue" if where_run.has_checkpoint
+            else "run the same command again to start over")
     where = f", rank {ctx.rank} of {ctx.world_size}" if ctx.enabled else ""
     if isinstance(exc, Terminated):
         why = " (under torchrun: another process failed)" if ctx.enabled else ""
@@ -188,12 +197,12 @@ def _stop_error(ctx: Dist, exc: BaseException, resume_hint: Callable[[], str]) -
 
 
 @contextlib.contextmanager
-def stop_cleanly(ctx: Dist, resume_hint: Callable[[], str]) -> Iterator[None]:
+def stop_cleanly(ctx: Dist, resume_hint: Callable[[], ResumeHint]) -> Iterator[None]:
     """Turn an interruption into a one-line :class:`StyleforgeError` naming what to resume from.
 
     Covers Ctrl-C, SIGTERM (how torchrun stops the other processes when one fails) and a
     collective that fails because a peer died. ``resume_hint()`` says which checkpoint
-    is valid, e.g. "the checkpoint run/last.pt (epoch 3) is valid".
+    is valid (:class:`ResumeHint`), e.g. "the checkpoint run/last.pt (epoch 3) is valid".
     """
     try:
         yield

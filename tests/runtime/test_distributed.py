@@ -306,16 +306,21 @@ def test_a_session_that_fails_still_leaves_the_group_and_restores_the_handler(mo
     assert not dist.is_initialized() and signal.getsignal(signal.SIGTERM) is before
 
 
-@pytest.mark.parametrize("hint, advice", [
-    ("at step 600, the checkpoint m.pth.ckpt (step 500) is valid", "run the same command with --resume to continue"),
-    ("at step 151, no checkpoint was written yet", "run the same command again to start over"),
+RESUME, AGAIN = "run the same command with --resume to continue", "run the same command again to start over"
+
+
+@pytest.mark.parametrize("hint, saved, advice", [
+    ("at step 600, the checkpoint m.pth.ckpt (step 500) is valid", True, RESUME),
+    ("at step 151, no checkpoint was written yet", False, AGAIN),
+    ("rank 0 keeps the checkpoint m.pth.ckpt", True, RESUME),   # another rank: the advice follows rank 0's state
+    ("rank 0 keeps the checkpoint m.pth.ckpt", False, AGAIN),
 ])
-def test_a_stop_says_resume_only_where_there_is_a_checkpoint(hint, advice):
+def test_a_stop_says_resume_only_where_there_is_a_checkpoint(hint, saved, advice):
     from styleforge.runtime import distributed
     from styleforge.runtime.guard import Terminated
 
     for stop, what in ((Terminated(), "stopped by SIGTERM"), (KeyboardInterrupt(), "interrupted")):
         with pytest.raises(StyleforgeError) as caught:
-            with distributed.stop_cleanly(distributed.Dist(), lambda: hint):
+            with distributed.stop_cleanly(distributed.Dist(), lambda: distributed.ResumeHint(hint, saved)):
                 raise stop
         assert str(caught.value) == f"{what}: {hint}; {advice}"

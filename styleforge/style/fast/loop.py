@@ -204,12 +204,12 @@ class StepRun:
                     self.last_ckpt = self.step
         return before + time.perf_counter() - start
 
-    def resume_hint(self) -> str:
+    def resume_hint(self) -> distributed.ResumeHint:
+        saved = bool(self.last_ckpt)
         if not self.ctx.is_main:
-            return f"rank 0 keeps the checkpoint {self.ckpt}"
-        where = (f"the checkpoint {self.ckpt} (step {self.last_ckpt}) is valid" if self.last_ckpt
-                 else distributed.NO_CHECKPOINT)
-        return f"at step {self.step}, {where}"
+            return distributed.ResumeHint(f"rank 0 keeps the checkpoint {self.ckpt}", saved)
+        where = f"the checkpoint {self.ckpt} (step {self.last_ckpt}) is valid" if saved else distributed.NO_CHECKPOINT
+        return distributed.ResumeHint(f"at step {self.step}, {where}", saved)
 
 
 _NOT_LOSSES = ("step", "images_per_s", "seconds")  # the other columns of a history row
