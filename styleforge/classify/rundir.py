@@ -173,11 +173,12 @@ class Checkpoints:
     def resume_hint(self) -> distributed.ResumeHint:
         saved = self.saved_epoch >= 1
         if not self.ctx.is_main:
-            return distributed.ResumeHint(f"rank 0 keeps the checkpoints in {self.run_dir}", saved)
-        if saved:
-            return distributed.ResumeHint(
-                f"the checkpoint {self.run_dir / 'last.pt'} (epoch {self.saved_epoch}) is valid", True)
-        return distributed.ResumeHint(distributed.NO_CHECKPOINT, False)
+            text = f"rank 0 keeps the checkpoints in {self.run_dir}"
+        elif saved:
+            text = f"the checkpoint {self.run_dir / 'last.pt'} (epoch {self.saved_epoch}) is valid"
+        else:
+            text = distributed.NO_CHECKPOINT
+        return distributed.ResumeHint(text, saved)
 
 
 def on_main(ctx: distributed.Dist, fn: Callable[[], Any]) -> Any:

@@ -179,10 +179,10 @@ def _lost_peer(exc: BaseException) -> bool:
 
 
 def _stop_error(ctx: Dist, exc: BaseException, resume_hint: Callable[[], ResumeHint]) -> BaseException:
-    where_run = resume_hint()
-    hint = where_run.text
+    resume = resume_hint()
+    hint = resume.text
     # --resume with no checkpoint is refused, so before the first one the advice is to start again.
-    then = ("run the same command with --resume to continue" if where_run.has_checkpoint
+    then = ("run the same command with --resume to continue" if resume.has_checkpoint
             else "run the same command again to start over")
     where = f", rank {ctx.rank} of {ctx.world_size}" if ctx.enabled else ""
     if isinstance(exc, Terminated):
