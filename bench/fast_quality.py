@@ -12,8 +12,12 @@ sees only the 2/4 px lattice); the edge measure (quality.edge_agreement: correla
 output's and the photo's outlines, higher is better), which catches a lost subject that the VGG
 content loss scores well; and the detail measure (quality.detail_kept: how much of the photo's
 1-4 px detail is still visible, higher is better), which catches a face lost inside a kept
-outline. The style loss is also given at each style layer (relu1_1/.../relu5_1), which says where
-a style falls short (colours and fine texture at the first layers, larger motifs at the last).
+outline. The gradients measure (quality.gradient_distance: the picture's luminance gradient
+magnitudes against the painting's, 0 for the painting's share of flat planes and hard edges, 1 for a
+flat picture; since session 24, reported, not in the bar) sees what the Gram matrices do not: the
+photo's grain kept inside a painting's planes. The style loss is also given at each style layer
+(relu1_1/.../relu5_1), which says where a style falls short (colours and fine texture at the first
+layers, larger motifs at the last).
 
 * styleforge: the style network, through the path `fast apply` takes (fp32 here), where a
   model for the painting exists (at ``--work-size`` where given);
@@ -58,7 +62,13 @@ from styleforge.runtime.io import open_rgb, pil_to_tensor, resize_long_side, ten
 from styleforge.style.fast.apply import apply_to_tensor  # noqa: E402
 from styleforge.style.fast.data import list_images  # noqa: E402
 from styleforge.style.fast.model import available_models, load_model  # noqa: E402
-from styleforge.style.fast.quality import detail_kept, edge_agreement, grid_artifact, hatching_artifact  # noqa: E402
+from styleforge.style.fast.quality import (  # noqa: E402
+    detail_kept,
+    edge_agreement,
+    gradient_distance,
+    grid_artifact,
+    hatching_artifact,
+)
 from styleforge.style.fast.sheet import compose  # noqa: E402
 from styleforge.style.fast.universal import (  # noqa: E402
     DEFAULT_STYLE_SIZE,
@@ -104,11 +114,14 @@ def objective_for(extractor, content: torch.Tensor, style: torch.Tensor) -> Perc
                           content_weight=1.0, style_weight=1.0, tv_weight=0.0, rt=runtime("cpu", "fp32"))
 
 
-def score(objective: PerceptualLoss, out: torch.Tensor, content: torch.Tensor) -> tuple[float, ...]:
-    """(content loss, style loss, grid, hatching, edges, detail, then the style loss at each style layer)."""
+def score(objective: PerceptualLoss, out: torch.Tensor, content: torch.Tensor,
+          painting: torch.Tensor) -> tuple[float, ...]:
+    """(content loss, style loss, grid, hatching, edges, detail, gradients, then the style loss at each
+    style layer)."""
     parts, by_layer = objective.scored(out)
     return (parts["content"], parts["style"], grid_artifact(out, content), hatching_artifact(out, content),
-            edge_agreement(out, content), detail_kept(out, content), *by_layer.values())
+            edge_agreement(out, content), detail_kept(out, content), gradient_distance(out, painting),
+            *by_layer.values())
 
 
 def methods_for(name, model_path, style, args, extractor, stl) -> tuple[dict, dict]:
@@ -152,8 +165,9 @@ def summary_rows(name: str, scores: dict, secs: dict, info: dict) -> list[dict]:
                        "hatching": round(statistics.mean(v[3] for v in scores[m]), 3),
                        "edges": round(statistics.mean(v[4] for v in scores[m]), 3),
                        "detail": round(statistics.mean(v[5] for v in scores[m]), 3),
+                       "gradients": round(statistics.mean(v[6] for v in scores[m]), 3),
                        "style by layer": "/".join(f"{statistics.mean(v[k] for v in scores[m]):.2f}"
-                                                  for k in range(6, len(scores[m][0]))),
+                                                  for k in range(7, len(scores[m][0]))),
                        "s/image": round(statistics.mean(secs[m]), 3)}
     for m in ("styleforge", "any-style"):
         if m in rows and PEER in rows:
@@ -182,9 +196,9 @@ def run_style(name, model_path, files, args, extractor, stl, out_dir: Path) -> t
                 t = time.perf_counter()
                 outs[m] = fn(photo, content)
                 secs[m].append(time.perf_counter() - t)
-                scores[m].append(score(objective, outs[m], content))
+                scores[m].append(score(objective, outs[m], content, style))
         print(f"{name} {i + 1}/{len(files)} " + " ".join(
-            f"{m} {tuple(round(v, 3) for v in scores[m][-1][:6])}" for m in outs), flush=True)
+            f"{m} {tuple(round(v, 3) for v in scores[m][-1][:7])}" for m in outs), flush=True)
         if i < SHEET_PHOTOS:
             tiles += [(f.stem, photo)] + [(m, tensor_to_pil(outs[m][0])) if m in outs
                                           else (f"{m} (not run)", photo.point(lambda v: 255)) for m in shown]

@@ -329,6 +329,30 @@ def tone_loss(image: torch.Tensor, content: torch.Tensor, target_sorted: torch.T
         return (got - want).pow(2).mean() / (target_sorted.float().var() + EPS)
 
 
+def gradient_magnitudes(luma: torch.Tensor) -> torch.Tensor:
+    """Each picture's luminance gradient magnitudes (forward differences), sorted: (B, (H-1)*(W-1))
+    for a (B, 1, H, W) batch. Flat planes put mass at 0, hard edges in the upper tail."""
+    luma = luma.float()
+    dx = luma[..., :-1, 1:] - luma[..., :-1, :-1]
+    dy = luma[..., 1:, :-1] - luma[..., :-1, :-1]
+    return (dx * dx + dy * dy + 1e-8).sqrt().flatten(1).sort(dim=1).values
+
+
+def gradient_loss(image: torch.Tensor, target_sorted: torch.Tensor) -> torch.Tensor:
+    """Squared distance between each RGB image's sorted luminance gradient magnitudes and a
+    target's (:func:`gradient_magnitudes` of the painting, (M,)), relative to the target's mean
+    square; mean over the batch (1-D Wasserstein-2, as :func:`sliced_wasserstein` per direction).
+
+    0 when a picture has the painting's proportions of flat planes, soft shading and hard edges,
+    wherever they sit. Not in the papers: Gram losses say which features co-occur, not how much of
+    a picture is flat, and networks kept the photo's own fine grain inside udnie's planes (issue 11).
+    """
+    with torch.autocast(image.device.type, enabled=False):
+        got = gradient_magnitudes(luminance(image.float()))
+        want = quantiles(target_sorted.float(), got.shape[-1])
+        return (got - want).pow(2).mean() / (target_sorted.float().pow(2).mean() + EPS)
+
+
 def weighted_sum(losses: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
     """Sum of per-layer losses times their weights."""
     return sum(weights[name] * losses[name] for name in weights)

@@ -15,6 +15,7 @@ from styleforge.style.fast import TransformerNet, save_model
 from styleforge.style.fast.quality import (
     detail_kept,
     edge_agreement,
+    gradient_distance,
     grid_artifact,
     grid_peaks,
     hatching,
@@ -127,6 +128,19 @@ def test_detail_kept_sees_detail_lost_inside_the_outlines():
     assert detail_kept(scene * 0.3, scene) == pytest.approx(0.3, abs=0.02)
     assert detail_kept(torch.full_like(scene, 0.5), scene) == pytest.approx(0.0, abs=1e-3)
     assert detail_kept(scene.flip(-1), scene) < 0.3
+
+
+def test_gradient_distance_sees_a_photos_grain_inside_a_paintings_planes():
+    # A "painting" of flat planes with hard edges; a picture with the same planes scores 0; the same
+    # planes with fine grain inside them score worse, a photo-like scene worse still; a flat picture 1.
+    g = torch.Generator().manual_seed(6)
+    painting = torch.zeros(3, 120, 160)
+    painting[:, 40:, :] = 0.5
+    painting[:, :, 100:] += 0.4
+    grained = (painting + 0.03 * torch.randn(1, 120, 160, generator=g)).clamp(0, 1)
+    assert gradient_distance(painting.flip(-1), painting) < 1e-6
+    assert gradient_distance(torch.full_like(painting, 0.3), painting) == pytest.approx(1.0, abs=1e-3)
+    assert 0.05 < gradient_distance(grained, painting) < gradient_distance(_scene(120, 160), painting)
 
 
 def test_laplacian_loss_sees_outlines_not_offsets():

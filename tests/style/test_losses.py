@@ -239,3 +239,31 @@ def test_palette_directions_are_unit_and_cover_the_colour_space():
     probe = torch.nn.functional.normalize(torch.randn(5000, 3, generator=torch.Generator().manual_seed(0)), dim=1)
     worst = (probe @ d.T).abs().amax(1).min().item()
     assert math.degrees(math.acos(worst)) < 22  # every colour axis within 22 degrees of one of them
+
+
+def test_gradient_magnitudes_of_a_ramp_are_its_slope_and_of_a_step_one_edge():
+    ramp = torch.linspace(0, 1, 11).view(1, 1, 1, 11).expand(1, 1, 5, 11)
+    torch.testing.assert_close(losses.gradient_magnitudes(ramp), torch.full((1, 40), 0.1), atol=1e-4, rtol=0)
+    step = torch.zeros(1, 1, 5, 11)
+    step[..., 6:] = 1.0
+    got = losses.gradient_magnitudes(step)
+    assert (got[0, :-4] < 1e-3).all() and torch.allclose(got[0, -4:], torch.ones(4), atol=1e-4)
+
+
+def test_gradient_loss_is_zero_for_the_targets_planes_and_one_for_a_flat_picture():
+    # A picture of flat planes with hard edges: any picture with the same share of flat pixels and
+    # edges of the same height scores 0, wherever they sit; a flat picture scores 1; the photo's
+    # fine grain (every pixel a small gradient) scores in between, and its gradient points away from it.
+    torch.manual_seed(0)
+    planes = torch.zeros(1, 3, 32, 32)
+    planes[..., 16:, :] = 0.8
+    planes[..., :, 20:] += 0.2
+    want = losses.gradient_magnitudes(planes.mean(1, keepdim=True))[0]
+    assert losses.gradient_loss(planes.flip(-1).flip(-2), want).item() < 1e-8
+    assert losses.gradient_loss(torch.full_like(planes, 0.4), want).item() == pytest.approx(1.0, abs=1e-3)
+    grain = (planes + 0.05 * torch.randn(1, 1, 32, 32)).requires_grad_()
+    loss = losses.gradient_loss(grain, want)
+    assert 0.01 < loss.item() < 1.0
+    loss.backward()
+    stepped = (grain - 0.5 * grain.grad / grain.grad.abs().max() * 0.05).detach()
+    assert losses.gradient_loss(stepped, want).item() < loss.item()

@@ -128,6 +128,20 @@ def detail_kept(output: torch.Tensor, content: torch.Tensor) -> float:
     return float(losses.detail_kept(_luma(output)[None, None], _luma(content)[None, None])[0])
 
 
+def gradient_distance(output: torch.Tensor, painting: torch.Tensor) -> float:
+    """How far the picture's share of flat planes, soft shading and hard edges is from the painting's:
+    :func:`styleforge.style.losses.gradient_loss` of its luminance gradient magnitudes against the
+    painting's at the size given (0: the painting's proportions; 1: a flat picture; above 1: busier than
+    the painting).
+
+    The style loss's Gram matrices say which features occur together, not how much of a picture is
+    flat: udnie's pictures kept the photo's grain inside the painting's planes and passed it
+    (issue 11, session 24), where the peer paints planes.
+    """
+    want = losses.gradient_magnitudes(_luma(painting)[None, None])[0]
+    return float(losses.gradient_loss(_luma(output)[None, None].expand(1, 3, -1, -1), want))
+
+
 def hatching(image: torch.Tensor) -> float:
     """How strongly the picture's fine texture repeats itself: the mean, over textured tiles, of the
     highest normalized autocorrelation of the fine luminance texture at lags of 3-10 px in any

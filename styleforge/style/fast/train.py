@@ -71,7 +71,7 @@ DEFAULT_STEPS = 2400
 DEFAULT_LR = {"light": 5e-3, "johnson": 1e-3}
 # The terms fast training adds to the perceptual loss's content, style and tv; TRAIN_PARTS: the
 # named losses each step records (loss table and plot), "total" their sum.
-EXTRA_TERMS = ("lattice", "laplacian", "hatching", "detail", "palette", "tone")
+EXTRA_TERMS = ("lattice", "laplacian", "hatching", "detail", "palette", "tone", "gradient")
 TRAIN_PARTS = ("content", "style", "tv", *EXTRA_TERMS, "total")
 # Directions the palette loss projects colours on (losses.sliced_wasserstein): 32 over the half sphere
 # leave no colour axis more than about 21 degrees from one of them.
@@ -145,6 +145,9 @@ class FastTrainConfig:
     # loss (0.368, 0.267 against the peer's 0.293, 0.222), which strength 0.4 and content relu4_2 then
     # gave them: a default since session 18 (bench/HISTORY.md, "Defaults: the history").
     tone_weight: float = 10.0
+    # Weight of the gradient loss (losses.gradient_loss: the output's sorted luminance gradient
+    # magnitudes against the painting's; 0: none): the painting's share of flat planes and hard edges.
+    gradient_weight: float = 0.0
     # Crop side. Departure from the published 256 px: 128 px crops of whole photos shrunk to 128 px
     # (short side) taught texture at 4x the images/s; the shipped starry_night passes the benchmark so.
     image_size: int = 128
@@ -208,6 +211,7 @@ class FastTrainConfig:
              ("--detail-weight", self.detail_weight, guard.NON_NEGATIVE),
              ("--palette-weight", self.palette_weight, guard.NON_NEGATIVE),
              ("--tone-weight", self.tone_weight, guard.NON_NEGATIVE),
+             ("--gradient-weight", self.gradient_weight, guard.NON_NEGATIVE),
              ("--steps", self.steps, guard.COUNT),
              ("--stop-at", self.stop_at, guard.COUNT)])
         if self.arch not in ARCHS:
@@ -286,7 +290,7 @@ def _load_resume(cfg: FastTrainConfig, ckpt: Path, steps: int) -> dict:
     # Settings older checkpoints lack, at the value those runs used.
     old = {"upsample": "nearest", "input_noise": 0.0, "lattice_weight": 0.0, "laplacian_weight": 0.0,
            "photo_size": None, "hatching_weight": 0.0, "palette_weight": 0.0, "tone_weight": 0.0, "warmup_steps": 0,
-           "detail_weight": 0.0,
+           "detail_weight": 0.0, "gradient_weight": 0.0,
            **record["config"]}
     mine = _jsonable(asdict(cfg))
     for key in ("style", "data"):  # the same files, however the paths are written
@@ -425,12 +429,14 @@ def _colour_terms(cfg: FastTrainConfig, style: torch.Tensor,
     directions = losses.sphere_directions(PALETTE_DIRECTIONS).to(rt.device)
     colours = losses.sorted_projections(style, directions) if cfg.palette_weight else None
     tones = luminance(style).flatten().sort().values if cfg.tone_weight else None
+    grads = losses.gradient_magnitudes(luminance(style))[0] if cfg.gradient_weight else None
 
     def terms(y: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         zero = y.new_zeros((), dtype=torch.float32)
         return {"palette": cfg.palette_weight * losses.sliced_wasserstein(y, colours, directions)
                 if colours is not None else zero,
-                "tone": cfg.tone_weight * losses.tone_loss(y, x, tones) if tones is not None else zero}
+                "tone": cfg.tone_weight * losses.tone_loss(y, x, tones) if tones is not None else zero,
+                "gradient": cfg.gradient_weight * losses.gradient_loss(y, grads) if grads is not None else zero}
     return terms
 
 
