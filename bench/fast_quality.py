@@ -269,7 +269,7 @@ def main() -> None:
         style_rows, per_photo[name] = run_style(name, models.get(name), files, args, extractor, stl, out_dir)
         rows += style_rows
     print(table(rows, ["style", "method", "photos", "content loss", "style loss", "grid", "hatching", "edges", "detail",
-                       "style by layer", "s/image", "bar"]))
+                       "gradients", "style by layer", "s/image", "bar"]))
     data = {"start": args.start, "count": len(files), "size": args.size, "rows": rows, "per_photo": per_photo}
     if args.any_style:
         cfg = any_style_config(Path("PAINTING"), args)
