@@ -139,7 +139,8 @@ def gradient_distance(output: torch.Tensor, painting: torch.Tensor) -> float:
     (issue 11, session 24), where the peer paints planes.
     """
     want = losses.gradient_magnitudes(_luma(painting)[None, None])[0]
-    return float(losses.gradient_loss(_luma(output)[None, None].expand(1, 3, -1, -1), want))
+    grey = _luma(output)[None, None].expand(1, 3, -1, -1)  # a grey RGB picture: its luminance is itself
+    return float(losses.gradient_loss(grey, want))
 
 
 def hatching(image: torch.Tensor) -> float:

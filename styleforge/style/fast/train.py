@@ -374,14 +374,14 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
     _check_data(cfg, files, global_batch)
     perceptual = PerceptualLoss(extractor, style_img, cfg.content_layers, cfg.style_layers, content_weight=content_w,
                                 style_weight=style_w, tv_weight=cfg.tv_weight, rt=rt)
-    colours = _colour_terms(cfg, style_img, rt)
+    painting = _painting_terms(cfg, style_img, rt)
 
     def loss_fn(x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         noise = None
         if cfg.input_noise:  # the crops' stream positions, as StreamSampler numbers them
             noise = _training_noise(x, (run.step - 1) * global_batch + ctx.rank * len(x), cfg.seed)
         y = run.train_model(x, noise)
-        parts = {**perceptual(y, content=x), **_structure_terms(cfg, y, x), **colours(y, x)}
+        parts = {**perceptual(y, content=x), **_structure_terms(cfg, y, x), **painting(y, x)}
         parts["total"] = parts["total"] + sum(parts[k] for k in EXTRA_TERMS)
         return parts["total"], {k: parts[k] for k in TRAIN_PARTS}
 
@@ -424,10 +424,10 @@ def _structure_terms(cfg: FastTrainConfig, y: torch.Tensor, x: torch.Tensor) -> 
     return {"lattice": lattice, "laplacian": laplacian, "hatching": hatching, "detail": detail}
 
 
-def _colour_terms(cfg: FastTrainConfig, style: torch.Tensor,
+def _painting_terms(cfg: FastTrainConfig, style: torch.Tensor,
                   rt: Runtime) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
-    """The weighted palette and tone losses of outputs ``y`` for inputs ``x`` against the style
-    image's colours and tones, sorted once (zero when off)."""
+    """The weighted palette, tone and gradient losses of outputs ``y`` for inputs ``x`` against the
+    style image's colours, tones and gradient magnitudes, sorted once (zero when off)."""
     style = style.to(rt.device)
     directions = losses.sphere_directions(PALETTE_DIRECTIONS).to(rt.device)
     colours = losses.sorted_projections(style, directions) if cfg.palette_weight else None
