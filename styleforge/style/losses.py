@@ -338,19 +338,25 @@ def gradient_magnitudes(luma: torch.Tensor) -> torch.Tensor:
     return (dx * dx + dy * dy + 1e-8).sqrt().flatten(1).sort(dim=1).values
 
 
-def gradient_loss(image: torch.Tensor, target_sorted: torch.Tensor) -> torch.Tensor:
-    """Squared distance between each RGB image's sorted luminance gradient magnitudes and a
-    target's (:func:`gradient_magnitudes` of the painting, (M,)), relative to the target's mean
-    square; mean over the batch (1-D Wasserstein-2, as :func:`sliced_wasserstein` per direction).
+def gradient_distance(luma: torch.Tensor, target_sorted: torch.Tensor) -> torch.Tensor:
+    """Squared distance between the sorted luminance gradient magnitudes of a (B, 1, H, W) batch and a
+    target's (:func:`gradient_magnitudes` of the painting, (M,)), relative to the target's mean square;
+    mean over the batch (1-D Wasserstein-2, as :func:`sliced_wasserstein` per direction). Float32.
 
     0 when a picture has the painting's proportions of flat planes, soft shading and hard edges,
-    wherever they sit. Not in the papers: Gram losses say which features co-occur, not how much of
-    a picture is flat, and networks kept the photo's own fine grain inside udnie's planes (issue 11).
+    wherever they sit; 1 for a flat picture.
     """
+    got = gradient_magnitudes(luma)
+    want = quantiles(target_sorted.float(), got.shape[-1])
+    return (got - want).pow(2).mean() / (target_sorted.float().pow(2).mean() + EPS)
+
+
+def gradient_loss(image: torch.Tensor, target_sorted: torch.Tensor) -> torch.Tensor:
+    """:func:`gradient_distance` of an RGB batch's luminance: the painting's share of flat planes and
+    hard edges. Not in the papers: Gram losses say which features co-occur, not how much of a picture
+    is flat, and networks kept the photo's own fine grain inside udnie's planes (issue 11)."""
     with torch.autocast(image.device.type, enabled=False):
-        got = gradient_magnitudes(luminance(image.float()))
-        want = quantiles(target_sorted.float(), got.shape[-1])
-        return (got - want).pow(2).mean() / (target_sorted.float().pow(2).mean() + EPS)
+        return gradient_distance(luminance(image.float()), target_sorted)
 
 
 def weighted_sum(losses: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:

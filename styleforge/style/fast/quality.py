@@ -130,7 +130,7 @@ def detail_kept(output: torch.Tensor, content: torch.Tensor) -> float:
 
 def gradient_distance(output: torch.Tensor, painting: torch.Tensor) -> float:
     """How far the picture's share of flat planes, soft shading and hard edges is from the painting's:
-    :func:`styleforge.style.losses.gradient_loss` of its luminance gradient magnitudes against the
+    :func:`styleforge.style.losses.gradient_distance` of its luminance gradient magnitudes against the
     painting's at the size given (0: the painting's proportions; 1: a flat picture; above 1: busier than
     the painting).
 
@@ -139,8 +139,7 @@ def gradient_distance(output: torch.Tensor, painting: torch.Tensor) -> float:
     (issue 11, session 24), where the peer paints planes.
     """
     want = losses.gradient_magnitudes(_luma(painting)[None, None])[0]
-    grey = _luma(output)[None, None].expand(1, 3, -1, -1)  # a grey RGB picture: its luminance is itself
-    return float(losses.gradient_loss(grey, want))
+    return float(losses.gradient_distance(_luma(output)[None, None], want))
 
 
 def hatching(image: torch.Tensor) -> float:
