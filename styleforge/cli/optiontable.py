@@ -1,7 +1,7 @@
-"""Every option of every command, as the Markdown table in the README's "Every option".
+"""Every option of every command, as the Markdown table of docs/OPTIONS.md.
 
-``python -m styleforge.cli.optiontable`` prints it; ``--write README.md`` replaces the table
-between the README's markers. A test fails when the README's copy differs from the CLI.
+``python -m styleforge.cli.optiontable`` prints it; ``--write docs/OPTIONS.md`` replaces the table
+between the file's markers. A test fails when the file's copy differs from the CLI.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def replace_between_markers(text: str, table: str) -> str:
     head, start, rest = text.partition(START)
     _, end, tail = rest.partition(END)
     if not start or not end:
-        raise SystemExit(f"the README has no {START} ... {END} section")
+        raise SystemExit(f"no {START} ... {END} section to replace")
     return f"{head}{START}\n{table}\n{END}{tail}"
 
 
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     elif not argv:
         print(table)
     else:
-        raise SystemExit("usage: python -m styleforge.cli.optiontable [--write README.md]")
+        raise SystemExit("usage: python -m styleforge.cli.optiontable [--write docs/OPTIONS.md]")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Every option of every command: the README's table is the CLI's, one name means one thing,
+"""Every option of every command: docs/OPTIONS.md's table is the CLI's, one name means one thing,
 each default is the library's, and old spellings keep working with one line saying the new one."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from styleforge.style.fast.decoder_train import DecoderTrainConfig, train_decode
 from styleforge.style.gatys import StylizeConfig
 
 NONE = (None, getattr(click.core, "UNSET", None))  # no default (Click 8.3+ says UNSET)
-README = Path(__file__).resolve().parents[2] / "README.md"
+OPTIONS = Path(__file__).resolve().parents[2] / "docs" / "OPTIONS.md"
 
 # Option names whose meaning differs between commands on purpose, and why (keep it short).
 ALLOWED = {
@@ -43,11 +43,12 @@ def table():
     return rows(main_group)
 
 
-def test_the_readme_table_is_the_clis(table):
-    text = README.read_text(encoding="utf-8")
-    assert START in text and END in text, "the README lost its 'Every option' markers"
+def test_the_options_table_is_the_clis(table):
+    text = OPTIONS.read_text(encoding="utf-8")
+    assert START in text and END in text, "docs/OPTIONS.md lost its table markers"
     current = text.split(START, 1)[1].split(END, 1)[0].strip()
-    assert current == markdown(table), "README out of date: run python -m styleforge.cli.optiontable --write README.md"
+    assert current == markdown(table), \
+        "docs/OPTIONS.md out of date: run python -m styleforge.cli.optiontable --write docs/OPTIONS.md"
 
 
 def _meaning(help_text: str) -> str:
