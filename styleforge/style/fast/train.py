@@ -118,7 +118,8 @@ class FastTrainConfig:
     # content 1.53 -> 1.31 and style 0.273 -> 0.264 with it; with lattice 1e6, 0.78 again. 120 since
     # session 21 (with the detail loss below): shipwreck and the_scream failed the hatching measure at
     # 30 in most runs; at 120 with detail 20, all five shipped paintings passed the bar (README,
-    # "Defaults"; the probes: bench/HISTORY.md).
+    # "Defaults"; the probes: bench/HISTORY.md). It also charges long straight edges, which held
+    # udnie's planes back at 30-120 (style 0.295 or more after 2400 steps): udnie is trained at 20.
     hatching_weight: float = 120.0
     # Weight of the detail loss (losses.detail_loss: 1 - losses.detail_kept of output against input;
     # 0: none), the benchmark's detail measure made a loss. Not in the papers: the networks keep the
@@ -150,6 +151,7 @@ class FastTrainConfig:
     # Not in the papers. Off by default: on udnie (session 24, bench/HISTORY.md) it lowered the style
     # loss (0.319 -> 0.301 at 60, 2400 steps; the bar passed at 4800 steps, half the shipped recipe's)
     # by smoothing the photo's grain, without the painting's facets; at the defaults it did nothing.
+    # The shipped udnie uses 60, with the hatching penalty at 20 (session 25).
     gradient_weight: float = 0.0
     # Crop side. Departure from the published 256 px: 128 px crops of whole photos shrunk to 128 px
     # (short side) taught texture at 4x the images/s; the shipped starry_night passes the benchmark so.
