@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     table = markdown(rows(main_group))
     if argv[:1] == ["--write"] and len(argv) == 2:
         path = Path(argv[1])
+        if not path.is_file():
+            raise SystemExit(f"{path} is not a file: give the file that holds the table (docs/OPTIONS.md)")
         path.write_text(replace_between_markers(path.read_text(encoding="utf-8"), table), encoding="utf-8")
     elif not argv:
         print(table)

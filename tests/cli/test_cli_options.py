@@ -17,6 +17,7 @@ from styleforge.classify.train import TrainConfig
 from styleforge.cli import main_group
 from styleforge.cli.options import as_text, default_of, option
 from styleforge.cli.optiontable import END, START, commands, markdown, rows
+from styleforge.cli.optiontable import main as optiontable_main
 from styleforge.runtime.errors import StyleforgeError
 from styleforge.runtime.guard import number_text
 from styleforge.style.fast import FastTrainConfig
@@ -49,6 +50,13 @@ def test_the_options_table_is_the_clis(table):
     current = text.split(START, 1)[1].split(END, 1)[0].strip()
     assert current == markdown(table), \
         "docs/OPTIONS.md out of date: run python -m styleforge.cli.optiontable --write docs/OPTIONS.md"
+
+
+def test_the_table_writer_refuses_a_missing_file(tmp_path):
+    missing = tmp_path / "OPTIONS.md"
+    with pytest.raises(SystemExit, match="is not a file"):
+        optiontable_main(["--write", str(missing)])
+    assert not missing.exists()
 
 
 def _meaning(help_text: str) -> str:
