@@ -91,6 +91,9 @@ def fast_group() -> None:
 @config_option(FastTrainConfig, "gradient_weight", "--gradient-weight", type=NON_NEGATIVE, metavar="WEIGHT",
                help="Weight of a loss on the picture's luminance gradient magnitudes against the painting's, in "
                     "its proportions: its share of flat planes and hard edges. 0: none.")
+@config_option(FastTrainConfig, "chroma_weight", "--chroma-weight", type=NON_NEGATIVE, metavar="WEIGHT",
+               help="Weight of a loss on the picture's chroma against the painting's, in its proportions: its "
+                    "share of grey and of coloured pixels. 0: none.")
 @config_option(FastTrainConfig, "image_size", "--crop-size", type=COUNT, metavar="PX", old=("--image-size",),
                help=CROP_HELP)
 @config_option(FastTrainConfig, "photo_size", "--photo-size", type=COUNT, metavar="PX",
@@ -113,16 +116,16 @@ def fast_group() -> None:
 @runtime_options(FastTrainConfig)
 @quiet_option
 def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_weight, laplacian_weight,
-              hatching_weight, detail_weight, palette_weight, tone_weight, gradient_weight, image_size,
-              photo_size, style_size, batch_size, steps, epochs, lr, lr_schedule, warmup_steps, style_strength,
-              content_weight, style_weight, tv_weight, content_layers, style_layers, weights, workers,
-              checkpoint_every, resume, stop_at, fp32_model, overwrite, device, precision, seed, quiet):
+              hatching_weight, detail_weight, palette_weight, tone_weight, gradient_weight, chroma_weight,
+              image_size, photo_size, style_size, batch_size, steps, epochs, lr, lr_schedule, warmup_steps,
+              style_strength, content_weight, style_weight, tv_weight, content_layers, style_layers, weights,
+              workers, checkpoint_every, resume, stop_at, fp32_model, overwrite, device, precision, seed, quiet):
     """Train a style network for STYLE_IMAGE on the photos in --data."""
     cfg = FastTrainConfig(
         style=str(style_image), data=[str(d) for d in data], output=str(output), arch=arch, upsample=upsample,
         input_noise=input_noise, lattice_weight=lattice_weight, laplacian_weight=laplacian_weight,
         hatching_weight=hatching_weight, detail_weight=detail_weight, palette_weight=palette_weight,
-        tone_weight=tone_weight, gradient_weight=gradient_weight,
+        tone_weight=tone_weight, gradient_weight=gradient_weight, chroma_weight=chroma_weight,
         image_size=image_size, photo_size=photo_size, style_size=style_size, batch_size=batch_size, steps=steps,
         epochs=epochs, lr=lr, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
         style_strength=style_strength, content_weight=content_weight, style_weight=style_weight,

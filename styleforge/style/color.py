@@ -23,6 +23,12 @@ def luminance(image: torch.Tensor) -> torch.Tensor:
     return _apply(_RGB2YIQ[:1], image.float())
 
 
+def chroma(image: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) chroma of a (B, 3, H, W) RGB batch: the length of its (I, Q) chrominance, 0 for a grey."""
+    iq = _apply(_RGB2YIQ[1:], image.float())
+    return (iq.pow(2).sum(1, keepdim=True) + 1e-8).sqrt()
+
+
 def original_colors(stylized: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     """The stylized image's luminance with the content image's chrominance, in [0, 1].
 

@@ -203,7 +203,7 @@ def test_training_lowers_the_loss_and_writes_outputs(photos, tmp_path, random_vg
     assert np.mean(totals[-5:]) < 0.7 * np.mean(totals[:5])
     assert (tmp_path / "m.pth").is_file() and (tmp_path / "m.pth.ckpt").is_file()
     header = (tmp_path / "m.losses.csv").read_text().split("\n", 1)[0]
-    assert header.startswith("step,content,style,tv,lattice,laplacian,hatching,detail,palette,tone,gradient,total")
+    assert header.startswith("step,content,style,tv,lattice,laplacian,hatching,detail,palette,tone,gradient,chroma,total")
     assert (tmp_path / "m.losses.png").stat().st_size > 1000
     _, record = load_model(tmp_path / "m.pth")
     assert record["training"]["steps"] == 25 and record["training"]["image_size"] == 32
@@ -216,9 +216,10 @@ def test_resume_gives_the_same_weights(photos, tmp_path, random_vgg19_file):
     (tmp_path / "b").mkdir()
     # nearest: the model file and the checkpoint carry it; every loss term and the input noise on
     kw = dict(upsample="nearest", input_noise=0.2, laplacian_weight=1.0, palette_weight=1.0, tone_weight=1.0,
-              detail_weight=1.0, gradient_weight=1.0)
+              detail_weight=1.0, gradient_weight=1.0, chroma_weight=1.0)
     full = train_style(_cfg(photos, tmp_path / "a", random_vgg19_file, **kw))
-    assert all(r["palette"] > 0 and r["tone"] > 0 and r["detail"] > 0 and r["gradient"] > 0 for r in full.history)
+    assert all(r["palette"] > 0 and r["tone"] > 0 and r["detail"] > 0 and r["gradient"] > 0
+               and r["chroma"] > 0 for r in full.history)
     part = _cfg(photos, tmp_path / "b", random_vgg19_file, stop_at=3, **kw)
     assert train_style(part).model_path.name == "m.pth.ckpt" and not (tmp_path / "b" / "m.pth").exists()
     resumed = train_style(_cfg(photos, tmp_path / "b", random_vgg19_file, resume=True, **kw))

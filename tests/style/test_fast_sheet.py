@@ -13,6 +13,7 @@ from styleforge.runtime.errors import StyleforgeError
 from styleforge.runtime.io import save_image
 from styleforge.style.fast import TransformerNet, save_model
 from styleforge.style.fast.quality import (
+    chroma_distance,
     detail_kept,
     edge_agreement,
     gradient_distance,
@@ -141,6 +142,20 @@ def test_gradient_distance_sees_a_photos_grain_inside_a_paintings_planes():
     assert gradient_distance(painting.flip(-1), painting) < 1e-6
     assert gradient_distance(torch.full_like(painting, 0.3), painting) == pytest.approx(1.0, abs=1e-3)
     assert 0.05 < gradient_distance(grained, painting) < gradient_distance(_scene(120, 160), painting)
+
+
+def test_chroma_distance_sees_a_picture_washed_grey():
+    # A grey "painting" with a fifth of its area in strong blue: the painting's colours moved around
+    # score 0, in a batch or not; the same painting washed nearly grey in between; an all-grey
+    # picture 1; too much colour counts too (the photo-like scene, coloured all over, above 1).
+    painting = torch.full((3, 100, 100), 0.5)
+    painting[:, :20] = torch.tensor([0.2, 0.3, 0.9]).view(3, 1, 1)
+    grey = painting.mean(0, keepdim=True).expand(3, -1, -1)
+    assert chroma_distance(painting.flip(-2)[None], painting) < 1e-6
+    assert chroma_distance(grey, painting) == pytest.approx(1.0, abs=1e-3)
+    washed = 0.8 * grey + 0.2 * painting
+    assert 0.3 < chroma_distance(washed, painting) < 1.0
+    assert chroma_distance(_scene(100, 100), painting) > 1.0
 
 
 def test_laplacian_loss_sees_outlines_not_offsets():

@@ -267,3 +267,32 @@ def test_gradient_loss_is_zero_for_the_targets_planes_and_one_for_a_flat_picture
     loss.backward()
     stepped = (grain - 0.5 * grain.grad / grain.grad.abs().max() * 0.05).detach()
     assert losses.gradient_loss(stepped, want).item() < loss.item()
+
+
+def test_chroma_loss_is_zero_for_the_paintings_share_of_colour_and_one_for_a_grey_picture():
+    # A painting mostly grey with a fifth of its pixels in strong colour: any picture with the same
+    # share of grey and of colour scores 0, whatever the hues and wherever they sit; an all-grey
+    # picture scores 1; a picture with too little colour moves towards the painting's share.
+    g = torch.Generator().manual_seed(5)
+    painting = torch.full((1, 3, 20, 20), 0.5)
+    painting[:, :, :4] = torch.tensor([0.2, 0.3, 0.9]).view(1, 3, 1, 1)  # blue band, 20% of the pixels
+    want = losses.sorted_chroma(painting)[0]
+    other_hue = painting.clone()
+    other_hue[:, :, :4] = 1 - painting[:, :, :4]  # the complementary yellow: the same chroma, the opposite hue
+    assert losses.chroma_loss(other_hue.flip(-2), want).item() < 1e-3
+    grey = painting.mean(1, keepdim=True).expand_as(painting)
+    assert losses.chroma_loss(grey, want).item() == pytest.approx(1.0, abs=1e-3)
+    washed = (0.9 * grey + 0.1 * painting + 0.01 * torch.rand(painting.shape, generator=g)).requires_grad_()
+    loss = losses.chroma_loss(washed, want)
+    assert 0.3 < loss.item() < 1.0
+    loss.backward()
+    stepped = (washed - 0.05 * washed.grad / washed.grad.abs().max()).detach()
+    assert losses.chroma_loss(stepped, want).item() < loss.item()
+
+
+def test_chroma_of_a_grey_is_zero_and_of_a_colour_its_chrominance_length():
+    from styleforge.style.color import chroma
+    grey = torch.full((1, 3, 2, 2), 0.3)
+    assert chroma(grey).max().item() < 1e-3
+    red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    assert chroma(red).item() == pytest.approx(math.hypot(0.595716, 0.211456), abs=1e-4)

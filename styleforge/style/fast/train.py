@@ -71,7 +71,7 @@ DEFAULT_STEPS = 2400
 DEFAULT_LR = {"light": 5e-3, "johnson": 1e-3}
 # The terms fast training adds to the perceptual loss's content, style and tv; TRAIN_PARTS: the
 # named losses each step records (loss table and plot), "total" their sum.
-EXTRA_TERMS = ("lattice", "laplacian", "hatching", "detail", "palette", "tone", "gradient")
+EXTRA_TERMS = ("lattice", "laplacian", "hatching", "detail", "palette", "tone", "gradient", "chroma")
 TRAIN_PARTS = ("content", "style", "tv", *EXTRA_TERMS, "total")
 # Directions the palette loss projects colours on (losses.sliced_wasserstein): 32 over the half sphere
 # leave no colour axis more than about 21 degrees from one of them.
@@ -153,6 +153,10 @@ class FastTrainConfig:
     # by smoothing the photo's grain, without the painting's facets; at the defaults it did nothing.
     # The shipped udnie uses 60, with the hatching penalty at 20 (session 25).
     gradient_weight: float = 0.0
+    # Weight of the chroma loss (losses.chroma_loss: the output's sorted chroma against the painting's;
+    # 0: none): the painting's share of grey and of coloured pixels. Not in the papers. Off by default
+    # (session 26: udnie, whose networks painted no colour at all; see bench/HISTORY.md).
+    chroma_weight: float = 0.0
     # Crop side. Departure from the published 256 px: 128 px crops of whole photos shrunk to 128 px
     # (short side) taught texture at 4x the images/s; the shipped starry_night passes the benchmark so.
     image_size: int = 128
@@ -217,6 +221,7 @@ class FastTrainConfig:
              ("--palette-weight", self.palette_weight, guard.NON_NEGATIVE),
              ("--tone-weight", self.tone_weight, guard.NON_NEGATIVE),
              ("--gradient-weight", self.gradient_weight, guard.NON_NEGATIVE),
+             ("--chroma-weight", self.chroma_weight, guard.NON_NEGATIVE),
              ("--steps", self.steps, guard.COUNT),
              ("--stop-at", self.stop_at, guard.COUNT)])
         if self.arch not in ARCHS:
@@ -295,7 +300,7 @@ def _load_resume(cfg: FastTrainConfig, ckpt: Path, steps: int) -> dict:
     # Settings older checkpoints lack, at the value those runs used.
     old = {"upsample": "nearest", "input_noise": 0.0, "lattice_weight": 0.0, "laplacian_weight": 0.0,
            "photo_size": None, "hatching_weight": 0.0, "palette_weight": 0.0, "tone_weight": 0.0, "warmup_steps": 0,
-           "detail_weight": 0.0, "gradient_weight": 0.0,
+           "detail_weight": 0.0, "gradient_weight": 0.0, "chroma_weight": 0.0,
            **record["config"]}
     mine = _jsonable(asdict(cfg))
     for key in ("style", "data"):  # the same files, however the paths are written
@@ -428,20 +433,22 @@ def _structure_terms(cfg: FastTrainConfig, y: torch.Tensor, x: torch.Tensor) -> 
 
 def _painting_terms(cfg: FastTrainConfig, style: torch.Tensor,
                   rt: Runtime) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
-    """The weighted palette, tone and gradient losses of outputs ``y`` for inputs ``x`` against the
-    style image's colours, tones and gradient magnitudes, sorted once (zero when off)."""
+    """The weighted palette, tone, gradient and chroma losses of outputs ``y`` for inputs ``x`` against
+    the style image's colours, tones, gradient magnitudes and chroma, sorted once (zero when off)."""
     style = style.to(rt.device)
     directions = losses.sphere_directions(PALETTE_DIRECTIONS).to(rt.device)
     colours = losses.sorted_projections(style, directions) if cfg.palette_weight else None
     tones = luminance(style).flatten().sort().values if cfg.tone_weight else None
     grads = losses.gradient_magnitudes(luminance(style))[0] if cfg.gradient_weight else None
+    chromas = losses.sorted_chroma(style)[0] if cfg.chroma_weight else None
 
     def terms(y: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         zero = y.new_zeros((), dtype=torch.float32)
         return {"palette": cfg.palette_weight * losses.sliced_wasserstein(y, colours, directions)
                 if colours is not None else zero,
                 "tone": cfg.tone_weight * losses.tone_loss(y, x, tones) if tones is not None else zero,
-                "gradient": cfg.gradient_weight * losses.gradient_loss(y, grads) if grads is not None else zero}
+                "gradient": cfg.gradient_weight * losses.gradient_loss(y, grads) if grads is not None else zero,
+                "chroma": cfg.chroma_weight * losses.chroma_loss(y, chromas) if chromas is not None else zero}
     return terms
 
 
