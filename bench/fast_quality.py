@@ -17,9 +17,9 @@ magnitudes against the painting's, 0 for the painting's share of flat planes and
 flat picture; since session 24, reported, not in the bar) sees what the Gram matrices do not: the
 photo's grain kept inside a painting's planes. The chroma measure (quality.chroma_distance: the
 picture's chroma against the painting's, 0 for the painting's share of grey and of coloured pixels,
-1 for an all-grey picture; since session 26, reported, not in the bar) sees a picture washed grey. The style loss is also given at each style layer
-(relu1_1/.../relu5_1), which says where a style falls short (colours and fine texture at the first
-layers, larger motifs at the last).
+1 for an all-grey picture; since session 26, reported, not in the bar) sees a picture washed grey.
+The style loss is also given at each style layer (relu1_1/.../relu5_1), which says where a style
+falls short (colours and fine texture at the first layers, larger motifs at the last).
 
 * styleforge: the style network, through the path `fast apply` takes (fp32 here), where a
   model for the painting exists (at ``--work-size`` where given);

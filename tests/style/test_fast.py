@@ -203,7 +203,8 @@ def test_training_lowers_the_loss_and_writes_outputs(photos, tmp_path, random_vg
     assert np.mean(totals[-5:]) < 0.7 * np.mean(totals[:5])
     assert (tmp_path / "m.pth").is_file() and (tmp_path / "m.pth.ckpt").is_file()
     header = (tmp_path / "m.losses.csv").read_text().split("\n", 1)[0]
-    assert header.startswith("step,content,style,tv,lattice,laplacian,hatching,detail,palette,tone,gradient,chroma,total")
+    assert header.startswith("step,content,style,tv,lattice,laplacian,hatching,detail,palette,tone,gradient,chroma,"
+                             "total")
     assert (tmp_path / "m.losses.png").stat().st_size > 1000
     _, record = load_model(tmp_path / "m.pth")
     assert record["training"]["steps"] == 25 and record["training"]["image_size"] == 32
