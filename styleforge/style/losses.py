@@ -303,9 +303,9 @@ TONE_SIGMA = 2.0
 
 
 def tone_target(luma: torch.Tensor, target_sorted: torch.Tensor) -> torch.Tensor:
-    """Each picture of a (B, 1, H, W) luminance batch histogram-matched to a target's sorted
-    luminance (M,): every pixel takes the target's quantile at its own mid-rank in its picture, so
-    the picture keeps its order of light and dark (ties share one value) and takes the target's tones."""
+    """Each map of a (B, 1, H, W) batch (luminance, chroma) histogram-matched to a target's sorted
+    values (M,): every pixel takes the target's quantile at its own mid-rank in its picture, so the
+    picture keeps its order of light and dark (ties share one value) and takes the target's tones."""
     flat = luma.float().flatten(1)
     ordered = flat.sort(dim=1).values
     below = torch.searchsorted(ordered, flat, side="left")
@@ -313,20 +313,27 @@ def tone_target(luma: torch.Tensor, target_sorted: torch.Tensor) -> torch.Tensor
     return quantile_at(target_sorted.float(), rank / flat.shape[1]).view_as(luma)
 
 
+def placed_loss(got: torch.Tensor, content: torch.Tensor, target_sorted: torch.Tensor,
+                sigma: float = TONE_SIGMA) -> torch.Tensor:
+    """Relative squared error between each blurred (B, 1, H, W) map ``got`` and its content photo's map
+    histogram-matched to a target's sorted values (:func:`tone_target`); mean over the batch. Float32.
+
+    0 when the picture's values sit where the photo's do, in the target's proportions; near 1 for a
+    flat picture at the target's mean (less the variance the blur takes away)."""
+    want = gaussian_blur(tone_target(content.float(), target_sorted), sigma).detach()
+    return (gaussian_blur(got.float(), sigma) - want).pow(2).mean() / (target_sorted.float().var() + EPS)
+
+
 def tone_loss(image: torch.Tensor, content: torch.Tensor, target_sorted: torch.Tensor,
               sigma: float = TONE_SIGMA) -> torch.Tensor:
-    """Relative squared error between the blurred luminance of each RGB image and that of its content
-    photo histogram-matched to a target's sorted luminance (:func:`tone_target`); mean over the batch.
+    """:func:`placed_loss` of each RGB image's luminance against its content photo's, in a target's
+    tones (its sorted luminance): light and dark where the photo has them.
 
-    0 when the picture's light and dark sit where the photo's do, in the target's tones; near 1 for
-    a flat picture at the target's mean (less the variance the blur takes away).
     Not in the papers: the palette loss (:func:`sliced_wasserstein`) gives a picture the painting's
     colours in its proportions wherever they sit, and trained networks then inverted light and dark
     in places (issue 11: a black bear painted white); this one says where the tones go."""
     with torch.autocast(image.device.type, enabled=False):
-        want = gaussian_blur(tone_target(luminance(content.float()), target_sorted), sigma).detach()
-        got = gaussian_blur(luminance(image.float()), sigma)
-        return (got - want).pow(2).mean() / (target_sorted.float().var() + EPS)
+        return placed_loss(luminance(image.float()), luminance(content.float()), target_sorted, sigma)
 
 
 def gradient_magnitudes(luma: torch.Tensor) -> torch.Tensor:
@@ -367,15 +374,22 @@ def sorted_chroma(image: torch.Tensor) -> torch.Tensor:
     return chroma(image.float()).flatten(1).sort(dim=1).values
 
 
-def chroma_loss(image: torch.Tensor, target_sorted: torch.Tensor) -> torch.Tensor:
-    """:func:`sorted_distance` of an RGB batch's chroma from the painting's (:func:`sorted_chroma`,
-    (M,)): the painting's share of grey and of coloured pixels, whatever the hues. Not in the papers:
-    udnie is mostly grey with a fifth of its pixels in strong blues, greens and pinks; the networks
-    painted it all grey (1% coloured pixels against the painting's 18% and the peer's 22%, issue 11,
-    session 26), a wash the palette loss barely charges (its distance relative to the painting's
-    whole colour variance: ours 0.022, the peer's 0.021) and this one does."""
+def chroma_loss(image: torch.Tensor, content: torch.Tensor, target_sorted: torch.Tensor,
+                sigma: float = TONE_SIGMA) -> torch.Tensor:
+    """:func:`placed_loss` of each RGB image's chroma (:func:`color.chroma`) against its content
+    photo's, in the painting's proportions (its :func:`sorted_chroma`): colour where the photo's
+    colour is strongest, as much of it as the painting has, whatever the hues (the palette and style
+    losses choose those).
+
+    Not in the papers: udnie is mostly grey with a fifth of its pixels in strong blues, greens and
+    pinks; the networks painted it all grey (1% coloured pixels against the painting's 18% and the
+    peer's 22%, issue 11, session 26), a wash the palette loss barely charges (its distance is
+    relative to the painting's whole colour spread: ours 0.022, the peer's 0.021). Matching the
+    share of colour alone (:func:`sorted_distance`) gave salmon clouds in the sky and on the ground,
+    away from the subjects; placed as the tone loss places light and dark, colour goes where the
+    photo's is."""
     with torch.autocast(image.device.type, enabled=False):
-        return sorted_distance(sorted_chroma(image), target_sorted)
+        return placed_loss(chroma(image.float()), chroma(content.float()), target_sorted, sigma)
 
 
 def weighted_sum(losses: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:

@@ -269,25 +269,28 @@ def test_gradient_loss_is_zero_for_the_targets_planes_and_one_for_a_flat_picture
     assert losses.gradient_loss(stepped, want).item() < loss.item()
 
 
-def test_chroma_loss_is_zero_for_the_paintings_share_of_colour_and_one_for_a_grey_picture():
-    # A painting mostly grey with a fifth of its pixels in strong colour: any picture with the same
-    # share of grey and of colour scores 0, whatever the hues and wherever they sit; an all-grey
-    # picture scores 1; a picture with too little colour moves towards the painting's share.
+def test_chroma_loss_puts_the_paintings_share_of_colour_where_the_photos_colour_is():
+    # A painting mostly grey with a fifth of its pixels in strong colour, and a photo whose strongest
+    # colour is a band at the top: a picture coloured there, in any hue, scores 0; the same colour
+    # moved to the bottom scores worse; an all-grey picture near 1; one gradient step from a washed
+    # picture brings colour back.
     g = torch.Generator().manual_seed(5)
     painting = torch.full((1, 3, 20, 20), 0.5)
     painting[:, :, :4] = torch.tensor([0.2, 0.3, 0.9]).view(1, 3, 1, 1)  # blue band, 20% of the pixels
     want = losses.sorted_chroma(painting)[0]
+    photo = (0.5 + 0.02 * torch.rand(1, 3, 20, 20, generator=g))
+    photo[:, :, :4] = torch.tensor([0.7, 0.45, 0.3]).view(1, 3, 1, 1)  # a paler orange band
     other_hue = painting.clone()
     other_hue[:, :, :4] = 1 - painting[:, :, :4]  # the complementary yellow: the same chroma, the opposite hue
-    assert losses.chroma_loss(other_hue.flip(-2), want).item() < 1e-3
+    assert losses.chroma_loss(other_hue, photo, want).item() < 1e-3
+    assert losses.chroma_loss(other_hue.flip(-2), photo, want).item() > 0.5
     grey = painting.mean(1, keepdim=True).expand_as(painting)
-    assert losses.chroma_loss(grey, want).item() == pytest.approx(1.0, abs=1e-3)
-    washed = (0.9 * grey + 0.1 * painting + 0.01 * torch.rand(painting.shape, generator=g)).requires_grad_()
-    loss = losses.chroma_loss(washed, want)
-    assert 0.3 < loss.item() < 1.0
+    assert losses.chroma_loss(grey, photo, want).item() == pytest.approx(1.0, abs=0.2)
+    washed = (0.9 * grey + 0.1 * painting).requires_grad_()
+    loss = losses.chroma_loss(washed, photo, want)
     loss.backward()
     stepped = (washed - 0.05 * washed.grad / washed.grad.abs().max()).detach()
-    assert losses.chroma_loss(stepped, want).item() < loss.item()
+    assert losses.chroma_loss(stepped, photo, want).item() < loss.item()
 
 
 def test_chroma_of_a_grey_is_zero_and_of_a_colour_its_chrominance_length():

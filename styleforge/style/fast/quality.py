@@ -150,7 +150,7 @@ def gradient_distance(output: torch.Tensor, painting: torch.Tensor) -> float:
 
 def chroma_distance(output: torch.Tensor, painting: torch.Tensor) -> float:
     """How far the picture's share of grey and of coloured pixels is from the painting's:
-    :func:`styleforge.style.losses.chroma_loss` of its chroma against the painting's at the size given
+    :func:`styleforge.style.losses.sorted_distance` of its chroma from the painting's at the size given
     (0: the painting's proportions, whatever the hues; 1: an all-grey picture).
 
     The palette measure's distance is relative to the painting's whole colour spread, mostly light and
@@ -158,7 +158,7 @@ def chroma_distance(output: torch.Tensor, painting: torch.Tensor) -> float:
     near it as the peer's (issue 11, session 26).
     """
     want = losses.sorted_chroma(_rgb(painting))[0]
-    return float(losses.chroma_loss(_rgb(output), want))
+    return float(losses.sorted_distance(losses.sorted_chroma(_rgb(output)), want))
 
 
 def hatching(image: torch.Tensor) -> float:

@@ -153,9 +153,10 @@ class FastTrainConfig:
     # by smoothing the photo's grain, without the painting's facets; at the defaults it did nothing.
     # The shipped udnie uses 60, with the hatching penalty at 20 (session 25).
     gradient_weight: float = 0.0
-    # Weight of the chroma loss (losses.chroma_loss: the output's sorted chroma against the painting's;
-    # 0: none): the painting's share of grey and of coloured pixels. Not in the papers. Off by default
-    # (session 26: udnie, whose networks painted no colour at all; see bench/HISTORY.md).
+    # Weight of the chroma loss (losses.chroma_loss: the output's blurred chroma against the photo's,
+    # histogram-matched to the painting's; 0: none): colour where the photo's is, as much as the
+    # painting has. Not in the papers. Off by default (session 26: udnie, whose networks painted no
+    # colour at all; see bench/HISTORY.md).
     chroma_weight: float = 0.0
     # Crop side. Departure from the published 256 px: 128 px crops of whole photos shrunk to 128 px
     # (short side) taught texture at 4x the images/s; the shipped starry_night passes the benchmark so.
@@ -448,7 +449,7 @@ def _painting_terms(cfg: FastTrainConfig, style: torch.Tensor,
                 if colours is not None else zero,
                 "tone": cfg.tone_weight * losses.tone_loss(y, x, tones) if tones is not None else zero,
                 "gradient": cfg.gradient_weight * losses.gradient_loss(y, grads) if grads is not None else zero,
-                "chroma": cfg.chroma_weight * losses.chroma_loss(y, chromas) if chromas is not None else zero}
+                "chroma": cfg.chroma_weight * losses.chroma_loss(y, x, chromas) if chromas is not None else zero}
     return terms
 
 
