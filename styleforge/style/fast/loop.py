@@ -251,7 +251,8 @@ def write_history(history: list[dict[str, float]], output: str | os.PathLike, pl
             vals = [r[key] for r in history]
             smooth = [sum(vals[max(0, i - window + 1):i + 1]) / len(vals[max(0, i - window + 1):i + 1])
                       for i in range(len(vals))]
-            ax.plot(steps, smooth, label=key)
+            # the total in black: with the chroma loss there are eleven curves, one more than the colour cycle
+            ax.plot(steps, smooth, label=key, **({"color": "black"} if key == "total" else {}))
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel(f"weighted loss (mean of last {window} steps)")
