@@ -155,8 +155,9 @@ class FastTrainConfig:
     gradient_weight: float = 0.0
     # Weight of the chroma loss (losses.chroma_loss: the output's blurred chroma against the photo's,
     # histogram-matched to the painting's; 0: none): colour where the photo's is, as much as the
-    # painting has. Not in the papers. Off by default (session 26: udnie, whose networks painted no
-    # colour at all; see bench/HISTORY.md).
+    # painting has. Not in the papers: udnie's networks painted 1% of their pixels in colour against the
+    # painting's 18% (session 26, bench/HISTORY.md); the shipped udnie uses 10. Off by default: the
+    # other five shipped paintings' models already match their share of colour.
     chroma_weight: float = 0.0
     # Crop side. Departure from the published 256 px: 128 px crops of whole photos shrunk to 128 px
     # (short side) taught texture at 4x the images/s; the shipped starry_night passes the benchmark so.
