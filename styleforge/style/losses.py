@@ -302,15 +302,16 @@ def sliced_wasserstein(x: torch.Tensor, target_sorted: torch.Tensor, directions:
 TONE_SIGMA = 2.0
 
 
-def tone_target(luma: torch.Tensor, target_sorted: torch.Tensor) -> torch.Tensor:
+def tone_target(maps: torch.Tensor, target_sorted: torch.Tensor) -> torch.Tensor:
     """Each map of a (B, 1, H, W) batch (luminance, chroma) histogram-matched to a target's sorted
     values (M,): every pixel takes the target's quantile at its own mid-rank in its picture, so the
-    picture keeps its order of light and dark (ties share one value) and takes the target's tones."""
-    flat = luma.float().flatten(1)
+    picture keeps its order (light and dark, strong and weak colour; ties share one value) and takes
+    the target's values."""
+    flat = maps.float().flatten(1)
     ordered = flat.sort(dim=1).values
     below = torch.searchsorted(ordered, flat, side="left")
     rank = (below + torch.searchsorted(ordered, flat, side="right")).float() / 2  # ties: their mid-rank
-    return quantile_at(target_sorted.float(), rank / flat.shape[1]).view_as(luma)
+    return quantile_at(target_sorted.float(), rank / flat.shape[1]).view_as(maps)
 
 
 def placed_loss(got: torch.Tensor, content: torch.Tensor, target_sorted: torch.Tensor,
