@@ -39,17 +39,15 @@ _PEAK = 1            # bins on each side of a peak's centre that count as the pe
 EDGE_SIGMA = 2.0
 
 
-def _luma(image: torch.Tensor) -> torch.Tensor:
-    x = image.detach().float()
-    if x.dim() == 4:
-        x = x[0]
-    return luminance(x[None])[0, 0] if x.shape[0] == 3 else x[0]
-
-
-def _rgb(image: torch.Tensor) -> torch.Tensor:
-    """A (1, 3, H, W) float batch of one RGB picture given as (3, H, W) or (B, 3, H, W) (the first)."""
+def _one(image: torch.Tensor) -> torch.Tensor:
+    """A (1, C, H, W) float batch of one picture given as (C, H, W) or (B, C, H, W) (the first)."""
     x = image.detach().float()
     return x[:1] if x.dim() == 4 else x[None]
+
+
+def _luma(image: torch.Tensor) -> torch.Tensor:
+    x = _one(image)
+    return luminance(x)[0, 0] if x.shape[1] == 3 else x[0, 0]
 
 
 def _power(luma: torch.Tensor) -> torch.Tensor:
@@ -157,8 +155,8 @@ def chroma_distance(output: torch.Tensor, painting: torch.Tensor) -> float:
     dark: udnie's pictures painted grey, with 1% coloured pixels against the painting's 18%, scored as
     near it as the peer's (issue 11, session 26).
     """
-    want = losses.sorted_chroma(_rgb(painting))[0]
-    return float(losses.sorted_distance(losses.sorted_chroma(_rgb(output)), want))
+    want = losses.sorted_chroma(_one(painting))[0]
+    return float(losses.sorted_distance(losses.sorted_chroma(_one(output)), want))
 
 
 def hatching(image: torch.Tensor) -> float:
