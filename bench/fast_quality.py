@@ -15,9 +15,10 @@ content loss scores well; and the detail measure (quality.detail_kept: how much 
 outline. The gradients measure (quality.gradient_distance: the picture's luminance gradient
 magnitudes against the painting's, 0 for the painting's share of flat planes and hard edges, 1 for a
 flat picture; since session 24, reported, not in the bar) sees what the Gram matrices do not: the
-photo's grain kept inside a painting's planes. The chroma measure (quality.chroma_distance: the
-picture's chroma against the painting's, 0 for the painting's share of grey and of coloured pixels,
-1 for an all-grey picture; since session 26, reported, not in the bar) sees a picture washed grey.
+photo's grain kept inside a painting's planes. The colour measure (quality.colour_distance: the
+picture's (I, Q) chrominance against the painting's, 0 for the painting's colours in its proportions,
+about 1 for an all-grey picture; since session 27, reported, not in the bar) sees a picture washed grey
+or painted in one of the painting's hues where it has several.
 The style loss is also given at each style layer (relu1_1/.../relu5_1), which says where a style
 falls short (colours and fine texture at the first layers, larger motifs at the last).
 
@@ -65,7 +66,7 @@ from styleforge.style.fast.apply import apply_to_tensor  # noqa: E402
 from styleforge.style.fast.data import list_images  # noqa: E402
 from styleforge.style.fast.model import available_models, load_model  # noqa: E402
 from styleforge.style.fast.quality import (  # noqa: E402
-    chroma_distance,
+    colour_distance,
     detail_kept,
     edge_agreement,
     gradient_distance,
@@ -119,12 +120,12 @@ def objective_for(extractor, content: torch.Tensor, style: torch.Tensor) -> Perc
 
 def score(objective: PerceptualLoss, out: torch.Tensor, content: torch.Tensor,
           painting: torch.Tensor) -> tuple[float, ...]:
-    """(content loss, style loss, grid, hatching, edges, detail, gradients, chroma, then the style loss
+    """(content loss, style loss, grid, hatching, edges, detail, gradients, colour, then the style loss
     at each style layer)."""
     parts, by_layer = objective.scored(out)
     return (parts["content"], parts["style"], grid_artifact(out, content), hatching_artifact(out, content),
             edge_agreement(out, content), detail_kept(out, content), gradient_distance(out, painting),
-            chroma_distance(out, painting), *by_layer.values())
+            colour_distance(out, painting), *by_layer.values())
 
 
 def methods_for(name, model_path, style, args, extractor, stl) -> tuple[dict, dict]:
@@ -169,7 +170,7 @@ def summary_rows(name: str, scores: dict, secs: dict, info: dict) -> list[dict]:
                        "edges": round(statistics.mean(v[4] for v in scores[m]), 3),
                        "detail": round(statistics.mean(v[5] for v in scores[m]), 3),
                        "gradients": round(statistics.mean(v[6] for v in scores[m]), 3),
-                       "chroma": round(statistics.mean(v[7] for v in scores[m]), 3),
+                       "colour": round(statistics.mean(v[7] for v in scores[m]), 3),
                        "style by layer": "/".join(f"{statistics.mean(v[k] for v in scores[m]):.2f}"
                                                   for k in range(8, len(scores[m][0]))),
                        "s/image": round(statistics.mean(secs[m]), 3)}
@@ -273,7 +274,7 @@ def main() -> None:
         style_rows, per_photo[name] = run_style(name, models.get(name), files, args, extractor, stl, out_dir)
         rows += style_rows
     print(table(rows, ["style", "method", "photos", "content loss", "style loss", "grid", "hatching", "edges", "detail",
-                       "gradients", "chroma", "style by layer", "s/image", "bar"]))
+                       "gradients", "colour", "style by layer", "s/image", "bar"]))
     data = {"start": args.start, "count": len(files), "size": args.size, "rows": rows, "per_photo": per_photo}
     if args.any_style:
         cfg = any_style_config(Path("PAINTING"), args)

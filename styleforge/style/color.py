@@ -23,10 +23,10 @@ def luminance(image: torch.Tensor) -> torch.Tensor:
     return _apply(_RGB2YIQ[:1], image.float())
 
 
-def chroma(image: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) chroma of a (B, 3, H, W) RGB batch: the length of its (I, Q) chrominance, 0 for a grey."""
-    iq = _apply(_RGB2YIQ[1:], image.float())
-    return (iq.pow(2).sum(1, keepdim=True) + 1e-8).sqrt()
+def chrominance(image: torch.Tensor) -> torch.Tensor:
+    """(B, 2, H, W) chrominance (I, Q) of a (B, 3, H, W) RGB batch: (0, 0) for a grey; I runs from
+    blue-cyan to orange, Q from green to magenta."""
+    return _apply(_RGB2YIQ[1:], image.float())
 
 
 def original_colors(stylized: torch.Tensor, content: torch.Tensor) -> torch.Tensor:

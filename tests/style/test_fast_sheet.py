@@ -13,7 +13,7 @@ from styleforge.runtime.errors import StyleforgeError
 from styleforge.runtime.io import save_image
 from styleforge.style.fast import TransformerNet, save_model
 from styleforge.style.fast.quality import (
-    chroma_distance,
+    colour_distance,
     detail_kept,
     edge_agreement,
     gradient_distance,
@@ -144,18 +144,24 @@ def test_gradient_distance_sees_a_photos_grain_inside_a_paintings_planes():
     assert 0.05 < gradient_distance(grained, painting) < gradient_distance(_scene(120, 160), painting)
 
 
-def test_chroma_distance_sees_a_picture_washed_grey():
-    # A grey "painting" with a fifth of its area in strong blue: the painting's colours moved around
-    # score 0, in a batch or not; the same painting washed nearly grey in between; an all-grey
-    # picture 1; too much colour counts too (the photo-like scene, coloured all over, above 1).
+def test_colour_distance_sees_a_picture_washed_grey_or_in_one_hue():
+    # A grey "painting" with a fifth of its area in strong blue and a fifth in orange: its colours moved
+    # around score 0, in a batch or not; an all-grey picture about 1; the same painting washed nearly
+    # grey in between; both bands blue (the painting's share of colour, in one of its two hues)
+    # as far as the grey picture; too much colour counts too (all orange, above 1).
     painting = torch.full((3, 100, 100), 0.5)
     painting[:, :20] = torch.tensor([0.2, 0.3, 0.9]).view(3, 1, 1)
+    painting[:, -20:] = torch.tensor([0.9, 0.5, 0.1]).view(3, 1, 1)
     grey = painting.mean(0, keepdim=True).expand(3, -1, -1)
-    assert chroma_distance(painting.flip(-2)[None], painting) < 1e-6
-    assert chroma_distance(grey, painting) == pytest.approx(1.0, abs=1e-3)
+    assert colour_distance(painting.flip(-2)[None], painting) < 1e-6
+    assert colour_distance(grey, painting) == pytest.approx(1.0, abs=0.1)
     washed = 0.8 * grey + 0.2 * painting
-    assert 0.3 < chroma_distance(washed, painting) < 1.0
-    assert chroma_distance(_scene(100, 100), painting) > 1.0
+    assert 0.3 < colour_distance(washed, painting) < 1.0
+    one_hue = painting.clone()
+    one_hue[:, -20:] = painting[:, :20]
+    assert colour_distance(one_hue, painting) > 0.9
+    orange = painting[:, -1:, -1:].expand(3, 100, 100)
+    assert colour_distance(orange, painting) > 1.0
 
 
 def test_laplacian_loss_sees_outlines_not_offsets():

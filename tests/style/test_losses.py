@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from styleforge.style import losses
+from styleforge.style.color import chrominance
 
 
 def test_gram_of_hand_built_tensor():
@@ -269,33 +270,55 @@ def test_gradient_loss_is_zero_for_the_targets_planes_and_one_for_a_flat_picture
     assert losses.gradient_loss(stepped, want).item() < loss.item()
 
 
-def test_chroma_loss_puts_the_paintings_share_of_colour_where_the_photos_colour_is():
-    # A painting mostly grey with a fifth of its pixels in strong colour, and a photo whose strongest
-    # colour is a band at the top: a picture coloured there, in any hue, scores 0; the same colour
-    # moved to the bottom scores worse; an all-grey picture near 1; one gradient step from a washed
-    # picture brings colour back.
+def _two_hue_pictures():
+    """A painting mostly grey with a blue band and an orange band (20% of the pixels each), and a photo,
+    near grey, with a paler blue band at the bottom and a paler orange band at the top."""
     g = torch.Generator().manual_seed(5)
     painting = torch.full((1, 3, 20, 20), 0.5)
-    painting[:, :, :4] = torch.tensor([0.2, 0.3, 0.9]).view(1, 3, 1, 1)  # blue band, 20% of the pixels
-    want = losses.sorted_chroma(painting)[0]
-    photo = (0.5 + 0.02 * torch.rand(1, 3, 20, 20, generator=g))
-    photo[:, :, :4] = torch.tensor([0.7, 0.45, 0.3]).view(1, 3, 1, 1)  # a paler orange band
-    other_hue = painting.clone()
-    other_hue[:, :, :4] = 1 - painting[:, :, :4]  # the complementary yellow: the same chroma, the opposite hue
-    assert losses.chroma_loss(other_hue, photo, want).item() < 1e-3
-    assert losses.chroma_loss(other_hue.flip(-2), photo, want).item() > 0.5
+    painting[:, :, :4] = torch.tensor([0.2, 0.3, 0.9]).view(1, 3, 1, 1)
+    painting[:, :, -4:] = torch.tensor([0.9, 0.5, 0.1]).view(1, 3, 1, 1)
+    photo = 0.5 + 0.02 * torch.rand(1, 3, 20, 20, generator=g)
+    photo[:, :, :4] = torch.tensor([0.7, 0.45, 0.3]).view(1, 3, 1, 1)
+    photo[:, :, -4:] = torch.tensor([0.35, 0.45, 0.65]).view(1, 3, 1, 1)
+    return painting, photo
+
+
+def test_transported_points_take_the_targets_distribution_in_their_own_order():
+    painting, photo = _two_hue_pictures()
+    d = losses.plane_directions(losses.HUE_DIRECTIONS)
+    want = losses.sorted_chrominance(painting, d)[0]
+    moved = losses.transported(chrominance(photo), want, d)
+    # every projection of the moved points is the painting's (the 1-D distances near 0) ...
+    got = losses.sorted_projections(moved, d)[0]
+    assert (got - want).abs().max().item() < 0.02
+    # ... and the photo's orange band took the painting's orange, its blue band the painting's blue
+    assert torch.allclose(moved[0, :, :4].mean((1, 2)), chrominance(painting)[0, :, -4:].mean((1, 2)), atol=0.02)
+    assert torch.allclose(moved[0, :, -4:].mean((1, 2)), chrominance(painting)[0, :, :4].mean((1, 2)), atol=0.02)
+
+
+def test_chroma_loss_puts_each_of_the_paintings_hues_where_the_photo_has_the_nearest():
+    # The painting's orange where the photo's orange is and its blue where the photo's blue is scores
+    # near 0; the two swapped (the same chroma, the wrong hues) scores far worse, and so does an all-grey
+    # picture (1 unblurred; the blur takes a quarter of these narrow bands' variance); one gradient
+    # step from a washed picture brings the colours back.
+    painting, photo = _two_hue_pictures()
+    d = losses.plane_directions(losses.HUE_DIRECTIONS)
+    want = losses.sorted_chrominance(painting, d)[0]
+    placed = painting.flip(-2)
+    assert losses.chroma_loss(placed, photo, want, d).item() < 0.02
+    assert losses.chroma_loss(painting, photo, want, d).item() > 1.0
     grey = painting.mean(1, keepdim=True).expand_as(painting)
-    assert losses.chroma_loss(grey, photo, want).item() == pytest.approx(1.0, abs=0.2)
-    washed = (0.9 * grey + 0.1 * painting).requires_grad_()
-    loss = losses.chroma_loss(washed, photo, want)
+    assert losses.chroma_loss(grey, photo, want, d, sigma=0.01).item() == pytest.approx(1.0, abs=0.05)
+    assert 0.6 < losses.chroma_loss(grey, photo, want, d).item() < 0.8
+    washed = (0.9 * grey + 0.1 * placed).requires_grad_()
+    loss = losses.chroma_loss(washed, photo, want, d)
     loss.backward()
     stepped = (washed - 0.05 * washed.grad / washed.grad.abs().max()).detach()
-    assert losses.chroma_loss(stepped, photo, want).item() < loss.item()
+    assert losses.chroma_loss(stepped, photo, want, d).item() < loss.item()
 
 
-def test_chroma_of_a_grey_is_zero_and_of_a_colour_its_chrominance_length():
-    from styleforge.style.color import chroma
+def test_chrominance_of_a_grey_is_zero_and_of_red_its_i_and_q():
     grey = torch.full((1, 3, 2, 2), 0.3)
-    assert chroma(grey).max().item() < 1e-3
+    assert chrominance(grey).abs().max().item() < 1e-6
     red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
-    assert chroma(red).item() == pytest.approx(math.hypot(0.595716, 0.211456), abs=1e-4)
+    assert chrominance(red).flatten().tolist() == pytest.approx([0.595716, 0.211456], abs=1e-5)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from .. import losses
-from ..color import luminance
+from ..color import chrominance, luminance
 
 # Frequencies in cycles per pixel, (vertical, horizontal): periods 2 and 4 along each axis
 # and the diagonals they combine into. (0, 0) is the mean, left out.
@@ -146,17 +146,24 @@ def gradient_distance(output: torch.Tensor, painting: torch.Tensor) -> float:
     return float(losses.gradient_distance(_luma(output)[None, None], want))
 
 
-def chroma_distance(output: torch.Tensor, painting: torch.Tensor) -> float:
-    """How far the picture's share of grey and of coloured pixels is from the painting's:
-    :func:`styleforge.style.losses.sorted_distance` of its chroma from the painting's at the size given
-    (0: the painting's proportions, whatever the hues; 1: an all-grey picture).
+# Directions in the (I, Q) plane on which colour_distance compares sorted chrominance.
+COLOUR_DIRECTIONS = 16
+
+
+def colour_distance(output: torch.Tensor, painting: torch.Tensor) -> float:
+    """How far the picture's colours, hue and strength, are from the painting's, wherever they sit:
+    :func:`styleforge.style.losses.sliced_wasserstein` of its (I, Q) chrominance against the painting's
+    at the size given, on :data:`COLOUR_DIRECTIONS` fixed directions (0: the painting's colours in its
+    proportions; about 1 or more for an all-grey picture of a colourful painting).
 
     The palette measure's distance is relative to the painting's whole colour spread, mostly light and
     dark: udnie's pictures painted grey, with 1% coloured pixels against the painting's 18%, scored as
-    near it as the peer's (issue 11, session 26).
+    near it as the peer's (issue 11, session 26); and a picture in one of the painting's hues where it
+    has three is as far from it as a grey one is in proportion (session 27).
     """
-    want = losses.sorted_chroma(_one(painting))[0]
-    return float(losses.sorted_distance(losses.sorted_chroma(_one(output)), want))
+    directions = losses.plane_directions(COLOUR_DIRECTIONS)
+    want = losses.sorted_chrominance(_one(painting), directions)
+    return float(losses.sliced_wasserstein(chrominance(_one(output)), want, directions))
 
 
 def hatching(image: torch.Tensor) -> float:

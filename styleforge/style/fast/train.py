@@ -442,7 +442,8 @@ def _painting_terms(cfg: FastTrainConfig, style: torch.Tensor,
     colours = losses.sorted_projections(style, directions) if cfg.palette_weight else None
     tones = luminance(style).flatten().sort().values if cfg.tone_weight else None
     grads = losses.gradient_magnitudes(luminance(style))[0] if cfg.gradient_weight else None
-    chromas = losses.sorted_chroma(style)[0] if cfg.chroma_weight else None
+    hues = losses.plane_directions(losses.HUE_DIRECTIONS).to(rt.device)
+    chromas = losses.sorted_chrominance(style, hues)[0] if cfg.chroma_weight else None
 
     def terms(y: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         zero = y.new_zeros((), dtype=torch.float32)
@@ -450,7 +451,7 @@ def _painting_terms(cfg: FastTrainConfig, style: torch.Tensor,
                 if colours is not None else zero,
                 "tone": cfg.tone_weight * losses.tone_loss(y, x, tones) if tones is not None else zero,
                 "gradient": cfg.gradient_weight * losses.gradient_loss(y, grads) if grads is not None else zero,
-                "chroma": cfg.chroma_weight * losses.chroma_loss(y, x, chromas) if chromas is not None else zero}
+                "chroma": cfg.chroma_weight * losses.chroma_loss(y, x, chromas, hues) if chromas is not None else zero}
     return terms
 
 
