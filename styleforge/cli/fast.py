@@ -92,9 +92,9 @@ def fast_group() -> None:
                help="Weight of a loss on the picture's luminance gradient magnitudes against the painting's, in "
                     "its proportions: its share of flat planes and hard edges. 0: none.")
 @config_option(FastTrainConfig, "chroma_weight", "--chroma-weight", type=NON_NEGATIVE, metavar="WEIGHT",
-               help="Weight of a loss on the picture's blurred chroma against the photo's in the painting's "
-                    "proportions (histogram-matched): colour where the photo's is, as much as the painting "
-                    "has. 0: none.")
+               help="Weight of a loss on the picture's blurred (I, Q) chrominance against the photo's moved "
+                    "into the painting's: the painting's colours, as much of each as it has, where the photo "
+                    "has the nearest ones. 0: none.")
 @config_option(FastTrainConfig, "image_size", "--crop-size", type=COUNT, metavar="PX", old=("--image-size",),
                help=CROP_HELP)
 @config_option(FastTrainConfig, "photo_size", "--photo-size", type=COUNT, metavar="PX",

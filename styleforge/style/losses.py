@@ -303,8 +303,8 @@ TONE_SIGMA = 2.0
 
 
 def tone_target(maps: torch.Tensor, target_sorted: torch.Tensor) -> torch.Tensor:
-    """Each map of a (B, 1, H, W) batch (luminance, a projection of chrominance) histogram-matched to a target's sorted
-    values (M,): every pixel takes the target's quantile at its own mid-rank in its picture, so the
+    """Each map of a (B, 1, H, W) batch (luminance, chrominance along one direction) histogram-matched
+    to a target's sorted values (M,): every pixel takes the target's quantile at its own mid-rank in its picture, so the
     picture keeps its order (light and dark, strong and weak colour; ties share one value) and takes
     the target's values."""
     flat = maps.float().flatten(1)
@@ -396,7 +396,8 @@ def transported(points: torch.Tensor, target_sorted: torch.Tensor, directions: t
     each of (K, C) ``directions`` in turn, every point moves to the target's quantile at its rank
     (:func:`tone_target`), ``passes`` times over. ``target_sorted``: the target's sorted projections
     (K, M) on the same directions. Points keep their order along every direction: the bluest stay the
-    bluest, and take the target's blues."""
+    bluest, and take the target's blues. Departure from Pitie et al.: fixed directions
+    (:func:`plane_directions`), not a random rotation per pass, so a run needs no random stream."""
     b, c, h, w = points.shape
     x = points.float().flatten(2)
     for _ in range(passes):

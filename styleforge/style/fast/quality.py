@@ -158,8 +158,8 @@ def colour_distance(output: torch.Tensor, painting: torch.Tensor) -> float:
 
     The palette measure's distance is relative to the painting's whole colour spread, mostly light and
     dark: udnie's pictures painted grey, with 1% coloured pixels against the painting's 18%, scored as
-    near it as the peer's (issue 11, session 26); and a picture in one of the painting's hues where it
-    has three is as far from it as a grey one is in proportion (session 27).
+    near it as the peer's (issue 11, session 26); and session 26's measure of the share of colour alone
+    ranked a picture in one of udnie's three hues ahead of the peer's (session 27).
     """
     directions = losses.plane_directions(COLOUR_DIRECTIONS)
     want = losses.sorted_chrominance(_one(painting), directions)

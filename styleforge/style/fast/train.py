@@ -153,11 +153,12 @@ class FastTrainConfig:
     # by smoothing the photo's grain, without the painting's facets; at the defaults it did nothing.
     # The shipped udnie uses 60, with the hatching penalty at 20 (session 25).
     gradient_weight: float = 0.0
-    # Weight of the chroma loss (losses.chroma_loss: the output's blurred chroma against the photo's,
-    # histogram-matched to the painting's; 0: none): colour where the photo's is, as much as the
-    # painting has. Not in the papers: udnie's networks painted 1% of their pixels in colour against the
-    # painting's 18% (session 26, bench/HISTORY.md); the shipped udnie uses 10. Off by default: the
-    # other five shipped paintings' models already match their share of colour.
+    # Weight of the chroma loss (losses.chroma_loss: the output's blurred (I, Q) chrominance against the
+    # photo's moved into the painting's; 0: none): the painting's colours where the photo has the
+    # nearest. Not in the papers: udnie's networks painted 1% of their pixels in colour against the
+    # painting's 18% (session 26), then one hue of its three (session 27, bench/HISTORY.md); the shipped
+    # udnie uses 30. Off by default: the other five shipped models are nearer their paintings' colours
+    # than the peer (the colour measure).
     chroma_weight: float = 0.0
     # Crop side. Departure from the published 256 px: 128 px crops of whole photos shrunk to 128 px
     # (short side) taught texture at 4x the images/s; the shipped starry_night passes the benchmark so.
@@ -442,7 +443,7 @@ def _painting_terms(cfg: FastTrainConfig, style: torch.Tensor,
     colours = losses.sorted_projections(style, directions) if cfg.palette_weight else None
     tones = luminance(style).flatten().sort().values if cfg.tone_weight else None
     grads = losses.gradient_magnitudes(luminance(style))[0] if cfg.gradient_weight else None
-    hues = losses.plane_directions(losses.HUE_DIRECTIONS).to(rt.device)
+    hues = losses.plane_directions(losses.HUE_DIRECTIONS).to(rt.device)  # (I, Q) directions
     chromas = losses.sorted_chrominance(style, hues)[0] if cfg.chroma_weight else None
 
     def terms(y: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
