@@ -314,27 +314,29 @@ def tone_target(maps: torch.Tensor, target_sorted: torch.Tensor) -> torch.Tensor
     return quantile_at(target_sorted.float(), rank / flat.shape[1]).view_as(maps)
 
 
-def placed_loss(got: torch.Tensor, content: torch.Tensor, target_sorted: torch.Tensor,
-                sigma: float = TONE_SIGMA) -> torch.Tensor:
-    """Relative squared error between each blurred (B, 1, H, W) map ``got`` and its content photo's map
-    histogram-matched to a target's sorted values (:func:`tone_target`); mean over the batch. Float32.
+def placed_error(got: torch.Tensor, want: torch.Tensor, spread: torch.Tensor,
+                 sigma: float = TONE_SIGMA) -> torch.Tensor:
+    """Squared error between (B, C, H, W) maps ``got`` and ``want`` (the photo's, placed in a target's
+    values: :func:`tone_target`, :func:`transported`), both blurred by ``sigma`` px, summed over the
+    channels, averaged over pixels and batch, divided by the target's ``spread`` (its variance). Float32.
 
-    0 when the picture's values sit where the photo's do, in the target's proportions; near 1 for a
-    flat picture at the target's mean (less the variance the blur takes away)."""
-    want = gaussian_blur(tone_target(content.float(), target_sorted), sigma).detach()
-    return (gaussian_blur(got.float(), sigma) - want).pow(2).mean() / (target_sorted.float().var() + EPS)
+    0 when the picture's values sit where the placed photo's do; near 1 for a flat picture at the
+    target's mean (less the variance the blur takes away)."""
+    want = gaussian_blur(want.float(), sigma).detach()
+    return (gaussian_blur(got.float(), sigma) - want).pow(2).sum(1).mean() / (spread.float() + EPS)
 
 
 def tone_loss(image: torch.Tensor, content: torch.Tensor, target_sorted: torch.Tensor,
               sigma: float = TONE_SIGMA) -> torch.Tensor:
-    """:func:`placed_loss` of each RGB image's luminance against its content photo's, in a target's
+    """:func:`placed_error` of each RGB image's luminance against its content photo's, in a target's
     tones (its sorted luminance): light and dark where the photo has them.
 
     Not in the papers: the palette loss (:func:`sliced_wasserstein`) gives a picture the painting's
     colours in its proportions wherever they sit, and trained networks then inverted light and dark
     in places (issue 11: a black bear painted white); this one says where the tones go."""
     with torch.autocast(image.device.type, enabled=False):
-        return placed_loss(luminance(image.float()), luminance(content.float()), target_sorted, sigma)
+        placed = tone_target(luminance(content.float()), target_sorted)
+        return placed_error(luminance(image.float()), placed, target_sorted.float().var(), sigma)
 
 
 def gradient_magnitudes(luma: torch.Tensor) -> torch.Tensor:
@@ -425,10 +427,9 @@ def chroma_loss(image: torch.Tensor, content: torch.Tensor, target_sorted: torch
     away from the subjects; placing the chroma alone (session 26) put colour where the photo's is, but
     in one hue per network, chosen by the seed; placing the chrominance asks for every hue."""
     with torch.autocast(image.device.type, enabled=False):
-        want = gaussian_blur(transported(chrominance(content.float()), target_sorted, directions), sigma)
-        got = gaussian_blur(chrominance(image.float()), sigma)
+        placed = transported(chrominance(content.float()), target_sorted, directions)
         spread = 2 * target_sorted.float().var(dim=-1).mean()
-        return (got - want.detach()).pow(2).sum(1).mean() / (spread + EPS)
+        return placed_error(chrominance(image.float()), placed, spread, sigma)
 
 
 def weighted_sum(losses: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
