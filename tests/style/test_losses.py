@@ -113,6 +113,31 @@ def _stripes(h: int, w: int, period: float) -> torch.Tensor:
     return 0.5 + 0.2 * torch.sin(2 * math.pi * xx / period)
 
 
+def test_gaussian_blur_by_matrices_equals_the_convolution():
+    """Small pictures are blurred by two matrix products, large ones by convolution: the same blur."""
+    x = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    for sigma in (1.0, 2.5, 6.0):
+        k = 2 * int(3 * sigma) + 1
+        assert max(x.shape[-2:]) <= losses.BLUR_MATRIX_SIDE * k  # the matrix path
+        taps = losses._gaussian(sigma, x.dtype, x.device).repeat(3, 1)
+        padded = torch.nn.functional.pad(x, (k // 2,) * 4, mode="reflect")
+        want = torch.nn.functional.conv2d(padded, taps.view(-1, 1, 1, k), groups=3)
+        want = torch.nn.functional.conv2d(want, taps.view(-1, 1, k, 1), groups=3)
+        assert torch.allclose(losses.gaussian_blur(x, sigma), want, atol=1e-12)
+    # A long strip takes the convolution; its rows blur as the matrix path blurs a short piece of it.
+    strip = torch.rand(1, 1, 12, 40 * 32, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    assert torch.allclose(losses.gaussian_blur(strip, 1.0)[..., 100:200],
+                          losses.gaussian_blur(strip[..., 90:210], 1.0)[..., 10:110], atol=1e-12)
+
+
+def test_mid_ranks_share_a_rank_between_ties():
+    rows = torch.tensor([[3.0, 1.0, 1.0, 2.0, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    # smaller + no larger, halved: the two 1s are 0 + 2, the 2 is 2 + 3, the three 3s are 3 + 6
+    assert losses.mid_ranks(rows).tolist() == [[4.5, 1.0, 1.0, 2.5, 4.5, 4.5], [3.0] * 6]
+    noise = torch.rand(3, 500, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(losses.mid_ranks(noise), noise.argsort(dim=1).argsort(dim=1).float() + 0.5)
+
+
 def test_gaussian_blur_keeps_a_constant_and_the_mean():
     x = torch.rand(2, 3, 20, 30, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(losses.gaussian_blur(torch.full((1, 2, 9, 9), 0.3), 1.5), torch.full((1, 2, 9, 9), 0.3))
@@ -322,3 +347,16 @@ def test_chrominance_of_a_grey_is_zero_and_of_red_its_i_and_q():
     assert chrominance(grey).abs().max().item() < 1e-6
     red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
     assert chrominance(red).flatten().tolist() == pytest.approx([0.595716, 0.211456], abs=1e-5)
+
+
+def test_sliced_and_chroma_losses_take_the_targets_spread_computed_once():
+    g = torch.Generator().manual_seed(9)
+    image, photo, painting = (torch.rand(2, 3, 24, 24, generator=g) for _ in range(3))
+    colours = losses.sorted_projections(painting[:1], losses.sphere_directions(8))
+    assert torch.equal(losses.sliced_wasserstein(image, colours, losses.sphere_directions(8)),
+                       losses.sliced_wasserstein(image, colours, losses.sphere_directions(8),
+                                                 losses.sorted_spread(colours[0])))
+    hues = losses.plane_directions(4)
+    chromas = losses.sorted_chrominance(painting[:1], hues)[0]
+    assert torch.equal(losses.chroma_loss(image, photo, chromas, hues),
+                       losses.chroma_loss(image, photo, chromas, hues, spread=losses.sorted_spread(chromas)))

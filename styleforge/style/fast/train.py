@@ -445,14 +445,18 @@ def _painting_terms(cfg: FastTrainConfig, style: torch.Tensor,
     grads = losses.gradient_magnitudes(luminance(style))[0] if cfg.gradient_weight else None
     hues = losses.plane_directions(losses.HUE_DIRECTIONS).to(rt.device)  # (I, Q) directions
     chromas = losses.sorted_chrominance(style, hues)[0] if cfg.chroma_weight else None
+    # the scales the sliced and chroma losses divide by, once
+    colour_spread = losses.sorted_spread(colours[0]) if colours is not None else None
+    chroma_spread = losses.sorted_spread(chromas) if chromas is not None else None
 
     def terms(y: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         zero = y.new_zeros((), dtype=torch.float32)
-        return {"palette": cfg.palette_weight * losses.sliced_wasserstein(y, colours, directions)
+        return {"palette": cfg.palette_weight * losses.sliced_wasserstein(y, colours, directions, colour_spread)
                 if colours is not None else zero,
                 "tone": cfg.tone_weight * losses.tone_loss(y, x, tones) if tones is not None else zero,
                 "gradient": cfg.gradient_weight * losses.gradient_loss(y, grads) if grads is not None else zero,
-                "chroma": cfg.chroma_weight * losses.chroma_loss(y, x, chromas, hues) if chromas is not None else zero}
+                "chroma": cfg.chroma_weight * losses.chroma_loss(y, x, chromas, hues, spread=chroma_spread)
+                if chromas is not None else zero}
     return terms
 
 
