@@ -188,6 +188,7 @@ REPEAT_TILE = 32
 REPEAT_SIGMA = 2.0
 REPEAT_LAGS = (3.0, 10.0)
 REPEAT_FLAT = 0.1
+REPEAT_FLOOR = 1e-10  # texture energy below this is float rounding: a flat tile
 
 
 def repetition(luma: torch.Tensor, tile: int = REPEAT_TILE, sigma: float = REPEAT_SIGMA,
@@ -219,7 +220,8 @@ def repetition(luma: torch.Tensor, tile: int = REPEAT_TILE, sigma: float = REPEA
     ring = (dist >= lags[0]) & (dist <= lags[1])
     peak = auto[..., ring].amax(-1)
     energy = tiles.detach().pow(2).mean((-2, -1))
-    textured = (energy > flat * energy.median(dim=1, keepdim=True).values).float()
+    # Tiles at float rounding's level of texture (a flat picture's, after a blur by matrices) are flat too.
+    textured = ((energy > flat * energy.median(dim=1, keepdim=True).values) & (energy > REPEAT_FLOOR)).float()
     return (peak * textured).sum(1) / textured.sum(1).clamp_min(1.0)
 
 
