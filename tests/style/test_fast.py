@@ -285,9 +285,10 @@ def test_defaults_a_gentler_style_and_a_learning_rate_per_network(photos, tmp_pa
     cfg = FastTrainConfig(style="s.jpg", data="d", output="o.pth")
     assert (cfg.arch, cfg.image_size, cfg.lr) == ("light", 128, None)
     # --style-strength keeps stylize's meaning; only its default differs
-    assert cfg.weights_pair() == pytest.approx((0.6, 0.4 * STYLE_GAIN))
-    assert (dict(cfg.content_layers), cfg.palette_weight, cfg.tone_weight, cfg.lattice_weight, cfg.hatching_weight,
-            cfg.detail_weight) == ({"relu4_2": 1.0}, 30.0, 10.0, 3e5, 120.0, 20.0)
+    assert cfg.weights_pair() == pytest.approx((0.4, 0.6 * STYLE_GAIN))
+    assert (dict(cfg.content_layers), cfg.palette_weight, cfg.tone_weight, cfg.lattice_weight, cfg.laplacian_weight,
+            cfg.hatching_weight, cfg.detail_weight, cfg.gradient_weight, cfg.chroma_weight, cfg.warmup_steps) == (
+        {"relu4_2": 1.0}, 30.0, 10.0, 3e5, 0.0, 120.0, 60.0, 60.0, 10.0, 100)
     assert FastTrainConfig("s.jpg", "d", "o.pth", style_strength=0.5).weights_pair() == pytest.approx(
         loss_weights(None, None, None))
     for arch, lr in DEFAULT_LR.items():
