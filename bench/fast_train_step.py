@@ -3,11 +3,12 @@
 Each row runs `fast train` through its library function (128 px crops of BSDS train, the main
 process decoding, `--precision auto`) for --warmup + --steps steps and reports images/s over the
 timed steps, twice: as the library is, and with session 27's arithmetic put back for the run
-(the baseline, written here): Gaussian blurs by a depthwise convolution with reflected padding
-(``losses.gaussian_blur``; today two matrix products at crop sizes) and mid-ranks by two binary
-searches of every value in its sorted row (``losses.mid_ranks``; today one sort and two running
-extrema). Both give the same losses to float rounding (the tests check the two blurs and the
-ranks agree), so the last column compares the two runs' mean total loss over the timed steps.
+(the baseline): Gaussian blurs by a depthwise convolution with reflected padding
+(``losses.blur_by_convolution``, today ``losses.gaussian_blur``'s path for large pictures only; at
+crop sizes it takes two matrix products) and mid-ranks by two binary searches of every value in its
+sorted row (written here; today ``losses.mid_ranks`` takes one sort and two running extrema). Both
+give the same losses to float rounding (the tests check the two blurs and the ranks agree), so the
+last column compares the two runs' mean total loss over the timed steps.
 The painting's spread, which the palette and chroma losses now take once per run, is left as it
 is in both rows (about 50 ms of a step before).
 
@@ -41,17 +42,6 @@ RECIPES = {
 }
 
 
-def conv_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Session 27's ``gaussian_blur``: separable depthwise convolution, reflected edges."""
-    k = 2 * int(3 * sigma) + 1
-    t = torch.arange(k, dtype=x.dtype, device=x.device) - k // 2
-    g = torch.exp(-t.pow(2) / (2 * sigma * sigma))
-    g = (g / g.sum()).repeat(x.shape[1], 1)
-    x = torch.nn.functional.pad(x, (k // 2,) * 4, mode="reflect")
-    x = torch.nn.functional.conv2d(x, g.view(-1, 1, 1, k), groups=g.shape[0])
-    return torch.nn.functional.conv2d(x, g.view(-1, 1, k, 1), groups=g.shape[0])
-
-
 def searched_ranks(rows: torch.Tensor) -> torch.Tensor:
     """Session 27's mid-ranks: each value searched for in its sorted row, from the left and the right."""
     ordered = rows.sort(dim=1).values
@@ -63,7 +53,8 @@ def searched_ranks(rows: torch.Tensor) -> torch.Tensor:
 def session27_arithmetic():
     """The baseline: the library's blur and ranks swapped for session 27's for the duration."""
     saved = losses.gaussian_blur, losses.mid_ranks
-    losses.gaussian_blur, losses.mid_ranks = conv_blur, searched_ranks
+    # session 27's gaussian_blur is today's path for large pictures, losses.blur_by_convolution
+    losses.gaussian_blur, losses.mid_ranks = losses.blur_by_convolution, searched_ranks
     try:
         yield
     finally:

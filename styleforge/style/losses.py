@@ -165,16 +165,24 @@ def _blur_matrix(n: int, g: torch.Tensor) -> torch.Tensor:
     return torch.zeros(n, n, dtype=g.dtype, device=g.device).index_put_((src, dst), g.repeat(n), accumulate=True)
 
 
+def blur_by_convolution(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """:func:`gaussian_blur` by a separable depthwise convolution with reflected padding: its path for
+    large pictures (and, before session 28, for all)."""
+    g = _gaussian(sigma, x.dtype, x.device)
+    k = len(g)
+    g = g.repeat(x.shape[1], 1)
+    x = torch.nn.functional.pad(x, (k // 2,) * 4, mode="reflect")
+    x = torch.nn.functional.conv2d(x, g.view(-1, 1, 1, k), groups=g.shape[0])
+    return torch.nn.functional.conv2d(x, g.view(-1, 1, k, 1), groups=g.shape[0])
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """A (B, C, H, W) batch blurred by a Gaussian of ``sigma`` px (separable, reflected edges)."""
     g = _gaussian(sigma, x.dtype, x.device)
     k, (h, w) = len(g), x.shape[-2:]
     if k // 2 < min(h, w) and max(h, w) <= BLUR_MATRIX_SIDE * k:
         return _blur_matrix(h, g).t() @ (x @ _blur_matrix(w, g))
-    g = g.repeat(x.shape[1], 1)
-    x = torch.nn.functional.pad(x, (k // 2,) * 4, mode="reflect")
-    x = torch.nn.functional.conv2d(x, g.view(-1, 1, 1, k), groups=g.shape[0])
-    return torch.nn.functional.conv2d(x, g.view(-1, 1, k, 1), groups=g.shape[0])
+    return blur_by_convolution(x, sigma)
 
 
 # The repetition measure's scales (the benchmark's hatching measure and the --hatching-weight loss):

@@ -281,7 +281,7 @@ def test_resume_refuses_changed_settings(photos, tmp_path, random_vgg19_file):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, tone_weight=0.0))
 
 
-def test_defaults_a_gentler_style_and_a_learning_rate_per_network(photos, tmp_path, random_vgg19_file):
+def test_defaults_udnies_recipe_and_a_learning_rate_per_network(photos, tmp_path, random_vgg19_file):
     cfg = FastTrainConfig(style="s.jpg", data="d", output="o.pth")
     assert (cfg.arch, cfg.image_size, cfg.lr) == ("light", 128, None)
     # --style-strength keeps stylize's meaning; only its default differs
