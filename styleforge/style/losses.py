@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
+import numpy as np
 import torch
 
 from .color import chrominance, luminance
@@ -290,10 +291,23 @@ def sphere_directions(count: int) -> torch.Tensor:
     return torch.stack([r * phi.cos(), r * phi.sin(), z], dim=1).float()
 
 
+def sort_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` sorted along its last dimension, ``(values, indices)`` as ``x.sort(dim=-1)`` gives them;
+    the values carry gradients. On a CPU the order comes from NumPy's argsort and the values are
+    gathered by it: NumPy sorts with the CPU's vector instructions (AVX-512 or AVX2), torch.sort
+    does not, and the sorts of the palette, tone, chroma and gradient losses were a fifth of a
+    training step (bench/fast_train_step.py). Ties may come in another order than torch.sort's; the
+    values are the same."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return x.sort(dim=-1)
+    order = torch.from_numpy(np.argsort(x.detach().numpy(), axis=-1))
+    return x.gather(-1, order), order
+
+
 def sorted_projections(image: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     """The pixels of a (B, C, H, W) batch projected onto each of (K, C) ``directions``, sorted: (B, K, H*W)."""
     points = image.float().flatten(2)  # (B, C, N)
-    return torch.einsum("kc,bcn->bkn", directions.to(points), points).sort(dim=-1).values
+    return sort_rows(torch.einsum("kc,bcn->bkn", directions.to(points), points))[0]
 
 
 def quantile_at(sorted_values: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
@@ -360,7 +374,7 @@ def mid_ranks(rows: torch.Tensor) -> torch.Tensor:
     """Each value's mid-rank in its row of a (B, N) batch: (how many are smaller + how many are no
     larger) / 2, so ties share one rank. One sort and two running extrema (linear): binary searches
     of every value in its sorted row cost three times the sort on a CPU."""
-    ordered, order = rows.sort(dim=1)
+    ordered, order = sort_rows(rows)
     pos = torch.arange(rows.shape[1], device=rows.device).expand_as(ordered)
     first = torch.ones_like(ordered, dtype=torch.bool)  # the first of its run of equal values
     first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
@@ -402,7 +416,7 @@ def gradient_magnitudes(luma: torch.Tensor) -> torch.Tensor:
     luma = luma.float()
     dx = luma[..., :-1, 1:] - luma[..., :-1, :-1]
     dy = luma[..., 1:, :-1] - luma[..., :-1, :-1]
-    return (dx * dx + dy * dy + 1e-8).sqrt().flatten(1).sort(dim=1).values
+    return sort_rows((dx * dx + dy * dy + 1e-8).sqrt().flatten(1))[0]
 
 
 def sorted_distance(got_sorted: torch.Tensor, target_sorted: torch.Tensor) -> torch.Tensor:

@@ -126,6 +126,20 @@ def test_gaussian_blur_by_matrices_equals_the_convolution():
                           losses.gaussian_blur(strip[..., 90:210], 1.0)[..., 10:110], atol=1e-12)
 
 
+def test_sort_rows_gives_torch_sorts_values_and_gradient():
+    x = torch.randn(2, 3, 700, generator=torch.Generator().manual_seed(9)).requires_grad_()
+    values, order = losses.sort_rows(x)
+    want = x.detach().sort(dim=-1)
+    assert torch.equal(values, want.values) and torch.equal(order, want.indices)  # no ties: one order
+    weights = torch.linspace(-1, 1, 700)
+    (values * weights).sum().backward()
+    # the gradient of a sorted row is the weights put back where each value came from
+    assert torch.equal(x.grad, torch.zeros_like(x).scatter_(-1, want.indices, weights.expand(2, 3, -1)))
+    ties = torch.tensor([[2.0, 1.0, 2.0, 1.0, 0.5]])
+    assert losses.sort_rows(ties)[0].tolist() == [[0.5, 1.0, 1.0, 2.0, 2.0]]
+    assert losses.sort_rows(ties.to(torch.bfloat16))[0].tolist() == [[0.5, 1.0, 1.0, 2.0, 2.0]]  # torch.sort
+
+
 def test_mid_ranks_share_a_rank_between_ties():
     rows = torch.tensor([[3.0, 1.0, 1.0, 2.0, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
     # smaller + no larger, halved: the two 1s are 0 + 2, the 2 is 2 + 3, the three 3s are 3 + 6
