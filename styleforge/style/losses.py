@@ -293,11 +293,11 @@ def sphere_directions(count: int) -> torch.Tensor:
 
 def sort_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` sorted along its last dimension, ``(values, indices)`` as ``x.sort(dim=-1)`` gives them;
-    the values carry gradients. On a CPU the order comes from NumPy's argsort and the values are
-    gathered by it: NumPy sorts with the CPU's vector instructions (AVX-512 or AVX2), torch.sort
-    does not, and the sorts of the palette, tone, chroma and gradient losses were a fifth of a
-    training step (bench/fast_train_step.py). Ties may come in another order than torch.sort's; the
-    values are the same."""
+    the values carry gradients. On a CPU the order comes from NumPy's argsort (which uses the CPU's
+    vector instructions where it has them) and the values are gathered by it: for the palette loss's
+    (4, 32, 16384) projections on one thread of an AVX512 EPYC, 165 ms against torch.sort's 293
+    (a training step 1.10x faster: bench/fast_train_step.py). Ties may come in another order than
+    torch.sort's; the values are the same."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return x.sort(dim=-1)
     order = torch.from_numpy(np.argsort(x.detach().numpy(), axis=-1))
