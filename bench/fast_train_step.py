@@ -5,7 +5,7 @@ process decoding, `--precision auto`) for --warmup + --steps steps and reports i
 timed steps, twice: as the library is, and with an earlier session's arithmetic put back for the
 run (the baseline, --baseline):
 
-- session28: sorts by torch.sort (today ``losses.sort_rows`` takes NumPy's vectorized argsort on a
+- session28: sorts by torch.sort (today ``losses.sort_rows`` takes NumPy's argsort on a
   CPU and gathers the values by it);
 - session27: that, and Gaussian blurs by a depthwise convolution with reflected padding
   (``losses.blur_by_convolution``, today ``losses.gaussian_blur``'s path for large pictures only; at
