@@ -16,7 +16,15 @@ from ..style.fast.decoder_train import CHECKPOINT_NAME, DecoderTrainConfig, trai
 from ..style.fast.export import export_onnx
 from ..style.fast.model import MODEL_SUFFIX, UPSAMPLE_MODES
 from ..style.fast.sheet import style_sheet
-from ..style.fast.train import DEFAULT_LR, DEFAULT_STEPS, LR_FLOOR, LR_SCHEDULES
+from ..style.fast.train import (
+    DEFAULT_LR,
+    DEFAULT_STEPS,
+    FLAT_HATCHING_WEIGHT,
+    FLAT_SHARE,
+    HATCHING_WEIGHT,
+    LR_FLOOR,
+    LR_SCHEDULES,
+)
 from ..style.fast.universal import DEFAULT_WORK_SIZE, METHODS, AnyStyle
 from .options import (
     BATCH_HELP,
@@ -77,8 +85,10 @@ def fast_group() -> None:
                help="Weight of a loss on the Laplacian of the 4x4-pooled picture against the photo's (Li et al. "
                     "2017): keeps the photo's outlines in place. 0: none, as published.")
 @config_option(FastTrainConfig, "hatching_weight", "--hatching-weight", type=NON_NEGATIVE, metavar="WEIGHT",
+               show_default=f"{HATCHING_WEIGHT:g}, or {FLAT_HATCHING_WEIGHT:g} for a painting of flat planes",
                help="Penalty on fine texture that repeats itself every 3-10 px more than the photo's does (a "
-                    "woven hatching instead of strokes). 0: none.")
+                    "woven hatching instead of strokes). It also charges long straight edges, which a painting of "
+                    f"flat planes (at least {FLAT_SHARE:.0%} of its pixels flat) is made of. 0: none.")
 @config_option(FastTrainConfig, "detail_weight", "--detail-weight", type=NON_NEGATIVE, metavar="WEIGHT",
                help="Weight of a loss on the photo's 1-4 px detail lost in the picture (a face turned into one "
                     "dark tone inside a kept outline). 0: none.")

