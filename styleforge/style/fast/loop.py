@@ -231,8 +231,10 @@ def running_averages(history: list[dict[str, float]]) -> dict[str, float]:
     return running
 
 
-def write_history(history: list[dict[str, float]], output: str | os.PathLike, plot: bool = True) -> None:
-    """The loss history as CSV and (optionally) a PNG plot beside the model."""
+def write_history(history: list[dict[str, float]], output: str | os.PathLike, plot: bool = True,
+                  style: str | None = None) -> None:
+    """The loss history as CSV and (optionally) a PNG plot beside the model, titled by ``style`` and
+    the model's file name."""
     csv_path, png_path = history_paths(output)
     if not history:
         return
@@ -256,7 +258,7 @@ def write_history(history: list[dict[str, float]], output: str | os.PathLike, pl
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel(f"weighted loss (mean of last {window} steps)")
-        ax.set_title(f"fast style training: {Path(output).stem}")
+        ax.set_title(f"fast style training: {style + ', ' if style else ''}{Path(output).name}")
         # beside the axes, not on them: with eight terms a legend inside covers the first steps' curves
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
         ax.grid(alpha=0.3)

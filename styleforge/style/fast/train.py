@@ -448,7 +448,7 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
                     "skipped_files": len(run.skipped),
                     "final_losses": {k: round(v, 6) for k, v in run.running.items()}}
         save_model(run.model, cfg.output, Path(cfg.style).stem, training, half=cfg.half)
-        write_history(run.history, cfg.output)
+        write_history(run.history, cfg.output, style=Path(cfg.style).stem)
     ctx.barrier()
     return FastTrainResult(Path(cfg.output), run.history, seconds, run.skipped)
 
@@ -480,8 +480,8 @@ def _painting_terms(cfg: FastTrainConfig, style: torch.Tensor,
     colours = losses.sorted_projections(style, directions) if cfg.palette_weight else None
     tones = luminance(style).flatten().sort().values if cfg.tone_weight else None
     grads = losses.gradient_magnitudes(luminance(style))[0] if cfg.gradient_weight else None
-    hues = losses.plane_directions(losses.HUE_DIRECTIONS).to(rt.device)  # (I, Q) directions
-    chromas = losses.sorted_chrominance(style, hues)[0] if cfg.chroma_weight else None
+    hues = losses.plane_directions(losses.HUE_DIRECTIONS).to(rt.device) if cfg.chroma_weight else None  # (I, Q)
+    chromas = losses.sorted_chrominance(style, hues)[0] if hues is not None else None
     # the scales the sliced and chroma losses divide by, once
     colour_spread = losses.sorted_spread(colours[0]) if colours is not None else None
     chroma_spread = losses.sorted_spread(chromas) if chromas is not None else None
