@@ -24,6 +24,9 @@ def require_shared() -> Path:
     return SHARED
 
 
+DISPATCH_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS")
+
+
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -36,6 +39,11 @@ def machine() -> dict:
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch": torch.__version__, "python": platform.python_version(), "os": platform.platform()}
+    # Settings that change which kernels run (ATEN_CPU_CAPABILITY=avx2 with ONEDNN_MAX_CPU_ISA=AVX2
+    # stands in for an AVX2-only CPU on a newer one), when given.
+    env = {k: os.environ[k] for k in DISPATCH_ENV if k in os.environ}
+    if env:
+        info["env"] = env
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
