@@ -324,10 +324,12 @@ def test_the_hatching_weight_is_lower_for_a_painting_of_flat_planes():
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8))
     assert flat_share(_planes(96, 64)) > 0.9 and default_hatching_weight(_planes(96, 64)) == FLAT_HATCHING_WEIGHT
     assert flat_share(noise) < 0.05 and default_hatching_weight(noise) == HATCHING_WEIGHT
-    # a large painting is measured at 512 px; a small one at its own size (enlarged it would look flat)
+    # a large painting is measured at 512 px; a small one at its own size: a ramp of 4 levels per px is
+    # shading at 64 px and would be one flat plane enlarged to 512
     big = _planes(1500, 1000)
     assert flat_share(big) == flat_share(resize_long_side(big, 512))
-    assert flat_share(noise.resize((512, 341), Image.BICUBIC)) > 2 * flat_share(noise)
+    ramp = Image.fromarray(np.repeat(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (48, 1))[..., None], 3, axis=2))
+    assert flat_share(ramp) == 0.0 and flat_share(ramp.resize((512, 384), Image.BICUBIC)) > 0.9
 
 
 def test_the_hatching_weight_of_the_shipped_paintings(shared):
