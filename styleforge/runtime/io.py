@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import tempfile
 import zipfile
 from pathlib import Path
@@ -177,17 +178,42 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     complete one. On error the temporary file is removed and ``path`` is untouched.
     """
     path = check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
+    # Ctrl-C and SIGTERM (which raise where the program is) are held back while the temporary file
+    # is made and named, and arrive inside the ``try`` that removes it: one landing between the two
+    # left a stray temporary (tests/cli/test_hostile.py's SIGTERM test, once, session 30).
+    held = _hold_signals()
     try:
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            tmp_path = Path(tmp)
+            os.close(fd)
+        finally:
+            _release_signals(held)
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp_path, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            tmp_path.unlink()
+        if tmp_path is not None:
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
         raise
+
+
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _hold_signals() -> set | None:
+    """Block SIGINT and SIGTERM for this thread (POSIX); the previous mask, or None where it cannot."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+
+
+def _release_signals(previous: set | None) -> None:
+    """Restore the mask :func:`_hold_signals` replaced; a signal that came meanwhile is delivered now."""
+    if previous is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _umask() -> int:

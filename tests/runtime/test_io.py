@@ -1,4 +1,6 @@
 import os
+import signal
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,7 @@ from PIL import Image
 
 from styleforge.runtime import io
 from styleforge.runtime.errors import StyleforgeError
+from styleforge.runtime.guard import Terminated, sigterm_as_interrupt
 
 
 def _rgb_array(h=20, w=30):
@@ -96,6 +99,22 @@ def test_failed_write_leaves_existing_file_intact(tmp_path, monkeypatch):
         io.save_image(torch.rand(1, 3, 4, 4), out)
     assert out.read_bytes() == b"precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="no signal masks on this platform")
+def test_a_sigterm_while_the_temporary_is_made_leaves_nothing_behind(tmp_path, monkeypatch):
+    made = tempfile.mkstemp
+
+    def mkstemp_then_sigterm(*args, **kwargs):  # the signal lands just after the file exists
+        result = made(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(io.tempfile, "mkstemp", mkstemp_then_sigterm)
+    with sigterm_as_interrupt(), pytest.raises(Terminated):
+        with io.atomic_path(tmp_path / "out.csv") as tmp:
+            tmp.write_text("never finished")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unwritable_outputs_are_refused_early(tmp_path):
