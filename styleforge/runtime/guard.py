@@ -311,6 +311,39 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+class InterruptsHeld:
+    """Ctrl-C and SIGTERM noted instead of acted on, from here to :meth:`release`: for a few steps
+    that must not be cut in two, such as creating a temporary file and taking note of it. Call
+    :meth:`release` inside the ``try`` whose clean-up removes what was made; the first signal that
+    came meanwhile is acted on there, as it would have been. (Python runs signal handlers in the
+    main thread, whichever thread the signal reached; elsewhere this holds nothing.)"""
+
+    def __init__(self) -> None:
+        self.caught: list[int] = []
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in _INTERRUPTS:
+                self.previous[sig] = signal.signal(sig, self._note)
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.caught.append(signum)
+
+    def release(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        self.previous = {}
+        if self.caught:
+            sig, self.caught = self.caught[0], []
+            handler = signal.getsignal(sig)
+            if callable(handler):
+                handler(sig, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(sig)
+
+
 @contextlib.contextmanager
 def worker_errors(what: str) -> Iterator[None]:
     """A DataLoader re-raises a worker's exception with the worker's whole traceback in its

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import tempfile
 import zipfile
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import guard
 from .errors import StyleforgeError, first_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -179,17 +179,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = check_writable(path)
     tmp_path: Path | None = None
-    # Ctrl-C and SIGTERM (which raise where the program is) are held back while the temporary file
-    # is made and named, and arrive inside the ``try`` that removes it: one landing between the two
+    # Ctrl-C and SIGTERM (which raise where the program is) are held while the temporary file is
+    # made and named, and acted on inside the ``try`` that removes it: one landing between the two
     # left a stray temporary (tests/cli/test_hostile.py's SIGTERM test, once, session 30).
-    held = _hold_signals()
+    held = guard.InterruptsHeld()
     try:
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             tmp_path = Path(tmp)
             os.close(fd)
         finally:
-            _release_signals(held)
+            held.release()
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp_path, path)
@@ -199,21 +199,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 tmp_path.unlink()
         raise
 
-
-_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _hold_signals() -> set | None:
-    """Block SIGINT and SIGTERM for this thread (POSIX); the previous mask, or None where it cannot."""
-    if not hasattr(signal, "pthread_sigmask"):
-        return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
-
-
-def _release_signals(previous: set | None) -> None:
-    """Restore the mask :func:`_hold_signals` replaced; a signal that came meanwhile is delivered now."""
-    if previous is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _umask() -> int:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from . import guard
 from .errors import StyleforgeError
 
 try:
@@ -44,6 +45,28 @@ def hold(target: str | os.PathLike, folder: bool = True) -> Iterator[None]:
     if fcntl is None:
         yield
         return
+    fd, locked = None, False
+    # Ctrl-C and SIGTERM are held back until the lock is taken and noted, so one cannot land between
+    # creating the file and the ``finally`` that removes it (as in io.atomic_path).
+    held = guard.InterruptsHeld()
+    try:
+        try:
+            fd, path = _take(target, folder, path)
+            locked = True
+        finally:
+            held.release()
+        yield
+    finally:
+        if locked:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        if fd is not None:
+            os.close(fd)
+
+
+def _take(target: str | os.PathLike, folder: bool, path: Path) -> tuple[int, Path]:
+    """Open ``path`` (or, for a run directory in a read-only parent, a lock inside it) and lock it;
+    the descriptor and the lock file. One line if another run holds it."""
     fd = _open(path)
     if fd is None and not folder and Path(target).is_dir():
         # An existing run directory in a read-only parent: lock it from inside instead.
@@ -52,21 +75,19 @@ def hold(target: str | os.PathLike, folder: bool = True) -> Iterator[None]:
     if fd is None:
         raise StyleforgeError(f"cannot create the lock file {path}: choose an output in a writable folder")
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            # The holder before us may have removed the file between our open and flock.
-            if os.fstat(fd).st_ino != os.stat(path).st_ino:
-                raise BlockingIOError
-        except (BlockingIOError, FileNotFoundError):
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-            raise StyleforgeError(f"{target} is in use by another styleforge run (process {pid}): wait for it to "
-                                  "finish or choose another output") from None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # The holder before us may have removed the file between our open and flock.
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:
+            raise BlockingIOError
+    except (BlockingIOError, FileNotFoundError):
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise StyleforgeError(f"{target} is in use by another styleforge run (process {pid}): wait for it to "
+                              "finish or choose another output") from None
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd, path

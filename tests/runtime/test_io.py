@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from styleforge.runtime import io
+from styleforge.runtime import io, lock
 from styleforge.runtime.errors import StyleforgeError
 from styleforge.runtime.guard import Terminated, sigterm_as_interrupt
 
@@ -101,20 +101,39 @@ def test_failed_write_leaves_existing_file_intact(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
 
 
-@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="no signal masks on this platform")
-def test_a_sigterm_while_the_temporary_is_made_leaves_nothing_behind(tmp_path, monkeypatch):
+@pytest.mark.parametrize("sig, raised", [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)])
+def test_a_signal_while_the_temporary_is_made_leaves_nothing_behind(tmp_path, monkeypatch, sig, raised):
     made = tempfile.mkstemp
 
-    def mkstemp_then_sigterm(*args, **kwargs):  # the signal lands just after the file exists
+    def mkstemp_then_signal(*args, **kwargs):  # the signal lands just after the file exists
         result = made(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
         return result
 
-    monkeypatch.setattr(io.tempfile, "mkstemp", mkstemp_then_sigterm)
-    with sigterm_as_interrupt(), pytest.raises(Terminated):
+    monkeypatch.setattr(io.tempfile, "mkstemp", mkstemp_then_signal)
+    with sigterm_as_interrupt(), pytest.raises(raised):
         with io.atomic_path(tmp_path / "out.csv") as tmp:
             tmp.write_text("never finished")
     assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are back
+
+
+def test_a_sigterm_while_a_lock_is_taken_leaves_no_lock_file(tmp_path, monkeypatch):
+    opened = lock._open
+
+    def open_then_sigterm(path):  # the signal lands just after the lock file exists
+        fd = opened(path)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return fd
+
+    monkeypatch.setattr(lock, "_open", open_then_sigterm)
+    with sigterm_as_interrupt(), pytest.raises(Terminated):
+        with lock.hold(tmp_path / "out.pth", folder=False):
+            pass
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    with lock.hold(tmp_path / "out.pth", folder=False):  # and the next run takes it
+        assert [p.name for p in tmp_path.iterdir()] == [".out.pth.lock"]
 
 
 def test_unwritable_outputs_are_refused_early(tmp_path):
