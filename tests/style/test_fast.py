@@ -322,8 +322,8 @@ def _planes(w: int, h: int) -> Image.Image:
 
 def test_the_hatching_weight_is_lower_for_a_painting_of_flat_planes():
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8))
-    assert flat_share(_planes(96, 64)) > 0.9 and default_hatching_weight(_planes(96, 64)) == FLAT_HATCHING_WEIGHT
-    assert flat_share(noise) < 0.05 and default_hatching_weight(noise) == HATCHING_WEIGHT
+    assert flat_share(_planes(96, 64)) > 0.9 and default_hatching_weight(flat_share(_planes(96, 64))) == 20.0
+    assert flat_share(noise) < 0.05 and default_hatching_weight(flat_share(noise)) == HATCHING_WEIGHT == 120.0
     # a large painting is measured at 512 px; a small one at its own size: a ramp of 4 levels per px is
     # shading at 64 px and would be one flat plane enlarged to 512
     big = _planes(1500, 1000)
@@ -334,7 +334,7 @@ def test_the_hatching_weight_is_lower_for_a_painting_of_flat_planes():
 
 def test_the_hatching_weight_of_the_shipped_paintings(shared):
     styles = shared / "data" / "styles"
-    chosen = {p: default_hatching_weight(Image.open(styles / f"{p}.jpg").convert("RGB")) for p in
+    chosen = {p: default_hatching_weight(flat_share(Image.open(styles / f"{p}.jpg").convert("RGB"))) for p in
               ("starry_night", "great_wave", "the_scream", "composition_vii", "shipwreck_minotaur_turner", "udnie")}
     assert chosen.pop("udnie") == FLAT_HATCHING_WEIGHT  # Picabia's planes; the five others are textured
     assert set(chosen.values()) == {HATCHING_WEIGHT}
@@ -444,8 +444,11 @@ def test_cli_train_and_bad_inputs(photos, tmp_path, random_vgg19_file):
     folder, style = photos
     common = ["--weights", random_vgg19_file, "--network", "light", "--crop-size", "32", "--style-size", "32",
               "--batch-size", "2", "--device", "cpu", "--precision", "fp32", "--workers", "0", "-q"]
-    result = run("fast", "train", style, "--data", folder, "-o", tmp_path / "m.pth", "--steps", "2", *common)
+    result = run("fast", "train", style, "--data", folder, "-o", tmp_path / "m.pth", "--steps", "2",
+                 *[a for a in common if a != "-q"])
     assert result.exit_code == 0, result.output
+    # the first line names what the painting chose (the striped style is flat between its stripes)
+    assert result.output.startswith("batch 2, lr 0.01, hatching weight 20 (the painting is "), result.output
     (tmp_path / "empty").mkdir()
     _fails(run("fast", "train", style, "--data", tmp_path / "empty", "-o", tmp_path / "x.pth", *common),
            "no readable images")

@@ -99,9 +99,10 @@ def flat_share(painting: Image.Image) -> float:
     return float((magnitudes < FLAT_GRADIENT).float().mean())
 
 
-def default_hatching_weight(painting: Image.Image) -> float:
-    """The hatching penalty's weight for a painting when --hatching-weight is not given."""
-    return FLAT_HATCHING_WEIGHT if flat_share(painting) >= FLAT_SHARE else HATCHING_WEIGHT
+def default_hatching_weight(share: float) -> float:
+    """The hatching penalty's weight, when --hatching-weight is not given, for a painting whose
+    :func:`flat_share` is ``share``."""
+    return FLAT_HATCHING_WEIGHT if share >= FLAT_SHARE else HATCHING_WEIGHT
 
 
 # Directions the palette loss projects colours on (losses.sliced_wasserstein): 32 over the half sphere
@@ -402,8 +403,11 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
         _check_paths(cfg, files)
     content_w, style_w = cfg.weights_pair()
     style_src = open_rgb(cfg.style)
+    chosen = ""
     if cfg.hatching_weight is None:  # before the run's record is made: it holds the weight used
-        cfg = replace(cfg, hatching_weight=default_hatching_weight(style_src))
+        share = flat_share(style_src)
+        cfg = replace(cfg, hatching_weight=default_hatching_weight(share))
+        chosen = f", hatching weight {cfg.hatching_weight:g} (the painting is {share:.0%} flat)"
     global_batch = cfg.batch_size * ctx.world_size
     steps = cfg.steps or (math.ceil(cfg.epochs * len(files) / global_batch) if cfg.epochs else DEFAULT_STEPS)
     # --precision auto trains in bf16 where the CPU runs it natively (unlike the classifiers, see
@@ -434,7 +438,7 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
 
     def report(rate: float) -> None:
         callback(FastProgress(run.step, steps, rate, dict(run.running), len(run.skipped),
-                              distributed.batch_note(cfg.batch_size, ctx.world_size, cfg.lr)))
+                              distributed.batch_note(cfg.batch_size, ctx.world_size, cfg.lr) + chosen))
 
     loader = run.loader(RandomCrops(files, cfg.image_size, photo_size=cfg.photo_size), len(files), global_batch,
                         min(steps, cfg.stop_at or steps), cfg.seed, cfg.workers)
