@@ -101,8 +101,17 @@ def test_failed_write_leaves_existing_file_intact(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C raising KeyboardInterrupt, as in a terminal (a job started in the background ignores it)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("sig, raised", [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)])
-def test_a_signal_while_the_temporary_is_made_leaves_nothing_behind(tmp_path, monkeypatch, sig, raised):
+def test_a_signal_while_the_temporary_is_made_leaves_nothing_behind(tmp_path, monkeypatch, ctrl_c_raises, sig,
+                                                                    raised):
     made = tempfile.mkstemp
 
     def mkstemp_then_signal(*args, **kwargs):  # the signal lands just after the file exists
