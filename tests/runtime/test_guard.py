@@ -1,3 +1,4 @@
+import os
 import signal
 import subprocess
 import time
@@ -52,3 +53,20 @@ def test_a_worker_exception_keeps_its_last_line():
     with pytest.raises(StyleforgeError) as caught:
         _read_after_worker_gets(None, _Broken())
     assert "cannot read photo 0" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_interrupts_held_are_acted_on_at_release_as_their_handler_says():
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        held = guard.InterruptsHeld()
+        os.kill(os.getpid(), signal.SIGTERM)  # noted, not acted on
+        assert held.caught == [signal.SIGTERM]
+        held.release()  # ignored before, ignored now; the handler is back
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        with guard.sigterm_as_interrupt():
+            held = guard.InterruptsHeld()
+            os.kill(os.getpid(), signal.SIGTERM)
+            with pytest.raises(guard.Terminated):
+                held.release()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
