@@ -200,7 +200,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
