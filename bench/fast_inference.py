@@ -88,7 +88,8 @@ def trained_rows(images: dict, args) -> list[dict]:
         net, _ = load_model(path)
         for prec in ("auto", "fp32"):
             rt = runtime("cpu", prec)
-            rows.append(timed_row(label, f"pytorch {rt.precision}", images, pytorch_fn(rt.to(net), rt), args.repeats))
+            fn = pytorch_fn(rt.for_inference(net), rt)
+            rows.append(timed_row(label, f"pytorch {rt.precision}", images, fn, args.repeats))
         opts = ort.SessionOptions()
         if args.threads:
             opts.intra_op_num_threads = args.threads

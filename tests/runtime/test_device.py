@@ -44,6 +44,25 @@ def test_runtime_moves_to_channels_last_and_autocasts():
     assert not rt.pin_memory
 
 
+def test_for_inference_runs_a_bf16_copy_without_autocast_on_a_bf16_cpu_and_leaves_fp32_alone():
+    conv = torch.nn.Conv2d(3, 4, 3)
+    bf16 = device.Runtime(torch.device("cpu"), torch.bfloat16, channels_last=True)
+    copy = bf16.for_inference(conv)
+    assert copy is not conv and copy.weight.dtype is torch.bfloat16 and conv.weight.dtype is torch.float32
+    assert copy.weight.is_contiguous(memory_format=torch.channels_last)
+    with bf16.inference(copy):
+        assert not torch.is_autocast_enabled("cpu")
+    with bf16.inference(conv):  # fp32 weights (an any-style styler): autocast as before
+        assert torch.is_autocast_enabled("cpu")
+    fp32 = device.Runtime(torch.device("cpu"))
+    copy = fp32.for_inference(conv)
+    assert copy is not conv and copy.weight.dtype is torch.float32
+    assert copy.weight.is_contiguous(memory_format=torch.channels_last)  # faster on CPUs, fp32 too
+    assert not conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with fp32.inference(conv):
+        assert not torch.is_autocast_enabled("cpu")
+
+
 def test_seed_everything_repeats():
     g1 = device.seed_everything(3)
     a = torch.rand(2, generator=g1), torch.rand(2)

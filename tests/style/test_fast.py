@@ -97,10 +97,45 @@ def test_inference_takes_the_lattice_part_off_and_training_sees_the_raw_output()
     torch.manual_seed(0)
     net, x = TransformerNet("light", "bilinear"), torch.rand(1, 3, 40, 56)
     with torch.no_grad():
-        raw = net.net(x)
-        assert torch.equal(net.train()(x), raw)
+        assert torch.equal(net.train()(x), net.net(x))
+        raw = net.eval().net(x)
         shown = raw.clamp(0, 1)
-        assert torch.allclose(net.eval()(x), shown - lattice_part(shown), atol=1e-6)
+        assert torch.allclose(net(x), shown - lattice_part(shown), atol=1e-6)
+
+
+def test_a_bf16_copy_stylizes_like_fp32_and_returns_float32():
+    from styleforge.runtime.device import Runtime
+    from styleforge.style.fast.apply import apply_to_tensor
+
+    torch.manual_seed(0)
+    net, x = TransformerNet("light", "bilinear", noise=0.2).eval(), torch.rand(2, 3, 48, 60)
+    fp32 = Runtime(torch.device("cpu"))
+    bf16 = Runtime(torch.device("cpu"), torch.bfloat16, channels_last=True)
+    copy = bf16.for_inference(net)
+    assert next(copy.parameters()).dtype is torch.bfloat16
+    ref, out = apply_to_tensor(net, x, fp32), apply_to_tensor(copy, x, bf16)
+    assert out.dtype is torch.float32 and out.shape == ref.shape
+    assert (out - ref).abs().mean() < 0.01 and (out - ref).abs().max() < 0.1
+    assert (ref - apply_to_tensor(net, x.flip(-1), fp32)).abs().mean() > 0.05  # the bound above means something
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_inference_instance_norm_is_group_norm_of_one_channel_per_group_and_keeps_channels_last(batch):
+    from styleforge.style.fast.model import _InstanceNorm
+
+    torch.manual_seed(0)
+    norm = _InstanceNorm(5, affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2)
+        norm.bias.uniform_(-1, 1)
+    x = (torch.randn(batch, 5, 9, 7) * torch.arange(1, 6).view(1, 5, 1, 1)).contiguous(
+        memory_format=torch.channels_last)
+    trained = norm.train()(x)  # torch's instance norm, as training uses it
+    shown = norm.eval()(x)
+    assert torch.allclose(shown, trained, atol=1e-5)
+    assert shown.is_contiguous(memory_format=torch.channels_last)
+    per_channel = shown.flatten(2)
+    assert torch.allclose(per_channel.mean(-1), norm.bias.expand(batch, 5), atol=1e-5)
 
 
 def test_parameter_counts():

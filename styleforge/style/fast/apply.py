@@ -45,8 +45,11 @@ class ApplyProgress:
 
 def apply_to_tensor(model: TransformerNet | UniversalStyler | WorkSized, images: torch.Tensor, rt: Runtime,
                     original_colors: bool = False) -> torch.Tensor:
-    """Stylize a (B, 3, H, W) batch in [0, 1]; returns float32 [0, 1] on the CPU."""
-    with torch.inference_mode(), rt.autocast():
+    """Stylize a (B, 3, H, W) batch in [0, 1]; returns float32 [0, 1] on the CPU.
+
+    ``model``: on the device; a trained network as :meth:`Runtime.for_inference` makes it.
+    """
+    with torch.inference_mode(), rt.inference(model):
         out = model(rt.to(images, non_blocking=True)).float().clamp_(0, 1).cpu()
     if original_colors:
         out = keep_colors(out, images.float())
@@ -150,6 +153,7 @@ def stylize_files(model: str | os.PathLike | None, inputs: Iterable[str | os.Pat
     if any_style is None:
         trained = load_model(resolve_model(model))[0]
         per_pixel = guard.transformer_bytes_per_pixel(ARCHS[trained.arch].channels[0])
+        trained = rt.for_inference(trained)
         net = WorkSized(trained, work_size) if work_size else trained
     else:
         net, per_pixel = build_styler(any_style, work_size), guard.VGG_BYTES_PER_PIXEL

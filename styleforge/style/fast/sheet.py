@@ -62,7 +62,8 @@ def style_sheet(photo: str | os.PathLike | Image.Image, styles: Sequence[str] | 
         callback(SheetProgress(0, len(names), ""))
     for i, (name, path) in enumerate(zip(names, paths)):
         net, record = load_model(path)
-        tiles.append((str(record.get("style") or name), tensor_to_pil(apply_to_tensor(rt.to(net), x, rt)[0])))
+        out = apply_to_tensor(rt.for_inference(net), x, rt)[0]
+        tiles.append((str(record.get("style") or name), tensor_to_pil(out)))
         if callback is not None:
             callback(SheetProgress(i + 1, len(names), name))
     return compose(tiles, _columns(len(tiles), columns))
