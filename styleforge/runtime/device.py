@@ -130,12 +130,11 @@ class Runtime:
         """A copy of a feed-forward style network (fp32 weights) to stylize with, under :meth:`inference`.
 
         On a CPU the copy is channels_last whatever the precision, and with bf16 chosen its weights
-        are bf16, run without autocast, which runs normalization and padding in fp32 and casts back to
-        bf16 before every convolution. Measured on
-        the ``light`` network at 1024 px, one thread, AVX512-BF16 (issue 11): bf16 autocast 0.80-0.94 s,
-        bf16 weights 0.54-0.64 s; fp32 1.4-1.7 s, fp32 channels_last 1.06-1.11 s (and 1.0 s against
-        1.4-1.5 s with oneDNN held to AVX2). Elsewhere (CUDA, MPS, where autocast is the measured
-        path) the module itself, moved.
+        are bf16, run without autocast (which runs normalization and padding in fp32 and casts back
+        to bf16 before every convolution). Measured on the ``light`` network at 1024 px, one thread,
+        AVX512-BF16 (issue 11): bf16 autocast 0.80-0.94 s, bf16 weights 0.54-0.64 s; fp32 1.4-1.7 s,
+        fp32 channels_last 1.06-1.11 s (and 1.0 s against 1.4-1.5 s with oneDNN held to AVX2).
+        Elsewhere (CUDA, MPS, where autocast is the measured path) the module itself, moved.
         """
         if self.device.type != "cpu":
             return self.to(module)

@@ -134,7 +134,7 @@ def pixel_noise(like: torch.Tensor) -> torch.Tensor:
     twice modulo a prime, then a Lehmer step): no lattice, no state, the same on every device,
     and only integer ops that ONNX has, so exported graphs reproduce it exactly.
     """
-    h, w = like.shape[-2], like.shape[-1]  # computed in float32 (bf16 would round k to 3 digits)
+    h, w = like.shape[-2], like.shape[-1]
     y = torch.arange(h, device=like.device).view(1, 1, h, 1)
     x = torch.arange(w, device=like.device).view(1, 1, 1, w)
     c = torch.arange(3, device=like.device).view(1, 3, 1, 1)
@@ -142,6 +142,7 @@ def pixel_noise(like: torch.Tensor) -> torch.Tensor:
     for _ in range(2):
         k = (k * k + 40503) % _NOISE_PRIME
     k = (k * 48271) % _NOISE_PRIME
+    # float32 whatever like's dtype: bf16 would round k (up to 2**31) to about 3 digits.
     return ((k.to(torch.float32) / _NOISE_PRIME - 0.5) * math.sqrt(12.0)).to(like.dtype)
 
 
