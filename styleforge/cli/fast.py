@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..runtime import distributed
+from ..runtime.device import keep_freed_memory
 from ..runtime.errors import StyleforgeError
 from ..runtime.io import IMAGE_SUFFIXES, check_writable, image_format, save_image
 from ..runtime.progress import Bar
@@ -193,6 +194,7 @@ def apply_cmd(args, output, style_image, style_blend, strength, style_size, work
               weights, size, original_colors, batch_size, device, precision, quiet):
     """Stylize INPUTS (images, folders, videos) with MODEL (a file or a shipped style name) or --style-image."""
     model, inputs = _model_and_inputs(args, style_image)
+    keep_freed_memory()
     any_style = None
     if style_image:
         any_style = AnyStyle([str(p) for p in style_image], style_blend, strength, style_size, decoders, levels, method,
@@ -285,6 +287,7 @@ def sheet_cmd(photo, output, styles, tile, columns, device, precision, quiet):
         raise StyleforgeError(f"-o {output} is the input photo: give another file name")
     image_format(output)
     check_writable(output)
+    keep_freed_memory()
     bar = Bar(quiet)
     with bar:
         sheet = style_sheet(photo, styles, tile=tile, columns=columns, device=device, precision=precision,
