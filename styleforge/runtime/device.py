@@ -191,9 +191,10 @@ def keep_freed_memory() -> bool:
 
     Process-wide and not undone, so only the CLI calls it, for the commands that run a style
     network over whole pictures (``fast apply``, ``fast sheet``): their process is theirs. The
-    `light` network at 1024 px, one thread, PIL in and out: fp32 970-980 -> 638-640 ms, bf16 469-515
-    -> 406-410 ms (`stylize`, which keeps its buffers, is unchanged). A library user can call it
-    the same way. Returns whether it took effect (glibc only; elsewhere nothing changes).
+    ``light`` network at 1024 px, one thread, end to end (bench/fast_inference.py, AVX512-BF16):
+    bf16 537-575 -> 399-409 ms, fp32 949-995 -> 626-649 ms; peak memory about 6-15 % higher.
+    ``stylize`` was unchanged. A library user can call it the same way. Returns whether it took
+    effect (glibc only; elsewhere nothing changes).
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
