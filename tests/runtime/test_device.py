@@ -48,7 +48,7 @@ def test_runtime_moves_to_channels_last_and_autocasts():
     assert not rt.pin_memory
 
 
-def test_for_inference_runs_a_bf16_copy_without_autocast_on_a_bf16_cpu_and_leaves_fp32_alone():
+def test_for_inference_runs_a_bf16_copy_without_autocast_on_a_bf16_cpu_and_a_channels_last_copy_in_fp32():
     conv = torch.nn.Conv2d(3, 4, 3)
     bf16 = device.Runtime(torch.device("cpu"), torch.bfloat16, channels_last=True)
     copy = bf16.for_inference(conv)

@@ -228,6 +228,20 @@ def test_sheet_cli_writes_and_refuses_bad_requests(two_styles, tmp_path):
     assert two_styles.read_bytes() == before and not (tmp_path / "s2.png").exists()
 
 
+def test_apply_and_sheet_keep_freed_memory_the_way_bench_fast_inference_times_them(two_styles, tmp_path,
+                                                                                    monkeypatch):
+    import styleforge.cli.fast as cli_fast
+
+    calls = []
+    monkeypatch.setattr(cli_fast, "keep_freed_memory", lambda: calls.append(1) or True)
+    runner = CliRunner()
+    for args in (["sheet", str(two_styles), "-o", str(tmp_path / "sheet.png"), "--size", "48"],
+                 ["apply", "alpha", str(two_styles), "-o", str(tmp_path / "out.png")]):
+        result = runner.invoke(main_group, ["fast", *args, "-q", "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+    assert len(calls) == 2
+
+
 def test_sheet_needs_a_usable_tile():
     with pytest.raises(StyleforgeError, match="at least 32"):
         style_sheet(Image.new("RGB", (64, 64)), ["x"], tile=8)
