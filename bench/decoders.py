@@ -19,7 +19,7 @@ from common import record, require_shared, table
 
 from styleforge.backbone import VGGFeatures
 from styleforge.runtime.io import load_image, save_image
-from styleforge.style.fast.universal import find_decoders, load_decoder
+from styleforge.style.fast.decoders import find_decoders, load_decoder
 from styleforge.style.losses import image_content_loss
 
 

@@ -64,6 +64,7 @@ from styleforge.runtime.device import runtime  # noqa: E402
 from styleforge.runtime.io import open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil  # noqa: E402
 from styleforge.style.fast.apply import apply_to_tensor  # noqa: E402
 from styleforge.style.fast.data import list_images  # noqa: E402
+from styleforge.style.fast.decoders import find_decoders  # noqa: E402
 from styleforge.style.fast.model import available_models, load_model  # noqa: E402
 from styleforge.style.fast.quality import (  # noqa: E402
     colour_distance,
@@ -80,7 +81,6 @@ from styleforge.style.fast.universal import (  # noqa: E402
     AnyStyle,
     WorkSized,
     build_styler,
-    find_decoders,
 )
 from styleforge.style.fast.universal import METHODS as UNIVERSAL_METHODS  # noqa: E402
 from styleforge.style.gatys import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS  # noqa: E402

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 from styleforge.style.fast.decoder_train import Reconstruction
+from styleforge.style.fast.decoders import decoder_name, save_decoder
 from styleforge.style.fast.loop import running_averages, write_history
 from styleforge.style.fast.model import load_model, parameter_count, read_record, save_model
-from styleforge.style.fast.universal import decoder_name, save_decoder
 
 
 def model_from_checkpoint(ckpt: str, out: str, style: str) -> None:

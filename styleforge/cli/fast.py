@@ -13,7 +13,7 @@ from ..runtime.io import IMAGE_SUFFIXES, check_writable, image_format, save_imag
 from ..runtime.progress import Bar
 from ..style.fast import ARCHS, FastTrainConfig, available_models, train_style
 from ..style.fast.apply import VIDEO_SUFFIXES, stylize_files
-from ..style.fast.decoder_train import CHECKPOINT_NAME, DecoderTrainConfig, train_decoders
+from ..style.fast.decoder_train import ARCHITECTURES, CHECKPOINT_NAME, DecoderTrainConfig, train_decoders
 from ..style.fast.export import export_onnx
 from ..style.fast.model import MODEL_SUFFIX, UPSAMPLE_MODES
 from ..style.fast.sheet import style_sheet
@@ -179,10 +179,14 @@ def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_we
                     "(faster, coarser brush strokes).")
 @config_option(AnyStyle, "method", "--method", type=click.Choice(METHODS),
                help="With --style-image: wct matches the style's feature covariance; adain only means and spreads.")
-@click.option("--levels", type=CommaList(click.STRING), metavar="LEVEL,...", show_default="every decoder found",
-              help=LEVELS_HELP)
+@click.option("--levels", type=CommaList(click.STRING), metavar="LEVEL,...",
+              show_default="the hourglass decoder if found, else every decoder found",
+              help=LEVELS_HELP + " Runs those levels' decoders as a cascade.")
+@config_option(AnyStyle, "detail", "--detail", type=FRACTION,
+               help="With --style-image and the hourglass decoder: how much of the photo's finer structure "
+                    "(relu3_1, relu2_1) joins the large motifs painted from relu4_1; 0 paints from relu4_1 alone.")
 @click.option("--decoders", type=click.Path(path_type=Path), show_default="the weights folders",
-              help="Folder of decoder-reluK_1.pth files.")
+              help="Folder of decoder files (decoder-hourglass.pth, decoder-reluK_1.pth).")
 @weights_option
 @click.option("--size", type=COUNT, metavar="PX", show_default="the input's", help=SIZE_HELP)
 @click.option("--original-colors", is_flag=True, help=ORIGINAL_COLORS_HELP)
@@ -190,15 +194,15 @@ def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_we
 @device_option(stylize_files)
 @precision_option(stylize_files)
 @quiet_option
-def apply_cmd(args, output, style_image, style_blend, strength, style_size, work_size, method, levels, decoders,
-              weights, size, original_colors, batch_size, device, precision, quiet):
+def apply_cmd(args, output, style_image, style_blend, strength, style_size, work_size, method, levels, detail,
+              decoders, weights, size, original_colors, batch_size, device, precision, quiet):
     """Stylize INPUTS (images, folders, videos) with MODEL (a file or a shipped style name) or --style-image."""
     model, inputs = _model_and_inputs(args, style_image)
     keep_freed_memory()
     any_style = None
     if style_image:
         any_style = AnyStyle([str(p) for p in style_image], style_blend, strength, style_size, decoders, levels, method,
-                             weights)
+                             weights, detail)
     with Bar(quiet) as bar:
         written = stylize_files(model, inputs, output, size=size, original_colors=original_colors,
                                 batch_size=batch_size, device=device, precision=precision,
@@ -229,6 +233,9 @@ def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) ->
               help="Folder for the decoder files, the checkpoint and the loss CSV.")
 @config_option(DecoderTrainConfig, "levels", "--levels", type=CommaList(click.STRING), metavar="LEVEL,...",
                help=LEVELS_HELP)
+@config_option(DecoderTrainConfig, "architecture", "--architecture", type=click.Choice(ARCHITECTURES),
+               help="mirror: one decoder per level (a cascade); hourglass: one decoder from relu4_1 with skips "
+                    "from relu3_1 and relu2_1.")
 @config_option(DecoderTrainConfig, "width", "--width", type=POSITIVE, help="Decoder channels relative to VGG19's.")
 @config_option(DecoderTrainConfig, "image_size", "--crop-size", type=COUNT, metavar="PX", old=("--image-size",),
                help=CROP_HELP)
@@ -246,13 +253,13 @@ def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) ->
 @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @runtime_options(DecoderTrainConfig)
 @quiet_option
-def train_decoders_cmd(data, output, levels, width, image_size, batch_size, steps, lr, lr_schedule, warmup_steps,
-                       feature_weight,
+def train_decoders_cmd(data, output, levels, architecture, width, image_size, batch_size, steps, lr, lr_schedule,
+                       warmup_steps, feature_weight,
                        weights, workers, checkpoint_every, resume, stop_at, fp32_model, overwrite, device, precision,
                        seed, quiet):
-    """Train the decoders that --style-image uses: each inverts one VGG19 level, on photos alone."""
+    """Train the decoders that --style-image uses, on photos alone: one per VGG19 level, or the hourglass."""
     cfg = DecoderTrainConfig(
-        data=[str(d) for d in data], output=str(output), levels=levels, width=width,
+        data=[str(d) for d in data], output=str(output), levels=levels, architecture=architecture, width=width,
         image_size=image_size, batch_size=batch_size, steps=steps, lr=lr, lr_schedule=lr_schedule,
         warmup_steps=warmup_steps, feature_weight=feature_weight, weights=str(weights) if weights else None,
         seed=seed, device=device, precision=precision, workers=workers, checkpoint_every=checkpoint_every,

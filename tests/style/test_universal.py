@@ -15,19 +15,16 @@ from styleforge.backbone import VGGFeatures
 from styleforge.runtime.errors import StyleforgeError
 from styleforge.runtime.io import open_rgb, pil_to_tensor, save_image
 from styleforge.style.fast.decoder_train import DecoderTrainConfig, train_decoders
+from styleforge.style.fast.decoders import LEVELS, Decoder, HourglassDecoder, load_decoder, save_decoder
 from styleforge.style.fast.model import without_lattice
 from styleforge.style.fast.universal import (
     EIG_FLOOR,
-    LEVELS,
     AnyStyle,
-    Decoder,
     UniversalStyler,
     adain,
     build_styler,
     feature_stats,
-    load_decoder,
     normalized_blend,
-    save_decoder,
     stylize_features,
     upscale,
     wct,
@@ -299,6 +296,69 @@ def test_decoder_resume_refuses_other_photos(photos, tmp_path, random_vgg19_file
     assert (tmp_path / "b" / "decoders.ckpt").read_bytes() == ckpt
 
 
+def _grey_hourglass() -> HourglassDecoder:
+    dec = HourglassDecoder().eval()
+    with torch.no_grad():
+        dec.block1[-1][1].weight.mul_(0.01)
+        dec.block1[-1][1].bias.fill_(0.5)
+    return dec
+
+
+def test_hourglass_decoder_shapes_detail_and_file(tmp_path):
+    torch.manual_seed(0)
+    dec = HourglassDecoder()
+    feats = {"relu4_1": torch.randn(1, 512, 3, 5), "relu3_1": torch.randn(1, 256, 6, 10),
+             "relu2_1": torch.randn(1, 128, 12, 20)}
+    out = dec(feats)
+    assert out.shape == (1, 3, 24, 40)
+    assert 0.8e6 < sum(p.numel() for p in dec.parameters()) < 1.0e6
+    # detail 0 paints from relu4_1 alone: the finer levels change nothing
+    other = {**feats, "relu3_1": torch.randn(1, 256, 6, 10), "relu2_1": torch.randn(1, 128, 12, 20)}
+    torch.testing.assert_close(dec(feats, 0.0), dec(other, 0.0))
+    assert not torch.allclose(dec(feats, 0.5), dec(other, 0.5))
+    dec.input_scales.copy_(torch.tensor([0.5, 0.25, 0.125]))
+    loaded = load_decoder(save_decoder(dec, tmp_path / "decoder-hourglass.pth", {"steps": 1}))
+    assert isinstance(loaded, HourglassDecoder) and loaded.input_scales.tolist() == [0.5, 0.25, 0.125]
+    assert (loaded(feats, 0.7) - dec(feats, 0.7)).abs().max() < 1e-2
+
+
+@pytest.fixture
+def hg_encoder(random_vgg19_file):
+    return VGGFeatures(["relu2_1", "relu3_1", "relu4_1"], weights=random_vgg19_file)
+
+
+def test_hourglass_styler_strength_zero_is_its_reconstruction(hg_encoder):
+    torch.manual_seed(0)
+    dec = _grey_hourglass()
+    photo, style = synthetic_image(37, 23), [striped_image(40, 40)]
+    styler = UniversalStyler(hg_encoder, dec, style, strength=0.0, detail=0.6)
+    assert styler.levels == ["relu4_1", "relu3_1", "relu2_1"]
+    with torch.no_grad():
+        out = styler(photo)
+        padded = torch.nn.functional.pad(photo, (0, 1, 0, 3), mode="reflect")
+        expected = without_lattice(dec(hg_encoder(padded, styler.levels), 0.6), 8)[..., :37, :23]
+        torch.testing.assert_close(out, expected)
+        assert not torch.allclose(UniversalStyler(hg_encoder, dec, style, strength=1.0, detail=0.6)(photo), out)
+        assert not torch.allclose(UniversalStyler(hg_encoder, dec, style, strength=0.0, detail=0.0)(photo), out)
+    with pytest.raises(StyleforgeError, match=r"--detail must be in \[0, 1\], got 1.5"):
+        UniversalStyler(hg_encoder, dec, style, detail=1.5)
+
+
+def test_hourglass_training_lowers_the_loss_and_resumes_exactly(photos, tmp_path, random_vgg19_file):
+    cfg = dict(architecture="hourglass", levels=LEVELS, image_size=32, steps=30, lr=3e-3, checkpoint_every=10)
+    result = train_decoders(_dcfg(photos, tmp_path / "a", random_vgg19_file, **cfg))
+    losses = [r["hourglass"] for r in result.history]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+    assert [p.name for p in result.paths] == ["decoder-hourglass.pth"]
+    dec = load_decoder(result.paths[0])
+    assert isinstance(dec, HourglassDecoder) and (dec.input_scales != 1.0).all()
+    train_decoders(_dcfg(photos, tmp_path / "b", random_vgg19_file, **cfg, stop_at=10))
+    resumed = train_decoders(_dcfg(photos, tmp_path / "b", random_vgg19_file, **cfg, resume=True))
+    assert [r["hourglass"] for r in resumed.history] == losses
+    with pytest.raises(StyleforgeError, match="--levels is for --architecture mirror"):
+        train_decoders(_dcfg(photos, tmp_path / "c", random_vgg19_file, architecture="hourglass"))
+
+
 @pytest.fixture
 def decoders(tmp_path):
     folder = tmp_path / "decoders"
@@ -339,6 +399,25 @@ def test_cli_apply_with_style_images(decoders, tmp_path, random_vgg19_file):
                  "--size", "64", "--work-size", "32", *common)
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "work.png").size == (64, 44)
+
+
+def test_the_hourglass_is_the_default_and_levels_ask_for_the_cascade(decoders, tmp_path, random_vgg19_file):
+    save_decoder(_grey_hourglass(), decoders / "decoder-hourglass.pth", {})
+    save_image(striped_image(48, 48), tmp_path / "s.png")
+    save_image(synthetic_image(31, 45), tmp_path / "a.png")
+    styler = build_styler(AnyStyle([tmp_path / "s.png"], decoders=decoders, weights=random_vgg19_file, detail=0.25))
+    assert styler.hourglass is not None and styler.detail == 0.25 and styler.levels == ["relu4_1", "relu3_1", "relu2_1"]
+    cascade = build_styler(AnyStyle([tmp_path / "s.png"], decoders=decoders, levels=["relu3_1"],
+                                    weights=random_vgg19_file))
+    assert cascade.hourglass is None and cascade.levels == ["relu3_1"]
+    common = ["--style-image", tmp_path / "s.png", "--decoders", decoders, "--weights", random_vgg19_file,
+              "--device", "cpu", "-q"]
+    result = run("fast", "apply", tmp_path / "a.png", "-o", tmp_path / "d.png", "--detail", "0.5", *common)
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "d.png").size == (45, 31)
+    _fails(run("fast", "apply", tmp_path / "a.png", "-o", tmp_path / "x.png", "--detail", "1.5", *common),
+           "--detail")
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_cli_apply_style_image_to_video(decoders, tmp_path, random_vgg19_file):

@@ -33,13 +33,14 @@ from ...runtime.errors import StyleforgeError
 from ...runtime.io import check_writable
 from ..losses import image_content_loss
 from .data import RandomCrops, StreamSampler, collate
+from .decoders import HOURGLASS, LEVELS, Decoder, HourglassDecoder, decoder_name, level_index, save_decoder
 from .loop import LR_SCHEDULES, StepRun, check_batch, photo_files, read_checkpoint, resolved
 from .model import parameter_count
-from .universal import LEVELS, Decoder, decoder_name, level_index, save_decoder
 
 CHECKPOINT_FORMAT = "styleforge-decoder-checkpoint"
 CHECKPOINT_NAME = "decoders.ckpt"
 DEFAULT_DECODER_STEPS = 4000
+ARCHITECTURES = ("mirror", HOURGLASS)
 
 
 @dataclass
@@ -48,7 +49,8 @@ class DecoderTrainConfig:
 
     data: str | Sequence[str]
     output: str                          # folder for decoder-reluK_1.pth, the checkpoint and the loss CSV
-    levels: Sequence[str] = LEVELS
+    levels: Sequence[str] = LEVELS       # mirror: one decoder per level
+    architecture: str = "mirror"         # or "hourglass": one decoder from relu4_1 with skips (decoders.py)
     width: float = 0.5                   # decoder channels relative to VGG19's
     image_size: int = 256
     batch_size: int = 8
@@ -74,10 +76,18 @@ class DecoderTrainConfig:
     overwrite: bool = False              # replace the decoders and checkpoint already in ``output``
 
     def validate(self) -> list[str]:
-        """One-line errors for settings no run can use; returns the levels, shallow to deep."""
+        """One-line errors for settings no run can use; returns the decoders' names (levels shallow to deep)."""
+        if self.architecture not in ARCHITECTURES:
+            raise StyleforgeError(f"unknown --architecture {self.architecture!r}: use one of "
+                                  f"{', '.join(ARCHITECTURES)}")
         if not self.levels:
             raise StyleforgeError("--levels: give at least one level")
         levels = sorted(dict.fromkeys(self.levels), key=level_index)
+        if self.architecture == HOURGLASS:
+            if levels != list(LEVELS):
+                raise StyleforgeError("--levels is for --architecture mirror: the hourglass decoder reads relu4_1, "
+                                      "relu3_1 and relu2_1")
+            levels = [HourglassDecoder.levels[0]]
         guard.check_numbers(
             [("--crop-size", self.image_size, guard.COUNT), ("--batch-size", self.batch_size, guard.COUNT),
              ("--steps", self.steps, guard.COUNT), ("--checkpoint-steps", self.checkpoint_every, guard.COUNT),
@@ -93,7 +103,7 @@ class DecoderTrainConfig:
             raise StyleforgeError(f"unknown --lr-schedule {self.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
         if self.overwrite and self.resume:
             raise StyleforgeError("--overwrite and --resume exclude each other")
-        return levels
+        return [HOURGLASS] if self.architecture == HOURGLASS else levels
 
 
 @dataclass
@@ -112,39 +122,60 @@ class DecoderTrainResult:
     seconds: float
 
 
-_RESUME_KEYS = ("levels", "width", "image_size", "lr", "lr_schedule", "warmup_steps", "feature_weight", "seed")
+_RESUME_KEYS = ("levels", "architecture", "width", "image_size", "lr", "lr_schedule", "warmup_steps", "feature_weight",
+                "seed")
+
+
+def detail_at(seed: int, step: int) -> float:
+    """The hourglass decoder's skip weight at ``step``: uniform in [0, 1], a function of the seed and step
+    alone (resume and every process draw the same)."""
+    return float(torch.rand((), generator=torch.Generator().manual_seed(seed * 1_000_003 + step)))
 
 
 class Reconstruction(nn.Module):
-    """The trained decoders, one per level; calling it gives each level's loss on a batch.
+    """The trained decoders (one per level, or the hourglass); calling it gives each one's loss on a batch.
 
     A module (not a function) so that under DDP the call goes through the wrapper, which
     synchronizes the gradients. The frozen encoder is passed in, so it is no part of it.
     """
 
-    def __init__(self, levels: Sequence[str], width: float) -> None:
+    def __init__(self, names: Sequence[str], width: float) -> None:
         super().__init__()
-        self.decoders = nn.ModuleDict({lv: Decoder(lv, width) for lv in levels})
+        self.decoders = nn.ModuleDict({n: HourglassDecoder(width) if n == HOURGLASS else Decoder(n, width)
+                                       for n in names})
+        self.encoder_levels = sorted({lv for n, d in self.decoders.items() for lv in _reads(d)}, key=level_index)
 
     def set_input_scales(self, images: torch.Tensor, encoder: VGGFeatures) -> None:
-        """Each decoder's fixed input scale: 1 / RMS of its level's features on ``images``."""
+        """Each decoder's fixed input scale(s): 1 / RMS of its level's features on ``images``."""
         with torch.no_grad():
-            feats = encoder(images, list(self.decoders))
-            for level, decoder in self.decoders.items():
-                rms = feats[level].float().pow(2).mean().sqrt()
-                decoder.input_scale.fill_(float(1.0 / rms.clamp_min(1e-6)))
+            feats = encoder(images, self.encoder_levels)
+            for decoder in self.decoders.values():
+                rms = [feats[lv].float().pow(2).mean().sqrt().clamp_min(1e-6) for lv in _reads(decoder)]
+                scales = decoder.input_scales if isinstance(decoder, HourglassDecoder) else decoder.input_scale
+                scales.copy_(1.0 / torch.stack(rms).reshape(scales.shape))
 
-    def forward(self, images: torch.Tensor, encoder: VGGFeatures, feature_weight: float) -> torch.Tensor:
-        """(levels,) losses: relative pixel error + feature_weight * relative feature error."""
+    def forward(self, images: torch.Tensor, encoder: VGGFeatures, feature_weight: float,
+                detail: float = 1.0) -> torch.Tensor:
+        """(decoders,) losses: relative pixel error + feature_weight * relative feature error (at the
+        deepest level read). The hourglass gets its skips scaled by ``detail``."""
         with torch.no_grad():
-            targets = encoder(images, list(self.decoders))
+            targets = encoder(images, self.encoder_levels)
         out = []
-        for level, decoder in self.decoders.items():
-            decoded = decoder(targets[level])
+        for decoder in self.decoders.values():
+            level = _reads(decoder)[0]
+            if isinstance(decoder, HourglassDecoder):
+                decoded = decoder(targets, detail)
+            else:
+                decoded = decoder(targets[level])
             pixel = image_content_loss(decoded, images)
             feature = image_content_loss(encoder(decoded, [level])[level], targets[level])
             out.append(pixel + feature_weight * feature)
         return torch.stack(out)
+
+
+def _reads(decoder: nn.Module) -> list[str]:
+    """The levels a decoder reads, deepest first."""
+    return list(decoder.levels) if isinstance(decoder, HourglassDecoder) else [decoder.level]
 
 
 def _load_resume(cfg: DecoderTrainConfig, ckpt: Path, config_record: dict) -> dict:
@@ -152,7 +183,7 @@ def _load_resume(cfg: DecoderTrainConfig, ckpt: Path, config_record: dict) -> di
     # The shared resume check (as fast train and classify train): every setting that changes the
     # run, the photos and the global batch; the steps too where the schedule spans them.
     keys = (*_RESUME_KEYS, "data", "global_batch") + (("steps",) if cfg.lr_schedule != "constant" else ())
-    saved = {"warmup_steps": 0, **record["config"]}  # checkpoints from before the option had none
+    saved = {"warmup_steps": 0, "architecture": "mirror", **record["config"]}  # from before the options
     guard.check_resume(saved, {k: config_record.get(k) for k in keys}, (), ckpt)
     return record
 
@@ -174,7 +205,7 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
               "global_batch": global_batch}
     run = _start(cfg, ctx, rt, levels, record)
     if encoder is None:
-        encoder = VGGFeatures(levels, weights=cfg.weights)
+        encoder = VGGFeatures(run.model.encoder_levels, weights=cfg.weights)
     encoder = rt.to(encoder)
     crops = RandomCrops(files, cfg.image_size)
     if not cfg.resume:  # every process: the whole first global batch, so all get the same scales
@@ -185,7 +216,7 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
 
     def loss_fn(x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with rt.autocast():
-            parts = run.train_model(x, encoder, cfg.feature_weight).float()
+            parts = run.train_model(x, encoder, cfg.feature_weight, detail_at(cfg.seed, run.step)).float()
         return parts.sum(), dict(zip(levels, parts))
 
     def report(rate: float) -> None:

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,18 +31,20 @@ from torch import nn
 
 from ...backbone import VGGFeatures
 from ...runtime.errors import StyleforgeError
-from ...runtime.io import load_torch, open_rgb, pil_to_tensor, resize_long_side, save_torch
+from ...runtime.io import open_rgb, pil_to_tensor, resize_long_side
 from ..color import luminance
+from .decoders import (
+    Decoder,
+    HourglassDecoder,
+    find_decoders,
+    find_hourglass,
+    level_index,
+    load_decoder,
+)
 from .model import without_lattice
 
-LEVELS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 METHODS = ("wct", "adain")
 DEFAULT_STYLE_SIZE = 512
-DECODER_FORMAT = "styleforge-decoder"
-FORMAT_VERSION = 1
-# Channels of VGG19 blocks 1..5 and its convolutions per block.
-_VGG_WIDTHS = (64, 128, 256, 512, 512)
-_VGG_CONVS = (2, 2, 4, 4, 4)
 # Eigenvalues below this (relative to the largest) are treated as zero: the directions the
 # features do not span are left out of whitening/colouring instead of being amplified.
 # (Li et al. use an absolute 1e-5 on their feature scale; relative works for any scale.)
@@ -55,6 +56,9 @@ STD_EPS = 1e-5
 # (192 px; 256 px: 2.5-3x) raised the style loss of bench/fast_quality.py and made the
 # pictures softer, at 192 px smeared (README, "Any painting as the style"); the user chooses.
 DEFAULT_WORK_SIZE: int | None = None
+# How much of relu3_1's and relu2_1's structure the hourglass decoder adds to what it paints
+# from relu4_1 (its skip weight, 0..1; trained over that whole range).
+DEFAULT_DETAIL = 1.0
 MIN_WORK_SIZE = 16  # relu5_1 needs 16 px; it caps the long side (a shorter side is padded)
 # Scaling a working-size result up (not in Li et al., who decode at full size): bicubic, an
 # unsharp mask (upscaling flattens the fine texture, which the style loss measures: its
@@ -64,12 +68,6 @@ MIN_WORK_SIZE = 16  # relu5_1 needs 16 px; it caps the long side (a shorter side
 UPSCALE_SHARPEN = 1.0
 UPSCALE_DETAIL = 0.5
 
-
-def level_index(level: str) -> int:
-    """``relu3_1`` -> 3; one-line error for anything else."""
-    if level not in LEVELS:
-        raise StyleforgeError(f"unknown level {level!r}: use one of {', '.join(LEVELS)}")
-    return LEVELS.index(level) + 1
 
 
 # --------------------------------------------------------------------------- transforms
@@ -226,118 +224,6 @@ def normalized_blend(blend: Sequence[float] | None, n: int) -> list[float]:
 
 # --------------------------------------------------------------------------- decoders
 
-class _Conv(nn.Sequential):
-    def __init__(self, cin: int, cout: int, last: bool = False) -> None:
-        layers: list[nn.Module] = [nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3)]
-        if not last:
-            layers.append(nn.ReLU(inplace=True))
-        super().__init__(*layers)
-
-
-class Decoder(nn.Module):
-    """Inverts VGG19 ``relu{k}_1`` features to RGB in [0, 1] (unclamped): a thinned mirror of VGG19.
-
-    Departure from Li et al.'s decoders (an exact mirror of VGG19 up to the level): each
-    block has ``width`` times VGG's channels and at most ``max_convs`` convolutions, which
-    makes the five decoders about 6x smaller and 4x cheaper per pixel. Upsampling is
-    nearest-neighbour, as in the paper.
-    """
-
-    def __init__(self, level: str, width: float = 0.5, max_convs: int = 2) -> None:
-        super().__init__()
-        k = level_index(level)
-        self.level, self.width, self.max_convs = level, width, max_convs
-
-        def w(block: int) -> int:
-            return max(8, int(_VGG_WIDTHS[block - 1] * width))
-
-        layers: list[nn.Module] = []
-        if k == 1:
-            layers.append(_Conv(_VGG_WIDTHS[0], 3, last=True))
-        else:
-            layers += [_Conv(_VGG_WIDTHS[k - 1], w(k - 1)), nn.Upsample(scale_factor=2, mode="nearest")]
-            for block in range(k - 1, 0, -1):
-                layers += [_Conv(w(block), w(block)) for _ in range(min(_VGG_CONVS[block - 1], max_convs) - 1)]
-                if block > 1:
-                    layers += [_Conv(w(block), w(block - 1)), nn.Upsample(scale_factor=2, mode="nearest")]
-                else:
-                    layers.append(_Conv(w(1), 3, last=True))
-        self.net = nn.Sequential(*layers)
-        # Departure from the paper: the features are multiplied by a fixed scale first, set
-        # once before training to 1 / (their RMS on the first batch); VGG19's activations
-        # (Caffe weights, 0-255 input scale) reach the hundreds, and unscaled inputs make the
-        # first steps of Adam overshoot by orders of magnitude.
-        self.register_buffer("input_scale", torch.ones(()))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features * self.input_scale)
-
-
-def decoder_name(level: str) -> str:
-    return f"decoder-{level}.pth"
-
-
-def save_decoder(decoder: Decoder, path: str | os.PathLike, training: Mapping[str, Any],
-                 half: bool = True) -> Path:
-    """A decoder file: plain tensors and metadata (loadable with ``weights_only=True``)."""
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in decoder.state_dict().items()}
-    return save_torch({"format": DECODER_FORMAT, "version": FORMAT_VERSION, "level": decoder.level,
-                       "width": decoder.width, "max_convs": decoder.max_convs, "training": dict(training),
-                       "state_dict": state}, path)
-
-
-def load_decoder(path: str | os.PathLike) -> Decoder:
-    """Read a decoder file written by :func:`save_decoder`, with one-line errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise StyleforgeError(f"decoder file {str(path)!r} does not exist")
-    record = load_torch(path, "a PyTorch file", "re-train it with 'styleforge fast train-decoders'")
-    if not isinstance(record, dict) or record.get("format") != DECODER_FORMAT:
-        raise StyleforgeError(f"{path} is not a styleforge decoder file")
-    decoder = Decoder(record["level"], record["width"], record["max_convs"])
-    try:
-        decoder.load_state_dict({k: v.float() for k, v in record["state_dict"].items()})
-    except RuntimeError:
-        raise StyleforgeError(f"{path}: its weights do not fit its stated layout; the file is damaged") from None
-    return decoder.eval().requires_grad_(False)
-
-
-def find_decoders(folder: str | os.PathLike | None = None,
-                  levels: Sequence[str] | None = None) -> dict[str, Path]:
-    """Decoder files by level: from ``folder``, else the first weights folder holding each level.
-
-    With ``levels``, every one must be found (one-line error naming the missing one).
-    """
-    if folder is not None:
-        if not Path(folder).is_dir():
-            raise StyleforgeError(f"--decoders {str(folder)!r} is not a folder")
-        folders = [Path(folder)]
-    else:
-        from ...backbone import weights_folders
-
-        folders = [d for _, d in weights_folders()]
-    found: dict[str, Path] = {}
-    for level in LEVELS:
-        for d in folders:
-            if (d / decoder_name(level)).is_file():
-                found[level] = d / decoder_name(level)
-                break
-    if levels is not None:
-        missing = [lv for lv in levels if lv not in found]
-        if missing:
-            where = folder or "the weights folders ($STYLEFORGE_WEIGHTS, weights/)"
-            raise StyleforgeError(f"no decoder for {missing[0]} in {where}: train one with 'styleforge fast "
-                                  f"train-decoders --levels {missing[0]}' or choose --levels from "
-                                  f"{', '.join(found) or '(none found)'}")
-        found = {lv: found[lv] for lv in levels}
-    elif not found:
-        where = folder or "the weights folders ($STYLEFORGE_WEIGHTS, weights/)"
-        raise StyleforgeError(f"no decoders (decoder-reluK_1.pth) in {where}: train them with "
-                              "'styleforge fast train-decoders' or pass --decoders DIR")
-    return found
-
-
 # --------------------------------------------------------------------------- the styler
 
 
@@ -350,9 +236,10 @@ class UniversalStyler(nn.Module):
     that long side and scaled back up (:func:`upscale`): the time hardly grows with the photo.
     """
 
-    def __init__(self, encoder: VGGFeatures, decoders: Mapping[str, Decoder], styles: Sequence[torch.Tensor],
-                 blend: Sequence[float] | None = None, strength: float = 1.0, method: str = "wct",
-                 work_size: int | None = DEFAULT_WORK_SIZE) -> None:
+    def __init__(self, encoder: VGGFeatures, decoders: Mapping[str, Decoder] | HourglassDecoder,
+                 styles: Sequence[torch.Tensor], blend: Sequence[float] | None = None, strength: float = 1.0,
+                 method: str = "wct", work_size: int | None = DEFAULT_WORK_SIZE,
+                 detail: float = DEFAULT_DETAIL) -> None:
         super().__init__()
         if method not in METHODS:
             raise StyleforgeError(f"unknown --method {method!r}: use one of {', '.join(METHODS)}")
@@ -360,11 +247,18 @@ class UniversalStyler(nn.Module):
             raise StyleforgeError(f"--strength must be in [0, 1], got {strength}")
         if not styles:
             raise StyleforgeError("give at least one style image")
+        if not 0.0 <= detail <= 1.0:
+            raise StyleforgeError(f"--detail must be in [0, 1], got {detail}")
         check_work_size(work_size)
-        self.work_size = work_size
-        self.levels = sorted(decoders, key=level_index, reverse=True)
+        self.work_size, self.detail = work_size, detail
         self.encoder = encoder
-        self.decoders = nn.ModuleDict({lv: decoders[lv] for lv in self.levels})
+        self.hourglass: HourglassDecoder | None = None
+        if isinstance(decoders, HourglassDecoder):
+            self.hourglass, self.levels = decoders, list(decoders.levels)
+            decoders = {}
+        else:
+            self.levels = sorted(decoders, key=level_index, reverse=True)
+        self.decoders = nn.ModuleDict({lv: decoders[lv] for lv in decoders})
         self.blend = normalized_blend(blend, len(styles))
         self.strength, self.method = strength, method
         self.stride = 2 ** (level_index(self.levels[0]) - 1)
@@ -393,24 +287,37 @@ class UniversalStyler(nn.Module):
         return at_work_size(self._stylize, images, self.work_size)
 
     def _stylize(self, images: torch.Tensor) -> torch.Tensor:
-        """Li et al.'s cascade at the images' own size."""
+        """The images at their own size, padded to a multiple of the deepest level's stride and cropped back."""
         h, w = images.shape[-2:]
         ph, pw = (-h) % self.stride, (-w) % self.stride
         # Reflection needs the pad to be smaller than the side; replicate covers tiny inputs.
         mode = "reflect" if ph < h and pw < w else "replicate"
         x = F.pad(images, (0, pw, 0, ph), mode=mode) if ph or pw else images
         x = x.contiguous(memory_format=torch.channels_last)
+        x = self._through_hourglass(x) if self.hourglass is not None else self._cascade(x)
+        return x[..., :h, :w]
+
+    def _transformed(self, features: torch.Tensor, level: str) -> torch.Tensor:
+        stats = [_on(s, features.device) for s in self.stats[level]]
+        return stylize_features(features, stats, self.blend, self.strength, self.method)
+
+    def _cascade(self, x: torch.Tensor) -> torch.Tensor:
+        """Li et al.'s cascade: each level encodes the previous level's picture, transforms, decodes."""
         for lv in self.levels:
-            f = self.encoder(x, [lv])[lv]
-            stats = [_on(s, f.device) for s in self.stats[lv]]
-            f = stylize_features(f, stats, self.blend, self.strength, self.method)
-            x = self.decoders[lv](f)
+            x = self.decoders[lv](self._transformed(self.encoder(x, [lv])[lv], lv))
             # Departure from Li et al.: a decoder that upsamples k times paints texture that repeats on
             # its 2^k px lattice (nearest-neighbour upsampling; a grid measure of 6.5-9.3 at full size,
             # issue 15). That part is taken off each level's picture before the next level sees it.
             period = 2 ** (level_index(lv) - 1)
             x = without_lattice(x, period) if period > 1 else x
-        return x[..., :h, :w]
+        return x
+
+    def _through_hourglass(self, x: torch.Tensor) -> torch.Tensor:
+        """One encoding, each level transformed, one decoding (with its 8 px lattice taken off)."""
+        assert self.hourglass is not None
+        feats = self.encoder(x, self.levels)
+        x = self.hourglass({lv: self._transformed(feats[lv], lv) for lv in self.levels}, self.detail)
+        return without_lattice(x, 2 ** (level_index(self.levels[0]) - 1))
 
 
 def check_work_size(work_size: int | None) -> None:
@@ -495,9 +402,11 @@ class AnyStyle:
     strength: float = 1.0                    # 0: the decoders' reconstruction of the photo
     style_size: int = DEFAULT_STYLE_SIZE     # long side of each style image, px
     decoders: str | os.PathLike | None = None  # folder of decoder files (default: the weights folders)
-    levels: Sequence[str] | None = None      # default: every level whose decoder is found
+    levels: Sequence[str] | None = None      # a cascade of these levels' decoders (default: the hourglass
+    #                                          decoder where one is found, else every level's decoder)
     method: str = "wct"
     weights: str | os.PathLike | None = None  # VGG19 weights file (default: the lookup)
+    detail: float = DEFAULT_DETAIL           # the hourglass decoder's skip weight
 
     def validate(self) -> None:
         """One-line errors for settings no styler can use (the images and decoders are checked when read;
@@ -513,8 +422,14 @@ def build_styler(cfg: AnyStyle, work_size: int | None = DEFAULT_WORK_SIZE) -> Un
     stylizing at ``work_size`` (long side, px; None: the photo's size)."""
     cfg.validate()
     check_work_size(work_size)
-    paths = find_decoders(cfg.decoders, cfg.levels)
+    hourglass = find_hourglass(cfg.decoders) if cfg.levels is None else None
+    paths = {} if hourglass is not None else find_decoders(cfg.decoders, cfg.levels)
     styles = [pil_to_tensor(resize_long_side(open_rgb(p), cfg.style_size)) for p in cfg.style_images]
-    encoder = VGGFeatures(list(paths), weights=cfg.weights)
-    return UniversalStyler(encoder, {lv: load_decoder(p) for lv, p in paths.items()}, styles, cfg.blend,
-                           cfg.strength, cfg.method, work_size)
+    decoders: Mapping[str, Decoder] | HourglassDecoder
+    if hourglass is not None:
+        decoders = load_decoder(hourglass)
+        levels = list(decoders.levels)
+    else:
+        decoders, levels = {lv: load_decoder(p) for lv, p in paths.items()}, list(paths)
+    encoder = VGGFeatures(levels, weights=cfg.weights)
+    return UniversalStyler(encoder, decoders, styles, cfg.blend, cfg.strength, cfg.method, work_size, cfg.detail)
