@@ -64,7 +64,7 @@ from styleforge.runtime.device import runtime  # noqa: E402
 from styleforge.runtime.io import open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil  # noqa: E402
 from styleforge.style.fast.apply import apply_to_tensor  # noqa: E402
 from styleforge.style.fast.data import list_images  # noqa: E402
-from styleforge.style.fast.decoders import find_decoders  # noqa: E402
+from styleforge.style.fast.decoders import find_decoders, find_hourglass  # noqa: E402
 from styleforge.style.fast.model import available_models, load_model  # noqa: E402
 from styleforge.style.fast.quality import (  # noqa: E402
     colour_distance,
@@ -76,6 +76,7 @@ from styleforge.style.fast.quality import (  # noqa: E402
 )
 from styleforge.style.fast.sheet import compose  # noqa: E402
 from styleforge.style.fast.universal import (  # noqa: E402
+    DEFAULT_DETAIL,
     DEFAULT_STYLE_SIZE,
     DEFAULT_WORK_SIZE,
     AnyStyle,
@@ -109,7 +110,8 @@ def any_style_config(style_path: Path, args) -> AnyStyle:
     """What `fast apply --style-image PAINTING` builds, with the benchmark's decoders folder and overrides."""
     levels = args.levels.split(",") if args.levels else None
     extra = {"method": args.method} if args.method else {}
-    return AnyStyle([str(style_path)], style_size=args.style_size, decoders=args.decoders, levels=levels, **extra)
+    return AnyStyle([str(style_path)], style_size=args.style_size, decoders=args.decoders, levels=levels,
+                    detail=args.detail, **extra)
 
 
 def objective_for(extractor, content: torch.Tensor, style: torch.Tensor) -> PerceptualLoss:
@@ -147,7 +149,8 @@ def methods_for(name, model_path, style, args, extractor, stl) -> tuple[dict, di
         styler = fp32.to(build_styler(any_style_config(style_path, args), args.work_size))
         info["any-style setup s"] = round(time.perf_counter() - t, 2)
         work = f", work {styler.work_size}" if styler.work_size else ""
-        info["any-style"] = f"any-style ({styler.method} {'+'.join(styler.levels)}{work})"
+        decoder = f"hourglass, detail {styler.detail:g}" if styler.hourglass is not None else "+".join(styler.levels)
+        info["any-style"] = f"any-style ({styler.method} {decoder}{work})"
         runs["any-style"] = (args.count, lambda photo, content: apply_to_tensor(styler, content, fp32))
     if stl is not None:
         runs[PEER] = (args.count, lambda photo, content: stl(photo, style_path, args.size))
@@ -243,7 +246,10 @@ def main() -> None:
                          "../shared/data/styles (the trained model's row only where a model exists)")
     ap.add_argument("--decoders", default=str(ROOT / "weights"),
                     help="any-style decoders folder (default: the shipped ones in weights/)")
-    ap.add_argument("--levels", help="any-style levels, e.g. relu3_1,relu2_1 (default: every decoder found)")
+    ap.add_argument("--levels", help="any-style cascade levels, e.g. relu3_1,relu2_1 (default: the hourglass "
+                                     "decoder if found, else every decoder found)")
+    ap.add_argument("--detail", type=float, default=DEFAULT_DETAIL,
+                    help="any-style: the hourglass decoder's --detail (default: %(default)s, fast apply's)")
     ap.add_argument("--method", choices=UNIVERSAL_METHODS, help="any-style transform (default: fast apply's)")
     ap.add_argument("--style-size", type=int, default=DEFAULT_STYLE_SIZE,
                     help="any-style: long side of the painting, px (default: %(default)s, fast apply's)")
@@ -278,8 +284,10 @@ def main() -> None:
     data = {"start": args.start, "count": len(files), "size": args.size, "rows": rows, "per_photo": per_photo}
     if args.any_style:
         cfg = any_style_config(Path("PAINTING"), args)
-        data["any_style"] = {"decoders": {lv: str(p) for lv, p in find_decoders(cfg.decoders, cfg.levels).items()},
-                             "method": cfg.method, "style_size": cfg.style_size}
+        hourglass = find_hourglass(cfg.decoders) if cfg.levels is None else None
+        found = {"hourglass": hourglass} if hourglass else find_decoders(cfg.decoders, cfg.levels)
+        data["any_style"] = {"decoders": {name: str(p) for name, p in found.items()}, "method": cfg.method,
+                             "style_size": cfg.style_size, "detail": cfg.detail if hourglass else None}
     data["work_size"] = args.work_size
     print(f"recorded {record('fast_quality', data)}")
 
