@@ -6,6 +6,9 @@ decoder's level). Here all requested levels train together: one encoder pass giv
 level's features, each decoder's loss is its own, and one Adam optimizer holds all their
 parameters (Adam is per-parameter, so this equals separate runs sharing the photo stream).
 
+The hourglass decoder (``architecture="hourglass"``) has the same loss at relu4_1, with its
+skips scaled by a weight drawn uniformly in [0, 1] at every step (:func:`detail_at`).
+
 Departure from the paper: both terms are relative (:func:`styleforge.style.losses.image_content_loss`,
 the squared error over the target's mean square, per image), so ``feature_weight`` means
 the same at every level whatever its activation scale.

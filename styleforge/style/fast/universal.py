@@ -5,7 +5,10 @@ encoder is fixed; a decoder per level ``relu{k}_1`` is trained only to reconstru
 from that level's features (:mod:`styleforge.style.fast.decoder_train`); a style is applied at
 test time by transforming the content features so their statistics become the style's,
 then decoding. Levels run coarse to fine (relu5_1 first): each level re-encodes the
-previous level's output image.
+previous level's output image. Departure from the paper, and the default where its file is
+found: one hourglass decoder (:class:`styleforge.style.fast.decoders.HourglassDecoder`) reads
+relu4_1, relu3_1 and relu2_1 at once, so the photo is encoded once, each level transformed,
+and decoded once; ``detail`` weighs its two skips.
 
 Two transforms, both pure functions of feature tensors:
 
