@@ -246,6 +246,11 @@ def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) ->
                help=SCHEDULE_HELP)
 @config_option(DecoderTrainConfig, "warmup_steps", "--warmup-steps", type=NON_NEGATIVE_INT, metavar="STEPS",
                help=WARMUP_HELP + " Without it a relu5_1 decoder's first layer dies.")
+@config_option(DecoderTrainConfig, "style_weight", "--style-weight", type=NON_NEGATIVE,
+               help="Style weight. With --architecture hourglass, above 0: train it to stylize, the batch's photos "
+                    "as each other's styles, with this weight on the Gram loss at relu1_1..relu5_1.")
+@click.option("--init-decoder", type=click.Path(path_type=Path), metavar="FILE",
+              help="With --architecture hourglass: start from this hourglass decoder (a reconstruction run's).")
 @config_option(DecoderTrainConfig, "feature_weight", "--feature-weight", type=NON_NEGATIVE,
                help="Weight of the feature (perceptual) reconstruction term; the pixel term has weight 1.")
 @weights_option
@@ -254,14 +259,15 @@ def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) ->
 @runtime_options(DecoderTrainConfig)
 @quiet_option
 def train_decoders_cmd(data, output, levels, architecture, width, image_size, batch_size, steps, lr, lr_schedule,
-                       warmup_steps, feature_weight,
+                       warmup_steps, style_weight, init_decoder, feature_weight,
                        weights, workers, checkpoint_every, resume, stop_at, fp32_model, overwrite, device, precision,
                        seed, quiet):
     """Train the decoders that --style-image uses, on photos alone: one per VGG19 level, or the hourglass."""
     cfg = DecoderTrainConfig(
         data=[str(d) for d in data], output=str(output), levels=levels, architecture=architecture, width=width,
         image_size=image_size, batch_size=batch_size, steps=steps, lr=lr, lr_schedule=lr_schedule,
-        warmup_steps=warmup_steps, feature_weight=feature_weight, weights=str(weights) if weights else None,
+        warmup_steps=warmup_steps, feature_weight=feature_weight, style_weight=style_weight,
+        init_decoder=str(init_decoder) if init_decoder else None, weights=str(weights) if weights else None,
         seed=seed, device=device, precision=precision, workers=workers, checkpoint_every=checkpoint_every,
         stop_at=stop_at, resume=resume, half=not fp32_model, overwrite=overwrite)
     bar = Bar(quiet)

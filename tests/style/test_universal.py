@@ -26,6 +26,7 @@ from styleforge.style.fast.universal import (
     feature_stats,
     normalized_blend,
     stylize_features,
+    swapped_wct,
     upscale,
     wct,
 )
@@ -101,6 +102,17 @@ def test_wct_leaves_out_directions_the_content_does_not_span():
     content = _correlated(8, 2, 3, 0)  # 6 positions: rank 5 after centring, so 3 directions are empty
     out = wct(content, feature_stats(_correlated(8, 20, 20, 1)))
     assert torch.isfinite(out).all() and out.abs().max() < 1e3
+
+
+def test_swapped_wct_gives_each_image_the_previous_images_statistics():
+    batch = torch.stack([_correlated(6, 9, 11, seed) for seed in range(3)]).float()
+    out = swapped_wct(batch)
+    assert out.shape == batch.shape and out.dtype == torch.float32
+    for i in range(3):
+        _close(_cov(out[i]), _cov(batch[i - 1]), 1e-4)
+        _close(out[i].mean((1, 2)), batch[i - 1].mean((1, 2)), 1e-4)
+        _close(out[i], wct(batch[i], feature_stats(batch[i - 1])), 1e-4)  # the per-image transform
+    _close(swapped_wct(batch, shift=0), batch, 1e-4)
 
 
 def test_adain_matches_channel_mean_and_std():
@@ -357,6 +369,29 @@ def test_hourglass_training_lowers_the_loss_and_resumes_exactly(photos, tmp_path
     assert [r["hourglass"] for r in resumed.history] == losses
     with pytest.raises(StyleforgeError, match="--levels is for --architecture mirror"):
         train_decoders(_dcfg(photos, tmp_path / "c", random_vgg19_file, architecture="hourglass"))
+
+
+def test_hourglass_stylizing_stage_starts_from_a_decoder_and_lowers_its_loss(photos, tmp_path, random_vgg19_file):
+    base = dict(architecture="hourglass", levels=LEVELS, image_size=32)
+    init = train_decoders(_dcfg(photos, tmp_path / "a", random_vgg19_file, **base, steps=4)).paths[0]
+    cfg = dict(base, style_weight=2.0, init_decoder=str(init), steps=30, lr=3e-3, checkpoint_every=10)
+    result = train_decoders(_dcfg(photos, tmp_path / "b", random_vgg19_file, **cfg))
+    losses = [r["hourglass"] for r in result.history]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+    started = load_decoder(init)
+    tuned = load_decoder(result.paths[0])
+    assert torch.equal(tuned.input_scales, started.input_scales)  # the init's scales are kept
+    assert not torch.equal(tuned.block1[-1][1].weight, started.block1[-1][1].weight)
+    train_decoders(_dcfg(photos, tmp_path / "c", random_vgg19_file, **cfg, stop_at=10))
+    resumed = train_decoders(_dcfg(photos, tmp_path / "c", random_vgg19_file, **cfg, resume=True))
+    assert [r["hourglass"] for r in resumed.history] == losses
+    with pytest.raises(StyleforgeError, match="--style-weight and --init-decoder are for --architecture hourglass"):
+        train_decoders(_dcfg(photos, tmp_path / "d", random_vgg19_file, style_weight=1.0))
+    with pytest.raises(StyleforgeError, match="--init-decoder 'nope.pth' does not exist"):
+        train_decoders(_dcfg(photos, tmp_path / "d", random_vgg19_file, **dict(cfg, init_decoder="nope.pth")))
+    mirror = save_decoder(Decoder("relu2_1"), tmp_path / "decoder-relu2_1.pth", {})
+    with pytest.raises(StyleforgeError, match="is not an hourglass decoder of --width 0.5"):
+        train_decoders(_dcfg(photos, tmp_path / "d", random_vgg19_file, **dict(cfg, init_decoder=str(mirror))))
 
 
 @pytest.fixture

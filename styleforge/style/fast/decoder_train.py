@@ -34,11 +34,21 @@ from ...runtime.device import Runtime, seed_everything
 from ...runtime.device import runtime as make_runtime
 from ...runtime.errors import StyleforgeError
 from ...runtime.io import check_writable
-from ..losses import image_content_loss
+from ..losses import gram_matrix, image_content_loss, style_loss
 from .data import RandomCrops, StreamSampler, collate
-from .decoders import HOURGLASS, LEVELS, Decoder, HourglassDecoder, decoder_name, level_index, save_decoder
+from .decoders import (
+    HOURGLASS,
+    LEVELS,
+    Decoder,
+    HourglassDecoder,
+    decoder_name,
+    level_index,
+    load_decoder,
+    save_decoder,
+)
 from .loop import LR_SCHEDULES, StepRun, check_batch, photo_files, read_checkpoint, resolved
 from .model import parameter_count
+from .universal import swapped_wct
 
 CHECKPOINT_FORMAT = "styleforge-decoder-checkpoint"
 CHECKPOINT_NAME = "decoders.ckpt"
@@ -67,6 +77,10 @@ class DecoderTrainConfig:
     # of the default run at a lower rate (not measured against none: they learnt without it).
     warmup_steps: int = 100
     feature_weight: float = 1.0          # perceptual term; the pixel term has weight 1
+    # Hourglass only, > 0: train it to stylize (see Reconstruction.forward), usually from a reconstruction run's
+    # decoder (init_decoder), whose weights and input scales it starts from.
+    style_weight: float = 0.0
+    init_decoder: str | None = None
     weights: str | None = None
     seed: int = 0
     device: str = "auto"
@@ -90,13 +104,18 @@ class DecoderTrainConfig:
             if levels != list(LEVELS):
                 raise StyleforgeError("--levels is for --architecture mirror: the hourglass decoder reads relu4_1, "
                                       "relu3_1 and relu2_1")
-            levels = [HourglassDecoder.levels[0]]
+            levels = ["relu5_1" if self.style_weight else HourglassDecoder.levels[0]]
+        elif self.style_weight or self.init_decoder:
+            raise StyleforgeError("--style-weight and --init-decoder are for --architecture hourglass")
+        if self.init_decoder is not None and not Path(self.init_decoder).is_file():
+            raise StyleforgeError(f"--init-decoder {self.init_decoder!r} does not exist")
         guard.check_numbers(
             [("--crop-size", self.image_size, guard.COUNT), ("--batch-size", self.batch_size, guard.COUNT),
              ("--steps", self.steps, guard.COUNT), ("--checkpoint-steps", self.checkpoint_every, guard.COUNT),
              ("--lr", self.lr, guard.POSITIVE), ("--width", self.width, guard.POSITIVE),
              ("--warmup-steps", self.warmup_steps, guard.NON_NEGATIVE),
              ("--feature-weight", self.feature_weight, guard.NON_NEGATIVE), ("--seed", self.seed, guard.SEED),
+             ("--style-weight", self.style_weight, guard.NON_NEGATIVE),
              ("--workers", self.workers, guard.NON_NEGATIVE), ("--stop-at", self.stop_at, guard.COUNT)])
         stride = 2 ** (level_index(levels[-1]) - 1)
         if self.image_size % stride or self.image_size < 2 * stride:
@@ -126,7 +145,9 @@ class DecoderTrainResult:
 
 
 _RESUME_KEYS = ("levels", "architecture", "width", "image_size", "lr", "lr_schedule", "warmup_steps", "feature_weight",
-                "seed")
+                "style_weight", "init_decoder", "seed")
+# The style loss of stylize_weight > 0: stylize's style layers, equally weighted.
+STYLE_LEVELS = tuple(LEVELS)
 
 
 def detail_at(seed: int, step: int) -> float:
@@ -142,11 +163,13 @@ class Reconstruction(nn.Module):
     synchronizes the gradients. The frozen encoder is passed in, so it is no part of it.
     """
 
-    def __init__(self, names: Sequence[str], width: float) -> None:
+    def __init__(self, names: Sequence[str], width: float, style_weight: float = 0.0) -> None:
         super().__init__()
         self.decoders = nn.ModuleDict({n: HourglassDecoder(width) if n == HOURGLASS else Decoder(n, width)
                                        for n in names})
-        self.encoder_levels = sorted({lv for n, d in self.decoders.items() for lv in _reads(d)}, key=level_index)
+        self.style_weight = style_weight
+        read = {lv for d in self.decoders.values() for lv in _reads(d)} | (set(STYLE_LEVELS) if style_weight else set())
+        self.encoder_levels = sorted(read, key=level_index)
 
     def set_input_scales(self, images: torch.Tensor, encoder: VGGFeatures) -> None:
         """Each decoder's fixed input scale(s): 1 / RMS of its level's features on ``images``."""
@@ -163,6 +186,8 @@ class Reconstruction(nn.Module):
         deepest level read). The hourglass gets its skips scaled by ``detail``."""
         with torch.no_grad():
             targets = encoder(images, self.encoder_levels)
+        if self.style_weight:
+            return self._stylizing(images, targets, encoder, detail)[None]
         out = []
         for decoder in self.decoders.values():
             level = _reads(decoder)[0]
@@ -176,6 +201,27 @@ class Reconstruction(nn.Module):
         return torch.stack(out)
 
 
+    def _stylizing(self, images: torch.Tensor, targets: dict[str, torch.Tensor], encoder: VGGFeatures,
+                   detail: float) -> torch.Tensor:
+        """Huang & Belongie's objective (AdaIN, 2017) for the hourglass: every photo gets the previous photo
+        of the batch as its style (WCT at each level the decoder reads); the loss is the relative error of
+        the picture's relu4_1 features against the transformed ones plus ``style_weight`` times the mean
+        relative Gram error at relu1_1..relu5_1 against the style photo's.
+
+        Departure from the paper: the styles are photos, not a collection of paintings (the decoder
+        learns to paint any second-order statistics it is given, not a painting's look), and the
+        transform is WCT, which the styler uses, not AdaIN.
+        """
+        decoder = self.decoders[HOURGLASS]
+        with torch.no_grad():
+            transformed = {lv: swapped_wct(targets[lv]) for lv in decoder.levels}
+            style_grams = {lv: gram_matrix(targets[lv]).roll(1, 0) for lv in STYLE_LEVELS}
+        feats = encoder(decoder(transformed, detail), self.encoder_levels)
+        content = image_content_loss(feats["relu4_1"], transformed["relu4_1"])
+        style = torch.stack([style_loss(gram_matrix(feats[lv]), style_grams[lv]) for lv in STYLE_LEVELS]).mean()
+        return content + self.style_weight * style
+
+
 def _reads(decoder: nn.Module) -> list[str]:
     """The levels a decoder reads, deepest first."""
     return list(decoder.levels) if isinstance(decoder, HourglassDecoder) else [decoder.level]
@@ -186,7 +232,8 @@ def _load_resume(cfg: DecoderTrainConfig, ckpt: Path, config_record: dict) -> di
     # The shared resume check (as fast train and classify train): every setting that changes the
     # run, the photos and the global batch; the steps too where the schedule spans them.
     keys = (*_RESUME_KEYS, "data", "global_batch") + (("steps",) if cfg.lr_schedule != "constant" else ())
-    saved = {"warmup_steps": 0, "architecture": "mirror", **record["config"]}  # from before the options
+    saved = {"warmup_steps": 0, "architecture": "mirror", "style_weight": 0.0, "init_decoder": None,
+             **record["config"]}  # checkpoints from before these options
     guard.check_resume(saved, {k: config_record.get(k) for k in keys}, (), ckpt)
     return record
 
@@ -211,7 +258,7 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
         encoder = VGGFeatures(run.model.encoder_levels, weights=cfg.weights)
     encoder = rt.to(encoder)
     crops = RandomCrops(files, cfg.image_size)
-    if not cfg.resume:  # every process: the whole first global batch, so all get the same scales
+    if not cfg.resume and cfg.init_decoder is None:  # every process: the whole first global batch (same scales)
         first = next(iter(StreamSampler(len(files), global_batch, 1, cfg.seed)))
         with rt.autocast():
             run.model.set_input_scales(rt.to(collate([crops[i] for i in first])[0]), encoder)
@@ -259,10 +306,20 @@ def _prepare_output(out_dir: Path, levels: list[str], replace: bool) -> None:
 def _start(cfg: DecoderTrainConfig, ctx: distributed.Dist, rt: Runtime, levels: list[str], record: dict) -> StepRun:
     """The decoders and their optimizer, fresh or from the checkpoint (--resume)."""
     seed_everything(cfg.seed)
-    decoders = Reconstruction(levels, cfg.width)
+    decoders = Reconstruction(levels, cfg.width, cfg.style_weight)
+    if cfg.init_decoder is not None and not cfg.resume:
+        _load_init(decoders, cfg.init_decoder, cfg.width)
     out_dir = Path(cfg.output)
     run = StepRun(ctx, rt, decoders, torch.optim.Adam(decoders.parameters(), lr=cfg.lr), out_dir / CHECKPOINT_NAME,
                   CHECKPOINT_FORMAT, record, out_dir / "decoders.pth")  # write_history names the CSV after this stem
     if cfg.resume:
         run.resume(_load_resume(cfg, run.ckpt, record), cfg.steps, cfg.stop_at)
     return run
+
+
+def _load_init(model: Reconstruction, path: str, width: float) -> None:
+    """The hourglass decoder's weights and input scales from ``path`` (--init-decoder), with one-line errors."""
+    init = load_decoder(path)
+    if not isinstance(init, HourglassDecoder) or init.width != width:
+        raise StyleforgeError(f"--init-decoder {path} is not an hourglass decoder of --width {width:g}")
+    model.decoders[HOURGLASS].load_state_dict(init.state_dict())

@@ -198,6 +198,31 @@ def adain(content: torch.Tensor, style: FeatureStats) -> torch.Tensor:
     return _transform(content, [style], [1.0], 1.0, "adain")
 
 
+def swapped_wct(features: torch.Tensor, shift: int = 1) -> torch.Tensor:
+    """WCT of every image of a (B, C, H, W) batch to the statistics of the image ``shift`` places before it.
+
+    For training the hourglass decoder to stylize with the batch's photos as each other's styles
+    (:mod:`styleforge.style.fast.decoder_train`): one eigendecomposition per image gives both its
+    whitening and its colouring, batched. Float32, the input's shape; ``shift`` 0 is the identity
+    (up to the directions the features do not span).
+    """
+    b, c, h, w = features.shape
+    with _no_autocast(features):
+        rows = features.float().reshape(b, c, h * w)
+        mean = rows.mean(2, keepdim=True)
+        centred = rows - mean
+        cov = (centred @ centred.transpose(1, 2)).double() / max(h * w - 1, 1)
+        vals, vecs = torch.linalg.eigh(cov)
+        keep = vals > EIG_FLOOR * vals.amax(1, keepdim=True).clamp_min(1e-300)
+
+        def power(p: float) -> torch.Tensor:
+            scaled = torch.where(keep, vals.clamp_min(1e-300).pow(p), torch.zeros_like(vals))
+            return (vecs * scaled[:, None, :]) @ vecs.transpose(1, 2)
+
+        matrix = (power(0.5).roll(shift, 0) @ power(-0.5)).float()
+        return (matrix @ centred + mean.roll(shift, 0)).reshape(b, c, h, w)
+
+
 def stylize_features(content: torch.Tensor, styles: Sequence[FeatureStats], blend: Sequence[float],
                      strength: float = 1.0, method: str = "wct") -> torch.Tensor:
     """Transform a (B, C, H, W) batch to the blended styles; ``strength`` mixes with the content.
