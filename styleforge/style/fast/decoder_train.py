@@ -146,7 +146,7 @@ class DecoderTrainResult:
 
 _RESUME_KEYS = ("levels", "architecture", "width", "image_size", "lr", "lr_schedule", "warmup_steps", "feature_weight",
                 "style_weight", "init_decoder", "seed")
-# The style loss of stylize_weight > 0: stylize's style layers, equally weighted.
+# The style loss of the stylizing stage (style_weight > 0): stylize's style layers, equally weighted.
 STYLE_LEVELS = tuple(LEVELS)
 
 
@@ -183,11 +183,12 @@ class Reconstruction(nn.Module):
     def forward(self, images: torch.Tensor, encoder: VGGFeatures, feature_weight: float,
                 detail: float = 1.0) -> torch.Tensor:
         """(decoders,) losses: relative pixel error + feature_weight * relative feature error (at the
-        deepest level read). The hourglass gets its skips scaled by ``detail``."""
+        deepest level read); the hourglass gets its skips scaled by ``detail``. With ``style_weight``,
+        the stylizing loss instead (:meth:`_stylizing`)."""
         with torch.no_grad():
             targets = encoder(images, self.encoder_levels)
         if self.style_weight:
-            return self._stylizing(images, targets, encoder, detail)[None]
+            return self._stylizing(targets, encoder, detail)[None]
         out = []
         for decoder in self.decoders.values():
             level = _reads(decoder)[0]
@@ -200,9 +201,7 @@ class Reconstruction(nn.Module):
             out.append(pixel + feature_weight * feature)
         return torch.stack(out)
 
-
-    def _stylizing(self, images: torch.Tensor, targets: dict[str, torch.Tensor], encoder: VGGFeatures,
-                   detail: float) -> torch.Tensor:
+    def _stylizing(self, targets: dict[str, torch.Tensor], encoder: VGGFeatures, detail: float) -> torch.Tensor:
         """Huang & Belongie's objective (AdaIN, 2017) for the hourglass: every photo gets the previous photo
         of the batch as its style (WCT at each level the decoder reads); the loss is the relative error of
         the picture's relu4_1 features against the transformed ones plus ``style_weight`` times the mean

@@ -36,14 +36,7 @@ from ...backbone import VGGFeatures
 from ...runtime.errors import StyleforgeError
 from ...runtime.io import open_rgb, pil_to_tensor, resize_long_side
 from ..color import luminance
-from .decoders import (
-    Decoder,
-    HourglassDecoder,
-    find_decoders,
-    find_hourglass,
-    level_index,
-    load_decoder,
-)
+from .decoders import Decoder, HourglassDecoder, find_decoders, find_hourglass, level_index, load_decoder
 from .model import without_lattice
 
 METHODS = ("wct", "adain")
@@ -70,7 +63,6 @@ MIN_WORK_SIZE = 16  # relu5_1 needs 16 px; it caps the long side (a shorter side
 # keeps its edges sharp. Both chosen on bench/fast_quality.py (4 photos, 3 paintings).
 UPSCALE_SHARPEN = 1.0
 UPSCALE_DETAIL = 0.5
-
 
 
 # --------------------------------------------------------------------------- transforms
@@ -249,8 +241,6 @@ def normalized_blend(blend: Sequence[float] | None, n: int) -> list[float]:
     total = sum(weights)
     return [w / total for w in weights]
 
-
-# --------------------------------------------------------------------------- decoders
 
 # --------------------------------------------------------------------------- the styler
 
