@@ -20,6 +20,7 @@ import torch
 from common import record, require_shared, table
 
 from styleforge.backbone import VGGFeatures
+from styleforge.runtime.errors import StyleforgeError
 from styleforge.runtime.io import load_image, save_image
 from styleforge.style.fast.decoders import HourglassDecoder, find_decoders, find_hourglass, load_decoder
 from styleforge.style.losses import image_content_loss
@@ -40,12 +41,17 @@ def main() -> None:
     args = ap.parse_args()
     shared = require_shared()
     torch.set_num_threads(args.threads)
-    files = {lv: str(p) for lv, p in find_decoders(args.decoders).items()}
+    hourglass_file = find_hourglass(args.decoders)
+    try:
+        files = {lv: str(p) for lv, p in find_decoders(args.decoders).items()}
+    except StyleforgeError:
+        if hourglass_file is None:
+            raise
+        files = {}  # a folder with the hourglass decoder alone
     decoders = {lv: load_decoder(p) for lv, p in files.items()}
     # name -> (level of the content error, decoder, fn(features by level) -> image)
     runs: dict[str, tuple[str, torch.nn.Module, Callable]] = {
         lv: (lv, dec, lambda f, dec=dec, lv=lv: dec(f[lv])) for lv, dec in decoders.items()}
-    hourglass_file = find_hourglass(args.decoders)
     if hourglass_file is not None:
         files["hourglass"] = str(hourglass_file)
         hourglass = load_decoder(hourglass_file)

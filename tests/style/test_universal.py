@@ -436,22 +436,28 @@ def test_cli_apply_with_style_images(decoders, tmp_path, random_vgg19_file):
     assert Image.open(tmp_path / "work.png").size == (64, 44)
 
 
-def test_the_hourglass_is_the_default_and_levels_ask_for_the_cascade(decoders, tmp_path, random_vgg19_file):
-    save_decoder(_grey_hourglass(), decoders / "decoder-hourglass.pth", {})
+def test_decoder_hourglass_is_chosen_by_name_and_cascade_stays_the_default(decoders, tmp_path, random_vgg19_file):
     save_image(striped_image(48, 48), tmp_path / "s.png")
     save_image(synthetic_image(31, 45), tmp_path / "a.png")
-    styler = build_styler(AnyStyle([tmp_path / "s.png"], decoders=decoders, weights=random_vgg19_file, detail=0.25))
+    style = [tmp_path / "s.png"]
+    with pytest.raises(StyleforgeError, match="no decoder-hourglass.pth in .*train-decoders --architecture hourglass"):
+        build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file, decoder="hourglass"))
+    save_decoder(_grey_hourglass(), decoders / "decoder-hourglass.pth", {})
+    cascade = build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file))
+    assert cascade.hourglass is None and cascade.levels == ["relu3_1", "relu1_1"]
+    styler = build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file, decoder="hourglass",
+                                   detail=0.25))
     assert styler.hourglass is not None and styler.detail == 0.25 and styler.levels == ["relu4_1", "relu3_1", "relu2_1"]
-    cascade = build_styler(AnyStyle([tmp_path / "s.png"], decoders=decoders, levels=["relu3_1"],
-                                    weights=random_vgg19_file))
-    assert cascade.hourglass is None and cascade.levels == ["relu3_1"]
     common = ["--style-image", tmp_path / "s.png", "--decoders", decoders, "--weights", random_vgg19_file,
               "--device", "cpu", "-q"]
-    result = run("fast", "apply", tmp_path / "a.png", "-o", tmp_path / "d.png", "--detail", "0.5", *common)
+    result = run("fast", "apply", tmp_path / "a.png", "-o", tmp_path / "d.png", "--decoder", "hourglass",
+                 "--detail", "0.5", *common)
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "d.png").size == (45, 31)
-    _fails(run("fast", "apply", tmp_path / "a.png", "-o", tmp_path / "x.png", "--detail", "1.5", *common),
-           "--detail")
+    for extra, text in ((["--detail", "1.5", "--decoder", "hourglass"], "--detail"),
+                        (["--detail", "0.5"], "--detail is for --decoder hourglass"),
+                        (["--decoder", "hourglass", "--levels", "relu3_1"], "--levels is for --decoder cascade")):
+        _fails(run("fast", "apply", tmp_path / "a.png", "-o", tmp_path / "x.png", *extra, *common), text)
     assert not (tmp_path / "x.png").exists()
 
 
