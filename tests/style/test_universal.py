@@ -148,12 +148,16 @@ def test_decoders_invert_each_level_to_rgb_any_size():
     assert sizes * 2 < 25e6  # all five decoders in fp16 under 25 MB
 
 
-def _grey_decoder(level: str) -> Decoder:
-    """A random decoder whose pictures vary around mid-grey (a random one's lie mostly outside [0, 1])."""
-    dec = Decoder(level).eval()
+def _grey(last: torch.nn.Module) -> None:
+    """Makes a random decoder's pictures vary around mid-grey (a random one's lie mostly outside [0, 1])."""
     with torch.no_grad():
-        dec.net[-1][1].weight.mul_(0.01)
-        dec.net[-1][1].bias.fill_(0.5)
+        last.weight.mul_(0.01)
+        last.bias.fill_(0.5)
+
+
+def _grey_decoder(level: str) -> Decoder:
+    dec = Decoder(level).eval()
+    _grey(dec.net[-1][1])
     return dec
 
 
@@ -310,9 +314,7 @@ def test_decoder_resume_refuses_other_photos(photos, tmp_path, random_vgg19_file
 
 def _grey_hourglass() -> HourglassDecoder:
     dec = HourglassDecoder().eval()
-    with torch.no_grad():
-        dec.block1[-1][1].weight.mul_(0.01)
-        dec.block1[-1][1].bias.fill_(0.5)
+    _grey(dec.block1[-1][1])
     return dec
 
 
