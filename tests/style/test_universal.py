@@ -394,6 +394,7 @@ def test_hourglass_stylizing_stage_starts_from_a_decoder_and_lowers_its_loss(pho
     mirror = save_decoder(Decoder("relu2_1"), tmp_path / "decoder-relu2_1.pth", {})
     with pytest.raises(StyleforgeError, match="is not an hourglass decoder of --width 0.5"):
         train_decoders(_dcfg(photos, tmp_path / "d", random_vgg19_file, **dict(cfg, init_decoder=str(mirror))))
+    assert not (tmp_path / "d").exists()  # refused before the output folder was made
 
 
 @pytest.fixture

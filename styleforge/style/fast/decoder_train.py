@@ -241,6 +241,7 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
                    encoder: VGGFeatures | None = None) -> DecoderTrainResult:
     """Train one decoder per level; writes ``decoder-<level>.pth`` files, a checkpoint and the loss CSV."""
     levels = cfg.validate()
+    init = _read_init(cfg.init_decoder, cfg.width) if cfg.init_decoder and not cfg.resume else None
     ctx = distributed.current()
     out_dir = Path(cfg.output)
     if ctx.is_main:
@@ -252,7 +253,7 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
     rt = make_runtime(ctx.device_spec(cfg.device), cfg.precision)
     record = {**asdict(cfg), "levels": levels, "data": folders, "world_size": ctx.world_size,
               "global_batch": global_batch}
-    run = _start(cfg, ctx, rt, levels, record)
+    run = _start(cfg, ctx, rt, levels, record, init)
     if encoder is None:
         encoder = VGGFeatures(run.model.encoder_levels, weights=cfg.weights)
     encoder = rt.to(encoder)
@@ -302,12 +303,13 @@ def _prepare_output(out_dir: Path, levels: list[str], replace: bool) -> None:
                                   + ", or another -o")
 
 
-def _start(cfg: DecoderTrainConfig, ctx: distributed.Dist, rt: Runtime, levels: list[str], record: dict) -> StepRun:
-    """The decoders and their optimizer, fresh or from the checkpoint (--resume)."""
+def _start(cfg: DecoderTrainConfig, ctx: distributed.Dist, rt: Runtime, levels: list[str], record: dict,
+           init: HourglassDecoder | None = None) -> StepRun:
+    """The decoders and their optimizer: fresh, from ``init`` (--init-decoder) or from the checkpoint (--resume)."""
     seed_everything(cfg.seed)
     decoders = Reconstruction(levels, cfg.width, cfg.style_weight)
-    if cfg.init_decoder is not None and not cfg.resume:
-        _load_init(decoders, cfg.init_decoder, cfg.width)
+    if init is not None:
+        decoders.decoders[HOURGLASS].load_state_dict(init.state_dict())
     out_dir = Path(cfg.output)
     run = StepRun(ctx, rt, decoders, torch.optim.Adam(decoders.parameters(), lr=cfg.lr), out_dir / CHECKPOINT_NAME,
                   CHECKPOINT_FORMAT, record, out_dir / "decoders.pth")  # write_history names the CSV after this stem
@@ -316,9 +318,9 @@ def _start(cfg: DecoderTrainConfig, ctx: distributed.Dist, rt: Runtime, levels: 
     return run
 
 
-def _load_init(model: Reconstruction, path: str, width: float) -> None:
-    """The hourglass decoder's weights and input scales from ``path`` (--init-decoder), with one-line errors."""
+def _read_init(path: str, width: float) -> HourglassDecoder:
+    """The hourglass decoder to start from (--init-decoder), read before anything is written; one-line errors."""
     init = load_decoder(path)
     if not isinstance(init, HourglassDecoder) or init.width != width:
         raise StyleforgeError(f"--init-decoder {path} is not an hourglass decoder of --width {width:g}")
-    model.decoders[HOURGLASS].load_state_dict(init.state_dict())
+    return init
