@@ -395,6 +395,10 @@ def test_hourglass_stylizing_stage_starts_from_a_decoder_and_lowers_its_loss(pho
     with pytest.raises(StyleforgeError, match="is not an hourglass decoder of --width 0.5"):
         train_decoders(_dcfg(photos, tmp_path / "d", random_vgg19_file, **dict(cfg, init_decoder=str(mirror))))
     assert not (tmp_path / "d").exists()  # refused before the output folder was made
+    for extra, text in (({"batch_size": 1}, "--style-weight needs --batch-size 2 or more"),
+                        ({"feature_weight": 0.5}, "--feature-weight is for reconstruction")):
+        with pytest.raises(StyleforgeError, match=text):
+            train_decoders(_dcfg(photos, tmp_path / "d", random_vgg19_file, **{**cfg, **extra}))
 
 
 @pytest.fixture

@@ -61,7 +61,7 @@ class DecoderTrainConfig:
     """Everything that defines a decoder training run."""
 
     data: str | Sequence[str]
-    output: str                          # folder for decoder-reluK_1.pth, the checkpoint and the loss CSV
+    output: str                          # folder for the decoder-<name>.pth files, the checkpoint and the loss CSV
     levels: Sequence[str] = LEVELS       # mirror: one decoder per level
     architecture: str = "mirror"         # or "hourglass": one decoder from relu4_1 with skips (decoders.py)
     width: float = 0.5                   # decoder channels relative to VGG19's
@@ -107,7 +107,13 @@ class DecoderTrainConfig:
             levels = ["relu5_1" if self.style_weight else HourglassDecoder.levels[0]]
         elif self.style_weight or self.init_decoder:
             raise StyleforgeError("--style-weight and --init-decoder are for --architecture hourglass")
-        if self.init_decoder is not None and not Path(self.init_decoder).is_file():
+        if self.style_weight and self.batch_size < 2:
+            raise StyleforgeError("--style-weight needs --batch-size 2 or more: each photo's style is another photo "
+                                  "of its batch")
+        if self.style_weight and self.feature_weight != 1.0:
+            raise StyleforgeError("--feature-weight is for reconstruction; with --style-weight the relu4_1 term has "
+                                  "weight 1")
+        if self.init_decoder is not None and not self.resume and not Path(self.init_decoder).is_file():
             raise StyleforgeError(f"--init-decoder {self.init_decoder!r} does not exist")
         guard.check_numbers(
             [("--crop-size", self.image_size, guard.COUNT), ("--batch-size", self.batch_size, guard.COUNT),
@@ -209,7 +215,8 @@ class Reconstruction(nn.Module):
 
         Departure from the paper: the styles are photos, not a collection of paintings (the decoder
         learns to paint any second-order statistics it is given, not a painting's look), and the
-        transform is WCT, which the styler uses, not AdaIN.
+        transform is WCT, which the styler uses, not AdaIN. The pairs are made within each process's
+        batch, so a run on N processes is a different run from one on one (resume checks the count).
         """
         decoder = self.decoders[HOURGLASS]
         with torch.no_grad():
@@ -230,7 +237,8 @@ def _load_resume(cfg: DecoderTrainConfig, ckpt: Path, config_record: dict) -> di
     record = read_checkpoint(ckpt, CHECKPOINT_FORMAT, "decoder")
     # The shared resume check (as fast train and classify train): every setting that changes the
     # run, the photos and the global batch; the steps too where the schedule spans them.
-    keys = (*_RESUME_KEYS, "data", "global_batch") + (("steps",) if cfg.lr_schedule != "constant" else ())
+    keys = (*_RESUME_KEYS, "data", "global_batch") + (("steps",) if cfg.lr_schedule != "constant" else ()) \
+        + (("world_size",) if cfg.style_weight else ())  # the stylizing stage pairs photos within each process
     saved = {"warmup_steps": 0, "architecture": "mirror", "style_weight": 0.0, "init_decoder": None,
              **record["config"]}  # checkpoints from before these options
     guard.check_resume(saved, {k: config_record.get(k) for k in keys}, (), ckpt)
@@ -239,7 +247,8 @@ def _load_resume(cfg: DecoderTrainConfig, ckpt: Path, config_record: dict) -> di
 
 def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress], None] | None = None,
                    encoder: VGGFeatures | None = None) -> DecoderTrainResult:
-    """Train one decoder per level; writes ``decoder-<level>.pth`` files, a checkpoint and the loss CSV."""
+    """Train one decoder per level (or the hourglass decoder); writes ``decoder-<name>.pth`` files, a checkpoint
+    and the loss CSV."""
     levels = cfg.validate()
     init = _read_init(cfg.init_decoder, cfg.width) if cfg.init_decoder and not cfg.resume else None
     ctx = distributed.current()
@@ -252,6 +261,7 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
     check_batch(files, global_batch)
     rt = make_runtime(ctx.device_spec(cfg.device), cfg.precision)
     record = {**asdict(cfg), "levels": levels, "data": folders, "world_size": ctx.world_size,
+              "init_decoder": str(Path(cfg.init_decoder).resolve()) if cfg.init_decoder else None,
               "global_batch": global_batch}
     run = _start(cfg, ctx, rt, levels, record, init)
     if encoder is None:

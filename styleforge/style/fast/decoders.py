@@ -41,7 +41,6 @@ def level_index(level: str) -> int:
     return LEVELS.index(level) + 1
 
 
-
 class _Conv(nn.Sequential):
     def __init__(self, cin: int, cout: int, last: bool = False) -> None:
         layers: list[nn.Module] = [nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3)]
