@@ -104,7 +104,7 @@ class DecoderTrainConfig:
             if levels != list(LEVELS):
                 raise StyleforgeError("--levels is for --architecture mirror: the hourglass decoder reads relu4_1, "
                                       "relu3_1 and relu2_1")
-            levels = ["relu5_1" if self.style_weight else HourglassDecoder.levels[0]]
+            levels = ["relu5_1" if self.style_weight else HourglassDecoder.levels[0]]  # the deepest read
         elif self.style_weight or self.init_decoder:
             raise StyleforgeError("--style-weight and --init-decoder are for --architecture hourglass")
         if self.style_weight and self.batch_size < 2:
@@ -268,7 +268,7 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
         encoder = VGGFeatures(run.model.encoder_levels, weights=cfg.weights)
     encoder = rt.to(encoder)
     crops = RandomCrops(files, cfg.image_size)
-    if not cfg.resume and cfg.init_decoder is None:  # every process: the whole first global batch (same scales)
+    if not cfg.resume and init is None:  # every process: the whole first global batch, so all get the same scales
         first = next(iter(StreamSampler(len(files), global_batch, 1, cfg.seed)))
         with rt.autocast():
             run.model.set_input_scales(rt.to(collate([crops[i] for i in first])[0]), encoder)

@@ -103,35 +103,44 @@ def _rows(features: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _Moments:
-    """One image's feature statistics: means, variances and (for WCT) the covariance, float64."""
+    """Feature statistics (of one image, or batched along leading dimensions): means, variances and
+    (for WCT) the covariance, float64."""
 
-    mean: torch.Tensor          # (C,)
-    var: torch.Tensor           # (C,)
-    cov: torch.Tensor | None    # (C, C)
+    mean: torch.Tensor          # (..., C)
+    var: torch.Tensor           # (..., C)
+    cov: torch.Tensor | None    # (..., C, C)
 
 
 def _moments(rows: torch.Tensor, covariance: bool = True) -> _Moments:
-    """Statistics of (N, C) features; the O(N C^2) product is float32, only C x C results are float64.
+    """Statistics of (..., N, C) features; the O(N C^2) product is float32, only C x C results are float64.
 
     The features are centred before the product (a float32 copy), so the covariance does
     not lose digits to the mean, which is of the order of the spread for ReLU features.
     """
     rows = rows.float()
-    n = max(rows.shape[0] - 1, 1)
-    mean = rows.mean(0)
-    centred = rows - mean
+    n = max(rows.shape[-2] - 1, 1)
+    mean = rows.mean(-2)
+    centred = rows - mean.unsqueeze(-2)
     if covariance:
-        cov = (centred.T @ centred).double() / n
-        return _Moments(mean.double(), cov.diagonal().clone(), cov)
-    return _Moments(mean.double(), centred.pow(2).sum(0).double() / n, None)
+        cov = (centred.mT @ centred).double() / n
+        return _Moments(mean.double(), cov.diagonal(dim1=-2, dim2=-1).clone(), cov)
+    return _Moments(mean.double(), centred.pow(2).sum(-2).double() / n, None)
+
+
+def _sym_powers(cov: torch.Tensor, powers: Sequence[float]) -> list[torch.Tensor]:
+    """cov^p for each p, from one eigendecomposition of the symmetric PSD (..., C, C) ``cov``, with
+    eigenvalues under EIG_FLOOR * (that matrix's largest) set to 0."""
+    vals, vecs = torch.linalg.eigh(cov)
+    keep = vals > EIG_FLOOR * vals.amax(-1, keepdim=True).clamp_min(1e-300)
+    out = []
+    for p in powers:
+        scaled = torch.where(keep, vals.clamp_min(1e-300).pow(p), torch.zeros_like(vals))
+        out.append((vecs * scaled.unsqueeze(-2)) @ vecs.mT)
+    return out
 
 
 def _sym_power(cov: torch.Tensor, power: float) -> torch.Tensor:
-    """cov^power for a symmetric PSD matrix, with eigenvalues under EIG_FLOOR * max set to 0."""
-    vals, vecs = torch.linalg.eigh(cov)
-    keep = vals > EIG_FLOOR * vals.max().clamp_min(1e-300)
-    scaled = torch.where(keep, vals.clamp_min(1e-300).pow(power), torch.zeros_like(vals))
-    return (vecs * scaled) @ vecs.T
+    return _sym_powers(cov, (power,))[0]
 
 
 def feature_stats(features: torch.Tensor) -> FeatureStats:
@@ -216,19 +225,14 @@ def swapped_wct(features: torch.Tensor, shift: int = 1) -> torch.Tensor:
     """
     b, c, h, w = features.shape
     with _no_autocast(features):
-        rows = features.float().reshape(b, c, h * w)
-        mean = rows.mean(2, keepdim=True)
-        centred = rows - mean
-        cov = (centred @ centred.transpose(1, 2)).double() / max(h * w - 1, 1)
-        vals, vecs = torch.linalg.eigh(cov)
-        keep = vals > EIG_FLOOR * vals.amax(1, keepdim=True).clamp_min(1e-300)
-
-        def power(p: float) -> torch.Tensor:
-            scaled = torch.where(keep, vals.clamp_min(1e-300).pow(p), torch.zeros_like(vals))
-            return (vecs * scaled[:, None, :]) @ vecs.transpose(1, 2)
-
-        matrix = (power(0.5).roll(shift, 0) @ power(-0.5)).float()
-        return (matrix @ centred + mean.roll(shift, 0)).reshape(b, c, h, w)
+        rows = features.float().permute(0, 2, 3, 1).reshape(b, h * w, c)
+        m = _moments(rows)
+        assert m.cov is not None
+        whiten, colour = _sym_powers(m.cov, (-0.5, 0.5))
+        matrix = (colour.roll(shift, 0) @ whiten).float()
+        mean, target = m.mean.float().unsqueeze(1), m.mean.roll(shift, 0).float().unsqueeze(1)
+        out = (rows - mean) @ matrix.mT + target
+        return out.reshape(b, h, w, c).permute(0, 3, 1, 2)
 
 
 def stylize_features(content: torch.Tensor, styles: Sequence[FeatureStats], blend: Sequence[float],
