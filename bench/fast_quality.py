@@ -251,8 +251,8 @@ def main() -> None:
     ap.add_argument("--decoder", choices=DECODERS, default=DEFAULT_DECODER,
                     help="any-style: fast apply's --decoder (default: %(default)s)")
     ap.add_argument("--levels", help="any-style cascade levels, e.g. relu3_1,relu2_1 (default: every decoder found)")
-    ap.add_argument("--detail", type=float, default=DEFAULT_DETAIL,
-                    help="any-style: the hourglass decoder's --detail (default: %(default)s, fast apply's)")
+    ap.add_argument("--detail", type=float,
+                    help=f"any-style: the hourglass decoder's --detail (default: {DEFAULT_DETAIL:g}, fast apply's)")
     ap.add_argument("--method", choices=UNIVERSAL_METHODS, help="any-style transform (default: fast apply's)")
     ap.add_argument("--style-size", type=int, default=DEFAULT_STYLE_SIZE,
                     help="any-style: long side of the painting, px (default: %(default)s, fast apply's)")
@@ -290,7 +290,7 @@ def main() -> None:
         hourglass = find_hourglass(cfg.decoders) if cfg.decoder == "hourglass" else None
         found = {"hourglass": hourglass} if hourglass else find_decoders(cfg.decoders, cfg.levels)
         data["any_style"] = {"decoders": {name: str(p) for name, p in found.items()}, "method": cfg.method,
-                             "style_size": cfg.style_size, "detail": cfg.detail if hourglass else None}
+                             "style_size": cfg.style_size, "detail": cfg.resolved_detail if hourglass else None}
     data["work_size"] = args.work_size
     print(f"recorded {record('fast_quality', data)}")
 

@@ -26,7 +26,7 @@ from ..style.fast.train import (
     LR_FLOOR,
     LR_SCHEDULES,
 )
-from ..style.fast.universal import DECODERS, DEFAULT_WORK_SIZE, METHODS, AnyStyle
+from ..style.fast.universal import DECODERS, DEFAULT_DETAIL, DEFAULT_WORK_SIZE, METHODS, AnyStyle
 from .options import (
     BATCH_HELP,
     BLEND_HELP,
@@ -43,6 +43,7 @@ from .options import (
     config_option,
     device_option,
     main_group,
+    number_text,
     parse_layer_weights,
     precision_option,
     quiet_option,
@@ -184,7 +185,7 @@ def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_we
                     "texture); hourglass decodes relu4_1, relu3_1 and relu2_1 at once (the photo kept closer).")
 @click.option("--levels", type=CommaList(click.STRING), metavar="LEVEL,...", show_default="every decoder found",
               help=LEVELS_HELP + " With --decoder cascade.")
-@config_option(AnyStyle, "detail", "--detail", type=FRACTION,
+@config_option(AnyStyle, "detail", "--detail", type=FRACTION, show_default=number_text(DEFAULT_DETAIL),
                help="With --decoder hourglass: how much of the photo's finer structure (relu3_1, relu2_1) joins "
                     "what it paints from relu4_1; 0 paints from relu4_1 alone.")
 @click.option("--decoders", type=click.Path(path_type=Path), show_default="the weights folders",

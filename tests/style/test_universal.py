@@ -463,6 +463,7 @@ def test_decoder_hourglass_is_chosen_by_name_and_cascade_stays_the_default(decod
     assert Image.open(tmp_path / "d.png").size == (45, 31)
     for extra, text in ((["--detail", "1.5", "--decoder", "hourglass"], "--detail"),
                         (["--detail", "0.5"], "--detail is for --decoder hourglass"),
+                        (["--detail", "1"], "--detail is for --decoder hourglass"),  # the default value too
                         (["--decoder", "hourglass", "--levels", "relu3_1"], "--levels is for --decoder cascade")):
         _fails(run("fast", "apply", tmp_path / "a.png", "-o", tmp_path / "x.png", *extra, *common), text)
     assert not (tmp_path / "x.png").exists()

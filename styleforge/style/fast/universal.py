@@ -445,7 +445,12 @@ class AnyStyle:
     method: str = "wct"
     weights: str | os.PathLike | None = None  # VGG19 weights file (default: the lookup)
     decoder: str = DEFAULT_DECODER           # "cascade" or "hourglass"
-    detail: float = DEFAULT_DETAIL           # the hourglass decoder's skip weight
+    detail: float | None = None              # the hourglass decoder's skip weight (default DEFAULT_DETAIL)
+
+    @property
+    def resolved_detail(self) -> float:
+        """The hourglass decoder's skip weight this config asks for (DEFAULT_DETAIL where not given)."""
+        return DEFAULT_DETAIL if self.detail is None else self.detail
 
     def validate(self) -> None:
         """One-line errors for settings no styler can use (the images and decoders are checked when read;
@@ -457,7 +462,7 @@ class AnyStyle:
         if self.decoder == HOURGLASS and self.levels:
             raise StyleforgeError("--levels is for --decoder cascade; the hourglass decoder reads relu4_1, relu3_1 "
                                   "and relu2_1")
-        if self.decoder != HOURGLASS and self.detail != DEFAULT_DETAIL:
+        if self.decoder != HOURGLASS and self.detail is not None:
             raise StyleforgeError("--detail is for --decoder hourglass")
         for lv in self.levels or ():
             level_index(lv)
@@ -481,4 +486,5 @@ def build_styler(cfg: AnyStyle, work_size: int | None = DEFAULT_WORK_SIZE) -> Un
     else:
         decoders, levels = {lv: load_decoder(p) for lv, p in paths.items()}, list(paths)
     encoder = VGGFeatures(levels, weights=cfg.weights)
-    return UniversalStyler(encoder, decoders, styles, cfg.blend, cfg.strength, cfg.method, work_size, cfg.detail)
+    return UniversalStyler(encoder, decoders, styles, cfg.blend, cfg.strength, cfg.method, work_size,
+                           cfg.resolved_detail)
