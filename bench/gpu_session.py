@@ -19,7 +19,14 @@ Session 17 ran commit 04455af of this script; since then: the step sizing allows
 steady state being 2.5x slower than the first steps, packing keeps every tar under the 16 MiB the
 machine sends back, and a stopped run gets SIGTERM alone (not its loaders).
 
-    python bench/gpu_session.py --out DIR [--end-after 540]
+    python bench/gpu_session.py --out DIR [--end-after 540] [--round N]
+
+Before the call, here: `python bench/gpu_session.py --prepare ../shared` (builds shared/, which
+git ignores and the device call takes along). Rounds 4 and 5 (issue 15's hourglass decoder) were
+prepared in session 33 and checked on the CPU only (`--device cpu --only dec-hgs-128
+--calib-steps 3 --skip-speed --end-after 150`). Then, on the lent machine:
+
+    python bench/gpu_session.py --out $OUT --round 4 --end-after 540
 """
 
 from __future__ import annotations
@@ -70,12 +77,45 @@ ROUND2 = ([(f"E-{s}", "fast", s, CAND + ["--hatching-weight", "30", "--style-lay
              for s in SIX])
 # Round 3: the candidate A again with --seed 1 (does a default pass whatever the seed?).
 ROUND3 = [(f"A1-{s}", "fast", s, CAND + ["--hatching-weight", "30", "--seed", "1"], 2400, None, 1) for s in SIX]
+# Round 4, prepared in session 33 and not yet run (issue 15: a GPU's hours for the hourglass decoder,
+# which the CPU sessions 31-33 trained in 128 px crops for 3000 + 400 steps). Stage 1 at 256 px crops
+# (the larger motifs the relu5_1 style loss misses need a decoder that has seen them), and the
+# stylizing stage continued from the shipped decoder for far longer, at 128 and 256 px and at weight
+# 10; all sized to the time left. Round 5 (a second call while the machine is warm) runs the
+# stylizing stage on round 4's stage-1 decoder. bench/decoders.py and bench/fast_quality.py
+# --decoder hourglass --decoders DIR score what comes back against the shipped decoder.
+HG = ["--architecture", "hourglass"]
+HG_STYLE = HG + ["--lr", "2e-4", "--warmup-steps", "50", "--init-decoder", "weights/decoder-hourglass.pth"]
+ROUND4 = [("dec-hg1-256", "dec", None, HG + ["--crop-size", "256"], None, 20000, 3),
+          ("dec-hgs-128", "dec", None, HG_STYLE + ["--crop-size", "128", "--style-weight", "3"], None, 20000, 3),
+          ("dec-hgs-256", "dec", None, HG_STYLE + ["--crop-size", "256", "--style-weight", "3"], None, 10000, 3),
+          ("dec-hgs-256-w10", "dec", None, HG_STYLE + ["--crop-size", "256", "--style-weight", "10"], None, 10000, 3)]
+ROUND5 = [("dec-hg2-256", "dec", None, HG + ["--lr", "2e-4", "--warmup-steps", "50", "--crop-size", "256",
+                                              "--style-weight", "3", "--init-decoder",
+                                              str(RUNS / "main" / "dec-hg1-256" / "decoder-hourglass.pth")],
+           None, 10000, 3)]
 # Session 17's jobs (commit 04455af) were six fast runs (shipwreck, composition_vii and udnie
 # recipes) and the decoders relu1_1-relu3_1 and relu4_1-relu5_1; README and weights/README give them.
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def prepare(source: Path) -> None:
+    """Build shared/ in this checkout from ``source`` (../shared) before the call: the lent machine has
+    no ../shared, and takes shared/ with the working tree. The BSDS train and val photos (23 MB) and
+    the VGG19 file cut after conv5_1 (26 MB)."""
+    import shutil
+
+    import torch
+
+    for split in ("train", "val"):
+        shutil.copytree(source / "data" / "bsds500" / split, SH / "data" / "bsds500" / split, dirs_exist_ok=True)
+    state = torch.load(source / "weights" / "vgg19-features.pth", map_location="cpu")
+    (SH / "weights").mkdir(parents=True, exist_ok=True)
+    torch.save({k: v for k, v in state.items() if int(k.split(".")[1]) <= 28},  # conv5_1 is features.28
+               SH / "weights" / "vgg19-caffe-to-conv5_1.pth")
 
 
 def build_weights() -> None:
@@ -223,15 +263,21 @@ def speed_run(device: str, out_dir: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--prepare", metavar="SHARED", help="only build shared/ here from SHARED (../shared), then stop")
+    ap.add_argument("--out")
     ap.add_argument("--end-after", type=float, default=540, help="seconds from start by which all is packed")
     ap.add_argument("--calib-steps", type=int, default=40, help="0: no calibration (every job has fixed steps)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--only", help="comma-separated job names (a dry run on the CPU)")
     ap.add_argument("--skip-speed", action="store_true")
-    ap.add_argument("--round", type=int, choices=(1, 2, 3), default=1,
-                    help="session 18's calls: 1 JOBS, 2 ROUND2, 3 ROUND3")
+    ap.add_argument("--round", type=int, choices=(1, 2, 3, 4, 5), default=1,
+                    help="session 18's calls: 1 JOBS, 2 ROUND2, 3 ROUND3; issue 15's hourglass: 4 ROUND4, 5 ROUND5")
     args = ap.parse_args()
+    if args.prepare:
+        prepare(Path(args.prepare))
+        return
+    if not args.out:
+        ap.error("--out is required (or --prepare)")
     start, out_dir = time.time(), Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     import torch
@@ -243,7 +289,8 @@ def main() -> None:
     build_weights()
 
     # 1. every job side by side for a few steps: does it run, and how fast with the others beside it
-    all_jobs = [j for j in {1: JOBS, 2: ROUND2, 3: ROUND3}[args.round] if not args.only or j[0] in args.only.split(",")]
+    rounds = {1: JOBS, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5}
+    all_jobs = [j for j in rounds[args.round] if not args.only or j[0] in args.only.split(",")]
     rates: dict = {j[0]: None for j in all_jobs}
     jobs = all_jobs
     if args.calib_steps > 0:
