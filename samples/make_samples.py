@@ -12,15 +12,19 @@ with `--original-colors`, and readme.jpg, the before/after strip the README show
     python samples/make_samples.py            # inputs only
     python samples/make_samples.py --outputs  # also run styleforge (needs VGG19 weights)
     python samples/make_samples.py --fast     # fast.jpg: `fast sheet` of the shipped style models
+    python samples/make_samples.py --three-ways  # three-ways.jpg: one painting, stylize / trained / any-style
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 HERE = Path(__file__).resolve().parent
 
@@ -48,6 +52,28 @@ def fast() -> None:
                     "-q"], check=True, cwd=HERE.parent)
 
 
+def three_ways() -> None:
+    """samples/three-ways.jpg: the cat in The Starry Night (public domain; from ../shared) the three ways,
+    each labelled with its command's time end to end on this machine (process start included)."""
+    shared = Path(os.environ.get("STYLEFORGE_SHARED", HERE.parent.parent / "shared"))
+    painting = str(shared / "data" / "styles" / "starry_night.jpg")
+    size = ["--size", "320"]
+    ways = [("stylize", ["stylize", "samples/chelsea.jpg", painting, *size, "-q"]),
+            ("fast apply starry_night", ["fast", "apply", "starry_night", "samples/chelsea.jpg", *size, "-q"]),
+            ("fast apply --style-image", ["fast", "apply", "samples/chelsea.jpg", "--style-image", painting, *size,
+                                          "--style-size", "320", "-q"])]
+    names, labels = ["chelsea.jpg"], ["photo"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (label, args) in enumerate(ways):
+            out = Path(tmp) / f"{i}.png"
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "styleforge", *args, "-o", str(out)], check=True, cwd=HERE.parent)
+            names.append(str(out))
+            labels.append(f"{label}: {time.perf_counter() - start:.0f} s")
+        strip(names, labels, HERE / "three-ways.jpg")
+    print("; ".join(labels))
+
+
 def strip(names: list[str], labels: list[str], out: Path, height: int = 220) -> None:
     tiles = []
     for name in names:
@@ -56,14 +82,18 @@ def strip(names: list[str], labels: list[str], out: Path, height: int = 220) -> 
     canvas = Image.new("RGB", (sum(t.width for t in tiles) + 6 * (len(tiles) - 1), height + 22), "white")
     x = 0
     draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=13)  # a scalable font where Pillow has one (>= 10.1), else its bitmap font
     for tile, label in zip(tiles, labels):
         canvas.paste(tile, (x, 0))
-        draw.text((x + 4, height + 5), label, fill="black")
+        draw.text((x + 4, height + 4), label, fill="black", font=font)
         x += tile.width + 6
     canvas.save(out, quality=92)
 
 
 if __name__ == "__main__":
+    if "--three-ways" in sys.argv:
+        three_ways()
+        sys.exit()
     if "--fast" not in sys.argv:
         inputs()
     if "--outputs" in sys.argv:
