@@ -124,7 +124,7 @@ def any_style_rows(images: dict, style_path: Path, args, work_size: int | None =
     cfg = AnyStyle([str(style_path)], decoders=args.decoders, decoder=args.decoder)
     styler = build_styler(cfg, work_size)
     work = f", --work-size {work_size}" if work_size else ""
-    decoder = "hourglass" if styler.hourglass is not None else "+".join(styler.levels)
+    decoder = "+".join((["hourglass"] if styler.hourglass is not None else []) + styler.cascade_levels)
     label = f"any-style ({styler.method} {decoder}{work})"
     precisions = ["fp32"]
     if runtime("cpu", "auto").precision != "fp32":
@@ -140,9 +140,8 @@ def any_style_rows(images: dict, style_path: Path, args, work_size: int | None =
 
         def per_call(img, net=net, rt=rt):
             style = pil_to_tensor(resize_long_side(open_rgb(style_path), cfg.style_size))
-            decoders = net.hourglass if net.hourglass is not None else dict(net.decoders)
-            fresh = rt.to(UniversalStyler(net.encoder, decoders, [style], cfg.blend, cfg.strength,
-                                          net.method, net.work_size, net.detail))
+            fresh = rt.to(UniversalStyler(net.encoder, dict(net.decoders), [style], cfg.blend, cfg.strength,
+                                          net.method, net.work_size, net.detail, hourglass=net.hourglass))
             return pytorch_fn(fresh, rt)(img)
 
         rows.append(timed_row(f"{label}, style stats per call", engine, images, per_call, args.repeats))

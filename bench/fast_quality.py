@@ -151,7 +151,8 @@ def methods_for(name, model_path, style, args, extractor, stl) -> tuple[dict, di
         styler = fp32.to(build_styler(any_style_config(style_path, args), args.work_size))
         info["any-style setup s"] = round(time.perf_counter() - t, 2)
         work = f", work {styler.work_size}" if styler.work_size else ""
-        decoder = f"hourglass, detail {styler.detail:g}" if styler.hourglass is not None else "+".join(styler.levels)
+        decoder = "+".join(([f"hourglass (detail {styler.detail:g})"] if styler.hourglass is not None else [])
+                           + styler.cascade_levels)
         info["any-style"] = f"any-style ({styler.method} {decoder}{work})"
         runs["any-style"] = (args.count, lambda photo, content: apply_to_tensor(styler, content, fp32))
     if stl is not None:
@@ -287,8 +288,9 @@ def main() -> None:
     data = {"start": args.start, "count": len(files), "size": args.size, "rows": rows, "per_photo": per_photo}
     if args.any_style:
         cfg = any_style_config(Path("PAINTING"), args)
-        hourglass = find_hourglass(cfg.decoders) if cfg.decoder == "hourglass" else None
-        found = {"hourglass": hourglass} if hourglass else find_decoders(cfg.decoders, cfg.levels)
+        hourglass = find_hourglass(cfg.decoders) if cfg.decoder != "cascade" else None
+        found = {**({"hourglass": hourglass} if hourglass else {}),
+                 **(find_decoders(cfg.decoders, cfg.levels) if cfg.decoder != "hourglass" else {})}
         data["any_style"] = {"decoders": {name: str(p) for name, p in found.items()}, "method": cfg.method,
                              "style_size": cfg.style_size, "detail": cfg.resolved_detail if hourglass else None}
     data["work_size"] = args.work_size

@@ -182,11 +182,14 @@ def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_we
                help="With --style-image: wct matches the style's feature covariance; adain only means and spreads.")
 @config_option(AnyStyle, "decoder", "--decoder", type=click.Choice(DECODERS),
                help="With --style-image: cascade runs one decoder per level, coarse to fine (more of the painting's "
-                    "texture); hourglass decodes relu4_1, relu3_1 and relu2_1 at once (the photo kept closer).")
+                    "texture); hourglass decodes relu4_1, relu3_1 and relu2_1 at once (the photo kept closer); "
+                    "hourglass+cascade restyles the hourglass's picture with the cascade (the most of the "
+                    "painting's colours, about twice the time).")
 @click.option("--levels", type=CommaList(click.STRING), metavar="LEVEL,...", show_default="every decoder found",
-              help=LEVELS_HELP + " With --decoder cascade.")
+              help=LEVELS_HELP + " With the cascade (--decoder cascade or hourglass+cascade).")
 @config_option(AnyStyle, "detail", "--detail", type=FRACTION, show_default=number_text(DEFAULT_DETAIL),
-               help="With --decoder hourglass: how much of the photo's finer structure (relu3_1, relu2_1) joins "
+               help="With the hourglass decoder (--decoder hourglass or hourglass+cascade): how much of the photo's "
+                    "finer structure (relu3_1, relu2_1) joins "
                     "what it paints from relu4_1; 0 paints from relu4_1 alone.")
 @click.option("--decoders", type=click.Path(path_type=Path), show_default="the weights folders",
               help="Folder of decoder files (decoder-hourglass.pth, decoder-reluK_1.pth).")

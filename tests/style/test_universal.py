@@ -358,6 +358,19 @@ def test_hourglass_styler_strength_zero_is_its_reconstruction(hg_encoder):
         UniversalStyler(hg_encoder, dec, style, detail=1.5)
 
 
+def test_hourglass_then_cascade_is_the_cascade_applied_to_the_hourglass_picture(hg_encoder):
+    torch.manual_seed(0)
+    hourglass, relu2 = _grey_hourglass(), Decoder("relu2_1").eval()
+    photo, style = synthetic_image(32, 40), [striped_image(40, 40)]  # sides of 8 px: no padding to undo
+    both = UniversalStyler(hg_encoder, {"relu2_1": relu2}, style, detail=0.6, hourglass=hourglass)
+    assert both.levels == ["relu4_1", "relu3_1", "relu2_1"] and both.cascade_levels == ["relu2_1"]
+    first = UniversalStyler(hg_encoder, hourglass, style, detail=0.6)
+    then = UniversalStyler(hg_encoder, {"relu2_1": relu2}, style)
+    with torch.no_grad():
+        torch.testing.assert_close(both(photo), then(first(photo)))
+        assert not torch.allclose(both(photo), first(photo))
+
+
 def test_hourglass_training_lowers_the_loss_and_resumes_exactly(photos, tmp_path, random_vgg19_file):
     cfg = dict(architecture="hourglass", levels=LEVELS, image_size=32, steps=30, lr=3e-3, checkpoint_every=10)
     result = train_decoders(_dcfg(photos, tmp_path / "a", random_vgg19_file, **cfg))
@@ -461,10 +474,18 @@ def test_decoder_hourglass_is_chosen_by_name_and_cascade_stays_the_default(decod
                  "--detail", "0.5", *common)
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "d.png").size == (45, 31)
+    both = build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file, decoder="hourglass+cascade",
+                                 levels=["relu3_1"], detail=0.5))
+    assert both.hourglass is not None and both.detail == 0.5 and both.cascade_levels == ["relu3_1"]
+    assert both.levels == ["relu4_1", "relu3_1", "relu2_1"]
+    result = run("fast", "apply", tmp_path / "a.png", "-o", tmp_path / "both.png", "--decoder", "hourglass+cascade",
+                 *common)
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "both.png").size == (45, 31)
     for extra, text in ((["--detail", "1.5", "--decoder", "hourglass"], "--detail"),
-                        (["--detail", "0.5"], "--detail is for --decoder hourglass"),
-                        (["--detail", "1"], "--detail is for --decoder hourglass"),  # the default value too
-                        (["--decoder", "hourglass", "--levels", "relu3_1"], "--levels is for --decoder cascade")):
+                        (["--detail", "0.5"], "--detail is for the hourglass decoder"),
+                        (["--detail", "1"], "--detail is for the hourglass decoder"),  # the default value too
+                        (["--decoder", "hourglass", "--levels", "relu3_1"], "--levels is for the cascade")):
         _fails(run("fast", "apply", tmp_path / "a.png", "-o", tmp_path / "x.png", *extra, *common), text)
     assert not (tmp_path / "x.png").exists()
 
@@ -579,3 +600,14 @@ def test_each_level_encodes_only_up_to_its_own_layer(encoder):
         h.remove()
     # conv1_1, conv1_2, conv2_1 in both passes; conv2_2 and conv3_1 only in the relu3_1 pass; nothing deeper.
     assert calls == [2, 2, 2, 1, 1] + [0] * (len(convs) - 5)
+
+
+def test_a_decoder_file_of_the_other_kind_is_a_one_line_error(decoders, tmp_path, random_vgg19_file):
+    save_image(striped_image(48, 48), tmp_path / "s.png")
+    style = [tmp_path / "s.png"]
+    save_decoder(Decoder("relu3_1"), decoders / "decoder-hourglass.pth", {})  # a per-level decoder, misnamed
+    with pytest.raises(StyleforgeError, match="decoder-hourglass.pth holds a per-level decoder"):
+        build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file, decoder="hourglass"))
+    save_decoder(_grey_hourglass(), decoders / "decoder-relu1_1.pth", {})  # and the hourglass, misnamed
+    with pytest.raises(StyleforgeError, match="decoder-relu1_1.pth holds the hourglass decoder"):
+        build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file))
