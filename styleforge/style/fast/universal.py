@@ -70,9 +70,10 @@ DEFAULT_WORK_SIZE: int | None = None
 # (20 photos) it is the only mode that passes candy as well as composition_vii: the second pass brings
 # more of the painting's colours and texture (style loss down 8-20 %), with the content loss still
 # at or under the peer's; at about twice the cascade's time (README, "Any painting as the style").
-BOTH = f"{HOURGLASS}+cascade"
-DECODERS = ("cascade", HOURGLASS, BOTH)
-DEFAULT_DECODER = "cascade"
+CASCADE = "cascade"
+BOTH = f"{HOURGLASS}+{CASCADE}"
+DECODERS = (CASCADE, HOURGLASS, BOTH)
+DEFAULT_DECODER = CASCADE
 # How much of relu3_1's and relu2_1's structure the hourglass decoder adds to what it paints
 # from relu4_1 (its skip weight, 0..1; trained over that whole range).
 DEFAULT_DETAIL = 1.0
@@ -475,7 +476,7 @@ class AnyStyle:
         if self.decoder == HOURGLASS and self.levels:
             raise StyleforgeError("--levels is for the cascade (--decoder cascade or hourglass+cascade); the "
                                   "hourglass decoder reads relu4_1, relu3_1 and relu2_1")
-        if self.decoder == "cascade" and self.detail is not None:
+        if self.decoder == CASCADE and self.detail is not None:
             raise StyleforgeError("--detail is for the hourglass decoder (--decoder hourglass or hourglass+cascade)")
         for lv in self.levels or ():
             level_index(lv)
@@ -498,8 +499,8 @@ def build_styler(cfg: AnyStyle, work_size: int | None = DEFAULT_WORK_SIZE) -> Un
     stylizing at ``work_size`` (long side, px; None: the photo's size)."""
     cfg.validate()
     check_work_size(work_size)
-    hourglass_file = find_hourglass(cfg.decoders) if cfg.decoder != "cascade" else None
-    if cfg.decoder != "cascade" and hourglass_file is None:
+    hourglass_file = find_hourglass(cfg.decoders) if cfg.decoder != CASCADE else None
+    if cfg.decoder != CASCADE and hourglass_file is None:
         raise StyleforgeError(f"no {decoder_name(HOURGLASS)} in {cfg.decoders or WHERE}: train one with 'styleforge "
                               "fast train-decoders --architecture hourglass' or pass --decoders DIR")
     paths = find_decoders(cfg.decoders, cfg.levels) if cfg.decoder != HOURGLASS else {}
