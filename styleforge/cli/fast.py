@@ -184,7 +184,7 @@ def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_we
                help="With --style-image: cascade runs one decoder per level, coarse to fine (more of the painting's "
                     "texture); hourglass decodes relu4_1, relu3_1 and relu2_1 at once (the photo kept closer); "
                     "hourglass+cascade restyles the hourglass's picture with the cascade (the most of the "
-                    "painting's colours, about twice the time).")
+                    "painting's colours, over twice the time).")
 @click.option("--levels", type=CommaList(click.STRING), metavar="LEVEL,...", show_default="every decoder found",
               help=LEVELS_HELP + " With the cascade (--decoder cascade or hourglass+cascade).")
 @config_option(AnyStyle, "detail", "--detail", type=FRACTION, show_default=number_text(DEFAULT_DETAIL),
