@@ -273,7 +273,8 @@ def normalized_blend(blend: Sequence[float] | None, n: int) -> list[float]:
 
 class UniversalStyler(nn.Module):
     """Image in, stylized image out: encode, transform, decode, level by level from the deepest (the
-    cascade), or with a :class:`HourglassDecoder` all its levels at once.
+    cascade), or with a :class:`HourglassDecoder` all its levels at once, or both (the hourglass's
+    picture, then the cascade).
 
     ``styles`` are (1, 3, H, W) images in [0, 1]; their statistics are computed once here.
     Works on any photo size (reflection-padded to a multiple of the deepest level's stride
