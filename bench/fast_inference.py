@@ -124,8 +124,7 @@ def any_style_rows(images: dict, style_path: Path, args, work_size: int | None =
     cfg = AnyStyle([str(style_path)], decoders=args.decoders, decoder=args.decoder)
     styler = build_styler(cfg, work_size)
     work = f", --work-size {work_size}" if work_size else ""
-    decoder = "+".join((["hourglass"] if styler.hourglass is not None else []) + styler.cascade_levels)
-    label = f"any-style ({styler.method} {decoder}{work})"
+    label = f"any-style ({styler.method} {styler.decoder_label}{work})"
     precisions = ["fp32"]
     if runtime("cpu", "auto").precision != "fp32":
         precisions.append("auto")

@@ -64,7 +64,6 @@ from styleforge.runtime.device import runtime  # noqa: E402
 from styleforge.runtime.io import open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil  # noqa: E402
 from styleforge.style.fast.apply import apply_to_tensor  # noqa: E402
 from styleforge.style.fast.data import list_images  # noqa: E402
-from styleforge.style.fast.decoders import find_decoders, find_hourglass  # noqa: E402
 from styleforge.style.fast.model import available_models, load_model  # noqa: E402
 from styleforge.style.fast.quality import (  # noqa: E402
     colour_distance,
@@ -151,9 +150,7 @@ def methods_for(name, model_path, style, args, extractor, stl) -> tuple[dict, di
         styler = fp32.to(build_styler(any_style_config(style_path, args), args.work_size))
         info["any-style setup s"] = round(time.perf_counter() - t, 2)
         work = f", work {styler.work_size}" if styler.work_size else ""
-        decoder = "+".join(([f"hourglass (detail {styler.detail:g})"] if styler.hourglass is not None else [])
-                           + styler.cascade_levels)
-        info["any-style"] = f"any-style ({styler.method} {decoder}{work})"
+        info["any-style"] = f"any-style ({styler.method} {styler.decoder_label}{work})"
         runs["any-style"] = (args.count, lambda photo, content: apply_to_tensor(styler, content, fp32))
     if stl is not None:
         runs[PEER] = (args.count, lambda photo, content: stl(photo, style_path, args.size))
@@ -288,11 +285,10 @@ def main() -> None:
     data = {"start": args.start, "count": len(files), "size": args.size, "rows": rows, "per_photo": per_photo}
     if args.any_style:
         cfg = any_style_config(Path("PAINTING"), args)
-        hourglass = find_hourglass(cfg.decoders) if cfg.decoder != "cascade" else None
-        found = {**({"hourglass": hourglass} if hourglass else {}),
-                 **(find_decoders(cfg.decoders, cfg.levels) if cfg.decoder != "hourglass" else {})}
+        found = cfg.decoder_files()
         data["any_style"] = {"decoders": {name: str(p) for name, p in found.items()}, "method": cfg.method,
-                             "style_size": cfg.style_size, "detail": cfg.resolved_detail if hourglass else None}
+                             "style_size": cfg.style_size,
+                             "detail": cfg.resolved_detail if "hourglass" in found else None}
     data["work_size"] = args.work_size
     print(f"recorded {record('fast_quality', data)}")
 

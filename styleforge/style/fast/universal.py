@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Mapping, Sequence, TypeVar
 
 import torch
@@ -318,6 +319,12 @@ class UniversalStyler(nn.Module):
         self.to(memory_format=torch.channels_last)
         self.stats = self._style_stats(styles)
 
+    @property
+    def decoder_label(self) -> str:
+        """What paints, for tables: e.g. "hourglass (detail 1)+relu3_1+relu2_1"."""
+        hourglass = [f"hourglass (detail {self.detail:g})"] if self.hourglass is not None else []
+        return "+".join(hourglass + self.cascade_levels)
+
     def _style_stats(self, styles: Sequence[torch.Tensor]) -> dict[str, list[FeatureStats]]:
         deepest = self.levels[0]
         stats: dict[str, list[FeatureStats]] = {lv: [] for lv in self.levels}
@@ -482,6 +489,21 @@ class AnyStyle:
         for lv in self.levels or ():
             level_index(lv)
 
+    def decoder_files(self) -> dict[str, Path]:
+        """The decoder files this config uses, by name ("hourglass", "reluK_1"): from ``decoders``, else the
+        weights folders; one-line errors for a missing one."""
+        files = {}
+        if self.decoder != CASCADE:
+            found = find_hourglass(self.decoders)
+            if found is None:
+                raise StyleforgeError(f"no {decoder_name(HOURGLASS)} in {self.decoders or WHERE}: train one with "
+                                      "'styleforge fast train-decoders --architecture hourglass' or pass "
+                                      "--decoders DIR")
+            files[HOURGLASS] = found
+        if self.decoder != HOURGLASS:
+            files.update(find_decoders(self.decoders, self.levels))
+        return files
+
 
 _D = TypeVar("_D", Decoder, HourglassDecoder)
 
@@ -500,16 +522,11 @@ def build_styler(cfg: AnyStyle, work_size: int | None = DEFAULT_WORK_SIZE) -> Un
     stylizing at ``work_size`` (long side, px; None: the photo's size)."""
     cfg.validate()
     check_work_size(work_size)
-    hourglass_file = find_hourglass(cfg.decoders) if cfg.decoder != CASCADE else None
-    if cfg.decoder != CASCADE and hourglass_file is None:
-        raise StyleforgeError(f"no {decoder_name(HOURGLASS)} in {cfg.decoders or WHERE}: train one with 'styleforge "
-                              "fast train-decoders --architecture hourglass' or pass --decoders DIR")
-    paths = find_decoders(cfg.decoders, cfg.levels) if cfg.decoder != HOURGLASS else {}
+    paths = cfg.decoder_files()
     styles = [pil_to_tensor(resize_long_side(open_rgb(p), cfg.style_size)) for p in cfg.style_images]
-    hourglass = _load_as(hourglass_file, HourglassDecoder) if hourglass_file is not None else None
+    hourglass = _load_as(paths.pop(HOURGLASS), HourglassDecoder) if HOURGLASS in paths else None
     decoders = {lv: _load_as(p, Decoder) for lv, p in paths.items()}
-    levels = sorted(set(paths) | set(hourglass.levels if hourglass is not None else ()), key=level_index,
-                    reverse=True)
-    encoder = VGGFeatures(levels, weights=cfg.weights)
+    levels = set(decoders) | set(hourglass.levels if hourglass is not None else ())
+    encoder = VGGFeatures(sorted(levels, key=level_index, reverse=True), weights=cfg.weights)
     return UniversalStyler(encoder, decoders, styles, cfg.blend, cfg.strength, cfg.method, work_size,
                            cfg.resolved_detail, hourglass=hourglass)
