@@ -139,7 +139,7 @@ def any_style_rows(images: dict, style_path: Path, args, work_size: int | None =
 
         def per_call(img, net=net, rt=rt):
             style = pil_to_tensor(resize_long_side(open_rgb(style_path), cfg.style_size))
-            fresh = rt.to(UniversalStyler(net.encoder, dict(net.decoders), [style], cfg.blend, cfg.strength,
+            fresh = rt.to(UniversalStyler(net.encoder, dict(net.decoders), [style], cfg.blend, net.strength,
                                           net.method, net.work_size, net.detail, hourglass=net.hourglass))
             return pytorch_fn(fresh, rt)(img)
 

@@ -112,7 +112,7 @@ def any_style_config(style_path: Path, args) -> AnyStyle:
     levels = args.levels.split(",") if args.levels else None
     extra = {"method": args.method} if args.method else {}
     return AnyStyle([str(style_path)], style_size=args.style_size, decoders=args.decoders, levels=levels,
-                    decoder=args.decoder, detail=args.detail, **extra)
+                    decoder=args.decoder, detail=args.detail, strength=args.strength, **extra)
 
 
 def objective_for(extractor, content: torch.Tensor, style: torch.Tensor) -> PerceptualLoss:
@@ -150,7 +150,8 @@ def methods_for(name, model_path, style, args, extractor, stl) -> tuple[dict, di
         styler = fp32.to(build_styler(any_style_config(style_path, args), args.work_size))
         info["any-style setup s"] = round(time.perf_counter() - t, 2)
         work = f", work {styler.work_size}" if styler.work_size else ""
-        info["any-style"] = f"any-style ({styler.method} {styler.decoder_label}{work})"
+        strength = f", strength {styler.strength:g}" if styler.strength != 1 else ""
+        info["any-style"] = f"any-style ({styler.method} {styler.decoder_label}{strength}{work})"
         runs["any-style"] = (args.count, lambda photo, content: apply_to_tensor(styler, content, fp32))
     if stl is not None:
         runs[PEER] = (args.count, lambda photo, content: stl(photo, style_path, args.size))
@@ -252,6 +253,8 @@ def main() -> None:
     ap.add_argument("--detail", type=float,
                     help=f"any-style: the hourglass decoder's --detail (default: {DEFAULT_DETAIL:g}, fast apply's)")
     ap.add_argument("--method", choices=UNIVERSAL_METHODS, help="any-style transform (default: fast apply's)")
+    ap.add_argument("--strength", type=float,
+                    help="any-style: fast apply's --strength (default: fast apply's for --decoder)")
     ap.add_argument("--style-size", type=int, default=DEFAULT_STYLE_SIZE,
                     help="any-style: long side of the painting, px (default: %(default)s, fast apply's)")
     ap.add_argument("--work-size", type=int, default=DEFAULT_WORK_SIZE,
@@ -287,7 +290,7 @@ def main() -> None:
         cfg = any_style_config(Path("PAINTING"), args)
         found = cfg.decoder_files()
         data["any_style"] = {"decoders": {name: str(p) for name, p in found.items()}, "method": cfg.method,
-                             "style_size": cfg.style_size,
+                             "strength": cfg.resolved_strength, "style_size": cfg.style_size,
                              "detail": cfg.resolved_detail if "hourglass" in found else None}
     data["work_size"] = args.work_size
     print(f"recorded {record('fast_quality', data)}")

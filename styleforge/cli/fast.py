@@ -26,7 +26,15 @@ from ..style.fast.train import (
     LR_FLOOR,
     LR_SCHEDULES,
 )
-from ..style.fast.universal import DECODERS, DEFAULT_DETAIL, DEFAULT_WORK_SIZE, METHODS, AnyStyle
+from ..style.fast.universal import (
+    DECODERS,
+    DEFAULT_DECODER,
+    DEFAULT_DETAIL,
+    DEFAULT_STRENGTH,
+    DEFAULT_WORK_SIZE,
+    METHODS,
+    AnyStyle,
+)
 from .options import (
     BATCH_HELP,
     BLEND_HELP,
@@ -163,6 +171,13 @@ def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_we
         click.echo(f"wrote {result.model_path} ({result.seconds:.0f} s{note})")
 
 
+def _strength_default() -> str:
+    """--strength's default as --help shows it: the default decoder's, then the decoders that differ."""
+    common = DEFAULT_STRENGTH[DEFAULT_DECODER]
+    others = [f"{number_text(v)} with --decoder {d}" for d, v in DEFAULT_STRENGTH.items() if v != common]
+    return "; ".join([number_text(common), *others])
+
+
 @fast_group.command("apply")
 @click.argument("args", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="[MODEL] INPUTS...")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
@@ -171,7 +186,7 @@ def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_we
               help="Any image as the style, instead of MODEL (universal style transfer); repeat to blend several.")
 @click.option("--style-blend", type=CommaList(NON_NEGATIVE), metavar="W,W,...", show_default="equal",
               help=BLEND_HELP)
-@config_option(AnyStyle, "strength", "--strength", type=FRACTION,
+@config_option(AnyStyle, "strength", "--strength", type=FRACTION, show_default=_strength_default(),
                help="With --style-image: 0 keeps the photo, 1 is full style (blend of the features).")
 @config_option(AnyStyle, "style_size", "--style-size", type=COUNT, metavar="PX", help=STYLE_SIZE_HELP)
 @config_option(stylize_files, "work_size", "--work-size", type=COUNT, metavar="PX",

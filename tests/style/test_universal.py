@@ -362,13 +362,30 @@ def test_hourglass_then_cascade_is_the_cascade_applied_to_the_hourglass_picture(
     torch.manual_seed(0)
     hourglass, relu2 = _grey_hourglass(), Decoder("relu2_1").eval()
     photo, style = synthetic_image(32, 40), [striped_image(40, 40)]  # sides of 8 px: no padding to undo
-    both = UniversalStyler(hg_encoder, {"relu2_1": relu2}, style, detail=0.6, hourglass=hourglass)
+    both = UniversalStyler(hg_encoder, {"relu2_1": relu2}, style, strength=0.7, detail=0.6, hourglass=hourglass)
     assert both.levels == ["relu4_1", "relu3_1", "relu2_1"] and both.cascade_levels == ["relu2_1"]
-    first = UniversalStyler(hg_encoder, hourglass, style, detail=0.6)
-    then = UniversalStyler(hg_encoder, {"relu2_1": relu2}, style)
+    first = UniversalStyler(hg_encoder, hourglass, style, strength=0.7, detail=0.6)
+    then = UniversalStyler(hg_encoder, {"relu2_1": relu2}, style, strength=0.7)
     with torch.no_grad():
         torch.testing.assert_close(both(photo), then(first(photo)))
         assert not torch.allclose(both(photo), first(photo))
+
+
+def test_strength_defaults_by_mode_and_an_explicit_one_wins(hg_encoder):
+    hourglass, relu2 = _grey_hourglass(), Decoder("relu2_1").eval()
+    style = [striped_image(40, 40)]
+    # Full strength for each decoder alone, less for the hourglass's picture restyled by the cascade.
+    assert UniversalStyler(hg_encoder, {"relu2_1": relu2}, style).strength == 1.0
+    assert UniversalStyler(hg_encoder, hourglass, style).strength == 1.0
+    both = UniversalStyler(hg_encoder, {"relu2_1": relu2}, style, hourglass=hourglass)
+    assert (both.mode, both.strength) == ("hourglass+cascade", 0.8)
+    assert UniversalStyler(hg_encoder, {"relu2_1": relu2}, style, strength=1.0, hourglass=hourglass).strength == 1.0
+    assert UniversalStyler(hg_encoder, hourglass, style, strength=0.0).strength == 0.0
+    assert AnyStyle(["s.png"], decoder="hourglass+cascade").resolved_strength == 0.8
+    assert AnyStyle(["s.png"], decoder="hourglass+cascade", strength=0.3).resolved_strength == 0.3
+    assert AnyStyle(["s.png"]).resolved_strength == 1.0
+    with pytest.raises(StyleforgeError, match=r"--strength must be in \[0, 1\], got 1.5"):
+        UniversalStyler(hg_encoder, {"relu2_1": relu2}, style, strength=1.5, hourglass=hourglass)
 
 
 def test_hourglass_training_lowers_the_loss_and_resumes_exactly(photos, tmp_path, random_vgg19_file):
@@ -477,6 +494,7 @@ def test_decoder_hourglass_is_chosen_by_name_and_cascade_stays_the_default(decod
     both = build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file, decoder="hourglass+cascade",
                                  levels=["relu3_1"], detail=0.5))
     assert both.hourglass is not None and both.detail == 0.5 and both.cascade_levels == ["relu3_1"]
+    assert (cascade.strength, styler.strength, both.strength) == (1.0, 1.0, 0.8)
     assert both.levels == ["relu4_1", "relu3_1", "relu2_1"]
     result = run("fast", "apply", tmp_path / "a.png", "-o", tmp_path / "both.png", "--decoder", "hourglass+cascade",
                  *common)

@@ -68,13 +68,22 @@ DEFAULT_WORK_SIZE: int | None = None
 # four of the eight paintings, and looked at, it reads as the photo toned in the painting's colours
 # where the cascade paints more of its texture (README, "Any painting as the style").
 # hourglass+cascade: the hourglass decoder's picture stylized again by the cascade. On issue 15's benchmark
-# (20 photos, all eight paintings) the second pass lowers the style loss 9-19 % against the cascade's and
-# raises the content loss 7-13 %; it is the only mode that passes candy as well as composition_vii. At
-# 2.2-2.3x the cascade's time (README, "Any painting as the style").
+# (20 photos, all eight paintings), at full strength, the second pass lowers the style loss 9-19 % against
+# the cascade's and raises the content loss 7-13 %; at its default strength (below) it is the only mode
+# that passes candy, composition_vii and mosaic. At 2.2-2.3x the cascade's time (README, "Any painting
+# as the style").
 CASCADE = "cascade"
 BOTH = f"{HOURGLASS}+{CASCADE}"
 DECODERS = (CASCADE, HOURGLASS, BOTH)
 DEFAULT_DECODER = CASCADE
+# --strength where not given, by --decoder. Below 1 for hourglass+cascade (Li et al.'s alpha; the
+# examples in their README use 0.6): its second pass restyles a picture the
+# hourglass has already put in the painting's statistics. On issue 15's benchmark (20 photos, all eight
+# paintings), 0.8 against 1 lowers the content loss 11-14 % and the style loss too on five paintings
+# (2-17 %), raising it under 1 % on the other three; 0.6 raises it 3-15 % on four. The single modes
+# stay at 1: at 0.8 the hourglass's style loss rises 9-20 %, and the cascade's rises on four paintings,
+# losing composition_vii's pass (bench/HISTORY.md, "The strength of each mode").
+DEFAULT_STRENGTH = {CASCADE: 1.0, HOURGLASS: 1.0, BOTH: 0.8}
 # How much of relu3_1's and relu2_1's structure the hourglass decoder adds to what it paints
 # from relu4_1 (its skip weight, 0..1; trained over that whole range).
 DEFAULT_DETAIL = 1.0
@@ -284,14 +293,12 @@ class UniversalStyler(nn.Module):
     """
 
     def __init__(self, encoder: VGGFeatures, decoders: Mapping[str, Decoder] | HourglassDecoder,
-                 styles: Sequence[torch.Tensor], blend: Sequence[float] | None = None, strength: float = 1.0,
+                 styles: Sequence[torch.Tensor], blend: Sequence[float] | None = None, strength: float | None = None,
                  method: str = "wct", work_size: int | None = DEFAULT_WORK_SIZE,
                  detail: float = DEFAULT_DETAIL, hourglass: HourglassDecoder | None = None) -> None:
         super().__init__()
         if method not in METHODS:
             raise StyleforgeError(f"unknown --method {method!r}: use one of {', '.join(METHODS)}")
-        if not 0.0 <= strength <= 1.0:
-            raise StyleforgeError(f"--strength must be in [0, 1], got {strength}")
         if not styles:
             raise StyleforgeError("give at least one style image")
         if not 0.0 <= detail <= 1.0:
@@ -310,6 +317,11 @@ class UniversalStyler(nn.Module):
         if not reads:
             raise StyleforgeError("give at least one decoder")
         self.levels = sorted(reads, key=level_index, reverse=True)
+        self.mode = (BOTH if self.cascade_levels else HOURGLASS) if hourglass is not None else CASCADE
+        if strength is None:
+            strength = DEFAULT_STRENGTH[self.mode]
+        if not 0.0 <= strength <= 1.0:
+            raise StyleforgeError(f"--strength must be in [0, 1], got {strength}")
         self.blend = normalized_blend(blend, len(styles))
         self.strength, self.method = strength, method
         self.stride = 2 ** (level_index(self.levels[0]) - 1)
@@ -460,7 +472,7 @@ class AnyStyle:
 
     style_images: Sequence[str | os.PathLike]
     blend: Sequence[float] | None = None     # default: equal
-    strength: float = 1.0                    # 0: the decoders' reconstruction of the photo
+    strength: float | None = None            # 0: the decoders' reconstruction (default DEFAULT_STRENGTH)
     style_size: int = DEFAULT_STYLE_SIZE     # long side of each style image, px
     decoders: str | os.PathLike | None = None  # folder of decoder files (default: the weights folders)
     levels: Sequence[str] | None = None      # cascade: these levels' decoders (default: every one found)
@@ -473,6 +485,11 @@ class AnyStyle:
     def resolved_detail(self) -> float:
         """The hourglass decoder's skip weight this config asks for (DEFAULT_DETAIL where not given)."""
         return DEFAULT_DETAIL if self.detail is None else self.detail
+
+    @property
+    def resolved_strength(self) -> float:
+        """The strength this config asks for (DEFAULT_STRENGTH of its decoder where not given)."""
+        return DEFAULT_STRENGTH[self.decoder] if self.strength is None else self.strength
 
     def validate(self) -> None:
         """One-line errors for settings no styler can use (the images and decoders are checked when read;
