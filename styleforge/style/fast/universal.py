@@ -281,6 +281,12 @@ def normalized_blend(blend: Sequence[float] | None, n: int) -> list[float]:
 # --------------------------------------------------------------------------- the styler
 
 
+def levels_read(cascade: Sequence[str], hourglass: HourglassDecoder | None) -> list[str]:
+    """The levels a styler encodes, deepest first: the cascade's and the hourglass decoder's."""
+    reads = set(cascade) | set(hourglass.levels if hourglass is not None else ())
+    return sorted(reads, key=level_index, reverse=True)
+
+
 class UniversalStyler(nn.Module):
     """Image in, stylized image out: encode, transform, decode, level by level from the deepest (the
     cascade), or with a :class:`HourglassDecoder` all its levels at once, or both (the hourglass's
@@ -313,10 +319,9 @@ class UniversalStyler(nn.Module):
         self.hourglass = hourglass
         self.decoders = nn.ModuleDict({lv: decoders[lv] for lv in decoders})
         self.cascade_levels = sorted(self.decoders, key=level_index, reverse=True)
-        reads = set(self.cascade_levels) | set(hourglass.levels if hourglass is not None else ())
-        if not reads:
+        self.levels = levels_read(self.cascade_levels, hourglass)
+        if not self.levels:
             raise StyleforgeError("give at least one decoder")
-        self.levels = sorted(reads, key=level_index, reverse=True)
         self.mode = (BOTH if self.cascade_levels else HOURGLASS) if hourglass is not None else CASCADE
         if strength is None:
             strength = DEFAULT_STRENGTH[self.mode]
@@ -543,7 +548,6 @@ def build_styler(cfg: AnyStyle, work_size: int | None = DEFAULT_WORK_SIZE) -> Un
     styles = [pil_to_tensor(resize_long_side(open_rgb(p), cfg.style_size)) for p in cfg.style_images]
     hourglass = _load_as(paths.pop(HOURGLASS), HourglassDecoder) if HOURGLASS in paths else None
     decoders = {lv: _load_as(p, Decoder) for lv, p in paths.items()}
-    levels = set(decoders) | set(hourglass.levels if hourglass is not None else ())
-    encoder = VGGFeatures(sorted(levels, key=level_index, reverse=True), weights=cfg.weights)
+    encoder = VGGFeatures(levels_read(list(decoders), hourglass), weights=cfg.weights)
     return UniversalStyler(encoder, decoders, styles, cfg.blend, cfg.strength, cfg.method, work_size,
                            cfg.resolved_detail, hourglass=hourglass)
