@@ -13,6 +13,7 @@ with `--original-colors`, and readme.jpg, the before/after strip the README show
     python samples/make_samples.py --outputs  # also run styleforge (needs VGG19 weights)
     python samples/make_samples.py --fast     # fast.jpg: `fast sheet` of the shipped style models
     python samples/make_samples.py --three-ways  # three-ways.jpg: one painting, stylize / trained / any-style
+    python samples/make_samples.py --decoders    # decoders.jpg: one painting through each fast apply --decoder
 """
 
 from __future__ import annotations
@@ -52,25 +53,44 @@ def fast() -> None:
                     "-q"], check=True, cwd=HERE.parent)
 
 
+def painting(name: str) -> str:
+    """A public-domain painting from ../shared (or $STYLEFORGE_SHARED)."""
+    shared = Path(os.environ.get("STYLEFORGE_SHARED", HERE.parent.parent / "shared"))
+    return str(shared / "data" / "styles" / f"{name}.jpg")
+
+
 def three_ways() -> None:
     """samples/three-ways.jpg: the cat in The Starry Night (public domain; from ../shared) the three ways,
     each labelled with its command's time end to end on this machine (process start included)."""
-    shared = Path(os.environ.get("STYLEFORGE_SHARED", HERE.parent.parent / "shared"))
-    painting = str(shared / "data" / "styles" / "starry_night.jpg")
+    style = painting("starry_night")
     size = ["--size", "320"]
-    ways = [("stylize", ["stylize", "samples/chelsea.jpg", painting, *size, "-q"]),
+    ways = [("stylize", ["stylize", "samples/chelsea.jpg", style, *size, "-q"]),
             ("fast apply starry_night", ["fast", "apply", "starry_night", "samples/chelsea.jpg", *size, "-q"]),
-            ("fast apply --style-image", ["fast", "apply", "samples/chelsea.jpg", "--style-image", painting, *size,
+            ("fast apply --style-image", ["fast", "apply", "samples/chelsea.jpg", "--style-image", style, *size,
                                           "--style-size", "320", "-q"])]
-    names, labels = ["chelsea.jpg"], ["photo"]
+    timed_strip(ways, ["chelsea.jpg"], ["photo"], HERE / "three-ways.jpg")
+
+
+def decoders() -> None:
+    """samples/decoders.jpg: the cat with Kandinsky's Composition VII (public domain) as --style-image,
+    through each --decoder at its defaults, labelled with each command's time end to end."""
+    style = painting("composition_vii")
+    common = ["fast", "apply", "samples/chelsea.jpg", "--style-image", style, "--size", "320", "--style-size", "320",
+              "-q"]
+    ways = [(f"--decoder {d}", [*common, "--decoder", d]) for d in ("cascade", "hourglass", "hourglass+cascade")]
+    timed_strip(ways, [style], ["style: Composition VII"], HERE / "decoders.jpg")
+
+
+def timed_strip(ways: list[tuple[str, list[str]]], names: list[str], labels: list[str], out: Path) -> None:
+    """Run each way's styleforge command, then :func:`strip` ``names`` and the results, labelled with the times."""
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, args) in enumerate(ways):
-            out = Path(tmp) / f"{i}.png"
+            path = Path(tmp) / f"{i}.png"
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "styleforge", *args, "-o", str(out)], check=True, cwd=HERE.parent)
-            names.append(str(out))
+            subprocess.run([sys.executable, "-m", "styleforge", *args, "-o", str(path)], check=True, cwd=HERE.parent)
+            names.append(str(path))
             labels.append(f"{label}: {time.perf_counter() - start:.0f} s")
-        strip(names, labels, HERE / "three-ways.jpg")
+        strip(names, labels, out)
     print("; ".join(labels))
 
 
@@ -93,6 +113,9 @@ def strip(names: list[str], labels: list[str], out: Path, height: int = 220) -> 
 if __name__ == "__main__":
     if "--three-ways" in sys.argv:
         three_ways()
+        sys.exit()
+    if "--decoders" in sys.argv:
+        decoders()
         sys.exit()
     if "--fast" not in sys.argv:
         inputs()
