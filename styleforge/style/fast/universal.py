@@ -76,13 +76,13 @@ CASCADE = "cascade"
 BOTH = f"{HOURGLASS}+{CASCADE}"
 DECODERS = (CASCADE, HOURGLASS, BOTH)
 DEFAULT_DECODER = CASCADE
-# --strength where not given, by --decoder. Below 1 for hourglass+cascade (Li et al.'s alpha; the
-# examples in their README use 0.6): its second pass restyles a picture the
-# hourglass has already put in the painting's statistics. On issue 15's benchmark (20 photos, all eight
-# paintings), 0.8 against 1 lowers the content loss 11-14 % and the style loss too on five paintings
-# (2-17 %), raising it under 1 % on the other three; 0.6 raises it 3-15 % on four. The single modes
-# stay at 1: at 0.8 the hourglass's style loss rises 6-26 %, and the cascade's rises 1-3 % on four
-# paintings, losing composition_vii's pass (bench/HISTORY.md, "The strength of each mode").
+# --strength where not given, by --decoder. Below 1 for hourglass+cascade (Li et al.'s alpha; the examples
+# in their README use 0.6): its second pass restyles a picture the hourglass has already put in the
+# painting's statistics. On issue 15's benchmark (20 photos, all eight paintings), 0.8 against 1 lowers
+# the content loss 11-14 % and the style loss too on five paintings (2-17 %), raising it under 1 % on the
+# other three; 0.6 raises it 3-15 % on four. The single modes stay at 1: at 0.8 the hourglass's style loss
+# rises 6-26 %, and the cascade's rises 1-3 % on four paintings, losing composition_vii's pass
+# (bench/HISTORY.md, "The strength of each mode").
 DEFAULT_STRENGTH = {CASCADE: 1.0, HOURGLASS: 1.0, BOTH: 0.8}
 # How much of relu3_1's and relu2_1's structure the hourglass decoder adds to what it paints
 # from relu4_1 (its skip weight, 0..1; trained over that whole range).
