@@ -39,6 +39,7 @@ from .options import (
     default_of,
     device_option,
     main_group,
+    option,
     precision_option,
     quiet_option,
     runtime_options,
@@ -119,8 +120,8 @@ def _data_option_list(source=None) -> list:
     def opt(name: str, *decls: str, **kw):
         if source is not None:
             return config_option(source, name, *decls, help=DATA_HELP[name], **kw)
-        return click.option(*decls, name, show_default=None if kw.get("is_flag") else "the checkpoint's",
-                            help=DATA_HELP[name], **kw)
+        return option(*decls, name, show_default=None if kw.get("is_flag") else "the checkpoint's",
+                      help=DATA_HELP[name], **kw)
 
     return [opt("dataset", "--dataset", required=source is not None, metavar="NAME|FOLDER"),
             opt("data_root", "--data-root", metavar="FOLDER"),
@@ -138,8 +139,8 @@ def data_options(f):
         config_option(DataSpec, "per_class", "--per-class", type=COUNT,
                       help="Training images per class (drawn after the validation split)."),
         seed_option(DataSpec, "Seed of the splits and subsets (they do not move with --seed).", "split_seed"),
-        click.option("--augment", metavar="none|crop,flip", show_default="none",
-                     help=f"Augmentation, on tensors per batch: none, or a list of {','.join(AUGMENTS)}."),
+        option("--augment", metavar="none|crop,flip", show_default="none",
+               help=f"Augmentation, on tensors per batch: none, or a list of {','.join(AUGMENTS)}."),
     ]
     return stack(*_data_option_list(DataSpec), *spec_only)(f)
 
@@ -150,8 +151,8 @@ def model_opts(f):
                       help=f"The classifier: one of {', '.join(MODELS)}; or a layer spec, e.g. '{SPEC_EXAMPLE}' (see "
                            "'styleforge classify models'); or FILE.py:CLASS (an nn.Module of yours)."),
         activation_option,
-        click.option("--pretrained/--random-init", default=None, show_default="on for vgg19, off for resnet18",
-                     help="ImageNet weights for vgg19/resnet18."),
+        option("--pretrained/--random-init", default=None, show_default="on for vgg19, off for resnet18",
+               help="ImageNet weights for vgg19/resnet18."),
         weights_option,
         freeze_option,
         model_option)(f)
@@ -162,9 +163,9 @@ activation_option = config_option(TrainConfig, "activation", "--activation", typ
 freeze_option = config_option(TrainConfig, "freeze", "--freeze", type=click.Choice(("auto",) + FREEZE_POLICIES),
                               help="Which layers do not train (auto: all-but-head for vgg19, all-but-layer4 for "
                                    "pretrained resnet18, else none).")
-model_option = click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-                            help="A model's own setting, e.g. width=32 (res-cnn), layer=relu4_4, pool=avgmax, "
-                                 "hidden=512 (vgg19).")
+model_option = option("--option", "options", multiple=True, metavar="KEY=VALUE",
+                      help="A model's own setting, e.g. width=32 (res-cnn), layer=relu4_4, pool=avgmax, "
+                           "hidden=512 (vgg19).")
 
 
 def _from_recipe(key: str) -> str:
@@ -181,7 +182,7 @@ def search_options(lists: bool):
             help += " Comma list: one run per value."
             kind = CommaList(kind)
         if "show_default" in kw:
-            return click.option(decl, name, type=kind, help=help, **kw)
+            return option(decl, name, type=kind, help=help, **kw)
         return config_option(TrainConfig, name, decl, type=kind, help=help, **kw)
 
     return stack(
@@ -204,27 +205,27 @@ def run_options(f):
         config_option(TrainConfig, "loss", "--loss", type=click.Choice(LOSSES),
                       help="cross-entropy; nll (log-softmax then negative log-likelihood: the same value); mse "
                            "(squared error between softmax probabilities and the one-hot target)."),
-        click.option("--schedule", type=click.Choice(SCHEDULES), show_default="from --recipe",
-                     help="Learning-rate schedule over training: onecycle (warm-up then linear decay), cosine, step, "
-                          "constant."),
-        click.option("--warmup", type=PROBABILITY, show_default=_from_recipe("warmup"),
-                     help="Warm-up fraction of training."),
-        click.option("--label-smoothing", type=PROBABILITY, show_default=_from_recipe("label_smoothing"),
-                     help="Label smoothing of the cross-entropy targets."),
+        option("--schedule", type=click.Choice(SCHEDULES), show_default="from --recipe",
+               help="Learning-rate schedule over training: onecycle (warm-up then linear decay), cosine, step, "
+                    "constant."),
+        option("--warmup", type=PROBABILITY, show_default=_from_recipe("warmup"),
+               help="Warm-up fraction of training."),
+        option("--label-smoothing", type=PROBABILITY, show_default=_from_recipe("label_smoothing"),
+               help="Label smoothing of the cross-entropy targets."),
         config_option(TrainConfig, "eval_batch_size", "--eval-batch-size", type=COUNT,
                       help="Images per batch when evaluating."),
-        click.option("--patience", type=COUNT, help="Stop after this many epochs without a lower validation loss."),
-        click.option("--max-seconds", type=POSITIVE, metavar="SECONDS",
-                     help="Training-time budget; the schedule follows elapsed time."),
+        option("--patience", type=COUNT, help="Stop after this many epochs without a lower validation loss."),
+        option("--max-seconds", type=POSITIVE, metavar="SECONDS",
+               help="Training-time budget; the schedule follows elapsed time."),
         config_option(TrainConfig, "cache_features", "--cache-features", type=click.Choice(CACHE_MODES),
                       help="Cache a frozen trunk's outputs (auto: when the trunk is frozen and --augment none)."),
-        click.option("--int8-features", is_flag=True,
-                     help="CPU, with the cache: extract features with an int8 copy of the trunk (about 1.8x faster)."),
+        option("--int8-features", is_flag=True,
+               help="CPU, with the cache: extract features with an int8 copy of the trunk (about 1.8x faster)."),
         config_option(TrainConfig, "checkpoint_seconds", "--checkpoint-seconds", type=NON_NEGATIVE,
                       metavar="SECONDS", old=("--checkpoint-every",),
                       help="Write best.pt/last.pt at most every this many seconds (and after the last epoch)."),
         runtime_options(TrainConfig),
-        click.option("--no-plots", is_flag=True, help="Skip curves.png and confusion_test.png."),
+        option("--no-plots", is_flag=True, help="Skip curves.png and confusion_test.png."),
         quiet_option)(f)
 
 
@@ -267,14 +268,14 @@ def models_cmd() -> None:
 @classify_group.command("train")
 @data_options
 @model_opts
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Run directory.")
+@option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Run directory.")
 @search_options(lists=False)
 @run_options
-@click.option("--overwrite", is_flag=True, help="Replace what an earlier run wrote at OUTPUT (only files styleforge "
-                                               "wrote).")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run from its checkpoint. Here OUTPUT/last.pt.")
-@click.option("--track-test", is_flag=True,
-              help="Also record test loss/accuracy after every epoch, for the curves (never used for any choice).")
+@option("--overwrite", is_flag=True, help="Replace what an earlier run wrote at OUTPUT (only files styleforge "
+                                         "wrote).")
+@option("--resume", is_flag=True, help="Continue the interrupted run from its checkpoint. Here OUTPUT/last.pt.")
+@option("--track-test", is_flag=True,
+        help="Also record test loss/accuracy after every epoch, for the curves (never used for any choice).")
 def train_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, overwrite, resume, track_test, quiet,
               **kw):
     """Train a classifier; writes metrics, curves, checkpoints and a report to OUTPUT."""
@@ -309,8 +310,8 @@ def train_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size,
 @config_option(EvalConfig, "batch_size", "--batch-size", type=COUNT, help=BATCH_HELP)
 @device_option(EvalConfig)
 @precision_option(EvalConfig)
-@click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Folder for confusion_<split>.png, per_class_<split>.csv/.md and eval_<split>.json.")
+@option("-o", "--output", type=click.Path(path_type=Path),
+        help="Folder for confusion_<split>.png, per_class_<split>.csv/.md and eval_<split>.json.")
 @quiet_option
 def eval_cmd(checkpoint, split, output, quiet, **kw):
     """Evaluate a run directory or checkpoint on a dataset split."""
@@ -330,12 +331,12 @@ def eval_cmd(checkpoint, split, output, quiet, **kw):
 @classify_group.command("grid")
 @data_options
 @model_opts
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="Folder for the runs and grid.csv / grid.md.")
+@option("-o", "--output", required=True, type=click.Path(path_type=Path),
+        help="Folder for the runs and grid.csv / grid.md.")
 @search_options(lists=True)
 @run_options
-@click.option("--overwrite", is_flag=True, help="Replace what an earlier run wrote at OUTPUT (only files styleforge "
-                                               "wrote).")
+@option("--overwrite", is_flag=True, help="Replace what an earlier run wrote at OUTPUT (only files styleforge "
+                                         "wrote).")
 def grid_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, quiet, overwrite, **kw):
     """Train every combination of the comma-separated settings; rank on validation accuracy,
     evaluate the best on the test set."""
@@ -367,8 +368,8 @@ def grid_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, 
 
 @classify_group.command("compare")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="PNG of the overlaid curves.")
-@click.option("--table", type=click.Path(path_type=Path), help="Write the table (.csv, or .md for markdown).")
+@option("-o", "--output", type=click.Path(path_type=Path), help="PNG of the overlaid curves.")
+@option("--table", type=click.Path(path_type=Path), help="Write the table (.csv, or .md for markdown).")
 @quiet_option
 def compare_cmd(runs, output, table, quiet):
     """Overlay the learning curves of finished RUNS and tabulate their results."""
@@ -385,7 +386,7 @@ def compare_cmd(runs, output, table, quiet):
 @click.argument("run_or_checkpoint", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @config_option(predict, "top_k", "--top-k", type=COUNT, help="Classes to list per image.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (image, top classes with probabilities).")
+@option("--json", "as_json", is_flag=True, help="Print JSON (image, top classes with probabilities).")
 @device_option(predict)
 def predict_cmd(run_or_checkpoint, images, top_k, as_json, device):
     """The most probable classes of each of IMAGES under a trained model (a run directory or
@@ -406,7 +407,7 @@ def predict_cmd(run_or_checkpoint, images, top_k, as_json, device):
 @config_option(preview, "split", "--split", type=click.Choice(SPLITS), help="Which part of the data.")
 @config_option(preview, "count", "--count", type=COUNT, help="How many to show. Here images, spread over the classes.")
 @seed_option(preview)
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
+@option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
 @quiet_option
 def preview_cmd(split, count, seed, output, quiet, **kw):
     """A labelled grid of dataset images after resizing (--image-size) and augmentation (--augment)."""
@@ -420,8 +421,8 @@ def preview_cmd(split, count, seed, output, quiet, **kw):
 
 @main_group.command("summary")
 @click.argument("model")
-@click.option("--input", "input_shape", metavar="CxHxW", default=as_text_shape(default_of(summary, "input_shape")),
-              show_default=True, help=INPUT_HELP)
+@option("--input", "input_shape", metavar="CxHxW", default=as_text_shape(default_of(summary, "input_shape")),
+        show_default=True, help=INPUT_HELP)
 @num_classes_option(summary)
 @activation_option
 @freeze_option

@@ -52,6 +52,7 @@ from .options import (
     device_option,
     main_group,
     number_text,
+    option,
     parse_layer_weights,
     precision_option,
     quiet_option,
@@ -65,8 +66,8 @@ SCHEDULE_HELP = f"Learning-rate schedule: cosine decays to {LR_FLOOR:.0%} of --l
 WARMUP_HELP = "The learning rate rises linearly from 0 over these first steps (0: none)."
 LEVELS_HELP = "VGG19 levels with a decoder, e.g. relu4_1,relu1_1."
 OVERWRITE_HELP = "Replace what an earlier run wrote at OUTPUT (only files styleforge wrote)."
-data_option = click.option("--data", required=True, multiple=True, type=click.Path(path_type=Path),
-                           help="Folder of training photos (searched recursively); repeat for several.")
+data_option = option("--data", required=True, multiple=True, type=click.Path(path_type=Path),
+                     help="Folder of training photos (searched recursively); repeat for several.")
 
 
 @main_group.group("fast")
@@ -77,7 +78,7 @@ def fast_group() -> None:
 @fast_group.command("train")
 @click.argument("style_image", type=click.Path(path_type=Path))
 @data_option
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Model file to write (.pth).")
+@option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Model file to write (.pth).")
 @config_option(FastTrainConfig, "arch", "--network", type=click.Choice(list(ARCHS)), old=("--arch",),
                help="The style network: light (0.26 M parameters, what the shipped styles use) or johnson "
                     "(the published 1.68 M network).")
@@ -123,8 +124,8 @@ def fast_group() -> None:
                     "the scale the network learns to paint at, best near the size you will apply it at.")
 @config_option(FastTrainConfig, "style_size", "--style-size", type=COUNT, metavar="PX", help=STYLE_SIZE_HELP)
 @config_option(FastTrainConfig, "batch_size", "--batch-size", type=COUNT, help=BATCH_HELP)
-@click.option("--steps", type=COUNT, metavar="STEPS", show_default=str(DEFAULT_STEPS), help="Optimizer steps.")
-@click.option("--epochs", type=POSITIVE, help="Passes over the training data. Here instead of --steps; fractions work.")
+@option("--steps", type=COUNT, metavar="STEPS", show_default=str(DEFAULT_STEPS), help="Optimizer steps.")
+@option("--epochs", type=POSITIVE, help="Passes over the training data. Here instead of --steps; fractions work.")
 @config_option(FastTrainConfig, "lr", "--lr", type=POSITIVE,
                show_default=", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()), help="Learning rate.")
 @config_option(FastTrainConfig, "lr_schedule", "--lr-schedule", type=click.Choice(LR_SCHEDULES), help=SCHEDULE_HELP)
@@ -133,7 +134,7 @@ def fast_group() -> None:
 @style_loss_options(FastTrainConfig)
 @weights_option
 @training_run_options(FastTrainConfig, "OUTPUT.ckpt")
-@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+@option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @runtime_options(FastTrainConfig)
 @quiet_option
 def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_weight, laplacian_weight,
@@ -180,12 +181,12 @@ def _strength_default() -> str:
 
 @fast_group.command("apply")
 @click.argument("args", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="[MODEL] INPUTS...")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="Output image/video file (one input) or folder.")
-@click.option("--style-image", multiple=True, type=click.Path(path_type=Path),
-              help="Any image as the style, instead of MODEL (universal style transfer); repeat to blend several.")
-@click.option("--style-blend", type=CommaList(NON_NEGATIVE), metavar="W,W,...", show_default="equal",
-              help=BLEND_HELP)
+@option("-o", "--output", required=True, type=click.Path(path_type=Path),
+        help="Output image/video file (one input) or folder.")
+@option("--style-image", multiple=True, type=click.Path(path_type=Path),
+        help="Any image as the style, instead of MODEL (universal style transfer); repeat to blend several.")
+@option("--style-blend", type=CommaList(NON_NEGATIVE), metavar="W,W,...", show_default="equal",
+        help=BLEND_HELP)
 @config_option(AnyStyle, "strength", "--strength", type=FRACTION, show_default=_strength_default(),
                help="With --style-image: 0 keeps the photo, 1 is full style (blend of the features).")
 @config_option(AnyStyle, "style_size", "--style-size", type=COUNT, metavar="PX", help=STYLE_SIZE_HELP)
@@ -200,17 +201,17 @@ def _strength_default() -> str:
                     "texture); hourglass decodes relu4_1, relu3_1 and relu2_1 at once (the photo kept closer); "
                     "hourglass+cascade restyles the hourglass's picture with the cascade (the most of the "
                     "painting's colours, over twice the time).")
-@click.option("--levels", type=CommaList(click.STRING), metavar="LEVEL,...", show_default="every decoder found",
-              help=LEVELS_HELP + " With the cascade (--decoder cascade or hourglass+cascade).")
+@option("--levels", type=CommaList(click.STRING), metavar="LEVEL,...", show_default="every decoder found",
+        help=LEVELS_HELP + " With the cascade (--decoder cascade or hourglass+cascade).")
 @config_option(AnyStyle, "detail", "--detail", type=FRACTION, show_default=number_text(DEFAULT_DETAIL),
                help="With the hourglass decoder (--decoder hourglass or hourglass+cascade): how much of the photo's "
                     "finer structure (relu3_1, relu2_1) joins "
                     "what it paints from relu4_1; 0 paints from relu4_1 alone.")
-@click.option("--decoders", type=click.Path(path_type=Path), show_default="the weights folders",
-              help="Folder of decoder files (decoder-hourglass.pth, decoder-reluK_1.pth).")
+@option("--decoders", type=click.Path(path_type=Path), show_default="the weights folders",
+        help="Folder of decoder files (decoder-hourglass.pth, decoder-reluK_1.pth).")
 @weights_option
-@click.option("--size", type=COUNT, metavar="PX", show_default="the input's", help=SIZE_HELP)
-@click.option("--original-colors", is_flag=True, help=ORIGINAL_COLORS_HELP)
+@option("--size", type=COUNT, metavar="PX", show_default="the input's", help=SIZE_HELP)
+@option("--original-colors", is_flag=True, help=ORIGINAL_COLORS_HELP)
 @config_option(stylize_files, "batch_size", "--batch-size", type=COUNT, help=BATCH_HELP)
 @device_option(stylize_files)
 @precision_option(stylize_files)
@@ -250,8 +251,8 @@ def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) ->
 
 @fast_group.command("train-decoders")
 @data_option
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="Folder for the decoder files, the checkpoint and the loss CSV.")
+@option("-o", "--output", required=True, type=click.Path(path_type=Path),
+        help="Folder for the decoder files, the checkpoint and the loss CSV.")
 @config_option(DecoderTrainConfig, "levels", "--levels", type=CommaList(click.STRING), metavar="LEVEL,...",
                help=LEVELS_HELP)
 @config_option(DecoderTrainConfig, "architecture", "--architecture", type=click.Choice(ARCHITECTURES),
@@ -270,13 +271,13 @@ def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) ->
 @config_option(DecoderTrainConfig, "style_weight", "--style-weight", type=NON_NEGATIVE,
                help="Style weight. With --architecture hourglass, above 0: train it to stylize, the batch's photos "
                     "as each other's styles, with this weight on the Gram loss at relu1_1..relu5_1.")
-@click.option("--init-decoder", type=click.Path(path_type=Path), metavar="FILE",
-              help="With --architecture hourglass: start from this hourglass decoder (a reconstruction run's).")
+@option("--init-decoder", type=click.Path(path_type=Path), metavar="FILE",
+        help="With --architecture hourglass: start from this hourglass decoder (a reconstruction run's).")
 @config_option(DecoderTrainConfig, "feature_weight", "--feature-weight", type=NON_NEGATIVE,
                help="Weight of the feature (perceptual) reconstruction term; the pixel term has weight 1.")
 @weights_option
 @training_run_options(DecoderTrainConfig, f"OUTPUT/{CHECKPOINT_NAME}")
-@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+@option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @runtime_options(DecoderTrainConfig)
 @quiet_option
 def train_decoders_cmd(data, output, levels, architecture, width, image_size, batch_size, steps, lr, lr_schedule,
@@ -307,11 +308,11 @@ def train_decoders_cmd(data, output, levels, architecture, width, image_size, ba
 
 @fast_group.command("sheet")
 @click.argument("photo", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Image file to write.")
-@click.option("--styles", type=CommaList(click.STRING), metavar="NAME,...", show_default="every installed style",
-              help="Model names or files.")
+@option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Image file to write.")
+@option("--styles", type=CommaList(click.STRING), metavar="NAME,...", show_default="every installed style",
+        help="Model names or files.")
 @config_option(style_sheet, "tile", "--size", type=COUNT, metavar="PX", help=f"{SIZE_HELP} Here each tile.")
-@click.option("--columns", type=COUNT, show_default="a near-square grid", help="Tiles per row.")
+@option("--columns", type=COUNT, show_default="a near-square grid", help="Tiles per row.")
 @device_option(style_sheet)
 @precision_option(style_sheet)
 @quiet_option
@@ -333,7 +334,7 @@ def sheet_cmd(photo, output, styles, tile, columns, device, precision, quiet):
 
 @fast_group.command("export")
 @click.argument("model")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
+@option("-o", "--output", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
 @quiet_option
 def export_cmd(model, output, quiet):
     """Export MODEL to ONNX (dynamic batch, height and width; input and output in [0, 1])."""

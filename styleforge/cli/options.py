@@ -158,11 +158,16 @@ def config_option(source, name: str, *decls: str, **kw):
 
 
 class _Option(click.Option):
-    """``click.Option`` that shows a float default as users type it (:func:`number_text`)."""
+    """``click.Option`` that shows a float default as users type it (:func:`number_text`), and a
+    described default (``show_default="the input's"``) as written, where click adds parentheses."""
 
     def get_help_extra(self, ctx: click.Context):
         extra = super().get_help_extra(ctx)
-        if isinstance(self.default, float) and "default" in extra:
+        if "default" not in extra:
+            return extra
+        if isinstance(self.show_default, str):
+            extra["default"] = self.show_default
+        elif isinstance(self.default, float):
             extra["default"] = number_text(self.default)
         return extra
 
@@ -243,12 +248,12 @@ def runtime_options(source):
 
 
 def weights_option(f):
-    return click.option("--weights", type=click.Path(path_type=Path), metavar="FILE",
-                        help="Pretrained backbone weights file (skips the lookup: see 'styleforge weights').")(f)
+    return option("--weights", type=click.Path(path_type=Path), metavar="FILE",
+                  help="Pretrained backbone weights file (skips the lookup: see 'styleforge weights').")(f)
 
 
 def quiet_option(f):
-    return click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines (errors still print).")(f)
+    return option("-q", "--quiet", is_flag=True, help="No progress bars or status lines (errors still print).")(f)
 
 
 def style_loss_options(source):
@@ -257,12 +262,12 @@ def style_loss_options(source):
     from ..style.perceptual import DEFAULT_STYLE_STRENGTH, STYLE_STRENGTH_HELP
 
     opts = [
-        click.option("--style-strength", type=FRACTION,
-                     show_default=f"{getattr(source, 'default_style_strength', DEFAULT_STYLE_STRENGTH):g}",
-                     help=STYLE_STRENGTH_HELP),
-        click.option("--content-weight", type=NON_NEGATIVE, help="Content weight (instead of --style-strength)."),
-        click.option("--style-weight", type=NON_NEGATIVE,
-                     help="Style weight. Sets the balance instead of --style-strength."),
+        option("--style-strength", type=FRACTION,
+               show_default=f"{getattr(source, 'default_style_strength', DEFAULT_STYLE_STRENGTH):g}",
+               help=STYLE_STRENGTH_HELP),
+        option("--content-weight", type=NON_NEGATIVE, help="Content weight (instead of --style-strength)."),
+        option("--style-weight", type=NON_NEGATIVE,
+               help="Style weight. Sets the balance instead of --style-strength."),
         config_option(source, "tv_weight", "--tv-weight", type=NON_NEGATIVE, help="Total-variation weight."),
         config_option(source, "content_layers", "--content-layers", metavar="NAME[:WEIGHT],...",
                       help="Content layers of VGG, each with an optional weight."),
@@ -276,15 +281,15 @@ def training_run_options(source, checkpoint: str):
     """--workers, --checkpoint-steps, --resume, --stop-at, --fp32-model of the fast-style trainers;
     ``checkpoint`` names the file --resume reads."""
     opts = [
-        click.option("--workers", type=NON_NEGATIVE_INT, show_default="1 on CPU, 2 on GPU",
-                     help="Data-loading processes."),
+        option("--workers", type=NON_NEGATIVE_INT, show_default="1 on CPU, 2 on GPU",
+               help="Data-loading processes."),
         config_option(source, "checkpoint_every", "--checkpoint-steps", type=COUNT,
                       metavar="STEPS", old=("--checkpoint-every",),
                       help="Write the checkpoint every this many steps (and at the end)."),
-        click.option("--resume", is_flag=True,
-                     help=f"Continue the interrupted run from its checkpoint. Here {checkpoint}."),
-        click.option("--stop-at", type=COUNT, metavar="STEP",
-                     help="Stop after this step, leaving the checkpoint to --resume (splits a run)."),
-        click.option("--fp32-model", is_flag=True, help="Store the trained weights in float32 instead of float16."),
+        option("--resume", is_flag=True,
+               help=f"Continue the interrupted run from its checkpoint. Here {checkpoint}."),
+        option("--stop-at", type=COUNT, metavar="STEP",
+               help="Stop after this step, leaving the checkpoint to --resume (splits a run)."),
+        option("--fp32-model", is_flag=True, help="Store the trained weights in float32 instead of float16."),
     ]
     return stack(*opts)

@@ -22,6 +22,7 @@ from .options import (
     CommaList,
     config_option,
     main_group,
+    option,
     parse_layer_weights,
     quiet_option,
     runtime_options,
@@ -73,39 +74,39 @@ def partial_path(output: Path, inputs: list[Path]) -> Path:
 @main_group.command("stylize")
 @click.argument("content", type=click.Path(path_type=Path))
 @click.argument("styles", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), show_default="CONTENT-STYLE.png here",
-              help="Output image (.png/.jpg).")
+@option("-o", "--output", type=click.Path(path_type=Path), show_default="CONTENT-STYLE.png here",
+        help="Output image (.png/.jpg).")
 @config_option(StylizeConfig, "size", "--size", type=COUNT, metavar="PX", help=SIZE_HELP)
 @style_loss_options(StylizeConfig)
-@click.option("--style-blend", type=CommaList(NON_NEGATIVE), metavar="W,W,...", show_default="equal",
-              help=BLEND_HELP)
+@option("--style-blend", type=CommaList(NON_NEGATIVE), metavar="W,W,...", show_default="equal",
+        help=BLEND_HELP)
 @config_option(StylizeConfig, "style_scale", "--style-scale", type=POSITIVE,
                help="Style image size relative to the output size.")
 @config_option(StylizeConfig, "init", "--init", metavar="content|noise|FILE",
                help="The starting image: the content, noise or an image file.")
 @config_option(StylizeConfig, "optimizer", "--optimizer", type=click.Choice(OPTIMIZERS), help="Optimizer.")
-@click.option("--steps", type=CommaList(NON_NEGATIVE_INT), metavar="STEPS",
-              show_default=", ".join(f"{','.join(map(str, v))} for {k}" for k, v in DEFAULT_STEPS.items()),
-              help="Optimizer steps. Here per scale: N for every scale, or one value per scale.")
+@option("--steps", type=CommaList(NON_NEGATIVE_INT), metavar="STEPS",
+        show_default=", ".join(f"{','.join(map(str, v))} for {k}" for k, v in DEFAULT_STEPS.items()),
+        help="Optimizer steps. Here per scale: N for every scale, or one value per scale.")
 @config_option(StylizeConfig, "pyramid_levels", "--pyramid-levels", type=NON_NEGATIVE_INT,
                help="Optimize the image as a pyramid of this many coarser layers plus pixels (0: pixels only).")
-@click.option("--lr", type=POSITIVE, show_default=", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()),
-              help="Learning rate.")
-@click.option("--scales", type=CommaList(COUNT), metavar="PX,PX,...", show_default="half size, then --size",
-              help="Long sides of the coarse-to-fine scales, e.g. 128,256,512.")
+@option("--lr", type=POSITIVE, show_default=", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()),
+        help="Learning rate.")
+@option("--scales", type=CommaList(COUNT), metavar="PX,PX,...", show_default="half size, then --size",
+        help="Long sides of the coarse-to-fine scales, e.g. 128,256,512.")
 @config_option(StylizeConfig, "multiscale", "--multiscale/--no-multiscale",
                help="Optimize coarse to fine (off: at --size only).")
-@click.option("--original-colors", is_flag=True, help=ORIGINAL_COLORS_HELP)
+@option("--original-colors", is_flag=True, help=ORIGINAL_COLORS_HELP)
 @config_option(StylizeConfig, "pooling", "--pooling", type=click.Choice(["max", "avg"]),
                help="Pooling layers of VGG.")
 @config_option(StylizeConfig, "backbone", "--backbone", type=click.Choice(["vgg19", "vgg16"]), old=("--arch",),
                help="The pretrained network whose features define the loss.")
 @weights_option
 @runtime_options(StylizeConfig)
-@click.option("--save-every", type=NON_NEGATIVE_INT, metavar="STEPS", default=0,
-              help="Also write the image every this many steps (0: never).")
-@click.option("--log", "log_path", type=click.Path(path_type=Path),
-              help="Write a JSON record (configuration and loss history).")
+@option("--save-every", type=NON_NEGATIVE_INT, metavar="STEPS", default=0,
+        help="Also write the image every this many steps (0: never).")
+@option("--log", "log_path", type=click.Path(path_type=Path),
+        help="Write a JSON record (configuration and loss history).")
 @quiet_option
 def stylize_cmd(content, styles, output, size, style_strength, content_weight, style_weight, tv_weight,
                 content_layers, style_layers, style_blend, style_scale, init, optimizer, steps, pyramid_levels, lr,

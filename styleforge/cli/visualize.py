@@ -30,12 +30,12 @@ def visualize_group() -> None:
 def _model_args(f):
     return stack(
         click.argument("model_or_checkpoint"),
-        click.option("--input", "input_shape", metavar="CxHxW", help=INPUT_HELP,
-                     show_default=f"{as_text_shape(PRETRAINED_SHAPE)} for pretrained models, "
-                                  f"{as_text_shape(DEFAULT_SHAPE)} otherwise"),
+        option("--input", "input_shape", metavar="CxHxW", help=INPUT_HELP,
+               show_default=f"{as_text_shape(PRETRAINED_SHAPE)} for pretrained models, "
+                            f"{as_text_shape(DEFAULT_SHAPE)} otherwise"),
         num_classes_option(load_model),
         weights_option,
-        click.option("--random-init", is_flag=True, help="Random weights instead of ImageNet weights."),
+        option("--random-init", is_flag=True, help="Random weights instead of ImageNet weights."),
         device_option(filters_figure))(f)
 
 
@@ -46,10 +46,10 @@ def _load(model_or_checkpoint, input_shape, num_classes, weights, random_init):
 
 
 LAYER_HELP = "A layer name (see 'styleforge visualize layers')."
-image_option = click.option("--image", required=True, type=click.Path(path_type=Path),
-                            help="The image the activations are computed on.")
-indices_option = click.option("--indices", type=CommaList(NON_NEGATIVE_INT), metavar="I,I,...",
-                              show_default="the first --count", help="Which ones to show, e.g. 14,26,32,49,52.")
+image_option = option("--image", required=True, type=click.Path(path_type=Path),
+                      help="The image the activations are computed on.")
+indices_option = option("--indices", type=CommaList(NON_NEGATIVE_INT), metavar="I,I,...",
+                        show_default="the first --count", help="Which ones to show, e.g. 14,26,32,49,52.")
 short_side_option = option("--short-side", type=COUNT, metavar="PX", old=("--size",),
                            show_default="the model's input size",
                            help="Resize the image's shorter side to this, keeping its shape.")
@@ -63,7 +63,7 @@ short_side_option = option("--short-side", type=COUNT, metavar="PX", old=("--siz
 @indices_option
 @config_option(filters_figure, "count", "--count", type=COUNT, help="How many to show. Here filters.")
 @short_side_option
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
+@option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
 @quiet_option
 def filters_cmd(model_or_checkpoint, input_shape, num_classes, weights, random_init, device, image, layer, indices,
                 count, short_side, output, quiet):
@@ -80,11 +80,11 @@ def filters_cmd(model_or_checkpoint, input_shape, num_classes, weights, random_i
 @visualize_group.command("activations")
 @_model_args
 @image_option
-@click.option("--layer", required=True, help=f"{LAYER_HELP} Here any layer.")
+@option("--layer", required=True, help=f"{LAYER_HELP} Here any layer.")
 @config_option(activations_figure, "count", "--count", type=COUNT, help="How many to show. Here channels.")
 @indices_option
 @short_side_option
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
+@option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output PNG.")
 @quiet_option
 def activations_cmd(model_or_checkpoint, input_shape, num_classes, weights, random_init, device, image, layer, count,
                     indices, short_side, output, quiet):

@@ -8,16 +8,16 @@ import click
 
 from .. import backbone
 from ..runtime.errors import StyleforgeError
-from .options import main_group
+from .options import main_group, option
 
 
 @main_group.command("weights")
-@click.option("--download", "download", type=click.Choice(backbone.ARCHS),
-              help="(Online) fetch torchvision's weights and save a local file the lookup finds "
-                   "(VGG: the conv trunk alone, as ARCH-torchvision-features.pth).")
-@click.option("--to", "folder", type=click.Path(path_type=Path), default=None,
-              show_default="the first of $STYLEFORGE_WEIGHTS, else the project's weights/",
-              help="Folder to save the --download into.")
+@option("--download", "download", type=click.Choice(backbone.ARCHS),
+        help="(Online) fetch torchvision's weights and save a local file the lookup finds "
+             "(VGG: the conv trunk alone, as ARCH-torchvision-features.pth).")
+@option("--to", "folder", type=click.Path(path_type=Path), default=None,
+        show_default="the first of $STYLEFORGE_WEIGHTS, else the project's weights/",
+        help="Folder to save the --download into.")
 def weights_cmd(download: str | None, folder: Path | None) -> None:
     """List the weights files the lookup finds, in order, and verify their sha256."""
     if download:

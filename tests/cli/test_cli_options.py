@@ -118,6 +118,24 @@ def test_help_shows_a_float_default_as_typed():
     assert "[default: 3e5]" in out and "300000" not in out
 
 
+def test_help_shows_a_described_default_as_written_in_every_command():
+    """A default given as words (`--size`: the input's) reads as written, without the parentheses
+    click adds; every visible option goes through options.option, which does that."""
+    described = 0
+    for path, cmd in commands(main_group):
+        out = CliRunner().invoke(main_group, [*path.split(), "--help"], terminal_width=400).output
+        assert "[default: (" not in out, path
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not p.hidden:
+                assert type(p).__name__ == "_Option", (path, p.opts)
+                if isinstance(p.show_default, str) and not p.show_default[:1].isdigit():
+                    assert f"[default: {p.show_default}]" in out, (path, p.opts)
+                    described += 1
+    assert described > 20
+    apply = CliRunner().invoke(main_group, ["fast", "apply", "--help"], terminal_width=400).output
+    assert "[default: 1; 0.8 with --decoder hourglass+cascade]" in apply
+
+
 def test_the_data_options_give_data_specs_defaults_and_eval_the_checkpoints(monkeypatch, tmp_path):
     """train, grid and preview build DataSpec(dataset) when no other data option is given (each
     default is DataSpec's); eval's data options are None: the checkpoint's settings."""
