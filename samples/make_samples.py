@@ -83,6 +83,7 @@ def decoders() -> None:
 
 def timed_strip(ways: list[tuple[str, list[str]]], names: list[str], labels: list[str], out: Path) -> None:
     """Run each way's styleforge command, then :func:`strip` ``names`` and the results, labelled with the times."""
+    names, labels = list(names), list(labels)
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, args) in enumerate(ways):
             path = Path(tmp) / f"{i}.png"
