@@ -173,10 +173,14 @@ def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_we
 
 
 def _strength_default() -> str:
-    """--strength's default as --help shows it: the default decoder's, then the decoders that differ."""
+    """--strength's default as --help shows it: the default decoder's, then the other values and their decoders."""
     common = DEFAULT_STRENGTH[DEFAULT_DECODER]
-    others = [f"{number_text(v)} with --decoder {d}" for d, v in DEFAULT_STRENGTH.items() if v != common]
-    return "; ".join([number_text(common), *others])
+    others: dict[float, list[str]] = {}
+    for decoder, value in DEFAULT_STRENGTH.items():
+        if value != common:
+            others.setdefault(value, []).append(decoder)
+    return "; ".join([number_text(common), *(f"{number_text(v)} with --decoder {' or '.join(ds)}"
+                                              for v, ds in others.items())])
 
 
 @fast_group.command("apply")
@@ -197,10 +201,9 @@ def _strength_default() -> str:
 @config_option(AnyStyle, "method", "--method", type=click.Choice(METHODS),
                help="With --style-image: wct matches the style's feature covariance; adain only means and spreads.")
 @config_option(AnyStyle, "decoder", "--decoder", type=click.Choice(DECODERS),
-               help="With --style-image: cascade runs one decoder per level, coarse to fine (more of the painting's "
-                    "texture); hourglass decodes relu4_1, relu3_1 and relu2_1 at once (the photo kept closer); "
-                    "hourglass+cascade restyles the hourglass's picture with the cascade (the most of the "
-                    "painting's colours, over twice the time).")
+               help="With --style-image: hourglass+cascade restyles the hourglass's picture with the cascade (the "
+                    "most of the painting); cascade runs one decoder per level, coarse to fine (less than half the "
+                    "time); hourglass decodes relu4_1, relu3_1 and relu2_1 at once (the photo kept closest).")
 @option("--levels", type=CommaList(click.STRING), metavar="LEVEL,...", show_default="every decoder found",
         help=LEVELS_HELP + " With the cascade (--decoder cascade or hourglass+cascade).")
 @config_option(AnyStyle, "detail", "--detail", type=FRACTION, show_default=number_text(DEFAULT_DETAIL),

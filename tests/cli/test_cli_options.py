@@ -133,7 +133,7 @@ def test_help_shows_a_described_default_as_written_in_every_command():
                     described += 1
     assert described > 20
     apply = CliRunner().invoke(main_group, ["fast", "apply", "--help"], terminal_width=400).output
-    assert "[default: 1; 0.8 with --decoder hourglass+cascade]" in apply
+    assert "[default: 0.8; 1 with --decoder cascade or hourglass]" in apply
 
 
 def test_the_data_options_give_data_specs_defaults_and_eval_the_checkpoints(monkeypatch, tmp_path):

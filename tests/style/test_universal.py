@@ -383,7 +383,8 @@ def test_strength_defaults_by_mode_and_an_explicit_one_wins(hg_encoder):
     assert UniversalStyler(hg_encoder, hourglass, style, strength=0.0).strength == 0.0
     assert AnyStyle(["s.png"], decoder="hourglass+cascade").resolved_strength == 0.8
     assert AnyStyle(["s.png"], decoder="hourglass+cascade", strength=0.3).resolved_strength == 0.3
-    assert AnyStyle(["s.png"]).resolved_strength == 1.0
+    assert AnyStyle(["s.png"]).resolved_strength == 0.8  # the default decoder is hourglass+cascade
+    assert AnyStyle(["s.png"], decoder="cascade").resolved_strength == 1.0
     with pytest.raises(StyleforgeError, match=r"--strength must be in \[0, 1\], got 1.5"):
         UniversalStyler(hg_encoder, {"relu2_1": relu2}, style, strength=1.5, hourglass=hourglass)
 
@@ -438,6 +439,7 @@ def decoders(tmp_path):
     torch.manual_seed(0)
     for level in ("relu1_1", "relu3_1"):
         save_decoder(Decoder(level), folder / f"decoder-{level}.pth", {})
+    save_decoder(HourglassDecoder(), folder / "decoder-hourglass.pth", {})
     return folder
 
 
@@ -445,7 +447,8 @@ def test_build_styler_finds_decoders_and_names_missing_levels(decoders, tmp_path
     style = tmp_path / "s.png"
     save_image(striped_image(48, 48), style)
     styler = build_styler(AnyStyle([style], decoders=decoders, weights=random_vgg19_file))
-    assert styler.levels == ["relu3_1", "relu1_1"]
+    assert styler.mode == "hourglass+cascade" and styler.cascade_levels == ["relu3_1", "relu1_1"]
+    assert styler.levels == ["relu4_1", "relu3_1", "relu2_1", "relu1_1"]
     with pytest.raises(StyleforgeError, match="no decoder for relu4_1"):
         build_styler(AnyStyle([style], decoders=decoders, levels=["relu4_1"], weights=random_vgg19_file))
 
@@ -473,14 +476,23 @@ def test_cli_apply_with_style_images(decoders, tmp_path, random_vgg19_file):
     assert Image.open(tmp_path / "work.png").size == (64, 44)
 
 
-def test_decoder_hourglass_is_chosen_by_name_and_cascade_stays_the_default(decoders, tmp_path, random_vgg19_file):
+def test_decoder_is_chosen_by_name_and_hourglass_cascade_is_the_default(decoders, tmp_path, random_vgg19_file):
     save_image(striped_image(48, 48), tmp_path / "s.png")
     save_image(synthetic_image(31, 45), tmp_path / "a.png")
     style = [tmp_path / "s.png"]
-    with pytest.raises(StyleforgeError, match="no decoder-hourglass.pth in .*train-decoders --architecture hourglass"):
+    (decoders / "decoder-hourglass.pth").unlink()  # a folder of per-level decoders only
+    missing = "no decoder-hourglass.pth in .* for --decoder hourglass: train one with .*train-decoders --architecture"
+    with pytest.raises(StyleforgeError, match=missing + " hourglass', or pass --decoders DIR$"):
         build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file, decoder="hourglass"))
+    with pytest.raises(StyleforgeError, match="for --decoder hourglass.cascade: .* or --decoder cascade"):
+        build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file))
+    _fails(run("fast", "apply", tmp_path / "a.png", "-o", tmp_path / "x.png", "--style-image", tmp_path / "s.png",
+               "--decoders", decoders, "--weights", random_vgg19_file, "--device", "cpu", "-q"),
+           "or --decoder cascade (the per-level decoders alone)")
+    assert not (tmp_path / "x.png").exists()
     save_decoder(_grey_hourglass(), decoders / "decoder-hourglass.pth", {})
-    cascade = build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file))
+    assert build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file)).mode == "hourglass+cascade"
+    cascade = build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file, decoder="cascade"))
     assert cascade.hourglass is None and cascade.levels == ["relu3_1", "relu1_1"]
     styler = build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file, decoder="hourglass",
                                    detail=0.25))
@@ -501,8 +513,8 @@ def test_decoder_hourglass_is_chosen_by_name_and_cascade_stays_the_default(decod
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "both.png").size == (45, 31)
     for extra, text in ((["--detail", "1.5", "--decoder", "hourglass"], "--detail"),
-                        (["--detail", "0.5"], "--detail is for the hourglass decoder"),
-                        (["--detail", "1"], "--detail is for the hourglass decoder"),  # the default value too
+                        (["--detail", "0.5", "--decoder", "cascade"], "--detail is for the hourglass decoder"),
+                        (["--detail", "1", "--decoder", "cascade"], "--detail is for the hourglass decoder"),  # default
                         (["--decoder", "hourglass", "--levels", "relu3_1"], "--levels is for the cascade")):
         _fails(run("fast", "apply", tmp_path / "a.png", "-o", tmp_path / "x.png", *extra, *common), text)
     assert not (tmp_path / "x.png").exists()
@@ -542,7 +554,7 @@ def test_work_size_lowers_the_memory_estimate(decoders, tmp_path, random_vgg19_f
     (["in.png", "--style-image", "s.png", "--style-blend", "1,2"], "2 weights but there are 1"),
     (["in.png", "--style-image", "s.png", "--levels", "relu9_1"], "unknown level 'relu9_1'"),
     (["in.png", "--style-image", "s.png", "--levels", "relu5_1"], "no decoder for relu5_1"),
-    (["in.png", "--style-image", "s.png", "--style-size", "3"], "too small for relu3_1"),
+    (["in.png", "--style-image", "s.png", "--style-size", "3"], "too small for relu4_1"),
     (["in.png", "--style-image", "s.png", "--work-size", "8"], "--work-size must be at least 16 px, got 8"),
     (["in.png", "--style-image", "missing.png"], "missing.png"),
 ])
@@ -628,4 +640,4 @@ def test_a_decoder_file_of_the_other_kind_is_a_one_line_error(decoders, tmp_path
         build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file, decoder="hourglass"))
     save_decoder(_grey_hourglass(), decoders / "decoder-relu1_1.pth", {})  # and the hourglass, misnamed
     with pytest.raises(StyleforgeError, match="decoder-relu1_1.pth holds the hourglass decoder"):
-        build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file))
+        build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file, decoder="cascade"))
