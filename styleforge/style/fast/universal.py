@@ -517,10 +517,12 @@ class AnyStyle:
         if self.decoder != CASCADE:
             found = find_hourglass(self.decoders)
             if found is None:
-                fallback = " or --decoder cascade (the per-level decoders alone)" if self.decoder == BOTH else ""
+                ways = ["train one with 'styleforge fast train-decoders --architecture hourglass'"]
+                ways += ["pass --decoders DIR"] if self.decoders is None else []
+                ways += ["use --decoder cascade (the per-level decoders alone)"] if self.decoder == BOTH else []
+                hint = ways[0] if len(ways) == 1 else f"{', '.join(ways[:-1])} or {ways[-1]}"
                 raise StyleforgeError(f"no {decoder_name(HOURGLASS)} in {self.decoders or WHERE} for --decoder "
-                                      f"{self.decoder}: train one with 'styleforge fast train-decoders --architecture "
-                                      f"hourglass', or pass --decoders DIR{fallback}")
+                                      f"{self.decoder}: {hint}")
             files[HOURGLASS] = found
         if self.decoder != HOURGLASS:
             files.update(find_decoders(self.decoders, self.levels))
