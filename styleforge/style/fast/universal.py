@@ -162,6 +162,7 @@ def feature_stats(features: torch.Tensor) -> FeatureStats:
     """Statistics of one image's features (C, H, W), for :func:`wct` and :func:`adain`."""
     with _no_autocast(features):
         m = _moments(_rows(features))
+    assert m.cov is not None
     return FeatureStats(m.mean, m.var.sqrt(), _sym_power(m.cov, 0.5))
 
 
@@ -175,6 +176,7 @@ def _affine(content: _Moments, styles: Sequence[FeatureStats], blend: Sequence[f
     content are affine too, so the whole level is one matrix and one bias, applied once.
     """
     if method == "wct":
+        assert content.cov is not None
         whiten = _sym_power(content.cov, -0.5)
         parts = [(s.colour @ whiten, s.mean) for s in styles]
     else:
@@ -182,7 +184,7 @@ def _affine(content: _Moments, styles: Sequence[FeatureStats], blend: Sequence[f
         parts = [(torch.diag(s.std * inv_std), s.mean) for s in styles]
     eye = torch.eye(len(content.mean), dtype=torch.float64, device=content.mean.device)
     matrix = (1.0 - strength) * eye + strength * sum(w * a for (a, _), w in zip(parts, blend))
-    target = strength * sum(w * (mean - a @ content.mean) for (a, mean), w in zip(parts, blend))
+    target = strength * torch.stack([w * (mean - a @ content.mean) for (a, mean), w in zip(parts, blend)]).sum(0)
     return matrix, target
 
 
