@@ -183,7 +183,7 @@ def _affine(content: _Moments, styles: Sequence[FeatureStats], blend: Sequence[f
         inv_std = 1.0 / (content.var.sqrt() + STD_EPS)
         parts = [(torch.diag(s.std * inv_std), s.mean) for s in styles]
     eye = torch.eye(len(content.mean), dtype=torch.float64, device=content.mean.device)
-    matrix = (1.0 - strength) * eye + strength * sum(w * a for (a, _), w in zip(parts, blend))
+    matrix = (1.0 - strength) * eye + strength * torch.stack([w * a for (a, _), w in zip(parts, blend)]).sum(0)
     target = strength * torch.stack([w * (mean - a @ content.mean) for (a, mean), w in zip(parts, blend)]).sum(0)
     return matrix, target
 
