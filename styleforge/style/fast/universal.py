@@ -88,10 +88,11 @@ DEFAULT_STRENGTH = {CASCADE: 1.0, HOURGLASS: 1.0, BOTH: 0.8}
 DEFAULT_DETAIL = 1.0
 MIN_WORK_SIZE = 16  # relu5_1 needs 16 px; it caps the long side (a shorter side is padded)
 # Departure from Li et al.: the zero padding of VGG's and the decoders' convolutions paints a frame about
-# 8 px wide along the picture's edges (brighter on the left and top, 15-30 grey levels on a clean sky). The
-# photo is mirrored out by this many px on every side before it is encoded, and the margin cut off the
-# result, so the frame falls outside the picture (README, "Any painting as the style"). It costs the
-# margin's pixels: 28 % more at 512 x 342, 13 % at 1024 x 683.
+# 8 px wide along the picture's edges (on the jet's even sky with The Starry Night, 20-30 grey levels
+# brighter on the left; lighter or darker by picture). The photo is mirrored out by this many px on every
+# side before it is encoded, and the margin cut off the result, so the frame falls outside the picture. It
+# costs the margin's pixels (16 % more at 512 x 342, 8 % at 1024 x 683); 32 px raised the style loss on
+# four paintings (bench/HISTORY.md, "A frame along the edges").
 EDGE_MARGIN = 16
 # Scaling a working-size result up (not in Li et al., who decode at full size): bicubic, an
 # unsharp mask (upscaling flattens the fine texture, which the style loss measures: its
