@@ -395,6 +395,8 @@ def test_the_margin_is_the_photo_mirrored_out_and_cut_off(hg_encoder):
         # A side shorter than the margin is mirrored out by one pixel less than its length.
         thin = synthetic_image(5, 40)
         torch.testing.assert_close(framed(thin), plain(pad(thin, (16, 16, 4, 4), mode="reflect"))[..., 4:9, 16:56])
+    with pytest.raises(StyleforgeError, match="the edge margin must be non-negative, got -1"):
+        UniversalStyler(hg_encoder, {"relu2_1": relu2}, style, margin=-1, **kwargs)
 
 
 def test_strength_defaults_by_mode_and_an_explicit_one_wins(hg_encoder):

@@ -319,6 +319,8 @@ class UniversalStyler(nn.Module):
         if not 0.0 <= detail <= 1.0:
             raise StyleforgeError(f"--detail must be in [0, 1], got {detail}")
         check_work_size(work_size)
+        if margin < 0:
+            raise StyleforgeError(f"the edge margin must be non-negative, got {margin}")
         self.work_size, self.detail, self.margin = work_size, detail, margin
         self.encoder = encoder
         # An hourglass decoder alone (as ``decoders``), the cascade alone, or both (``hourglass`` with the
