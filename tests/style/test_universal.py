@@ -399,6 +399,18 @@ def test_the_margin_is_the_photo_mirrored_out_and_cut_off(hg_encoder):
         UniversalStyler(hg_encoder, {"relu2_1": relu2}, style, margin=-1, **kwargs)
 
 
+def test_tiny_photos_keep_their_size(hg_encoder):
+    # 1 x 1 px once failed in the hourglass decoder's reflection padding (a 1 x 1 relu4_1 map): the photo is
+    # padded to at least two strides of the deepest level.
+    torch.manual_seed(0)
+    styler = UniversalStyler(hg_encoder, {"relu2_1": Decoder("relu2_1").eval()}, [striped_image(40, 40)],
+                             hourglass=_grey_hourglass())
+    with torch.no_grad():
+        for h, w in ((1, 1), (2, 3), (5, 40), (9, 1)):
+            out = styler(synthetic_image(h, w))
+            assert out.shape == (1, 3, h, w) and torch.isfinite(out).all()
+
+
 def test_strength_defaults_by_mode_and_an_explicit_one_wins(hg_encoder):
     hourglass, relu2 = _grey_hourglass(), Decoder("relu2_1").eval()
     style = [striped_image(40, 40)]

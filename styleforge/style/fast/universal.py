@@ -379,7 +379,7 @@ class UniversalStyler(nn.Module):
         # stride's pad falls back to replicate on tiny inputs.
         mh, mw = min(self.margin, h - 1), min(self.margin, w - 1)
         x = F.pad(images, (mw, mw, mh, mh), mode="reflect") if mh or mw else images
-        ph, pw = (-x.shape[-2]) % self.stride, (-x.shape[-1]) % self.stride
+        ph, pw = _stride_pad(x.shape[-2], self.stride), _stride_pad(x.shape[-1], self.stride)
         mode = "reflect" if ph < x.shape[-2] and pw < x.shape[-1] else "replicate"
         x = F.pad(x, (0, pw, 0, ph), mode=mode) if ph or pw else x
         x = x.contiguous(memory_format=torch.channels_last)
@@ -411,6 +411,12 @@ class UniversalStyler(nn.Module):
         feats = self.encoder(x, levels)
         x = self.hourglass({lv: self._transformed(feats[lv], lv) for lv in levels}, self.detail)
         return without_lattice(x, 2 ** (level_index(levels[0]) - 1))
+
+
+def _stride_pad(side: int, stride: int) -> int:
+    """Pixels to add to a side: up to a multiple of the deepest level's stride, and to at least two strides
+    (the decoders' reflection padding needs 2 px at the deepest level)."""
+    return max(-(-side // stride), 2) * stride - side
 
 
 def check_work_size(work_size: int | None) -> None:
