@@ -301,9 +301,10 @@ class UniversalStyler(nn.Module):
     picture, then the cascade).
 
     ``styles`` are (1, 3, H, W) images in [0, 1]; their statistics are computed once here.
-    Works on any photo size (reflection-padded to a multiple of the deepest level's stride
-    and cropped back). With ``work_size``, photos whose long side is larger are stylized at
-    that long side and scaled back up (:func:`upscale`): the time hardly grows with the photo.
+    Works on any photo size (mirrored out by ``margin`` px, EDGE_MARGIN by default, padded to a
+    multiple of the deepest level's stride, at least two, and cropped back). With ``work_size``,
+    photos whose long side is larger are stylized at that long side and scaled back up
+    (:func:`upscale`): the time hardly grows with the photo.
     """
 
     def __init__(self, encoder: VGGFeatures, decoders: Mapping[str, Decoder] | HourglassDecoder,
