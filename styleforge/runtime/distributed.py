@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib
 import os
 import signal
 import threading
@@ -154,6 +155,11 @@ def _join(ctx: Dist) -> None:
     use_cuda = torch.cuda.is_available() and os.environ.get("STYLEFORGE_DIST_BACKEND", "") != "gloo"
     if use_cuda:
         torch.cuda.set_device(ctx.local_rank)
+    # Imported before the group exists: DistributedDataParallel imports this module, whose functions
+    # take `group=group.WORLD` as a default argument, so imported later they hold the group for good.
+    # destroy_process_group then leaves gloo's threads running, and under load the process aborted
+    # at exit ("terminate called without an active exception") after the work was done.
+    importlib.import_module("torch.distributed.nn.functional")
     dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=TIMEOUT)
 
 

@@ -229,7 +229,7 @@ def test_killing_one_rank_fails_cleanly_and_the_checkpoint_resumes(shapes, tmp_p
 # --------------------------------------------------------------------------- the session owns the group
 
 _SESSION_SCRIPT = """
-import signal, sys
+import os, signal, sys
 import torch.distributed as dist
 from styleforge.runtime import distributed
 from styleforge.classify import DataSpec, TrainConfig, fit
@@ -251,6 +251,10 @@ with distributed.session() as ctx:
     assert signal.getsignal(signal.SIGTERM) is not mine  # SIGTERM stops the run cleanly meanwhile
     fit(cfg)
 assert not dist.is_initialized() and signal.getsignal(signal.SIGTERM) is mine
+# and gloo's threads are gone with the group (left running, they aborted the process at exit now and then)
+gloo = [n for n in (open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+        if "gloo" in n]
+assert not gloo, gloo
 # one write per rank: under PYTHONUNBUFFERED print() writes its pieces apart and two ranks'
 # lines could interleave on the shared pipe ("session ok session ok 1", "0")
 sys.stdout.write(f"session ok {ctx.rank}\\n")
