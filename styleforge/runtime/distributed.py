@@ -118,9 +118,9 @@ def session() -> Iterator[Dist]:
         _CURRENT = ctx
         try:
             yield ctx
-            # Every rank done before any takes its side of the group down: without it, under load,
-            # one rank's teardown aborted a slower peer (gloo: "terminate called without an active
-            # exception"). Not after an error: the other ranks may never arrive.
+            # Every rank done before any takes its side of the group down, so none leaves while a peer
+            # is still inside a collective. (The abort at exit it was first added for had another cause:
+            # see _join.) Not after an error: the other ranks may never arrive.
             ctx.barrier()
         finally:
             _CURRENT = None
