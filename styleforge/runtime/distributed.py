@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import importlib
 import os
 import signal
@@ -113,17 +114,30 @@ def session() -> Iterator[Dist]:
     with contextlib.ExitStack() as stack:
         if ctx.enabled and not dist.is_initialized():
             stack.enter_context(guard.sigterm_as_interrupt())  # restored last, after the group is gone
+            # Imported before the group exists: DistributedDataParallel imports this module, whose
+            # functions take `group=group.WORLD` as a default argument, so imported later they hold the
+            # group for good. destroy_process_group then left gloo's threads running, and under load
+            # the process aborted at exit ("terminate called without an active exception").
+            importlib.import_module("torch.distributed.nn.functional")
             _join(ctx)
-            stack.callback(dist.destroy_process_group)
+            stack.callback(_leave)
         _CURRENT = ctx
         try:
             yield ctx
             # Every rank done before any takes its side of the group down, so none leaves while a peer
-            # is still inside a collective. (The abort at exit it was first added for had another cause:
-            # see _join.) Not after an error: the other ranks may never arrive.
+            # is still inside a collective. (The abort at exit it was first added for had other causes:
+            # the import above and _leave.) Not after an error: the other ranks may never arrive.
             ctx.barrier()
         finally:
             _CURRENT = None
+
+
+def _leave() -> None:
+    """Destroy the group, after freeing the garbage cycles that may still hold it: a DDP model
+    caught in a reference cycle keeps the group, and with it gloo's threads, alive past
+    destroy_process_group, and a process that exits with them running can abort."""
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def current() -> Dist:
@@ -155,11 +169,6 @@ def _join(ctx: Dist) -> None:
     use_cuda = torch.cuda.is_available() and os.environ.get("STYLEFORGE_DIST_BACKEND", "") != "gloo"
     if use_cuda:
         torch.cuda.set_device(ctx.local_rank)
-    # Imported before the group exists: DistributedDataParallel imports this module, whose functions
-    # take `group=group.WORLD` as a default argument, so imported later they hold the group for good.
-    # destroy_process_group then leaves gloo's threads running, and under load the process aborted
-    # at exit ("terminate called without an active exception") after the work was done.
-    importlib.import_module("torch.distributed.nn.functional")
     dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=TIMEOUT)
 
 

@@ -310,6 +310,33 @@ def test_a_session_that_fails_still_leaves_the_group_and_restores_the_handler(mo
     assert not dist.is_initialized() and signal.getsignal(signal.SIGTERM) is before
 
 
+def _gloo_threads() -> list[str]:
+    names = (Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task"))
+    return [n for n in names if "gloo" in n]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the thread names in /proc (Linux)")
+def test_a_ddp_model_left_in_a_reference_cycle_does_not_keep_gloo_running(monkeypatch):
+    """Garbage that holds the group (here a DDP model in a cycle) is freed before the group is destroyed,
+    so gloo's threads end with it: left running at exit, they aborted the process now and then."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from styleforge.runtime import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(distributed, "_join",
+                        lambda ctx: dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1))
+    assert not _gloo_threads()
+    with distributed.session():
+        cycle: list = [DistributedDataParallel(torch.nn.Linear(3, 2))]
+        cycle.append(cycle)
+        assert _gloo_threads()
+        del cycle
+    assert not dist.is_initialized() and not _gloo_threads()
+
+
 RESUME, AGAIN = "run the same command with --resume to continue", "run the same command again to start over"
 
 
