@@ -68,9 +68,9 @@ DEFAULT_WORK_SIZE: int | None = None
 # benchmark (20 photos, all eight paintings, at its default strength below) it has a lower content loss (3-7 %)
 # and style loss (9-32 %) than the cascade alone on every painting, and it is the only mode that passes the
 # whole bar on three (candy, composition_vii, mosaic; the cascade alone passes one). Looked at, the colourful
-# paintings come out better and the dark ones alike. It costs 2.3x the cascade's time (1.8 against 0.8 s at
-# 512 px, bf16): --decoder cascade is the faster choice for long folders and videos; --decoder hourglass keeps
-# the photo closest (README, "Any painting as the style").
+# paintings come out better and the dark ones alike. It costs 2.5x the cascade's time (2.1 against 0.85 s at
+# 512 px, bf16; 2.3x its arithmetic): --decoder cascade is the faster choice for long folders and videos;
+# --decoder hourglass keeps the photo closest (README, "Any painting as the style").
 CASCADE = "cascade"
 BOTH = f"{HOURGLASS}+{CASCADE}"
 DECODERS = (CASCADE, HOURGLASS, BOTH)
