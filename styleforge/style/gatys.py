@@ -24,7 +24,7 @@ from ..runtime.device import runtime as make_runtime
 from ..runtime.errors import StyleforgeError
 from ..runtime.io import load_image, open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil
 from .color import original_colors as apply_original_colors
-from .perceptual import PerceptualLoss, loss_weights
+from .perceptual import PerceptualLoss, loss_weights, normalized_blend
 
 DEFAULT_CONTENT_LAYERS: dict[str, float] = {"relu4_2": 1.0}
 DEFAULT_STYLE_LAYERS: dict[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 6)}
@@ -181,12 +181,7 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike],
     styles = [styles] if isinstance(styles, (str, os.PathLike, torch.Tensor)) else list(styles)
     if not styles:
         raise StyleforgeError("give at least one style image")
-    blend = list(cfg.style_blend) if cfg.style_blend else [1.0] * len(styles)
-    if len(blend) != len(styles):
-        raise StyleforgeError(f"--style-blend has {len(blend)} weights but there are {len(styles)} style images")
-    if any(b < 0 for b in blend) or sum(blend) <= 0:
-        raise StyleforgeError("--style-blend weights must be non-negative and not all zero")
-    blend = [b / sum(blend) for b in blend]
+    blend = normalized_blend(cfg.style_blend or None, len(styles))
     cfg.validate()
     content_w, style_w = cfg.weights_pair()
     sizes = cfg.scale_sizes()

@@ -59,6 +59,20 @@ def normalized(layer_weights: Mapping[str, float]) -> dict[str, float]:
     return {n: w / total for n, w in layer_weights.items()}
 
 
+def normalized_blend(blend: Sequence[float] | None, n: int) -> list[float]:
+    """``--style-blend``: weights for ``n`` style images (default equal), checked and scaled to sum to 1."""
+    weights = [1.0] * n if blend is None else [float(b) for b in blend]
+    if len(weights) != n:
+        have = f"{len(weights)} weight{'s' if len(weights) != 1 else ''}"
+        images = f"{n} style image{'s' if n != 1 else ''}"
+        raise StyleforgeError(f"--style-blend has {have} but there {'are' if n != 1 else 'is'} {images}: give "
+                              "one weight per style image")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise StyleforgeError("--style-blend weights must be non-negative and not all zero")
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
 class PerceptualLoss:
     """Weighted content + style + tv loss of images, with the style Gram targets computed once.
 
@@ -120,8 +134,9 @@ class PerceptualLoss:
         if content is not None:
             per_layer = {n: losses.image_content_loss(feats[n], want[n]) for n in self.content_layers}
         else:
-            per_layer = {n: losses.content_loss(feats[n], self.content_targets[n], self.content_ms[n])
-                         for n in self.content_layers}
+            targets = self.content_targets
+            assert targets is not None  # checked above
+            per_layer = {n: losses.content_loss(feats[n], targets[n], self.content_ms[n]) for n in self.content_layers}
         content_term = losses.weighted_sum(per_layer, self.content_layers)
         by_layer = {n: losses.style_loss(losses.gram_matrix(feats[n]), self.style_targets[n], self.style_ms[n])
                     for n in self.style_layers}

@@ -121,7 +121,7 @@ def test_bad_inputs_fail_cleanly(images, tmp_path, random_vgg19_file):
         ((content, style), ["--size", "8"], "too small"),
         ((content, style), ["--style-layers", "relu9_1"], "unknown layer 'relu9_1'"),
         ((content, style), ["--style-strength", "1.5"], "must be in [0, 1], got 1.5"),
-        ((content, style), ["--style-blend", "1,2"], "2 weights but there are 1 style"),
+        ((content, style), ["--style-blend", "1,2"], "2 weights but there is 1 style image"),
         ((content, style), ["--style-weight", "1e39"], "loss became NaN"),
         ((content, style), ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"],
          "device"),

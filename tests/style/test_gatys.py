@@ -108,7 +108,7 @@ def test_same_seed_same_result_and_blend_with_zero_weight(random_extractor):
 
 
 def test_blend_mismatch_and_bad_options(random_extractor):
-    with pytest.raises(StyleforgeError, match="2 weights but there are 1 style"):
+    with pytest.raises(StyleforgeError, match="2 weights but there is 1 style image"):
         stylize(synthetic_image(), striped_image(), _cfg(style_blend=[1, 2]), extractor=random_extractor)
     with pytest.raises(StyleforgeError, match="neither 'content', 'noise' nor an existing image"):
         stylize(synthetic_image(), striped_image(), _cfg(init="missing.png"), extractor=random_extractor)

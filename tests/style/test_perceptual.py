@@ -8,7 +8,8 @@ from conftest import striped_image, synthetic_image
 from styleforge.backbone import VGGFeatures
 from styleforge.cli import main_group
 from styleforge.runtime.device import Runtime
-from styleforge.style.perceptual import PARTS, STYLE_GAIN, PerceptualLoss, loss_weights
+from styleforge.runtime.errors import StyleforgeError
+from styleforge.style.perceptual import PARTS, STYLE_GAIN, PerceptualLoss, loss_weights, normalized_blend
 
 CONTENT, STYLE = {"relu2_2": 1.0}, {"relu1_1": 1.0, "relu2_1": 1.0}
 RT = Runtime(torch.device("cpu"))
@@ -68,3 +69,16 @@ def test_style_strength_help_says_what_the_code_does():
     for command in (["stylize"], ["fast", "train"]):
         out = CliRunner().invoke(main_group, [*command, "--help"], terminal_width=400).output
         assert f"content weight 1-W, style weight {STYLE_GAIN:g}*W" in " ".join(out.split()), command
+
+
+def test_the_style_blend_is_checked_and_scaled_to_sum_to_one():
+    assert normalized_blend(None, 3) == [1 / 3] * 3
+    assert normalized_blend([1, 3], 2) == [0.25, 0.75]
+    assert normalized_blend([0, 2], 2) == [0.0, 1.0]
+    for blend, n, message in (([1, 1], 3, "has 2 weights but there are 3 style images: give one weight per"),
+                              ([0.5], 2, "has 1 weight but there are 2 style images"),
+                              ([1, 2], 1, "has 2 weights but there is 1 style image"),
+                              ([1, -1], 2, "non-negative and not all zero"),
+                              ([0, 0], 2, "non-negative and not all zero")):
+        with pytest.raises(StyleforgeError, match=message):
+            normalized_blend(blend, n)

@@ -37,6 +37,7 @@ from ...backbone import VGGFeatures
 from ...runtime.errors import StyleforgeError
 from ...runtime.io import open_rgb, pil_to_tensor, resize_long_side
 from ..color import luminance
+from ..perceptual import normalized_blend
 from .decoders import (
     HOURGLASS,
     WHERE,
@@ -273,17 +274,6 @@ def stylize_features(content: torch.Tensor, styles: Sequence[FeatureStats], blen
     for f, o in zip(content, out):
         _transform(f, styles, blend, strength, method, o)
     return out.to(content.dtype)
-
-
-def normalized_blend(blend: Sequence[float] | None, n: int) -> list[float]:
-    """Blend weights for ``n`` styles (default equal), checked and scaled to sum to 1."""
-    weights = [1.0] * n if blend is None else [float(b) for b in blend]
-    if len(weights) != n:
-        raise StyleforgeError(f"--style-blend has {len(weights)} weights but there are {n} style images")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise StyleforgeError("--style-blend weights must be non-negative and not all zero")
-    total = sum(weights)
-    return [w / total for w in weights]
 
 
 # --------------------------------------------------------------------------- the styler
