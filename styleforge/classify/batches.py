@@ -9,7 +9,7 @@ frozen-trunk features (:mod:`.cache`); :func:`evaluate_source` runs a whole spli
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +17,18 @@ from torch import nn
 
 from ..runtime import distributed
 from ..runtime.device import Runtime
+from ..runtime.errors import StyleforgeError
 from .data import DataSpec, Splits, load_splits
 from .recipe import classification_loss
 
 AUGMENTS = ("crop", "flip")
+
+
+def check_augment(augment: Sequence[str]) -> None:
+    """A one-line error for an ``--augment`` name that is not in :data:`AUGMENTS`."""
+    for a in augment:
+        if a not in AUGMENTS:
+            raise StyleforgeError(f"--augment {a!r} is unknown: use none or a list of {', '.join(AUGMENTS)}")
 
 
 def prepare_batch(x: torch.Tensor, rt: Runtime, size: tuple[int, int] | None) -> torch.Tensor:

@@ -8,7 +8,7 @@ model works on 1x28x28 MNIST as on 3x32x32 CIFAR-10 or larger images.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -271,6 +271,21 @@ def model_options(name: str) -> dict[str, object]:
     return {p.name: p.default for p in params if p.name not in ("pretrained", "weights")}
 
 
+def check_option_names(name: str, keys: Sequence[str]) -> None:
+    """A one-line error for an ``--option`` the registered model ``name`` does not take."""
+    valid = model_options(name)
+    for key in keys:
+        if key not in valid:
+            raise StyleforgeError(f"{name} has no option {key!r}: its options are {', '.join(valid) or 'none'}")
+
+
+def check_pretrained(name: str, pretrained: bool | str | None) -> None:
+    """A one-line error for ``--pretrained`` (or ``--weights``) with a model that has no pretrained weights."""
+    if pretrained and not (name in MODELS and MODELS[name].pretrained):
+        raise StyleforgeError(f"{name} has no pretrained weights: --pretrained and --weights work with resnet18 "
+                              "and vgg19")
+
+
 def build_model(name: str, shape: tuple[int, int, int], num_classes: int, activation_name: str = "relu",
                 pretrained: bool = False, weights: str | None = None, *, model_source: str | None = None,
                 **options) -> Classifier:
@@ -285,22 +300,16 @@ def build_model(name: str, shape: tuple[int, int, int], num_classes: int, activa
     if num_classes < 2:
         raise StyleforgeError(f"a classifier needs at least 2 classes, got {num_classes}")
     if name not in MODELS:
-        if pretrained or weights:
-            raise StyleforgeError("--pretrained and --weights work with resnet18 and vgg19 only")
+        check_pretrained(name, pretrained or weights)
         model = _build_user(name, shape, num_classes, activation_name, model_source, options)
         model.input_norm = InputNorm(shape[0])
         return model
     spec = MODELS[name]
-    valid = model_options(name)
-    unknown = [k for k in options if k not in valid]
-    if unknown:
-        hint = ", ".join(valid) if valid else "none"
-        raise StyleforgeError(f"{name} has no option {unknown[0]!r}: its options are {hint}")
-    check_model_options(name, options, valid)
+    check_option_names(name, list(options))
+    check_model_options(name, options, model_options(name))
+    check_pretrained(name, pretrained or weights)
     if spec.pretrained:
         return spec.build(shape, num_classes, activation_name, pretrained=pretrained, weights=weights, **options)
-    if pretrained or weights:
-        raise StyleforgeError(f"{name} has no pretrained weights: --pretrained works with resnet18 and vgg19")
     model = spec.build(shape, num_classes, activation_name, **options)
     model.input_norm = InputNorm(shape[0])
     return model

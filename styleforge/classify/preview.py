@@ -8,7 +8,7 @@ import torch
 
 from ..runtime.device import runtime
 from ..runtime.errors import StyleforgeError
-from .batches import AUGMENTS, augment_batch, prepare_batch
+from .batches import augment_batch, check_augment, prepare_batch
 from .data import DataSpec, load_splits
 from .gallery import image_grid, pick_per_class
 
@@ -20,9 +20,7 @@ def preview(spec: DataSpec, augment: Sequence[str] = (), count: int = 32, split:
     titled with its class. Returns the Figure."""
     if count < 1:
         raise StyleforgeError(f"--count must be at least 1, not {count}")
-    bad = [a for a in augment if a not in AUGMENTS]
-    if bad:
-        raise StyleforgeError(f"--augment {bad[0]!r} is unknown: use none or a list of {', '.join(AUGMENTS)}")
+    check_augment(augment)
     splits = load_splits(spec.validate())
     data = {"train": splits.train, "val": splits.val, "test": splits.test}.get(split)
     if data is None or len(data) == 0:

@@ -37,13 +37,22 @@ from ..runtime.device import Runtime, for_training, runtime, seed_everything
 from ..runtime.errors import StyleforgeError
 from ..runtime.io import make_folder, save_json
 from . import report
-from .batches import AUGMENTS, Source, augment_batch, evaluate_source, load_data, prepare_batch
+from .batches import AUGMENTS, Source, augment_batch, check_augment, evaluate_source, load_data, prepare_batch
 from .cache import extract_features, extraction_trunk
 from .checkpoint import CONFIG_VERSION, load_checkpoint, make_meta, upgrade_config
 from .data import DataSpec, Splits, channel_stats
 from .gallery import model_predictions_figure
 from .loop import Callback, Clock, Loop, TrainEvent, _train_mode, train_one_epoch
-from .models import FREEZE_POLICIES, MODELS, Classifier, InputNorm, apply_freeze, as_classifier, build_model
+from .models import (
+    FREEZE_POLICIES,
+    MODELS,
+    Classifier,
+    InputNorm,
+    apply_freeze,
+    as_classifier,
+    build_model,
+    check_pretrained,
+)
 from .optim import DEFAULT_LR, OPTIMIZERS, SCHEDULES, lr_factor, make_optimizer, steps_per_epoch
 from .progress import default_progress
 from .recipe import describe_recipe, resolve_recipe
@@ -159,9 +168,7 @@ class TrainConfig:
         for value, valid, option in checks:
             if value not in valid:
                 raise StyleforgeError(f"{option} {value!r} is unknown: use one of {', '.join(valid)}")
-        for a in self.augment:
-            if a not in AUGMENTS:
-                raise StyleforgeError(f"--augment {a!r} is unknown: use none or a list of {', '.join(AUGMENTS)}")
+        check_augment(self.augment)
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise StyleforgeError("--epochs and --batch-size must be at least 1")
         lr = DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
@@ -180,8 +187,7 @@ class TrainConfig:
         if self.overwrite and self.resume:
             raise StyleforgeError("--overwrite and --resume exclude each other")
         has_weights = self.model in MODELS and MODELS[self.model].pretrained
-        if self.pretrained and not has_weights:
-            raise StyleforgeError(f"{self.model} has no pretrained weights: --pretrained works with resnet18 and vgg19")
+        check_pretrained(self.model, self.pretrained)
         return replace(self, lr=lr, augment=list(dict.fromkeys(self.augment)),
                        pretrained=self.resolved_pretrained() if has_weights else False)
 

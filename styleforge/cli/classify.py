@@ -16,7 +16,7 @@ import click
 from ..classify import MODELS
 from ..classify.data import DataSpec
 from ..classify.evaluate import SPLITS, EvalConfig, evaluate
-from ..classify.models import ACTIVATIONS, FREEZE_POLICIES, model_options
+from ..classify.models import ACTIVATIONS, FREEZE_POLICIES, check_option_names, model_options
 from ..classify.predict import predict
 from ..classify.preview import preview
 from ..classify.progress import TrainBars
@@ -85,14 +85,13 @@ def _value(text: str):
 def parse_model_options(items: tuple[str, ...], model: str) -> dict:
     """``--option width=32 --option layer=relu4_4`` -> {"width": 32, "layer": "relu4_4"}."""
     out = {}
-    valid = model_options(model) if model in MODELS else {}
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
             raise StyleforgeError(f"--option {item!r} is not KEY=VALUE")
-        if model in MODELS and key not in valid:
-            raise StyleforgeError(f"{model} has no option {key!r}: its options are {', '.join(valid) or 'none'}")
+        if model in MODELS:
+            check_option_names(model, [key])
         out[key] = tuple(_value(v) for v in text.split(",")) if "," in text else _value(text.strip())
     return out
 

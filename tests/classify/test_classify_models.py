@@ -90,6 +90,20 @@ def test_bad_names():
         build_model("convnet2", (3, 32, 32), 10, "swish2")
     with pytest.raises(StyleforgeError, match="no pretrained weights"):
         build_model("simple-cnn", (3, 32, 32), 10, pretrained=True)
+    with pytest.raises(StyleforgeError, match="simple-cnn has no pretrained weights: --pretrained and --weights"):
+        build_model("simple-cnn", (3, 32, 32), 10, weights="w.pth")
+    with pytest.raises(StyleforgeError, match="simple-cnn has no option 'width': its options are none"):
+        build_model("simple-cnn", (3, 32, 32), 10, width=3)
+
+
+def test_the_training_config_gives_the_same_errors_as_the_builder(tmp_path):
+    from styleforge.classify import DataSpec, TrainConfig
+
+    base = TrainConfig(DataSpec(str(tmp_path)), str(tmp_path / "run"), model="simple-cnn")
+    for bad, message in (({"pretrained": True}, "simple-cnn has no pretrained weights"),
+                         ({"augment": ["crop", "rotate"]}, "--augment 'rotate' is unknown: use none or a list of crop, flip")):
+        with pytest.raises(StyleforgeError, match=message):
+            TrainConfig(**{**base.__dict__, **bad}).validate()
 
 
 def test_cli_models_and_summary():
