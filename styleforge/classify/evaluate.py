@@ -50,8 +50,7 @@ class EvalConfig:
     def validate(self) -> None:
         """One-line errors for settings no evaluation can use (the checkpoint is checked when read,
         the data settings with the checkpoint's: :func:`_data_spec`)."""
-        if self.split not in SPLITS:
-            raise StyleforgeError(f"--split {self.split!r} is unknown: use one of {', '.join(SPLITS)}")
+        guard.check_choice(self.split, "--split", SPLITS)
         guard.check_numbers([("--batch-size", self.batch_size, guard.COUNT)])
 
 

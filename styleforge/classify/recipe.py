@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..runtime.errors import StyleforgeError
+from ..runtime import guard
 
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "schedule": "onecycle", "warmup": 0.2,
@@ -28,10 +28,8 @@ LOSSES = ("cross-entropy", "mse", "nll")
 
 def resolve_recipe(cfg):
     """``cfg`` with every recipe setting left as None filled in from ``cfg.recipe``."""
-    if cfg.recipe not in RECIPES:
-        raise StyleforgeError(f"--recipe {cfg.recipe!r} is unknown: use one of {', '.join(RECIPES)}")
-    if cfg.loss not in LOSSES:
-        raise StyleforgeError(f"--loss {cfg.loss!r} is unknown: use one of {', '.join(LOSSES)}")
+    guard.check_choice(cfg.recipe, "--recipe", RECIPES)
+    guard.check_choice(cfg.loss, "--loss", LOSSES)
     return replace(cfg, **{k: v for k, v in RECIPES[cfg.recipe].items() if getattr(cfg, k) is None})
 
 

@@ -166,8 +166,7 @@ class TrainConfig:
                   (self.cache_features, CACHE_MODES, "--cache-features"),
                   (self.freeze, ("auto",) + FREEZE_POLICIES, "--freeze")]
         for value, valid, option in checks:
-            if value not in valid:
-                raise StyleforgeError(f"{option} {value!r} is unknown: use one of {', '.join(valid)}")
+            guard.check_choice(value, option, valid)
         check_augment(self.augment)
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise StyleforgeError("--epochs and --batch-size must be at least 1")
@@ -184,8 +183,7 @@ class TrainConfig:
             raise StyleforgeError("--warmup must be in [0, 1)")
         if not 0 <= self.label_smoothing < 1:
             raise StyleforgeError("--label-smoothing must be in [0, 1)")
-        if self.overwrite and self.resume:
-            raise StyleforgeError("--overwrite and --resume exclude each other")
+        guard.check_overwrite_resume(self.overwrite, self.resume)
         has_weights = self.model in MODELS and MODELS[self.model].pretrained
         check_pretrained(self.model, self.pretrained)
         return replace(self, lr=lr, augment=list(dict.fromkeys(self.augment)),

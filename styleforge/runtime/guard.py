@@ -76,6 +76,20 @@ def check_numbers(checks: Iterable[tuple[str, Any, Mapping[str, Any]]]) -> None:
         check_number(value, option, **rng)
 
 
+def check_choice(value: Any, option: str, choices: Iterable[str]) -> None:
+    """A one-line error for a value of ``option`` that is not one of ``choices``."""
+    choices = list(choices)
+    if value not in choices:
+        raise StyleforgeError(f"unknown {option} {value!r}: use one of {', '.join(choices)}")
+
+
+def check_overwrite_resume(overwrite: bool, resume: bool) -> None:
+    """``--overwrite`` (start the run again) and ``--resume`` (continue it) cannot both be given."""
+    if overwrite and resume:
+        raise StyleforgeError("--overwrite and --resume exclude each other: --resume continues the run, "
+                              "--overwrite starts it again")
+
+
 def check_model_options(model: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
     """A model's ``--option`` values against the type of their defaults: whole numbers at
     least 1 (0 where the default is 0, e.g. ``hidden=0``), probabilities in [0, 1),

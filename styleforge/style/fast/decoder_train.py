@@ -94,9 +94,7 @@ class DecoderTrainConfig:
 
     def validate(self) -> list[str]:
         """One-line errors for settings no run can use; returns the decoders' names (levels shallow to deep)."""
-        if self.architecture not in ARCHITECTURES:
-            raise StyleforgeError(f"unknown --architecture {self.architecture!r}: use one of "
-                                  f"{', '.join(ARCHITECTURES)}")
+        guard.check_choice(self.architecture, "--architecture", ARCHITECTURES)
         if not self.levels:
             raise StyleforgeError("--levels: give at least one level")
         levels = sorted(dict.fromkeys(self.levels), key=level_index)
@@ -127,10 +125,8 @@ class DecoderTrainConfig:
         if self.image_size % stride or self.image_size < 2 * stride:
             raise StyleforgeError(f"--crop-size {self.image_size} must be a multiple of {stride} and at least "
                                   f"{2 * stride} for {levels[-1]}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise StyleforgeError(f"unknown --lr-schedule {self.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
-        if self.overwrite and self.resume:
-            raise StyleforgeError("--overwrite and --resume exclude each other")
+        guard.check_choice(self.lr_schedule, "--lr-schedule", LR_SCHEDULES)
+        guard.check_overwrite_resume(self.overwrite, self.resume)
         return [HOURGLASS] if self.architecture == HOURGLASS else levels
 
 

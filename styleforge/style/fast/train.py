@@ -263,18 +263,14 @@ class FastTrainConfig:
              ("--chroma-weight", self.chroma_weight, guard.NON_NEGATIVE),
              ("--steps", self.steps, guard.COUNT),
              ("--stop-at", self.stop_at, guard.COUNT)])
-        if self.arch not in ARCHS:
-            raise StyleforgeError(f"unknown --network {self.arch!r}: use one of {', '.join(ARCHS)}")
-        if self.upsample not in UPSAMPLE_MODES:
-            raise StyleforgeError(f"unknown --upsample {self.upsample!r}: use one of {', '.join(UPSAMPLE_MODES)}")
+        guard.check_choice(self.arch, "--network", ARCHS)
+        guard.check_choice(self.upsample, "--upsample", UPSAMPLE_MODES)
         if self.image_size % 4:
             raise StyleforgeError(f"--crop-size must be a multiple of 4, got {self.image_size}")
-        if self.overwrite and self.resume:
-            raise StyleforgeError("--overwrite and --resume exclude each other")
+        guard.check_overwrite_resume(self.overwrite, self.resume)
         if self.steps is not None and self.epochs is not None:
             raise StyleforgeError("give --steps or --epochs, not both")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise StyleforgeError(f"unknown --lr-schedule {self.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
+        guard.check_choice(self.lr_schedule, "--lr-schedule", LR_SCHEDULES)
 
 
 @dataclass

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...backbone import VGGFeatures
+from ...runtime import guard
 from ...runtime.errors import StyleforgeError
 from ...runtime.io import open_rgb, pil_to_tensor, resize_long_side
 from ..color import luminance
@@ -216,8 +217,7 @@ def _no_autocast(features: torch.Tensor):
 def _transform(content: torch.Tensor, styles: Sequence[FeatureStats], blend: Sequence[float], strength: float,
                method: str, out: torch.Tensor | None = None) -> torch.Tensor:
     """One image's (C, H, W) features, transformed, into ``out`` (default: a new float32 tensor of their layout)."""
-    if method not in METHODS:
-        raise StyleforgeError(f"unknown --method {method!r}: use one of {', '.join(METHODS)}")
+    guard.check_choice(method, "--method", METHODS)
     if out is None:
         out = torch.empty_like(content, dtype=torch.float32)
     with _no_autocast(content):
@@ -303,8 +303,7 @@ class UniversalStyler(nn.Module):
                  detail: float = DEFAULT_DETAIL, hourglass: HourglassDecoder | None = None,
                  margin: int = EDGE_MARGIN) -> None:
         super().__init__()
-        if method not in METHODS:
-            raise StyleforgeError(f"unknown --method {method!r}: use one of {', '.join(METHODS)}")
+        guard.check_choice(method, "--method", METHODS)
         if not styles:
             raise StyleforgeError("give at least one style image")
         if not 0.0 <= detail <= 1.0:
@@ -513,8 +512,7 @@ class AnyStyle:
         --method and --strength by :class:`UniversalStyler`, which also serves callers without an AnyStyle)."""
         if self.style_size < 1:
             raise StyleforgeError(f"--style-size must be positive, got {self.style_size}")
-        if self.decoder not in DECODERS:
-            raise StyleforgeError(f"unknown --decoder {self.decoder!r}: use one of {', '.join(DECODERS)}")
+        guard.check_choice(self.decoder, "--decoder", DECODERS)
         if self.decoder == HOURGLASS and self.levels:
             raise StyleforgeError("--levels is for the cascade (--decoder cascade or hourglass+cascade); the "
                                   "hourglass decoder reads relu4_1, relu3_1 and relu2_1")
