@@ -21,6 +21,7 @@ from ...runtime.io import (
     check_writable,
     header_size,
     image_format,
+    make_folder,
     open_rgb,
     pil_to_tensor,
     resize_long_side,
@@ -113,15 +114,8 @@ def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike) -> list
                      {f"the input {j.source}": j.source for j in jobs})
     if not out.parent.exists():
         raise StyleforgeError(f"output folder {out.parent} does not exist: create it first")
-    try:
-        out.mkdir(exist_ok=True)
-        for d in sorted({j.target.parent for j in jobs}):
-            d.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StyleforgeError(f"cannot create output folder {out}: {exc.strerror}") from None
-    for d in {j.target.parent for j in jobs}:
-        if not os.access(d, os.W_OK | os.X_OK):
-            raise StyleforgeError(f"output folder {d} is not writable: choose another -o")
+    for d in [out, *sorted({j.target.parent for j in jobs})]:
+        make_folder(d)
     return jobs
 
 
