@@ -28,7 +28,7 @@ def check_augment(augment: Sequence[str]) -> None:
     """A one-line error for an ``--augment`` name that is not in :data:`AUGMENTS`."""
     for a in augment:
         if a not in AUGMENTS:
-            raise StyleforgeError(f"--augment {a!r} is unknown: use none or a list of {', '.join(AUGMENTS)}")
+            raise StyleforgeError(f"unknown --augment {a!r}: use none or a list of {', '.join(AUGMENTS)}")
 
 
 def prepare_batch(x: torch.Tensor, rt: Runtime, size: tuple[int, int] | None) -> torch.Tensor:

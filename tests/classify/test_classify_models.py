@@ -101,7 +101,7 @@ def test_the_training_config_gives_the_same_errors_as_the_builder(tmp_path):
 
     base = TrainConfig(DataSpec(str(tmp_path)), str(tmp_path / "run"), model="simple-cnn")
     for bad, message in (({"pretrained": True}, "simple-cnn has no pretrained weights"),
-                         ({"augment": ["crop", "rotate"]}, "--augment 'rotate' is unknown: use none or a list of crop"),
+                         ({"augment": ["crop", "rotate"]}, "unknown --augment 'rotate': use none or a list of crop"),
                          ({"optimizer": "lbfgs"}, "unknown --optimizer 'lbfgs': use one of sgd"),
                          ({"overwrite": True, "resume": True}, "--overwrite and --resume exclude each other")):
         with pytest.raises(StyleforgeError, match=message):
