@@ -25,13 +25,16 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from .runtime.errors import StyleforgeError, first_line
 from .runtime.io import load_torch
+
+if TYPE_CHECKING:  # torchvision is imported where needed
+    from torchvision.models import ResNet
 
 WEIGHTS_ENV = "STYLEFORGE_WEIGHTS"
 PROJECT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -179,7 +182,11 @@ def verify(path: Path) -> str:
     if expected is None and m is None:
         return "unknown"
     digest = sha256_file(path)
-    ok = digest == expected if expected else digest.startswith(m.group(1))
+    if expected:
+        ok = digest == expected
+    else:
+        assert m is not None  # no reference hash: the name carries one (else "unknown" above)
+        ok = digest.startswith(m.group(1))
     if not ok:
         raise StyleforgeError(
             f"{path} does not match its known sha256 (got {digest[:12]}...): the file is corrupt or "
@@ -267,6 +274,9 @@ def save_features_file(arch: str, out: str | os.PathLike) -> Path:
 class ImageNetNormalize(nn.Module):
     """[0, 1] RGB in, ImageNet-normalized out."""
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -341,7 +351,7 @@ class VGGFeatures(nn.Module):
 
 
 def resnet18(num_classes: int = 1000, pretrained: bool = False,
-             weights: str | os.PathLike | None = None, download: bool = True) -> nn.Module:
+             weights: str | os.PathLike | None = None, download: bool = True) -> ResNet:
     """torchvision ResNet18; pretrained weights through the same lookup as VGG.
 
     With ``num_classes != 1000`` the ImageNet head is replaced by a fresh linear layer.
@@ -357,13 +367,14 @@ def resnet18(num_classes: int = 1000, pretrained: bool = False,
     return model
 
 
-class ResNet18Trunk(nn.Module):
-    """ResNet18 without its head, returning named stage outputs
-    (``stem``, ``layer1`` ... ``layer4``, ``pool``) for [0, 1] RGB input."""
+class ResNet18Stages(nn.Module):
+    """ResNet18 without its head, as named stages (``stem``, ``layer1`` ... ``layer4``, ``pool``)
+    for [0, 1] RGB input. What ``forward`` returns is a subclass's: every stage's output
+    (:class:`ResNet18Trunk`) or the pooled features (a classifier's trunk, ``classify.models.ResNetTrunk``)."""
 
     STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "pool")
 
-    def __init__(self, model: nn.Module | None = None, pretrained: bool = False,
+    def __init__(self, model: ResNet | None = None, pretrained: bool = False,
                  weights: str | os.PathLike | None = None) -> None:
         super().__init__()
         model = model if model is not None else resnet18(pretrained=pretrained, weights=weights)
@@ -373,13 +384,21 @@ class ResNet18Trunk(nn.Module):
         self.pool = nn.Sequential(model.avgpool, nn.Flatten(1))
         self.out_features = model.fc.in_features
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
         x = self.normalize(x)
         for name in self.STAGES:
             x = getattr(self, name)(x)
             out[name] = x
         return out
+
+
+class ResNet18Trunk(ResNet18Stages):
+    """ResNet18 without its head, returning named stage outputs
+    (``stem``, ``layer1`` ... ``layer4``, ``pool``) for [0, 1] RGB input."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.stages(x)
 
 
 def int8_copy(module: nn.Module, calibration: Iterable[torch.Tensor]) -> nn.Module:

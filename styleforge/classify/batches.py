@@ -42,7 +42,7 @@ def prepare_batch(x: torch.Tensor, rt: Runtime, size: tuple[int, int] | None) ->
     return x
 
 
-def augment_batch(x: torch.Tensor, ops: list[str], gen: torch.Generator) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, ops: list[str], gen: torch.Generator | None) -> torch.Tensor:
     """Random crop (reflection padding of 1/8 of the side) and horizontal flip, per image."""
     b, _, h, w = x.shape
     if "crop" in ops:

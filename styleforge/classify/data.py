@@ -197,8 +197,9 @@ def load_mnist(name: str, root: Path, download: bool = False) -> tuple[ImageSet,
             f"{folder}/raw), set ${DATA_ENV}, or add --download")
     out = []
     for split, (img_stem, lab_stem) in stems.items():
-        images = _read_idx(_find_idx(raw, img_stem))
-        labels = _read_idx(_find_idx(raw, lab_stem))
+        img_path, lab_path = _find_idx(raw, img_stem), _find_idx(raw, lab_stem)
+        assert img_path is not None and lab_path is not None  # none is missing (checked above)
+        images, labels = _read_idx(img_path), _read_idx(lab_path)
         if images.ndim != 3 or labels.ndim != 1 or labels.shape[0] != images.shape[0]:
             raise StyleforgeError(f"{raw}: {split} images and labels do not match: copy or download them again")
         if labels.size and int(labels.max()) >= len(classes):
@@ -274,7 +275,7 @@ def _fit_square(img: Image.Image, size: int) -> Image.Image:
     """Resize the shorter side to ``size`` and crop the centre square."""
     w, h = img.size
     scale = size / min(w, h)
-    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
     w, h = img.size
     left, top = (w - size) // 2, (h - size) // 2
     return img.crop((left, top, left + size, top + size))
@@ -341,6 +342,7 @@ def load_folder(path: str | os.PathLike, image_size: int | None = None, use_cach
 
 def load_dataset(spec: DataSpec) -> tuple[ImageSet, ImageSet | None, str]:
     """(train, test or None, description) for a dataset name or folder."""
+    test: ImageSet | None
     name = spec.dataset
     if name.lower() in DATASETS and not Path(name).exists():
         name = name.lower()

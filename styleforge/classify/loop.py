@@ -97,6 +97,7 @@ def train_one_epoch(loop: Loop, epoch: int, lr_at: Callable[[float], float]) -> 
     """Train ``loop.net`` for one epoch; ``lr_at(progress)`` is the learning-rate factor at a
     fraction of training (steps, or seconds of ``--max-seconds``)."""
     cfg, ctx = loop.cfg, loop.ctx
+    assert cfg.lr is not None  # cfg is validated: lr has its default
     loop.sampler.set_epoch(epoch)
     order = torch.tensor(list(iter(loop.sampler)), dtype=torch.long)
     gen = torch.Generator().manual_seed(derived_seed(cfg.seed, epoch * STREAM_GAP, ctx.rank))
@@ -144,6 +145,7 @@ def _progress(loop: Loop, epoch: int, step: int) -> float | None:
 def _train_step(loop: Loop, idx: torch.Tensor, gen: torch.Generator, stats: EpochStats) -> torch.Tensor:
     """One optimizer step on the batch ``idx``, added to ``stats``; returns its (detached) loss."""
     cfg, src = loop.cfg, loop.sources["train"]
+    assert cfg.label_smoothing is not None  # cfg is validated: the recipe filled it in
     x = src.batch(idx, cfg.augment, gen)
     y = src.labels[idx.to(src.labels.device)]
     with loop.rt.autocast():

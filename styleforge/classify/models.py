@@ -8,15 +8,18 @@ model works on 1x28x28 MNIST as on 3x32x32 CIFAR-10 or larger images.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone import ResNet18Trunk, VGGFeatures, resnet18
+from ..backbone import ResNet18Stages, VGGFeatures, resnet18
 from ..runtime.errors import StyleforgeError, first_line
 from ..runtime.guard import check_model_options
+
+if TYPE_CHECKING:
+    from torchvision.models import ResNet
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -54,6 +57,9 @@ def _conv_stage(cin: int, cout: int, kernel: int, act: str, *, pool_first: bool 
 class InputNorm(nn.Module):
     """Per-channel ``(x - mean) / std`` for [0, 1] input; the statistics are buffers saved
     with the weights (set from the training set by :func:`~styleforge.classify.train.fit`)."""
+
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -167,17 +173,17 @@ def fast_cnn(shape, num_classes, act="relu", width: int = 32) -> Classifier:
     return Classifier(trunk, nn.Linear(c, num_classes))
 
 
-class ResNetTrunk(ResNet18Trunk):
+class ResNetTrunk(ResNet18Stages):
     """The backbone's ResNet18 trunk, pooled features out; grayscale repeated to RGB."""
 
-    def __init__(self, model: nn.Module, in_channels: int) -> None:
+    def __init__(self, model: ResNet, in_channels: int) -> None:
         super().__init__(model)
         self.in_channels = in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_channels == 1:
             x = x.expand(-1, 3, -1, -1)
-        return super().forward(x)["pool"]
+        return self.stages(x)["pool"]
 
 
 def resnet18_classifier(shape, num_classes, act="relu", pretrained: bool = False,

@@ -40,7 +40,8 @@ def lr_factor(schedule: str, progress: float, warmup: float = 0.2) -> float:
 
 
 def _param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in net.parameters():
         if p.requires_grad:
             (decay if p.dim() > 1 else no_decay).append(p)
@@ -51,10 +52,13 @@ def _param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def make_optimizer(cfg: TrainConfig, net: nn.Module) -> torch.optim.Optimizer:
+    # cfg is validated: lr has its default and the recipe filled in the settings left None.
+    assert cfg.lr is not None and cfg.weight_decay is not None
     groups = _param_groups(net, cfg.weight_decay)
     if not any(g["params"] for g in groups):
         raise StyleforgeError("nothing to train: the freeze policy froze every parameter")
     if cfg.optimizer == "sgd":
+        assert cfg.momentum is not None and cfg.nesterov is not None
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                nesterov=cfg.nesterov and cfg.momentum > 0)
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW

@@ -50,7 +50,7 @@ def image_tensor(image: str | os.PathLike | Image.Image, shape: tuple[int, int, 
     img = image if isinstance(image, Image.Image) else open_rgb(image)
     c, h, w = shape
     img = img.convert("RGB")
-    img = _fit_square(img, h) if h == w else img.resize((w, h), Image.BICUBIC)
+    img = _fit_square(img, h) if h == w else img.resize((w, h), Image.Resampling.BICUBIC)
     if c == 1:
         img = img.convert("L")
     arr = np.array(img, dtype=np.uint8).reshape(h, w, c)
@@ -74,7 +74,7 @@ def predict(run_or_checkpoint: str | os.PathLike, images: Sequence[str | os.Path
     out: list[Prediction] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
-        x = torch.stack([image_tensor(im, shape) for im in chunk])  # type: ignore[arg-type]
+        x = torch.stack([image_tensor(im, shape) for im in chunk])
         probs = torch.softmax(net(rt.to(x)).float(), 1).cpu()
         values, index = probs.topk(k, 1)
         for im, v, i in zip(chunk, values.tolist(), index.tolist()):

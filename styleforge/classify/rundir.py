@@ -143,6 +143,7 @@ class Checkpoints:
 
     def save_best(self) -> None:
         if self.pending_best is not None:
+            assert self.best_state is not None  # improved() sets both
             save_checkpoint(self.run_dir / "best.pt", self.best_state, self.state.meta, config=self.state.config,
                             **self.pending_best)
             self.pending_best = None
@@ -258,6 +259,7 @@ def write_results(run_dir: Path, cfg: TrainConfig, summary: dict[str, Any], stat
     if cfg.plots and best is not None and cfg.evaluate_test:
         report.save_figure(predictions(), run_dir / "predictions.png")
     if per_class_rows is not None:
+        assert best is not None  # the test set's table is made with the best checkpoint only
         if cfg.plots:
             report.plot_confusion(torch.tensor(summary["confusion_test"]), classes, run_dir / "confusion_test.png",
                                   title=f"test set, best epoch ({best['epoch']}): accuracy {summary['test_acc']:.2%}")

@@ -234,7 +234,9 @@ def build_spec(spec: str, shape: tuple[int, int, int], num_classes: int, act: st
     if not layers:
         raise StyleforgeError(f"the spec has no layers: write e.g. {EXAMPLE}")
     split = next((i for i, la in enumerate(layers) if la.name in ("flatten", "fc")), len(layers))
-    trunk, head, cur = [], [], tuple(shape)
+    trunk: list[nn.Module] = []
+    head: list[nn.Module] = []
+    cur = tuple(shape)
     for i, layer in enumerate(layers):
         module = _make(layer, cur, num_classes, act, last=i == len(layers) - 1)
         cur = _out_shape(module, cur, layer)

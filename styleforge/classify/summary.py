@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -128,7 +129,7 @@ def summary(model: str | nn.Module, input_shape: tuple[int, int, int] = (3, 32, 
     from .models import Classifier, apply_freeze, build_model
     from .train import TrainConfig
 
-    shape = tuple(input_shape)
+    shape = cast("tuple[int, int, int]", tuple(input_shape))  # a list is taken too
     if isinstance(model, nn.Module):
         net, name = model, "python:module"
     else:

@@ -179,6 +179,7 @@ class TrainConfig:
             raise StyleforgeError("--patience needs a validation set: give --val-split > 0")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise StyleforgeError("--max-seconds must be positive")
+        assert self.warmup is not None and self.label_smoothing is not None  # resolve_recipe filled them in
         if not 0 <= self.warmup < 1:
             raise StyleforgeError("--warmup must be in [0, 1)")
         if not 0 <= self.label_smoothing < 1:
@@ -263,6 +264,7 @@ def _fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | 
     cached = _use_cache(cfg, model, rt)
     state.config = _config_record(cfg, ctx, data, model, rt, cached)
     emit(TrainEvent("phase", message=state.config["recipe_text"]))
+    assert cfg.lr is not None  # cfg is validated: lr has its default
     emit(TrainEvent("phase", message=distributed.batch_note(cfg.batch_size, ctx.world_size, cfg.lr)))
     sources, net = _inputs(cfg, model, data, rt, extract_rt, cached, emit)
     loop = _make_loop(cfg, ctx, rt, sources, net, cached, state, len(data.splits.classes), emit, run_dir)
@@ -283,7 +285,7 @@ def _fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | 
     summary["wall_seconds"] = time.perf_counter() - t_start
     if ctx.is_main:
         write_results(run_dir, cfg, summary, state, step_rows, per_class_rows,
-                      lambda: _predictions_figure(cfg, model, data, rt, state.best["epoch"]))
+                      lambda: _predictions_figure(cfg, model, data, rt, state))
     emit(TrainEvent("done", state.epoch, cfg.epochs, metrics=dict(summary), message=message))
     if stopped == "nan":
         kept = (f"the best checkpoint (epoch {state.best['epoch']}) is kept in {run_dir / 'best.pt'}" if state.best
@@ -311,6 +313,7 @@ def _build_model(cfg: TrainConfig, ctx: distributed.Dist, data: _Data, model: nn
                  resumed: RunState | None, run_dir: Path) -> tuple[Classifier, dict[str, Any]]:
     """The model (``model`` wrapped, or ``cfg.model`` built), frozen as asked, with the resumed
     weights; and its description for the checkpoints."""
+    assert cfg.pretrained is not None  # cfg is validated: pretrained is resolved
     shape, classes = data.shape, data.splits.classes
     if not ctx.is_main and cfg.pretrained:
         ctx.barrier()  # rank 0 finds (or downloads) the backbone weights first
@@ -367,8 +370,8 @@ def _inputs(cfg: TrainConfig, model: Classifier, data: _Data, rt: Runtime, extra
             emit: Callback) -> tuple[dict[str, Source], nn.Module]:
     """A source per split, and what trains on them: images and the model, or the frozen
     trunk's outputs computed once and the model's head."""
-    sets = {"train": data.splits.train, "val": data.splits.val, "test": data.splits.test}
-    sets = {name: s for name, s in sets.items() if s is not None}
+    splits = {"train": data.splits.train, "val": data.splits.val, "test": data.splits.test}
+    sets = {name: s for name, s in splits.items() if s is not None}
     if not cached:
         return {name: Source(s.images, s.labels, rt, data.size, features=False) for name, s in sets.items()}, model
     emit(TrainEvent("phase", message="extracting features"))
@@ -380,11 +383,12 @@ def _inputs(cfg: TrainConfig, model: Classifier, data: _Data, rt: Runtime, extra
                              cfg.seed)
     sources = {}
     for name, s in sets.items():
+        def progress(done: int, n: int, name: str = name) -> None:
+            emit(TrainEvent("phase", step=done, steps=n, message=f"features: {name}"))
+
         # Every process extracts the whole split (no communication; the training
         # sampler draws any index on any rank).
-        feats = extract_features(trunk, s.images, prepare, extract_rt, cfg.eval_batch_size,
-                                 progress=lambda done, n, name=name: emit(TrainEvent(
-                                     "phase", step=done, steps=n, message=f"features: {name}")))
+        feats = extract_features(trunk, s.images, prepare, extract_rt, cfg.eval_batch_size, progress=progress)
         sources[name] = Source(feats, s.labels, rt, data.size, features=True)
     data.feature_seconds = time.perf_counter() - t_feat
     return sources, model.head
@@ -397,8 +401,10 @@ def _make_loop(cfg: TrainConfig, ctx: distributed.Dist, rt: Runtime, sources: di
     optimizer = make_optimizer(cfg, net)
     scaler = rt.grad_scaler()
     state.restore_optimizer(optimizer, scaler, run_dir / "last.pt")
-    sampler = DistributedSampler(range(len(sources["train"])), num_replicas=ctx.world_size, rank=ctx.rank,
-                                 shuffle=True, seed=cfg.seed, drop_last=False)
+    # torch types the sampler's dataset as a Dataset, but it only takes its len(): a range does.
+    sampler: DistributedSampler[int] = DistributedSampler(
+        range(len(sources["train"])), num_replicas=ctx.world_size, rank=ctx.rank,  # type: ignore[arg-type]
+        shuffle=True, seed=cfg.seed, drop_last=False)
     return Loop(cfg, ctx, rt, sources, net, train_net, optimizer, scaler, sampler,
                 steps_per_epoch(len(sampler), cfg.batch_size), num_classes, cached, emit)
 
@@ -410,12 +416,14 @@ def _train(loop: Loop, state: RunState, ckpts: Checkpoints, step_rows: list[dict
     """Epochs until the last one, the time budget, early stopping or a NaN loss; returns why it stopped
     (completed, time-limit, early-stopping, nan) and a message."""
     cfg, ctx = loop.cfg, loop.ctx
+    schedule, warmup = cfg.schedule, cfg.warmup
+    assert schedule is not None and warmup is not None  # cfg is validated: the recipe filled them in
     stopped, message = "completed", ""
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if stopped != "completed":
             break
         t_epoch = time.perf_counter()
-        stats = train_one_epoch(loop, epoch, lambda p: lr_factor(cfg.schedule, p, cfg.warmup))
+        stats = train_one_epoch(loop, epoch, lambda p: lr_factor(schedule, p, warmup))
         state.train_seconds = loop.clock.seconds()
         step_rows += stats.step_rows(epoch, loop.steps)  # rank 0's batches
         stopped, message = stats.stopped, stats.message
@@ -513,8 +521,9 @@ def _evaluate_final(loop: Loop, state: RunState, ckpts: Checkpoints, summary: di
     return per_class_rows
 
 
-def _predictions_figure(cfg: TrainConfig, model: Classifier, data: _Data, rt: Runtime, best_epoch: int):
+def _predictions_figure(cfg: TrainConfig, model: Classifier, data: _Data, rt: Runtime, state: RunState):
+    assert state.best is not None  # write_results draws it only for a run that has a best epoch
     test = data.splits.test
     return model_predictions_figure(model, test.images, test.labels, data.splits.classes,
                                     lambda x: prepare_batch(x, rt, data.size), seed=cfg.data.split_seed,
-                                    title=f"best checkpoint (epoch {best_epoch})")
+                                    title=f"best checkpoint (epoch {state.best['epoch']})")

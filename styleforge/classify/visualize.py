@@ -68,7 +68,7 @@ def load_model(model_or_checkpoint: str, input_shape: tuple[int, int, int] | Non
     shape = tuple(ckpt["input_shape"])
     if input_shape is not None and input_shape[0] != shape[0]:
         raise StyleforgeError(f"{path} takes {shape[0]}-channel input, not {input_shape[0]}")
-    return LoadedModel(model_from_checkpoint(ckpt), input_shape or shape,  # type: ignore[arg-type]
+    return LoadedModel(model_from_checkpoint(ckpt), input_shape or shape,
                        f"{_short(ckpt['model'])} ({Path(ckpt['path']).parent.name}/{Path(ckpt['path']).name})")
 
 

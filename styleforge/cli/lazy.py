@@ -62,8 +62,9 @@ class LazyGroup(click.Group):
         rows = []
         for name in names:
             cmd = self.commands.get(name)
-            help_text = cmd.get_short_help_str(limit) if cmd is not None else \
-                click.utils.make_default_short_help(top_level_commands()[name][1], limit)
+            if cmd is None:  # click's own shortening, as for a loaded command's docstring
+                cmd = click.Command(name, help=top_level_commands()[name][1])
+            help_text = cmd.get_short_help_str(limit)
             rows.append((name, help_text))
         with formatter.section("Commands"):
             formatter.write_dl(rows)

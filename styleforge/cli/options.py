@@ -34,7 +34,7 @@ class StyleforgeGroup(LazyGroup):
                 rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except StyleforgeError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(getattr(exc, "exit_code", 2))
+            sys.exit(exc.exit_code)
         except (KeyboardInterrupt, click.exceptions.Abort) as exc:
             what = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
             click.echo(f"error: {what}; files written so far are complete", err=True)

@@ -140,7 +140,7 @@ class Runtime:
         """
         if self.device.type != "cpu":
             return self.to(module)
-        module = copy.deepcopy(module).to(self.device, memory_format=torch.channels_last)
+        module = copy.deepcopy(module).to(self.device).to(memory_format=torch.channels_last)
         return module.to(torch.bfloat16) if self.amp_dtype is torch.bfloat16 else module
 
     def inference(self, module: torch.nn.Module) -> contextlib.AbstractContextManager:

@@ -9,6 +9,8 @@ class StyleforgeError(Exception):
     other exception is a bug and keeps its traceback.
     """
 
+    exit_code: int = 2  # the CLI's exit status (an interrupted stylize sets 130 or 143)
+
 
 def first_line(exc: BaseException, limit: int = 120) -> str:
     """The gist of an exception's message for a one-line error: its first non-empty line,

@@ -9,11 +9,13 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import Literal
 
 from .io import atomic_path
 
 
-def new_figure(figsize: tuple[float, float] | None = None, layout: str | None = None, dpi: float | None = None):
+def new_figure(figsize: tuple[float, float] | None = None,
+               layout: Literal["constrained", "compressed", "tight"] | None = None, dpi: float | None = None):
     """A Figure with its own Agg canvas (never pyplot's). In a notebook it shows itself (``_repr_png_``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, TypedDict
 
 from .errors import StyleforgeError, first_line
 
@@ -23,13 +23,23 @@ if TYPE_CHECKING:  # torch is imported where needed: the CLI imports this module
 # Seeds feed torch generators after being multiplied by about 1e6; 32 bits keep that in range.
 MAX_SEED = 2 ** 32 - 1
 
-# The ranges numeric options use (keyword arguments of check_number and of the CLI's Number).
-POSITIVE = {"low": 0, "low_open": True}                     # learning rates, scales, time budgets
-NON_NEGATIVE = {"low": 0}                                   # loss weights, weight decay, workers
-FRACTION = {"low": 0, "high": 1}                            # --style-strength
-PROBABILITY = {"low": 0, "high": 1, "high_open": True}      # momentum, splits, smoothing, warm-up
-COUNT = {"low": 1}                                          # sizes, epochs, steps, batch sizes
-SEED = {"low": 0, "high": MAX_SEED}
+
+class Range(TypedDict, total=False):
+    """A range of numbers: keyword arguments of check_number and of the CLI's Number."""
+
+    low: float
+    high: float
+    low_open: bool
+    high_open: bool
+
+
+# The ranges numeric options use.
+POSITIVE: Range = {"low": 0, "low_open": True}                 # learning rates, scales, time budgets
+NON_NEGATIVE: Range = {"low": 0}                               # loss weights, weight decay, workers
+FRACTION: Range = {"low": 0, "high": 1}                        # --style-strength
+PROBABILITY: Range = {"low": 0, "high": 1, "high_open": True}  # momentum, splits, smoothing, warm-up
+COUNT: Range = {"low": 1}                                      # sizes, epochs, steps, batch sizes
+SEED: Range = {"low": 0, "high": MAX_SEED}
 
 
 

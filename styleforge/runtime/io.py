@@ -112,7 +112,7 @@ def resize_long_side(img: Image.Image, size: int) -> Image.Image:
     new = (max(1, round(w * scale)), max(1, round(h * scale)))
     if new == img.size:
         return img
-    return img.resize(new, Image.LANCZOS)
+    return img.resize(new, Image.Resampling.LANCZOS)
 
 
 def load_image(path: str | os.PathLike, size: int | None = None) -> torch.Tensor:

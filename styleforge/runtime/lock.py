@@ -19,7 +19,9 @@ from .errors import StyleforgeError
 try:
     import fcntl
 except ImportError:  # Windows: no flock; runs are not locked there
-    fcntl = None
+    HAS_FLOCK = False
+else:
+    HAS_FLOCK = True
 
 LOCK_NAME = ".styleforge.runtime.lock"
 
@@ -42,7 +44,7 @@ def _open(path: Path) -> int | None:
 def hold(target: str | os.PathLike, folder: bool = True) -> Iterator[None]:
     """Hold the lock of ``target`` for the block; refuse with one line if another run holds it."""
     path = lock_path(target, folder)
-    if fcntl is None:
+    if not HAS_FLOCK:
         yield
         return
     fd, locked = None, False

@@ -507,4 +507,6 @@ def chroma_loss(image: torch.Tensor, content: torch.Tensor, target_sorted: torch
 
 def weighted_sum(losses: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
     """Sum of per-layer losses times their weights."""
-    return sum(weights[name] * losses[name] for name in weights)
+    total = sum(weights[name] * losses[name] for name in weights)
+    assert isinstance(total, torch.Tensor)  # weights is never empty (perceptual.normalized refuses that)
+    return total

@@ -70,16 +70,16 @@ def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike) -> list
     One image (or video) input and an ``output`` with an image (video) suffix: that file.
     Otherwise ``output`` is a folder (created if its parent exists).
     """
-    inputs = [Path(p) for p in inputs]
-    if not inputs:
+    sources = [Path(p) for p in inputs]
+    if not sources:
         raise StyleforgeError("give at least one input image, folder or video")
-    for p in inputs:
+    for p in sources:
         if not p.exists():
             raise StyleforgeError(f"input {str(p)!r} does not exist")
     out = Path(output)
-    single = len(inputs) == 1 and inputs[0].is_file()
+    single = len(sources) == 1 and sources[0].is_file()
     if single and out.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES and not out.is_dir():
-        src = inputs[0]
+        src = sources[0]
         is_video = src.suffix.lower() in VIDEO_SUFFIXES
         if is_video != (out.suffix.lower() in VIDEO_SUFFIXES):
             raise StyleforgeError(f"-o {out}: a {'video' if is_video else 'image'} input needs a "
@@ -92,7 +92,7 @@ def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike) -> list
     if out.exists() and not out.is_dir():
         raise StyleforgeError(f"-o {out} is a file but the inputs need an output folder")
     jobs: list[_Job] = []
-    for src in inputs:
+    for src in sources:
         if src.is_dir():
             files = sorted(f for f in src.rglob("*") if f.is_file()
                            and f.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
@@ -145,6 +145,7 @@ def stylize_files(model: str | os.PathLike | None, inputs: Iterable[str | os.Pat
     rt = make_runtime(device, precision)
     net: TransformerNet | UniversalStyler | WorkSized
     if any_style is None:
+        assert model is not None  # exactly one of model and any_style (checked above)
         trained = load_model(resolve_model(model))[0]
         per_pixel = guard.transformer_bytes_per_pixel(ARCHS[trained.arch].channels[0])
         trained = rt.for_inference(trained)

@@ -38,7 +38,8 @@ def list_images(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
     if not root.is_dir():
         raise StyleforgeError(f"--data {str(root)!r} is not a folder: give a folder of photos")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    good, bad = [], []
+    good: list[Path] = []
+    bad: list[Path] = []
     for p in files:
         (good if header_size(p) is not None else bad).append(p)
     if not good:

@@ -179,7 +179,7 @@ class Reconstruction(nn.Module):
             feats = encoder(images, self.encoder_levels)
             for decoder in self.decoders.values():
                 rms = [feats[lv].float().pow(2).mean().sqrt().clamp_min(1e-6) for lv in _reads(decoder)]
-                scales = decoder.input_scales if isinstance(decoder, HourglassDecoder) else decoder.input_scale
+                scales = decoder.get_buffer("input_scales" if isinstance(decoder, HourglassDecoder) else "input_scale")
                 scales.copy_(1.0 / torch.stack(rms).reshape(scales.shape))
 
     def forward(self, images: torch.Tensor, encoder: VGGFeatures, feature_weight: float,
@@ -215,6 +215,7 @@ class Reconstruction(nn.Module):
         batch, so a run on N processes is a different run from one on one (resume checks the count).
         """
         decoder = self.decoders[HOURGLASS]
+        assert isinstance(decoder, HourglassDecoder)  # style_weight is for the hourglass alone (validate)
         with torch.no_grad():
             transformed = {lv: swapped_wct(targets[lv]) for lv in decoder.levels}
             style_grams = {lv: gram_matrix(targets[lv]).roll(1, 0) for lv in STYLE_LEVELS}
@@ -226,7 +227,10 @@ class Reconstruction(nn.Module):
 
 def _reads(decoder: nn.Module) -> list[str]:
     """The levels a decoder reads, deepest first."""
-    return list(decoder.levels) if isinstance(decoder, HourglassDecoder) else [decoder.level]
+    if isinstance(decoder, HourglassDecoder):
+        return list(decoder.levels)
+    assert isinstance(decoder, Decoder)  # Reconstruction holds these two kinds
+    return [decoder.level]
 
 
 def _load_resume(cfg: DecoderTrainConfig, ckpt: Path, config_record: dict) -> dict:
@@ -271,11 +275,13 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
     run.place()
 
     def loss_fn(x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        assert run.train_model is not None  # run.place() made it
         with rt.autocast():
             parts = run.train_model(x, encoder, cfg.feature_weight, detail_at(cfg.seed, run.step)).float()
         return parts.sum(), dict(zip(levels, parts))
 
     def report(rate: float) -> None:
+        assert callback is not None  # report is passed on only with a callback
         callback(DecoderProgress(run.step, cfg.steps, rate, dict(run.running),
                                  distributed.batch_note(cfg.batch_size, ctx.world_size, cfg.lr)))
 
@@ -288,10 +294,12 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
     paths = [out_dir / decoder_name(lv) for lv in levels]
     if ctx.is_main:
         for lv, path in zip(levels, paths):
-            training = {**record, "parameters": parameter_count(run.model.decoders[lv]),
+            decoder = run.model.decoders[lv]
+            assert isinstance(decoder, (Decoder, HourglassDecoder))  # what Reconstruction holds
+            training = {**record, "parameters": parameter_count(decoder),
                         "seconds": round(seconds, 1), "device": str(rt.device), "precision": rt.precision,
                         "final_loss": round(run.running[lv], 6)}
-            save_decoder(run.model.decoders[lv], path, training, half=cfg.half)
+            save_decoder(decoder, path, training, half=cfg.half)
     ctx.barrier()
     return DecoderTrainResult(paths, run.history, seconds)
 
@@ -310,7 +318,7 @@ def _prepare_output(out_dir: Path, levels: list[str], replace: bool) -> None:
 
 
 def _start(cfg: DecoderTrainConfig, ctx: distributed.Dist, rt: Runtime, levels: list[str], record: dict,
-           init: HourglassDecoder | None = None) -> StepRun:
+           init: HourglassDecoder | None = None) -> StepRun[Reconstruction]:
     """The decoders and their optimizer: fresh, from ``init`` (--init-decoder) or from the checkpoint (--resume)."""
     seed_everything(cfg.seed)
     decoders = Reconstruction(levels, cfg.width, cfg.style_weight)

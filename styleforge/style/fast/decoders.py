@@ -58,6 +58,8 @@ class Decoder(nn.Module):
     nearest-neighbour, as in the paper.
     """
 
+    input_scale: torch.Tensor  # a buffer, registered in __init__
+
     def __init__(self, level: str, width: float = 0.5, max_convs: int = 2) -> None:
         super().__init__()
         k = level_index(level)
@@ -106,6 +108,7 @@ class HourglassDecoder(nn.Module):
     level = HOURGLASS
     levels = ("relu4_1", "relu3_1", "relu2_1")  # deepest first: the bottleneck, then the skips
     max_convs = 2
+    input_scales: torch.Tensor  # a buffer, registered in __init__
 
     def __init__(self, width: float = 0.5) -> None:
         super().__init__()

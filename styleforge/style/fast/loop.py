@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Generic, Mapping, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -41,6 +41,7 @@ LR_FLOOR = 0.05
 
 # The trainer's loss: a batch on the device -> (the loss to minimize, named losses to record).
 LossFn = Callable[[torch.Tensor], tuple[torch.Tensor, Mapping[str, torch.Tensor]]]
+M = TypeVar("M", bound=nn.Module)  # the network a StepRun trains
 
 
 def lr_at(step: int, steps: int, lr: float, schedule: str, warmup: int = 0) -> float:
@@ -71,7 +72,8 @@ def resolved(data) -> list[str]:
 
 def photo_files(data: str | os.PathLike | Sequence[str]) -> tuple[list[Path], list[Path]]:
     """The readable and the unreadable photos of every --data folder."""
-    files, unreadable = [], []
+    files: list[Path] = []
+    unreadable: list[Path] = []
     for folder in folders(data):
         good, bad = list_images(folder)
         files, unreadable = files + good, unreadable + bad
@@ -98,7 +100,7 @@ def read_checkpoint(ckpt: Path, fmt: str, kind: str) -> dict:
 
 
 @dataclass
-class StepRun:
+class StepRun(Generic[M]):
     """A step-based training run: where it is, its loss history, its checkpoint.
 
     The checkpoint is ``{format, step, model, optimizer, config, history, skipped, **extra}``:
@@ -107,7 +109,7 @@ class StepRun:
 
     ctx: distributed.Dist
     rt: Runtime
-    model: nn.Module                 # what trains
+    model: M                         # what trains
     optimizer: torch.optim.Optimizer
     ckpt: Path
     fmt: str                         # the checkpoint's "format" entry

@@ -357,8 +357,8 @@ def _check_paths(cfg: FastTrainConfig, files: list[Path]) -> None:
     output, ckpt = Path(cfg.output), checkpoint_path(cfg.output)
     written = {"-o": output, "the checkpoint": ckpt}
     written.update(zip(("the loss table", "the loss plot"), history_paths(output)))
-    inputs = {"the style image": cfg.style, **{f"the training photo {f}": f for f in files if f.name in
-                                                {p.name for p in written.values()}}}
+    inputs: dict[str, str | os.PathLike] = {"the style image": cfg.style, **{
+        f"the training photo {f}": f for f in files if f.name in {p.name for p in written.values()}}}
     guard.check_not_inputs(written, inputs)
     if cfg.resume or cfg.overwrite:
         return
@@ -427,14 +427,18 @@ def _train_style(cfg: FastTrainConfig, callback: Callable[[FastProgress], None] 
         noise = None
         if cfg.input_noise:  # the crops' stream positions, as StreamSampler numbers them
             noise = _training_noise(x, (run.step - 1) * global_batch + ctx.rank * len(x), cfg.seed)
+        assert run.train_model is not None  # run.place() made it
         y = run.train_model(x, noise)
         parts = {**perceptual(y, content=x), **_structure_terms(cfg, y, x), **painting(y, x)}
         parts["total"] = parts["total"] + sum(parts[k] for k in EXTRA_TERMS)
         return parts["total"], {k: parts[k] for k in TRAIN_PARTS}
 
+    assert cfg.lr is not None  # train_style filled in the default
+    note = distributed.batch_note(cfg.batch_size, ctx.world_size, cfg.lr) + chosen
+
     def report(rate: float) -> None:
-        callback(FastProgress(run.step, steps, rate, dict(run.running), len(run.skipped),
-                              distributed.batch_note(cfg.batch_size, ctx.world_size, cfg.lr) + chosen))
+        assert callback is not None  # report is passed on only with a callback
+        callback(FastProgress(run.step, steps, rate, dict(run.running), len(run.skipped), note))
 
     loader = run.loader(RandomCrops(files, cfg.image_size, photo_size=cfg.photo_size), len(files), global_batch,
                         min(steps, cfg.stop_at or steps), cfg.seed, cfg.workers)
@@ -493,7 +497,7 @@ def _painting_terms(cfg: FastTrainConfig, style: torch.Tensor,
                 "tone": cfg.tone_weight * losses.tone_loss(y, x, tones) if tones is not None else zero,
                 "gradient": cfg.gradient_weight * losses.gradient_loss(y, grads) if grads is not None else zero,
                 "chroma": cfg.chroma_weight * losses.chroma_loss(y, x, chromas, hues, spread=chroma_spread)
-                if chromas is not None else zero}
+                if chromas is not None and hues is not None else zero}
     return terms
 
 
@@ -515,8 +519,10 @@ def _style_image(cfg: FastTrainConfig, style_src: Image.Image, rt: Runtime) -> t
     return pil_to_tensor(resize_long_side(style_src, cfg.style_size))
 
 
-def _start(cfg: FastTrainConfig, ctx: distributed.Dist, rt: Runtime, steps: int, skipped: list[str]) -> StepRun:
+def _start(cfg: FastTrainConfig, ctx: distributed.Dist, rt: Runtime, steps: int,
+           skipped: list[str]) -> StepRun[TransformerNet]:
     """The network and its optimizer, fresh or from the checkpoint (--resume)."""
+    assert cfg.lr is not None  # train_style filled in the default
     seed_everything(cfg.seed)
     model = TransformerNet(cfg.arch, cfg.upsample, cfg.input_noise)
     record = {**_jsonable(asdict(cfg)), "steps": steps, "world_size": ctx.world_size,
