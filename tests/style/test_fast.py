@@ -403,6 +403,34 @@ def test_apply_odd_sizes_folders_and_colors(tmp_path):
     assert Image.open(tmp_path / "one.png").size == (64, 44)
 
 
+def test_apply_skips_an_unreadable_image_writes_the_others_and_says_so(tmp_path):
+    model = save_model(TransformerNet("light").eval(), tmp_path / "m.pth", "x", {})
+    src = tmp_path / "in"
+    (src / "bad").mkdir(parents=True)
+    save_image(synthetic_image(24, 32), src / "a.png")
+    save_image(synthetic_image(24, 32), src / "c.jpg")
+    data = (src / "c.jpg").read_bytes()
+    (src / "bad" / "cut.jpg").write_bytes(data[: len(data) // 2])
+    result = run("fast", "apply", model, src, "-o", tmp_path / "out", "--device", "cpu", "-q")
+    _fails(result, "skipped 1 of 3 images that could not be read")
+    assert "cut.jpg" in result.output and "the other 2 outputs were written" in result.output
+    assert sorted(p.name for p in (tmp_path / "out" / "in").iterdir()) == ["a.png", "c.jpg"]  # no empty bad/
+    # Nothing readable: the error of the one image, and no output folder left behind.
+    result = run("fast", "apply", model, src / "bad", "-o", tmp_path / "none", "--device", "cpu", "-q")
+    _fails(result, "cut.jpg is truncated or corrupt")
+    assert not (tmp_path / "none").exists()
+
+
+def test_apply_refuses_a_file_name_as_the_folder_of_several_outputs(tmp_path):
+    model = save_model(TransformerNet("light").eval(), tmp_path / "m.pth", "x", {})
+    for name in ("a.png", "b.png"):
+        save_image(synthetic_image(16, 16), tmp_path / name)
+    result = run("fast", "apply", model, tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "out.png",
+                 "--device", "cpu", "-q")
+    _fails(result, "names a file, but 2 inputs need an output folder")
+    assert not (tmp_path / "out.png").exists()
+
+
 def test_work_size_runs_a_trained_net_at_that_long_side_and_keeps_the_photo_size(tmp_path):
     torch.manual_seed(0)
     net = TransformerNet("light").eval()

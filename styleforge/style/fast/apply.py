@@ -68,7 +68,8 @@ def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike) -> list
     """Map inputs to output paths; folders are mirrored into ``output``.
 
     One image (or video) input and an ``output`` with an image (video) suffix: that file.
-    Otherwise ``output`` is a folder (created if its parent exists).
+    Otherwise ``output`` is a folder (created if its parent exists; the mirrored folders inside it
+    are made as their first picture is written).
     """
     sources = [Path(p) for p in inputs]
     if not sources:
@@ -91,6 +92,10 @@ def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike) -> list
         return [_Job(src, out, is_video)]
     if out.exists() and not out.is_dir():
         raise StyleforgeError(f"-o {out} is a file but the inputs need an output folder")
+    if not out.exists() and out.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+        what = "a folder input needs" if len(sources) == 1 else f"{len(sources)} inputs need"
+        raise StyleforgeError(f"-o {out} names a file, but {what} an output folder: give a folder, "
+                              f"e.g. -o {out.with_suffix('')}")
     jobs: list[_Job] = []
     for src in sources:
         if src.is_dir():
@@ -114,8 +119,7 @@ def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike) -> list
                      {f"the input {j.source}": j.source for j in jobs})
     if not out.parent.exists():
         raise StyleforgeError(f"output folder {out.parent} does not exist: create it first")
-    for d in [out, *sorted({j.target.parent for j in jobs})]:
-        make_folder(d)
+    make_folder(out)
     return jobs
 
 
@@ -139,7 +143,21 @@ def stylize_files(model: str | os.PathLike | None, inputs: Iterable[str | os.Pat
     if batch_size < 1:
         raise StyleforgeError(f"--batch-size must be positive, got {batch_size}")
     check_work_size(work_size)  # before plan() creates an output folder
+    created = not Path(output).exists()
     jobs = plan(inputs, output)
+    try:
+        return _stylize_jobs(jobs, model, size, original_colors, batch_size, device, precision, callback,
+                             any_style, work_size)
+    finally:
+        if created and Path(output).is_dir() and not any(Path(output).iterdir()):
+            Path(output).rmdir()  # nothing written: leave no empty folder behind
+
+
+def _stylize_jobs(jobs: list[_Job], model: str | os.PathLike | None, size: int | None, original_colors: bool,
+                  batch_size: int, device: str, precision: str, callback: Callable[[ApplyProgress], None] | None,
+                  any_style: AnyStyle | None, work_size: int | None) -> list[Path]:
+    """:func:`stylize_files` after its checks and plan. An image that cannot be read is skipped and the
+    others are written; then one error names it (and how many were skipped)."""
     if any(j.video for j in jobs):
         _require_av()
     rt = make_runtime(device, precision)
@@ -155,20 +173,29 @@ def stylize_files(model: str | os.PathLike | None, inputs: Iterable[str | os.Pat
     _check_memory(jobs, size, batch_size, per_pixel, rt, work_size)
     net = rt.to(net)
     written: list[Path] = []
+    skipped: list[str] = []
     images = [j for j in jobs if not j.video]
-    for group in _same_size_groups(images, size, batch_size):
+    for group in _same_size_groups(images, size, batch_size, skipped):
         if callback and not written:  # the stage starts once its first images have been read
             callback(ApplyProgress(0, len(images), images[0].source, "images"))
         batch = torch.cat([x for _, x in group])
         out = apply_to_tensor(net, batch, rt, original_colors)
         for (job, _), y in zip(group, out):
+            make_folder(job.target.parent)
             save_image(y.unsqueeze(0), job.target)
             written.append(job.target)
             if callback:
                 callback(ApplyProgress(len(written), len(images), job.source, "images"))
     for job in (j for j in jobs if j.video):
+        make_folder(job.target.parent)
         stylize_video(net, job.source, job.target, rt, size, original_colors, batch_size, callback)
         written.append(job.target)
+    if skipped:
+        if len(images) == 1:
+            raise StyleforgeError(skipped[0])
+        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        raise StyleforgeError(f"skipped {len(skipped)} of {len(images)} images that could not be read ({skipped[0]}"
+                              f"{more}); the other {len(written)} outputs were written")
     return written
 
 
@@ -195,11 +222,16 @@ def _check_memory(jobs: list[_Job], size: int | None, batch_size: int, per_pixel
                        f"stylizing a {guard.scaled_pixels(largest, size) / 1e6:.0f}-megapixel image", hint, rt.device)
 
 
-def _same_size_groups(jobs: list[_Job], size: int | None, batch_size: int) -> Iterator[list]:
-    """Consecutive images of equal size, decoded, in batches of at most ``batch_size``."""
+def _same_size_groups(jobs: list[_Job], size: int | None, batch_size: int, skipped: list[str]) -> Iterator[list]:
+    """Consecutive images of equal size, decoded, in batches of at most ``batch_size``; the one-line error of
+    each image that cannot be read goes to ``skipped``."""
     group: list = []
     for job in jobs:
-        img = open_rgb(job.source)
+        try:
+            img = open_rgb(job.source)
+        except StyleforgeError as exc:
+            skipped.append(str(exc))
+            continue
         x = pil_to_tensor(resize_long_side(img, size) if size else img)
         if group and (group[0][1].shape != x.shape or len(group) == batch_size):
             yield group
