@@ -244,8 +244,14 @@ def fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | N
         return _fit(cfg, callback, model)
     if not run_dir.parent.is_dir():
         make_folder(run_dir.parent)
+    created = not run_dir.exists()
     with lock.hold(run_dir, folder=False):
-        return _fit(cfg, callback, model)
+        try:
+            return _fit(cfg, callback, model)
+        finally:
+            # Bad data or a model that does not fit stop before anything is written: leave no empty run folder.
+            if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()
 
 
 def _fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | None = None) -> FitResult:
