@@ -59,11 +59,12 @@ def compare_figure(runs: Sequence[Path], metrics: Sequence[list[dict[str, Any]]]
     drawn = set()
     for i, (run, rows) in enumerate(zip(runs, metrics)):
         for ax, key in ((ax_loss, "loss"), (ax_acc, "acc")):
-            for split, style in (("val", "-"), ("train", "--")):
+            # Markers as in each run's curves: a run of one epoch is one point, which a line alone does not show.
+            for split, style in (("val", "-s"), ("train", "--o")):
                 pts = [(m["epoch"], m[f"{split}_{key}"]) for m in rows if m.get(f"{split}_{key}") is not None]
                 if pts:
                     drawn.add(split)
-                    ax.plot(*zip(*pts), style, color=colors[i % len(colors)],
+                    ax.plot(*zip(*pts), style, markersize=3, color=colors[i % len(colors)],
                             label=f"{_label(run, runs)} ({'validation' if split == 'val' else 'train'})")
     for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")

@@ -140,6 +140,10 @@ def test_compare_table_and_folder(trained, folder, tmp_path):
 
     fig = compare_figure([other], [load_run(other)[1]])
     assert fig.axes[0].get_title() == "loss (train)"  # no "solid: validation" without validation
+    # A run of one epoch is one point per line: drawn with a marker, or nothing would show.
+    one = compare_figure([other], [load_run(other)[1][:1]])
+    lines = [line for ax in one.axes for line in ax.get_lines()]
+    assert lines and all(len(line.get_xdata()) == 1 and line.get_marker() not in ("", "None") for line in lines)
 
 
 def test_empty_split_is_a_one_line_error_not_a_type_error(tmp_path):
