@@ -38,3 +38,20 @@ def test_notebook_code_runs_in_process(monkeypatch, tmp_path):
         exec(compile(source, str(NOTEBOOK), "exec"), namespace)
     assert namespace["result"].summary["test_acc"] >= 0.8
     assert len(namespace["history"]) == 3
+
+
+def test_the_readmes_own_architecture_example_builds_for_other_inputs():
+    """examples/my_nets.py:LeNet, as the README's `--model` example: LeNet-5's 61,706 parameters on MNIST."""
+    from click.testing import CliRunner
+
+    from styleforge.cli import main_group
+
+    lenet = str(NOTEBOOK.parent / "my_nets.py") + ":LeNet"
+    r = CliRunner().invoke(main_group, ["summary", lenet, "--input", "1x28x28"])
+    assert r.exit_code == 0, r.output
+    assert "total params 61,706" in r.output
+    r = CliRunner().invoke(main_group, ["summary", lenet, "--input", "3x32x32", "--num-classes", "3",
+                                        "--option", "width=12"])
+    assert r.exit_code == 0, r.output
+    # RGB in, width 12, the flattened size from 32x32 (16 x 6 x 6), 3 classes out
+    assert "12x32x32" in r.output and "576 -> 120" in r.output and "84 -> 3" in r.output
