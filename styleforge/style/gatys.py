@@ -112,7 +112,11 @@ class StylizeConfig:
             steps = [steps] * n_scales
         steps = [int(s) for s in steps]
         if len(steps) != n_scales:
-            raise StyleforgeError(f"--steps lists {len(steps)} values but there are {n_scales} scales")
+            there = "is 1 scale" if n_scales == 1 else f"are {n_scales} scales"
+            why = (f" (without --scales, sizes under {2 * MIN_COARSE_SIZE} px run at one scale)"
+                   if n_scales == 1 and self.multiscale and not self.scales else "")
+            raise StyleforgeError(f"--steps lists {len(steps)} values but there {there}{why}: give one value per "
+                                  "scale, or one for all")
         if any(s < 0 for s in steps):
             raise StyleforgeError("--steps must not be negative")
         return steps

@@ -46,6 +46,8 @@ def test_scales_and_steps():
     assert StylizeConfig(steps=[5, 6]).steps_per_scale(2) == [5, 6]
     with pytest.raises(StyleforgeError, match="lists 2 values but there are 3 scales"):
         StylizeConfig(steps=[5, 6]).steps_per_scale(3)
+    with pytest.raises(StyleforgeError, match=r"there is 1 scale \(without --scales, sizes under 256 px run at one"):
+        StylizeConfig(size=128, steps=[10, 20]).validate()
 
 
 def test_tiny_run_lowers_the_loss_and_reports_progress(random_extractor):
