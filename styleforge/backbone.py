@@ -206,11 +206,16 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _download_state_dict(arch: str) -> dict[str, torch.Tensor]:
+def _download_state_dict(arch: str, asked: bool = False) -> dict[str, torch.Tensor]:
+    """torchvision's weights for ``arch``; ``asked``: the user asked for the download itself
+    (``styleforge weights --download``), so its error is not about the local lookup."""
     weights = torchvision_weights(arch)
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except Exception as exc:  # URLError, socket errors, hash errors
+        if asked:
+            raise StyleforgeError(f"downloading torchvision's {arch} weights failed ({type(exc).__name__}): check the "
+                                  "internet connection; 'styleforge weights' lists the local files runs use") from None
         looked = ", ".join(str(c.path) for c in candidates(arch))
         raise StyleforgeError(
             f"no {arch} weights found locally and the download failed ({type(exc).__name__}): "
@@ -264,7 +269,7 @@ def save_features_file(arch: str, out: str | os.PathLike) -> Path:
 
     if arch not in _VGG_CFG:
         raise StyleforgeError(f"features-only files exist for vgg19 and vgg16, not {arch}")
-    state = _download_state_dict(arch)
+    state = _download_state_dict(arch, asked=True)
     features = {k: v for k, v in state.items() if k.startswith("features.")}
     return save_torch(features, out)
 
