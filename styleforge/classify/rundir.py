@@ -234,8 +234,10 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, world_size: int = 1) -> Run
         return load_resume(run_dir, cfg, world_size)
     held = [f for f in RUN_FILES if (run_dir / f).exists()]
     if held and not cfg.overwrite:
+        # A run that stopped before its first epoch's checkpoint (a NaN loss) has nothing to resume.
+        resume = ", --resume to continue it," if (run_dir / "last.pt").exists() else ""
         raise StyleforgeError(f"{run_dir} already holds a run ({', '.join(held[:3])}): use --overwrite to replace "
-                              "it, --resume to continue it, or another -o")
+                              f"it{resume} or another -o")
     make_folder(run_dir)
     check_writable(run_dir / "config.json")
     for f in held:

@@ -107,6 +107,13 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_best_checkpoint(folder, tmp
     assert str(out / "best.pt") in line
     assert train.load_checkpoint(out / "best.pt")["epoch"] == 1
     assert json.loads((out / "summary.json").read_text())["stopped"] == "nan"
+    # NaN from the start: no epoch, no checkpoint; running again is not told to --resume what is not there.
+    monkeypatch.setattr(train, "lr_factor", lambda schedule, p, warmup=0.2: 1e12)
+    args = ["classify", "train", "--dataset", folder, "--model", "convnet2", "--epochs", "1", "--batch-size", "16",
+            "-o", tmp_path / "never", "-q"]
+    one_line_error(run(*args), "the loss became NaN", "no epoch finished")
+    line = one_line_error(run(*args), "already holds a run", "use --overwrite to replace it or another -o")
+    assert "--resume" not in line
 
 
 @pytest.fixture(scope="module")
