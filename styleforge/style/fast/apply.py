@@ -193,9 +193,10 @@ def _stylize_jobs(jobs: list[_Job], model: str | os.PathLike | None, size: int |
     if skipped:
         if len(images) == 1:
             raise StyleforgeError(skipped[0])
-        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
-        raise StyleforgeError(f"skipped {len(skipped)} of {len(images)} images that could not be read ({skipped[0]}"
-                              f"{more}); the other {len(written)} outputs were written")
+        done = f"{len(written)} output{'' if len(written) == 1 else 's'} written"
+        first = "" if len(skipped) == 1 else "the first: "
+        raise StyleforgeError(f"skipped {len(skipped)} of {len(images)} images that could not be read ({done}); "
+                              f"{first}{skipped[0]}")
     return written
 
 
