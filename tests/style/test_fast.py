@@ -562,6 +562,17 @@ def test_inputs_that_cannot_train_fail_before_training(photos, tmp_path, random_
     assert not list(tmp_path.glob("m.pth*"))
 
 
+def test_a_truncated_photo_does_not_count_toward_the_first_batch(photos, tmp_path, random_vgg19_file):
+    folder, style = photos
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "good.jpg").write_bytes((folder / "p0.jpg").read_bytes())
+    data = (folder / "sub" / "p3.jpg").read_bytes()
+    (small / "cut.jpg").write_bytes(data[: len(data) // 2])  # its header reads, its pixels do not
+    with pytest.raises(StyleforgeError, match=re.escape("--data holds 1 usable photo(s), fewer than one batch of 2")):
+        train_style(_cfg((small, style), tmp_path, random_vgg19_file, batch_size=2))
+
+
 def test_pixel_noise_is_fixed_white_unit_noise_without_a_lattice():
     from styleforge.style.fast.model import pixel_noise
     from styleforge.style.fast.quality import grid_peaks

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from ...runtime import distributed, figures, guard
 from ...runtime.device import Runtime, backward_step, optimizer_to, set_lr
 from ...runtime.errors import StyleforgeError
-from ...runtime.io import atomic_path, save_torch
+from ...runtime.io import atomic_path, open_rgb, save_torch
 from .data import StreamSampler, collate, list_images
 from .model import read_record
 
@@ -81,9 +81,22 @@ def photo_files(data: str | os.PathLike | Sequence[str]) -> tuple[list[Path], li
 
 
 def check_batch(files: list[Path], global_batch: int) -> None:
-    if len(files) < global_batch:
-        raise StyleforgeError(f"--data holds {len(files)} usable photo(s), fewer than one batch of {global_batch}: "
+    """One-line error when the photos do not fill one batch. Only headers were read (list_images); under
+    two batches' worth they are decoded here too, so a truncated file does not count toward a batch."""
+    usable = files
+    if len(files) < 2 * global_batch:
+        usable = [f for f in files if _decodes(f)]
+    if len(usable) < global_batch:
+        raise StyleforgeError(f"--data holds {len(usable)} usable photo(s), fewer than one batch of {global_batch}: "
                               "add photos or lower --batch-size")
+
+
+def _decodes(path: Path) -> bool:
+    try:
+        open_rgb(path)
+    except StyleforgeError:
+        return False
+    return True
 
 
 def read_checkpoint(ckpt: Path, fmt: str, kind: str) -> dict:
