@@ -203,7 +203,7 @@ def test_downloaded_vgg_trunk_is_found_and_verifies(tmp_path, monkeypatch, rando
     from styleforge.cli import main_group
 
     full = {**torch.load(random_vgg19_file, weights_only=True), "classifier.0.weight": torch.zeros(2, 2)}
-    monkeypatch.setattr(backbone, "_download_state_dict", lambda arch: full)
+    monkeypatch.setattr(backbone, "_download_state_dict", lambda arch, asked=False: full)
     result = CliRunner().invoke(main_group, ["weights", "--download", "vgg19", "--to", str(tmp_path)])
     assert result.exit_code == 0, result.output
     saved = tmp_path / backbone.download_name("vgg19")

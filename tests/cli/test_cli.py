@@ -125,7 +125,7 @@ def test_bad_inputs_fail_cleanly(images, tmp_path, random_vgg19_file):
         ((content, style), ["--style-weight", "1e39"], "loss became NaN"),
         ((content, style), ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"],
          "device"),
-        ((content, style), ["--steps", "1,2,3"], "3 values but there are 1 scales"),
+        ((content, style), ["--steps", "1,2,3"], "3 values but there is 1 scale"),
     ]
     for inputs, extra, message in cases:
         _fails(run("stylize", *inputs, "-o", out, *w, *FAST, *extra), message)
