@@ -423,8 +423,10 @@ def test_fast_train_nan_at_the_first_step_names_no_checkpoint(env, roots, tmp_pa
 
 def test_dataloader_worker_failure_is_one_line(env, roots, tmp_path, random_vgg19_file):
     (tmp_path / "cut").mkdir()
-    for i in range(2):  # headers readable, pixel data cut off
-        data = (env / "photos" / f"p{i}.png").read_bytes()
+    # Headers readable, pixel data cut off; two batches' worth or more, so that only the workers decode them
+    # (under that, the batch check decodes them first: test_a_truncated_photo_does_not_count_toward_the_first_batch).
+    for i in range(6):
+        data = (env / "photos" / f"p{i % 2}.png").read_bytes()
         (tmp_path / "cut" / f"c{i}.png").write_bytes(data[:len(data) // 2])
     args = [a if a != "0" or i != FAST_TRAIN.index("--workers") + 1 else "1" for i, a in enumerate(FAST_TRAIN)]
     refused(roots, "fast", "train", env / "style.png", "--data", tmp_path / "cut", "-o", tmp_path / "m.pth",
