@@ -134,6 +134,7 @@ def stylize_files(model: str | os.PathLike | None, inputs: Iterable[str | os.Pat
     through the universal decoders), exactly one of them.
     ``size``: long side of the outputs (default: the input's own size).
     ``work_size``: long side to stylize at; larger pictures get the result scaled up.
+    An image that cannot be read is skipped and the others written; then StyleforgeError names it.
     """
     if (model is None) == (any_style is None):
         raise StyleforgeError("give a MODEL or --style-image, not both" if model is not None
