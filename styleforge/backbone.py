@@ -214,8 +214,10 @@ def _download_state_dict(arch: str, asked: bool = False) -> dict[str, torch.Tens
         return weights.get_state_dict(progress=True, check_hash=True)
     except Exception as exc:  # URLError, socket errors, hash errors
         if asked:
-            raise StyleforgeError(f"downloading torchvision's {arch} weights failed ({type(exc).__name__}): check the "
-                                  "internet connection; 'styleforge weights' lists the local files runs use") from None
+            # torch's check_hash raises RuntimeError; the network, OSError (URLError is one).
+            what = "check the internet connection" if isinstance(exc, OSError) else "try again"
+            raise StyleforgeError(f"downloading torchvision's {arch} weights failed ({type(exc).__name__}): {what}; "
+                                  "'styleforge weights' lists the local files runs use") from None
         looked = ", ".join(str(c.path) for c in candidates(arch))
         raise StyleforgeError(
             f"no {arch} weights found locally and the download failed ({type(exc).__name__}): "

@@ -429,6 +429,15 @@ def test_apply_refuses_a_file_name_as_the_folder_of_several_outputs(tmp_path):
                  "--device", "cpu", "-q")
     _fails(result, "names a file, but 2 inputs need an output folder")
     assert not (tmp_path / "out.png").exists()
+    # A mirrored folder that cannot be made (a file in its place) is refused before anything is stylized.
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    save_image(synthetic_image(16, 16), src / "a.png")
+    save_image(synthetic_image(16, 16), src / "sub" / "b.png")
+    (tmp_path / "out" / "in").mkdir(parents=True)
+    (tmp_path / "out" / "in" / "sub").write_text("a file")
+    _fails(run("fast", "apply", model, src, "-o", tmp_path / "out", "--device", "cpu", "-q"), "is a file")
+    assert not (tmp_path / "out" / "in" / "a.png").exists()
 
 
 def test_work_size_runs_a_trained_net_at_that_long_side_and_keeps_the_photo_size(tmp_path):

@@ -18,6 +18,7 @@ from ...runtime.guard import check_not_inputs
 from ...runtime.io import (
     IMAGE_SUFFIXES,
     atomic_path,
+    check_output_folder,
     check_writable,
     header_size,
     image_format,
@@ -120,6 +121,8 @@ def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike) -> list
     if not out.parent.exists():
         raise StyleforgeError(f"output folder {out.parent} does not exist: create it first")
     make_folder(out)
+    for folder in sorted({j.target.parent for j in jobs}):
+        check_output_folder(folder)  # made when their first picture is written; a clash is refused now
     return jobs
 
 
@@ -134,7 +137,8 @@ def stylize_files(model: str | os.PathLike | None, inputs: Iterable[str | os.Pat
     through the universal decoders), exactly one of them.
     ``size``: long side of the outputs (default: the input's own size).
     ``work_size``: long side to stylize at; larger pictures get the result scaled up.
-    An image that cannot be read is skipped and the others written; then StyleforgeError names it.
+    An image that cannot be read is skipped and the others written; then a StyleforgeError says how many
+    were skipped and names the first.
     """
     if (model is None) == (any_style is None):
         raise StyleforgeError("give a MODEL or --style-image, not both" if model is not None
@@ -158,7 +162,7 @@ def _stylize_jobs(jobs: list[_Job], model: str | os.PathLike | None, size: int |
                   batch_size: int, device: str, precision: str, callback: Callable[[ApplyProgress], None] | None,
                   any_style: AnyStyle | None, work_size: int | None) -> list[Path]:
     """:func:`stylize_files` after its checks and plan. An image that cannot be read is skipped and the
-    others are written; then one error names it (and how many were skipped)."""
+    others are written; then one error says how many were skipped and names the first."""
     if any(j.video for j in jobs):
         _require_av()
     rt = make_runtime(device, precision)
