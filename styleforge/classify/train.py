@@ -35,7 +35,7 @@ from torch.utils.data import DistributedSampler
 from ..runtime import distributed, guard, lock
 from ..runtime.device import Runtime, for_training, runtime, seed_everything
 from ..runtime.errors import StyleforgeError
-from ..runtime.io import make_folder, save_json
+from ..runtime.io import make_folder, no_empty_folder_left, save_json
 from . import report
 from .batches import AUGMENTS, Source, augment_batch, check_augment, evaluate_source, load_data, prepare_batch
 from .cache import extract_features, extraction_trunk
@@ -244,14 +244,9 @@ def fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | N
         return _fit(cfg, callback, model)
     if not run_dir.parent.is_dir():
         make_folder(run_dir.parent)
-    created = not run_dir.exists()
-    with lock.hold(run_dir, folder=False):
-        try:
-            return _fit(cfg, callback, model)
-        finally:
-            # Bad data or a model that does not fit stop before anything is written: leave no empty run folder.
-            if created and run_dir.is_dir() and not any(run_dir.iterdir()):
-                run_dir.rmdir()
+    # Bad data or a model that does not fit stop before anything is written: no empty run folder is left.
+    with lock.hold(run_dir, folder=False), no_empty_folder_left(run_dir):
+        return _fit(cfg, callback, model)
 
 
 def _fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | None = None) -> FitResult:

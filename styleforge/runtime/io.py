@@ -165,6 +165,19 @@ def check_output_folder(path: str | os.PathLike) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def no_empty_folder_left(path: str | os.PathLike) -> Iterator[None]:
+    """A folder at ``path`` that the block makes and leaves empty (it stopped on bad input before
+    writing anything) is removed afterwards; one that existed before is never touched."""
+    path = Path(path)
+    made = not path.exists()
+    try:
+        yield
+    finally:
+        if made and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
 def is_temporary(name: str) -> bool:
     """A file styleforge writes while it works: ``atomic_path``'s ``.NAME.xxxx.tmp`` or a lock."""
     return name.startswith(".") and name.endswith((".tmp", ".lock"))

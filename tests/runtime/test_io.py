@@ -188,3 +188,21 @@ def test_load_torch_turns_every_unreadable_file_into_one_line(tmp_path):
         load_torch(tmp_path / "pickle.pt", "a thing", "fix it")
     assert first_line(RuntimeError("Error(s) in loading:\n\tMissing key(s): a\n\tmore")) == "Missing key(s): a"
     assert first_line(ValueError("\n bad value \nsecond")) == "bad value" and first_line(KeyError()) == "KeyError"
+
+
+def test_no_empty_folder_left_removes_only_an_empty_folder_the_block_made(tmp_path):
+    made = tmp_path / "made"
+    with pytest.raises(StyleforgeError):
+        with io.no_empty_folder_left(made):
+            made.mkdir()
+            raise StyleforgeError("bad input")
+    assert not made.exists()
+    with io.no_empty_folder_left(made):  # made and written into: kept
+        made.mkdir()
+        (made / "a.txt").write_text("x")
+    assert (made / "a.txt").is_file()
+    before = tmp_path / "before"
+    before.mkdir()
+    with io.no_empty_folder_left(before):  # there before the block: kept even though empty
+        pass
+    assert before.is_dir()

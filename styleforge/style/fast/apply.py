@@ -23,6 +23,7 @@ from ...runtime.io import (
     header_size,
     image_format,
     make_folder,
+    no_empty_folder_left,
     open_rgb,
     pil_to_tensor,
     resize_long_side,
@@ -148,14 +149,10 @@ def stylize_files(model: str | os.PathLike | None, inputs: Iterable[str | os.Pat
     if batch_size < 1:
         raise StyleforgeError(f"--batch-size must be positive, got {batch_size}")
     check_work_size(work_size)  # before plan() creates an output folder
-    created = not Path(output).exists()
-    jobs = plan(inputs, output)
-    try:
+    with no_empty_folder_left(output):
+        jobs = plan(inputs, output)
         return _stylize_jobs(jobs, model, size, original_colors, batch_size, device, precision, callback,
                              any_style, work_size)
-    finally:
-        if created and Path(output).is_dir() and not any(Path(output).iterdir()):
-            Path(output).rmdir()  # nothing written: leave no empty folder behind
 
 
 def _stylize_jobs(jobs: list[_Job], model: str | os.PathLike | None, size: int | None, original_colors: bool,
