@@ -26,9 +26,11 @@ STEP_COLUMNS = ("step", "epoch", "loss")
 
 
 def integer_locator():
+    """Epoch ticks: whole numbers only, even where the axis spans one epoch (MaxNLocator's default of two
+    ticks at least would fall back to fractions such as 0.945 ... 1.050)."""
     from matplotlib.ticker import MaxNLocator
 
-    return MaxNLocator(integer=True)
+    return MaxNLocator(integer=True, min_n_ticks=1)
 
 
 def _fmt(v: Any) -> str:

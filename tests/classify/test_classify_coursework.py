@@ -144,6 +144,10 @@ def test_compare_table_and_folder(trained, folder, tmp_path):
     one = compare_figure([other], [load_run(other)[1][:1]])
     lines = [line for ax in one.axes for line in ax.get_lines()]
     assert lines and all(len(line.get_xdata()) == 1 and line.get_marker() not in ("", "None") for line in lines)
+    for ax in one.axes:  # and its axis counts whole epochs, not 0.945 ... 1.050
+        lo, hi = ax.get_xlim()
+        shown = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert shown == [1.0], shown
 
 
 def test_empty_split_is_a_one_line_error_not_a_type_error(tmp_path):
