@@ -242,11 +242,13 @@ def fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | N
     run_dir = Path(cfg.output).expanduser()
     if not ctx.is_main:
         return _fit(cfg, callback, model)
-    if not run_dir.parent.is_dir():
-        make_folder(run_dir.parent)
-    # Bad data or a model that does not fit stop before anything is written: no empty run folder is left.
-    with lock.hold(run_dir, folder=False), no_empty_folder_left(run_dir):
-        return _fit(cfg, callback, model)
+    # Bad data or a model that does not fit stop before anything is written: no empty run folder is left,
+    # nor a parent made for it (the lock file lives there, so the parent is checked after the lock is gone).
+    with no_empty_folder_left(run_dir):
+        if not run_dir.parent.is_dir():
+            make_folder(run_dir.parent)
+        with lock.hold(run_dir, folder=False):
+            return _fit(cfg, callback, model)
 
 
 def _fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | None = None) -> FitResult:

@@ -168,14 +168,17 @@ def check_output_folder(path: str | os.PathLike) -> Path:
 @contextlib.contextmanager
 def no_empty_folder_left(path: str | os.PathLike) -> Iterator[None]:
     """A folder at ``path`` that the block makes and leaves empty (it stopped on bad input before
-    writing anything) is removed afterwards; one that existed before is never touched."""
-    path = Path(path)
-    made = not path.exists()
+    writing anything) is removed afterwards, and so are the missing parents the block made for it
+    (``-o new/run``) where they stayed empty; a folder that existed before is never touched."""
+    path = Path(path).absolute()
+    made = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
     try:
         yield
     finally:
-        if made and path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
+        for folder in made:
+            if not folder.is_dir() or any(folder.iterdir()):
+                break
+            folder.rmdir()
 
 
 def is_temporary(name: str) -> bool:

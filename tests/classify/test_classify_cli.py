@@ -83,6 +83,8 @@ def test_bad_input_gives_one_line_errors(folder, trained, tmp_path):
     one_line_error(run(*base, "--dataset", folder, "--option", "width=8", "-o", tmp_path / "a"),
                    "simple-cnn has no option 'width'")
     assert not (tmp_path / "a").exists()  # none of them left an empty run folder behind
+    one_line_error(run(*base, "--dataset", "nope", "-o", tmp_path / "new" / "parent" / "a"), "unknown dataset")
+    assert not (tmp_path / "new").exists()  # nor the parents made for it
     # A run directory that already holds a run is refused, and left as it was.
     before = (trained / "summary.json").read_text()
     one_line_error(run(*base, "--dataset", folder, "-o", trained), "already holds a run", "--overwrite")

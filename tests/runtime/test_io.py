@@ -206,3 +206,13 @@ def test_no_empty_folder_left_removes_only_an_empty_folder_the_block_made(tmp_pa
     with io.no_empty_folder_left(before):  # there before the block: kept even though empty
         pass
     assert before.is_dir()
+    deep = before / "new" / "newer" / "run"
+    with pytest.raises(StyleforgeError):  # the parents it made go too, up to the one that existed
+        with io.no_empty_folder_left(deep):
+            deep.mkdir(parents=True)
+            raise StyleforgeError("bad input")
+    assert not (before / "new").exists() and before.is_dir()
+    with io.no_empty_folder_left(deep):  # a parent that received a file stays, with the path to it
+        deep.parent.mkdir(parents=True)
+        (deep.parent / "keep.txt").write_text("x")
+    assert (deep.parent / "keep.txt").is_file() and not deep.exists()

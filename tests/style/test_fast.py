@@ -15,6 +15,7 @@ from styleforge.cli import main_group
 from styleforge.runtime.errors import StyleforgeError
 from styleforge.runtime.io import resize_long_side, save_image
 from styleforge.style.fast import ARCHS, FastTrainConfig, TransformerNet, load_model, save_model, train_style
+from styleforge.style.fast.apply import stylize_files
 from styleforge.style.fast.data import RandomCrops, StreamSampler, list_images
 from styleforge.style.fast.model import UPSAMPLE_MODES, lattice_part, parameter_count
 from styleforge.style.fast.train import (
@@ -415,6 +416,14 @@ def test_apply_skips_an_unreadable_image_writes_the_others_and_says_so(tmp_path)
     _fails(result, "skipped 1 of 3 images that could not be read (2 outputs written); ")
     assert "cut.jpg is truncated or corrupt" in result.output
     assert sorted(p.name for p in (tmp_path / "out" / "in").iterdir()) == ["a.png", "c.jpg"]  # no empty bad/
+    # The progress counts the skipped image as done, so a bar ends at 3 of 3 even where it comes last.
+    (src / "z.jpg").write_bytes(data[: len(data) // 2])
+    seen: list = []
+    with pytest.raises(StyleforgeError, match="skipped 1 of 3 images"):
+        stylize_files(model, [src / "a.png", src / "c.jpg", src / "z.jpg"], tmp_path / "out2", device="cpu",
+                      callback=seen.append)
+    assert [(p.done, p.total) for p in seen][-1] == (3, 3)
+    (src / "z.jpg").unlink()
     # Nothing readable: the error of the one image, and no output folder left behind.
     result = run("fast", "apply", model, src / "bad", "-o", tmp_path / "none", "--device", "cpu", "-q")
     _fails(result, "cut.jpg is truncated or corrupt")

@@ -40,7 +40,7 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 class ApplyProgress:
     """Reported with ``done=0`` when a stage starts, then as outputs are written."""
 
-    done: int          # images (all image inputs together) or frames (one video) written so far
+    done: int          # images (all image inputs together; skipped ones too) or frames (one video) done so far
     total: int | None  # None for videos whose frame count is unknown
     source: Path       # the input written last (the first one at done=0)
     stage: str         # "images" for the image inputs, the file name for a video
@@ -186,8 +186,10 @@ def _stylize_jobs(jobs: list[_Job], model: str | os.PathLike | None, size: int |
             make_folder(job.target.parent)
             save_image(y.unsqueeze(0), job.target)
             written.append(job.target)
-            if callback:
-                callback(ApplyProgress(len(written), len(images), job.source, "images"))
+            if callback:  # skipped images count as done, so the bar ends at N of N
+                callback(ApplyProgress(len(written) + len(skipped), len(images), job.source, "images"))
+    if callback and written and skipped:  # the last images were skipped: the bar still ends at N of N
+        callback(ApplyProgress(len(images), len(images), images[-1].source, "images"))
     for job in (j for j in jobs if j.video):
         make_folder(job.target.parent)
         stylize_video(net, job.source, job.target, rt, size, original_colors, batch_size, callback)
