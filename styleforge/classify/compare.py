@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..runtime.errors import StyleforgeError, first_line
-from ..runtime.io import check_writable
+from ..runtime.io import check_writable, make_folder, no_empty_folder_left
 from . import report
 
 COLUMNS = ["run", "model", "dataset", "activation", "params", "train_images", "epochs", "best_epoch", "train_loss",
@@ -93,18 +94,33 @@ def compare(run_dirs: Sequence[str | Path], output: str | Path | None = None,
         raise StyleforgeError("give at least one run directory")
     runs = [Path(r).expanduser() for r in run_dirs]
     loaded = [load_run(r) for r in runs]
-    for target in (output, table):
-        if target is not None:
-            Path(target).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    if output is not None:
-        report.check_figure_path(Path(output).expanduser())
-    if table is not None:
-        check_writable(Path(table).expanduser())
+    targets = {label: Path(t).expanduser() for label, t in (("-o", output), ("--table", table)) if t is not None}
+    _check_outside_runs(targets, runs)
+    with contextlib.ExitStack() as made:  # a folder made here and left empty by an error is removed
+        for target in targets.values():
+            made.enter_context(no_empty_folder_left(target.parent))
+            make_folder(target.parent)
+        if "-o" in targets:
+            report.check_figure_path(targets["-o"])
+        if "--table" in targets:
+            check_writable(targets["--table"])
+        return _write(runs, loaded, targets.get("-o"), targets.get("--table"))
+
+
+def _check_outside_runs(targets: dict[str, Path], runs: Sequence[Path]) -> None:
+    """Refuse an output inside a run being compared: it would replace that run's own files."""
+    for label, target in targets.items():
+        for run in runs:
+            if run.resolve() in target.resolve().parents:
+                raise StyleforgeError(f"{label} {target} is inside {run}, a run being compared: styleforge never "
+                                      f"writes over an input; choose another {label}")
+
+
+def _write(runs: list[Path], loaded: list, output: Path | None, table: Path | None) -> list[dict[str, Any]]:
     rows = [_row(run, runs, summary, _config(run)) for run, (summary, _) in zip(runs, loaded)]
     if output is not None:
-        report.save_figure(compare_figure(runs, [m for _, m in loaded]), Path(output).expanduser())
+        report.save_figure(compare_figure(runs, [m for _, m in loaded]), output)
     if table is not None:
-        table = Path(table).expanduser()
         if table.suffix.lower() == ".md":
             report.write_text(report.markdown_table(rows, COLUMNS) + "\n", table)
         else:

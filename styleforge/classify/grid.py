@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..runtime import guard, lock
 from ..runtime.errors import StyleforgeError
-from ..runtime.io import check_writable, make_folder, save_json
+from ..runtime.io import check_writable, make_folder, no_empty_folder_left, save_json
 from . import report
 from .data import DataSpec
 from .evaluate import EvalConfig, evaluate
@@ -58,10 +58,12 @@ def grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], output: str | Pat
     out = Path(output).expanduser()
     if out.exists() and not out.is_dir():
         raise StyleforgeError(f"-o {out} is a file: give a folder for the grid search")
-    make_folder(out.parent)
-    with lock.hold(out, folder=False):
-        _clear(out, overwrite)
-        return _grid(base, axes, out, callback)
+    # Bad settings stop the first run before it writes anything: no empty grid folder (or parent) is left.
+    with no_empty_folder_left(out):
+        make_folder(out.parent)
+        with lock.hold(out, folder=False):
+            _clear(out, overwrite)
+            return _grid(base, axes, out, callback)
 
 
 def _clear(out: Path, overwrite: bool) -> None:
