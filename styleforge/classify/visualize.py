@@ -21,7 +21,7 @@ from torch import nn
 from ..runtime import guard
 from ..runtime.device import runtime
 from ..runtime.errors import StyleforgeError, first_line
-from ..runtime.io import load_image
+from ..runtime.io import header_size, load_image
 from ..style.color import luminance
 from . import report
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -100,20 +100,39 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     return table[name]
 
 
+# What a forward pass up to a layer holds per input pixel, at most: the image and two full-size activations of
+# 64 channels (VGG19's first block; the other models are narrower there), in float32.
+FORWARD_BYTES_PER_PIXEL = 4 * (3 + 2 * 64)
+# The longest input side drawn: the maps of a longer one make a figure wider than matplotlib draws (a 100000 x 1
+# px image at a 16 px short side is 1.6 M px long).
+MAX_INPUT_SIDE = 8192
+
+
+def _input_size(h: int, w: int, shape: tuple[int, int, int], size: int | None) -> tuple[int, int]:
+    """(H, W) the image is resized to: its shorter side ``size`` (default the model's), or the model's own H x W
+    where that is not square and no ``size`` is given."""
+    if size is None and shape[1] != shape[2]:
+        return shape[1], shape[2]
+    s = size or shape[1]
+    return (s, max(1, round(w * s / h))) if h <= w else (max(1, round(h * s / w)), s)
+
+
 def load_input(image: str | os.PathLike, shape: tuple[int, int, int], size: int | None = None) -> torch.Tensor:
     """The image as (1, C, H, W) in [0, 1] (grayscale for 1-channel models), its aspect
     ratio kept: the shorter side becomes ``size`` (default: the model's input size), so a
     4:3 photo stays 4:3. A model whose input is not square gets its own H x W."""
-    s = size or shape[1]
-    guard.check_memory(4 * 3 * s * max(s, shape[2]), f"a {s} px input", "use a smaller --short-side")
+    known = header_size(image)  # None: load_image gives the one-line error
+    if known is not None:
+        th, tw = _input_size(known[1], known[0], shape, size)
+        if max(th, tw) > MAX_INPUT_SIDE:
+            raise StyleforgeError(f"{image} would be {tw}x{th} px with its short side at {min(th, tw)} px, over "
+                                  f"{MAX_INPUT_SIDE} px long: crop it nearer a square or give a smaller --short-side")
+        guard.check_memory(th * tw * FORWARD_BYTES_PER_PIXEL, f"a {tw}x{th} px input",
+                           "give a smaller --short-side, or crop the image: its long side is scaled with its short one")
     x = load_image(image)
     h, w = x.shape[-2:]
-    if size is None and shape[1] != shape[2]:
-        target = tuple(shape[1:])
-    else:
-        s = size or shape[1]
-        target = (s, max(1, round(w * s / h))) if h <= w else (max(1, round(h * s / w)), s)
-    x = F.interpolate(x, size=target, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    x = F.interpolate(x, size=_input_size(h, w, shape, size), mode="bilinear", align_corners=False,
+                      antialias=True).clamp(0, 1)
     if shape[0] == 1:
         x = luminance(x).clamp(0, 1)
     return x

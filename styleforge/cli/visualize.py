@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..classify.visualize import DEFAULT_SHAPE, PRETRAINED_SHAPE, activations_figure, filters_figure, load_model
+from ..runtime.guard import check_not_inputs
 from .classify import INPUT_HELP, as_text_shape, num_classes_option, parse_shape
 from .options import (
     COUNT,
@@ -45,6 +46,15 @@ def _load(model_or_checkpoint, input_shape, num_classes, weights, random_init):
                       weights=str(weights) if weights else None)
 
 
+def _check_output(output: Path, image: Path) -> None:
+    """Before any work: the figure's path can be written, in a figure format (so never the checkpoint), and is not
+    the image."""
+    from ..classify.report import check_figure_path
+
+    check_figure_path(output)
+    check_not_inputs({"-o": output}, {"the --image": image})
+
+
 LAYER_HELP = "A layer name (see 'styleforge visualize layers')."
 image_option = option("--image", required=True, type=click.Path(path_type=Path),
                       help="The image the activations are computed on.")
@@ -68,9 +78,9 @@ short_side_option = option("--short-side", type=COUNT, metavar="PX", old=("--siz
 def filters_cmd(model_or_checkpoint, input_shape, num_classes, weights, random_init, device, image, layer, indices,
                 count, short_side, output, quiet):
     """Each chosen first-layer filter, as a picture, above its activation map on IMAGE."""
-    from ..classify.report import check_figure_path, save_figure
+    from ..classify.report import save_figure
 
-    check_figure_path(output)
+    _check_output(output, image)
     loaded = _load(model_or_checkpoint, input_shape, num_classes, weights, random_init)
     path = save_figure(filters_figure(loaded, image, layer, indices, count, short_side, device), output)
     if not quiet:
@@ -89,9 +99,9 @@ def filters_cmd(model_or_checkpoint, input_shape, num_classes, weights, random_i
 def activations_cmd(model_or_checkpoint, input_shape, num_classes, weights, random_init, device, image, layer, count,
                     indices, short_side, output, quiet):
     """Activation maps of the first COUNT channels of a named layer on IMAGE."""
-    from ..classify.report import check_figure_path, save_figure
+    from ..classify.report import save_figure
 
-    check_figure_path(output)
+    _check_output(output, image)
     loaded = _load(model_or_checkpoint, input_shape, num_classes, weights, random_init)
     fig, shape = activations_figure(loaded, image, layer, count, indices, short_side, device)
     path = save_figure(fig, output)
