@@ -333,8 +333,9 @@ class VGGFeatures(nn.Module):
         self.features = full[: deepest + 1]
         self.names = names[: deepest + 1]
         self._wanted = set(self.layers)
-        # The smallest input for which the deepest layer still has at least one pixel.
-        self.min_size = 2 ** sum(1 for n in self.names[:-1] if n.startswith("pool"))
+        # The smallest input for which the deepest layer still has at least one pixel (a pool, the deepest
+        # included, halves the side and needs 2 px).
+        self.min_size = 2 ** sum(1 for n in self.names if n.startswith("pool"))
         self.requires_grad_(trainable)
         self.eval()
 

@@ -26,6 +26,8 @@ def test_named_activations_from_one_pass_and_truncation(random_vgg19_file):
     assert len(ex.features) == vgg_layer_names().index("relu3_1") + 1  # stops at the deepest layer
     assert not any(p.requires_grad for p in ex.parameters())
     assert ex.min_size == 4
+    deep = VGGFeatures(["pool5"], weights=random_vgg19_file)  # pool5 itself halves 2 px to 1
+    assert deep.min_size == 32 and deep(synthetic_image(32, 32))["pool5"].shape == (1, 512, 1, 1)
 
 
 def test_reading_a_conv_output_is_not_clobbered_by_inplace_relu(random_vgg19_file):

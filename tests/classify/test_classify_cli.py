@@ -54,12 +54,26 @@ def test_eval_compare_and_grid(folder, trained, tmp_path):
     assert (tmp_path / "ev" / "confusion_test.png").is_file() and (tmp_path / "ev" / "per_class_test.csv").is_file()
     r = run("classify", "compare", trained, trained, "-o", tmp_path / "cmp.png")
     assert r.exit_code == 0 and "simple-cnn" in r.output and (tmp_path / "cmp.png").is_file()
+    # An output inside a compared run would replace its own files; a bad output leaves no folder behind.
+    before = {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()}
+    one_line_error(run("classify", "compare", trained, "-o", trained / "curves.png"),
+                   "is inside", "a run being compared: styleforge never writes over an input; choose another -o")
+    one_line_error(run("classify", "compare", trained, "--table", trained / "summary.json"), "choose another --table")
+    assert {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()} == before
+    one_line_error(run("classify", "compare", trained, "-o", tmp_path / "new" / "c.txt"), "cannot write a figure")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "file.png").write_bytes(b"x")
+    one_line_error(run("classify", "compare", trained, "-o", tmp_path / "file.png" / "c.png"), "is a file")
     r = run("classify", "grid", "--dataset", folder, "--model", "fc-only", "--epochs", "1", "--batch-size", "8,16",
             "--lr", "0.05", "-o", tmp_path / "grid", "-q")
     assert r.exit_code == 0, r.output
     assert "| rank | run | batch_size | val_acc" in r.output and "test accuracy" in r.output
     one_line_error(run("classify", "grid", "--dataset", folder, "--lr", "0.05", "-o", tmp_path / "g2"),
                    "nothing to search")
+    # Settings that stop the first run before it writes anything leave no grid folder behind.
+    one_line_error(run("classify", "grid", "--dataset", folder, "--model", "fc-only", "--per-class", "100",
+                       "--epochs", "1", "--lr", "0.05,0.1", "-o", tmp_path / "g3" / "grid"), "is more than available")
+    assert not (tmp_path / "g3").exists()
 
 
 def test_bad_input_gives_one_line_errors(folder, trained, tmp_path):
@@ -149,6 +163,11 @@ def test_visualize_filters_and_activations(trained, photo, tmp_path):
                        tmp_path / "x.png"), "has 32 channels (0..31); index 40 is out of range")
     one_line_error(run("visualize", "filters", "nope-model", "--image", photo, "-o", tmp_path / "x.png"),
                    "neither a model")
+    # The figure never replaces the image it is computed on.
+    before = photo.read_bytes()
+    one_line_error(run("visualize", "activations", trained, "--image", photo, "--layer", "last_conv", "-o", photo),
+                   "is the --image: styleforge never writes over an input; choose another -o")
+    assert photo.read_bytes() == before
 
 
 @pytest.mark.slow
