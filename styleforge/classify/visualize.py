@@ -124,11 +124,12 @@ def load_input(image: str | os.PathLike, shape: tuple[int, int, int], size: int 
     known = header_size(image)  # None: load_image gives the one-line error
     if known is not None:
         th, tw = _input_size(known[1], known[0], shape, size)
-        if max(th, tw) > MAX_INPUT_SIDE:
-            raise StyleforgeError(f"{image} would be {tw}x{th} px with its short side at {min(th, tw)} px, over "
-                                  f"{MAX_INPUT_SIDE} px long: crop it nearer a square or give a smaller --short-side")
         guard.check_memory(th * tw * FORWARD_BYTES_PER_PIXEL, f"a {tw}x{th} px input",
                            "give a smaller --short-side, or crop the image: its long side is scaled with its short one")
+        if max(th, tw) > MAX_INPUT_SIDE:
+            crop = "crop it nearer a square or " if min(th, tw) <= MAX_INPUT_SIDE else ""
+            raise StyleforgeError(f"{image} would be {tw}x{th} px with its short side at {min(th, tw)} px, over "
+                                  f"{MAX_INPUT_SIDE} px long: {crop}give a smaller --short-side")
     x = load_image(image)
     h, w = x.shape[-2:]
     x = F.interpolate(x, size=_input_size(h, w, shape, size), mode="bilinear", align_corners=False,
