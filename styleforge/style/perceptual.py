@@ -54,8 +54,8 @@ def loss_weights(style_strength: float | None, content_weight: float | None, sty
 def normalized(layer_weights: Mapping[str, float]) -> dict[str, float]:
     """Layer weights scaled to sum to 1, so the group weight means the same for any layer set."""
     total = sum(layer_weights.values())
-    if any(w < 0 for w in layer_weights.values()) or total <= 0:
-        raise StyleforgeError("layer weights must be non-negative and not all zero")
+    if not all(math.isfinite(w) and w >= 0 for w in layer_weights.values()) or total <= 0:
+        raise StyleforgeError("layer weights must be finite, non-negative and not all zero")
     return {n: w / total for n, w in layer_weights.items()}
 
 
@@ -67,8 +67,8 @@ def normalized_blend(blend: Sequence[float] | None, n: int) -> list[float]:
         images = f"{n} style image{'s' if n != 1 else ''}"
         raise StyleforgeError(f"--style-blend has {have} but there {'are' if n != 1 else 'is'} {images}: give "
                               "one weight per style image")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise StyleforgeError("--style-blend weights must be non-negative and not all zero")
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        raise StyleforgeError("--style-blend weights must be finite, non-negative and not all zero")
     total = sum(weights)
     return [w / total for w in weights]
 

@@ -1,5 +1,7 @@
 """The one perceptual loss: targets, named parts, and what --style-strength means."""
 
+import math
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -9,7 +11,7 @@ from styleforge.backbone import VGGFeatures
 from styleforge.cli import main_group
 from styleforge.runtime.device import Runtime
 from styleforge.runtime.errors import StyleforgeError
-from styleforge.style.perceptual import PARTS, STYLE_GAIN, PerceptualLoss, loss_weights, normalized_blend
+from styleforge.style.perceptual import PARTS, STYLE_GAIN, PerceptualLoss, loss_weights, normalized, normalized_blend
 
 CONTENT, STYLE = {"relu2_2": 1.0}, {"relu1_1": 1.0, "relu2_1": 1.0}
 RT = Runtime(torch.device("cpu"))
@@ -79,6 +81,14 @@ def test_the_style_blend_is_checked_and_scaled_to_sum_to_one():
                               ([0.5], 2, "has 1 weight but there are 2 style images"),
                               ([1, 2], 1, "has 2 weights but there is 1 style image"),
                               ([1, -1], 2, "non-negative and not all zero"),
-                              ([0, 0], 2, "non-negative and not all zero")):
+                              ([0, 0], 2, "non-negative and not all zero"),
+                              ([1, math.nan], 2, "must be finite"), ([1, math.inf], 2, "must be finite")):
         with pytest.raises(StyleforgeError, match=message):
             normalized_blend(blend, n)
+
+
+def test_layer_weights_are_checked_and_scaled_to_sum_to_one():
+    assert normalized({"relu1_1": 1, "relu2_1": 3}) == {"relu1_1": 0.25, "relu2_1": 0.75}
+    for bad in ({"relu1_1": -1, "relu2_1": 2}, {"relu1_1": 0}, {"relu1_1": math.nan}, {"relu1_1": 1, "r": math.inf}):
+        with pytest.raises(StyleforgeError, match="layer weights must be finite, non-negative and not all zero"):
+            normalized(bad)
