@@ -22,6 +22,8 @@ def weights_cmd(download: str | None, folder: Path | None) -> None:
     """List the weights files the lookup finds, in order, and verify their sha256."""
     if download:
         folder = folder or backbone.weights_folders()[0][1]
+        if folder.exists() and not folder.is_dir():
+            raise StyleforgeError(f"--to {folder} is a file: give a folder to save the weights into")
         if not folder.is_dir():
             raise StyleforgeError(f"folder {folder} does not exist: create it first")
         name = backbone.download_name(download)

@@ -164,3 +164,6 @@ def test_weights_download_offline_fails_cleanly(tmp_path, monkeypatch):
     _fails(run("weights", "--download", "vgg19", "--to", tmp_path), "weights failed (")
     _fails(run("weights", "--download", "vgg19", "--to", tmp_path), "check the internet connection")
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "img.jpg").write_bytes(b"x")  # a file as the folder: said so, before any download
+    _fails(run("weights", "--download", "vgg19", "--to", tmp_path / "img.jpg"), "--to ")
+    _fails(run("weights", "--download", "vgg19", "--to", tmp_path / "img.jpg"), "is a file: give a folder")
