@@ -421,7 +421,7 @@ def preview_cmd(split, count, seed, output, quiet, **kw):
 @main_group.command("summary")
 @click.argument("model")
 @option("--input", "input_shape", metavar="CxHxW", default=as_text_shape(default_of(summary, "input_shape")),
-        show_default=True, help=INPUT_HELP)
+        show_default=True, help="Input shape CxHxW.")
 @num_classes_option(summary)
 @activation_option
 @freeze_option
@@ -431,6 +431,10 @@ def summary_cmd(model: str, input_shape: str, num_classes: int, activation: str,
     """Per-layer settings (kernel, stride, padding, window), output shapes, parameters, the
     trainable part under the freeze policy, and multiply-adds of MODEL (a name, layer spec or
     FILE.py:CLASS)."""
+    path = Path(model)
+    if (path / "config.json").is_file() or (path.is_file() and path.suffix.lower() in (".pt", ".pth")):
+        raise StyleforgeError(f"{model} is a trained run or checkpoint: summary takes a model name, layer spec or "
+                              "FILE.py:CLASS (the run's config.json names its model and input shape)")
     shape = parse_shape(input_shape)
     try:
         result = summary(model, shape, num_classes, activation, freeze, **parse_model_options(options, model))

@@ -163,6 +163,8 @@ def test_visualize_filters_and_activations(trained, photo, tmp_path):
                        tmp_path / "x.png"), "has 32 channels (0..31); index 40 is out of range")
     one_line_error(run("visualize", "filters", "nope-model", "--image", photo, "-o", tmp_path / "x.png"),
                    "neither a model")
+    for given in (trained, trained / "best.pt"):  # summary builds a model; a trained one is said so
+        one_line_error(run("summary", given), "is a trained run or checkpoint: summary takes a model name")
     # The figure never replaces the image it is computed on.
     before = photo.read_bytes()
     one_line_error(run("visualize", "activations", trained, "--image", photo, "--layer", "last_conv", "-o", photo),
