@@ -48,7 +48,7 @@ from .options import (
     weights_option,
 )
 
-INPUT_HELP = "Input shape CxHxW of a model given by name (a checkpoint knows its own)."
+INPUT_HELP = "Input shape CxHxW of a model given by name, layer spec or FILE.py:CLASS (not of a trained checkpoint)."
 
 
 def num_classes_option(source):
@@ -421,7 +421,7 @@ def preview_cmd(split, count, seed, output, quiet, **kw):
 @main_group.command("summary")
 @click.argument("model")
 @option("--input", "input_shape", metavar="CxHxW", default=as_text_shape(default_of(summary, "input_shape")),
-        show_default=True, help="Input shape CxHxW.")
+        show_default=True, help=INPUT_HELP)
 @num_classes_option(summary)
 @activation_option
 @freeze_option
