@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 import torch
 from torch import nn
+
+from ..runtime.errors import StyleforgeError
 
 
 @dataclass
@@ -133,8 +136,17 @@ def summary(model: str | nn.Module, input_shape: tuple[int, int, int] = (3, 32, 
     if isinstance(model, nn.Module):
         net, name = model, "python:module"
     else:
+        _not_a_trained_run(model)
         net, name = build_model(model, shape, num_classes, activation, **options), model
     policy = TrainConfig(DataSpec(""), output="", model=name, freeze=freeze).resolved_freeze()
     if isinstance(net, Classifier):
         apply_freeze(net, policy)
     return summarize(net, shape, policy if isinstance(net, Classifier) else "none")
+
+
+def _not_a_trained_run(model: str) -> None:
+    """A run folder or checkpoint given as the model: one line saying what summary takes."""
+    path = Path(model)
+    if (path / "config.json").is_file() or (path.is_file() and path.suffix.lower() in (".pt", ".pth")):
+        raise StyleforgeError(f"{model} is a trained run or checkpoint: summary takes a model name, layer spec or "
+                              "FILE.py:CLASS (the run's config.json names its model and input shape)")

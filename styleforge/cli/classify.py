@@ -431,10 +431,6 @@ def summary_cmd(model: str, input_shape: str, num_classes: int, activation: str,
     """Per-layer settings (kernel, stride, padding, window), output shapes, parameters, the
     trainable part under the freeze policy, and multiply-adds of MODEL (a name, layer spec or
     FILE.py:CLASS)."""
-    path = Path(model)
-    if (path / "config.json").is_file() or (path.is_file() and path.suffix.lower() in (".pt", ".pth")):
-        raise StyleforgeError(f"{model} is a trained run or checkpoint: summary takes a model name, layer spec or "
-                              "FILE.py:CLASS (the run's config.json names its model and input shape)")
     shape = parse_shape(input_shape)
     try:
         result = summary(model, shape, num_classes, activation, freeze, **parse_model_options(options, model))
