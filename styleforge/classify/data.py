@@ -31,7 +31,7 @@ import os
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -110,6 +110,17 @@ class DataSpec:
         if self.image_size is not None and self.image_size < 4:
             raise StyleforgeError("--image-size must be at least 4")
         return self
+
+    def located(self) -> "DataSpec":
+        """The spec with its folders as absolute paths, so that a run's record finds its data
+        from any working directory (``classify eval RUN`` run elsewhere). A dataset name that
+        is not an existing path (``mnist``) is kept as given, as :func:`load_dataset` reads it."""
+        def absolute(path: str | None, only_existing: bool = True) -> str | None:
+            if not path or (only_existing and not Path(path).expanduser().exists()):
+                return path  # a name, or a missing folder that the loader's error names as the user gave it
+            return str(Path(path).expanduser().resolve())
+        return replace(self, dataset=absolute(self.dataset) or self.dataset, test_data=absolute(self.test_data),
+                       data_root=absolute(self.data_root, only_existing=False))
 
 
 @dataclass

@@ -24,6 +24,7 @@ from ..runtime.errors import StyleforgeError
 from ..runtime.io import check_writable, make_folder, save_json
 from . import report
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from .data import DataSpec
 from .spec import short_name
 
 if TYPE_CHECKING:
@@ -217,7 +218,10 @@ def _with_defaults(record: dict[str, Any], where: Path, config: type[TrainConfig
     existed continues as if it had been given that setting's default."""
     filled = config.from_dict(record, str(where)).as_dict()
     out = {**{k: v for k, v in filled.items() if k not in record}, **record}
-    out["data"] = {**filled["data"], **record.get("data", {})}
+    data = {**filled["data"], **record.get("data", {})}
+    # Runs recorded before their folders were made absolute name them as given: read from here, as then.
+    located = DataSpec.from_dict(data).located()
+    out["data"] = {**data, "dataset": located.dataset, "test_data": located.test_data}
     return out
 
 

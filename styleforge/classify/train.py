@@ -161,7 +161,7 @@ class TrainConfig:
              ("--batch-size", self.batch_size, guard.COUNT), ("--eval-batch-size", self.eval_batch_size, guard.COUNT),
              ("--max-seconds", self.max_seconds, guard.POSITIVE), ("--seed", self.seed, guard.SEED),
              ("--checkpoint-seconds", self.checkpoint_seconds, guard.NON_NEGATIVE)])
-        self.data.validate()
+        self = replace(self, data=self.data.validate().located())
         checks = [(self.optimizer, OPTIMIZERS, "--optimizer"), (self.schedule, SCHEDULES, "--schedule"),
                   (self.cache_features, CACHE_MODES, "--cache-features"),
                   (self.freeze, ("auto",) + FREEZE_POLICIES, "--freeze")]

@@ -98,6 +98,40 @@ def test_existing_run_dir_is_refused_unless_overwrite(toy, tmp_path):
     assert json.loads((out / "summary.json").read_text())["epochs_run"] == 1
 
 
+def test_a_run_given_a_relative_dataset_path_evaluates_and_resumes_from_another_folder(toy, tmp_path, monkeypatch):
+    monkeypatch.chdir(toy.parent)
+    interrupted(cfg(toy.name, tmp_path / "run", epochs=2, checkpoint_seconds=0))  # relative to toy.parent
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["dataset"] == str(toy)
+    monkeypatch.chdir(tmp_path)
+    assert evaluate(EvalConfig(str(tmp_path / "run"), precision="fp32")).n == 30
+    assert fit(cfg(toy, tmp_path / "run", epochs=2, checkpoint_seconds=0, resume=True)).summary["epochs_run"] == 2
+
+
+def interrupted(config: TrainConfig) -> None:
+    """A run stopped after its first epoch (its last.pt holds epoch 1)."""
+    def stop(event):
+        if event.kind == "epoch_end" and event.epoch == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(StyleforgeError, match="interrupted"):
+        fit(config, callback=stop)
+
+
+def rewrite_dataset(run, dataset: str) -> None:
+    """A run as recorded before folders were made absolute: the dataset named as the user gave it."""
+    for name in ("last.pt", "best.pt"):
+        ckpt = torch.load(run / name, weights_only=True)
+        ckpt["config"]["data"]["dataset"] = dataset
+        torch.save(ckpt, run / name)
+
+
+def test_an_older_run_with_a_relative_dataset_resumes_from_the_folder_it_names(toy, tmp_path, monkeypatch):
+    interrupted(cfg(toy, tmp_path / "run", epochs=2, checkpoint_seconds=0))
+    rewrite_dataset(tmp_path / "run", toy.name)
+    monkeypatch.chdir(toy.parent)
+    fit(cfg(toy.name, tmp_path / "run", epochs=2, checkpoint_seconds=0, resume=True))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["dataset"] == str(toy)
+
+
 def test_cached_trunk_gives_the_same_result_as_uncached(toy, tmp_path):
     runs = {}
     for mode in ("on", "off"):
