@@ -53,6 +53,10 @@ def grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], output: str | Pat
             raise StyleforgeError(f"cannot search over {key!r}: use settings such as lr, batch_size, optimizer")
         if not values:
             raise StyleforgeError(f"grid axis {key} has no values")
+        repeated = next((v for i, v in enumerate(values) if v in list(values)[:i]), None)
+        if repeated is not None:
+            raise StyleforgeError(f"--{key.replace('_', '-')} gives {repeated} twice: give each value once "
+                                  "(a repeated value trains the same run again)")
     if base.data.val_split <= 0:
         raise StyleforgeError("a grid search ranks runs on validation accuracy: give --val-split > 0")
     out = Path(output).expanduser()

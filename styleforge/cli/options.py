@@ -107,9 +107,11 @@ class CommaList(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, list):
             return value
-        items = [s.strip() for s in str(value).split(",") if s.strip()]
-        if not items:
+        items = [s.strip() for s in str(value).split(",")]
+        if not any(items):
             self.fail(f"{value!r} holds no value; give one or more, comma-separated", param, ctx)
+        if not all(items):
+            self.fail(f"{value!r} has an empty item; separate the values by single commas", param, ctx)
         return [self.inner.convert(item, param, ctx) for item in items]
 
 

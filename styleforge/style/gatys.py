@@ -93,9 +93,12 @@ class StylizeConfig:
             raise StyleforgeError(f"--size must be positive, got {self.size}")
         if self.scales:
             sizes = sorted(int(s) for s in self.scales)
-            if sizes[-1] != self.size:
-                sizes = [s for s in sizes if s < self.size] + [self.size]
-            return sizes
+            if sizes[-1] > self.size:
+                raise StyleforgeError(f"--scales {sizes[-1]} is larger than --size {self.size}: the scales run "
+                                      "coarse to fine up to --size; give smaller scales or a larger --size")
+            if len(set(sizes)) < len(sizes):
+                raise StyleforgeError(f"--scales {','.join(map(str, self.scales))} repeats a size: give each once")
+            return sizes if sizes[-1] == self.size else sizes + [self.size]
         if not self.multiscale:
             return [self.size]
         # One coarse scale at half size: in bench/stylize_speed.py a 256 px stage before 512 px

@@ -43,6 +43,11 @@ def test_scales_and_steps():
     assert StylizeConfig(optimizer="adam").steps_per_scale(1) == [500]
     assert StylizeConfig(size=512, multiscale=False).scale_sizes() == [512]
     assert StylizeConfig(size=300, scales=[100, 200]).scale_sizes() == [100, 200, 300]
+    assert StylizeConfig(size=300, scales=[300, 100]).scale_sizes() == [100, 300]
+    with pytest.raises(StyleforgeError, match="--scales 64 is larger than --size 32: .* a larger --size"):
+        StylizeConfig(size=32, scales=[64, 32]).scale_sizes()
+    with pytest.raises(StyleforgeError, match="--scales 64,64 repeats a size"):
+        StylizeConfig(size=128, scales=[64, 64]).scale_sizes()
     assert StylizeConfig(steps=[5, 6]).steps_per_scale(2) == [5, 6]
     with pytest.raises(StyleforgeError, match="lists 2 values but there are 3 scales"):
         StylizeConfig(steps=[5, 6]).steps_per_scale(3)
