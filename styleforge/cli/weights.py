@@ -36,22 +36,34 @@ def weights_cmd(download: str | None, folder: Path | None) -> None:
             path = backbone.save_features_file(download, folder / name)
         click.echo(f"saved {path} ({path.stat().st_size / 1e6:.0f} MB)")
         return
+    damaged = _list_lookup()
+    if damaged:  # the listing is on stdout; the file a run would use cannot be used: say so and fail
+        raise StyleforgeError(damaged[0])
+
+
+def _list_lookup() -> list[str]:
+    """Print each architecture's candidates in lookup order; return the errors of used files that
+    fail their sha256 check (a run would stop on them)."""
     click.echo(f"lookup: --weights PATH, then ${backbone.WEIGHTS_ENV}, then {backbone.PROJECT_WEIGHTS}, "
                "then torchvision (torch hub cache / download)")
+    damaged = []
     for arch in backbone.ARCHS:
         used = None
         for c in backbone.candidates(arch):
+            error = None
             if not c.exists:
                 status = "missing"
             else:
                 try:
                     status = backbone.verify(c.path)
-                except StyleforgeError:
-                    status = "SHA256 MISMATCH"
+                except StyleforgeError as exc:
+                    status, error = "SHA256 MISMATCH", str(exc)
                 status += f", {c.path.stat().st_size / 1e6:.0f} MB"
                 if used is None:
                     used, status = c, status + "  <- used"
+                    damaged += [error] if error else []
             click.echo(f"{arch:9s} {c.origin:20s} {c.path}  [{status}]")
         if used is None:
             click.echo(f"{arch:9s} {'(none found)':20s} runs will try torchvision's download "
                        f"({Path(backbone.torchvision_weights(arch).url).name})")
+    return damaged

@@ -149,10 +149,16 @@ def test_existing_output_survives_a_failed_run(images, tmp_path, random_vgg19_fi
 def test_weights_command_lists_the_lookup(tmp_path, monkeypatch, random_vgg19_file):
     monkeypatch.setenv("STYLEFORGE_WEIGHTS", str(tmp_path))
     (tmp_path / "vgg19-features.pth").write_bytes(random_vgg19_file.read_bytes())
-    result = _ok(run("weights"))
-    line = next(ln for ln in result.output.splitlines() if "vgg19-features.pth" in ln and str(tmp_path) in ln)
-    assert "SHA256 MISMATCH" in line and "<- used" in line  # right name, wrong bytes
-    assert "resnet18" in result.output
+    result = run("weights")  # right name, wrong bytes: listed, then one line, and the exit says so
+    line = next(ln for ln in result.stdout.splitlines() if "vgg19-features.pth" in ln and str(tmp_path) in ln)
+    assert "SHA256 MISMATCH" in line and "<- used" in line and "resnet18" in result.stdout
+    assert result.exit_code == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert "vgg19-features.pth does not match its known sha256" in result.stderr
+
+
+def test_weights_command_passes_verified_weights(real_weights):
+    line = next(ln for ln in _ok(run("weights")).output.splitlines() if str(real_weights) in ln and "vgg19" in ln)
+    assert "verified" in line and "<- used" in line
 
 
 def test_weights_download_offline_fails_cleanly(tmp_path, monkeypatch):
