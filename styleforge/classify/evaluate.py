@@ -17,6 +17,7 @@ from . import report
 from .batches import Source, evaluate_source
 from .checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
 from .data import DataSpec, load_splits
+from .rundir import RUN_FILES
 from .train import EVAL_BATCH_SIZE
 
 SPLITS = ("test", "val", "train")
@@ -90,6 +91,16 @@ def _data_spec(cfg: EvalConfig, ckpt: dict[str, Any]) -> DataSpec:
     return replace(base, download=cfg.download, **given).validate()
 
 
+def _keep_the_runs_record(out: Path, run_dir: Path, split: str) -> None:
+    """Refuse an -o that would replace the files training wrote for this split (the test set's
+    confusion matrix and table, which report.md describes); other splits may go into the run."""
+    own = [f"confusion_{split}.png", f"per_class_{split}.csv", f"per_class_{split}.md"]
+    held = [name for name in own if name in RUN_FILES and (out / name).exists()]
+    if held and out.is_dir() and out.resolve() == run_dir.resolve():
+        raise StyleforgeError(f"-o {out} would replace the run's own {held[0]} from training: choose another -o "
+                              "(or another --split)")
+
+
 def evaluate(cfg: EvalConfig, callback: Callable[[str], None] | None = None,
              model: torch.nn.Module | None = None) -> EvalResult:
     """Loss (the one the run trained with), accuracy, confusion matrix and per-class
@@ -100,6 +111,8 @@ def evaluate(cfg: EvalConfig, callback: Callable[[str], None] | None = None,
     if cfg.output:
         check_output_folder(cfg.output)
     ckpt = load_checkpoint(cfg.checkpoint)
+    if cfg.output:
+        _keep_the_runs_record(Path(cfg.output).expanduser(), Path(ckpt["path"]).parent, cfg.split)
     ctx = distributed.current()
     say = callback if (callback is not None and ctx.is_main) else (lambda msg: None)
     say("loading data")

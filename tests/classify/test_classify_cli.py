@@ -1,6 +1,7 @@
 """``styleforge classify ...`` and ``styleforge visualize ...`` through click's CliRunner."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -52,6 +53,9 @@ def test_eval_compare_and_grid(folder, trained, tmp_path):
     summary = json.loads((trained / "summary.json").read_text())
     assert f"test accuracy {summary['test_acc']:.4f}" in r.output and "| red |" in r.output
     assert (tmp_path / "ev" / "confusion_test.png").is_file() and (tmp_path / "ev" / "per_class_test.csv").is_file()
+    copy = shutil.copytree(trained, tmp_path / "copy")  # another split may go into the run
+    assert run("classify", "eval", copy, "--split", "train", "-o", copy).exit_code == 0
+    assert (copy / "confusion_train.png").is_file() and (copy / "eval_train.json").is_file()
     r = run("classify", "compare", trained, trained, "-o", tmp_path / "cmp.png")
     assert r.exit_code == 0 and "simple-cnn" in r.output and (tmp_path / "cmp.png").is_file()
     # An output inside a compared run would replace its own files; a bad output leaves no folder behind.
@@ -59,6 +63,8 @@ def test_eval_compare_and_grid(folder, trained, tmp_path):
     one_line_error(run("classify", "compare", trained, "-o", trained / "curves.png"),
                    "is inside", "a run being compared: styleforge never writes over an input; choose another -o")
     one_line_error(run("classify", "compare", trained, "--table", trained / "summary.json"), "choose another --table")
+    one_line_error(run("classify", "eval", trained, "-o", trained),  # training's own test record stays
+                   "would replace the run's own confusion_test.png from training: choose another -o")
     assert {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()} == before
     one_line_error(run("classify", "compare", trained, "-o", tmp_path / "new" / "c.txt"), "cannot write a figure")
     assert not (tmp_path / "new").exists()
