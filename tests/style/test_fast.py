@@ -589,6 +589,10 @@ def test_a_truncated_photo_does_not_count_toward_the_first_batch(photos, tmp_pat
     (small / "cut.jpg").write_bytes(data[: len(data) // 2])  # its header reads, its pixels do not
     with pytest.raises(StyleforgeError, match=re.escape("--data holds 1 usable photo(s), fewer than one batch of 2")):
         train_style(_cfg((small, style), tmp_path, random_vgg19_file, batch_size=2))
+    for k in range(2):  # two batches' worth of files, three of them truncated
+        (small / f"cut{k}.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(StyleforgeError, match=re.escape("--data holds 1 usable photo(s), fewer than one batch of 2")):
+        train_style(_cfg((small, style), tmp_path, random_vgg19_file, batch_size=2))
 
 
 def test_pixel_noise_is_fixed_white_unit_noise_without_a_lattice():

@@ -81,14 +81,15 @@ def photo_files(data: str | os.PathLike | Sequence[str]) -> tuple[list[Path], li
 
 
 def check_batch(files: list[Path], global_batch: int) -> None:
-    """One-line error when the photos do not fill one batch. Only headers were read (list_images); under
-    two batches' worth they are decoded here too, so a truncated file does not count toward a batch."""
-    usable = files
-    if len(files) < 2 * global_batch:
-        usable = [f for f in files if _decodes(f)]
-    if len(usable) < global_batch:
-        raise StyleforgeError(f"--data holds {len(usable)} usable photo(s), fewer than one batch of {global_batch}: "
-                              "add photos or lower --batch-size")
+    """One-line error when the photos do not fill one batch. Only headers were read (list_images): files
+    are decoded here, in order, until one batch's worth decode, so a truncated file never counts toward it."""
+    usable = 0
+    for f in files:
+        usable += _decodes(f)
+        if usable == global_batch:
+            return
+    raise StyleforgeError(f"--data holds {usable} usable photo(s), fewer than one batch of {global_batch}: "
+                          "add photos or lower --batch-size")
 
 
 def _decodes(path: Path) -> bool:
