@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Mapping
 
 import click
 
@@ -44,8 +46,7 @@ class _Bars(Bar):
         self.show(f"scale {p.scale + 1}/{p.n_scales} {p.size[1]}x{p.size[0]}", p.step, p.steps, "it",
                   {k: f"{v:.4g}" for k, v in p.losses.items()})
         if self.save_every and (p.step % self.save_every == 0 or p.step == p.steps):
-            snap = self.output.with_name(f"{self.output.stem}.s{p.scale + 1}-{p.step:04d}{self.output.suffix}")
-            save_image(p.image, snap)
+            save_image(p.image, snapshot_path(self.output, p.scale + 1, p.step))
 
     def keep_partial(self, exc: KeyboardInterrupt) -> StyleforgeError:
         """On Ctrl-C or SIGTERM: write the image so far, and say how to continue from it."""
@@ -58,6 +59,22 @@ class _Bars(Bar):
                                   f"far is in {path}; continue with --init {path}")
         err.exit_code = 143 if isinstance(exc, Terminated) else 130
         return err
+
+
+def snapshot_path(output: Path, scale: int, step: int) -> Path:
+    """``--save-every``'s image of a scale's step: ``OUT.s1-0050.png`` beside ``OUT.png``."""
+    return output.with_name(f"{output.stem}.s{scale}-{step:04d}{output.suffix}")
+
+
+def check_snapshots(output: Path, inputs: Mapping[str, str | Path]) -> None:
+    """Refuse an -o whose --save-every images would take the name of an input."""
+    pattern = re.compile(re.escape(output.stem) + r"\.s[0-9]+-[0-9]{4,}" + re.escape(output.suffix))
+    folder = output.expanduser().resolve().parent
+    for label, path in inputs.items():
+        p = Path(path).expanduser().resolve()
+        if p.parent == folder and pattern.fullmatch(p.name):
+            raise StyleforgeError(f"--save-every would write images named like {label} {path} beside -o {output}: "
+                                  "styleforge never writes over an input; choose another -o")
 
 
 def partial_path(output: Path, inputs: list[Path]) -> Path:
@@ -123,6 +140,8 @@ def stylize_cmd(content, styles, output, size, style_strength, content_weight, s
               **({"the --weights file": weights} if weights else {}),
               **({"the --init image": init} if init not in ("content", "noise") else {})}
     check_not_inputs(named, inputs)
+    if save_every:
+        check_snapshots(output, inputs)
     cfg = StylizeConfig(
         size=size, style_strength=style_strength, content_weight=content_weight, style_weight=style_weight,
         tv_weight=tv_weight, content_layers=parse_layer_weights(content_layers, "--content-layers"),

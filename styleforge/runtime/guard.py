@@ -288,7 +288,10 @@ def check_not_inputs(outputs: Mapping[str, str | os.PathLike], inputs: Mapping[s
     for label, path in outputs.items():
         key = Path(path).expanduser().resolve()
         if key in given:
-            raise StyleforgeError(f"{label} {path} is {given[key]}: styleforge never writes over an input; "
+            # "-o out.png is the content image"; a described output ("the output of a.png") is not followed by
+            # its path, which may be the input's own.
+            what = f"{label} {path} is" if label.startswith("-") else f"{label} would be written over"
+            raise StyleforgeError(f"{what} {given[key]}: styleforge never writes over an input; "
                                   f"choose another {label if label.startswith('-') else option}")
         if key in seen:
             raise StyleforgeError(f"{seen[key]} and {label} would both be written to {path}: rename one of them "

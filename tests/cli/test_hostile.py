@@ -474,6 +474,11 @@ def test_stylize_never_writes_over_an_input(env, roots, tmp_path, random_vgg19_f
     refused(roots, "stylize", content, style, "-o", tmp_path / "o.png", "--log", style, *w, expect="style image")
     refused(roots, "stylize", content, style, "-o", tmp_path / "o.png", "--log", tmp_path / "o.png", *w,
             expect="would both be written")
+    snap = tmp_path / "o.s1-0001.png"  # a style image named like one of --save-every's images
+    snap.write_bytes(style.read_bytes())
+    refused(roots, "stylize", content, snap, "-o", tmp_path / "o.png", "--save-every", "1", *w,
+            expect="--save-every would write images named like the style image")
+    assert snap.read_bytes() == style.read_bytes() and not (tmp_path / "o.png").exists()
 
 
 def test_fast_apply_never_writes_over_an_input_or_twice(env, roots, tmp_path, monkeypatch):
@@ -482,8 +487,18 @@ def test_fast_apply_never_writes_over_an_input_or_twice(env, roots, tmp_path, mo
     refused(roots, "fast", "apply", model, tmp_path / "photos" / "p0.png", "-o", tmp_path / "photos" / "p0.png",
             expect="is the input")
     monkeypatch.chdir(tmp_path / "photos")
-    refused(roots, "fast", "apply", model, ".", "-o", ".", expect="is the input")
+    refused(roots, "fast", "apply", model, ".", "-o", ".",
+            expect="the output of p0.png would be written over the input")
     monkeypatch.chdir(tmp_path)
+    style = tmp_path / "photos" / "s.png"  # the painting of --style-image: never an output either
+    shutil.copy(env / "style.png", style)
+    refused(roots, "fast", "apply", "--style-image", style, env / "content.png", "-o", style,
+            expect=f"-o {style} is the style image")
+    shutil.copy(env / "content.png", tmp_path / "s.png")
+    refused(roots, "fast", "apply", "--style-image", style, tmp_path / "s.png", "-o", tmp_path / "photos",
+            expect="would be written over the style image")
+    assert style.read_bytes() == (env / "style.png").read_bytes()
+    style.unlink()
     Image.open(env / "content.png").save(tmp_path / "photos" / "p0.gif")
     line = refused(roots, "fast", "apply", model, tmp_path / "photos", "-o", tmp_path / "out",
                    expect="would both be written")

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 
@@ -66,13 +66,16 @@ class _Job:
     video: bool
 
 
-def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike) -> list[_Job]:
+def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike,
+         others: Mapping[str, str | os.PathLike] | None = None) -> list[_Job]:
     """Map inputs to output paths; folders are mirrored into ``output``.
 
     One image (or video) input and an ``output`` with an image (video) suffix: that file.
     Otherwise ``output`` is a folder (created if its parent exists; the mirrored folders inside it
-    are made as their first picture is written).
+    are made as their first picture is written). ``others``: the run's other input files (label ->
+    path: style images, weights), which no output may be either.
     """
+    others = dict(others or {})
     sources = [Path(p) for p in inputs]
     if not sources:
         raise StyleforgeError("give at least one input image, folder or video")
@@ -90,7 +93,7 @@ def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike) -> list
         if not is_video:
             image_format(out)
         check_writable(out)
-        check_not_inputs({"-o": out}, {"the input": src})
+        check_not_inputs({"-o": out}, {"the input": src, **others})
         return [_Job(src, out, is_video)]
     if out.exists() and not out.is_dir():
         raise StyleforgeError(f"-o {out} is a file but the inputs need an output folder")
@@ -118,7 +121,7 @@ def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike) -> list
     # Never over an input (``-o photos/`` with ``photos/``'s own files among the inputs), and
     # never two inputs to one output (``a.gif`` and ``a.png`` both become ``a.png``).
     check_not_inputs({f"the output of {j.source}": j.target for j in jobs},
-                     {f"the input {j.source}": j.source for j in jobs})
+                     {**{f"the input {j.source}": j.source for j in jobs}, **others})
     if not out.parent.exists():
         raise StyleforgeError(f"output folder {out.parent} does not exist: create it first")
     make_folder(out)
@@ -150,9 +153,17 @@ def stylize_files(model: str | os.PathLike | None, inputs: Iterable[str | os.Pat
         raise StyleforgeError(f"--batch-size must be positive, got {batch_size}")
     check_work_size(work_size)  # before plan() creates an output folder
     with no_empty_folder_left(output):
-        jobs = plan(inputs, output)
+        jobs = plan(inputs, output, _other_inputs(model, any_style))
         return _stylize_jobs(jobs, model, size, original_colors, batch_size, device, precision, callback,
                              any_style, work_size)
+
+
+def _other_inputs(model: str | os.PathLike | None, any_style: AnyStyle | None) -> dict[str, str | os.PathLike]:
+    """The files a run reads besides its photos: the model file, or the style images and weights."""
+    if any_style is None:
+        return {"the model file": model} if model is not None and Path(model).is_file() else {}
+    weights = {"the --weights file": any_style.weights} if any_style.weights else {}
+    return {**{f"the style image {p}": p for p in any_style.style_images}, **weights}
 
 
 def _stylize_jobs(jobs: list[_Job], model: str | os.PathLike | None, size: int | None, original_colors: bool,
