@@ -25,7 +25,7 @@ from ..runtime.io import check_writable, make_folder, save_json
 from . import report
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .data import DataSpec
-from .spec import short_name
+from .spec import file_ref_path, short_name
 
 if TYPE_CHECKING:
     from .train import TrainConfig
@@ -236,6 +236,10 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, world_size: int = 1) -> Run
         raise StyleforgeError(f"-o {run_dir} is a file: give a run directory")
     if cfg.resume:
         return load_resume(run_dir, cfg, world_size)
+    user_file = file_ref_path(cfg.model)
+    if user_file is not None and user_file.resolve() in {(run_dir / f).resolve() for f in OWN_FILES}:
+        raise StyleforgeError(f"--model {user_file} is in -o {run_dir}, where the run writes its own "
+                              f"{user_file.name}: move the model file out of the run folder or choose another -o")
     held = [f for f in RUN_FILES if (run_dir / f).exists()]
     if held and not cfg.overwrite:
         # A run that stopped before its first epoch's checkpoint (a NaN loss) has nothing to resume.

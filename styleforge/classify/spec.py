@@ -66,6 +66,12 @@ def is_file_ref(name: str) -> bool:
     return bool(_FILE_REF.match(name.strip()))
 
 
+def file_ref_path(name: str) -> Path | None:
+    """The file of a ``path/file.py:ClassName`` reference (None for a name or layer spec)."""
+    m = _FILE_REF.match(name.strip())
+    return Path(m.group("path")).expanduser() if m else None
+
+
 def short_name(name: str, limit: int = 40) -> str:
     """A model name for titles: long layer specs are cut."""
     return name if len(name) <= limit else name[:limit - 3] + "..."

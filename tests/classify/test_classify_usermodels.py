@@ -152,6 +152,11 @@ def test_user_file_trains_evals_summarizes_and_visualizes(folder, model_file, tm
     s = run("summary", f"{model_file_copy}:Adaptive", "--input", "1x28x28", "--option", "width=5")
     assert s.exit_code == 0, s.output
     assert "trunk.body.0" in s.output and f"total params {5 * 9 + 5 + 5 * 10 + 10:,d}" in s.output
+    # The run's own copy as --model of a new run into that folder: the copy would be deleted, then missing.
+    again = run("classify", "train", "--dataset", folder, "--model", f"{out / 'model.py'}:Adaptive", "--epochs", "1",
+                "-o", out, "--overwrite", "-q")
+    assert again.exit_code == 2 and "where the run writes its own model.py: move the model file out" in again.output
+    assert (out / "model.py").read_text() == MNIST_NET and (out / "best.pt").is_file()
 
 
 def test_spec_runs_through_train_eval_grid_summary_and_visualize(folder, tmp_path):
