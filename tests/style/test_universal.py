@@ -458,6 +458,11 @@ def test_hourglass_stylizing_stage_starts_from_a_decoder_and_lowers_its_loss(pho
         train_decoders(_dcfg(photos, tmp_path / "d", random_vgg19_file, style_weight=1.0))
     with pytest.raises(StyleforgeError, match="--init-decoder 'nope.pth' does not exist"):
         train_decoders(_dcfg(photos, tmp_path / "d", random_vgg19_file, **dict(cfg, init_decoder="nope.pth")))
+    before = init.read_bytes()  # the decoder it starts from is an input, --overwrite or not
+    with pytest.raises(StyleforgeError, match="the output decoder-hourglass.pth would be written over the "
+                                              "--init-decoder"):
+        train_decoders(_dcfg(photos, init.parent, random_vgg19_file, **cfg, overwrite=True))
+    assert init.read_bytes() == before
     mirror = save_decoder(Decoder("relu2_1"), tmp_path / "decoder-relu2_1.pth", {})
     with pytest.raises(StyleforgeError, match="is not an hourglass decoder of --width 0.5"):
         train_decoders(_dcfg(photos, tmp_path / "d", random_vgg19_file, **dict(cfg, init_decoder=str(mirror))))
@@ -477,6 +482,14 @@ def decoders(tmp_path):
         save_decoder(Decoder(level), folder / f"decoder-{level}.pth", {})
     save_decoder(HourglassDecoder(), folder / "decoder-hourglass.pth", {})
     return folder
+
+
+def test_decoder_training_on_bad_input_leaves_no_folder(photos, tmp_path, random_vgg19_file):
+    for change in ({"data": str(tmp_path / "nodir")}, {"batch_size": 500}, {"resume": True},
+                   {"weights": str(photos / "p0.png")}):
+        with pytest.raises(StyleforgeError):
+            train_decoders(_dcfg(photos, tmp_path / "new" / "d", random_vgg19_file, **change))
+        assert not (tmp_path / "new").exists(), change
 
 
 def test_build_styler_finds_decoders_and_names_missing_levels(decoders, tmp_path, random_vgg19_file):

@@ -33,7 +33,7 @@ from ...runtime import distributed, guard
 from ...runtime.device import Runtime, seed_everything
 from ...runtime.device import runtime as make_runtime
 from ...runtime.errors import StyleforgeError
-from ...runtime.io import check_writable
+from ...runtime.io import check_writable, make_folder, no_empty_folder_left
 from ..losses import gram_matrix, image_content_loss, style_loss
 from .data import RandomCrops, StreamSampler, collate
 from .decoders import (
@@ -251,10 +251,18 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
     and the loss CSV."""
     levels = cfg.validate()
     init = _read_init(cfg.init_decoder, cfg.width) if cfg.init_decoder and not cfg.resume else None
+    if not distributed.current().is_main:
+        return _train_decoders(cfg, levels, init, callback, encoder)
+    with no_empty_folder_left(cfg.output):  # bad input stops before anything is written: no empty -o is left
+        _prepare_output(cfg, levels)
+        return _train_decoders(cfg, levels, init, callback, encoder)
+
+
+def _train_decoders(cfg: DecoderTrainConfig, levels: list[str], init: HourglassDecoder | None,
+                    callback: Callable[[DecoderProgress], None] | None,
+                    encoder: VGGFeatures | None) -> DecoderTrainResult:
     ctx = distributed.current()
     out_dir = Path(cfg.output)
-    if ctx.is_main:
-        _prepare_output(out_dir, levels, replace=cfg.resume or cfg.overwrite)
     folders = resolved(cfg.data)  # absolute: resume compares the photos, however the paths are written
     files = photo_files(folders)[0]
     global_batch = cfg.batch_size * ctx.world_size
@@ -304,14 +312,20 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
     return DecoderTrainResult(paths, run.history, seconds)
 
 
-def _prepare_output(out_dir: Path, levels: list[str], replace: bool) -> None:
-    """The output folder, made; an earlier run's files there are refused unless ``replace``."""
+def _prepare_output(cfg: DecoderTrainConfig, levels: list[str]) -> None:
+    """The output folder, made; inputs there (--init-decoder, --weights) are never written over, and an
+    earlier run's files are refused unless --resume or --overwrite."""
+    out_dir = Path(cfg.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise StyleforgeError(f"-o {out_dir} is a file: give a folder for the decoders")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for p in [out_dir / decoder_name(lv) for lv in levels] + [out_dir / CHECKPOINT_NAME]:
+    written = [out_dir / decoder_name(lv) for lv in levels] + [out_dir / CHECKPOINT_NAME]
+    inputs = {"the --init-decoder": cfg.init_decoder, "the --weights file": cfg.weights}
+    guard.check_not_inputs({f"the output {p.name}": p for p in written},
+                           {label: path for label, path in inputs.items() if path})
+    make_folder(out_dir)
+    for p in written:
         check_writable(p)
-        if p.exists() and not replace:
+        if p.exists() and not (cfg.resume or cfg.overwrite):
             raise StyleforgeError(f"{p} is already there (an earlier run's): use --overwrite to replace it"
                                   + (", --resume to continue it" if p.name == CHECKPOINT_NAME else "")
                                   + ", or another -o")
