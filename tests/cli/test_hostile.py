@@ -413,13 +413,30 @@ def test_fast_resume_refuses_other_data_and_damaged_checkpoints(env, fast_run, r
     args = ["fast", "train", env / "style.png", "-o", fast_run, "--weights", random_vgg19_file, *FAST_TRAIN]
     refused((*roots, fast_run.parent), *args, "--data", tmp_path / "other", "--resume", "--steps", "4",
             expect="--data")
-    refused((*roots, fast_run.parent), *args, "--data", env / "photos", expect="already holds a model")
+    refused((*roots, fast_run.parent), *args, "--data", env / "photos",
+            expect="m.pth is already there: use --overwrite")
     damaged = tmp_path / "d.pth"
     record = torch.load(str(fast_run) + ".ckpt", weights_only=True)
     record.pop("optimizer")
     torch.save(record, str(damaged) + ".ckpt")
     refused((*roots, fast_run.parent), "fast", "train", env / "style.png", "--data", env / "photos", "-o", damaged,
             "--weights", random_vgg19_file, *FAST_TRAIN, "--resume", expect="lacks a valid 'optimizer'")
+
+
+def test_fast_train_replaces_only_files_a_styleforge_run_wrote(env, fast_run, roots, tmp_path, random_vgg19_file):
+    args = [env / "style.png", "--data", env / "photos", "--weights", random_vgg19_file, *FAST_TRAIN]
+    notes = tmp_path / "notes.pth"
+    notes.write_text("my notes")
+    refused(roots, "fast", "train", *args, "-o", notes, expect="notes.pth is already there")
+    refused(roots, "fast", "train", *args, "-o", notes, "--overwrite", expect="is not a file a styleforge run wrote")
+    assert notes.read_text() == "my notes"
+    # m.pth and m.pt share their loss table and plot (named after the stem): another run's are not replaced.
+    table = fast_run.with_name("m.losses.csv")
+    before = table.read_bytes()
+    refused((*roots, fast_run.parent), "fast", "train", *args, "-o", fast_run.with_suffix(".pt"),
+            expect="m.losses.csv is already there")
+    assert table.read_bytes() == before and not fast_run.with_suffix(".pt").exists()
+    refused(roots, "fast", "train", *args, "-o", tmp_path / "model.png", expect="a model file ends in .pth")
 
 
 def test_fast_train_nan_at_the_first_step_names_no_checkpoint(env, roots, tmp_path, random_vgg19_file):
@@ -515,10 +532,14 @@ def test_fast_apply_never_writes_over_an_input_or_twice(env, roots, tmp_path, mo
 def test_fast_train_and_export_never_write_over_inputs(env, roots, tmp_path, random_vgg19_file):
     shutil.copytree(env / "photos", tmp_path / "photos")
     args = ["--weights", random_vgg19_file, *FAST_TRAIN]
-    refused(roots, "fast", "train", env / "style.png", "--data", tmp_path / "photos", "-o", env / "style.png",
-            *args, expect="is the style image")
+    style = tmp_path / "style.pth"  # a painting under a model's name: -o must end in .pth
+    shutil.copy(env / "style.png", style)
+    refused(roots, "fast", "train", style, "--data", tmp_path / "photos", "-o", style, *args,
+            expect="is the style image")
+    shutil.copy(env / "content.png", tmp_path / "photos" / "m.losses.png")  # a photo named like the loss plot
     refused(roots, "fast", "train", env / "style.png", "--data", tmp_path / "photos", "-o",
-            tmp_path / "photos" / "p1.png", *args, expect="is the training photo")
+            tmp_path / "photos" / "m.pth", *args, expect="would be written over the training photo")
+    assert style.read_bytes() == (env / "style.png").read_bytes()
     refused(roots, "fast", "export", env / "model.pth", "-o", env / "model.pth", expect="is the model file")
 
 

@@ -47,6 +47,7 @@ from .model import (
     LATTICE,
     UPSAMPLE_MODES,
     TransformerNet,
+    load_model,
     parameter_count,
     save_model,
     uniform_noise,
@@ -268,6 +269,9 @@ class FastTrainConfig:
         if self.image_size % 4:
             raise StyleforgeError(f"--crop-size must be a multiple of 4, got {self.image_size}")
         guard.check_overwrite_resume(self.overwrite, self.resume)
+        if Path(self.output).suffix.lower() not in (".pth", ".pt"):
+            raise StyleforgeError(f"-o {self.output}: a model file ends in .pth (e.g. -o "
+                                  f"{Path(self.output).with_suffix('.pth')})")
         if self.steps is not None and self.epochs is not None:
             raise StyleforgeError("give --steps or --epochs, not both")
         guard.check_choice(self.lr_schedule, "--lr-schedule", LR_SCHEDULES)
@@ -360,12 +364,34 @@ def _check_paths(cfg: FastTrainConfig, files: list[Path]) -> None:
     inputs: dict[str, str | os.PathLike] = {"the style image": cfg.style, **{
         f"the training photo {f}": f for f in files if f.name in {p.name for p in written.values()}}}
     guard.check_not_inputs(written, inputs)
-    if cfg.resume or cfg.overwrite:
+    if cfg.resume:
         return
-    for what, path in (("a model", output), ("an interrupted run's checkpoint", ckpt)):
-        if path.exists():
-            raise StyleforgeError(f"{path} already holds {what}: use --overwrite to replace it"
+    for path in (p for p in written.values() if p.exists()):
+        if not cfg.overwrite:
+            raise StyleforgeError(f"{path} is already there: use --overwrite to replace it"
                                   + (", --resume to continue it" if path == ckpt else "") + ", or another -o")
+        if not _written_by_styleforge(path, ckpt):
+            raise StyleforgeError(f"{path} is not a file a styleforge run wrote, and --overwrite replaces only "
+                                  "those: move it or choose another -o")
+
+
+def _written_by_styleforge(path: Path, ckpt: Path) -> bool:
+    """Whether a file in a run's place is one a styleforge run writes: a model or checkpoint it reads
+    back, its loss table (by its header) or a matplotlib plot."""
+    try:
+        if path.suffix == ".csv":
+            with open(path, encoding="utf-8") as fh:
+                return fh.readline().startswith("step,")
+        if path.suffix == ".png":
+            with Image.open(path) as img:
+                return str(getattr(img, "text", {}).get("Software", "")).startswith("Matplotlib")
+        if path == ckpt:
+            read_checkpoint(path, CHECKPOINT_FORMAT, "training")
+        else:
+            load_model(path)
+    except (StyleforgeError, OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        return False
+    return True
 
 
 def _jsonable(d: dict) -> dict:
