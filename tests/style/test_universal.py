@@ -710,3 +710,7 @@ def test_a_decoder_file_of_the_other_kind_is_a_one_line_error(decoders, tmp_path
     save_decoder(_grey_hourglass(), decoders / "decoder-relu1_1.pth", {})  # and the hourglass, misnamed
     with pytest.raises(StyleforgeError, match="decoder-relu1_1.pth holds the hourglass decoder"):
         build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file, decoder="cascade"))
+    save_decoder(Decoder("relu3_1"), decoders / "decoder-relu1_1.pth", {})  # another level's decoder, misnamed
+    with pytest.raises(StyleforgeError, match="decoder-relu1_1.pth holds the relu3_1 decoder; its name says relu1_1: "
+                                              "rename it decoder-relu3_1.pth"):
+        build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file, decoder="cascade"))

@@ -543,12 +543,16 @@ class AnyStyle:
 _D = TypeVar("_D", Decoder, HourglassDecoder)
 
 
-def _load_as(path: str | os.PathLike, kind: type[_D]) -> _D:
-    """:func:`load_decoder`, with a one-line error where the file holds the other kind of decoder."""
+def _load_as(path: str | os.PathLike, kind: type[_D], level: str | None = None) -> _D:
+    """:func:`load_decoder`, with a one-line error where the file holds the other kind of decoder, or
+    (``level``) another level's."""
     decoder = load_decoder(path)
     if not isinstance(decoder, kind):
         other = "the hourglass decoder" if kind is Decoder else "a per-level decoder"
         raise StyleforgeError(f"{path} holds {other}; its name says otherwise")
+    if level is not None and isinstance(decoder, Decoder) and decoder.level != level:
+        raise StyleforgeError(f"{path} holds the {decoder.level} decoder; its name says {level}: rename it "
+                              f"{decoder_name(decoder.level)}")
     return decoder
 
 
@@ -560,7 +564,7 @@ def build_styler(cfg: AnyStyle, work_size: int | None = DEFAULT_WORK_SIZE) -> Un
     paths = cfg.decoder_files()
     styles = [pil_to_tensor(resize_long_side(open_rgb(p), cfg.style_size)) for p in cfg.style_images]
     hourglass = _load_as(paths.pop(HOURGLASS), HourglassDecoder) if HOURGLASS in paths else None
-    decoders = {lv: _load_as(p, Decoder) for lv, p in paths.items()}
+    decoders = {lv: _load_as(p, Decoder, lv) for lv, p in paths.items()}
     encoder = VGGFeatures(levels_read(list(decoders), hourglass), weights=cfg.weights)
     return UniversalStyler(encoder, decoders, styles, cfg.blend, cfg.strength, cfg.method, work_size,
                            cfg.resolved_detail, hourglass=hourglass)
