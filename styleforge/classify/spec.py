@@ -321,6 +321,9 @@ def build_from_class(cls: type, shape: tuple[int, int, int], num_classes: int, a
 
     net = instantiate(cls, shape, num_classes, act, dict(options or {}), filename)
     out = dry_run(net, shape, cls.__name__)
+    if not isinstance(out, torch.Tensor):
+        raise StyleforgeError(f"{cls.__name__}.forward returns a {type(out).__name__}, not a tensor: return the "
+                              "class scores alone, one row per image")
     if tuple(out.shape[1:]) != (num_classes,):
         raise StyleforgeError(f"{cls.__name__} gives {fmt_shape(out.shape[1:])} outputs per image but the data has "
                               f"{num_classes} classes: take a num_classes argument in __init__ or fix the last layer")

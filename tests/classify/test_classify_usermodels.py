@@ -46,6 +46,11 @@ MNIST_NET = textwrap.dedent('''
 
         def forward(self, x):
             return self.body(x)
+
+
+    class WithFeatures(Adaptive):
+        def forward(self, x):
+            return self.body(x), x
 ''')
 
 
@@ -121,6 +126,8 @@ def test_user_file_built_for_28x28_gray_names_the_layer_on_32x32_rgb(model_file)
         build_model(f"{model_file}:Nope", (1, 28, 28), 10)
     with pytest.raises(StyleforgeError, match="Adaptive takes no option 'depth'"):
         build_model(f"{model_file}:Adaptive", (1, 28, 28), 10, depth=2)
+    with pytest.raises(StyleforgeError, match="WithFeatures.forward returns a tuple, not a tensor: return the class"):
+        build_model(f"{model_file}:WithFeatures", (1, 28, 28), 10)
 
 
 def test_user_file_trains_evals_summarizes_and_visualizes(folder, model_file, tmp_path):
