@@ -12,11 +12,12 @@ from typing import Callable, Sequence
 
 from PIL import Image, ImageDraw
 
+from ...runtime import guard
 from ...runtime.device import runtime as make_runtime
 from ...runtime.errors import StyleforgeError
 from ...runtime.io import open_rgb, pil_to_tensor, resize_long_side, tensor_to_pil
 from .apply import apply_to_tensor
-from .model import available_models, load_model, resolve_model
+from .model import ARCHS, available_models, load_model, resolve_model
 
 DEFAULT_TILE = 384
 LABEL_HEIGHT = 18
@@ -52,16 +53,19 @@ def style_sheet(photo: str | os.PathLike | Image.Image, styles: Sequence[str] | 
     if not names:
         raise StyleforgeError("no style models installed: train one with `styleforge fast train` "
                               "or put fast-NAME.pth files in $STYLEFORGE_WEIGHTS")
-    paths = [resolve_model(n) for n in names]   # all errors before any work
+    models = [load_model(resolve_model(n)) for n in names]   # all errors before any work
     image = photo if isinstance(photo, Image.Image) else open_rgb(photo)
+    rt = make_runtime(device, precision)
+    pixels = guard.scaled_pixels(image.size, tile)
+    widest = max(guard.transformer_bytes_per_pixel(ARCHS[net.arch].channels[0]) for net, _ in models)
+    guard.check_memory(pixels * (widest + 4 * (len(models) + 2)), f"a sheet of {pixels / 1e6:.0f}-megapixel tiles",
+                       "use a smaller --size", rt.device)  # the widest network, and the tiles and sheet (RGBA)
     small = resize_long_side(image.convert("RGB"), tile)
     x = pil_to_tensor(small)
-    rt = make_runtime(device, precision)
     tiles = [("photo", small)]
     if callback is not None:
         callback(SheetProgress(0, len(names), ""))
-    for i, (name, path) in enumerate(zip(names, paths)):
-        net, record = load_model(path)
+    for i, (name, (net, record)) in enumerate(zip(names, models)):
         out = apply_to_tensor(rt.for_inference(net), x, rt)[0]
         tiles.append((str(record.get("style") or name), tensor_to_pil(out)))
         if callback is not None:
