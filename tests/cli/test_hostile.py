@@ -224,7 +224,7 @@ def test_library_configs_refuse_nan_too(env, tmp_path):
 # --------------------------------------------------------------------------- 4. memory
 
 @pytest.mark.parametrize("case", ["stylize-size", "style-scale", "fast-train", "fast-apply", "fast-sheet",
-                                  "classify-train", "visualize", "summary"])
+                                  "train-decoders", "classify-train", "visualize", "summary"])
 def test_huge_sizes_are_refused_with_needed_and_available_memory(case, env, roots, tmp_path, random_vgg19_file):
     content, style, w = env / "content.png", env / "style.png", ["--weights", random_vgg19_file]
     args = {"stylize-size": ["stylize", content, style, "-o", tmp_path / "o.png", *w, "--size", "60000"],
@@ -232,6 +232,8 @@ def test_huge_sizes_are_refused_with_needed_and_available_memory(case, env, root
             "fast-train": ["fast", "train", style, "--data", env / "photos", "-o", tmp_path / "m.pth", *w,
                            "--crop-size", "40000"],
             "fast-apply": ["fast", "apply", env / "model.pth", content, "-o", tmp_path / "o.png", "--size", "60000"],
+            "train-decoders": ["fast", "train-decoders", "--data", env / "photos", "-o", tmp_path / "d", *w,
+                               "--crop-size", "40000"],
             "fast-sheet": ["fast", "sheet", content, "--styles", env / "model.pth", "-o", tmp_path / "s.png",
                            "--size", "60000"],
             "classify-train": ["classify", "train", "--dataset", env / "colours", *CLASSIFY, "--image-size", "40000",
@@ -241,6 +243,7 @@ def test_huge_sizes_are_refused_with_needed_and_available_memory(case, env, root
             "summary": ["summary", "simple-cnn", "--input", "3x60000x60000"]}
     line = refused(roots, *args[case], expect="GB of memory, but only")
     assert "needs about" in line and "available" in line
+    assert list(tmp_path.iterdir()) == []  # no output, nor an empty output folder
 
 
 def test_a_very_elongated_image_is_refused_before_visualize_runs(env, roots, tmp_path):

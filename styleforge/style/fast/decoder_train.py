@@ -254,6 +254,12 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
     if not distributed.current().is_main:
         return _train_decoders(cfg, levels, init, callback, encoder)
     with no_empty_folder_left(cfg.output):  # bad input stops before anything is written: no empty -o is left
+        # VGG19 encodes each crop, and again the decoded picture for the perceptual loss; the decoders
+        # mirror it (about one more encoder's activations).
+        guard.check_memory(cfg.batch_size * cfg.image_size ** 2 * 3 * guard.VGG_BYTES_PER_PIXEL,
+                           f"training at --crop-size {cfg.image_size}, --batch-size {cfg.batch_size}",
+                           "use a smaller --crop-size or --batch-size",
+                           make_runtime(distributed.current().device_spec(cfg.device), cfg.precision).device)
         _prepare_output(cfg, levels)
         return _train_decoders(cfg, levels, init, callback, encoder)
 
