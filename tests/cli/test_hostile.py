@@ -545,7 +545,13 @@ def test_fast_train_and_export_never_write_over_inputs(env, roots, tmp_path, ran
     refused(roots, "fast", "train", env / "style.png", "--data", tmp_path / "photos", "-o",
             tmp_path / "photos" / "m.pth", *args, expect="would be written over the training photo")
     assert style.read_bytes() == (env / "style.png").read_bytes()
-    refused(roots, "fast", "export", env / "model.pth", "-o", env / "model.pth", expect="is the model file")
+    refused(roots, "fast", "export", env / "model.pth", "-o", tmp_path / "m.png", expect="an ONNX file ends in .onnx")
+    named = tmp_path / "model.onnx"  # a model under an ONNX name
+    shutil.copy(env / "model.pth", named)
+    refused(roots, "fast", "export", named, "-o", named, expect="is the model file")
+    refused(roots, "fast", "apply", env / "model.pth", env / "content.png", "-o", tmp_path / "typo.pgn",
+            expect=".pgn is not an image or video format")
+    assert not (tmp_path / "typo.pgn").exists() and not (tmp_path / "m.png").exists()
 
 
 def test_grid_overwrite_deletes_only_what_styleforge_made(env, tmp_path):

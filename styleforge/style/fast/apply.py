@@ -95,6 +95,9 @@ def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike,
         check_writable(out)
         check_not_inputs({"-o": out}, {"the input": src, **others})
         return [_Job(src, out, is_video)]
+    if single and out.suffix and not out.exists():  # e.g. a typo (.pgn): not taken for a new folder's name
+        raise StyleforgeError(f"-o {out}: {out.suffix} is not an image or video format styleforge writes (.png, "
+                              ".jpg, .mp4, ...): give one of those, or a folder that exists")
     if out.exists() and not out.is_dir():
         raise StyleforgeError(f"-o {out} is a file but the inputs need an output folder")
     if not out.exists() and out.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES:

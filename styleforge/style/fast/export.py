@@ -36,6 +36,8 @@ class _Deployable(nn.Module):
 
 def export_onnx(model: str | os.PathLike, output: str | os.PathLike, opset: int = OPSET) -> Path:
     """Write MODEL as ONNX: input ``image`` (N, 3, H, W) in [0, 1], output ``stylized`` likewise."""
+    if Path(output).suffix.lower() != ".onnx":
+        raise StyleforgeError(f"-o {output}: an ONNX file ends in .onnx (e.g. -o {Path(output).with_suffix('.onnx')})")
     out = check_writable(output)
     path = resolve_model(model)
     check_not_inputs({"-o": out}, {"the model file": path})
