@@ -41,6 +41,7 @@ from .options import (
     COUNT,
     CROP_HELP,
     FRACTION,
+    NAME_LIST,
     NON_NEGATIVE,
     NON_NEGATIVE_INT,
     ORIGINAL_COLORS_HELP,
@@ -204,7 +205,7 @@ def _strength_default() -> str:
                help="With --style-image: hourglass+cascade restyles the hourglass's picture with the cascade (the "
                     "most of the painting); cascade runs one decoder per level, coarse to fine (less than half the "
                     "time); hourglass decodes relu4_1, relu3_1 and relu2_1 at once (the photo kept closest).")
-@option("--levels", type=CommaList(click.STRING), metavar="LEVEL,...", show_default="every decoder found",
+@option("--levels", type=NAME_LIST, metavar="LEVEL,...", show_default="every decoder found",
         help=LEVELS_HELP + " With the cascade (--decoder cascade or hourglass+cascade).")
 @config_option(AnyStyle, "detail", "--detail", type=FRACTION, show_default=number_text(DEFAULT_DETAIL),
                help="With the hourglass decoder (--decoder hourglass or hourglass+cascade): how much of the photo's "
@@ -256,7 +257,7 @@ def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) ->
 @data_option
 @option("-o", "--output", required=True, type=click.Path(path_type=Path),
         help="Folder for the decoder files, the checkpoint and the loss CSV.")
-@config_option(DecoderTrainConfig, "levels", "--levels", type=CommaList(click.STRING), metavar="LEVEL,...",
+@config_option(DecoderTrainConfig, "levels", "--levels", type=NAME_LIST, metavar="LEVEL,...",
                help=LEVELS_HELP)
 @config_option(DecoderTrainConfig, "architecture", "--architecture", type=click.Choice(ARCHITECTURES),
                help="mirror: one decoder per level (a cascade); hourglass: one decoder from relu4_1 with skips "
@@ -312,7 +313,7 @@ def train_decoders_cmd(data, output, levels, architecture, width, image_size, ba
 @fast_group.command("sheet")
 @click.argument("photo", type=click.Path(path_type=Path))
 @option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Image file to write.")
-@option("--styles", type=CommaList(click.STRING), metavar="NAME,...", show_default="every installed style",
+@option("--styles", type=NAME_LIST, metavar="NAME,...", show_default="every installed style",
         help="Model names or files.")
 @config_option(style_sheet, "tile", "--size", type=COUNT, metavar="PX", help=f"{SIZE_HELP} Here each tile.")
 @option("--columns", type=COUNT, show_default="a near-square grid", help="Tiles per row.")

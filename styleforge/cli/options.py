@@ -86,22 +86,28 @@ SEED = Number(int, **guard.SEED)
 def parse_layer_weights(text: str, option: str) -> dict[str, float]:
     """``relu1_1,relu2_1:0.5`` -> {"relu1_1": 1.0, "relu2_1": 0.5}."""
     out: dict[str, float] = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
+    items = [s.strip() for s in text.split(",")]
+    if not any(items):
+        raise click.BadParameter("give at least one layer", param_hint=option)
+    if not all(items):
+        raise click.BadParameter(f"{text!r} has an empty item; separate the layers by single commas",
+                                 param_hint=option)
+    for item in items:
         name, _, weight = item.partition(":")
+        if name.strip() in out:
+            raise click.BadParameter(f"{name.strip()} is named twice: give each layer once", param_hint=option)
         try:
             out[name.strip()] = float(weight) if weight else 1.0
         except ValueError:
             raise click.BadParameter(f"{item!r} is not NAME or NAME:WEIGHT", param_hint=option) from None
-    if not out:
-        raise click.BadParameter("give at least one layer", param_hint=option)
     return out
 
 
 class CommaList(click.ParamType):
     """``0.01,0.1`` -> [0.01, 0.1]: several values of one option, each checked as ``inner`` checks one."""
 
-    def __init__(self, inner: click.ParamType) -> None:
-        self.inner = inner
+    def __init__(self, inner: click.ParamType, distinct: bool = False) -> None:
+        self.inner, self.distinct = inner, distinct  # distinct: a value given twice is refused
         self.name = f"{inner.name} list"
 
     def convert(self, value, param, ctx):
@@ -112,7 +118,14 @@ class CommaList(click.ParamType):
             self.fail(f"{value!r} holds no value; give one or more, comma-separated", param, ctx)
         if not all(items):
             self.fail(f"{value!r} has an empty item; separate the values by single commas", param, ctx)
-        return [self.inner.convert(item, param, ctx) for item in items]
+        values = [self.inner.convert(item, param, ctx) for item in items]
+        twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if self.distinct and twice is not None:
+            self.fail(f"{twice} is given twice: give each value once", param, ctx)
+        return values
+
+
+NAME_LIST = CommaList(click.STRING, distinct=True)  # levels, styles: each named once
 
 
 # ----------------------------------------------------------------- defaults from the library

@@ -58,7 +58,7 @@ def _check_output(output: Path, image: Path) -> None:
 LAYER_HELP = "A layer name (see 'styleforge visualize layers')."
 image_option = option("--image", required=True, type=click.Path(path_type=Path),
                       help="The image the activations are computed on.")
-indices_option = option("--indices", type=CommaList(NON_NEGATIVE_INT), metavar="I,I,...",
+indices_option = option("--indices", type=CommaList(NON_NEGATIVE_INT, distinct=True), metavar="I,I,...",
                         show_default="the first --count", help="Which ones to show, e.g. 14,26,32,49,52.")
 short_side_option = option("--short-side", type=COUNT, metavar="PX", old=("--size",),
                            show_default="the model's input size",
