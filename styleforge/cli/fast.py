@@ -224,6 +224,8 @@ def apply_cmd(args, output, style_image, style_blend, strength, style_size, work
               detail, decoders, weights, size, original_colors, batch_size, device, precision, quiet):
     """Stylize INPUTS (images, folders, videos) with MODEL (a file or a shipped style name) or --style-image."""
     model, inputs = _model_and_inputs(args, style_image)
+    if model is not None:
+        _refuse_any_style_options(click.get_current_context())
     keep_freed_memory()
     any_style = None
     if style_image:
@@ -237,6 +239,19 @@ def apply_cmd(args, output, style_image, style_blend, strength, style_size, work
                                 any_style=any_style, work_size=work_size)
     if not quiet:
         click.echo(f"wrote {len(written)} file(s) to {output}")
+
+
+# fast apply's options that only --style-image reads (a trained MODEL paints its own style).
+_ANY_STYLE_ONLY = ("style_blend", "strength", "style_size", "method", "decoder", "levels", "detail", "decoders",
+                   "weights")
+
+
+def _refuse_any_style_options(ctx: click.Context) -> None:
+    given = [name for name in _ANY_STYLE_ONLY
+             if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)]
+    if given:
+        raise StyleforgeError(f"--{given[0].replace('_', '-')} is for --style-image: a trained MODEL paints its own "
+                              "style; leave it out")
 
 
 def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) -> tuple[str | None, list[Path]]:
