@@ -224,6 +224,13 @@ def require_keys(record: Mapping[str, Any], where: str | os.PathLike, types: Map
                                   "written by styleforge")
 
 
+def check_stop_at(stop_at: int | None, steps: int | None) -> None:
+    """--stop-at splits a run of --steps: a step past the end is a mistake, not a longer run."""
+    if stop_at is not None and steps is not None and stop_at > steps:
+        raise StyleforgeError(f"--stop-at {stop_at} is past --steps {steps}: --stop-at stops a run part-way "
+                              "(continue it with --resume); give a step up to --steps or leave it out")
+
+
 def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], ignore: Iterable[str],
                  where: str | os.PathLike, options: Mapping[str, str] | None = None) -> None:
     """Refuse to resume when a setting that changes the run differs from the saved run's.

@@ -323,6 +323,10 @@ def test_resume_refuses_changed_settings(photos, tmp_path, random_vgg19_file):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, photo_size=96))
     with pytest.raises(StyleforgeError, match="--tone-weight 10 -> 0"):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, tone_weight=0.0))
+    with pytest.raises(StyleforgeError, match="--crop-size 32 -> 48"):  # named as the options are
+        train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, image_size=48))
+    with pytest.raises(StyleforgeError, match="--network light -> johnson"):
+        train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, arch="johnson"))
 
 
 def test_defaults_udnies_recipe_and_a_learning_rate_per_network(photos, tmp_path, random_vgg19_file):

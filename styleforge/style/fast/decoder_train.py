@@ -46,7 +46,7 @@ from .decoders import (
     load_decoder,
     save_decoder,
 )
-from .loop import LR_SCHEDULES, StepRun, check_batch, photo_files, read_checkpoint, resolved
+from .loop import LR_SCHEDULES, OPTION_NAMES, StepRun, check_batch, photo_files, read_checkpoint, resolved
 from .model import parameter_count
 from .universal import swapped_wct
 
@@ -121,6 +121,7 @@ class DecoderTrainConfig:
              ("--feature-weight", self.feature_weight, guard.NON_NEGATIVE), ("--seed", self.seed, guard.SEED),
              ("--style-weight", self.style_weight, guard.NON_NEGATIVE),
              ("--workers", self.workers, guard.NON_NEGATIVE), ("--stop-at", self.stop_at, guard.COUNT)])
+        guard.check_stop_at(self.stop_at, self.steps)
         stride = 2 ** (level_index(levels[-1]) - 1)
         if self.image_size % stride or self.image_size < 2 * stride:
             raise StyleforgeError(f"--crop-size {self.image_size} must be a multiple of {stride} and at least "
@@ -241,7 +242,7 @@ def _load_resume(cfg: DecoderTrainConfig, ckpt: Path, config_record: dict) -> di
         + (("world_size",) if cfg.style_weight else ())  # the stylizing stage pairs photos within each process
     saved = {"warmup_steps": 0, "architecture": "mirror", "style_weight": 0.0, "init_decoder": None,
              **record["config"]}  # checkpoints from before these options
-    guard.check_resume(saved, {k: config_record.get(k) for k in keys}, (), ckpt)
+    guard.check_resume(saved, {k: config_record.get(k) for k in keys}, (), ckpt, OPTION_NAMES)
     return record
 
 

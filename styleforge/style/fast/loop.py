@@ -80,6 +80,12 @@ def photo_files(data: str | os.PathLike | Sequence[str]) -> tuple[list[Path], li
     return files, unreadable
 
 
+# Settings of the fast trainers whose option is not named after them (the rest: --the-setting-name), for
+# the resume check's message.
+OPTION_NAMES = {"arch": "--network", "image_size": "--crop-size", "checkpoint_every": "--checkpoint-steps",
+                "global_batch": "the global batch (--batch-size x processes)", "world_size": "the processes"}
+
+
 def check_batch(files: list[Path], global_batch: int) -> None:
     """One-line error when the photos do not fill one batch. Only headers were read (list_images): files
     are decoded here, in order, until one batch's worth decode, so a truncated file never counts toward it."""

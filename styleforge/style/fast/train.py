@@ -32,6 +32,7 @@ from .data import RandomCrops
 from .loop import (  # noqa: F401  (LR_FLOOR, lr_at: re-exported for the tests)
     LR_FLOOR,
     LR_SCHEDULES,
+    OPTION_NAMES,
     StepRun,
     check_batch,
     history_paths,
@@ -264,6 +265,7 @@ class FastTrainConfig:
              ("--chroma-weight", self.chroma_weight, guard.NON_NEGATIVE),
              ("--steps", self.steps, guard.COUNT),
              ("--stop-at", self.stop_at, guard.COUNT)])
+        guard.check_stop_at(self.stop_at, self.steps)
         guard.check_choice(self.arch, "--network", ARCHS)
         guard.check_choice(self.upsample, "--upsample", UPSAMPLE_MODES)
         if self.image_size % 4:
@@ -344,7 +346,7 @@ def _load_resume(cfg: FastTrainConfig, ckpt: Path, steps: int) -> dict:
     mine = _jsonable(asdict(cfg))
     for key in ("style", "data"):  # the same files, however the paths are written
         old[key], mine[key] = (resolved(d.get(key)) for d in (old, mine))
-    guard.check_resume(old, mine, _RESUME_MAY_CHANGE, ckpt, {"style": "STYLE_IMAGE"})
+    guard.check_resume(old, mine, _RESUME_MAY_CHANGE, ckpt, {"style": "STYLE_IMAGE", **OPTION_NAMES})
     before = old.get("global_batch", old.get("batch_size"))
     if before != cfg.batch_size * distributed.current().world_size:
         raise StyleforgeError(f"--resume: {ckpt} was trained with a global batch of {before}, this run has "
