@@ -20,4 +20,4 @@ def first_line(exc: BaseException, limit: int = 120) -> str:
     if not lines:
         return type(exc).__name__
     line = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
-    return line[:limit]
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."  # cut between words

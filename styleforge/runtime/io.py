@@ -251,19 +251,22 @@ def save_json(data: Any, path: str | os.PathLike) -> Path:
 def load_torch(path: str | os.PathLike, what: str, fix: str) -> Any:
     """``torch.load`` on the CPU with ``weights_only=True``, so no pickled code runs.
 
-    A truncated or non-torch file raises ``PATH is truncated or not WHAT (detail): FIX``;
-    one holding pickled Python objects says so.
+    A truncated or non-torch file raises ``PATH is truncated or another kind of file, not WHAT: FIX``;
+    a damaged archive gives torch's reason; one holding pickled Python objects says so.
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types for damaged or foreign files
+        # torch.save writes a zip archive. Other bytes (an image, a truncated file: its directory is at the
+        # end) are named as such, without torch's message for them, which is about its legacy formats.
+        if not zipfile.is_zipfile(path):
+            raise StyleforgeError(f"{path} is truncated or another kind of file, not {what}: {fix}") from None
         detail = first_line(exc)
-        # A complete torch.save file that weights_only refuses holds pickled objects; other
-        # bytes can fail the same way (torch tries them as a legacy pickle).
-        if "Weights only load failed" in detail and zipfile.is_zipfile(path):
+        # A complete torch.save file that weights_only refuses holds pickled objects.
+        if "Weights only load failed" in detail:
             raise StyleforgeError(f"{path} holds pickled Python objects, which styleforge never loads: {fix}") \
                 from None
-        raise StyleforgeError(f"{path} is truncated or not {what} ({detail}): {fix}") from None
+        raise StyleforgeError(f"{path} is damaged or not {what} ({detail}): {fix}") from None
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> Path:

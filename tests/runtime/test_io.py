@@ -1,6 +1,7 @@
 import os
 import signal
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -180,14 +181,19 @@ def test_load_torch_turns_every_unreadable_file_into_one_line(tmp_path):
     assert torch.equal(load_torch(good, "a thing", "fix it")["w"], torch.ones(2))
     (tmp_path / "junk.pt").write_bytes(b"junk")
     (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:40])
-    for name in ("junk.pt", "cut.pt"):
-        with pytest.raises(StyleforgeError, match=rf"{name} is truncated or not a thing \(.+\): fix it$"):
+    for name in ("junk.pt", "cut.pt"):  # named for what they are, without torch's message about legacy formats
+        with pytest.raises(StyleforgeError, match=rf"{name} is truncated or another kind of file, not a thing: fix"):
             load_torch(tmp_path / name, "a thing", "fix it")
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:  # a complete zip, not one torch.save wrote
+        z.writestr("notes.txt", "hello")
+    with pytest.raises(StyleforgeError, match=r"other.zip is damaged or not a thing \(.*notes.txt\): fix it$"):
+        load_torch(tmp_path / "other.zip", "a thing", "fix it")
     torch.save({"when": Path("x")}, tmp_path / "pickle.pt")  # a pickled object weights_only refuses
     with pytest.raises(StyleforgeError, match="holds pickled Python objects, which styleforge never loads: fix it"):
         load_torch(tmp_path / "pickle.pt", "a thing", "fix it")
     assert first_line(RuntimeError("Error(s) in loading:\n\tMissing key(s): a\n\tmore")) == "Missing key(s): a"
     assert first_line(ValueError("\n bad value \nsecond")) == "bad value" and first_line(KeyError()) == "KeyError"
+    assert first_line(ValueError("a few words " * 20), limit=30) == "a few words a few words a few ..."  # between words
 
 
 def test_no_empty_folder_left_removes_only_an_empty_folder_the_block_made(tmp_path):

@@ -110,7 +110,7 @@ def read_checkpoint(ckpt: Path, fmt: str, kind: str) -> dict:
     """A training checkpoint for --resume, its format and structure checked (one-line errors)."""
     if not ckpt.is_file():
         raise StyleforgeError(f"--resume: no checkpoint {ckpt} to continue from (train without --resume)")
-    record = read_record(ckpt)
+    record = read_record(ckpt, "start the run again without --resume (with --overwrite)")
     if not isinstance(record, dict) or record.get("format") != fmt:
         raise StyleforgeError(f"{ckpt} is not a styleforge {kind} checkpoint")
     guard.require_keys(record, ckpt, {"model": dict, "optimizer": dict, "step": int, "history": list,

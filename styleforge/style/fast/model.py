@@ -268,12 +268,12 @@ def save_model(model: TransformerNet, path: str | os.PathLike, style: str, train
     return save_torch(record, path)
 
 
-def read_record(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a model or checkpoint file safely (no pickled code runs), with one-line errors."""
+def read_record(path: str | os.PathLike, fix: str = "re-download or re-train it") -> dict[str, Any]:
+    """Read a model or checkpoint file safely (no pickled code runs), with one-line errors ending in ``fix``."""
     path = Path(path)
     if not path.is_file():
         raise StyleforgeError(f"model file {str(path)!r} does not exist")
-    return load_torch(path, "a PyTorch file", "re-download or re-train it")
+    return load_torch(path, "a PyTorch file", fix)
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[TransformerNet, dict]:
