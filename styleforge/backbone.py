@@ -229,6 +229,9 @@ def locate(arch: str, explicit: str | os.PathLike | None = None) -> WeightsCandi
     """The first existing weights file for ``arch`` in lookup order, or None."""
     if explicit is not None:
         path = Path(explicit).expanduser()
+        if path.is_dir():
+            raise StyleforgeError(f"--weights {path} is a folder: give the file itself, or name the folder in "
+                                  f"${WEIGHTS_ENV}")
         if not path.is_file():
             raise StyleforgeError(f"--weights {path}: no such file")
         return WeightsCandidate(arch, "--weights", path)

@@ -109,6 +109,9 @@ class DataSpec:
                              ("--per-class", self.per_class, guard.COUNT)])
         if self.image_size is not None and self.image_size < 4:
             raise StyleforgeError("--image-size must be at least 4")
+        if self.test_data and not Path(self.test_data).expanduser().is_dir():
+            raise StyleforgeError(f"--test-data {self.test_data} is not a folder: give a folder with one sub-folder "
+                                  "of images per class, the training set's classes")
         return self
 
     def located(self) -> "DataSpec":

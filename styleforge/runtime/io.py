@@ -223,7 +223,10 @@ def _umask() -> int:
 
 
 def image_format(path: str | os.PathLike) -> str:
+    """PIL's format for an output image's suffix; one-line errors for a folder or an unknown suffix."""
     suffix = Path(path).suffix.lower()
+    if Path(path).is_dir():
+        raise StyleforgeError(f"{path} is a folder: give an image file, e.g. {Path(path) / 'out.png'}")
     if suffix not in _SAVE_FORMATS:
         raise StyleforgeError(
             f"cannot tell the image format of {path}: use one of {', '.join(sorted(_SAVE_FORMATS))}"

@@ -183,6 +183,8 @@ NUMBER_CASES = [
     (["classify", "train", "--dataset", "{colours}", "-o", "{tmp}/r", "--lr", "-0.1"], "--lr"),
     (["classify", "train", "--dataset", "{colours}", "-o", "{tmp}/r", "--epochs", "0"], "--epochs"),
     (["classify", "train", "--dataset", "{colours}", "-o", "{tmp}/r", "--momentum", "1.5"], "--momentum"),
+    (["classify", "train", "--dataset", "{colours}", "-o", "{tmp}/r", "--test-data", "{tmp}/nodir"],
+     "nodir is not a folder: give a folder with one sub-folder of images per class"),
     (["classify", "train", "--dataset", "{colours}", "-o", "{tmp}/r", "--seed", "1" * 20], "--seed"),
     (["classify", "train", "--dataset", "{colours}", "-o", "{tmp}/r", "--model", "res-cnn", "--option", "width=abc"],
      "whole number"),
@@ -280,18 +282,27 @@ def test_visualize_size_works_with_a_linear_head(env, roots, tmp_path):
 # --------------------------------------------------------------------------- 6. output paths
 
 @pytest.mark.parametrize("case", ["eval-onto-file", "train-onto-file", "grid-onto-file", "compare-xyz",
-                                  "visualize-xyz"])
-def test_outputs_are_checked_before_the_work(case, env, roots, tmp_path):
+                                  "visualize-xyz", "stylize-onto-folder", "sheet-onto-folder", "weights-folder"])
+def test_outputs_are_checked_before_the_work(case, env, roots, tmp_path, random_vgg19_file):
     (tmp_path / "file").write_text("mine")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    expect = {"stylize-onto-folder": "folder is a folder: give an image file, e.g.",
+              "sheet-onto-folder": "folder is a folder: give an image file",
+              "weights-folder": "folder is a folder: give the file itself"}.get(case, "")
     args = {"eval-onto-file": ["classify", "eval", env / "run", "-o", tmp_path / "file"],
             "train-onto-file": ["classify", "train", "--dataset", env / "colours", *CLASSIFY, "-o", tmp_path / "file"],
             "grid-onto-file": ["classify", "grid", "--dataset", env / "colours", *CLASSIFY, "--lr", "0.1,0.2",
                                "-o", tmp_path / "file"],
             "compare-xyz": ["classify", "compare", env / "run", "-o", tmp_path / "c.xyz"],
             "visualize-xyz": ["visualize", "filters", env / "run", "--image", env / "content.png",
-                              "-o", tmp_path / "f.xyz"]}[case]
-    refused(roots, *args)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+                              "-o", tmp_path / "f.xyz"],
+            "stylize-onto-folder": ["stylize", env / "content.png", env / "style.png", "-o", folder],
+            "sheet-onto-folder": ["fast", "sheet", env / "content.png", "--styles", env / "model.pth", "-o", folder],
+            "weights-folder": ["stylize", env / "content.png", env / "style.png", "-o", tmp_path / "o.png",
+                               "--weights", folder]}[case]
+    refused(roots, *args, expect=expect)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"] and not any(folder.iterdir())
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="running as root, who can write into read-only folders")

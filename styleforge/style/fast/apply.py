@@ -88,8 +88,8 @@ def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike,
         src = sources[0]
         is_video = src.suffix.lower() in VIDEO_SUFFIXES
         if is_video != (out.suffix.lower() in VIDEO_SUFFIXES):
-            raise StyleforgeError(f"-o {out}: a {'video' if is_video else 'image'} input needs a "
-                                  f"{'video (.mp4)' if is_video else 'image (.png, .jpg)'} output")
+            raise StyleforgeError(f"-o {out}: {'a video' if is_video else 'an image'} input needs "
+                                  f"{'a video (.mp4)' if is_video else 'an image (.png, .jpg)'} output")
         if not is_video:
             image_format(out)
         check_writable(out)
