@@ -251,6 +251,32 @@ def save_json(data: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+# What the files styleforge writes begin with, by suffix: CSV headers (the fast trainers' loss tables, a
+# run's metrics and steps, per-class tables, grid tables), Markdown (a report's title or a table), JSON objects.
+_OWN_STARTS = {".csv": ("step,", "epoch,", "class,", "rank,"), ".md": ("#", "|"), ".json": ("{",)}
+
+
+def written_by_styleforge(path: str | os.PathLike) -> bool:
+    """Whether an existing file looks like one styleforge writes under that name, so that --overwrite may
+    replace it: a table, report or record by how it begins, a figure by matplotlib's mark, a model,
+    checkpoint or decoder as a PyTorch file holding a dict, a model's source as Python."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in _OWN_STARTS:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read(64).lstrip().startswith(_OWN_STARTS[suffix])
+        if suffix == ".png":
+            with Image.open(path) as img:
+                return str(getattr(img, "text", {}).get("Software", "")).startswith("Matplotlib")
+        if suffix == ".py":
+            compile(path.read_text(encoding="utf-8"), str(path), "exec")
+            return True
+        return zipfile.is_zipfile(path) and isinstance(load_torch(path, "a PyTorch file", ""), dict)
+    except (StyleforgeError, OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        return False
+
+
 def load_torch(path: str | os.PathLike, what: str, fix: str) -> Any:
     """``torch.load`` on the CPU with ``weights_only=True``, so no pickled code runs.
 

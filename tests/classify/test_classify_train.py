@@ -96,6 +96,13 @@ def test_existing_run_dir_is_refused_unless_overwrite(toy, tmp_path):
     assert (out / "summary.json").read_text() == before
     fit(cfg(toy, out, epochs=1, overwrite=True, seed=3))
     assert json.loads((out / "summary.json").read_text())["epochs_run"] == 1
+    mine = tmp_path / "mine"  # a user's own files under a run's names: --overwrite replaces only styleforge's
+    mine.mkdir()
+    (mine / "config.json").write_text("my settings")
+    (mine / "report.md").write_text("Dear diary")
+    with pytest.raises(StyleforgeError, match="config.json is not a file a styleforge run wrote"):
+        fit(cfg(toy, mine, epochs=1, overwrite=True))
+    assert (mine / "config.json").read_text() == "my settings" and (mine / "report.md").read_text() == "Dear diary"
 
 
 def test_a_run_given_a_relative_dataset_path_evaluates_and_resumes_from_another_folder(toy, tmp_path, monkeypatch):

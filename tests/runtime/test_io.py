@@ -222,3 +222,28 @@ def test_no_empty_folder_left_removes_only_an_empty_folder_the_block_made(tmp_pa
         deep.parent.mkdir(parents=True)
         (deep.parent / "keep.txt").write_text("x")
     assert (deep.parent / "keep.txt").is_file() and not deep.exists()
+
+
+def test_written_by_styleforge_tells_its_own_files_from_a_users(tmp_path):
+    import matplotlib.figure
+
+    from styleforge.runtime.figures import save_figure
+
+    ours = {"m.losses.csv": "step,content\n1,2\n", "metrics.csv": "epoch,train_loss\n", "report.md": "# run\n",
+            "per_class_test.md": "| class |\n", "config.json": '{"model": "x"}', "model.py": "class Net: pass\n"}
+    theirs = {"notes.csv": "name,age\n", "config.json": "my settings", "report.md": "Dear diary", "model.py": "oops(",
+              "m.pth": "my notes"}
+    for name, text in ours.items():
+        (tmp_path / name).write_text(text)
+        assert io.written_by_styleforge(tmp_path / name), name
+    torch.save({"format": "x", "state_dict": {}}, tmp_path / "m.pth")
+    fig = matplotlib.figure.Figure()
+    fig.add_subplot().plot([1, 2])
+    save_figure(fig, tmp_path / "curves.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "photo.png")
+    assert io.written_by_styleforge(tmp_path / "m.pth") and io.written_by_styleforge(tmp_path / "curves.png")
+    assert not io.written_by_styleforge(tmp_path / "photo.png")
+    for name, text in theirs.items():
+        (tmp_path / "theirs").mkdir(exist_ok=True)
+        (tmp_path / "theirs" / name).write_text(text)
+        assert not io.written_by_styleforge(tmp_path / "theirs" / name), name

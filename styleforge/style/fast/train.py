@@ -24,7 +24,7 @@ from ...runtime import distributed, guard, lock
 from ...runtime.device import STREAM_GAP, Runtime, derived_seed, seed_everything
 from ...runtime.device import runtime as make_runtime
 from ...runtime.errors import StyleforgeError
-from ...runtime.io import check_writable, open_rgb, pil_to_tensor, resize_long_side
+from ...runtime.io import check_writable, open_rgb, pil_to_tensor, resize_long_side, written_by_styleforge
 from .. import losses
 from ..color import luminance
 from ..perceptual import PerceptualLoss, loss_weights
@@ -48,7 +48,6 @@ from .model import (
     LATTICE,
     UPSAMPLE_MODES,
     TransformerNet,
-    load_model,
     parameter_count,
     save_model,
     uniform_noise,
@@ -372,28 +371,9 @@ def _check_paths(cfg: FastTrainConfig, files: list[Path]) -> None:
         if not cfg.overwrite:
             raise StyleforgeError(f"{path} is already there: use --overwrite to replace it"
                                   + (", --resume to continue it" if path == ckpt else "") + ", or another -o")
-        if not _written_by_styleforge(path, ckpt):
+        if not written_by_styleforge(path):
             raise StyleforgeError(f"{path} is not a file a styleforge run wrote, and --overwrite replaces only "
                                   "those: move it or choose another -o")
-
-
-def _written_by_styleforge(path: Path, ckpt: Path) -> bool:
-    """Whether a file in a run's place is one a styleforge run writes: a model or checkpoint it reads
-    back, its loss table (by its header) or a matplotlib plot."""
-    try:
-        if path.suffix == ".csv":
-            with open(path, encoding="utf-8") as fh:
-                return fh.readline().startswith("step,")
-        if path.suffix == ".png":
-            with Image.open(path) as img:
-                return str(getattr(img, "text", {}).get("Software", "")).startswith("Matplotlib")
-        if path == ckpt:
-            read_checkpoint(path, CHECKPOINT_FORMAT, "training")
-        else:
-            load_model(path)
-    except (StyleforgeError, OSError, UnicodeDecodeError, SyntaxError, ValueError):
-        return False
-    return True
 
 
 def _jsonable(d: dict) -> dict:
