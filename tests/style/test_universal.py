@@ -484,6 +484,24 @@ def decoders(tmp_path):
     return folder
 
 
+def test_decoder_training_replaces_only_files_a_run_wrote(photos, tmp_path, random_vgg19_file):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "decoder-relu2_1.pth").write_text("my notes")
+    with pytest.raises(StyleforgeError, match="decoder-relu2_1.pth is already there: use --overwrite"):
+        train_decoders(_dcfg(photos, out, random_vgg19_file))
+    with pytest.raises(StyleforgeError, match="decoder-relu2_1.pth is not a file a styleforge run wrote"):
+        train_decoders(_dcfg(photos, out, random_vgg19_file, overwrite=True))
+    (out / "decoder-relu2_1.pth").unlink()
+    (out / "decoders.losses.csv").write_text("name,age\n")  # the loss table's name too
+    with pytest.raises(StyleforgeError, match="decoders.losses.csv is already there"):
+        train_decoders(_dcfg(photos, out, random_vgg19_file))
+    assert sorted(p.name for p in out.iterdir()) == ["decoders.losses.csv"]
+    (out / "decoders.losses.csv").unlink()
+    train_decoders(_dcfg(photos, out, random_vgg19_file, steps=2))
+    train_decoders(_dcfg(photos, out, random_vgg19_file, steps=2, overwrite=True))  # its own files: replaced
+
+
 def test_decoder_training_on_bad_input_leaves_no_folder(photos, tmp_path, random_vgg19_file):
     for change in ({"data": str(tmp_path / "nodir")}, {"batch_size": 500}, {"resume": True},
                    {"weights": str(photos / "p0.png")}):

@@ -33,7 +33,7 @@ from ...runtime import distributed, guard
 from ...runtime.device import Runtime, seed_everything
 from ...runtime.device import runtime as make_runtime
 from ...runtime.errors import StyleforgeError
-from ...runtime.io import check_writable, make_folder, no_empty_folder_left
+from ...runtime.io import check_writable, make_folder, no_empty_folder_left, written_by_styleforge
 from ..losses import gram_matrix, image_content_loss, style_loss
 from .data import RandomCrops, StreamSampler, collate
 from .decoders import (
@@ -46,12 +46,22 @@ from .decoders import (
     load_decoder,
     save_decoder,
 )
-from .loop import LR_SCHEDULES, OPTION_NAMES, StepRun, check_batch, photo_files, read_checkpoint, resolved
+from .loop import (
+    LR_SCHEDULES,
+    OPTION_NAMES,
+    StepRun,
+    check_batch,
+    history_paths,
+    photo_files,
+    read_checkpoint,
+    resolved,
+)
 from .model import parameter_count
 from .universal import swapped_wct
 
 CHECKPOINT_FORMAT = "styleforge-decoder-checkpoint"
 CHECKPOINT_NAME = "decoders.ckpt"
+HISTORY_STEM = "decoders.pth"  # the loss table and plot are decoders.losses.csv and .png
 DEFAULT_DECODER_STEPS = 4000
 ARCHITECTURES = ("mirror", HOURGLASS)
 
@@ -326,16 +336,22 @@ def _prepare_output(cfg: DecoderTrainConfig, levels: list[str]) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise StyleforgeError(f"-o {out_dir} is a file: give a folder for the decoders")
     written = [out_dir / decoder_name(lv) for lv in levels] + [out_dir / CHECKPOINT_NAME]
+    written += history_paths(out_dir / HISTORY_STEM)
     inputs = {"the --init-decoder": cfg.init_decoder, "the --weights file": cfg.weights}
     guard.check_not_inputs({f"the output {p.name}": p for p in written},
                            {label: path for label, path in inputs.items() if path})
     make_folder(out_dir)
     for p in written:
         check_writable(p)
-        if p.exists() and not (cfg.resume or cfg.overwrite):
-            raise StyleforgeError(f"{p} is already there (an earlier run's): use --overwrite to replace it"
+        if not p.exists() or cfg.resume:
+            continue
+        if not cfg.overwrite:
+            raise StyleforgeError(f"{p} is already there: use --overwrite to replace it"
                                   + (", --resume to continue it" if p.name == CHECKPOINT_NAME else "")
                                   + ", or another -o")
+        if not written_by_styleforge(p):
+            raise StyleforgeError(f"{p} is not a file a styleforge run wrote, and --overwrite replaces only "
+                                  "those: move it or choose another -o")
 
 
 def _start(cfg: DecoderTrainConfig, ctx: distributed.Dist, rt: Runtime, levels: list[str], record: dict,
@@ -347,7 +363,7 @@ def _start(cfg: DecoderTrainConfig, ctx: distributed.Dist, rt: Runtime, levels: 
         decoders.decoders[HOURGLASS].load_state_dict(init.state_dict())
     out_dir = Path(cfg.output)
     run = StepRun(ctx, rt, decoders, torch.optim.Adam(decoders.parameters(), lr=cfg.lr), out_dir / CHECKPOINT_NAME,
-                  CHECKPOINT_FORMAT, record, out_dir / "decoders.pth")  # write_history names the CSV after this stem
+                  CHECKPOINT_FORMAT, record, out_dir / HISTORY_STEM)  # write_history names the CSV after this stem
     if cfg.resume:
         run.resume(_load_resume(cfg, run.ckpt, record), cfg.steps, cfg.stop_at)
     return run
