@@ -70,11 +70,11 @@ def check_snapshots(output: Path, inputs: Mapping[str, str | Path]) -> None:
     """Refuse an -o whose --save-every images would take the name of an input."""
     pattern = re.compile(re.escape(output.stem) + r"\.s[0-9]+-[0-9]{4,}" + re.escape(output.suffix))
     folder = output.expanduser().resolve().parent
-    for label, path in inputs.items():
+    for path in inputs.values():
         p = Path(path).expanduser().resolve()
         if p.parent == folder and pattern.fullmatch(p.name):
-            raise StyleforgeError(f"--save-every would write images named like {label} {path} beside -o {output}: "
-                                  "styleforge never writes over an input; choose another -o")
+            raise StyleforgeError(f"--save-every's images beside -o {output} would take the name of an input, "
+                                  f"{path}: styleforge never writes over an input; choose another -o")
 
 
 def partial_path(output: Path, inputs: list[Path]) -> Path:

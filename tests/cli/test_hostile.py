@@ -522,7 +522,7 @@ def test_stylize_never_writes_over_an_input(env, roots, tmp_path, random_vgg19_f
     snap = tmp_path / "o.s1-0001.png"  # a style image named like one of --save-every's images
     snap.write_bytes(style.read_bytes())
     refused(roots, "stylize", content, snap, "-o", tmp_path / "o.png", "--save-every", "1", *w,
-            expect="--save-every would write images named like the style image")
+            expect="--save-every's images beside -o")
     assert snap.read_bytes() == style.read_bytes() and not (tmp_path / "o.png").exists()
 
 

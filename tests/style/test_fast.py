@@ -520,9 +520,12 @@ def test_video_round_trip(tmp_path):
         frames = list(f.decode(video=0))
     assert len(frames) == 5 and (frames[0].width, frames[0].height) == (48, 32)
     (tmp_path / "bad.mp4").write_bytes(b"\x00" * 100)
-    _fails(run("fast", "apply", model, tmp_path / "bad.mp4", "-o", tmp_path / "o2.mp4", "--device", "cpu"),
-           "cannot read video")
+    bad = run("fast", "apply", model, tmp_path / "bad.mp4", "-o", tmp_path / "o2.mp4", "--device", "cpu")
+    _fails(bad, "cannot read video")
+    assert "Errno" not in bad.output and bad.output.count(str(tmp_path / "bad.mp4")) == 1, bad.output
     assert not (tmp_path / "o2.mp4").exists()
+    _fails(run("fast", "apply", model, src, "-o", tmp_path / "o3.mkv", "--device", "cpu"),  # written as MP4
+           "a video input needs a video (.mp4) output")
 
 
 def test_cli_train_and_bad_inputs(photos, tmp_path, random_vgg19_file):

@@ -87,7 +87,8 @@ def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike,
     if single and out.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES and not out.is_dir():
         src = sources[0]
         is_video = src.suffix.lower() in VIDEO_SUFFIXES
-        if is_video != (out.suffix.lower() in VIDEO_SUFFIXES):
+        # Videos are written as MP4 whatever the suffix, so a video output must be named .mp4.
+        if is_video != (out.suffix.lower() in VIDEO_SUFFIXES) or (is_video and out.suffix.lower() != ".mp4"):
             raise StyleforgeError(f"-o {out}: {'a video' if is_video else 'an image'} input needs "
                                   f"{'a video (.mp4)' if is_video else 'an image (.png, .jpg)'} output")
         if not is_video:
@@ -280,7 +281,10 @@ def stylize_video(net: TransformerNet | UniversalStyler | WorkSized, source: Pat
         src = av.open(str(source))
         stream = src.streams.video[0]
     except (av.error.FFmpegError, IndexError, OSError) as exc:
-        raise StyleforgeError(f"cannot read video {source} ({first_line(exc)}): give a video file "
+        # PyAV's message carries FFmpeg's error number and the path: keep its reason alone.
+        reason = getattr(exc, "strerror", None) or ("it holds no video stream" if isinstance(exc, IndexError)
+                                                    else first_line(exc))
+        raise StyleforgeError(f"cannot read video {source} ({str(reason).rstrip('.').lower()}): give a video file "
                               "FFmpeg can decode (mp4, mov, mkv, webm)") from None
     rate = stream.average_rate or stream.guessed_rate or Fraction(25)
     total = stream.frames or None
