@@ -12,7 +12,7 @@ import torch
 from ..runtime import distributed, guard
 from ..runtime.device import runtime
 from ..runtime.errors import StyleforgeError
-from ..runtime.io import check_output_folder, make_folder, save_json
+from ..runtime.io import check_output_folder, make_folder, save_json, written_by_styleforge
 from . import report
 from .batches import Source, evaluate_source
 from .checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
@@ -91,14 +91,24 @@ def _data_spec(cfg: EvalConfig, ckpt: dict[str, Any]) -> DataSpec:
     return replace(base, download=cfg.download, **given).validate()
 
 
-def _keep_the_runs_record(out: Path, run_dir: Path, split: str) -> None:
+def _output_files(split: str) -> list[str]:
+    """What an evaluation writes into its -o folder."""
+    return [f"confusion_{split}.png", f"per_class_{split}.csv", f"per_class_{split}.md", f"eval_{split}.json"]
+
+
+def _check_outputs(out: Path, run_dir: Path, split: str) -> None:
     """Refuse an -o that would replace the files training wrote for this split (the test set's
-    confusion matrix and table, which report.md describes); other splits may go into the run."""
-    own = [f"confusion_{split}.png", f"per_class_{split}.csv", f"per_class_{split}.md"]
-    held = [name for name in own if name in RUN_FILES and (out / name).exists()]
-    if held and out.is_dir() and out.resolve() == run_dir.resolve():
-        raise StyleforgeError(f"-o {out} would replace the run's own {held[0]} from training: choose another -o "
+    confusion matrix and table, which report.md describes; other splits may go into the run),
+    or a file there that styleforge did not write (an earlier evaluation's are replaced)."""
+    held = [name for name in _output_files(split) if (out / name).exists()]
+    own = [name for name in held if name in RUN_FILES]
+    if own and out.is_dir() and out.resolve() == run_dir.resolve():
+        raise StyleforgeError(f"-o {out} would replace the run's own {own[0]} from training: choose another -o "
                               "(or another --split)")
+    foreign = [name for name in held if not written_by_styleforge(out / name)]
+    if foreign:
+        raise StyleforgeError(f"{out / foreign[0]} is not a file styleforge wrote, and evaluations replace only "
+                              "those: move it or choose another -o")
 
 
 def evaluate(cfg: EvalConfig, callback: Callable[[str], None] | None = None,
@@ -112,7 +122,7 @@ def evaluate(cfg: EvalConfig, callback: Callable[[str], None] | None = None,
         check_output_folder(cfg.output)
     ckpt = load_checkpoint(cfg.checkpoint)
     if cfg.output:
-        _keep_the_runs_record(Path(cfg.output).expanduser(), Path(ckpt["path"]).parent, cfg.split)
+        _check_outputs(Path(cfg.output).expanduser(), Path(ckpt["path"]).parent, cfg.split)
     ctx = distributed.current()
     say = callback if (callback is not None and ctx.is_main) else (lambda msg: None)
     say("loading data")
@@ -134,10 +144,11 @@ def evaluate(cfg: EvalConfig, callback: Callable[[str], None] | None = None,
                         rows, time.perf_counter() - t0)
     if cfg.output and ctx.is_main:
         out = make_folder(Path(cfg.output).expanduser())
-        report.plot_confusion(ev["confusion"], splits.classes, out / f"confusion_{cfg.split}.png",
+        figure, table_csv, table_md, record = (out / name for name in _output_files(cfg.split))
+        report.plot_confusion(ev["confusion"], splits.classes, figure,
                               title=f"{cfg.split} set: accuracy {ev['acc']:.2%}")
         cols = ["class", "precision", "recall", "f1", "support"]
-        report.write_csv(rows, cols, out / f"per_class_{cfg.split}.csv")
-        report.write_text(report.markdown_table(rows, cols) + "\n", out / f"per_class_{cfg.split}.md")
-        save_json(result.as_dict(), out / f"eval_{cfg.split}.json")
+        report.write_csv(rows, cols, table_csv)
+        report.write_text(report.markdown_table(rows, cols) + "\n", table_md)
+        save_json(result.as_dict(), record)
     return result

@@ -53,6 +53,12 @@ def test_eval_compare_and_grid(folder, trained, tmp_path):
     summary = json.loads((trained / "summary.json").read_text())
     assert f"test accuracy {summary['test_acc']:.4f}" in r.output and "| red |" in r.output
     assert (tmp_path / "ev" / "confusion_test.png").is_file() and (tmp_path / "ev" / "per_class_test.csv").is_file()
+    again = run("classify", "eval", trained, "-o", tmp_path / "ev")  # an earlier evaluation's files: replaced
+    assert again.exit_code == 0, again.output
+    (tmp_path / "ev" / "eval_test.json").write_text("my notes")  # a user's file under its name: refused
+    one_line_error(run("classify", "eval", trained, "-o", tmp_path / "ev"), "eval_test.json is not a file "
+                   "styleforge wrote, and evaluations replace only those")
+    assert (tmp_path / "ev" / "eval_test.json").read_text() == "my notes"
     copy = shutil.copytree(trained, tmp_path / "copy")  # another split may go into the run
     assert run("classify", "eval", copy, "--split", "train", "-o", copy).exit_code == 0
     assert (copy / "confusion_train.png").is_file() and (copy / "eval_train.json").is_file()
