@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -46,8 +47,12 @@ def colors() -> list[str]:
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: float = 110, tight: bool = True) -> Path:
-    """Write ``fig`` atomically; the format follows the suffix (PNG by default)."""
-    with atomic_path(path) as tmp:
+    """Write ``fig`` atomically; the format follows the suffix (PNG by default).
+
+    A title with characters the font lacks (a file name in Chinese) is drawn with boxes for them, without
+    matplotlib's warning about each one reaching the terminal."""
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
         fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi,
                     bbox_inches="tight" if tight else None)
     return Path(path)

@@ -247,3 +247,18 @@ def test_written_by_styleforge_tells_its_own_files_from_a_users(tmp_path):
         (tmp_path / "theirs").mkdir(exist_ok=True)
         (tmp_path / "theirs" / name).write_text(text)
         assert not io.written_by_styleforge(tmp_path / "theirs" / name), name
+
+
+def test_save_figure_keeps_missing_glyph_warnings_off_the_terminal(tmp_path):
+    import warnings
+
+    import matplotlib.figure
+
+    from styleforge.runtime.figures import save_figure
+
+    fig = matplotlib.figure.Figure()
+    fig.add_subplot().set_title("photo 名.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        save_figure(fig, tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 0
