@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -327,6 +328,16 @@ def test_resume_refuses_changed_settings(photos, tmp_path, random_vgg19_file):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, image_size=48))
     with pytest.raises(StyleforgeError, match="--network light -> johnson"):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, arch="johnson"))
+    folder, style = photos
+    swapped = tmp_path / "style-copy.png"  # the same path, another painting
+    shutil.copy(style, swapped)
+    (tmp_path / "s").mkdir()
+    train_style(_cfg(photos, tmp_path / "s", random_vgg19_file, style=str(swapped), steps=3, stop_at=1,
+                     lr_schedule="constant", hatching_weight=1.0))
+    shutil.copy(folder / "p0.jpg", swapped)
+    with pytest.raises(StyleforgeError, match="style-copy.png is not the one .* was trained on"):
+        train_style(_cfg(photos, tmp_path / "s", random_vgg19_file, style=str(swapped), steps=3, resume=True,
+                         lr_schedule="constant", hatching_weight=1.0))
 
 
 def test_defaults_udnies_recipe_and_a_learning_rate_per_network(photos, tmp_path, random_vgg19_file):

@@ -19,7 +19,7 @@ from typing import Callable, ClassVar, Mapping, Sequence
 import torch
 from PIL import Image
 
-from ...backbone import VGGFeatures
+from ...backbone import VGGFeatures, sha256_file
 from ...runtime import distributed, guard, lock
 from ...runtime.device import STREAM_GAP, Runtime, derived_seed, seed_everything
 from ...runtime.device import runtime as make_runtime
@@ -346,6 +346,9 @@ def _load_resume(cfg: FastTrainConfig, ckpt: Path, steps: int) -> dict:
     for key in ("style", "data"):  # the same files, however the paths are written
         old[key], mine[key] = (resolved(d.get(key)) for d in (old, mine))
     guard.check_resume(old, mine, _RESUME_MAY_CHANGE, ckpt, {"style": "STYLE_IMAGE", **OPTION_NAMES})
+    if old.get("style_sha256") not in (None, sha256_file(Path(cfg.style))):  # recorded since session 40
+        raise StyleforgeError(f"--resume: the style image {cfg.style} is not the one {ckpt} was trained on (its "
+                              "content changed): use that image, or start a new run")
     before = old.get("global_batch", old.get("batch_size"))
     if before != cfg.batch_size * distributed.current().world_size:
         raise StyleforgeError(f"--resume: {ckpt} was trained with a global batch of {before}, this run has "
@@ -534,7 +537,7 @@ def _start(cfg: FastTrainConfig, ctx: distributed.Dist, rt: Runtime, steps: int,
     seed_everything(cfg.seed)
     model = TransformerNet(cfg.arch, cfg.upsample, cfg.input_noise)
     record = {**_jsonable(asdict(cfg)), "steps": steps, "world_size": ctx.world_size,
-              "global_batch": cfg.batch_size * ctx.world_size}
+              "global_batch": cfg.batch_size * ctx.world_size, "style_sha256": sha256_file(Path(cfg.style))}
     run = StepRun(ctx, rt, model, torch.optim.Adam(model.parameters(), lr=cfg.lr), checkpoint_path(cfg.output),
                   CHECKPOINT_FORMAT, record, Path(cfg.output), extra={"arch": cfg.arch, "upsample": cfg.upsample,
                                                                      "noise": cfg.input_noise},
