@@ -82,7 +82,8 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
                                   "or a checkpoint file")
         return best
     if not path.is_file():
-        raise StyleforgeError(f"{path}: no such checkpoint file or run directory")
+        raise StyleforgeError(f"{path}: no such checkpoint file or run directory: give a run directory of "
+                              "'styleforge classify train' or a checkpoint file")
     return path
 
 

@@ -35,7 +35,7 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
     if not path.exists():
         raise StyleforgeError(f"{path}: no such file")
     if path.is_dir():
-        raise StyleforgeError(f"{path} is a folder, not an image file")
+        raise StyleforgeError(f"{path} is a folder, not an image file: give an image (.png, .jpg, ...)")
     if path.stat().st_size == 0:
         raise StyleforgeError(f"{path} is empty (0 bytes): give a real image file")
     try:

@@ -202,7 +202,7 @@ def test_fast_train_decoders_refuses_an_earlier_runs_files(tmp_path):
     out = tmp_path / "d"
     out.mkdir()
     (out / "decoder-relu2_1.pth").write_bytes(b"earlier")
-    with pytest.raises(StyleforgeError, match="already there .* use --overwrite"):
+    with pytest.raises(StyleforgeError, match="already there: use --overwrite"):
         train_decoders(DecoderTrainConfig(data=str(tmp_path), output=str(out), levels=["relu2_1"]))
     assert (out / "decoder-relu2_1.pth").read_bytes() == b"earlier"
     with pytest.raises(StyleforgeError, match="exclude each other"):
