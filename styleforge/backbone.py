@@ -209,9 +209,12 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _download_state_dict(arch: str, asked: bool = False) -> dict[str, torch.Tensor]:
     """torchvision's weights for ``arch``; ``asked``: the user asked for the download itself
     (``styleforge weights --download``), so its error is not about the local lookup."""
+    from .runtime.io import no_empty_folder_left
+
     weights = torchvision_weights(arch)
     try:
-        return weights.get_state_dict(progress=True, check_hash=True)
+        with no_empty_folder_left(_hub_checkpoints()):  # torch makes its cache folder before it downloads
+            return weights.get_state_dict(progress=True, check_hash=True)
     except Exception as exc:  # URLError, socket errors, hash errors
         if asked:
             # torch's check_hash raises RuntimeError; the network, OSError (URLError is one).
@@ -268,15 +271,21 @@ def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], arch: str
         raise StyleforgeError(f"{source} does not hold {arch} weights ({first_line(exc, 160)})") from None
 
 
-def save_features_file(arch: str, out: str | os.PathLike) -> Path:
-    """Download torchvision's weights and save the VGG conv trunk alone (80 MB for VGG19)."""
-    from .runtime.io import save_torch
+def download_weights(arch: str, folder: str | os.PathLike) -> Path:
+    """Download torchvision's weights for ``arch`` into ``folder`` as :func:`download_name`, where the
+    lookup finds them: for VGG the conv trunk alone (80 MB for VGG19). The folder is checked first."""
+    from .runtime.io import check_writable, save_torch
 
-    if arch not in _VGG_CFG:
-        raise StyleforgeError(f"features-only files exist for vgg19 and vgg16, not {arch}")
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise StyleforgeError(f"--to {folder} is a file: give a folder to save the weights into")
+    if not folder.is_dir():
+        raise StyleforgeError(f"folder {folder} does not exist: create it first")
+    out = check_writable(folder / download_name(arch))
     state = _download_state_dict(arch, asked=True)
-    features = {k: v for k, v in state.items() if k.startswith("features.")}
-    return save_torch(features, out)
+    if arch in _VGG_CFG:
+        state = {k: v for k, v in state.items() if k.startswith("features.")}
+    return save_torch(state, out)
 
 
 # --------------------------------------------------------------------------- extractors

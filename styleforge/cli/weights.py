@@ -21,19 +21,7 @@ from .options import main_group, option
 def weights_cmd(download: str | None, folder: Path | None) -> None:
     """List the weights files the lookup finds, in order, and verify their sha256."""
     if download:
-        folder = folder or backbone.weights_folders()[0][1]
-        if folder.exists() and not folder.is_dir():
-            raise StyleforgeError(f"--to {folder} is a file: give a folder to save the weights into")
-        if not folder.is_dir():
-            raise StyleforgeError(f"folder {folder} does not exist: create it first")
-        name = backbone.download_name(download)
-        if download == "resnet18":
-            from ..runtime.io import save_torch
-
-            state, _ = backbone.load_state_dict("resnet18", download=True)
-            path = save_torch(state, folder / name)
-        else:
-            path = backbone.save_features_file(download, folder / name)
+        path = backbone.download_weights(download, folder or backbone.weights_folders()[0][1])
         click.echo(f"saved {path} ({path.stat().st_size / 1e6:.0f} MB)")
         return
     damaged = _list_lookup()

@@ -1,6 +1,7 @@
 """The stylize and weights commands through Click's runner, on seeded random weights."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,11 +166,13 @@ def test_weights_download_offline_fails_cleanly(tmp_path, monkeypatch):
     def offline(*a, **k):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)  # after torch has made its cache folder
+    hub = Path(torch.hub.get_dir())
     # About the download asked for, not about local files (which the lookup may well have).
     _fails(run("weights", "--download", "vgg19", "--to", tmp_path), "weights failed (")
     _fails(run("weights", "--download", "vgg19", "--to", tmp_path), "check the internet connection")
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [] and not hub.exists()  # nor torch's empty cache folder
+    _fails(run("weights", "--download", "resnet18", "--to", tmp_path), "downloading torchvision's resnet18 weights")
     (tmp_path / "img.jpg").write_bytes(b"x")  # a file as the folder: said so, before any download
     _fails(run("weights", "--download", "vgg19", "--to", tmp_path / "img.jpg"), "--to ")
     _fails(run("weights", "--download", "vgg19", "--to", tmp_path / "img.jpg"), "is a file: give a folder")
