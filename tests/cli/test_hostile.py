@@ -591,6 +591,10 @@ def test_grid_overwrite_deletes_only_what_styleforge_made(env, tmp_path):
     ok(*args, "--overwrite")
     assert (out / "01-holiday-photos" / "beach.jpg").read_bytes() == b"my photo"
     assert sorted(p.name for p in out.glob("0*-lr*")) == made
+    (out / "grid.md").write_text("My notes on the search")  # a user's file under a grid's name
+    r = run(*args, "--overwrite")
+    assert r.exit_code == 2 and "grid.md is not a file a styleforge grid search wrote" in r.stderr
+    assert (out / "grid.md").read_text() == "My notes on the search"
 
 
 # --------------------------------------------------------------------------- 11. locks
