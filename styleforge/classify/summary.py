@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..runtime.errors import StyleforgeError
+from ..runtime.io import names_a_path
 
 
 @dataclass
@@ -147,6 +148,7 @@ def summary(model: str | nn.Module, input_shape: tuple[int, int, int] = (3, 32, 
 def _not_a_trained_run(model: str) -> None:
     """A run folder or checkpoint given as the model: one line saying what summary takes."""
     path = Path(model)
-    if (path / "config.json").is_file() or (path.is_file() and path.suffix.lower() in (".pt", ".pth")):
+    if names_a_path(path / "config.json", "file") or (names_a_path(path, "file")
+                                                       and path.suffix.lower() in (".pt", ".pth")):
         raise StyleforgeError(f"{model} is a trained run or checkpoint: summary takes a model name, layer spec or "
                               "FILE.py:CLASS (the run's config.json names its model and input shape)")

@@ -21,7 +21,7 @@ from torch import nn
 from ..runtime import guard
 from ..runtime.device import runtime
 from ..runtime.errors import StyleforgeError, first_line
-from ..runtime.io import header_size, load_image
+from ..runtime.io import header_size, load_image, names_a_path
 from ..style.color import luminance
 from . import report
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -54,7 +54,7 @@ def load_model(model_or_checkpoint: str, input_shape: tuple[int, int, int] | Non
         what = "ImageNet weights" if use_weights else "random weights"
         return LoadedModel(model.eval(), shape, f"{model_or_checkpoint} ({what})")
     path = Path(model_or_checkpoint)
-    if not path.exists():
+    if not names_a_path(path):
         shape = input_shape or DEFAULT_SHAPE
         try:
             model = build_model(model_or_checkpoint, shape, num_classes)

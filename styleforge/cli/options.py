@@ -4,6 +4,7 @@ from the library (each written once) and old spellings kept working."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import inspect
 import sys
 from pathlib import Path
@@ -39,6 +40,14 @@ class StyleforgeGroup(LazyGroup):
             what = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
             click.echo(f"error: {what}; files written so far are complete", err=True)
             sys.exit(143 if isinstance(exc, Terminated) else 130)
+        except OSError as exc:
+            # A name over the file system's limit (255 bytes) fails in any path check, ours or the OS's.
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            name = max(Path(str(exc.filename or "")).parts or ("",), key=len)  # the part over the limit
+            click.echo(f"error: the file name {name[:40]}... is too long (over 255 bytes): use a shorter one",
+                       err=True)
+            sys.exit(2)
         except click.ClickException as exc:
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""

@@ -7,6 +7,7 @@ with values in [0, 1], RGB.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -125,6 +126,18 @@ def load_image(path: str | os.PathLike, size: int | None = None) -> torch.Tensor
 
 # --------------------------------------------------------------------------- writing
 
+def names_a_path(text: str | os.PathLike, kind: str = "any") -> bool:
+    """Whether ``text`` names an existing file (``kind="file"``), folder (``"dir"``) or either; text too
+    long to be a path (a long layer spec, over 255 bytes a name) names none."""
+    path = Path(text)
+    try:
+        return {"file": path.is_file, "dir": path.is_dir}.get(kind, path.exists)()
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return False
+        raise
+
+
 def check_writable(path: str | os.PathLike) -> Path:
     """Fail early (before any long computation) if ``path`` cannot be written."""
     path = Path(path)
@@ -135,6 +148,8 @@ def check_writable(path: str | os.PathLike) -> Path:
         raise StyleforgeError(f"{folder} is not a folder: choose another output path")
     if path.is_dir():
         raise StyleforgeError(f"output path {path} is a folder: give a file name")
+    if path.exists() and not path.is_file():  # a device or a pipe: renaming a file over it would replace it
+        raise StyleforgeError(f"output path {path} is not a regular file (a device or a pipe): give a file name")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise StyleforgeError(f"output folder {folder} is not writable: choose another output path")
     return path

@@ -199,6 +199,8 @@ NUMBER_CASES = [
     (["classify", "grid", "--dataset", "{colours}", "-o", "{tmp}/g", "--lr", "0.1,0.10"], "--lr gives 0.1 twice"),
     (["stylize", "{content}", "{style}", "--scales", "64,32", "--size", "32"], "--scales 64 is larger than --size"),
     (["stylize", "{content}", "{style}", "--style-layers", "relu1_1,,relu2_1"], "has an empty item"),
+    (["stylize", "{content}", "{style}", "-o", "{tmp}/" + "a" * 300 + ".png"], "is too long (over 255 bytes)"),
+    (["summary", "conv(8,p1)-relu-" * 30 + "flatten-fc", "--input", "3x8x8", "--option", "x=1"], "takes no --option"),
     (["stylize", "{content}", "{style}", "--style-layers", "relu1_1,relu1_1:2"], "relu1_1 is named twice"),
     (["fast", "apply", "--style-image", "{style}", "{content}", "-o", "{tmp}/o.png", "--levels", "relu3_1,relu3_1"],
      "relu3_1 is given twice"),

@@ -262,3 +262,11 @@ def test_save_figure_keeps_missing_glyph_warnings_off_the_terminal(tmp_path):
         warnings.simplefilter("error")  # any warning fails the test
         save_figure(fig, tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 0
+
+
+def test_an_output_that_is_a_pipe_or_device_is_refused_not_replaced(tmp_path):
+    fifo = tmp_path / "out.png"
+    os.mkfifo(fifo)
+    with pytest.raises(StyleforgeError, match="is not a regular file .a device or a pipe."):
+        io.save_image(torch.zeros(1, 3, 4, 4), fifo)
+    assert fifo.is_fifo()
