@@ -93,15 +93,24 @@ def _grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], out: Path,
     keys = list(axes)
     combos = [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
     emit = callback or (lambda event: None)
+    # A run folder --overwrite left (it holds files styleforge did not write) would mix with the new run.
+    run_dirs = [out / _run_name(i, combo) for i, combo in enumerate(combos, start=1)]
+    kept = [d for d in run_dirs if d.exists()]
+    if kept:
+        raise StyleforgeError(f"{kept[0]} holds files styleforge did not write, so it was not cleared: move them or "
+                              "choose another -o")
     rows: list[dict[str, Any]] = []
-    for i, combo in enumerate(combos, start=1):
-        run_dir = out / _run_name(i, combo)
+    for i, (combo, run_dir) in enumerate(zip(combos, run_dirs), start=1):
         emit(TrainEvent("phase", message=f"run {i}/{len(combos)}: " + ", ".join(f"{k}={v}" for k, v in combo.items())))
         cfg = base.with_settings(output=str(run_dir), evaluate_test=False, overwrite=False, resume=False, **combo)
         status = "completed"
         try:
             fit(cfg, callback=callback)
         except StyleforgeError as exc:
+            if exc.stopped_by:  # a grid search has no --resume: its runs' advice would not work
+                raise StyleforgeError(f"{exc.stopped_by} in run {i} of {len(combos)} ({run_dir.name}): a grid search "
+                                      "does not resume; run the same command with --overwrite to start it over") \
+                    from None
             if not (run_dir / "summary.json").is_file():
                 raise  # bad settings, not a diverging run: stop the search
             status = f"failed: {exc}"

@@ -200,11 +200,12 @@ def _stop_error(ctx: Dist, exc: BaseException, resume_hint: Callable[[], ResumeH
     then = ("run the same command with --resume to continue" if resume.has_checkpoint
             else "run the same command again to start over")
     where = f", rank {ctx.rank} of {ctx.world_size}" if ctx.enabled else ""
-    if isinstance(exc, Terminated):
-        why = " (under torchrun: another process failed)" if ctx.enabled else ""
-        return StyleforgeError(f"stopped by SIGTERM{where}{why}: {hint}; {then}")
     if isinstance(exc, KeyboardInterrupt):
-        return StyleforgeError(f"interrupted: {hint}; {then}")
+        why = " (under torchrun: another process failed)" if ctx.enabled else ""
+        err = StyleforgeError(f"stopped by SIGTERM{where}{why}: {hint}; {then}" if isinstance(exc, Terminated)
+                              else f"interrupted: {hint}; {then}")
+        err.stopped_by = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"  # for a grid search
+        return err
     if ctx.enabled and isinstance(exc, Exception) and _lost_peer(exc):
         return StyleforgeError(f"lost contact with another training process{where} ({first_line(exc, 160)}): "
                                f"{hint}; {then}")

@@ -10,6 +10,7 @@ class StyleforgeError(Exception):
     """
 
     exit_code: int = 2  # the CLI's exit status (an interrupted stylize sets 130 or 143)
+    stopped_by: str | None = None  # "interrupted" or "stopped by SIGTERM" where Ctrl-C or SIGTERM stopped a run
 
 
 def first_line(exc: BaseException, limit: int = 120) -> str:

@@ -322,6 +322,25 @@ def test_grid_ranks_on_validation_and_tests_only_the_best(toy, tmp_path):
     assert not (tmp_path / "grid2").exists()
 
 
+def test_grid_neither_mixes_with_a_kept_run_folder_nor_advises_a_resume_it_lacks(toy, tmp_path):
+    out = tmp_path / "grid"
+    first = grid(cfg(toy, tmp_path / "unused", epochs=1), {"lr": [0.05, 0.1]}, out)
+    kept = out / first.rows[0]["run"]
+    (kept / "mynotes.txt").write_text("mine")  # so --overwrite leaves this run folder alone
+    with pytest.raises(StyleforgeError, match=f"{kept.name} holds files styleforge did not write"):
+        grid(cfg(toy, tmp_path / "unused", epochs=1), {"lr": [0.05, 0.1]}, out, overwrite=True)
+    assert (kept / "mynotes.txt").read_text() == "mine"
+
+    def interrupt(event):
+        if event.kind == "epoch_end":
+            raise KeyboardInterrupt
+
+    with pytest.raises(StyleforgeError, match=r"interrupted in run 1 of 2 \(01-lr0.05\): a grid search does not "
+                                              "resume; run the same command with --overwrite"):
+        grid(cfg(toy, tmp_path / "unused", epochs=2, checkpoint_seconds=0), {"lr": [0.05, 0.1]}, tmp_path / "g2",
+             callback=interrupt)
+
+
 def test_compare_overlays_runs(toy, tmp_path):
     for name, model in (("a", "convnet2"), ("b", "fc-only")):
         fit(cfg(toy, tmp_path / name, model=model, epochs=2))
