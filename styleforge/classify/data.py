@@ -303,9 +303,14 @@ def _decode(path: Path, size: int | None) -> np.ndarray:
 
 
 def _cache_key(path: Path, size: int | None, dirs: list[str], files: list[list[Path]]) -> str:
+    """The folder's cache name: its place, the size asked for, and every image's name, size and
+    modification time (an image rewritten in place changes the key; a stat per file, no reading)."""
+    listing = hashlib.sha1()
+    for f in (f for fs in files for f in fs):
+        st = f.stat()
+        listing.update(f"{f.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     stamp = {"v": _CACHE_VERSION, "path": str(path.resolve()), "size": size, "classes": dirs,
-             "counts": [len(f) for f in files], "mtime": path.stat().st_mtime_ns,
-             "class_mtimes": [(path / d).stat().st_mtime_ns for d in dirs]}
+             "counts": [len(f) for f in files], "files": listing.hexdigest()}
     return hashlib.sha1(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:20]
 
 

@@ -3,6 +3,7 @@
 import dataclasses
 import gzip
 import json
+import os
 import struct
 
 import numpy as np
@@ -44,6 +45,12 @@ def test_folder_loads_as_uint8_tensor_and_uses_the_cache(tmp_path):
     make_folder(tmp_path / "set", counts=(5, 5))
     assert len(load_folder(root)) == 10
     assert len(list((cdata.cache_dir() / "folders").glob("*.pt"))) == 2
+    # An image rewritten in place (same name, same count) changes the key too: its new pixels are read.
+    before = load_folder(root).images[0].clone()
+    Image.new("RGB", (12, 12), (0, 0, 255)).save(root / "c0" / "000.png")
+    os.utime(root / "c0" / "000.png", ns=(1, 1))  # whatever the clock, its time stamp differs
+    assert torch.equal(load_folder(root).images[0, 2], torch.full((12, 12), 255, dtype=torch.uint8))
+    assert not torch.equal(before, load_folder(root).images[0])
 
 
 def test_mixed_sizes_are_decoded_at_image_size(tmp_path):
