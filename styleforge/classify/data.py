@@ -41,7 +41,7 @@ from PIL import Image
 
 from ..runtime import guard
 from ..runtime.errors import StyleforgeError, first_line
-from ..runtime.io import IMAGE_SUFFIXES, header_size, load_torch, open_rgb, save_torch
+from ..runtime.io import IMAGE_SUFFIXES, header_size, load_torch, no_empty_folder_left, open_rgb, save_torch
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
 DATA_ENV = "STYLEFORGE_DATA"
@@ -169,16 +169,20 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _downloading(name: str, root: Path):
-    """torchvision's download prints a line per mirror tried: keep it quiet, fail in one line."""
+def _downloading(name: str, root: Path, folder: Path):
+    """torchvision's download prints a line per mirror tried: keep it quiet, fail in one line, and leave
+    no empty ``folder`` (the one it downloads into) or parents behind."""
     chatter = io.StringIO()
     try:
-        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        with no_empty_folder_left(folder), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
             yield
     except StyleforgeError:
         raise
     except Exception as exc:  # URLError, permission errors, checksum errors
-        raise StyleforgeError(f"downloading {name} into {root} failed ({type(exc).__name__}: {first_line(exc)}): "
+        # torchvision's message lists the mirrors tried ("Tried URL, got:"); the reason is its last line.
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        reason = lines[-1][:120] if lines else first_line(exc)
+        raise StyleforgeError(f"downloading {name} into {root} failed ({type(exc).__name__}: {reason}): "
                               "check the network, or copy the files there by hand") from None
 
 
@@ -201,7 +205,7 @@ def load_mnist(name: str, root: Path, download: bool = False) -> tuple[ImageSet,
         from torchvision import datasets
 
         cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
-        with _downloading(name, root):
+        with _downloading(name, root, raw):
             cls(str(root), train=True, download=True)
             cls(str(root), train=False, download=True)
         missing = [s for pair in stems.values() for s in pair if _find_idx(raw, s) is None]
@@ -232,7 +236,7 @@ def load_cifar10(root: Path, download: bool = False) -> tuple[ImageSet, ImageSet
         from torchvision import datasets
 
         try:
-            with _downloading("cifar10", root):
+            with _downloading("cifar10", root, root):
                 sets = [datasets.CIFAR10(str(root), train=t, download=download) for t in (True, False)]
         except StyleforgeError as exc:
             if download or "RuntimeError" not in str(exc):

@@ -499,11 +499,15 @@ def test_offline_download_is_one_line(roots, tmp_path, monkeypatch):
 
     def offline(self, *a, **k):
         print("Downloading http://example/train-images-idx3-ubyte.gz\nFailed to download (trying next):")
-        raise URLError("[Errno -3] Temporary failure in name resolution")
+        (tmp_path / "d" / "MNIST" / "raw").mkdir(parents=True)  # as torchvision makes it before downloading
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried http://example/, got:\n"
+                           f"{URLError('[Errno -3] Temporary failure in name resolution')}")
 
     monkeypatch.setattr(datasets.MNIST, "download", offline)
-    refused(roots, "classify", "train", "--dataset", "mnist", "--data-root", tmp_path / "d", "--download",
-            *CLASSIFY, "-o", tmp_path / "r", expect="downloading mnist")
+    line = refused(roots, "classify", "train", "--dataset", "mnist", "--data-root", tmp_path / "d", "--download",
+                   *CLASSIFY, "-o", tmp_path / "r", expect="downloading mnist")
+    assert "Temporary failure in name resolution" in line and "got:)" not in line  # the reason, not the mirror
+    assert not (tmp_path / "d").exists() and not (tmp_path / "r").exists()  # no empty folders left
 
 
 def test_export_without_onnx_says_what_to_install(env, roots, tmp_path, monkeypatch):
