@@ -150,8 +150,18 @@ def local_names(arch: str) -> list[str]:
 
 
 def _where_to_put(arch: str) -> str:
-    return (f"put {local_names(arch)[0]} in weights/ or in the folder named by ${WEIGHTS_ENV}, "
+    missing = [d for origin, d in weights_folders() if origin == f"${WEIGHTS_ENV}" and not d.exists()]
+    note = f" (${WEIGHTS_ENV} names {missing[0]}, which does not exist)" if missing else ""
+    return (f"put {local_names(arch)[0]} in weights/ or in the folder named by ${WEIGHTS_ENV}{note}, "
             "or pass --weights PATH")
+
+
+def _check_env_folders() -> None:
+    """A file named in $STYLEFORGE_WEIGHTS is a mistake for its folder: said before any download is tried."""
+    for origin, d in weights_folders():
+        if origin == f"${WEIGHTS_ENV}" and d.is_file():
+            raise StyleforgeError(f"${WEIGHTS_ENV} names {d}, which is a file: name the folder that holds the "
+                                  f"weights (e.g. {d.parent}), or pass --weights {d}")
 
 
 def candidates(arch: str) -> list[WeightsCandidate]:
@@ -238,6 +248,7 @@ def locate(arch: str, explicit: str | os.PathLike | None = None) -> WeightsCandi
         if not path.is_file():
             raise StyleforgeError(f"--weights {path}: no such file")
         return WeightsCandidate(arch, "--weights", path)
+    _check_env_folders()
     for c in candidates(arch):
         if c.exists:
             return c

@@ -492,6 +492,17 @@ def test_dataloader_worker_failure_is_one_line(env, roots, tmp_path, random_vgg1
             "--weights", random_vgg19_file, *args, expect="none of the training images can be decoded")
 
 
+def test_a_weights_variable_naming_a_file_or_nothing_says_so(env, roots, tmp_path, monkeypatch):
+    args = ["stylize", env / "content.png", env / "style.png", "-o", tmp_path / "o.png"]
+    monkeypatch.setenv("STYLEFORGE_WEIGHTS", str(env / "style.png"))
+    refused(roots, *args, expect="$STYLEFORGE_WEIGHTS names")
+    refused(roots, *args, expect="which is a file: name the folder that holds the weights")
+    monkeypatch.setenv("STYLEFORGE_WEIGHTS", str(tmp_path / "nowhere"))
+    monkeypatch.setattr("styleforge.backbone.PROJECT_WEIGHTS", tmp_path / "empty")
+    monkeypatch.setattr("torch.hub.load_state_dict_from_url", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    refused(roots, *args, expect="nowhere, which does not exist")
+
+
 def test_offline_download_is_one_line(roots, tmp_path, monkeypatch):
     from urllib.error import URLError
 
