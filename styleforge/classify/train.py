@@ -259,6 +259,8 @@ def _fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | 
     resumed: RunState | None = on_main(ctx, lambda: prepare_run_dir(run_dir, cfg, ctx.world_size))
     state = resumed or RunState()
     data = _load(cfg, ctx, emit)
+    if resumed is not None:
+        _check_same_data(resumed.config, data.splits, run_dir / "last.pt")
     rt = runtime(ctx.device_spec(cfg.device), cfg.precision, cfg.channels_last)
     extract_rt, rt = rt, for_training(rt, cfg.precision)  # auto on a CPU: bf16 extracts, fp32 trains
     seed_everything(cfg.seed)
@@ -355,11 +357,31 @@ def _use_cache(cfg: TrainConfig, model: Classifier, rt: Runtime) -> bool:
     return use_cache
 
 
+def _split_counts(splits: Splits) -> dict[str, list[int]]:
+    """Images per class in each split: what --resume compares to find data that changed."""
+    return {name: s.counts() for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+            if s is not None}
+
+
+def _check_same_data(saved: dict[str, Any], splits: Splits, where: Path) -> None:
+    """--resume on data that gained or lost images would re-draw the splits (training images could land
+    in the test set): refused. Runs recorded before session 40 lack the counts and are not checked."""
+    before, now = saved.get("split_counts"), _split_counts(splits)
+    if before is None:
+        return
+    changed = [k for k in now if before.get(k) != now[k]]
+    if changed:
+        k = changed[0]
+        raise StyleforgeError(f"--resume: {where} was trained on other data ({k} images per class {before[k]} -> "
+                              f"{now[k]}): use the same data, or start a new run")
+
+
 def _config_record(cfg: TrainConfig, ctx: distributed.Dist, data: _Data, model: Classifier, rt: Runtime,
                    cached: bool) -> dict[str, Any]:
     """config.json: the settings, resolved, and what the run found (data, device, parameters)."""
     splits = data.splits
     return {**cfg.as_dict(), "freeze": cfg.resolved_freeze(), "input_shape": list(data.shape),
+            "split_counts": _split_counts(splits),
             "class_names": splits.classes, "num_classes": len(splits.classes), "data_source": splits.source,
             "data_notes": splits.notes, "device": str(rt.device), "precision": rt.precision,
             "channels_last": rt.channels_last, "world_size": ctx.world_size,

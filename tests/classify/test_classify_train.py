@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -121,6 +122,16 @@ def interrupted(config: TrainConfig) -> None:
             raise KeyboardInterrupt
     with pytest.raises(StyleforgeError, match="interrupted"):
         fit(config, callback=stop)
+
+
+def test_resume_refuses_data_that_gained_an_image(toy, tmp_path):
+    data = shutil.copytree(toy, tmp_path / "data")
+    interrupted(cfg(data, tmp_path / "run", epochs=2, checkpoint_seconds=0))
+    shutil.copy(data / "k0" / "0.png", data / "k0" / "extra.png")  # the splits would be drawn again
+    with pytest.raises(StyleforgeError, match=r"trained on other data \(train images per class \[.*\] -> "):
+        fit(cfg(data, tmp_path / "run", epochs=2, checkpoint_seconds=0, resume=True))
+    (data / "k0" / "extra.png").unlink()
+    assert fit(cfg(data, tmp_path / "run", epochs=2, checkpoint_seconds=0, resume=True)).summary["epochs_run"] == 2
 
 
 def rewrite_dataset(run, dataset: str) -> None:
