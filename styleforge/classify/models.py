@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import ResNet18Stages, VGGFeatures, resnet18
-from ..runtime.errors import StyleforgeError, first_line
+from ..runtime.errors import StyleforgeError, first_line, out_of_memory, too_large
 from ..runtime.guard import check_model_options
 
 if TYPE_CHECKING:
@@ -45,6 +45,9 @@ def _flat_size(trunk: nn.Module, shape: tuple[int, int, int]) -> int:
         with torch.no_grad():
             return trunk(torch.zeros(1, *shape)).flatten(1).shape[1]
     except RuntimeError as exc:
+        if out_of_memory(exc):
+            raise too_large(exc, f"this model on a {'x'.join(map(str, shape))} input",
+                            "use smaller --option values or a smaller input") from None
         raise StyleforgeError(f"this model cannot take a {'x'.join(map(str, shape))} input "
                               f"({first_line(exc, 100)}): use larger images") from None
 
@@ -305,6 +308,20 @@ def build_model(name: str, shape: tuple[int, int, int], num_classes: int, activa
     get an :class:`InputNorm` in front (identity statistics until set)."""
     if num_classes < 2:
         raise StyleforgeError(f"a classifier needs at least 2 classes, got {num_classes}")
+    try:
+        return _build(name, shape, num_classes, activation_name, pretrained, weights, model_source, options)
+    except (RuntimeError, MemoryError) as exc:
+        if not out_of_memory(exc):
+            raise
+        from .spec import short_name
+
+        raise too_large(exc, f"{short_name(name)} for {num_classes} classes",
+                        "use fewer classes (--num-classes) or smaller --option values") from None
+
+
+def _build(name: str, shape: tuple[int, int, int], num_classes: int, activation_name: str, pretrained: bool,
+           weights: str | None, model_source: str | None, options: dict) -> Classifier:
+    """:func:`build_model` after its class-count check."""
     if name not in MODELS:
         check_pretrained(name, pretrained or weights)
         model = _build_user(name, shape, num_classes, activation_name, model_source, options)

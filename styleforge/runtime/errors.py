@@ -22,3 +22,15 @@ def first_line(exc: BaseException, limit: int = 120) -> str:
         return type(exc).__name__
     line = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
     return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."  # cut between words
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed (a model or input too large for memory), not a bug."""
+    text = str(exc)
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in text or "DefaultCPUAllocator" in text)
+
+
+def too_large(exc: BaseException, what: str, hint: str) -> StyleforgeError:
+    """The one-line error for an allocation that failed while building or running ``what``."""
+    return StyleforgeError(f"{what} does not fit in memory ({first_line(exc, 80)}): {hint}")
