@@ -112,7 +112,9 @@ def check_model_options(model: str, options: Mapping[str, Any], defaults: Mappin
                 raise StyleforgeError(f"{where}: give true or false")
         elif isinstance(default, int):
             if isinstance(value, bool) or not isinstance(value, int):
-                raise StyleforgeError(f"{where}: give a whole number")
+                whole = isinstance(value, float) and value.is_integer()
+                hint = ", written in digits (1000000, not 1e6)" if whole else ""
+                raise StyleforgeError(f"{where}: give a whole number{hint}")
             check_number(value, where, low=min(1, default))
         elif isinstance(default, float):
             if isinstance(value, bool) or not isinstance(value, (int, float)):

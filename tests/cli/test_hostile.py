@@ -222,6 +222,7 @@ NUMBER_CASES = [
     (["visualize", "activations", "{run}", "--image", "{content}", "--layer", "conv1", "--count", "0",
       "-o", "{tmp}/a.png"], "--count"),
     (["summary", "res-cnn", "--option", "width=nan"], "whole number"),
+    (["summary", "res-cnn", "--option", "width=1e3"], "give a whole number, written in digits (1000000, not 1e6)"),
     (["summary", "simple-cnn", "--num-classes", "100000000000"], "for 100000000000 classes does not fit in memory"),
 ]
 
