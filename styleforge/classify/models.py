@@ -52,6 +52,24 @@ def _flat_size(trunk: nn.Module, shape: tuple[int, int, int]) -> int:
                               f"({first_line(exc, 100)}): use larger images") from None
 
 
+def check_input(model: nn.Module, shape: tuple[int, int, int], name: str) -> None:
+    """One zero image of ``shape`` through ``model``: one-line errors for a shape it cannot take, or one too
+    large for memory (``summary --input``, ``visualize --input``)."""
+    text = "x".join(map(str, shape))
+    was = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *shape))
+    except RuntimeError as exc:
+        if out_of_memory(exc):
+            raise too_large(exc, f"{name} on a {text} input", "use smaller --option values, --num-classes "
+                            "or --input") from None
+        raise StyleforgeError(f"{name} cannot take a {text} input ({first_line(exc, 100)}): use a larger --input") \
+            from None
+    finally:
+        model.train(was)
+
+
 def _conv_stage(cin: int, cout: int, kernel: int, act: str, *, pool_first: bool = False) -> list[nn.Module]:
     conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2)
     return [conv, nn.MaxPool2d(2), activation(act)] if pool_first else [conv, activation(act), nn.MaxPool2d(2)]

@@ -130,7 +130,7 @@ def summary(model: str | nn.Module, input_shape: tuple[int, int, int] = (3, 32, 
     module, after the freeze policy (``auto``: as training would choose it).
     ``print(summary("simple-cnn"))`` prints the table."""
     from .data import DataSpec
-    from .models import Classifier, apply_freeze, build_model
+    from .models import Classifier, apply_freeze, build_model, check_input
     from .train import TrainConfig
 
     shape = cast("tuple[int, int, int]", tuple(input_shape))  # a list is taken too
@@ -139,6 +139,7 @@ def summary(model: str | nn.Module, input_shape: tuple[int, int, int] = (3, 32, 
     else:
         _not_a_trained_run(model)
         net, name = build_model(model, shape, num_classes, activation, **options), model
+        check_input(net, shape, model)
     policy = TrainConfig(DataSpec(""), output="", model=name, freeze=freeze).resolved_freeze()
     if isinstance(net, Classifier):
         apply_freeze(net, policy)

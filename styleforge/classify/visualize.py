@@ -25,7 +25,7 @@ from ..runtime.io import header_size, load_image, names_a_path
 from ..style.color import luminance
 from . import report
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .models import MODELS, Classifier, ResNetTrunk, VGGTrunk, build_model
+from .models import MODELS, Classifier, ResNetTrunk, VGGTrunk, build_model, check_input
 from .spec import is_file_ref
 from .spec import short_name as _short
 
@@ -51,6 +51,8 @@ def load_model(model_or_checkpoint: str, input_shape: tuple[int, int, int] | Non
         use_weights = spec.pretrained and (pretrained or weights is not None)
         model = build_model(model_or_checkpoint, shape, num_classes, pretrained=use_weights,
                             weights=weights if spec.pretrained else None)
+        if input_shape is not None:
+            check_input(model, shape, model_or_checkpoint)
         what = "ImageNet weights" if use_weights else "random weights"
         return LoadedModel(model.eval(), shape, f"{model_or_checkpoint} ({what})")
     path = Path(model_or_checkpoint)

@@ -26,7 +26,7 @@ from ..classify.spec import LAYERS_HELP as SPEC_LAYERS
 from ..classify.summary import summary
 from ..classify.train import AUGMENTS, CACHE_MODES, DEFAULT_LR, OPTIMIZERS, SCHEDULES, TrainConfig
 from ..runtime import distributed
-from ..runtime.errors import StyleforgeError, first_line, out_of_memory, too_large
+from ..runtime.errors import StyleforgeError
 from ..runtime.guard import check_memory
 from .options import (
     BATCH_HELP,
@@ -431,13 +431,6 @@ def summary_cmd(model: str, input_shape: str, num_classes: int, activation: str,
     """Per-layer settings (kernel, stride, padding, window), output shapes, parameters, the
     trainable part under the freeze policy, and multiply-adds of MODEL (a name, layer spec or
     FILE.py:CLASS)."""
-    shape = parse_shape(input_shape)
-    try:
-        result = summary(model, shape, num_classes, activation, freeze, **parse_model_options(options, model))
-    except RuntimeError as exc:
-        if out_of_memory(exc):
-            raise too_large(exc, f"{model} on a {input_shape} input", "use smaller --option values, --num-classes "
-                            "or --input") from None
-        raise StyleforgeError(f"{model} cannot take a {input_shape} input ({first_line(exc, 100)}): "
-                              "use a larger --input") from None
+    result = summary(model, parse_shape(input_shape), num_classes, activation, freeze,
+                     **parse_model_options(options, model))
     click.echo(result.table())

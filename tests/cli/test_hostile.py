@@ -224,6 +224,8 @@ NUMBER_CASES = [
     (["summary", "res-cnn", "--option", "width=nan"], "whole number"),
     (["summary", "res-cnn", "--option", "width=1e3"], "give a whole number, written in digits (1000000, not 1e6)"),
     (["summary", "simple-cnn", "--num-classes", "100000000000"], "for 100000000000 classes does not fit in memory"),
+    (["visualize", "activations", "vgg19", "--random-init", "--input", "1x2x2", "--image", "{content}", "--layer",
+      "relu1_1", "-o", "{tmp}/a.png"], "vgg19 cannot take a 1x2x2 input"),  # the image would have run
 ]
 
 
