@@ -12,7 +12,7 @@ import torch
 from ..runtime import distributed, guard
 from ..runtime.device import runtime
 from ..runtime.errors import StyleforgeError
-from ..runtime.io import check_output_folder, make_folder, save_json, written_by_styleforge
+from ..runtime.io import check_output_folder, make_folder, refuse_foreign, save_json
 from . import report
 from .batches import Source, evaluate_source
 from .checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
@@ -105,10 +105,7 @@ def _check_outputs(out: Path, run_dir: Path, split: str) -> None:
     if own and out.is_dir() and out.resolve() == run_dir.resolve():
         raise StyleforgeError(f"-o {out} would replace the run's own {own[0]} from training: choose another -o "
                               "(or another --split)")
-    foreign = [name for name in held if not written_by_styleforge(out / name)]
-    if foreign:
-        raise StyleforgeError(f"{out / foreign[0]} is not a file styleforge wrote, and evaluations replace only "
-                              "those: move it or choose another -o")
+    refuse_foreign((out / name for name in held), "styleforge", "evaluations replace")
 
 
 def evaluate(cfg: EvalConfig, callback: Callable[[str], None] | None = None,

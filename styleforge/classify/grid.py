@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..runtime import guard, lock
 from ..runtime.errors import StyleforgeError
-from ..runtime.io import check_writable, make_folder, no_empty_folder_left, save_json, written_by_styleforge
+from ..runtime.io import check_writable, make_folder, no_empty_folder_left, refuse_foreign, save_json
 from . import report
 from .data import DataSpec
 from .evaluate import EvalConfig, evaluate
@@ -78,10 +78,7 @@ def _clear(out: Path, overwrite: bool) -> None:
     if held and not overwrite:
         raise StyleforgeError(f"{out} already holds a grid search ({held[0].name}, ...): use --overwrite or "
                               "another -o")
-    foreign = [p for p in held if p.is_file() and not written_by_styleforge(p)]
-    if foreign:
-        raise StyleforgeError(f"{foreign[0]} is not a file a styleforge grid search wrote, and --overwrite "
-                              "replaces only those: move it or choose another -o")
+    refuse_foreign(held, "a styleforge grid search")
     make_folder(out)
     check_writable(out / "grid.csv")
     for target in held:

@@ -41,31 +41,23 @@ def activation(name: str) -> nn.Module:
 
 def _flat_size(trunk: nn.Module, shape: tuple[int, int, int]) -> int:
     """Size of the trunk's flattened output, from a dry run."""
-    try:
-        with torch.no_grad():
-            return trunk(torch.zeros(1, *shape)).flatten(1).shape[1]
-    except RuntimeError as exc:
-        if out_of_memory(exc):
-            raise too_large(exc, f"this model on a {'x'.join(map(str, shape))} input",
-                            "use smaller --option values or a smaller input") from None
-        raise StyleforgeError(f"this model cannot take a {'x'.join(map(str, shape))} input "
-                              f"({first_line(exc, 100)}): use larger images") from None
+    return check_input(trunk, shape, "this model", "use larger images").flatten(1).shape[1]
 
 
-def check_input(model: nn.Module, shape: tuple[int, int, int], name: str) -> None:
-    """One zero image of ``shape`` through ``model``: one-line errors for a shape it cannot take, or one too
-    large for memory (``summary --input``, ``visualize --input``)."""
+def check_input(model: nn.Module, shape: tuple[int, int, int], name: str,
+                hint: str = "use a larger --input") -> torch.Tensor:
+    """One zero image of ``shape`` through ``model`` (its output, for sizes): one-line errors for a shape it
+    cannot take, or one too large for memory (building a model, ``summary --input``, ``visualize --input``)."""
     text = "x".join(map(str, shape))
     was = model.training
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, *shape))
+            return model.eval()(torch.zeros(1, *shape))
     except RuntimeError as exc:
         if out_of_memory(exc):
             raise too_large(exc, f"{name} on a {text} input", "use smaller --option values, --num-classes "
                             "or --input") from None
-        raise StyleforgeError(f"{name} cannot take a {text} input ({first_line(exc, 100)}): use a larger --input") \
-            from None
+        raise StyleforgeError(f"{name} cannot take a {text} input ({first_line(exc, 100)}): {hint}") from None
     finally:
         model.train(was)
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..runtime import distributed, guard
 from ..runtime.errors import StyleforgeError
-from ..runtime.io import check_writable, make_folder, save_json, written_by_styleforge
+from ..runtime.io import check_writable, make_folder, refuse_foreign, save_json
 from . import report
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .data import DataSpec
@@ -246,10 +246,7 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, world_size: int = 1) -> Run
         resume = ", --resume to continue it," if (run_dir / "last.pt").exists() else ""
         raise StyleforgeError(f"{run_dir} already holds a run ({', '.join(held[:3])}): use --overwrite to replace "
                               f"it{resume} or another -o")
-    foreign = [f for f in held if not written_by_styleforge(run_dir / f)]
-    if foreign:
-        raise StyleforgeError(f"{run_dir / foreign[0]} is not a file a styleforge run wrote, and --overwrite "
-                              "replaces only those: move it or choose another -o")
+    refuse_foreign(run_dir / f for f in held)
     make_folder(run_dir)
     check_writable(run_dir / "config.json")
     for f in held:

@@ -13,7 +13,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -290,6 +290,27 @@ def written_by_styleforge(path: str | os.PathLike) -> bool:
         return zipfile.is_zipfile(path) and isinstance(load_torch(path, "a PyTorch file", ""), dict)
     except (StyleforgeError, OSError, UnicodeDecodeError, SyntaxError, ValueError):
         return False
+
+
+def refuse_foreign(paths: Iterable[str | os.PathLike], writer: str = "a styleforge run",
+                   replacer: str = "--overwrite replaces") -> None:
+    """Refuse to replace an existing file among ``paths`` that :func:`written_by_styleforge` does not
+    recognize (a user's own file under one of styleforge's names)."""
+    for p in (Path(p) for p in paths):
+        if p.is_file() and not written_by_styleforge(p):
+            raise StyleforgeError(f"{p} is not a file {writer} wrote, and {replacer} only those: move it or choose "
+                                  "another -o")
+
+
+def check_replaceable(paths: Iterable[str | os.PathLike], overwrite: bool, checkpoint: Path | None = None) -> None:
+    """A training run's outputs that are already there: refused without ``overwrite``, and with it unless
+    styleforge wrote them. ``checkpoint``: the one a --resume would continue, said in the message."""
+    existing = [Path(p) for p in paths if Path(p).exists()]
+    if existing and not overwrite:
+        p = existing[0]
+        raise StyleforgeError(f"{p} is already there: use --overwrite to replace it"
+                              + (", --resume to continue it" if p == checkpoint else "") + ", or another -o")
+    refuse_foreign(existing)
 
 
 def load_torch(path: str | os.PathLike, what: str, fix: str) -> Any:

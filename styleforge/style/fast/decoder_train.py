@@ -33,7 +33,7 @@ from ...runtime import distributed, guard
 from ...runtime.device import Runtime, seed_everything
 from ...runtime.device import runtime as make_runtime
 from ...runtime.errors import StyleforgeError
-from ...runtime.io import check_writable, make_folder, no_empty_folder_left, written_by_styleforge
+from ...runtime.io import check_replaceable, check_writable, make_folder, no_empty_folder_left
 from ..losses import gram_matrix, image_content_loss, style_loss
 from .data import RandomCrops, StreamSampler, collate
 from .decoders import (
@@ -343,15 +343,8 @@ def _prepare_output(cfg: DecoderTrainConfig, levels: list[str]) -> None:
     make_folder(out_dir)
     for p in written:
         check_writable(p)
-        if not p.exists() or cfg.resume:
-            continue
-        if not cfg.overwrite:
-            raise StyleforgeError(f"{p} is already there: use --overwrite to replace it"
-                                  + (", --resume to continue it" if p.name == CHECKPOINT_NAME else "")
-                                  + ", or another -o")
-        if not written_by_styleforge(p):
-            raise StyleforgeError(f"{p} is not a file a styleforge run wrote, and --overwrite replaces only "
-                                  "those: move it or choose another -o")
+    if not cfg.resume:
+        check_replaceable(written, cfg.overwrite, out_dir / CHECKPOINT_NAME)
 
 
 def _start(cfg: DecoderTrainConfig, ctx: distributed.Dist, rt: Runtime, levels: list[str], record: dict,

@@ -24,7 +24,7 @@ from ...runtime import distributed, guard, lock
 from ...runtime.device import STREAM_GAP, Runtime, derived_seed, seed_everything
 from ...runtime.device import runtime as make_runtime
 from ...runtime.errors import StyleforgeError
-from ...runtime.io import check_writable, open_rgb, pil_to_tensor, resize_long_side, written_by_styleforge
+from ...runtime.io import check_replaceable, check_writable, open_rgb, pil_to_tensor, resize_long_side
 from .. import losses
 from ..color import luminance
 from ..perceptual import PerceptualLoss, loss_weights
@@ -368,15 +368,8 @@ def _check_paths(cfg: FastTrainConfig, files: list[Path]) -> None:
     inputs: dict[str, str | os.PathLike] = {"the style image": cfg.style, **{
         f"the training photo {f}": f for f in files if f.name in {p.name for p in written.values()}}}
     guard.check_not_inputs(written, inputs)
-    if cfg.resume:
-        return
-    for path in (p for p in written.values() if p.exists()):
-        if not cfg.overwrite:
-            raise StyleforgeError(f"{path} is already there: use --overwrite to replace it"
-                                  + (", --resume to continue it" if path == ckpt else "") + ", or another -o")
-        if not written_by_styleforge(path):
-            raise StyleforgeError(f"{path} is not a file a styleforge run wrote, and --overwrite replaces only "
-                                  "those: move it or choose another -o")
+    if not cfg.resume:
+        check_replaceable(written.values(), cfg.overwrite, ckpt)
 
 
 def _jsonable(d: dict) -> dict:
