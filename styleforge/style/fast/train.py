@@ -335,7 +335,7 @@ def _check_data(cfg: FastTrainConfig, files: list[Path], global_batch: int) -> N
                           f"side is {largest} px): use --crop-size {largest // 4 * 4} or less, or larger photos")
 
 
-def _load_resume(cfg: FastTrainConfig, ckpt: Path, steps: int) -> dict:
+def _load_resume(cfg: FastTrainConfig, ckpt: Path, steps: int, style_sha256: str) -> dict:
     record = read_checkpoint(ckpt, CHECKPOINT_FORMAT, "training")
     # Settings older checkpoints lack, at the value those runs used.
     old = {"upsample": "nearest", "input_noise": 0.0, "lattice_weight": 0.0, "laplacian_weight": 0.0,
@@ -346,7 +346,7 @@ def _load_resume(cfg: FastTrainConfig, ckpt: Path, steps: int) -> dict:
     for key in ("style", "data"):  # the same files, however the paths are written
         old[key], mine[key] = (resolved(d.get(key)) for d in (old, mine))
     guard.check_resume(old, mine, _RESUME_MAY_CHANGE, ckpt, {"style": "STYLE_IMAGE", **OPTION_NAMES})
-    if old.get("style_sha256") not in (None, sha256_file(Path(cfg.style))):  # recorded since session 40
+    if old.get("style_sha256") not in (None, style_sha256):  # recorded since session 40
         raise StyleforgeError(f"--resume: the style image {cfg.style} is not the one {ckpt} was trained on (its "
                               "content changed): use that image, or start a new run")
     before = old.get("global_batch", old.get("batch_size"))
@@ -536,5 +536,5 @@ def _start(cfg: FastTrainConfig, ctx: distributed.Dist, rt: Runtime, steps: int,
                                                                      "noise": cfg.input_noise},
                   skipped=skipped)
     if cfg.resume:
-        run.resume(_load_resume(cfg, run.ckpt, steps), steps, cfg.stop_at)
+        run.resume(_load_resume(cfg, run.ckpt, steps, record["style_sha256"]), steps, cfg.stop_at)
     return run
