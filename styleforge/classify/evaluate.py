@@ -12,7 +12,7 @@ import torch
 from ..runtime import distributed, guard
 from ..runtime.device import runtime
 from ..runtime.errors import StyleforgeError
-from ..runtime.io import check_output_folder, make_folder, refuse_foreign, save_json
+from ..runtime.io import check_output_folder, make_folder, read_json, refuse_foreign, save_json
 from . import report
 from .batches import Source, evaluate_source
 from .checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
@@ -96,13 +96,22 @@ def _output_files(split: str) -> list[str]:
     return [f"confusion_{split}.png", f"per_class_{split}.csv", f"per_class_{split}.md", f"eval_{split}.json"]
 
 
+def _tested_in_training(run_dir: Path) -> bool:
+    """Whether training evaluated the test set, so that the run's test files are training's (a grid search's
+    runs train without it, and its evaluation of the best run writes them)."""
+    try:
+        return read_json(run_dir / "summary.json", "").get("test_acc") is not None
+    except StyleforgeError:  # no readable record: take the files for training's
+        return True
+
+
 def _check_outputs(out: Path, run_dir: Path, split: str) -> None:
     """Refuse an -o that would replace the files training wrote for this split (the test set's
     confusion matrix and table, which report.md describes; other splits may go into the run),
     or a file there that styleforge did not write (an earlier evaluation's are replaced)."""
     held = [name for name in _output_files(split) if (out / name).exists()]
     own = [name for name in held if name in RUN_FILES]
-    if own and out.is_dir() and out.resolve() == run_dir.resolve():
+    if own and out.is_dir() and out.resolve() == run_dir.resolve() and _tested_in_training(run_dir):
         raise StyleforgeError(f"-o {out} would replace the run's own {own[0]} from training: choose another -o "
                               "(or another --split)")
     refuse_foreign((out / name for name in held), "styleforge", "evaluations replace")

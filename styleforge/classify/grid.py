@@ -8,24 +8,25 @@ is evaluated on the test set at the end.
 from __future__ import annotations
 
 import itertools
-import json
 import shutil
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..runtime import guard, lock
+from ..runtime import distributed, guard, lock
 from ..runtime.errors import StyleforgeError
-from ..runtime.io import check_writable, make_folder, no_empty_folder_left, refuse_foreign, save_json
+from ..runtime.io import check_writable, make_folder, no_empty_folder_left, read_json, refuse_foreign, save_json
 from . import report
 from .data import DataSpec
 from .evaluate import EvalConfig, evaluate
+from .rundir import check_same_run
 from .train import OWN_FILES, RUN_DIRS, TrainConfig, TrainEvent, fit
 
 # Short names used in the run folder names.
 _SHORT = {"lr": "lr", "batch_size": "bs", "optimizer": "opt", "weight_decay": "wd", "momentum": "mom",
           "epochs": "ep", "label_smoothing": "ls", "activation": "act", "model": "m", "schedule": "sch"}
 GRID_FILES = ("grid.csv", "grid.md", "grid.json")
+DAMAGED = "start the search again with --overwrite"
 
 
 @dataclass
@@ -42,11 +43,15 @@ def _run_name(i: int, combo: Mapping[str, Any]) -> str:
 
 
 def grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], output: str | Path,
-         callback: Callable[[TrainEvent], None] | None = None, overwrite: bool = False) -> GridResult:
+         callback: Callable[[TrainEvent], None] | None = None, overwrite: bool = False,
+         resume: bool = False) -> GridResult:
     """Train ``base`` with every combination of ``axes`` (setting → values: a TrainConfig field,
     or a DataSpec one such as per_class) into ``output/NN-.../``; write grid.csv / grid.md /
     grid.json ranked on validation accuracy; evaluate the best run on the test set. The output
-    folder is locked while it runs."""
+    folder is locked while it runs.
+
+    ``resume``: continue an interrupted search in ``output``: its finished runs are kept (each
+    checked to be this search's), an interrupted run continues from its last.pt, the rest train."""
     names = {f.name for f in fields(TrainConfig)} | {f.name for f in fields(DataSpec)}
     for key, values in axes.items():
         if key not in names or key in ("data", "dataset", "output"):
@@ -59,64 +64,95 @@ def grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], output: str | Pat
                                   "(a repeated value trains the same run again)")
     if base.data.val_split <= 0:
         raise StyleforgeError("a grid search ranks runs on validation accuracy: give --val-split > 0")
+    guard.check_overwrite_resume(overwrite, resume)
     out = Path(output).expanduser()
     if out.exists() and not out.is_dir():
         raise StyleforgeError(f"-o {out} is a file: give a folder for the grid search")
+    combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+    runs = {out / _run_name(i, combo): combo for i, combo in enumerate(combos, start=1)}
     # Bad settings stop the first run before it writes anything: no empty grid folder (or parent) is left.
     with no_empty_folder_left(out):
         make_folder(out.parent)
         with lock.hold(out, folder=False):
-            _clear(out, overwrite)
-            return _grid(base, axes, out, callback)
+            if resume:
+                _check_resumable(out, runs)
+            else:
+                _clear(out, overwrite, runs)
+            return _grid(base, axes, runs, out, callback, resume)
 
 
-def _clear(out: Path, overwrite: bool) -> None:
+def _clear(out: Path, overwrite: bool, runs: Mapping[Path, Any]) -> None:
     """Refuse to mix searches; with ``overwrite`` delete the earlier one, and nothing else:
     a folder named like a run (``01-holiday``) that holds other files is left alone."""
-    runs = [p for p in sorted(out.glob(RUN_DIRS)) if p.is_dir() and not guard.foreign_entries(p, OWN_FILES)]
-    held = [out / f for f in GRID_FILES if (out / f).exists()] + runs
+    earlier = [p for p in sorted(out.glob(RUN_DIRS)) if p.is_dir() and not guard.foreign_entries(p, OWN_FILES)]
+    held = [out / f for f in GRID_FILES if (out / f).exists()] + earlier
     if held and not overwrite:
-        raise StyleforgeError(f"{out} already holds a grid search ({held[0].name}, ...): use --overwrite or "
-                              "another -o")
+        raise StyleforgeError(f"{out} already holds a grid search ({held[0].name}, ...): use --resume to continue "
+                              "it, --overwrite to replace it, or another -o")
     refuse_foreign(held, "a styleforge grid search")
     make_folder(out)
     check_writable(out / "grid.csv")
     for target in held:
         shutil.rmtree(target) if target.is_dir() else target.unlink()
-
-
-def _grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], out: Path,
-          callback: Callable[[TrainEvent], None] | None) -> GridResult:
-    keys = list(axes)
-    combos = [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
-    emit = callback or (lambda event: None)
-    # A run folder --overwrite left (it holds files styleforge did not write) would mix with the new run.
-    run_dirs = [out / _run_name(i, combo) for i, combo in enumerate(combos, start=1)]
-    kept = [d for d in run_dirs if d.exists()]
+    # A run folder left because it holds files styleforge did not write would mix with the new run.
+    kept = [d for d in runs if d.exists()]
     if kept:
         raise StyleforgeError(f"{kept[0]} holds files styleforge did not write, so it was not cleared: move them or "
                               "choose another -o")
+
+
+def _check_resumable(out: Path, runs: Mapping[Path, Any]) -> None:
+    """--resume: ``out`` holds a search whose runs are all among this one's (its settings are checked run by
+    run as they come: a finished run's record, an interrupted one's last.pt)."""
+    earlier = [p for p in sorted(out.glob(RUN_DIRS)) if p.is_dir()] if out.is_dir() else []
+    if not earlier:
+        raise StyleforgeError(f"nothing to resume: {out} holds no grid search (run it without --resume first)")
+    other = next((p for p in earlier if p not in runs), None)
+    if other is not None:
+        raise StyleforgeError(f"--resume: {other.name} in {out} is not a run of this search (its settings differ): "
+                              "give the same comma lists as the search you continue")
+    check_writable(out / "grid.csv")
+
+
+def _train_run(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None, i: int, n: int,
+               run_dir: Path) -> None:
+    """One run of the search. A run whose loss became NaN is a result (it ranks last); bad settings and an
+    interruption stop the search."""
+    try:
+        fit(cfg, callback=callback)
+    except StyleforgeError as exc:
+        if exc.stopped_by:  # the run's own advice (its --resume) would not continue the search
+            raise StyleforgeError(f"{exc.stopped_by} in run {i} of {n} ({run_dir.name}): run the same command with "
+                                  "--resume to continue the search") from None
+        if not (run_dir / "summary.json").is_file():
+            raise  # bad settings, not a diverging run: stop the search
+
+
+def _grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], runs: Mapping[Path, dict[str, Any]], out: Path,
+          callback: Callable[[TrainEvent], None] | None, resume: bool) -> GridResult:
+    keys = list(axes)
+    emit = callback or (lambda event: None)
     rows: list[dict[str, Any]] = []
-    for i, (combo, run_dir) in enumerate(zip(combos, run_dirs), start=1):
-        emit(TrainEvent("phase", message=f"run {i}/{len(combos)}: " + ", ".join(f"{k}={v}" for k, v in combo.items())))
+    for i, (run_dir, combo) in enumerate(runs.items(), start=1):
+        settings = ", ".join(f"{k}={v}" for k, v in combo.items())
         cfg = base.with_settings(output=str(run_dir), evaluate_test=False, overwrite=False, resume=False, **combo)
-        status = "completed"
-        try:
-            fit(cfg, callback=callback)
-        except StyleforgeError as exc:
-            if exc.stopped_by:  # a grid search has no --resume: its runs' advice would not work
-                raise StyleforgeError(f"{exc.stopped_by} in run {i} of {len(combos)} ({run_dir.name}): a grid search "
-                                      "does not resume; run the same command with --overwrite to start it over") \
-                    from None
-            if not (run_dir / "summary.json").is_file():
-                raise  # bad settings, not a diverging run: stop the search
-            status = f"failed: {exc}"
-        summary = json.loads((run_dir / "summary.json").read_text())
+        if resume and (run_dir / "summary.json").is_file():
+            check_same_run(read_json(run_dir / "config.json", DAMAGED), run_dir / "config.json", cfg.validate(),
+                           distributed.current().world_size)  # validated: the defaults resolved, as fit records them
+            emit(TrainEvent("phase", message=f"run {i}/{len(runs)}: {settings}: finished earlier, kept"))
+        else:
+            emit(TrainEvent("phase", message=f"run {i}/{len(runs)}: {settings}"))
+            # --resume: an interrupted run continues from its last.pt; one stopped before its first epoch's
+            # checkpoint has nothing to continue, and starts again (only styleforge's files are replaced).
+            if resume and run_dir.exists():
+                cfg = replace(cfg, resume=(run_dir / "last.pt").is_file(),
+                              overwrite=not (run_dir / "last.pt").is_file())
+            _train_run(cfg, callback, i, len(runs), run_dir)
+        summary = read_json(run_dir / "summary.json", DAMAGED)
         rows.append({"run": run_dir.name, **combo, "val_acc": summary.get("val_acc"),
                      "val_loss": summary.get("val_loss"), "train_acc": summary.get("train_acc"),
                      "best_epoch": summary.get("best_epoch"), "epochs_run": summary.get("epochs_run"),
-                     "seconds": round(summary.get("wall_seconds", 0.0), 2),
-                     "stopped": summary.get("stopped") if status == "completed" else "nan"})
+                     "seconds": round(summary.get("wall_seconds", 0.0), 2), "stopped": summary.get("stopped")})
     ranked = sorted(rows, key=lambda r: (-(r["val_acc"] if r["val_acc"] is not None else -1.0),
                                          r["val_loss"] if r["val_loss"] is not None else float("inf")))
     for rank, row in enumerate(ranked, start=1):

@@ -203,14 +203,20 @@ def load_resume(run_dir: Path, cfg: TrainConfig, world_size: int) -> RunState:
     if not last.is_file():
         raise StyleforgeError(f"nothing to resume: {last} does not exist (train without --resume first)")
     state = RunState.load(last)
-    current = {**cfg.as_dict(), "freeze": cfg.resolved_freeze()}  # the record holds the resolved policy
-    saved = _with_defaults(state.config, last, type(cfg))
-    guard.check_resume(_settings(saved), _settings(current), RESUME_MAY_CHANGE, last, {"model_options": "--option"})
-    before = state.config.get("effective_batch_size", state.config.get("batch_size"))
-    if before != cfg.batch_size * world_size:
-        raise StyleforgeError(f"--resume: {last} was trained with an effective batch of {before}, this run has "
-                              f"{cfg.batch_size * world_size} (--batch-size x processes): use the same")
+    check_same_run(state.config, last, cfg, world_size)
     return state
+
+
+def check_same_run(record: dict[str, Any], where: Path, cfg: TrainConfig, world_size: int) -> None:
+    """Refuse to continue the run recorded as ``record`` (read from ``where``) with settings ``cfg`` that
+    would change it; a grid search's --resume also keeps a finished run only on this check."""
+    current = {**cfg.as_dict(), "freeze": cfg.resolved_freeze()}  # the record holds the resolved policy
+    saved = _with_defaults(record, where, type(cfg))
+    guard.check_resume(_settings(saved), _settings(current), RESUME_MAY_CHANGE, where, {"model_options": "--option"})
+    before = record.get("effective_batch_size", record.get("batch_size"))
+    if before != cfg.batch_size * world_size:
+        raise StyleforgeError(f"--resume: {where} was trained with an effective batch of {before}, this run has "
+                              f"{cfg.batch_size * world_size} (--batch-size x processes): use the same")
 
 
 def _with_defaults(record: dict[str, Any], where: Path, config: type[TrainConfig]) -> dict[str, Any]:

@@ -40,8 +40,10 @@ from .options import (
     device_option,
     main_group,
     option,
+    overwrite_option,
     precision_option,
     quiet_option,
+    resume_option,
     runtime_options,
     seed_option,
     stack,
@@ -270,9 +272,8 @@ def models_cmd() -> None:
 @option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Run directory.")
 @search_options(lists=False)
 @run_options
-@option("--overwrite", is_flag=True, help="Replace what an earlier run wrote at OUTPUT (only files styleforge "
-                                         "wrote).")
-@option("--resume", is_flag=True, help="Continue the interrupted run from its checkpoint. Here OUTPUT/last.pt.")
+@overwrite_option()
+@resume_option("OUTPUT/last.pt")
 @option("--track-test", is_flag=True,
         help="Also record test loss/accuracy after every epoch, for the curves (never used for any choice).")
 def train_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, overwrite, resume, track_test, quiet,
@@ -334,9 +335,10 @@ def eval_cmd(checkpoint, split, output, quiet, **kw):
         help="Folder for the runs and grid.csv / grid.md.")
 @search_options(lists=True)
 @run_options
-@option("--overwrite", is_flag=True, help="Replace what an earlier run wrote at OUTPUT (only files styleforge "
-                                         "wrote).")
-def grid_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, quiet, overwrite, **kw):
+@overwrite_option()
+@resume_option("OUTPUT's search: its finished runs are kept, the interrupted run continues "
+               "from its last.pt, the rest train")
+def grid_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, quiet, overwrite, resume, **kw):
     """Train every combination of the comma-separated settings; rank on validation accuracy,
     evaluate the best on the test set."""
     from ..classify.grid import grid
@@ -358,7 +360,7 @@ def grid_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, 
     bars = TrainBars(quiet)
     try:
         with distributed.session() as ctx:
-            grid(base, axes, output, callback=bars, overwrite=overwrite)
+            grid(base, axes, output, callback=bars, overwrite=overwrite, resume=resume)
     finally:
         bars.close()
     if ctx.is_main:

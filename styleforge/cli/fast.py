@@ -54,6 +54,7 @@ from .options import (
     main_group,
     number_text,
     option,
+    overwrite_option,
     parse_layer_weights,
     precision_option,
     quiet_option,
@@ -66,7 +67,6 @@ from .options import (
 SCHEDULE_HELP = f"Learning-rate schedule: cosine decays to {LR_FLOOR:.0%} of --lr by the last step; constant keeps it."
 WARMUP_HELP = "The learning rate rises linearly from 0 over these first steps (0: none)."
 LEVELS_HELP = "VGG19 levels with a decoder, e.g. relu4_1,relu1_1."
-OVERWRITE_HELP = "Replace what an earlier run wrote at OUTPUT (only files styleforge wrote)."
 data_option = option("--data", required=True, multiple=True, type=click.Path(path_type=Path),
                      help="Folder of training photos (searched recursively); repeat for several.")
 
@@ -135,7 +135,7 @@ def fast_group() -> None:
 @style_loss_options(FastTrainConfig)
 @weights_option
 @training_run_options(FastTrainConfig, "OUTPUT.ckpt")
-@option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+@overwrite_option()
 @runtime_options(FastTrainConfig)
 @quiet_option
 def train_cmd(style_image, data, output, arch, upsample, input_noise, lattice_weight, laplacian_weight,
@@ -296,7 +296,7 @@ def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) ->
                help="Weight of the feature (perceptual) reconstruction term; the pixel term has weight 1.")
 @weights_option
 @training_run_options(DecoderTrainConfig, f"OUTPUT/{CHECKPOINT_NAME}")
-@option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+@overwrite_option()
 @runtime_options(DecoderTrainConfig)
 @quiet_option
 def train_decoders_cmd(data, output, levels, architecture, width, image_size, batch_size, steps, lr, lr_schedule,

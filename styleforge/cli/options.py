@@ -301,6 +301,17 @@ def style_loss_options(source):
     return stack(*opts)
 
 
+def overwrite_option():
+    """--overwrite of every command that writes a run."""
+    return option("--overwrite", is_flag=True,
+                  help="Replace what an earlier run wrote at OUTPUT (only files styleforge wrote).")
+
+
+def resume_option(where: str):
+    """--resume of every command that writes a run; ``where`` says what it continues from."""
+    return option("--resume", is_flag=True, help=f"Continue the interrupted run from its checkpoint. Here {where}.")
+
+
 def training_run_options(source, checkpoint: str):
     """--workers, --checkpoint-steps, --resume, --stop-at, --fp32-model of the fast-style trainers;
     ``checkpoint`` names the file --resume reads."""
@@ -310,8 +321,7 @@ def training_run_options(source, checkpoint: str):
         config_option(source, "checkpoint_every", "--checkpoint-steps", type=COUNT,
                       metavar="STEPS", old=("--checkpoint-every",),
                       help="Write the checkpoint every this many steps (and at the end)."),
-        option("--resume", is_flag=True,
-               help=f"Continue the interrupted run from its checkpoint. Here {checkpoint}."),
+        resume_option(checkpoint),
         option("--stop-at", type=COUNT, metavar="STEP",
                help="Stop after this step, leaving the checkpoint to --resume (splits a run)."),
         option("--fp32-model", is_flag=True, help="Store the trained weights in float32 instead of float16."),

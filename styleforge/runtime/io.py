@@ -271,6 +271,17 @@ def save_json(data: Any, path: str | os.PathLike) -> Path:
 _OWN_STARTS = {".csv": ("step,", "epoch,", "class,", "rank,"), ".md": ("#", "|"), ".json": ("{",)}
 
 
+def read_json(path: str | os.PathLike, fix: str) -> dict[str, Any]:
+    """A JSON record styleforge wrote (an object); one line naming the file and ``fix`` when it is damaged."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError, OSError) as exc:  # JSONDecodeError is a ValueError
+        raise StyleforgeError(f"{path} is damaged ({first_line(exc, 100)}): {fix}") from None
+    if not isinstance(record, dict):
+        raise StyleforgeError(f"{path} is damaged (not a styleforge record): {fix}")
+    return record
+
+
 def written_by_styleforge(path: str | os.PathLike) -> bool:
     """Whether an existing file looks like one styleforge writes under that name, so that --overwrite may
     replace it: a table, report or record by how it begins, a figure by matplotlib's mark, a model,

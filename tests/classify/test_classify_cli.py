@@ -80,6 +80,12 @@ def test_eval_compare_and_grid(folder, trained, tmp_path):
             "--lr", "0.05", "-o", tmp_path / "grid", "-q")
     assert r.exit_code == 0, r.output
     assert "| rank | run | batch_size | val_acc" in r.output and "test accuracy" in r.output
+    grid_args = ["classify", "grid", "--dataset", folder, "--model", "fc-only", "--epochs", "1", "--batch-size", "8,16",
+                 "--lr", "0.05", "-o", tmp_path / "grid"]
+    resumed = run(*grid_args, "--resume")  # a finished search: nothing trains, the same table
+    assert resumed.exit_code == 0, resumed.output
+    assert "finished earlier, kept" in resumed.output and r.output.strip() in resumed.output
+    one_line_error(run(*grid_args, "--resume", "--overwrite"), "--overwrite and --resume exclude each other")
     one_line_error(run("classify", "grid", "--dataset", folder, "--lr", "0.05", "-o", tmp_path / "g2"),
                    "nothing to search")
     # Settings that stop the first run before it writes anything leave no grid folder behind.

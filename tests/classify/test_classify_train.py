@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -333,7 +334,7 @@ def test_grid_ranks_on_validation_and_tests_only_the_best(toy, tmp_path):
     assert not (tmp_path / "grid2").exists()
 
 
-def test_grid_neither_mixes_with_a_kept_run_folder_nor_advises_a_resume_it_lacks(toy, tmp_path):
+def test_grid_does_not_mix_with_a_kept_run_folder(toy, tmp_path):
     out = tmp_path / "grid"
     first = grid(cfg(toy, tmp_path / "unused", epochs=1), {"lr": [0.05, 0.1]}, out)
     kept = out / first.rows[0]["run"]
@@ -342,14 +343,44 @@ def test_grid_neither_mixes_with_a_kept_run_folder_nor_advises_a_resume_it_lacks
         grid(cfg(toy, tmp_path / "unused", epochs=1), {"lr": [0.05, 0.1]}, out, overwrite=True)
     assert (kept / "mynotes.txt").read_text() == "mine"
 
+
+def test_an_interrupted_and_resumed_grid_matches_an_uninterrupted_one(toy, tmp_path):
+    base = cfg(toy, tmp_path / "unused", epochs=2, checkpoint_seconds=0)
+    axes = {"lr": [0.05, 0.1]}
+    whole = grid(base, axes, tmp_path / "whole")
+    ends = []
+
     def interrupt(event):
-        if event.kind == "epoch_end":
+        ends.extend([1] if event.kind == "epoch_end" else [])
+        if len(ends) == 3:  # after run 2's first epoch: run 1 finished, run 2 half done
             raise KeyboardInterrupt
 
-    with pytest.raises(StyleforgeError, match=r"interrupted in run 1 of 2 \(01-lr0.05\): a grid search does not "
-                                              "resume; run the same command with --overwrite"):
-        grid(cfg(toy, tmp_path / "unused", epochs=2, checkpoint_seconds=0), {"lr": [0.05, 0.1]}, tmp_path / "g2",
-             callback=interrupt)
+    out = tmp_path / "grid"
+    with pytest.raises(StyleforgeError, match=r"interrupted in run 2 of 2 \(02-lr0.1\): run the same command with "
+                                              "--resume to continue the search"):
+        grid(base, axes, out, callback=interrupt)
+    with pytest.raises(StyleforgeError, match="already holds a grid search .*: use --resume to continue it"):
+        grid(base, axes, out)
+    with pytest.raises(StyleforgeError, match="01-lr0.05 in .* is not a run of this search"):
+        grid(base, {"lr": [0.01, 0.1]}, out, resume=True)
+    with pytest.raises(StyleforgeError, match="other settings .--epochs 2 -> 3."):
+        grid(replace(base, epochs=3), axes, out, resume=True)
+    with pytest.raises(StyleforgeError, match="nothing to resume: .* holds no grid search"):
+        grid(base, axes, tmp_path / "none", resume=True)
+    events = []
+    resumed = grid(base, axes, out, callback=events.append, resume=True)
+    phases = [e.message for e in events if e.kind == "phase" and e.message.startswith("run ")]
+    assert phases == ["run 1/2: lr=0.05: finished earlier, kept", "run 2/2: lr=0.1"]
+    assert sum(e.kind == "epoch_end" for e in events) == 1  # run 2's second epoch, and nothing trained twice
+    keys = ("run", "val_acc", "val_loss", "train_acc", "epochs_run", "rank")
+    assert [[r[k] for k in keys] for r in resumed.rows] == [[r[k] for k in keys] for r in whole.rows]
+    assert resumed.test == whole.test
+    again = grid(base, axes, out, resume=True)  # a finished search resumed: ranked and tested again, no training
+    assert again.rows == resumed.rows
+    (out / "01-lr0.05" / "config.json").write_text("{not json")
+    with pytest.raises(StyleforgeError, match=r"01-lr0.05/config.json is damaged \(.*\): start the search again "
+                                              "with --overwrite"):
+        grid(base, axes, out, resume=True)
 
 
 def test_compare_overlays_runs(toy, tmp_path):
