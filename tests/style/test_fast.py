@@ -326,8 +326,10 @@ def test_resume_refuses_changed_settings(photos, tmp_path, random_vgg19_file):
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, tone_weight=0.0))
     with pytest.raises(StyleforgeError, match="--crop-size 32 -> 48"):  # named as the options are
         train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, image_size=48))
-    with pytest.raises(StyleforgeError, match="--network light -> johnson"):
-        train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, arch="johnson"))
+    with pytest.raises(StyleforgeError, match=r"other settings \(--network light -> johnson\): "):
+        train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, arch="johnson"))  # lr follows
+    with pytest.raises(StyleforgeError, match=r"other settings \(--network light -> johnson; --lr 0.01 -> 0.1\)"):
+        train_style(_cfg(photos, tmp_path, random_vgg19_file, resume=True, steps=3, arch="johnson", lr=0.1))
     folder, style = photos
     swapped = tmp_path / "style-copy.png"  # the same path, another painting
     shutil.copy(style, swapped)

@@ -345,6 +345,8 @@ def _load_resume(cfg: FastTrainConfig, ckpt: Path, steps: int, style_sha256: str
     mine = _jsonable(asdict(cfg))
     for key in ("style", "data"):  # the same files, however the paths are written
         old[key], mine[key] = (resolved(d.get(key)) for d in (old, mine))
+    if all(d.get("lr") == DEFAULT_LR.get(d.get("arch", "")) for d in (old, mine)):
+        mine["lr"] = old["lr"]  # each its network's default: the change is --network's alone, say only that
     guard.check_resume(old, mine, _RESUME_MAY_CHANGE, ckpt, {"style": "STYLE_IMAGE", **OPTION_NAMES})
     if old.get("style_sha256") not in (None, style_sha256):  # recorded since session 40
         raise StyleforgeError(f"--resume: the style image {cfg.style} is not the one {ckpt} was trained on (its "
