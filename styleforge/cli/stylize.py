@@ -100,7 +100,8 @@ def partial_path(output: Path, inputs: list[Path]) -> Path:
 @config_option(StylizeConfig, "style_scale", "--style-scale", type=POSITIVE,
                help="Style image size relative to the output size.")
 @config_option(StylizeConfig, "init", "--init", metavar="content|noise|FILE",
-               help="The starting image: the content, noise or an image file.")
+               help="The starting image: the content, noise or an image file of the content's shape (such as "
+                    "OUT.partial.png).")
 @config_option(StylizeConfig, "optimizer", "--optimizer", type=click.Choice(OPTIMIZERS), help="Optimizer.")
 @option("--steps", type=CommaList(NON_NEGATIVE_INT), metavar="STEPS",
         show_default=", ".join(f"{','.join(map(str, v))} for {k}" for k, v in DEFAULT_STEPS.items()),

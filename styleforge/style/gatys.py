@@ -8,6 +8,7 @@ recipe do): a short half-size stage, then the full size starting from its upsamp
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -159,6 +160,11 @@ def _resize_to(image: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(image, size=hw, mode="bicubic", align_corners=False).clamp_(0, 1)
 
 
+# How far --init's width/height may be from the content's: a picture stylize wrote for this content (its
+# OUT.partial.png) differs by pixel rounding alone; anything further would be stretched.
+INIT_ASPECT_SLACK = 0.05
+
+
 def _initial_image(init: str, content: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     if init == "content":
         return content.clone()
@@ -166,7 +172,12 @@ def _initial_image(init: str, content: torch.Tensor, generator: torch.Generator)
         return torch.rand(content.shape, generator=generator)
     if not os.path.exists(init):
         raise StyleforgeError(f"--init {init!r} is neither 'content', 'noise' nor an existing image file")
-    return _resize_to(load_image(init), _hw(content))
+    image = load_image(init)
+    (h, w), (ch, cw) = _hw(image), _hw(content)
+    if abs(math.log((w / h) / (cw / ch))) > math.log(1 + INIT_ASPECT_SLACK):
+        raise StyleforgeError(f"--init {init} is {w}x{h} and the content {cw}x{ch}: it would be stretched to the "
+                              "content's shape; give an image of that shape (such as OUT.partial.png)")
+    return _resize_to(image, (ch, cw))
 
 
 def _hw(image: torch.Tensor) -> tuple[int, int]:

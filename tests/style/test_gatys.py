@@ -7,6 +7,7 @@ from conftest import striped_image, synthetic_image
 from styleforge import StylizeConfig, stylize
 from styleforge.backbone import VGGFeatures
 from styleforge.runtime.errors import StyleforgeError
+from styleforge.runtime.io import save_image
 from styleforge.style.color import _RGB2YIQ, original_colors
 from styleforge.style.gatys import DEFAULT_STYLE_LAYERS
 from styleforge.style.perceptual import STYLE_GAIN
@@ -121,6 +122,19 @@ def test_blend_mismatch_and_bad_options(random_extractor):
         stylize(synthetic_image(), striped_image(), _cfg(init="missing.png"), extractor=random_extractor)
     with pytest.raises(StyleforgeError, match="unknown optimizer"):
         stylize(synthetic_image(), striped_image(), _cfg(optimizer="sgd"), extractor=random_extractor)
+
+
+def test_init_image_of_another_shape_is_refused_not_stretched(random_extractor, tmp_path):
+    content = synthetic_image(48, 64)
+    for (h, w), ok in (((96, 128), True), ((95, 128), True), ((64, 64), False), ((1, 400), False)):
+        path = tmp_path / f"init-{h}x{w}.png"
+        save_image(synthetic_image(h, w), path)
+        if ok:  # the same shape at another size (OUT.partial.png of a larger run), up to pixel rounding
+            stylize(content, striped_image(), _cfg(init=str(path), steps=1), extractor=random_extractor)
+        else:
+            with pytest.raises(StyleforgeError, match=f"--init .* is {w}x{h} and the content 32x24: it would be "
+                                                      "stretched"):
+                stylize(content, striped_image(), _cfg(init=str(path), steps=1), extractor=random_extractor)
 
 
 def test_image_too_small_for_the_layers(random_extractor):
