@@ -67,6 +67,8 @@ from .options import (
 SCHEDULE_HELP = f"Learning-rate schedule: cosine decays to {LR_FLOOR:.0%} of --lr by the last step; constant keeps it."
 WARMUP_HELP = "The learning rate rises linearly from 0 over these first steps (0: none)."
 LEVELS_HELP = "VGG19 levels with a decoder, e.g. relu4_1,relu1_1."
+HATCHING_HELP = ("Penalty on fine texture that repeats itself every 3-10 px more than the photo's does (a woven "
+                 "hatching or streaks instead of strokes).")
 data_option = option("--data", required=True, multiple=True, type=click.Path(path_type=Path),
                      help="Folder of training photos (searched recursively); repeat for several.")
 
@@ -98,9 +100,8 @@ def fast_group() -> None:
                     "2017): keeps the photo's outlines in place. 0: none, as published.")
 @config_option(FastTrainConfig, "hatching_weight", "--hatching-weight", type=NON_NEGATIVE, metavar="WEIGHT",
                show_default=f"{HATCHING_WEIGHT:g}, or {FLAT_HATCHING_WEIGHT:g} for a painting of flat planes",
-               help="Penalty on fine texture that repeats itself every 3-10 px more than the photo's does (a "
-                    "woven hatching instead of strokes). It also charges long straight edges, which a painting of "
-                    f"flat planes (at least {FLAT_SHARE:.0%} of its pixels flat) is made of. 0: none.")
+               help=HATCHING_HELP + " It also charges long straight edges, which a painting of flat planes (at "
+                    f"least {FLAT_SHARE:.0%} of its pixels flat) is made of. 0: none.")
 @config_option(FastTrainConfig, "detail_weight", "--detail-weight", type=NON_NEGATIVE, metavar="WEIGHT",
                help="Weight of a loss on the photo's 1-4 px detail lost in the picture (a face turned into one "
                     "dark tone inside a kept outline). 0: none.")
@@ -290,6 +291,8 @@ def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) ->
 @config_option(DecoderTrainConfig, "style_weight", "--style-weight", type=NON_NEGATIVE,
                help="Style weight. With --architecture hourglass, above 0: train it to stylize, the batch's photos "
                     "as each other's styles, with this weight on the Gram loss at relu1_1..relu5_1.")
+@config_option(DecoderTrainConfig, "hatching_weight", "--hatching-weight", type=NON_NEGATIVE, metavar="WEIGHT",
+               help=HATCHING_HELP + " With --style-weight (the stylizing stage); 0: none.")
 @option("--init-decoder", type=click.Path(path_type=Path), metavar="FILE",
         help="With --architecture hourglass: start from this hourglass decoder (a reconstruction run's).")
 @config_option(DecoderTrainConfig, "feature_weight", "--feature-weight", type=NON_NEGATIVE,
@@ -300,7 +303,7 @@ def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) ->
 @runtime_options(DecoderTrainConfig)
 @quiet_option
 def train_decoders_cmd(data, output, levels, architecture, width, image_size, batch_size, steps, lr, lr_schedule,
-                       warmup_steps, style_weight, init_decoder, feature_weight,
+                       warmup_steps, style_weight, hatching_weight, init_decoder, feature_weight,
                        weights, workers, checkpoint_every, resume, stop_at, fp32_model, overwrite, device, precision,
                        seed, quiet):
     """Train the decoders that --style-image uses, on photos alone: one per VGG19 level, or the hourglass."""
@@ -308,7 +311,8 @@ def train_decoders_cmd(data, output, levels, architecture, width, image_size, ba
         data=[str(d) for d in data], output=str(output), levels=levels, architecture=architecture, width=width,
         image_size=image_size, batch_size=batch_size, steps=steps, lr=lr, lr_schedule=lr_schedule,
         warmup_steps=warmup_steps, feature_weight=feature_weight, style_weight=style_weight,
-        init_decoder=str(init_decoder) if init_decoder else None, weights=str(weights) if weights else None,
+        hatching_weight=hatching_weight, init_decoder=str(init_decoder) if init_decoder else None,
+        weights=str(weights) if weights else None,
         seed=seed, device=device, precision=precision, workers=workers, checkpoint_every=checkpoint_every,
         stop_at=stop_at, resume=resume, half=not fp32_model, overwrite=overwrite)
     bar = Bar(quiet)

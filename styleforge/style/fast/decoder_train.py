@@ -34,7 +34,7 @@ from ...runtime.device import Runtime, seed_everything
 from ...runtime.device import runtime as make_runtime
 from ...runtime.errors import StyleforgeError
 from ...runtime.io import check_replaceable, check_writable, make_folder, no_empty_folder_left
-from ..losses import gram_matrix, image_content_loss, style_loss
+from ..losses import gram_matrix, image_content_loss, repetition_loss, style_loss
 from .data import RandomCrops, StreamSampler, collate
 from .decoders import (
     HOURGLASS,
@@ -90,6 +90,10 @@ class DecoderTrainConfig:
     # Hourglass only, > 0: train it to stylize (see Reconstruction.forward), usually from a reconstruction run's
     # decoder (init_decoder), whose weights and input scales it starts from.
     style_weight: float = 0.0
+    # With style_weight: weight of the hatching penalty (losses.repetition_loss of the picture against its
+    # photo, fast train's --hatching-weight term). Not in the papers: the hourglass paints horizontal streaks
+    # that the benchmark's hatching measure sees on the dark paintings (bench/HISTORY.md, session 41).
+    hatching_weight: float = 0.0
     init_decoder: str | None = None
     weights: str | None = None
     seed: int = 0
@@ -118,6 +122,8 @@ class DecoderTrainConfig:
         if self.style_weight and self.batch_size < 2:
             raise StyleforgeError("--style-weight needs --batch-size 2 or more: each photo's style is another photo "
                                   "of its batch")
+        if self.hatching_weight and not self.style_weight:
+            raise StyleforgeError("--hatching-weight is for the stylizing stage: give --style-weight too")
         if self.style_weight and self.feature_weight != 1.0:
             raise StyleforgeError("--feature-weight is for reconstruction; with --style-weight the relu4_1 term has "
                                   "weight 1")
@@ -130,6 +136,7 @@ class DecoderTrainConfig:
              ("--warmup-steps", self.warmup_steps, guard.NON_NEGATIVE),
              ("--feature-weight", self.feature_weight, guard.NON_NEGATIVE), ("--seed", self.seed, guard.SEED),
              ("--style-weight", self.style_weight, guard.NON_NEGATIVE),
+             ("--hatching-weight", self.hatching_weight, guard.NON_NEGATIVE),
              ("--workers", self.workers, guard.NON_NEGATIVE), ("--stop-at", self.stop_at, guard.COUNT)])
         guard.check_stop_at(self.stop_at, self.steps)
         stride = 2 ** (level_index(levels[-1]) - 1)
@@ -158,7 +165,7 @@ class DecoderTrainResult:
 
 
 _RESUME_KEYS = ("levels", "architecture", "width", "image_size", "lr", "lr_schedule", "warmup_steps", "feature_weight",
-                "style_weight", "init_decoder", "seed")
+                "style_weight", "hatching_weight", "init_decoder", "seed")
 # The style loss of the stylizing stage (style_weight > 0): stylize's style layers, equally weighted.
 STYLE_LEVELS = tuple(LEVELS)
 
@@ -176,11 +183,12 @@ class Reconstruction(nn.Module):
     synchronizes the gradients. The frozen encoder is passed in, so it is no part of it.
     """
 
-    def __init__(self, names: Sequence[str], width: float, style_weight: float = 0.0) -> None:
+    def __init__(self, names: Sequence[str], width: float, style_weight: float = 0.0,
+                 hatching_weight: float = 0.0) -> None:
         super().__init__()
         self.decoders = nn.ModuleDict({n: HourglassDecoder(width) if n == HOURGLASS else Decoder(n, width)
                                        for n in names})
-        self.style_weight = style_weight
+        self.style_weight, self.hatching_weight = style_weight, hatching_weight
         read = {lv for d in self.decoders.values() for lv in _reads(d)} | (set(STYLE_LEVELS) if style_weight else set())
         self.encoder_levels = sorted(read, key=level_index)
 
@@ -201,7 +209,7 @@ class Reconstruction(nn.Module):
         with torch.no_grad():
             targets = encoder(images, self.encoder_levels)
         if self.style_weight:
-            return self._stylizing(targets, encoder, detail)[None]
+            return self._stylizing(images, targets, encoder, detail)[None]
         out = []
         for decoder in self.decoders.values():
             level = _reads(decoder)[0]
@@ -214,11 +222,13 @@ class Reconstruction(nn.Module):
             out.append(pixel + feature_weight * feature)
         return torch.stack(out)
 
-    def _stylizing(self, targets: dict[str, torch.Tensor], encoder: VGGFeatures, detail: float) -> torch.Tensor:
+    def _stylizing(self, images: torch.Tensor, targets: dict[str, torch.Tensor], encoder: VGGFeatures,
+                   detail: float) -> torch.Tensor:
         """Huang & Belongie's objective (AdaIN, 2017) for the hourglass: every photo gets the previous photo
         of the batch as its style (WCT at each level the decoder reads); the loss is the relative error of
         the picture's relu4_1 features against the transformed ones plus ``style_weight`` times the mean
-        relative Gram error at relu1_1..relu5_1 against the style photo's.
+        relative Gram error at relu1_1..relu5_1 against the style photo's, plus ``hatching_weight`` times
+        how much more the picture's fine texture repeats itself than its photo's.
 
         Departure from the paper: the styles are photos, not a collection of paintings (the decoder
         learns to paint any second-order statistics it is given, not a painting's look), and the
@@ -230,10 +240,12 @@ class Reconstruction(nn.Module):
         with torch.no_grad():
             transformed = {lv: swapped_wct(targets[lv]) for lv in decoder.levels}
             style_grams = {lv: gram_matrix(targets[lv]).roll(1, 0) for lv in STYLE_LEVELS}
-        feats = encoder(decoder(transformed, detail), self.encoder_levels)
+        picture = decoder(transformed, detail)
+        feats = encoder(picture, self.encoder_levels)
         content = image_content_loss(feats["relu4_1"], transformed["relu4_1"])
         style = torch.stack([style_loss(gram_matrix(feats[lv]), style_grams[lv]) for lv in STYLE_LEVELS]).mean()
-        return content + self.style_weight * style
+        loss = content + self.style_weight * style
+        return loss + self.hatching_weight * repetition_loss(picture, images) if self.hatching_weight else loss
 
 
 def _reads(decoder: nn.Module) -> list[str]:
@@ -250,8 +262,8 @@ def _load_resume(cfg: DecoderTrainConfig, ckpt: Path, config_record: dict) -> di
     # run, the photos and the global batch; the steps too where the schedule spans them.
     keys = (*_RESUME_KEYS, "data", "global_batch") + (("steps",) if cfg.lr_schedule != "constant" else ()) \
         + (("world_size",) if cfg.style_weight else ())  # the stylizing stage pairs photos within each process
-    saved = {"warmup_steps": 0, "architecture": "mirror", "style_weight": 0.0, "init_decoder": None,
-             **record["config"]}  # checkpoints from before these options
+    saved = {"warmup_steps": 0, "architecture": "mirror", "style_weight": 0.0, "hatching_weight": 0.0,
+             "init_decoder": None, **record["config"]}  # checkpoints from before these options
     guard.check_resume(saved, {k: config_record.get(k) for k in keys}, (), ckpt, OPTION_NAMES)
     return record
 
@@ -351,7 +363,7 @@ def _start(cfg: DecoderTrainConfig, ctx: distributed.Dist, rt: Runtime, levels: 
            init: HourglassDecoder | None = None) -> StepRun[Reconstruction]:
     """The decoders and their optimizer: fresh, from ``init`` (--init-decoder) or from the checkpoint (--resume)."""
     seed_everything(cfg.seed)
-    decoders = Reconstruction(levels, cfg.width, cfg.style_weight)
+    decoders = Reconstruction(levels, cfg.width, cfg.style_weight, cfg.hatching_weight)
     if init is not None:
         decoders.decoders[HOURGLASS].load_state_dict(init.state_dict())
     out_dir = Path(cfg.output)
