@@ -68,6 +68,8 @@ def grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], output: str | Pat
     out = Path(output).expanduser()
     if out.exists() and not out.is_dir():
         raise StyleforgeError(f"-o {out} is a file: give a folder for the grid search")
+    if resume and not out.is_dir():
+        raise StyleforgeError(f"nothing to resume: {out} holds no grid search (run it without --resume first)")
     combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
     runs = {out / _run_name(i, combo): combo for i, combo in enumerate(combos, start=1)}
     # Bad settings stop the first run before it writes anything: no empty grid folder (or parent) is left.
@@ -75,16 +77,43 @@ def grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], output: str | Pat
         make_folder(out.parent)
         with lock.hold(out, folder=False):
             if resume:
-                _check_resumable(out, runs)
-            else:
-                _clear(out, overwrite, runs)
-            return _grid(base, axes, runs, out, callback, resume)
+                _check_resumable(out, runs, axes)
+                return _grid(base, axes, runs, out, callback, resume)
+            _clear(out, overwrite, runs)
+            save_json({"axes": _plain(axes), "runs": []}, out / "grid.json")  # what --resume checks
+            try:
+                return _grid(base, axes, runs, out, callback, resume)
+            except StyleforgeError:
+                if not any(run.exists() for run in runs):  # stopped before any run began: nothing to resume
+                    (out / "grid.json").unlink()
+                raise
+
+
+def _plain(axes: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+    """The axes as grid.json holds them."""
+    return {k: list(v) for k, v in axes.items()}
+
+
+def _earlier_runs(out: Path) -> tuple[list[Path], list[Path]]:
+    """The folders in ``out`` named like runs: those styleforge wrote, and those holding other files (a
+    user's ``01-holiday``, or a run folder someone put notes into), which no search clears or trains into."""
+    named = [p for p in sorted(out.glob(RUN_DIRS)) if p.is_dir()]
+    foreign = [p for p in named if guard.foreign_entries(p, OWN_FILES)]
+    return [p for p in named if p not in foreign], foreign
+
+
+def _refuse_kept(runs: Mapping[Path, Any], foreign: Sequence[Path]) -> None:
+    """A run folder that holds files styleforge did not write would mix with the run."""
+    kept = [d for d in foreign if d in runs]
+    if kept:
+        raise StyleforgeError(f"{kept[0]} holds files styleforge did not write, so it was not cleared: move them or "
+                              "choose another -o")
 
 
 def _clear(out: Path, overwrite: bool, runs: Mapping[Path, Any]) -> None:
     """Refuse to mix searches; with ``overwrite`` delete the earlier one, and nothing else:
     a folder named like a run (``01-holiday``) that holds other files is left alone."""
-    earlier = [p for p in sorted(out.glob(RUN_DIRS)) if p.is_dir() and not guard.foreign_entries(p, OWN_FILES)]
+    earlier, foreign = _earlier_runs(out) if out.is_dir() else ([], [])
     held = [out / f for f in GRID_FILES if (out / f).exists()] + earlier
     if held and not overwrite:
         raise StyleforgeError(f"{out} already holds a grid search ({held[0].name}, ...): use --resume to continue "
@@ -92,26 +121,51 @@ def _clear(out: Path, overwrite: bool, runs: Mapping[Path, Any]) -> None:
     refuse_foreign(held, "a styleforge grid search")
     make_folder(out)
     check_writable(out / "grid.csv")
+    _refuse_kept(runs, foreign)
     for target in held:
         shutil.rmtree(target) if target.is_dir() else target.unlink()
-    # A run folder left because it holds files styleforge did not write would mix with the new run.
-    kept = [d for d in runs if d.exists()]
-    if kept:
-        raise StyleforgeError(f"{kept[0]} holds files styleforge did not write, so it was not cleared: move them or "
-                              "choose another -o")
 
 
-def _check_resumable(out: Path, runs: Mapping[Path, Any]) -> None:
-    """--resume: ``out`` holds a search whose runs are all among this one's (its settings are checked run by
-    run as they come: a finished run's record, an interrupted one's last.pt)."""
-    earlier = [p for p in sorted(out.glob(RUN_DIRS)) if p.is_dir()] if out.is_dir() else []
-    if not earlier:
+def _check_resumable(out: Path, runs: Mapping[Path, Any], axes: Mapping[str, Sequence[Any]]) -> None:
+    """--resume: ``out`` holds this search, over the same comma lists (grid.json records them when a search
+    starts); each run's settings are checked as it comes (a finished run's record, an interrupted one's
+    last.pt)."""
+    earlier, foreign = _earlier_runs(out)
+    record = out / "grid.json"
+    if not earlier and not record.is_file():
         raise StyleforgeError(f"nothing to resume: {out} holds no grid search (run it without --resume first)")
+    if record.is_file():
+        recorded = read_json(record, DAMAGED).get("axes")
+        if recorded != _plain(axes):
+            raise StyleforgeError(f"--resume: {out} holds a search over {_lists(recorded)}, not {_lists(axes)}: give "
+                                  "the same comma lists as the search you continue")
     other = next((p for p in earlier if p not in runs), None)
     if other is not None:
         raise StyleforgeError(f"--resume: {other.name} in {out} is not a run of this search (its settings differ): "
                               "give the same comma lists as the search you continue")
+    _refuse_kept(runs, foreign)
     check_writable(out / "grid.csv")
+
+
+def _lists(axes: Any) -> str:
+    """Comma lists as the options take them: ``--lr 0.05,0.1 --batch-size 8,16``."""
+    if not isinstance(axes, Mapping):
+        return "unknown settings"
+    return " ".join(f"--{k.replace('_', '-')} " + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in vals)
+                    for k, vals in axes.items())
+
+
+def _figures(path: Path) -> dict[str, Any]:
+    """A run's row of the table, from its summary.json (numbers checked: a kept run's may be damaged)."""
+    summary = read_json(path, DAMAGED)
+    row = {k: summary.get(k) for k in ("val_acc", "val_loss", "train_acc", "best_epoch", "epochs_run", "stopped")}
+    row["seconds"] = summary.get("wall_seconds", 0.0)
+    numbers = ("val_acc", "val_loss", "train_acc", "best_epoch", "epochs_run", "seconds")
+    if any(row[k] is not None and (isinstance(row[k], bool) or not isinstance(row[k], (int, float)))
+           for k in numbers):
+        raise StyleforgeError(f"{path} is damaged (a figure is not a number): {DAMAGED}")
+    row["seconds"] = round(row["seconds"] or 0.0, 2)
+    return row
 
 
 def _train_run(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None, i: int, n: int,
@@ -148,11 +202,7 @@ def _grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], runs: Mapping[Pa
                 cfg = replace(cfg, resume=(run_dir / "last.pt").is_file(),
                               overwrite=not (run_dir / "last.pt").is_file())
             _train_run(cfg, callback, i, len(runs), run_dir)
-        summary = read_json(run_dir / "summary.json", DAMAGED)
-        rows.append({"run": run_dir.name, **combo, "val_acc": summary.get("val_acc"),
-                     "val_loss": summary.get("val_loss"), "train_acc": summary.get("train_acc"),
-                     "best_epoch": summary.get("best_epoch"), "epochs_run": summary.get("epochs_run"),
-                     "seconds": round(summary.get("wall_seconds", 0.0), 2), "stopped": summary.get("stopped")})
+        rows.append({"run": run_dir.name, **combo, **_figures(run_dir / "summary.json")})
     ranked = sorted(rows, key=lambda r: (-(r["val_acc"] if r["val_acc"] is not None else -1.0),
                                          r["val_loss"] if r["val_loss"] is not None else float("inf")))
     for rank, row in enumerate(ranked, start=1):

@@ -336,8 +336,8 @@ def eval_cmd(checkpoint, split, output, quiet, **kw):
 @search_options(lists=True)
 @run_options
 @overwrite_option()
-@resume_option("OUTPUT's search: its finished runs are kept, the interrupted run continues "
-               "from its last.pt, the rest train")
+@resume_option("OUTPUT/NN-.../last.pt of the search's interrupted run; its finished runs are kept, the rest "
+               "train")
 def grid_cmd(output, optimizer, lr, momentum, weight_decay, epochs, batch_size, quiet, overwrite, resume, **kw):
     """Train every combination of the comma-separated settings; rank on validation accuracy,
     evaluate the best on the test set."""

@@ -361,12 +361,17 @@ def test_an_interrupted_and_resumed_grid_matches_an_uninterrupted_one(toy, tmp_p
         grid(base, axes, out, callback=interrupt)
     with pytest.raises(StyleforgeError, match="already holds a grid search .*: use --resume to continue it"):
         grid(base, axes, out)
-    with pytest.raises(StyleforgeError, match="01-lr0.05 in .* is not a run of this search"):
+    with pytest.raises(StyleforgeError, match="holds a search over --lr 0.05,0.1, not --lr 0.01,0.1"):
         grid(base, {"lr": [0.01, 0.1]}, out, resume=True)
     with pytest.raises(StyleforgeError, match="other settings .--epochs 2 -> 3."):
         grid(replace(base, epochs=3), axes, out, resume=True)
     with pytest.raises(StyleforgeError, match="nothing to resume: .* holds no grid search"):
-        grid(base, axes, tmp_path / "none", resume=True)
+        grid(base, axes, tmp_path / "none" / "g", resume=True)
+    assert not (tmp_path / "none").exists()  # no parent folder made for it
+    (out / "02-lr0.1" / "notes.txt").write_text("mine")  # into the interrupted run: it would mix with the run
+    with pytest.raises(StyleforgeError, match="02-lr0.1 holds files styleforge did not write"):
+        grid(base, axes, out, resume=True)
+    (out / "02-lr0.1" / "notes.txt").unlink()
     events = []
     resumed = grid(base, axes, out, callback=events.append, resume=True)
     phases = [e.message for e in events if e.kind == "phase" and e.message.startswith("run ")]
@@ -377,6 +382,16 @@ def test_an_interrupted_and_resumed_grid_matches_an_uninterrupted_one(toy, tmp_p
     assert resumed.test == whole.test
     again = grid(base, axes, out, resume=True)  # a finished search resumed: ranked and tested again, no training
     assert again.rows == resumed.rows
+    with pytest.raises(StyleforgeError, match=r"holds a search over --lr 0.05,0.1, not --lr 0.05,0.1,0.2: give the "
+                                              "same comma lists"):
+        grid(base, {"lr": [0.05, 0.1, 0.2]}, out, resume=True)  # a longer list would test a second best run
+    (out / "01-holiday").mkdir()
+    (out / "01-holiday" / "photo.txt").write_text("mine")  # a user's folder named like a run is left alone
+    assert grid(base, axes, out, resume=True).rows == resumed.rows
+    summary = json.loads((out / "01-lr0.05" / "summary.json").read_text())
+    (out / "01-lr0.05" / "summary.json").write_text(json.dumps({**summary, "val_acc": "x"}))
+    with pytest.raises(StyleforgeError, match=r"summary.json is damaged \(a figure is not a number\)"):
+        grid(base, axes, out, resume=True)
     (out / "01-lr0.05" / "config.json").write_text("{not json")
     with pytest.raises(StyleforgeError, match=r"01-lr0.05/config.json is damaged \(.*\): start the search again "
                                               "with --overwrite"):
