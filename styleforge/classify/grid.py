@@ -7,6 +7,7 @@ is evaluated on the test set at the end.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shutil
 from dataclasses import dataclass, fields, replace
@@ -19,7 +20,7 @@ from ..runtime.io import check_writable, make_folder, no_empty_folder_left, read
 from . import report
 from .data import DataSpec
 from .evaluate import EvalConfig, evaluate
-from .rundir import check_same_run
+from .rundir import check_same_run, on_main
 from .train import OWN_FILES, RUN_DIRS, TrainConfig, TrainEvent, fit
 
 # Short names used in the run folder names.
@@ -72,21 +73,26 @@ def grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], output: str | Pat
         raise StyleforgeError(f"nothing to resume: {out} holds no grid search (run it without --resume first)")
     combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
     runs = {out / _run_name(i, combo): combo for i, combo in enumerate(combos, start=1)}
-    # Bad settings stop the first run before it writes anything: no empty grid folder (or parent) is left.
-    with no_empty_folder_left(out):
-        make_folder(out.parent)
-        with lock.hold(out, folder=False):
+    ctx = distributed.current()
+    with contextlib.ExitStack() as held:
+        def prepare() -> None:  # rank 0 alone checks, clears and locks the folder (under torchrun)
+            # Bad settings stop the first run before it writes anything: no empty grid folder (or parent) is left.
+            held.enter_context(no_empty_folder_left(out))
+            make_folder(out.parent)
+            held.enter_context(lock.hold(out, folder=False))
             if resume:
                 _check_resumable(out, runs, axes)
-                return _grid(base, axes, runs, out, callback, resume)
-            _clear(out, overwrite, runs)
-            save_json({"axes": _plain(axes), "runs": []}, out / "grid.json")  # what --resume checks
-            try:
-                return _grid(base, axes, runs, out, callback, resume)
-            except StyleforgeError:
-                if not any(run.exists() for run in runs):  # stopped before any run began: nothing to resume
-                    (out / "grid.json").unlink()
-                raise
+            else:
+                _clear(out, overwrite, runs)
+                save_json({"axes": _plain(axes), "runs": []}, out / "grid.json")  # what --resume checks
+
+        on_main(ctx, prepare)
+        try:
+            return _grid(base, axes, runs, out, callback if ctx.is_main else None, resume)
+        except StyleforgeError:
+            if ctx.is_main and not resume and not any(run.exists() for run in runs):  # nothing began: nothing
+                (out / "grid.json").unlink()                                           # to resume
+            raise
 
 
 def _plain(axes: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
@@ -178,21 +184,19 @@ def _train_run(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None, 
         if exc.stopped_by:  # the run's own advice (its --resume) would not continue the search
             raise StyleforgeError(f"{exc.stopped_by} in run {i} of {n} ({run_dir.name}): run the same command with "
                                   "--resume to continue the search") from None
-        if not (run_dir / "summary.json").is_file():
+        if not on_main(distributed.current(), (run_dir / "summary.json").is_file):
             raise  # bad settings, not a diverging run: stop the search
 
 
 def _grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], runs: Mapping[Path, dict[str, Any]], out: Path,
           callback: Callable[[TrainEvent], None] | None, resume: bool) -> GridResult:
-    keys = list(axes)
     emit = callback or (lambda event: None)
-    rows: list[dict[str, Any]] = []
+    ctx = distributed.current()
+    rows: list[dict[str, Any]] = []  # read by rank 0, shared with every process (under torchrun)
     for i, (run_dir, combo) in enumerate(runs.items(), start=1):
         settings = ", ".join(f"{k}={v}" for k, v in combo.items())
         cfg = base.with_settings(output=str(run_dir), evaluate_test=False, overwrite=False, resume=False, **combo)
-        if resume and (run_dir / "summary.json").is_file():
-            check_same_run(read_json(run_dir / "config.json", DAMAGED), run_dir / "config.json", cfg.validate(),
-                           distributed.current().world_size)  # validated: the defaults resolved, as fit records them
+        if resume and on_main(ctx, lambda: _kept(run_dir, cfg, ctx.world_size)):
             emit(TrainEvent("phase", message=f"run {i}/{len(runs)}: {settings}: finished earlier, kept"))
         else:
             emit(TrainEvent("phase", message=f"run {i}/{len(runs)}: {settings}"))
@@ -202,11 +206,8 @@ def _grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], runs: Mapping[Pa
                 cfg = replace(cfg, resume=(run_dir / "last.pt").is_file(),
                               overwrite=not (run_dir / "last.pt").is_file())
             _train_run(cfg, callback, i, len(runs), run_dir)
-        rows.append({"run": run_dir.name, **combo, **_figures(run_dir / "summary.json")})
-    ranked = sorted(rows, key=lambda r: (-(r["val_acc"] if r["val_acc"] is not None else -1.0),
-                                         r["val_loss"] if r["val_loss"] is not None else float("inf")))
-    for rank, row in enumerate(ranked, start=1):
-        row["rank"] = rank
+        rows.append(on_main(ctx, lambda: {"run": run_dir.name, **combo, **_figures(run_dir / "summary.json")}))
+    ranked = _ranked(rows)
     best = ranked[0]
     if best["val_acc"] is None:
         raise StyleforgeError(f"no run of the grid finished an epoch (see {out}): lower --lr")
@@ -214,6 +215,31 @@ def _grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], runs: Mapping[Pa
     ev = evaluate(EvalConfig(str(out / best["run"]), device=base.device, precision=base.precision,
                              output=str(out / best["run"])))
     test = {"run": best["run"], "test_acc": ev.acc, "test_loss": ev.loss, "n": ev.n}
+    if ctx.is_main:
+        _write_tables(base, axes, out, ranked, test)
+    return GridResult(out, ranked, best, test)
+
+
+def _kept(run_dir: Path, cfg: TrainConfig, world_size: int) -> bool:
+    """--resume: whether ``run_dir`` holds a finished run (its summary.json), checked to be this search's."""
+    if not (run_dir / "summary.json").is_file():
+        return False
+    # cfg validated: its defaults resolved, as fit records them
+    check_same_run(read_json(run_dir / "config.json", DAMAGED), run_dir / "config.json", cfg.validate(), world_size)
+    return True
+
+
+def _ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows by validation accuracy, then loss, each with its rank."""
+    ranked = sorted(rows, key=lambda r: (-(r["val_acc"] if r["val_acc"] is not None else -1.0),
+                                         r["val_loss"] if r["val_loss"] is not None else float("inf")))
+    return [{**row, "rank": rank} for rank, row in enumerate(ranked, start=1)]
+
+
+def _write_tables(base: TrainConfig, axes: Mapping[str, Sequence[Any]], out: Path, ranked: list[dict[str, Any]],
+                  test: dict[str, Any]) -> None:
+    """grid.csv, grid.md and grid.json."""
+    keys, best = list(axes), ranked[0]
     columns = ["rank", "run", *keys, "val_acc", "val_loss", "train_acc", "best_epoch", "epochs_run", "seconds",
                "stopped"]
     report.write_csv(ranked, columns, out / "grid.csv")
@@ -221,8 +247,7 @@ def _grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], runs: Mapping[Pa
           "Ranked on validation accuracy (the test set is used once, for the best run only).", "",
           report.markdown_table(ranked, columns), "",
           f"Best: **{best['run']}** ({', '.join(f'{k}={best[k]}' for k in keys)}): validation accuracy "
-          f"{best['val_acc']:.4f}, test accuracy **{ev.acc:.4f}** (loss {ev.loss:.4f}, {ev.n} images).", ""]
+          f"{best['val_acc']:.4f}, test accuracy **{test['test_acc']:.4f}** (loss {test['test_loss']:.4f}, "
+          f"{test['n']} images).", ""]
     report.write_text("\n".join(md), out / "grid.md")
-    save_json({"axes": {k: list(v) for k, v in axes.items()}, "runs": ranked, "best": best, "test": test},
-              out / "grid.json")
-    return GridResult(out, ranked, best, test)
+    save_json({"axes": _plain(axes), "runs": ranked, "best": best, "test": test}, out / "grid.json")

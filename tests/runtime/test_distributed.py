@@ -157,6 +157,32 @@ def test_classify_train_two_processes_match_one(shapes, tmp_path):
     assert again["test_acc"] == pytest.approx(sb["test_acc"]) and again["world_size"] == 1
 
 
+def test_classify_grid_runs_under_torchrun_and_matches_one_process(shapes, tmp_path):
+    def grid_args(out, batch):
+        args = _classify_args(shapes, out, "--epochs", "2", "--batch-size", batch, "--lr", "0.02,0.05")
+        return ["classify", "grid", *args[2:]]
+
+    two = _torchrun(grid_args(tmp_path / "two", "8"), tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("| rank | run |") == 1  # rank 0 alone prints (and writes) the table
+    one = _single(*grid_args(tmp_path / "one", "16"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    a = json.loads((tmp_path / "one" / "grid.json").read_text())
+    b = json.loads((tmp_path / "two" / "grid.json").read_text())
+    assert [r["run"] for r in b["runs"]] == [r["run"] for r in a["runs"]]
+    for ra, rb in zip(a["runs"], b["runs"]):
+        assert rb["val_acc"] == pytest.approx(ra["val_acc"]) and rb["val_loss"] == pytest.approx(ra["val_loss"],
+                                                                                                  rel=1e-4)
+    assert b["test"]["test_acc"] == pytest.approx(a["test"]["test_acc"]) and b["test"]["n"] == a["test"]["n"]
+    stamps = [p.stat().st_mtime_ns for p in sorted((tmp_path / "two").glob("*/last.pt"))]
+    again = _torchrun([*grid_args(tmp_path / "two", "8"), "--resume"], tmp_path)  # a finished search: kept
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "two").glob("*/last.pt"))] == stamps  # nothing retrained
+    assert json.loads((tmp_path / "two" / "grid.json").read_text())["runs"] == b["runs"]
+    refused = _torchrun([*grid_args(tmp_path / "two", "8")[:-1], "0.02,0.1", "--resume"], tmp_path)
+    assert refused.returncode != 0 and "holds a search over --lr 0.02,0.05, not --lr 0.02,0.1" in refused.stderr
+
+
 def _rank_pid(parent: int, rank: int) -> int | None:
     """The pid of the torchrun worker with RANK=rank under ``parent`` (Linux /proc)."""
     for child in Path("/proc").glob("[0-9]*"):
