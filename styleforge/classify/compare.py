@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..runtime.errors import StyleforgeError, first_line
-from ..runtime.io import check_writable, make_folder, no_empty_folder_left
+from ..runtime.io import check_writable, make_folder, no_empty_folder_left, read_json
 from . import report
 
 COLUMNS = ["run", "model", "dataset", "activation", "params", "train_images", "epochs", "best_epoch", "train_loss",
@@ -20,15 +19,14 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
     run = Path(run_dir).expanduser()
     if not (run / "summary.json").is_file() or not (run / "metrics.csv").is_file():
         raise StyleforgeError(f"{run} is not a finished run directory (no summary.json / metrics.csv)")
+    fix = "train the run again or leave it out"
+    summary = read_json(run / "summary.json", fix)
     try:
-        summary = json.loads((run / "summary.json").read_text())
         metrics = report.read_metrics(run / "metrics.csv")
-    except (ValueError, UnicodeDecodeError, OSError) as exc:  # JSONDecodeError is a ValueError
-        raise StyleforgeError(f"{run} holds a damaged summary.json or metrics.csv ({first_line(exc, 100)}): "
-                              "train the run again or leave it out") from None
-    if not isinstance(summary, dict) or any("epoch" not in m or m["epoch"] is None for m in metrics):
-        raise StyleforgeError(f"{run} holds a damaged summary.json or metrics.csv (not a run's record): train the "
-                              "run again or leave it out")
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        raise StyleforgeError(f"{run / 'metrics.csv'} is damaged ({first_line(exc, 100)}): {fix}") from None
+    if any("epoch" not in m or m["epoch"] is None for m in metrics):
+        raise StyleforgeError(f"{run / 'metrics.csv'} is damaged (not a run's record): {fix}")
     return summary, metrics
 
 
@@ -83,7 +81,7 @@ def compare_figure(runs: Sequence[Path], metrics: Sequence[list[dict[str, Any]]]
 
 def _config(run: Path) -> dict[str, Any]:
     path = run / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path, "train the run again or leave it out") if path.is_file() else {}
 
 
 def compare(run_dirs: Sequence[str | Path], output: str | Path | None = None,

@@ -360,7 +360,8 @@ def test_compare_refuses_damaged_run_records(what, env, roots, tmp_path):
         (tmp_path / "run" / "summary.json").write_text("{not json")
     else:
         (tmp_path / "run" / "metrics.csv").write_text("epoch,train_loss\none,abc\n")
-    refused(roots, "classify", "compare", env / "run", tmp_path / "run", expect="damaged summary.json or metrics.csv")
+    damaged = "summary.json" if what == "summary" else "metrics.csv"
+    refused(roots, "classify", "compare", env / "run", tmp_path / "run", expect=f"{damaged} is damaged")
 
 
 def _classify_variant(env, tmp_path, change) -> Path:
