@@ -12,6 +12,7 @@ from . import report
 
 COLUMNS = ["run", "model", "dataset", "activation", "params", "train_images", "epochs", "best_epoch", "train_loss",
            "train_acc", "val_acc", "test_acc", "test_loss", "images_per_s", "seconds"]
+DAMAGED = "train the run again or leave it out"  # what to do about a damaged run record
 
 
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -19,14 +20,13 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
     run = Path(run_dir).expanduser()
     if not (run / "summary.json").is_file() or not (run / "metrics.csv").is_file():
         raise StyleforgeError(f"{run} is not a finished run directory (no summary.json / metrics.csv)")
-    fix = "train the run again or leave it out"
-    summary = read_json(run / "summary.json", fix)
+    summary = read_json(run / "summary.json", DAMAGED)
     try:
         metrics = report.read_metrics(run / "metrics.csv")
     except (ValueError, UnicodeDecodeError, OSError) as exc:
-        raise StyleforgeError(f"{run / 'metrics.csv'} is damaged ({first_line(exc, 100)}): {fix}") from None
+        raise StyleforgeError(f"{run / 'metrics.csv'} is damaged ({first_line(exc, 100)}): {DAMAGED}") from None
     if any("epoch" not in m or m["epoch"] is None for m in metrics):
-        raise StyleforgeError(f"{run / 'metrics.csv'} is damaged (not a run's record): {fix}")
+        raise StyleforgeError(f"{run / 'metrics.csv'} is damaged (not a run's record): {DAMAGED}")
     return summary, metrics
 
 
@@ -81,7 +81,7 @@ def compare_figure(runs: Sequence[Path], metrics: Sequence[list[dict[str, Any]]]
 
 def _config(run: Path) -> dict[str, Any]:
     path = run / "config.json"
-    return read_json(path, "train the run again or leave it out") if path.is_file() else {}
+    return read_json(path, DAMAGED) if path.is_file() else {}
 
 
 def compare(run_dirs: Sequence[str | Path], output: str | Path | None = None,

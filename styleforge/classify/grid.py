@@ -70,7 +70,7 @@ def grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], output: str | Pat
     if out.exists() and not out.is_dir():
         raise StyleforgeError(f"-o {out} is a file: give a folder for the grid search")
     if resume and not out.is_dir():
-        raise StyleforgeError(f"nothing to resume: {out} holds no grid search (run it without --resume first)")
+        raise _nothing_to_resume(out)
     combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
     runs = {out / _run_name(i, combo): combo for i, combo in enumerate(combos, start=1)}
     ctx = distributed.current()
@@ -139,7 +139,7 @@ def _check_resumable(out: Path, runs: Mapping[Path, Any], axes: Mapping[str, Seq
     earlier, foreign = _earlier_runs(out)
     record = out / "grid.json"
     if not earlier and not record.is_file():
-        raise StyleforgeError(f"nothing to resume: {out} holds no grid search (run it without --resume first)")
+        raise _nothing_to_resume(out)
     if record.is_file():
         recorded = read_json(record, DAMAGED).get("axes")
         if recorded != _plain(axes):
@@ -151,6 +151,10 @@ def _check_resumable(out: Path, runs: Mapping[Path, Any], axes: Mapping[str, Seq
                               "give the same comma lists as the search you continue")
     _refuse_kept(runs, foreign)
     check_writable(out / "grid.csv")
+
+
+def _nothing_to_resume(out: Path) -> StyleforgeError:
+    return StyleforgeError(f"nothing to resume: {out} holds no grid search (run it without --resume first)")
 
 
 def _lists(axes: Any) -> str:

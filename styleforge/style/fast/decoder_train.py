@@ -245,7 +245,7 @@ class Reconstruction(nn.Module):
         content = image_content_loss(feats["relu4_1"], transformed["relu4_1"])
         style = torch.stack([style_loss(gram_matrix(feats[lv]), style_grams[lv]) for lv in STYLE_LEVELS]).mean()
         loss = content + self.style_weight * style
-        return loss + self.hatching_weight * repetition_loss(picture, images) if self.hatching_weight else loss
+        return (loss + self.hatching_weight * repetition_loss(picture, images)) if self.hatching_weight else loss
 
 
 def _reads(decoder: nn.Module) -> list[str]:
