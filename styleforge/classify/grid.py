@@ -214,7 +214,7 @@ def _grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], runs: Mapping[Pa
     ranked = _ranked(rows)
     best = ranked[0]
     if best["val_acc"] is None:
-        raise StyleforgeError(f"no run of the grid finished an epoch (see {out}): lower --lr")
+        raise StyleforgeError(on_main(ctx, lambda: _unranked(out / best["run"])))
     emit(TrainEvent("phase", message=f"evaluating the best run ({best['run']}) on the test set"))
     ev = evaluate(EvalConfig(str(out / best["run"]), device=base.device, precision=base.precision,
                              output=str(out / best["run"])))
@@ -222,6 +222,14 @@ def _grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], runs: Mapping[Pa
     if ctx.is_main:
         _write_tables(base, axes, out, ranked, test)
     return GridResult(out, ranked, best, test)
+
+
+def _unranked(run_dir: Path) -> str:
+    """Why no run has a validation accuracy: an empty validation split, or no epoch finished."""
+    if read_json(run_dir / "summary.json", DAMAGED).get("num_val") == 0:
+        return (f"no run can be ranked: the validation split is empty ({run_dir.name} had no validation images); "
+                "give a larger --val-split or more images per class")
+    return f"no run of the grid finished an epoch (see {run_dir.parent}): lower --lr"
 
 
 def _kept(run_dir: Path, cfg: TrainConfig, world_size: int) -> bool:

@@ -329,6 +329,8 @@ def test_grid_ranks_on_validation_and_tests_only_the_best(toy, tmp_path):
     for axis in ("data", "dataset", "output", "colour"):  # DataSpec's other fields are settings like lr
         with pytest.raises(StyleforgeError, match=f"cannot search over '{axis}'"):
             grid(cfg(toy, tmp_path / "unused"), {axis: [1, 2]}, tmp_path / "grid2")
+    with pytest.raises(StyleforgeError, match="no run can be ranked: the validation split is empty"):
+        grid(cfg(toy, tmp_path / "unused", epochs=1, val_split=0.001), {"lr": [0.01, 0.1]}, tmp_path / "grid3")
     with pytest.raises(StyleforgeError, match="--batch-size gives 8 twice: give each value once"):
         grid(cfg(toy, tmp_path / "unused"), {"lr": [0.1], "batch_size": [8, 16, 8]}, tmp_path / "grid2")
     assert not (tmp_path / "grid2").exists()
