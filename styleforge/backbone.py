@@ -20,9 +20,12 @@ folder are :func:`local_names`: ``<arch>-features.pth`` (VGG conv weights only, 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping
@@ -222,9 +225,13 @@ def _download_state_dict(arch: str, asked: bool = False) -> dict[str, torch.Tens
     from .runtime.io import no_empty_folder_left
 
     weights = torchvision_weights(arch)
+    said = io.StringIO()
     try:
-        with no_empty_folder_left(_hub_checkpoints()):  # torch makes its cache folder before it downloads
-            return weights.get_state_dict(progress=True, check_hash=True)
+        # torch makes its cache folder before it downloads, and prints "Downloading: URL to FILE" (stdout; its
+        # progress bar is on stderr): that line is held back until the download succeeds, so a failed one
+        # is the one-line error alone.
+        with no_empty_folder_left(_hub_checkpoints()), contextlib.redirect_stdout(said):
+            state = weights.get_state_dict(progress=True, check_hash=True)
     except Exception as exc:  # URLError, socket errors, hash errors
         if asked:
             # torch's check_hash raises RuntimeError; the network, OSError (URLError is one).
@@ -236,6 +243,8 @@ def _download_state_dict(arch: str, asked: bool = False) -> dict[str, torch.Tens
             f"no {arch} weights found locally and the download failed ({type(exc).__name__}): "
             f"{_where_to_put(arch)} (looked in: {looked})"
         ) from None
+    sys.stdout.write(said.getvalue())
+    return state
 
 
 def locate(arch: str, explicit: str | os.PathLike | None = None) -> WeightsCandidate | None:
