@@ -38,6 +38,10 @@ class GridResult:
     test: dict[str, Any]
 
 
+# The settings that decide the validation split's size: where none is searched over, every run has the first's.
+SPLIT_SETTINGS = frozenset({"val_split", "test_split", "split_seed", "classes"})
+
+
 def _run_name(i: int, combo: Mapping[str, Any]) -> str:
     parts = [f"{_SHORT.get(k, k)}{v:g}" if isinstance(v, float) else f"{_SHORT.get(k, k)}{v}" for k, v in combo.items()]
     return f"{i:02d}-" + "-".join(parts).replace("/", "_")
@@ -211,6 +215,8 @@ def _grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], runs: Mapping[Pa
                               overwrite=not (run_dir / "last.pt").is_file())
             _train_run(cfg, callback, i, len(runs), run_dir)
         rows.append(on_main(ctx, lambda: {"run": run_dir.name, **combo, **_figures(run_dir / "summary.json")}))
+        if not SPLIT_SETTINGS & set(axes) and on_main(ctx, lambda: _no_validation(run_dir)):
+            raise StyleforgeError(on_main(ctx, lambda: _unranked(run_dir)))  # every run would have none
     ranked = _ranked(rows)
     best = ranked[0]
     if best["val_acc"] is None:
@@ -224,9 +230,14 @@ def _grid(base: TrainConfig, axes: Mapping[str, Sequence[Any]], runs: Mapping[Pa
     return GridResult(out, ranked, best, test)
 
 
+def _no_validation(run_dir: Path) -> bool:
+    """Whether the run's validation split was empty (its summary.json says so)."""
+    return read_json(run_dir / "summary.json", DAMAGED).get("num_val") == 0
+
+
 def _unranked(run_dir: Path) -> str:
     """Why no run has a validation accuracy: an empty validation split, or no epoch finished."""
-    if read_json(run_dir / "summary.json", DAMAGED).get("num_val") == 0:
+    if _no_validation(run_dir):
         return (f"no run can be ranked: the validation split is empty ({run_dir.name} had no validation images); "
                 "give a larger --val-split or more images per class")
     return f"no run of the grid finished an epoch (see {run_dir.parent}): lower --lr"

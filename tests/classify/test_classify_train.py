@@ -331,6 +331,7 @@ def test_grid_ranks_on_validation_and_tests_only_the_best(toy, tmp_path):
             grid(cfg(toy, tmp_path / "unused"), {axis: [1, 2]}, tmp_path / "grid2")
     with pytest.raises(StyleforgeError, match="no run can be ranked: the validation split is empty"):
         grid(cfg(toy, tmp_path / "unused", epochs=1, val_split=0.001), {"lr": [0.01, 0.1]}, tmp_path / "grid3")
+    assert [p.name for p in (tmp_path / "grid3").glob("0*")] == ["01-lr0.01"]  # said after the first run
     with pytest.raises(StyleforgeError, match="--batch-size gives 8 twice: give each value once"):
         grid(cfg(toy, tmp_path / "unused"), {"lr": [0.1], "batch_size": [8, 16, 8]}, tmp_path / "grid2")
     assert not (tmp_path / "grid2").exists()
