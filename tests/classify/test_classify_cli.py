@@ -145,6 +145,10 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_best_checkpoint(folder, tmp
     monkeypatch.setattr(train, "lr_factor", lambda schedule, p, warmup=0.2: 1e12)
     args = ["classify", "train", "--dataset", folder, "--model", "convnet2", "--epochs", "1", "--batch-size", "16",
             "-o", tmp_path / "never", "-q"]
+    result = run(*args[:-1])  # not quiet (bars on stderr too): the NaN is said once, by the error
+    assert result.exit_code == 2 and result.output.count("the loss became NaN") == 1, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("error: the loss became NaN")
+    shutil.rmtree(tmp_path / "never")
     one_line_error(run(*args), "the loss became NaN", "no epoch finished")
     line = one_line_error(run(*args), "already holds a run", "use --overwrite to replace it or another -o")
     assert "--resume" not in line
