@@ -355,6 +355,10 @@ def dry_run(model: nn.Module, shape: tuple[int, int, int], label: str) -> torch.
         return model.eval()(torch.zeros(1, *shape))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, (RuntimeError, IndexError, ValueError)):  # torch's size errors are among these
+            after = f" after layer {done[-1][0]!r}" if done else ""
+            raise StyleforgeError(f"{label}'s forward fails{after} with {type(exc).__name__} ({first}): a mistake in "
+                                  "its code, not in the image size; fix it and run again") from None
         hint = ("sizes written for other images must be computed from the input shape, or train on images of "
                 "the size the model was written for (--image-size)")
         if active:

@@ -292,7 +292,8 @@ def _fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | 
         write_results(run_dir, cfg, summary, state, step_rows, per_class_rows,
                       lambda: _predictions_figure(cfg, model, data, rt, state))
     # A NaN loss is said once, by the error below (summary["message"] keeps it for callbacks).
-    emit(TrainEvent("done", state.epoch, cfg.epochs, metrics=dict(summary), message="" if stopped == "nan" else message))
+    said = "" if stopped == "nan" else message
+    emit(TrainEvent("done", state.epoch, cfg.epochs, metrics=dict(summary), message=said))
     if stopped == "nan":
         kept = (f"the best checkpoint (epoch {state.best['epoch']}) is kept in {run_dir / 'best.pt'}" if state.best
                 else "no epoch finished, so no checkpoint was kept")

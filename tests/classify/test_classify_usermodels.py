@@ -51,6 +51,11 @@ MNIST_NET = textwrap.dedent('''
     class WithFeatures(Adaptive):
         def forward(self, x):
             return self.body(x), x
+
+
+    class Misspelt(Adaptive):
+        def forward(self, x):
+            return self.body(x).undefined_thing()
 ''')
 
 
@@ -128,6 +133,11 @@ def test_user_file_built_for_28x28_gray_names_the_layer_on_32x32_rgb(model_file)
         build_model(f"{model_file}:Adaptive", (1, 28, 28), 10, depth=2)
     with pytest.raises(StyleforgeError, match="WithFeatures.forward returns a tuple, not a tensor: return the class"):
         build_model(f"{model_file}:WithFeatures", (1, 28, 28), 10)
+    # A bug in forward is said to be one, not a size problem.
+    with pytest.raises(StyleforgeError, match=r"Misspelt's forward fails after layer 'body.4' with AttributeError "
+                                              r"\('Tensor' object has no attribute 'undefined_thing'\): a mistake in "
+                                              r"its code, not in the image size"):
+        build_model(f"{model_file}:Misspelt", (1, 28, 28), 10)
 
 
 def test_user_file_trains_evals_summarizes_and_visualizes(folder, model_file, tmp_path):
