@@ -122,6 +122,10 @@ def _int(value: str, what: str, where: str, low: int = 1) -> int:
     return v
 
 
+# How the image size is given: training and the tools that take data read --image-size; summary takes --input.
+SIZE_OPTIONS = "--image-size; summary: --input CxHxW"
+
+
 class _Layer:
     """One parsed layer: ``make(shape)`` builds its module for an input of ``shape``."""
 
@@ -218,8 +222,12 @@ def _out_shape(module: nn.Module, shape: tuple[int, ...], layer: _Layer) -> tupl
     except RuntimeError:
         out = None
     if out is None or out.numel() == 0:
-        hint = ("remove a pooling stage, pad (p...), or use a larger --image-size" if len(shape) == 3
-                else "check the sizes")
+        if len(shape) != 3:
+            hint = "check the sizes"
+        else:
+            fix = ("remove it or an earlier pooling stage" if "pool" in layer.name
+                   else "pad it (p...), use a smaller kernel")
+            hint = f"{fix}, or use larger images ({SIZE_OPTIONS})"
         raise StyleforgeError(f"{layer.where} does not fit its {fmt_shape(shape)} input: it would leave no "
                               f"output; {hint}")
     return tuple(out.shape[1:])
@@ -235,8 +243,8 @@ def build_spec(spec: str, shape: tuple[int, int, int], num_classes: int, act: st
         want = pinned.positional[0] if pinned.positional else ""
         if want.lower() != fmt_shape(shape):
             raise StyleforgeError(f"{pinned.where}: the spec was written for {want or '?'} input but the images are "
-                                  f"{fmt_shape(shape)}: use --image-size (and gray or colour data) to match, or drop "
-                                  "in(...) to let the layers adapt")
+                                  f"{fmt_shape(shape)}: give images of that size ({SIZE_OPTIONS}) and channels, or "
+                                  "drop in(...) to let the layers adapt")
     if not layers:
         raise StyleforgeError(f"the spec has no layers: write e.g. {EXAMPLE}")
     split = next((i for i, la in enumerate(layers) if la.name in ("flatten", "fc")), len(layers))
@@ -360,7 +368,7 @@ def dry_run(model: nn.Module, shape: tuple[int, int, int], label: str) -> torch.
             raise StyleforgeError(f"{label}'s forward fails{after} with {type(exc).__name__} ({first}): a mistake in "
                                   "its code, not in the image size; fix it and run again") from None
         hint = ("sizes written for other images must be computed from the input shape, or train on images of "
-                "the size the model was written for (--image-size)")
+                f"the size the model was written for ({SIZE_OPTIONS})")
         if active:
             name, module, got = active[-1]
             where = f"layer {name!r} ({_describe(module)}) gets a {fmt_shape(got)} input"
@@ -369,7 +377,8 @@ def dry_run(model: nn.Module, shape: tuple[int, int, int], label: str) -> torch.
                         "in_channels argument, or use data with that many channels")
             elif isinstance(module, nn.Linear):
                 hint = (f"its {module.in_features} inputs were computed for another image size: compute them from "
-                        "an input_shape argument (or flatten after global pooling), or use --image-size")
+                        "an input_shape argument (or flatten after global pooling), or use images of its size "
+                        f"({SIZE_OPTIONS})")
         elif done:
             where = f"its forward fails after layer {done[-1][0]!r} (output {fmt_shape(done[-1][1])})"
         else:
