@@ -12,6 +12,8 @@ from torch import nn
 from ..runtime.errors import StyleforgeError
 from ..runtime.io import names_a_path
 
+DEFAULT_SHAPE = (3, 32, 32)  # what summary assumes for a model with no input shape of its own
+
 
 @dataclass
 class LayerRow:
@@ -124,20 +126,30 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int], freeze: str =
     return Summary(rows, tuple(input_shape), total, trainable, freeze)
 
 
-def summary(model: str | nn.Module, input_shape: tuple[int, int, int] = (3, 32, 32), num_classes: int = 10,
+def summary(model: str | nn.Module, input_shape: tuple[int, int, int] | None = None, num_classes: int = 10,
             activation: str = "relu", freeze: str = "auto", **options) -> Summary:
-    """:func:`summarize` a model given by name, layer spec, ``FILE.py:CLASS`` or as a
-    module, after the freeze policy (``auto``: as training would choose it).
-    ``print(summary("simple-cnn"))`` prints the table."""
+    """:func:`summarize` a model given by name, layer spec, ``FILE.py:CLASS``, as a module, or a trained run
+    or checkpoint, after the freeze policy (``auto``: as training would choose it; a run's: its own).
+    ``input_shape``: DEFAULT_SHAPE (a run's: its own) where not given. ``print(summary("simple-cnn"))``
+    prints the table."""
+    from .checkpoint import load_checkpoint, model_from_checkpoint
     from .data import DataSpec
     from .models import Classifier, apply_freeze, build_model, check_input
     from .train import TrainConfig
 
-    shape = cast("tuple[int, int, int]", tuple(input_shape))  # a list is taken too
-    if isinstance(model, nn.Module):
-        net, name = model, "python:module"
+    if isinstance(model, str) and _is_trained(model):
+        ckpt = load_checkpoint(model)
+        shape = cast("tuple[int, int, int]", tuple(input_shape or ckpt["input_shape"]))
+        if shape[0] != ckpt["input_shape"][0]:
+            raise StyleforgeError(f"{model} takes {ckpt['input_shape'][0]}-channel input, not {shape[0]}")
+        net, name = model_from_checkpoint(ckpt), ckpt["model"]
+        freeze = ckpt.get("freeze", "none") if freeze == "auto" else freeze
+        own = "x".join(map(str, ckpt["input_shape"]))
+        check_input(net, shape, model, f"it was trained on {own} images: leave out --input, or give that size")
+    elif isinstance(model, nn.Module):
+        net, name, shape = model, "python:module", cast("tuple[int, int, int]", tuple(input_shape or DEFAULT_SHAPE))
     else:
-        _not_a_trained_run(model)
+        shape = cast("tuple[int, int, int]", tuple(input_shape or DEFAULT_SHAPE))  # a list is taken too
         net, name = build_model(model, shape, num_classes, activation, **options), model
         check_input(net, shape, model)
     policy = TrainConfig(DataSpec(""), output="", model=name, freeze=freeze).resolved_freeze()
@@ -146,10 +158,8 @@ def summary(model: str | nn.Module, input_shape: tuple[int, int, int] = (3, 32, 
     return summarize(net, shape, policy if isinstance(net, Classifier) else "none")
 
 
-def _not_a_trained_run(model: str) -> None:
-    """A run folder or checkpoint given as the model: one line saying what summary takes."""
+def _is_trained(model: str) -> bool:
+    """Whether ``model`` names a run folder or a checkpoint file rather than a model."""
     path = Path(model)
-    if names_a_path(path / "config.json", "file") or (names_a_path(path, "file")
-                                                       and path.suffix.lower() in (".pt", ".pth")):
-        raise StyleforgeError(f"{model} is a trained run or checkpoint: summary takes a model name, layer spec or "
-                              "FILE.py:CLASS (the run's config.json names its model and input shape)")
+    return names_a_path(path / "config.json", "file") or (names_a_path(path, "file")
+                                                          and path.suffix.lower() in (".pt", ".pth"))

@@ -28,9 +28,9 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .models import MODELS, Classifier, ResNetTrunk, VGGTrunk, build_model, check_input
 from .spec import is_file_ref
 from .spec import short_name as _short
+from .summary import DEFAULT_SHAPE
 
-# Input shape of a model given by name: ImageNet's size for the pretrained ones.
-DEFAULT_SHAPE = (3, 32, 32)
+# Input shape of a model given by name: ImageNet's size for the pretrained ones, else summary's DEFAULT_SHAPE.
 PRETRAINED_SHAPE = (3, 224, 224)
 
 

@@ -23,7 +23,7 @@ from ..classify.progress import TrainBars
 from ..classify.recipe import LOSSES, RECIPES
 from ..classify.spec import EXAMPLE as SPEC_EXAMPLE
 from ..classify.spec import LAYERS_HELP as SPEC_LAYERS
-from ..classify.summary import summary
+from ..classify.summary import DEFAULT_SHAPE, summary
 from ..classify.train import AUGMENTS, CACHE_MODES, DEFAULT_LR, OPTIMIZERS, SCHEDULES, TrainConfig
 from ..runtime import distributed
 from ..runtime.errors import StyleforgeError
@@ -36,7 +36,6 @@ from .options import (
     PROBABILITY,
     CommaList,
     config_option,
-    default_of,
     device_option,
     main_group,
     option,
@@ -50,7 +49,7 @@ from .options import (
     weights_option,
 )
 
-INPUT_HELP = "Input shape CxHxW of a model given by name, layer spec or FILE.py:CLASS (not of a trained checkpoint)."
+INPUT_HELP = "Input shape CxHxW (of a trained run or checkpoint: its own, or another size with its channels)."
 
 
 def num_classes_option(source):
@@ -422,17 +421,17 @@ def preview_cmd(split, count, seed, output, quiet, **kw):
 
 @main_group.command("summary")
 @click.argument("model")
-@option("--input", "input_shape", metavar="CxHxW", default=as_text_shape(default_of(summary, "input_shape")),
-        show_default=True, help=INPUT_HELP)
+@option("--input", "input_shape", metavar="CxHxW", help=INPUT_HELP,
+        show_default=f"{as_text_shape(DEFAULT_SHAPE)}, or a trained run's own")
 @num_classes_option(summary)
 @activation_option
 @freeze_option
 @model_option
-def summary_cmd(model: str, input_shape: str, num_classes: int, activation: str, freeze: str,
+def summary_cmd(model: str, input_shape: str | None, num_classes: int, activation: str, freeze: str,
                 options: tuple[str, ...]) -> None:
     """Per-layer settings (kernel, stride, padding, window), output shapes, parameters, the
-    trainable part under the freeze policy, and multiply-adds of MODEL (a name, layer spec or
-    FILE.py:CLASS)."""
-    result = summary(model, parse_shape(input_shape), num_classes, activation, freeze,
+    trainable part under the freeze policy, and multiply-adds of MODEL (a name, layer spec,
+    FILE.py:CLASS, or a trained run or checkpoint: its own model, classes and freeze policy)."""
+    result = summary(model, parse_shape(input_shape) if input_shape else None, num_classes, activation, freeze,
                      **parse_model_options(options, model))
     click.echo(result.table())

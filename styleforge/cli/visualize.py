@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..classify.visualize import DEFAULT_SHAPE, PRETRAINED_SHAPE, activations_figure, filters_figure, load_model
+from ..classify.summary import DEFAULT_SHAPE
+from ..classify.visualize import PRETRAINED_SHAPE, activations_figure, filters_figure, load_model
 from ..runtime.guard import check_not_inputs
 from .classify import INPUT_HELP, as_text_shape, num_classes_option, parse_shape
 from .options import (

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from styleforge.classify import load_classifier
 from styleforge.cli import main_group
 
 
@@ -185,8 +186,13 @@ def test_visualize_filters_and_activations(trained, photo, tmp_path):
                        tmp_path / "x.png"), "has 32 channels (0..31); index 40 is out of range")
     one_line_error(run("visualize", "filters", "nope-model", "--image", photo, "-o", tmp_path / "x.png"),
                    "neither a model")
-    for given in (trained, trained / "best.pt"):  # summary builds a model; a trained one is said so
-        one_line_error(run("summary", given), "is a trained run or checkpoint: summary takes a model name")
+    params = sum(p.numel() for p in load_classifier(trained)[0].parameters())
+    for given in (trained, trained / "best.pt"):  # a trained run's own model, input shape and freeze policy
+        r = run("summary", given)
+        assert r.exit_code == 0, r.output
+        assert f"input 3x16x16; total params {params:,d}" in r.output and "Conv2d" in r.output
+    one_line_error(run("summary", trained, "--input", "3x64x64"), "trained on 3x16x16 images: leave out --input")
+    one_line_error(run("summary", trained, "--input", "1x32x32"), "takes 3-channel input, not 1")
     # The figure never replaces the image it is computed on.
     before = photo.read_bytes()
     one_line_error(run("visualize", "activations", trained, "--image", photo, "--layer", "last_conv", "-o", photo),
