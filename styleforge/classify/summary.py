@@ -137,6 +137,7 @@ def summary(model: str | nn.Module, input_shape: tuple[int, int, int] | None = N
     from .models import Classifier, apply_freeze, build_model, check_input
     from .train import TrainConfig
 
+    net: nn.Module
     if isinstance(model, str) and _is_trained(model):
         ckpt = load_checkpoint(model)
         shape = cast("tuple[int, int, int]", tuple(input_shape or ckpt["input_shape"]))
