@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 
 from ..runtime import distributed, guard
-from ..runtime.device import runtime
+from ..runtime.device import for_training, runtime
 from ..runtime.errors import StyleforgeError
 from ..runtime.io import check_output_folder, make_folder, read_json, refuse_foreign, save_json
 from . import report
@@ -66,11 +66,12 @@ class EvalResult:
     classes: list[str]
     per_class: list[dict[str, Any]]
     seconds: float
+    precision: str = "fp32"  # what the model ran in
 
     def as_dict(self) -> dict[str, Any]:
         return {"checkpoint": self.checkpoint, "split": self.split, "n": self.n, "loss": self.loss, "acc": self.acc,
                 "classes": self.classes, "confusion": self.confusion.tolist(), "per_class": self.per_class,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "precision": self.precision}
 
 
 # EvalConfig's data settings, each replacing the checkpoint's (or DataSpec's default) when given.
@@ -139,7 +140,9 @@ def evaluate(cfg: EvalConfig, callback: Callable[[str], None] | None = None,
                               if cfg.split == "val" else f"the {cfg.split} split is empty: choose another --split")
     check_compatible(ckpt, num_classes=len(splits.classes), class_names=splits.classes, channels=data.shape[0])
     model = model_from_checkpoint(ckpt, model)
-    rt = runtime(ctx.device_spec(cfg.device), cfg.precision)
+    # auto evaluates as training's own evaluation did (fp32 on a CPU: runtime.for_training), so `classify eval RUN`
+    # gives the run's figures; bf16 on a CPU flipped 1 % of a weak CIFAR-10 model's answers. --precision bf16 asks.
+    rt = for_training(runtime(ctx.device_spec(cfg.device), cfg.precision), cfg.precision)
     model = rt.to(model)
     size = tuple(ckpt["input_shape"][1:])
     say(f"evaluating {len(data)} {cfg.split} images")
@@ -147,7 +150,7 @@ def evaluate(cfg: EvalConfig, callback: Callable[[str], None] | None = None,
                          cfg.batch_size, len(splits.classes), (ckpt.get("config") or {}).get("loss", "cross-entropy"))
     rows = report.per_class(ev["confusion"], splits.classes)
     result = EvalResult(ckpt["path"], cfg.split, ev["n"], ev["loss"], ev["acc"], ev["confusion"], splits.classes,
-                        rows, time.perf_counter() - t0)
+                        rows, time.perf_counter() - t0, rt.precision)
     if cfg.output and ctx.is_main:
         out = make_folder(Path(cfg.output).expanduser())
         figure, table_csv, table_md, record = (out / name for name in _output_files(cfg.split))

@@ -321,7 +321,7 @@ def eval_cmd(checkpoint, split, output, quiet, **kw):
     if not ctx.is_main:
         return
     click.echo(f"{split} accuracy {result.acc:.4f}, loss {result.loss:.4f} on {result.n} images "
-               f"({result.seconds:.1f} s)")
+               f"({result.precision}, {result.seconds:.1f} s)")
     click.echo(markdown_table(result.per_class, ["class", "precision", "recall", "f1", "support"]))
     if output and not quiet:
         click.echo(f"wrote {output}/confusion_{split}.png, per_class_{split}.csv/.md, eval_{split}.json")

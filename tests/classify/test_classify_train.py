@@ -85,8 +85,9 @@ def test_tiny_run_learns_and_writes_a_well_formed_run_dir(toy, tmp_path):
     assert ckpt["class_names"] == ["k0", "k1", "k2"] and ckpt["input_shape"] == [3, 12, 12]
     model = model_from_checkpoint(ckpt)
     assert isinstance(model, torch.nn.Module)
-    ev = evaluate(EvalConfig(str(out), precision="fp32"))
-    assert ev.n == 30 and ev.acc == pytest.approx(summary["test_acc"])
+    ev = evaluate(EvalConfig(str(out)))  # auto: as training evaluated (fp32 on a CPU), the run's own figures
+    assert ev.n == 30 and ev.acc == pytest.approx(summary["test_acc"]) and ev.precision == "fp32"
+    assert ev.loss == pytest.approx(summary["test_loss"], rel=1e-5)
 
 
 def test_existing_run_dir_is_refused_unless_overwrite(toy, tmp_path):
