@@ -254,6 +254,11 @@ def load_cifar10(root: Path, download: bool = False) -> tuple[ImageSet, ImageSet
 
 # --------------------------------------------------------------------------- ImageFolder
 
+# The folders a data root holds for the named datasets (module docstring), and their --dataset names.
+ROOT_FOLDERS = {"MNIST": "mnist", "FashionMNIST": "fashion-mnist", "cifar10-jpeg": "cifar10",
+                "cifar-10-batches-py": "cifar10"}
+
+
 def _class_dirs(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -280,6 +285,10 @@ def _scan_folder(path: Path) -> tuple[list[str], list[list[Path]]]:
         raise StyleforgeError(f"{path} has no class sub-folders: an image-folder dataset holds one folder of "
                               "images per class")
     files = [_image_files(d) for d in dirs]
+    named = [d.name for d, f in zip(dirs, files) if d.name in ROOT_FOLDERS and not f]
+    if named:  # a --data-root given as the dataset
+        raise StyleforgeError(f"{path} looks like a data root (it holds {', '.join(named)}): use --dataset "
+                              f"{ROOT_FOLDERS[named[0]]} --data-root {path}")
     for d, f in zip(dirs, files):
         if not f:
             raise StyleforgeError(f"class folder {d} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...): "
