@@ -271,6 +271,10 @@ def _fit(cfg: TrainConfig, callback: Callback | None = None, model: nn.Module | 
     emit(TrainEvent("phase", message=state.config["recipe_text"]))
     assert cfg.lr is not None  # cfg is validated: lr has its default
     emit(TrainEvent("phase", message=distributed.batch_note(cfg.batch_size, ctx.world_size, cfg.lr)))
+    if resumed is not None and resumed.epoch >= cfg.epochs:
+        epochs = f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"
+        emit(TrainEvent("phase", message=f"the run had finished its {epochs}: nothing to train; its best checkpoint "
+                                         "is evaluated again and its results rewritten"))
     sources, net = _inputs(cfg, model, data, rt, extract_rt, cached, emit)
     loop = _make_loop(cfg, ctx, rt, sources, net, cached, state, len(data.splits.classes), emit, run_dir)
     if ctx.is_main:  # only now: a resumed checkpoint has been checked in full

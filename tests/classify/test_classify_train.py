@@ -115,6 +115,10 @@ def test_a_run_given_a_relative_dataset_path_evaluates_and_resumes_from_another_
     monkeypatch.chdir(tmp_path)
     assert evaluate(EvalConfig(str(tmp_path / "run"), precision="fp32")).n == 30
     assert fit(cfg(toy, tmp_path / "run", epochs=2, checkpoint_seconds=0, resume=True)).summary["epochs_run"] == 2
+    said: list[str] = []  # resumed again, finished: nothing trains, and that is said
+    again = cfg(toy, tmp_path / "run", epochs=2, checkpoint_seconds=0, resume=True)
+    fit(again, callback=lambda e: said.append(e.message))
+    assert "the run had finished its 2 epochs: nothing to train; its best checkpoint is evaluated" in " ".join(said)
 
 
 def interrupted(config: TrainConfig) -> None:
