@@ -276,7 +276,7 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
     ModelSpec("res-cnn", res_cnn, "small ResNet-9-like conv-BN net with residual blocks (width 64)"),
     ModelSpec("fast-cnn", fast_cnn, "four conv-BN blocks (32..128), global max pooling: fast on CPU"),
     ModelSpec("resnet18", resnet18_classifier, "torchvision ResNet18 with a new head", pretrained=True),
-    ModelSpec("vgg19", vgg19_classifier, "VGG19 conv trunk (ImageNet weights) with a new head", pretrained=True),
+    ModelSpec("vgg19", vgg19_classifier, "VGG19 conv trunk with a new head", pretrained=True),
 ]}
 
 
@@ -295,7 +295,8 @@ def check_option_names(name: str, keys: Sequence[str]) -> None:
     valid = model_options(name)
     for key in keys:
         if key not in valid:
-            raise StyleforgeError(f"{name} has no option {key!r}: its options are {', '.join(valid) or 'none'}")
+            takes = f"its options are {', '.join(valid)}" if valid else "it takes no --option"
+            raise StyleforgeError(f"{name} has no option {key!r}: {takes}")
 
 
 def check_pretrained(name: str, pretrained: bool | str | None) -> None:
@@ -366,6 +367,9 @@ def _build_user(name, shape, num_classes, act, source, options) -> Classifier:
     try:
         user.parse_spec(name)
     except StyleforgeError as exc:
+        if name.endswith(".py") and "(" not in name:  # a file without its class
+            raise StyleforgeError(f"--model {name!r} names a file: add the class to train, as {name}:ClassName") \
+                from None
         if "(" not in name:  # most likely a misspelt name
             detail = "" if len(user.split_spec(name)) == 1 else f" (as a layer spec: {exc})"
             raise StyleforgeError(f"unknown model {name!r}: use one of {', '.join(MODELS)}, a layer spec such as "

@@ -256,7 +256,9 @@ def classify_group() -> None:
 def models_cmd() -> None:
     """List the registered models and their --option settings."""
     for spec in MODELS.values():
-        extra = " (--pretrained)" if spec.pretrained else ""
+        default = TrainConfig(DataSpec(""), output="", model=spec.name).resolved_pretrained()
+        extra = ("" if not spec.pretrained else " (ImageNet weights; --random-init for none)" if default
+                 else " (random weights; --pretrained for ImageNet's)")
         opts = model_options(spec.name)
         opt_text = f" [options: {', '.join(f'{k}={v}' for k, v in opts.items())}]" if opts else ""
         click.echo(f"{spec.name:12s} {spec.description}{extra}{opt_text}")

@@ -92,7 +92,7 @@ def test_bad_names():
         build_model("simple-cnn", (3, 32, 32), 10, pretrained=True)
     with pytest.raises(StyleforgeError, match="simple-cnn has no pretrained weights: --pretrained and --weights"):
         build_model("simple-cnn", (3, 32, 32), 10, weights="w.pth")
-    with pytest.raises(StyleforgeError, match="simple-cnn has no option 'width': its options are none"):
+    with pytest.raises(StyleforgeError, match="simple-cnn has no option 'width': it takes no --option"):
         build_model("simple-cnn", (3, 32, 32), 10, width=3)
 
 
@@ -112,6 +112,13 @@ def test_cli_models_and_summary():
     runner = CliRunner()
     out = runner.invoke(main_group, ["classify", "models"])
     assert out.exit_code == 0 and all(name in out.output for name in MODELS)
+    lines = {line.split()[0]: line for line in out.output.splitlines() if line.split()}
+    assert "(ImageNet weights; --random-init for none)" in lines["vgg19"]  # each one's default
+    assert "(random weights; --pretrained for ImageNet's)" in lines["resnet18"]
+    for args, said in ((["convnet2", "--option", "width=8"], "convnet2 has no option 'width': it takes no --option"),
+                       (["nets.py"], "names a file: add the class to train, as nets.py:ClassName")):
+        bad = runner.invoke(main_group, ["summary", *args])
+        assert bad.exit_code == 2 and said in bad.stderr, bad.output
     out = runner.invoke(main_group, ["summary", "simple-cnn", "--input", "3x32x32"])
     assert out.exit_code == 0, out.output
     total = sum(p.numel() for p in build_model("simple-cnn", (3, 32, 32), 10).parameters())
