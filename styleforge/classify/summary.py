@@ -78,7 +78,8 @@ def layer_settings(m: nn.Module) -> str:
         return f"p={m.p:g}"
     if isinstance(m, nn.LeakyReLU):
         return f"slope {m.negative_slope:g}"
-    return ""
+    pool = getattr(m, "pool_kind", None)  # a trunk that pools its features itself (models.VGGTrunk)
+    return f"{pool} pool" if isinstance(pool, str) else ""
 
 
 def layer_macs(m: nn.Module, out: torch.Tensor) -> int:
@@ -93,7 +94,8 @@ def layer_macs(m: nn.Module, out: torch.Tensor) -> int:
 
 def summarize(model: nn.Module, input_shape: tuple[int, int, int], freeze: str = "none") -> Summary:
     """Run one zero image of ``input_shape`` (C, H, W) through ``model`` and record, for
-    every module that has parameters of its own or no children, its settings, output
+    every module that has parameters of its own or no children (or whose own forward changes the shape
+    its children gave), its settings, output
     shape (batch dimension dropped), own parameter count, the part of it that trains
     (``requires_grad``: apply the freeze policy first; ``freeze`` names it) and its
     multiply-adds."""
@@ -101,11 +103,16 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int], freeze: str =
     hooks = []
     for name, module in model.named_modules():
         own = list(module.parameters(recurse=False))
-        if name and (own or not list(module.children())):
-            def hook(mod, inputs, output, name=name, own=own):
+        parent = bool(list(module.children())) and not own
+        if name:
+            def hook(mod, inputs, output, name=name, own=own, parent=parent):
                 out = output if isinstance(output, torch.Tensor) else next(
                     (v for v in (output.values() if isinstance(output, dict) else output)
                      if isinstance(v, torch.Tensor)), None)
+                # A module made of layers is a row only where its own forward changed the shape after them
+                # (the VGG19 trunk's pooling, a reshape): else its last layer's row says it.
+                if parent and (out is None or (rows and rows[-1].output_shape == tuple(out.shape[1:]))):
+                    return
                 rows.append(LayerRow(name, type(mod).__name__,
                                      tuple(out.shape[1:]) if out is not None else (),
                                      sum(p.numel() for p in own),

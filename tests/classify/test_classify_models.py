@@ -2,7 +2,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from styleforge.classify import MODELS, apply_freeze, build_model, summarize
+from styleforge.classify import MODELS, apply_freeze, build_model, summarize, summary
 from styleforge.cli import main_group
 from styleforge.runtime.errors import StyleforgeError
 
@@ -127,3 +127,12 @@ def test_cli_models_and_summary():
     assert bad.exit_code == 2 and bad.stderr.startswith("error: --input '3x32' is not CxHxW")
     small = runner.invoke(main_group, ["summary", "simple-cnn", "--input", "1x4x4"])
     assert small.exit_code == 2 and "cannot take a 1x4x4 input" in small.stderr
+
+
+def test_summary_shows_where_a_trunk_pools_its_features():
+    """VGG19's trunk pools in its own forward: a row of its own, between its last ReLU and the head."""
+    rows = [(r.name, r.kind, r.settings, r.output_shape) for r in summary("vgg19", (3, 64, 64), pretrained=False).rows]
+    assert rows[-3:-1] == [("trunk", "VGGTrunk", "avg pool", (512,)), ("head.0", "BatchNorm1d", "", (512,))]
+    assert rows[-4][2:] == ("", (512, 4, 4))
+    # A module of layers whose forward adds nothing to them is no row (its last layer says it).
+    assert not any(r.name in ("trunk", "head") for r in summary("simple-cnn", (3, 32, 32)).rows)
