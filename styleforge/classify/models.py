@@ -8,7 +8,7 @@ model works on 1x28x28 MNIST as on 3x32x32 CIFAR-10 or larger images.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -339,8 +339,7 @@ def _build(name: str, shape: tuple[int, int, int], num_classes: int, activation_
         model.input_norm = InputNorm(shape[0])
         return model
     spec = MODELS[name]
-    check_option_names(name, list(options))
-    check_model_options(name, options, model_options(name))
+    check_model_name(name, options)
     check_pretrained(name, pretrained or weights)
     if spec.pretrained:
         return spec.build(shape, num_classes, activation_name, pretrained=pretrained, weights=weights, **options)
@@ -361,6 +360,23 @@ def _build_user(name, shape, num_classes, act, source, options) -> Classifier:
     if name.startswith("python:"):
         raise StyleforgeError(f"this model ({name[7:]}) was passed to fit() as a Python object: rebuild it in "
                               "Python and pass it back (load_classifier(path, model=...))")
+    check_model_name(name, options)
+    return user.build_spec(name, shape, num_classes, act)
+
+
+def check_model_name(name: str, options: Mapping[str, Any] | None = None) -> None:
+    """What can be checked of ``--model`` before any data is loaded: a registered model's --option names and
+    values, a layer spec's syntax, a misspelt name; one-line errors. (A FILE.py:CLASS is read when built: a
+    resumed run rebuilds it from the copy it keeps.)"""
+    from . import spec as user
+
+    options = dict(options or {})
+    if name in MODELS:
+        check_option_names(name, list(options))
+        check_model_options(name, options, model_options(name))
+        return
+    if user.is_file_ref(name) or name.startswith("python:"):
+        return
     if options:
         raise StyleforgeError(f"a layer spec takes no --option ({next(iter(options))!r}): write the settings "
                               "into the layers")
@@ -375,7 +391,6 @@ def _build_user(name, shape, num_classes, act, source, options) -> Classifier:
             raise StyleforgeError(f"unknown model {name!r}: use one of {', '.join(MODELS)}, a layer spec such as "
                                   f"{user.EXAMPLE!r}, or FILE.py:CLASS{detail}") from None
         raise StyleforgeError(f"--model {name!r}: {exc}") from None
-    return user.build_spec(name, shape, num_classes, act)
 
 
 def apply_freeze(model: Classifier, policy: str) -> None:

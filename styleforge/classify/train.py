@@ -51,6 +51,7 @@ from .models import (
     apply_freeze,
     as_classifier,
     build_model,
+    check_model_name,
     check_pretrained,
 )
 from .optim import DEFAULT_LR, OPTIMIZERS, SCHEDULES, lr_factor, make_optimizer, steps_per_epoch
@@ -187,6 +188,7 @@ class TrainConfig:
         guard.check_overwrite_resume(self.overwrite, self.resume)
         has_weights = self.model in MODELS and MODELS[self.model].pretrained
         check_pretrained(self.model, self.pretrained)
+        check_model_name(self.model, self.model_options)  # before the data loads
         return replace(self, lr=lr, augment=list(dict.fromkeys(self.augment)),
                        pretrained=self.resolved_pretrained() if has_weights else False)
 

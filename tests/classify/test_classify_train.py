@@ -467,3 +467,15 @@ def test_int8_features_need_the_cache(toy, tmp_path):
     with pytest.raises(StyleforgeError, match="--int8-features needs the frozen-trunk cache"):
         fit(cfg(toy, tmp_path / "r", int8_features=True, device="cpu"))  # convnet2 trains its trunk
     assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_a_misspelt_model_is_said_before_the_data_loads(tmp_path):
+    """--model's mistakes need no data: said first (here the data folder does not even exist)."""
+    missing = DataSpec(str(tmp_path / "no-such-data"))
+    for model, said in (("conv(8)-flaten-fc", "layer 2 'flaten' is not a layer"),
+                        ("simpel-cnn", "unknown model 'simpel-cnn'"),
+                        ("convnet2", "convnet2 has no option 'width'")):
+        options = {"width": 8} if model == "convnet2" else {}
+        with pytest.raises(StyleforgeError, match=said):
+            fit(TrainConfig(missing, output=str(tmp_path / "run"), model=model, model_options=options))
+    assert not (tmp_path / "run").exists()
