@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Sequence, cast
 
 import torch
 from torch import nn
@@ -147,7 +147,7 @@ def summary(model: str | nn.Module, input_shape: tuple[int, int, int] | None = N
     net: nn.Module
     if isinstance(model, str) and _is_trained(model):
         ckpt = load_checkpoint(model)
-        shape = cast("tuple[int, int, int]", tuple(input_shape or ckpt["input_shape"]))
+        shape = _shape(input_shape or ckpt["input_shape"])
         if shape[0] != ckpt["input_shape"][0]:
             raise StyleforgeError(f"{model} takes {ckpt['input_shape'][0]}-channel input, not {shape[0]}")
         net, name = model_from_checkpoint(ckpt), ckpt["model"]
@@ -155,15 +155,20 @@ def summary(model: str | nn.Module, input_shape: tuple[int, int, int] | None = N
         own = "x".join(map(str, ckpt["input_shape"]))
         check_input(net, shape, model, f"it was trained on {own} images: leave out --input, or give that size")
     elif isinstance(model, nn.Module):
-        net, name, shape = model, "python:module", cast("tuple[int, int, int]", tuple(input_shape or DEFAULT_SHAPE))
+        net, name, shape = model, "python:module", _shape(input_shape or DEFAULT_SHAPE)
     else:
-        shape = cast("tuple[int, int, int]", tuple(input_shape or DEFAULT_SHAPE))  # a list is taken too
+        shape = _shape(input_shape or DEFAULT_SHAPE)
         net, name = build_model(model, shape, num_classes, activation, **options), model
         check_input(net, shape, model)
     policy = TrainConfig(DataSpec(""), output="", model=name, freeze=freeze).resolved_freeze()
     if isinstance(net, Classifier):
         apply_freeze(net, policy)
     return summarize(net, shape, policy if isinstance(net, Classifier) else "none")
+
+
+def _shape(shape: Sequence[int]) -> tuple[int, int, int]:
+    """(C, H, W) as a tuple (a list is taken too)."""
+    return cast("tuple[int, int, int]", tuple(shape))
 
 
 def _is_trained(model: str) -> bool:
