@@ -554,9 +554,13 @@ def test_fast_apply_never_writes_over_an_input_or_twice(env, roots, tmp_path, mo
     refused(roots, "fast", "apply", model, tmp_path / "photos" / "p0.png", "-o", tmp_path / "photos" / "p0.png",
             expect="is the input")
     monkeypatch.chdir(tmp_path / "photos")
-    refused(roots, "fast", "apply", model, ".", "-o", ".",
-            expect="the output of p0.png would be written over the input")
+    refused(roots, "fast", "apply", model, ".", "-o", ".", expect="-o . is the input .: styleforge never writes over")
+    # Nor inside it: the pictures would join the photos, and a later run would read them.
+    refused(roots, "fast", "apply", model, ".", "-o", "styled", expect="-o styled is inside the input folder .")
+    assert not (tmp_path / "photos" / "styled").exists()
     monkeypatch.chdir(tmp_path)
+    refused(roots, "fast", "apply", model, tmp_path / "photos" / "p0.png", "-o", model,  # one input: not "a folder"
+            expect=f"-o {model} is the model file: styleforge never writes over an input")
     style = tmp_path / "photos" / "s.png"  # the painting of --style-image: never an output either
     shutil.copy(env / "style.png", style)
     refused(roots, "fast", "apply", "--style-image", style, env / "content.png", "-o", style,

@@ -99,8 +99,12 @@ def plan(inputs: Iterable[str | os.PathLike], output: str | os.PathLike,
     if single and out.suffix and not out.exists():  # e.g. a typo (.pgn): not taken for a new folder's name
         raise StyleforgeError(f"-o {out}: {out.suffix} is not an image or video format styleforge writes (.png, "
                               ".jpg, .mp4, ...): give one of those, or a folder that exists")
+    check_not_inputs({"-o": out}, {**{f"the input {p}": p for p in sources}, **others})  # e.g. the model file
     if out.exists() and not out.is_dir():
         raise StyleforgeError(f"-o {out} is a file but the inputs need an output folder")
+    for src in (p for p in sources if p.is_dir()):
+        if out.resolve().is_relative_to(src.resolve()):  # the pictures would join the photos a later run reads
+            raise StyleforgeError(f"-o {out} is inside the input folder {src}: choose an output folder outside it")
     if not out.exists() and out.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
         what = "a folder input needs" if len(sources) == 1 else f"{len(sources)} inputs need"
         raise StyleforgeError(f"-o {out} names a file, but {what} an output folder: give a folder, "
