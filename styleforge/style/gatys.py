@@ -107,6 +107,12 @@ class StylizeConfig:
         # full-size one for this loss).
         return [self.size // 2, self.size] if self.size // 2 >= MIN_COARSE_SIZE else [self.size]
 
+    def _named(self, n_scales: int) -> str:
+        """The scales, where --scales was given and --size added one to them."""
+        if not self.scales or n_scales == len(self.scales):
+            return ""
+        return f" ({', '.join(map(str, self.scale_sizes()))}: --scales, then --size {self.size})"
+
     def steps_per_scale(self, n_scales: int) -> list[int]:
         steps = self.steps
         if steps is None:
@@ -119,10 +125,12 @@ class StylizeConfig:
             there = "is 1 scale" if n_scales == 1 else f"are {n_scales} scales"
             why = (f" (without --scales, sizes under {2 * MIN_COARSE_SIZE} px run at one scale)"
                    if n_scales == 1 and self.multiscale and not self.scales else "")
-            raise StyleforgeError(f"--steps lists {len(steps)} values but there {there}{why}: give one value per "
-                                  "scale, or one for all")
+            raise StyleforgeError(f"--steps lists {len(steps)} values but there {there}{why}{self._named(n_scales)}: "
+                                  "give one value per scale, or one for all")
         if any(s < 0 for s in steps):
             raise StyleforgeError("--steps must not be negative")
+        if steps[-1] == 0:  # the picture would never be optimized at its own size (the photo, or a coarse result)
+            raise StyleforgeError("--steps: the last scale (the picture's size) needs at least 1 step")
         return steps
 
 

@@ -54,6 +54,13 @@ def test_scales_and_steps():
         StylizeConfig(steps=[5, 6]).steps_per_scale(3)
     with pytest.raises(StyleforgeError, match=r"there is 1 scale \(without --scales, sizes under 256 px run at one"):
         StylizeConfig(size=128, steps=[10, 20]).validate()
+    with pytest.raises(StyleforgeError, match=r"lists 2 values but there are 3 scales \(96, 192, 512: --scales, "
+                                              r"then --size 512\)"):  # the scale --size adds is named
+        StylizeConfig(scales=[96, 192], steps=[5, 10]).validate()
+    assert StylizeConfig(steps=[0, 5]).steps_per_scale(2) == [0, 5]  # no coarse steps: the photo, at full size
+    for steps in (0, [5, 0]):  # never optimized at the picture's size: the photo, or a coarse result, resized
+        with pytest.raises(StyleforgeError, match=r"the last scale \(the picture's size\) needs at least 1 step"):
+            StylizeConfig(steps=steps).validate()
 
 
 def test_tiny_run_lowers_the_loss_and_reports_progress(random_extractor):
