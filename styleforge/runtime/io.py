@@ -327,7 +327,8 @@ def check_replaceable(paths: Iterable[str | os.PathLike], overwrite: bool, check
 def load_torch(path: str | os.PathLike, what: str, fix: str) -> Any:
     """``torch.load`` on the CPU with ``weights_only=True``, so no pickled code runs.
 
-    A truncated or non-torch file raises ``PATH is truncated or another kind of file, not WHAT: FIX``;
+    A truncated or non-torch file raises ``PATH is truncated or another kind of file, not WHAT: FIX`` (an image:
+    ``PATH is an image, not WHAT``);
     a damaged archive gives torch's reason; one holding pickled Python objects says so.
     """
     try:
@@ -336,6 +337,8 @@ def load_torch(path: str | os.PathLike, what: str, fix: str) -> Any:
         # torch.save writes a zip archive. Other bytes (an image, a truncated file: its directory is at the
         # end) are named as such, without torch's message for them, which is about its legacy formats.
         if not zipfile.is_zipfile(path):
+            if header_size(path) is not None:  # e.g. a painting given where a model goes
+                raise StyleforgeError(f"{path} is an image, not {what}: check which argument takes it") from None
             raise StyleforgeError(f"{path} is truncated or another kind of file, not {what}: {fix}") from None
         detail = first_line(exc)
         # A complete torch.save file that weights_only refuses holds pickled objects.

@@ -184,6 +184,9 @@ def test_load_torch_turns_every_unreadable_file_into_one_line(tmp_path):
     for name in ("junk.pt", "cut.pt"):  # named for what they are, without torch's message about legacy formats
         with pytest.raises(StyleforgeError, match=rf"{name} is truncated or another kind of file, not a thing: fix"):
             load_torch(tmp_path / name, "a thing", "fix it")
+    Image.new("RGB", (8, 8)).save(tmp_path / "painting.jpg")  # an image where a model goes: named as one
+    with pytest.raises(StyleforgeError, match=r"painting.jpg is an image, not a thing: check which argument takes it"):
+        load_torch(tmp_path / "painting.jpg", "a thing", "fix it")
     with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:  # a complete zip, not one torch.save wrote
         z.writestr("notes.txt", "hello")
     with pytest.raises(StyleforgeError, match=r"other.zip is damaged or not a thing \(.*notes.txt\): fix it$"):
