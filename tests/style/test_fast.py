@@ -500,6 +500,7 @@ def test_onnx_matches_pytorch(tmp_path, upsample, noise):
     model = save_model(TransformerNet("light", upsample, noise).eval(), tmp_path / "m.pth", "x", {}, half=False)
     assert run("fast", "export", model, "-o", tmp_path / "m.onnx").exit_code == 0
     session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    assert [o.shape for o in session.get_outputs()] == [["batch", 3, "height", "width"]]  # as the input's
     net, _ = load_model(model)
     for hw in [(36, 52), (29, 41)]:
         x = torch.rand(2, 3, *hw)

@@ -54,4 +54,20 @@ def export_onnx(model: str | os.PathLike, output: str | os.PathLike, opset: int 
                           dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
                                         "stylized": {0: "batch", 2: "height", 3: "width"}},
                           opset_version=opset, dynamo=False)
+        _name_output_shape(tmp)
     return out
+
+
+def _name_output_shape(path: Path) -> None:
+    """The output's shape as the input's (batch, 3, height, width): the exporter cannot infer its channel count
+    through the crop (it wrote a symbol such as ``Clipstylized_dim_1``), which viewers and runtimes show."""
+    import onnx
+
+    model = onnx.load(str(path))
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    for dim, name in zip(dims, ("batch", None, "height", "width")):
+        if name is None:
+            dim.dim_value = 3
+        else:
+            dim.dim_param = name
+    onnx.save(model, str(path))
