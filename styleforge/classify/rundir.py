@@ -9,6 +9,7 @@ count, training seconds). :class:`Checkpoints` writes best.pt and last.pt at mos
 from __future__ import annotations
 
 import copy
+import json
 import math
 import shutil
 import time
@@ -21,7 +22,7 @@ from torch import nn
 
 from ..runtime import distributed, guard
 from ..runtime.errors import StyleforgeError
-from ..runtime.io import check_writable, make_folder, refuse_foreign, save_json
+from ..runtime.io import check_writable, make_folder, refuse_foreign, save_json, written_by_styleforge
 from . import report
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .data import DataSpec
@@ -236,6 +237,16 @@ def _settings(record: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in record.items() if k != "data"}, **record.get("data", {})}
 
 
+def _copied_model(run_dir: Path) -> bool:
+    """Whether the run's model.py is its copy of a user's model file: its config.json (styleforge's) names a
+    FILE.py:CLASS model. Else a model.py there is the user's own, which --overwrite never deletes."""
+    config = run_dir / "config.json"
+    if not (config.is_file() and written_by_styleforge(config)):
+        return False
+    model = json.loads(config.read_text()).get("model")
+    return isinstance(model, str) and file_ref_path(model) is not None
+
+
 def prepare_run_dir(run_dir: Path, cfg: TrainConfig, world_size: int = 1) -> RunState | None:
     """Refuse to mix runs; with --resume return last.pt's content."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -252,7 +263,7 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, world_size: int = 1) -> Run
         resume = ", --resume to continue it," if (run_dir / "last.pt").exists() else ""
         raise StyleforgeError(f"{run_dir} already holds a run ({', '.join(held[:3])}): use --overwrite to replace "
                               f"it{resume} or another -o")
-    refuse_foreign(run_dir / f for f in held)
+    refuse_foreign(run_dir / f for f in held if not (f == "model.py" and _copied_model(run_dir)))
     make_folder(run_dir)
     check_writable(run_dir / "config.json")
     for f in held:

@@ -267,8 +267,8 @@ def save_json(data: Any, path: str | os.PathLike) -> Path:
 
 
 # What the files styleforge writes begin with, by suffix: CSV headers (the fast trainers' loss tables, a
-# run's metrics and steps, per-class tables, grid tables), Markdown (a report's title or a table), JSON objects.
-_OWN_STARTS = {".csv": ("step,", "epoch,", "class,", "rank,"), ".md": ("#", "|"), ".json": ("{",)}
+# run's metrics and steps, per-class tables, grid tables), Markdown (a report's title or a table).
+_OWN_STARTS = {".csv": ("step,", "epoch,", "class,", "rank,"), ".md": ("#", "|")}
 
 
 def read_json(path: str | os.PathLike, fix: str) -> dict[str, Any]:
@@ -284,22 +284,23 @@ def read_json(path: str | os.PathLike, fix: str) -> dict[str, Any]:
 
 def written_by_styleforge(path: str | os.PathLike) -> bool:
     """Whether an existing file looks like one styleforge writes under that name, so that --overwrite may
-    replace it: a table, report or record by how it begins, a figure by matplotlib's mark, a model,
-    checkpoint or decoder as a PyTorch file holding a dict, a model's source as Python."""
+    replace it: a table or report by how it begins, a JSON record by save_json's exact layout, a figure by
+    matplotlib's mark, a model, checkpoint or decoder as a PyTorch file holding a dict. (A run's copy of a
+    user's model file is the run folder's to judge: classify.rundir.)"""
     path = Path(path)
     suffix = path.suffix.lower()
     try:
+        if suffix == ".json":  # a user's hand-written JSON is laid out otherwise
+            text = path.read_text(encoding="utf-8")
+            return text.startswith("{") and json.dumps(json.loads(text), indent=2, default=str) + "\n" == text
         if suffix in _OWN_STARTS:
             with open(path, encoding="utf-8") as fh:
                 return fh.read(64).lstrip().startswith(_OWN_STARTS[suffix])
         if suffix == ".png":
             with Image.open(path) as img:
                 return str(getattr(img, "text", {}).get("Software", "")).startswith("Matplotlib")
-        if suffix == ".py":
-            compile(path.read_text(encoding="utf-8"), str(path), "exec")
-            return True
         return zipfile.is_zipfile(path) and isinstance(load_torch(path, "a PyTorch file", ""), dict)
-    except (StyleforgeError, OSError, UnicodeDecodeError, SyntaxError, ValueError):
+    except (StyleforgeError, OSError, UnicodeDecodeError, ValueError):  # json's errors are ValueErrors
         return False
 
 

@@ -106,6 +106,14 @@ def test_existing_run_dir_is_refused_unless_overwrite(toy, tmp_path):
     with pytest.raises(StyleforgeError, match="config.json is not a file a styleforge run wrote"):
         fit(cfg(toy, mine, epochs=1, overwrite=True))
     assert (mine / "config.json").read_text() == "my settings" and (mine / "report.md").read_text() == "Dear diary"
+    (mine / "config.json").write_text('{"lr": 0.1, "model": "mine"}')  # JSON, but laid out by hand
+    with pytest.raises(StyleforgeError, match="config.json is not a file a styleforge run wrote"):
+        fit(cfg(toy, mine, epochs=1, overwrite=True))
+    # A model.py beside a run of a built-in model is the user's own (a run copies only a FILE.py:CLASS model).
+    (out / "model.py").write_text("x = 1  # my own script\n")
+    with pytest.raises(StyleforgeError, match="model.py is not a file a styleforge run wrote"):
+        fit(cfg(toy, out, epochs=1, overwrite=True))
+    assert (out / "model.py").read_text() == "x = 1  # my own script\n"
 
 
 def test_a_run_given_a_relative_dataset_path_evaluates_and_resumes_from_another_folder(toy, tmp_path, monkeypatch):

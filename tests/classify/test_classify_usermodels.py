@@ -174,6 +174,11 @@ def test_user_file_trains_evals_summarizes_and_visualizes(folder, model_file, tm
                 "-o", out, "--overwrite", "-q")
     assert again.exit_code == 2 and "where the run writes its own model.py: move the model file out" in again.output
     assert (out / "model.py").read_text() == MNIST_NET and (out / "best.pt").is_file()
+    # --overwrite replaces the run, its copy of the model file included (a built-in model now: no copy).
+    over = run("classify", "train", "--dataset", folder, "--model", "fc-only", "--epochs", "1", "-o", out,
+               "--overwrite", "-q")
+    assert over.exit_code == 0, over.output
+    assert not (out / "model.py").exists()
 
 
 def test_spec_runs_through_train_eval_grid_summary_and_visualize(folder, tmp_path):

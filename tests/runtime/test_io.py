@@ -233,8 +233,10 @@ def test_written_by_styleforge_tells_its_own_files_from_a_users(tmp_path):
     from styleforge.runtime.figures import save_figure
 
     ours = {"m.losses.csv": "step,content\n1,2\n", "metrics.csv": "epoch,train_loss\n", "report.md": "# run\n",
-            "per_class_test.md": "| class |\n", "config.json": '{"model": "x"}', "model.py": "class Net: pass\n"}
-    theirs = {"notes.csv": "name,age\n", "config.json": "my settings", "report.md": "Dear diary", "model.py": "oops(",
+            "per_class_test.md": "| class |\n", "config.json": '{\n  "model": "x"\n}\n'}  # save_json's layout
+    theirs = {"notes.csv": "name,age\n", "config.json": "my settings", "report.md": "Dear diary",
+              "summary.json": '{"lr": 0.1, "model": "mine"}',  # JSON, laid out by hand
+              "model.py": "class Net: pass\n",  # a run's copy of a model file is the run folder's to judge
               "m.pth": "my notes"}
     for name, text in ours.items():
         (tmp_path / name).write_text(text)
