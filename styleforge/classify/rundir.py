@@ -213,11 +213,12 @@ def check_same_run(record: dict[str, Any], where: Path, cfg: TrainConfig, world_
     would change it; a grid search's --resume also keeps a finished run only on this check."""
     current = {**cfg.as_dict(), "freeze": cfg.resolved_freeze()}  # the record holds the resolved policy
     saved = _with_defaults(record, where, type(cfg))
-    guard.check_resume(_settings(saved), _settings(current), RESUME_MAY_CHANGE, where, {"model_options": "--option"})
-    before = record.get("effective_batch_size", record.get("batch_size"))
-    if before != cfg.batch_size * world_size:
-        raise StyleforgeError(f"--resume: {where} was trained with an effective batch of {before}, this run has "
-                              f"{cfg.batch_size * world_size} (--batch-size x processes): use the same")
+    # The batch is compared per effective batch (--batch-size x processes), beside the other settings.
+    batches = ({"effective_batch": record.get("effective_batch_size", record.get("batch_size"))},
+               {"effective_batch": cfg.batch_size * world_size})
+    guard.check_resume({**_settings(saved), **batches[0]}, {**_settings(current), **batches[1]}, RESUME_MAY_CHANGE,
+                       where, {"model_options": "--option", "effective_batch": "the effective batch (--batch-size x "
+                                                                               "processes)"})
 
 
 def _with_defaults(record: dict[str, Any], where: Path, config: type[TrainConfig]) -> dict[str, Any]:

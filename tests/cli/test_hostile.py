@@ -409,10 +409,12 @@ def test_pickled_code_is_never_loaded(env, roots, tmp_path):
 
 @pytest.mark.parametrize("extra, named", [
     (["--optimizer", "adam"], "--optimizer sgd -> adam"), (["--seed", "3"], "--seed 0 -> 3"),
-    (["--lr", "0.2"], "--lr 0.05 -> 0.2"), (["--batch-size", "8"], "effective batch of 16"),
+    (["--lr", "0.2"], "--lr 0.05 -> 0.2"),
+    (["--batch-size", "8"], "the effective batch (--batch-size x processes) 16 -> 8"),
     (["--per-class", "5"], "--per-class unset -> 5"), (["--activation", "tanh"], "--activation relu -> tanh"),
     (["--epochs", "3"], "--epochs 1 -> 3"), (["--model", "res-cnn", "--option", "width=8"], "--option none -> width=8"),
-], ids=["optimizer", "seed", "lr", "batch", "per-class", "activation", "epochs", "option"])
+    (["--lr", "0.2", "--batch-size", "8"], "--lr 0.05 -> 0.2; the effective batch"),  # each named, in one line
+], ids=["optimizer", "seed", "lr", "batch", "per-class", "activation", "epochs", "option", "lr-and-batch"])
 def test_classify_resume_refuses_changed_settings_and_writes_nothing(extra, named, env, roots):
     base = dict(zip(CLASSIFY[::2], CLASSIFY[1::2]))
     base.update(dict(zip(extra[::2], extra[1::2])))
