@@ -159,7 +159,7 @@ def _where_to_put(arch: str) -> str:
             "or pass --weights PATH")
 
 
-def _check_env_folders() -> None:
+def check_env_folders() -> None:
     """A file named in $STYLEFORGE_WEIGHTS is a mistake for its folder: said before any download is tried."""
     for origin, d in weights_folders():
         if origin == f"${WEIGHTS_ENV}" and d.is_file():
@@ -257,7 +257,7 @@ def locate(arch: str, explicit: str | os.PathLike | None = None) -> WeightsCandi
         if not path.is_file():
             raise StyleforgeError(f"--weights {path}: no such file")
         return WeightsCandidate(arch, "--weights", path)
-    _check_env_folders()
+    check_env_folders()
     for c in candidates(arch):
         if c.exists:
             return c

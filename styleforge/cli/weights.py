@@ -24,6 +24,7 @@ def weights_cmd(download: str | None, folder: Path | None) -> None:
         path = backbone.download_weights(download, folder or backbone.weights_folders()[0][1])
         click.echo(f"saved {path} ({path.stat().st_size / 1e6:.0f} MB)")
         return
+    backbone.check_env_folders()  # a file named as the folder: one line, as a run would say
     damaged = _list_lookup()
     if damaged:  # the listing is on stdout; the file a run would use cannot be used: say so and fail
         raise StyleforgeError(damaged[0])
@@ -34,6 +35,9 @@ def _list_lookup() -> list[str]:
     fail their sha256 check (a run would stop on them)."""
     click.echo(f"lookup: --weights PATH, then ${backbone.WEIGHTS_ENV}, then {backbone.PROJECT_WEIGHTS}, "
                "then torchvision (torch hub cache / download)")
+    for origin, folder in backbone.weights_folders():
+        if origin == f"${backbone.WEIGHTS_ENV}" and not folder.exists():
+            click.echo(f"note: {origin} names {folder}, which does not exist")
     damaged = []
     for arch in backbone.ARCHS:
         used = None

@@ -155,6 +155,13 @@ def test_weights_command_lists_the_lookup(tmp_path, monkeypatch, random_vgg19_fi
     assert "SHA256 MISMATCH" in line and "<- used" in line and "resnet18" in result.stdout
     assert result.exit_code == 2 and result.stderr.strip().count("\n") == 0, result.stderr
     assert "vgg19-features.pth does not match its known sha256" in result.stderr
+    # A $STYLEFORGE_WEIGHTS folder that does not exist is noted; a file named as the folder is refused, as a run
+    # would refuse it.
+    monkeypatch.setenv("STYLEFORGE_WEIGHTS", str(tmp_path / "nowhere"))
+    result = run("weights")
+    assert f"note: $STYLEFORGE_WEIGHTS names {tmp_path / 'nowhere'}, which does not exist" in result.stdout
+    monkeypatch.setenv("STYLEFORGE_WEIGHTS", str(tmp_path / "vgg19-features.pth"))
+    _fails(run("weights"), "vgg19-features.pth, which is a file: name the folder that holds the weights")
 
 
 def test_weights_command_passes_verified_weights(real_weights):
