@@ -12,7 +12,7 @@ from ..runtime.errors import StyleforgeError
 from ..runtime.guard import Terminated, check_not_inputs
 from ..runtime.io import check_writable, image_format, save_image, save_json
 from ..runtime.progress import Bar
-from ..style.gatys import DEFAULT_LR, DEFAULT_STEPS, OPTIMIZERS, Progress, StylizeConfig, stylize
+from ..style.gatys import DEFAULT_LR, DEFAULT_STEPS, MIN_COARSE_SIZE, OPTIMIZERS, Progress, StylizeConfig, stylize
 from .options import (
     BLEND_HELP,
     COUNT,
@@ -110,7 +110,8 @@ def partial_path(output: Path, inputs: list[Path]) -> Path:
                help="Optimize the image as a pyramid of this many coarser layers plus pixels (0: pixels only).")
 @option("--lr", type=POSITIVE, show_default=", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()),
         help="Learning rate.")
-@option("--scales", type=CommaList(COUNT), metavar="PX,PX,...", show_default="half size, then --size",
+@option("--scales", type=CommaList(COUNT), metavar="PX,PX,...",
+        show_default=f"half size, then --size; one scale under {2 * MIN_COARSE_SIZE} px",
         help="Long sides of the coarse-to-fine scales, e.g. 128,256,512.")
 @config_option(StylizeConfig, "multiscale", "--multiscale/--no-multiscale",
                help="Optimize coarse to fine (off: at --size only).")
@@ -121,7 +122,7 @@ def partial_path(output: Path, inputs: list[Path]) -> Path:
                help="The pretrained network whose features define the loss.")
 @weights_option
 @runtime_options(StylizeConfig)
-@option("--save-every", type=NON_NEGATIVE_INT, metavar="STEPS", default=0,
+@option("--save-every", type=NON_NEGATIVE_INT, metavar="STEPS", default=0, show_default=True,
         help="Also write the image every this many steps (0: never).")
 @option("--log", "log_path", type=click.Path(path_type=Path),
         help="Write a JSON record (configuration and loss history).")
