@@ -157,6 +157,7 @@ def summary(model: str | nn.Module, input_shape: tuple[int, int, int] | None = N
     elif isinstance(model, nn.Module):
         net, name, shape = model, "python:module", _shape(input_shape or DEFAULT_SHAPE)
     else:
+        _looks_like_a_run(model)
         shape = _shape(input_shape or DEFAULT_SHAPE)
         net, name = build_model(model, shape, num_classes, activation, **options), model
         check_input(net, shape, model)
@@ -169,6 +170,16 @@ def summary(model: str | nn.Module, input_shape: tuple[int, int, int] | None = N
 def _shape(shape: Sequence[int]) -> tuple[int, int, int]:
     """(C, H, W) as a tuple (a list is taken too)."""
     return cast("tuple[int, int, int]", tuple(shape))
+
+
+def _looks_like_a_run(model: str) -> None:
+    """A path that names nothing (a run folder or checkpoint mistyped): said so, not as an unknown model."""
+    from .models import MODELS
+    from .spec import is_file_ref
+
+    if model not in MODELS and not is_file_ref(model) and ("/" in model or model.endswith((".pt", ".pth"))):
+        raise StyleforgeError(f"{model} does not exist: give a trained run folder or checkpoint, a model name, a "
+                              "layer spec or FILE.py:CLASS")
 
 
 def _is_trained(model: str) -> bool:

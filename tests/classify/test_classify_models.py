@@ -116,7 +116,8 @@ def test_cli_models_and_summary():
     assert "(ImageNet weights; --random-init for none)" in lines["vgg19"]  # each one's default
     assert "(random weights; --pretrained for ImageNet's)" in lines["resnet18"]
     for args, said in ((["convnet2", "--option", "width=8"], "convnet2 has no option 'width': it takes no --option"),
-                       (["nets.py"], "names a file: add the class to train, as nets.py:ClassName")):
+                       (["nets.py"], "names a file: add the class to train, as nets.py:ClassName"),
+                       (["runs/none"], "runs/none does not exist: give a trained run folder or checkpoint")):
         bad = runner.invoke(main_group, ["summary", *args])
         assert bad.exit_code == 2 and said in bad.stderr, bad.output
     out = runner.invoke(main_group, ["summary", "simple-cnn", "--input", "3x32x32"])
