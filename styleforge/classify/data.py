@@ -287,8 +287,9 @@ def _scan_folder(path: Path) -> tuple[list[str], list[list[Path]]]:
     files = [_image_files(d) for d in dirs]
     named = [d.name for d, f in zip(dirs, files) if d.name in ROOT_FOLDERS and not f]
     if named:  # a --data-root given as the dataset
+        first = min((ROOT_FOLDERS[n] for n in named), key=DATASETS.index)  # mnist before fashion-mnist
         raise StyleforgeError(f"{path} looks like a data root (it holds {', '.join(named)}): use --dataset "
-                              f"{ROOT_FOLDERS[named[0]]} --data-root {path}")
+                              f"{first} --data-root {path}")
     for d, f in zip(dirs, files):
         if not f:
             raise StyleforgeError(f"class folder {d} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...): "

@@ -91,9 +91,10 @@ def test_bad_folders_and_subsets(tmp_path):
         load_folder(root)
     (root / "empty").rmdir()
     (tmp_path / "root" / "MNIST" / "raw").mkdir(parents=True)  # a --data-root given as the dataset
+    (tmp_path / "root" / "FashionMNIST" / "raw").mkdir(parents=True)  # named first, but mnist is suggested
     (tmp_path / "root" / "cifar10-jpeg" / "train").mkdir(parents=True)
-    with pytest.raises(StyleforgeError, match=r"root looks like a data root \(it holds MNIST, cifar10-jpeg\): use "
-                                              r"--dataset mnist --data-root .*root$"):
+    with pytest.raises(StyleforgeError, match=r"root looks like a data root \(it holds FashionMNIST, MNIST, "
+                                              r"cifar10-jpeg\): use --dataset mnist --data-root .*root$"):
         load_folder(tmp_path / "root")
     with pytest.raises(StyleforgeError, match="no class 'dog' in this dataset; its classes are c0, c1"):
         load_splits(DataSpec(str(root), classes=["c0", "dog"]))
