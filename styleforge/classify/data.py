@@ -44,6 +44,10 @@ from ..runtime.errors import StyleforgeError, first_line
 from ..runtime.io import IMAGE_SUFFIXES, header_size, load_torch, no_empty_folder_left, open_rgb, save_torch
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
+# The folders a data root holds for each named dataset (module docstring): torchvision's, then the JPEG copy's.
+MNIST_FOLDER = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+CIFAR_BATCHES, CIFAR_JPEG = "cifar-10-batches-py", "cifar10-jpeg"
+ROOT_FOLDERS = {**{f: n for n, f in MNIST_FOLDER.items()}, CIFAR_BATCHES: "cifar10", CIFAR_JPEG: "cifar10"}
 DATA_ENV = "STYLEFORGE_DATA"
 CACHE_ENV = "STYLEFORGE_CACHE"
 # Folders whose images differ in size are decoded at this square size unless --image-size says.
@@ -195,7 +199,7 @@ def _find_idx(raw: Path, stem: str) -> Path | None:
 
 def load_mnist(name: str, root: Path, download: bool = False) -> tuple[ImageSet, ImageSet]:
     """MNIST or Fashion-MNIST (train, test) from torchvision's folder layout under ``root``."""
-    folder = "MNIST" if name == "mnist" else "FashionMNIST"
+    folder = MNIST_FOLDER[name]
     classes = MNIST_CLASSES if name == "mnist" else FASHION_CLASSES
     raw = root / folder / "raw"
     stems = {split: (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
@@ -232,7 +236,7 @@ def load_mnist(name: str, root: Path, download: bool = False) -> tuple[ImageSet,
 
 def load_cifar10(root: Path, download: bool = False) -> tuple[ImageSet, ImageSet]:
     """CIFAR-10 (train, test): torchvision's python batches, else ``cifar10-jpeg/`` folders."""
-    if (root / "cifar-10-batches-py").is_dir() or download:
+    if (root / CIFAR_BATCHES).is_dir() or download:
         from torchvision import datasets
 
         try:
@@ -245,19 +249,14 @@ def load_cifar10(root: Path, download: bool = False) -> tuple[ImageSet, ImageSet
         return tuple(ImageSet(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(),
                               torch.tensor(s.targets, dtype=torch.long), list(s.classes))
                      for s in sets)  # type: ignore[return-value]
-    jpeg = root / "cifar10-jpeg"
+    jpeg = root / CIFAR_JPEG
     if (jpeg / "train").is_dir() and (jpeg / "test").is_dir():
         return load_folder(jpeg / "train"), load_folder(jpeg / "test")
-    raise StyleforgeError(f"cifar10 not found in {root} (no cifar-10-batches-py/ or cifar10-jpeg/): pass "
+    raise StyleforgeError(f"cifar10 not found in {root} (no {CIFAR_BATCHES}/ or {CIFAR_JPEG}/): pass "
                           f"--data-root, set ${DATA_ENV}, or add --download")
 
 
 # --------------------------------------------------------------------------- ImageFolder
-
-# The folders a data root holds for the named datasets (module docstring), and their --dataset names.
-ROOT_FOLDERS = {"MNIST": "mnist", "FashionMNIST": "fashion-mnist", "cifar10-jpeg": "cifar10",
-                "cifar-10-batches-py": "cifar10"}
-
 
 def _class_dirs(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -380,7 +379,7 @@ def load_dataset(spec: DataSpec) -> tuple[ImageSet, ImageSet | None, str]:
     if name.lower() in DATASETS and not Path(name).exists():
         name = name.lower()
         root = data_root(spec.data_root)
-        if name in ("mnist", "fashion-mnist"):
+        if name in MNIST_FOLDER:
             train, test = load_mnist(name, root, spec.download)
         else:
             train, test = load_cifar10(root, spec.download)
