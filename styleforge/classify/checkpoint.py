@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence, cast
 
 import torch
 
@@ -146,3 +146,11 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], model: torch.nn.Module | None
         raise StyleforgeError(f"{ckpt.get('path', 'checkpoint')} does not fit a {ckpt['model']} model with "
                               f"{ckpt['num_classes']} classes ({first_line(exc)})") from None
     return model.eval()
+
+
+def input_shape_for(ckpt: Mapping[str, Any], given: Sequence[int] | None) -> tuple[int, int, int]:
+    """The input a checkpoint's model is run on: ``given`` (another size, its channels checked), else its own."""
+    own = tuple(ckpt["input_shape"])
+    if given is not None and given[0] != own[0]:
+        raise StyleforgeError(f"{ckpt.get('path', 'the checkpoint')} takes {own[0]}-channel input, not {given[0]}")
+    return cast("tuple[int, int, int]", tuple(given or own))

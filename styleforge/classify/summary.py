@@ -139,7 +139,7 @@ def summary(model: str | nn.Module, input_shape: tuple[int, int, int] | None = N
     or checkpoint, after the freeze policy (``auto``: as training would choose it; a run's: its own).
     ``input_shape``: DEFAULT_SHAPE (a run's: its own) where not given. ``print(summary("simple-cnn"))``
     prints the table."""
-    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .checkpoint import input_shape_for, load_checkpoint, model_from_checkpoint
     from .data import DataSpec
     from .models import Classifier, apply_freeze, build_model, check_input
     from .train import TrainConfig
@@ -147,9 +147,7 @@ def summary(model: str | nn.Module, input_shape: tuple[int, int, int] | None = N
     net: nn.Module
     if isinstance(model, str) and _is_trained(model):
         ckpt = load_checkpoint(model)
-        shape = _shape(input_shape or ckpt["input_shape"])
-        if shape[0] != ckpt["input_shape"][0]:
-            raise StyleforgeError(f"{model} takes {ckpt['input_shape'][0]}-channel input, not {shape[0]}")
+        shape = input_shape_for(ckpt, input_shape)
         net, name = model_from_checkpoint(ckpt), ckpt["model"]
         freeze = ckpt.get("freeze", "none") if freeze == "auto" else freeze
         own = "x".join(map(str, ckpt["input_shape"]))

@@ -24,7 +24,7 @@ from ..runtime.errors import StyleforgeError, first_line
 from ..runtime.io import header_size, load_image, names_a_path
 from ..style.color import luminance
 from . import report
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import input_shape_for, load_checkpoint, model_from_checkpoint
 from .models import MODELS, Classifier, ResNetTrunk, VGGTrunk, build_model, check_input
 from .spec import is_file_ref
 from .spec import short_name as _short
@@ -67,10 +67,7 @@ def load_model(model_or_checkpoint: str, input_shape: tuple[int, int, int] | Non
                                   f"FILE.py:CLASS, nor a checkpoint or run directory ({exc})") from None
         return LoadedModel(model.eval(), shape, f"{_short(model_or_checkpoint)} (random weights)")
     ckpt = load_checkpoint(path)
-    shape = tuple(ckpt["input_shape"])
-    if input_shape is not None and input_shape[0] != shape[0]:
-        raise StyleforgeError(f"{path} takes {shape[0]}-channel input, not {input_shape[0]}")
-    return LoadedModel(model_from_checkpoint(ckpt), input_shape or shape,
+    return LoadedModel(model_from_checkpoint(ckpt), input_shape_for(ckpt, input_shape),
                        f"{_short(ckpt['model'])} ({Path(ckpt['path']).parent.name}/{Path(ckpt['path']).name})")
 
 
