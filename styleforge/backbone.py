@@ -152,8 +152,13 @@ def local_names(arch: str) -> list[str]:
     return own + [_torchvision_filename(arch)]
 
 
+def missing_env_folders() -> list[Path]:
+    """The folders ``$STYLEFORGE_WEIGHTS`` names that do not exist (a run's error and ``styleforge weights`` say so)."""
+    return [d for origin, d in weights_folders() if origin == f"${WEIGHTS_ENV}" and not d.exists()]
+
+
 def _where_to_put(arch: str) -> str:
-    missing = [d for origin, d in weights_folders() if origin == f"${WEIGHTS_ENV}" and not d.exists()]
+    missing = missing_env_folders()
     note = f" (${WEIGHTS_ENV} names {missing[0]}, which does not exist)" if missing else ""
     return (f"put {local_names(arch)[0]} in weights/ or in the folder named by ${WEIGHTS_ENV}{note}, "
             "or pass --weights PATH")

@@ -35,9 +35,8 @@ def _list_lookup() -> list[str]:
     fail their sha256 check (a run would stop on them)."""
     click.echo(f"lookup: --weights PATH, then ${backbone.WEIGHTS_ENV}, then {backbone.PROJECT_WEIGHTS}, "
                "then torchvision (torch hub cache / download)")
-    for origin, folder in backbone.weights_folders():
-        if origin == f"${backbone.WEIGHTS_ENV}" and not folder.exists():
-            click.echo(f"note: {origin} names {folder}, which does not exist")
+    for folder in backbone.missing_env_folders():
+        click.echo(f"note: ${backbone.WEIGHTS_ENV} names {folder}, which does not exist")
     damaged = []
     for arch in backbone.ARCHS:
         used = None

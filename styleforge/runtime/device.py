@@ -247,7 +247,7 @@ def derived_seed(seed: int, *offsets: int, stride: int = SEED_STRIDE) -> int:
     deterministic, so a resumed or data-parallel run draws exactly what an uninterrupted one does."""
     return seed * stride + sum(offsets)
 def for_training(rt: Runtime, requested: str) -> Runtime:
-    """The runtime a classifier's training loop uses: ``auto`` on a CPU trains in fp32. (Style
+    """The runtime a classifier's training loop, and its evaluation, use: ``auto`` on a CPU runs in fp32. (Style
     networks and decoders train at ``auto`` as resolved; a style network's bf16 losses matched
     its fp32 ones, README, issue 11.)
 
