@@ -289,12 +289,13 @@ def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) ->
 @config_option(DecoderTrainConfig, "warmup_steps", "--warmup-steps", type=NON_NEGATIVE_INT, metavar="STEPS",
                help=WARMUP_HELP + " Without it a relu5_1 decoder's first layer dies.")
 @config_option(DecoderTrainConfig, "style_weight", "--style-weight", type=NON_NEGATIVE,
-               help="Style weight. With --architecture hourglass, above 0: train it to stylize, the batch's photos "
-                    "as each other's styles, with this weight on the Gram loss at relu1_1..relu5_1.")
+               help="Style weight. Above 0: train the decoders to stylize, the batch's photos as each other's "
+                    "styles, with this weight on the Gram loss at relu1_1..relu5_1.")
 @config_option(DecoderTrainConfig, "hatching_weight", "--hatching-weight", type=NON_NEGATIVE, metavar="WEIGHT",
                help=HATCHING_HELP + " With --style-weight (the stylizing stage); 0: none.")
 @option("--init-decoder", type=click.Path(path_type=Path), metavar="FILE",
-        help="With --architecture hourglass: start from this hourglass decoder (a reconstruction run's).")
+        help="Start from this decoder (a reconstruction run's): an hourglass decoder, or with --architecture "
+             "mirror the decoder of the one level in --levels.")
 @config_option(DecoderTrainConfig, "feature_weight", "--feature-weight", type=NON_NEGATIVE,
                help="Weight of the feature (perceptual) reconstruction term; the pixel term has weight 1.")
 @weights_option

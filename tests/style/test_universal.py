@@ -30,7 +30,7 @@ from styleforge.style.fast.universal import (
     upscale,
     wct,
 )
-from styleforge.style.losses import repetition_loss
+from styleforge.style.losses import gram_matrix, image_content_loss, repetition_loss, style_loss
 
 
 def _cov(f: torch.Tensor) -> torch.Tensor:
@@ -458,6 +458,47 @@ def test_the_stylizing_stage_adds_the_hatching_penalty_of_the_picture_against_it
     assert torch.allclose(added, expected[None], rtol=1e-5, atol=1e-7)
 
 
+def test_the_stylizing_stage_of_a_level_decoder_is_wct_at_its_level_then_the_style_loss(random_vgg19_file):
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, 32, 32)
+    model = Reconstruction(["relu2_1"], 0.5, style_weight=2.0)
+    assert model.encoder_levels == list(LEVELS)  # the style loss reads every level
+    encoder = VGGFeatures(model.encoder_levels, weights=str(random_vgg19_file))
+    with torch.no_grad():
+        feats = encoder(images, LEVELS)
+        transformed = swapped_wct(feats["relu2_1"])
+        picture = model.decoders["relu2_1"](transformed)
+        out = encoder(picture, LEVELS)
+        style = torch.stack([style_loss(gram_matrix(out[lv]), gram_matrix(feats[lv]).roll(1, 0))
+                             for lv in LEVELS]).mean()
+        expected = image_content_loss(out["relu2_1"], transformed) + 2.0 * style
+        got = model(images, encoder, 1.0)
+    assert got.shape == (1,) and torch.allclose(got[0], expected, rtol=1e-5)
+
+
+def test_level_decoder_stylizing_stage_starts_from_its_decoder_and_lowers_its_loss(photos, tmp_path,
+                                                                                  random_vgg19_file):
+    init = train_decoders(_dcfg(photos, tmp_path / "a", random_vgg19_file, levels=["relu2_1"], image_size=32,
+                                steps=4)).paths[0]
+    cfg = dict(levels=["relu2_1"], image_size=32, style_weight=2.0, hatching_weight=1.0, init_decoder=str(init),
+               steps=30, lr=3e-3)
+    result = train_decoders(_dcfg(photos, tmp_path / "b", random_vgg19_file, **cfg))
+    losses = [r["relu2_1"] for r in result.history]
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+    assert [p.name for p in result.paths] == ["decoder-relu2_1.pth"]
+    started, tuned = load_decoder(init), load_decoder(result.paths[0])
+    assert torch.equal(tuned.input_scale, started.input_scale)  # the init's scale is kept
+    assert not torch.equal(tuned.net[-1][1].weight, started.net[-1][1].weight)
+    for extra, text in (({"levels": ["relu2_1", "relu3_1"]}, "--init-decoder starts one decoder: with "
+                                                              "--architecture mirror give one level"),
+                        ({"levels": ["relu3_1"]}, "is not a relu3_1 decoder of --width 0.5"),
+                        ({"architecture": "hourglass", "levels": LEVELS}, "is not an hourglass decoder"),
+                        ({"image_size": 24}, "--crop-size 24 must be a multiple of 16 and at least 32 for relu5_1")):
+        with pytest.raises(StyleforgeError, match=text):
+            train_decoders(_dcfg(photos, tmp_path / "c", random_vgg19_file, **{**cfg, **extra}))
+    assert not (tmp_path / "c").exists()
+
+
 def test_hourglass_stylizing_stage_starts_from_a_decoder_and_lowers_its_loss(photos, tmp_path, random_vgg19_file):
     base = dict(architecture="hourglass", levels=LEVELS, image_size=32)
     init = train_decoders(_dcfg(photos, tmp_path / "a", random_vgg19_file, **base, steps=4)).paths[0]
@@ -472,8 +513,6 @@ def test_hourglass_stylizing_stage_starts_from_a_decoder_and_lowers_its_loss(pho
     train_decoders(_dcfg(photos, tmp_path / "c", random_vgg19_file, **cfg, stop_at=10))
     resumed = train_decoders(_dcfg(photos, tmp_path / "c", random_vgg19_file, **cfg, resume=True))
     assert [r["hourglass"] for r in resumed.history] == losses
-    with pytest.raises(StyleforgeError, match="--style-weight and --init-decoder are for --architecture hourglass"):
-        train_decoders(_dcfg(photos, tmp_path / "d", random_vgg19_file, style_weight=1.0))
     with pytest.raises(StyleforgeError, match="--init-decoder 'nope.pth' does not exist"):
         train_decoders(_dcfg(photos, tmp_path / "d", random_vgg19_file, **dict(cfg, init_decoder="nope.pth")))
     before = init.read_bytes()  # the decoder it starts from is an input, --overwrite or not

@@ -39,6 +39,7 @@ from .data import RandomCrops, StreamSampler, collate
 from .decoders import (
     HOURGLASS,
     LEVELS,
+    AnyDecoder,
     Decoder,
     HourglassDecoder,
     decoder_name,
@@ -64,6 +65,8 @@ CHECKPOINT_NAME = "decoders.ckpt"
 HISTORY_STEM = "decoders.pth"  # the loss table and plot are decoders.losses.csv and .png
 DEFAULT_DECODER_STEPS = 4000
 ARCHITECTURES = ("mirror", HOURGLASS)
+# The style loss of the stylizing stage (style_weight > 0): stylize's style layers, equally weighted.
+STYLE_LEVELS = tuple(LEVELS)
 
 
 @dataclass
@@ -87,8 +90,8 @@ class DecoderTrainConfig:
     # of the default run at a lower rate (not measured against none: they learnt without it).
     warmup_steps: int = 100
     feature_weight: float = 1.0          # perceptual term; the pixel term has weight 1
-    # Hourglass only, > 0: train it to stylize (see Reconstruction.forward), usually from a reconstruction run's
-    # decoder (init_decoder), whose weights and input scales it starts from.
+    # > 0: train the decoders to stylize (Reconstruction._stylizing), usually from a reconstruction run's
+    # decoder (init_decoder, one decoder), whose weights and input scales it starts from.
     style_weight: float = 0.0
     # With style_weight: weight of the hatching penalty (losses.repetition_loss of the picture against its
     # photo, fast train's --hatching-weight term). Not in the papers: the hourglass paints horizontal streaks
@@ -112,13 +115,16 @@ class DecoderTrainConfig:
         if not self.levels:
             raise StyleforgeError("--levels: give at least one level")
         levels = sorted(dict.fromkeys(self.levels), key=level_index)
-        if self.architecture == HOURGLASS:
-            if levels != list(LEVELS):
-                raise StyleforgeError("--levels is for --architecture mirror: the hourglass decoder reads relu4_1, "
-                                      "relu3_1 and relu2_1")
-            levels = ["relu5_1" if self.style_weight else HourglassDecoder.levels[0]]  # the deepest read
-        elif self.style_weight or self.init_decoder:
-            raise StyleforgeError("--style-weight and --init-decoder are for --architecture hourglass")
+        if self.architecture == HOURGLASS and levels != list(LEVELS):
+            raise StyleforgeError("--levels is for --architecture mirror: the hourglass decoder reads relu4_1, "
+                                  "relu3_1 and relu2_1")
+        if self.architecture != HOURGLASS and self.init_decoder and len(levels) != 1:
+            raise StyleforgeError("--init-decoder starts one decoder: with --architecture mirror give one level in "
+                                  "--levels")
+        names = [HOURGLASS] if self.architecture == HOURGLASS else levels
+        # The deepest level the crops must reach: the style loss's, else the deepest a decoder reads.
+        deepest = STYLE_LEVELS[-1] if self.style_weight else \
+            HourglassDecoder.levels[0] if self.architecture == HOURGLASS else levels[-1]
         if self.style_weight and self.batch_size < 2:
             raise StyleforgeError("--style-weight needs --batch-size 2 or more: each photo's style is another photo "
                                   "of its batch")
@@ -139,13 +145,13 @@ class DecoderTrainConfig:
              ("--hatching-weight", self.hatching_weight, guard.NON_NEGATIVE),
              ("--workers", self.workers, guard.NON_NEGATIVE), ("--stop-at", self.stop_at, guard.COUNT)])
         guard.check_stop_at(self.stop_at, self.steps)
-        stride = 2 ** (level_index(levels[-1]) - 1)
+        stride = 2 ** (level_index(deepest) - 1)
         if self.image_size % stride or self.image_size < 2 * stride:
             raise StyleforgeError(f"--crop-size {self.image_size} must be a multiple of {stride} and at least "
-                                  f"{2 * stride} for {levels[-1]}")
+                                  f"{2 * stride} for {deepest}")
         guard.check_choice(self.lr_schedule, "--lr-schedule", LR_SCHEDULES)
         guard.check_overwrite_resume(self.overwrite, self.resume)
-        return [HOURGLASS] if self.architecture == HOURGLASS else levels
+        return names
 
 
 @dataclass
@@ -166,8 +172,6 @@ class DecoderTrainResult:
 
 _RESUME_KEYS = ("levels", "architecture", "width", "image_size", "lr", "lr_schedule", "warmup_steps", "feature_weight",
                 "style_weight", "hatching_weight", "init_decoder", "seed")
-# The style loss of the stylizing stage (style_weight > 0): stylize's style layers, equally weighted.
-STYLE_LEVELS = tuple(LEVELS)
 
 
 def detail_at(seed: int, step: int) -> float:
@@ -209,7 +213,7 @@ class Reconstruction(nn.Module):
         with torch.no_grad():
             targets = encoder(images, self.encoder_levels)
         if self.style_weight:
-            return self._stylizing(images, targets, encoder, detail)[None]
+            return self._stylizing(images, targets, encoder, detail)
         out = []
         for decoder in self.decoders.values():
             level = _reads(decoder)[0]
@@ -224,28 +228,33 @@ class Reconstruction(nn.Module):
 
     def _stylizing(self, images: torch.Tensor, targets: dict[str, torch.Tensor], encoder: VGGFeatures,
                    detail: float) -> torch.Tensor:
-        """Huang & Belongie's objective (AdaIN, 2017) for the hourglass: every photo gets the previous photo
+        """Huang & Belongie's objective (AdaIN, 2017), one loss per decoder: every photo gets the previous photo
         of the batch as its style (WCT at each level the decoder reads); the loss is the relative error of
-        the picture's relu4_1 features against the transformed ones plus ``style_weight`` times the mean
-        relative Gram error at relu1_1..relu5_1 against the style photo's, plus ``hatching_weight`` times
-        how much more the picture's fine texture repeats itself than its photo's.
+        the picture's features at the deepest of those levels against the transformed ones plus
+        ``style_weight`` times the mean relative Gram error at relu1_1..relu5_1 against the style photo's,
+        plus ``hatching_weight`` times how much more the picture's fine texture repeats itself than its photo's.
 
-        Departure from the paper: the styles are photos, not a collection of paintings (the decoder
-        learns to paint any second-order statistics it is given, not a painting's look), and the
-        transform is WCT, which the styler uses, not AdaIN. The pairs are made within each process's
-        batch, so a run on N processes is a different run from one on one (resume checks the count).
+        Departure from the paper: the styles are photos, not a collection of paintings (a decoder learns
+        to paint any second-order statistics it is given, not a painting's look), the transform is WCT,
+        which the styler uses, not AdaIN, and the per-level decoders of the cascade are trained so too
+        (the paper trains one decoder, from relu4_1). The pairs are made within each process's batch, so
+        a run on N processes is a different run from one on one (resume checks the count).
         """
-        decoder = self.decoders[HOURGLASS]
-        assert isinstance(decoder, HourglassDecoder)  # style_weight is for the hourglass alone (validate)
         with torch.no_grad():
-            transformed = {lv: swapped_wct(targets[lv]) for lv in decoder.levels}
             style_grams = {lv: gram_matrix(targets[lv]).roll(1, 0) for lv in STYLE_LEVELS}
-        picture = decoder(transformed, detail)
-        feats = encoder(picture, self.encoder_levels)
-        content = image_content_loss(feats["relu4_1"], transformed["relu4_1"])
-        style = torch.stack([style_loss(gram_matrix(feats[lv]), style_grams[lv]) for lv in STYLE_LEVELS]).mean()
-        loss = content + self.style_weight * style
-        return (loss + self.hatching_weight * repetition_loss(picture, images)) if self.hatching_weight else loss
+        out = []
+        for decoder in self.decoders.values():
+            reads = _reads(decoder)
+            with torch.no_grad():
+                transformed = {lv: swapped_wct(targets[lv]) for lv in reads}
+            picture = decoder(transformed, detail) if isinstance(decoder, HourglassDecoder) \
+                else decoder(transformed[reads[0]])
+            feats = encoder(picture, self.encoder_levels)
+            content = image_content_loss(feats[reads[0]], transformed[reads[0]])
+            style = torch.stack([style_loss(gram_matrix(feats[lv]), style_grams[lv]) for lv in STYLE_LEVELS]).mean()
+            loss = content + self.style_weight * style
+            out.append(loss + self.hatching_weight * repetition_loss(picture, images) if self.hatching_weight else loss)
+        return torch.stack(out)
 
 
 def _reads(decoder: nn.Module) -> list[str]:
@@ -273,7 +282,7 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
     """Train one decoder per level (or the hourglass decoder); writes ``decoder-<name>.pth`` files, a checkpoint
     and the loss CSV."""
     levels = cfg.validate()
-    init = _read_init(cfg.init_decoder, cfg.width) if cfg.init_decoder and not cfg.resume else None
+    init = _read_init(cfg.init_decoder, levels[0], cfg.width) if cfg.init_decoder and not cfg.resume else None
     if not distributed.current().is_main:
         return _train_decoders(cfg, levels, init, callback, encoder)
     with no_empty_folder_left(cfg.output):  # bad input stops before anything is written: no empty -o is left
@@ -287,7 +296,7 @@ def train_decoders(cfg: DecoderTrainConfig, callback: Callable[[DecoderProgress]
         return _train_decoders(cfg, levels, init, callback, encoder)
 
 
-def _train_decoders(cfg: DecoderTrainConfig, levels: list[str], init: HourglassDecoder | None,
+def _train_decoders(cfg: DecoderTrainConfig, levels: list[str], init: AnyDecoder | None,
                     callback: Callable[[DecoderProgress], None] | None,
                     encoder: VGGFeatures | None) -> DecoderTrainResult:
     ctx = distributed.current()
@@ -360,12 +369,12 @@ def _prepare_output(cfg: DecoderTrainConfig, levels: list[str]) -> None:
 
 
 def _start(cfg: DecoderTrainConfig, ctx: distributed.Dist, rt: Runtime, levels: list[str], record: dict,
-           init: HourglassDecoder | None = None) -> StepRun[Reconstruction]:
+           init: AnyDecoder | None = None) -> StepRun[Reconstruction]:
     """The decoders and their optimizer: fresh, from ``init`` (--init-decoder) or from the checkpoint (--resume)."""
     seed_everything(cfg.seed)
     decoders = Reconstruction(levels, cfg.width, cfg.style_weight, cfg.hatching_weight)
     if init is not None:
-        decoders.decoders[HOURGLASS].load_state_dict(init.state_dict())
+        decoders.decoders[levels[0]].load_state_dict(init.state_dict())  # validate allows one decoder with it
     out_dir = Path(cfg.output)
     run = StepRun(ctx, rt, decoders, torch.optim.Adam(decoders.parameters(), lr=cfg.lr), out_dir / CHECKPOINT_NAME,
                   CHECKPOINT_FORMAT, record, out_dir / HISTORY_STEM)  # write_history names the CSV after this stem
@@ -374,9 +383,10 @@ def _start(cfg: DecoderTrainConfig, ctx: distributed.Dist, rt: Runtime, levels: 
     return run
 
 
-def _read_init(path: str, width: float) -> HourglassDecoder:
-    """The hourglass decoder to start from (--init-decoder), read before anything is written; one-line errors."""
+def _read_init(path: str, name: str, width: float) -> AnyDecoder:
+    """The decoder to start from (--init-decoder), read before anything is written; one-line errors."""
     init = load_decoder(path)
-    if not isinstance(init, HourglassDecoder) or init.width != width:
-        raise StyleforgeError(f"--init-decoder {path} is not an hourglass decoder of --width {width:g}")
+    kind = "an hourglass decoder" if name == HOURGLASS else f"a {name} decoder"
+    if init.level != name or init.width != width:
+        raise StyleforgeError(f"--init-decoder {path} is not {kind} of --width {width:g}")
     return init
