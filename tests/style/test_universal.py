@@ -493,7 +493,8 @@ def test_level_decoder_stylizing_stage_starts_from_its_decoder_and_lowers_its_lo
                                                               "--architecture mirror give one level"),
                         ({"levels": ["relu3_1"]}, "is not a relu3_1 decoder of --width 0.5"),
                         ({"architecture": "hourglass", "levels": LEVELS}, "is not an hourglass decoder"),
-                        ({"image_size": 24}, "--crop-size 24 must be a multiple of 16 and at least 32 for relu5_1")):
+                        ({"image_size": 24}, r"--crop-size 24 must be a multiple of 16 and at least 32 for relu5_1 "
+                                             r"\(--style-weight's style loss reads it\)")):
         with pytest.raises(StyleforgeError, match=text):
             train_decoders(_dcfg(photos, tmp_path / "c", random_vgg19_file, **{**cfg, **extra}))
     assert not (tmp_path / "c").exists()

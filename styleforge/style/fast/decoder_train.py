@@ -147,8 +147,9 @@ class DecoderTrainConfig:
         guard.check_stop_at(self.stop_at, self.steps)
         stride = 2 ** (level_index(deepest) - 1)
         if self.image_size % stride or self.image_size < 2 * stride:
+            why = " (--style-weight's style loss reads it)" if self.style_weight else ""
             raise StyleforgeError(f"--crop-size {self.image_size} must be a multiple of {stride} and at least "
-                                  f"{2 * stride} for {deepest}")
+                                  f"{2 * stride} for {deepest}{why}")
         guard.check_choice(self.lr_schedule, "--lr-schedule", LR_SCHEDULES)
         guard.check_overwrite_resume(self.overwrite, self.resume)
         return names
