@@ -131,7 +131,7 @@ class DecoderTrainConfig:
         if self.hatching_weight and not self.style_weight:
             raise StyleforgeError("--hatching-weight is for the stylizing stage: give --style-weight too")
         if self.style_weight and self.feature_weight != 1.0:
-            raise StyleforgeError("--feature-weight is for reconstruction; with --style-weight the relu4_1 term has "
+            raise StyleforgeError("--feature-weight is for reconstruction; with --style-weight the feature term has "
                                   "weight 1")
         if self.init_decoder is not None and not self.resume and not Path(self.init_decoder).is_file():
             raise StyleforgeError(f"--init-decoder {self.init_decoder!r} does not exist")
