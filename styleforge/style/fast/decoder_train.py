@@ -218,10 +218,7 @@ class Reconstruction(nn.Module):
         out = []
         for decoder in self.decoders.values():
             level = _reads(decoder)[0]
-            if isinstance(decoder, HourglassDecoder):
-                decoded = decoder(targets, detail)
-            else:
-                decoded = decoder(targets[level])
+            decoded = _decode(decoder, targets, detail)
             pixel = image_content_loss(decoded, images)
             feature = image_content_loss(encoder(decoded, [level])[level], targets[level])
             out.append(pixel + feature_weight * feature)
@@ -248,8 +245,7 @@ class Reconstruction(nn.Module):
             reads = _reads(decoder)
             with torch.no_grad():
                 transformed = {lv: swapped_wct(targets[lv]) for lv in reads}
-            picture = decoder(transformed, detail) if isinstance(decoder, HourglassDecoder) \
-                else decoder(transformed[reads[0]])
+            picture = _decode(decoder, transformed, detail)
             feats = encoder(picture, self.encoder_levels)
             content = image_content_loss(feats[reads[0]], transformed[reads[0]])
             style = torch.stack([style_loss(gram_matrix(feats[lv]), style_grams[lv]) for lv in STYLE_LEVELS]).mean()
@@ -264,6 +260,13 @@ def _reads(decoder: nn.Module) -> list[str]:
         return list(decoder.levels)
     assert isinstance(decoder, Decoder)  # Reconstruction holds these two kinds
     return [decoder.level]
+
+
+def _decode(decoder: nn.Module, features: dict[str, torch.Tensor], detail: float) -> torch.Tensor:
+    """The decoder's picture from the features of the levels it reads (the hourglass's skips scaled by ``detail``)."""
+    if isinstance(decoder, HourglassDecoder):
+        return decoder(features, detail)
+    return decoder(features[_reads(decoder)[0]])
 
 
 def _load_resume(cfg: DecoderTrainConfig, ckpt: Path, config_record: dict) -> dict:
