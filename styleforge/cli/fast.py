@@ -67,6 +67,8 @@ from .options import (
 SCHEDULE_HELP = f"Learning-rate schedule: cosine decays to {LR_FLOOR:.0%} of --lr by the last step; constant keeps it."
 WARMUP_HELP = "The learning rate rises linearly from 0 over these first steps (0: none)."
 LEVELS_HELP = "VGG19 levels with a decoder, e.g. relu4_1,relu1_1."
+LAPLACIAN_HELP = ("Weight of a loss on the Laplacian of the 4x4-pooled picture against the photo's (Li et al. "
+                  "2017): keeps the photo's outlines in place.")
 HATCHING_HELP = ("Penalty on fine texture that repeats itself every 3-10 px more than the photo's does (a woven "
                  "hatching or streaks instead of strokes).")
 data_option = option("--data", required=True, multiple=True, type=click.Path(path_type=Path),
@@ -96,8 +98,7 @@ def fast_group() -> None:
                help="Penalty on texture that repeats on the network's 4-px lattice (the grid the eye sees first); "
                     "0: none, as published.")
 @config_option(FastTrainConfig, "laplacian_weight", "--laplacian-weight", type=NON_NEGATIVE, metavar="WEIGHT",
-               help="Weight of a loss on the Laplacian of the 4x4-pooled picture against the photo's (Li et al. "
-                    "2017): keeps the photo's outlines in place. 0: none, as published.")
+               help=LAPLACIAN_HELP + " 0: none, as published.")
 @config_option(FastTrainConfig, "hatching_weight", "--hatching-weight", type=NON_NEGATIVE, metavar="WEIGHT",
                show_default=f"{HATCHING_WEIGHT:g}, or {FLAT_HATCHING_WEIGHT:g} for a painting of flat planes",
                help=HATCHING_HELP + " It also charges long straight edges, which a painting of flat planes (at "
@@ -293,6 +294,8 @@ def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) ->
                     "styles, with this weight on the Gram loss at relu1_1..relu5_1.")
 @config_option(DecoderTrainConfig, "hatching_weight", "--hatching-weight", type=NON_NEGATIVE, metavar="WEIGHT",
                help=HATCHING_HELP + " With --style-weight (the stylizing stage); 0: none.")
+@config_option(DecoderTrainConfig, "laplacian_weight", "--laplacian-weight", type=NON_NEGATIVE, metavar="WEIGHT",
+               help=LAPLACIAN_HELP + " With --style-weight (the stylizing stage); 0: none.")
 @option("--init-decoder", type=click.Path(path_type=Path), metavar="FILE",
         help="Start from this decoder (a reconstruction run's): an hourglass decoder, or with --architecture "
              "mirror the decoder of the one level in --levels.")
@@ -304,7 +307,7 @@ def _model_and_inputs(args: tuple[Path, ...], style_images: tuple[Path, ...]) ->
 @runtime_options(DecoderTrainConfig)
 @quiet_option
 def train_decoders_cmd(data, output, levels, architecture, width, image_size, batch_size, steps, lr, lr_schedule,
-                       warmup_steps, style_weight, hatching_weight, init_decoder, feature_weight,
+                       warmup_steps, style_weight, hatching_weight, laplacian_weight, init_decoder, feature_weight,
                        weights, workers, checkpoint_every, resume, stop_at, fp32_model, overwrite, device, precision,
                        seed, quiet):
     """Train the decoders that --style-image uses, on photos alone: one per VGG19 level, or the hourglass."""
@@ -312,8 +315,8 @@ def train_decoders_cmd(data, output, levels, architecture, width, image_size, ba
         data=[str(d) for d in data], output=str(output), levels=levels, architecture=architecture, width=width,
         image_size=image_size, batch_size=batch_size, steps=steps, lr=lr, lr_schedule=lr_schedule,
         warmup_steps=warmup_steps, feature_weight=feature_weight, style_weight=style_weight,
-        hatching_weight=hatching_weight, init_decoder=str(init_decoder) if init_decoder else None,
-        weights=str(weights) if weights else None,
+        hatching_weight=hatching_weight, laplacian_weight=laplacian_weight,
+        init_decoder=str(init_decoder) if init_decoder else None, weights=str(weights) if weights else None,
         seed=seed, device=device, precision=precision, workers=workers, checkpoint_every=checkpoint_every,
         stop_at=stop_at, resume=resume, half=not fp32_model, overwrite=overwrite)
     bar = Bar(quiet)

@@ -30,7 +30,7 @@ from styleforge.style.fast.universal import (
     upscale,
     wct,
 )
-from styleforge.style.losses import gram_matrix, image_content_loss, repetition_loss, style_loss
+from styleforge.style.losses import gram_matrix, image_content_loss, laplacian_loss, repetition_loss, style_loss
 
 
 def _cov(f: torch.Tensor) -> torch.Tensor:
@@ -441,20 +441,21 @@ def test_hourglass_training_lowers_the_loss_and_resumes_exactly(photos, tmp_path
         train_decoders(_dcfg(photos, tmp_path / "c", random_vgg19_file, architecture="hourglass"))
 
 
-def test_the_stylizing_stage_adds_the_hatching_penalty_of_the_picture_against_its_photo(random_vgg19_file):
+@pytest.mark.parametrize("term, penalty", [("hatching_weight", repetition_loss), ("laplacian_weight", laplacian_loss)])
+def test_the_stylizing_stage_adds_each_penalty_of_the_picture_against_its_photo(random_vgg19_file, term, penalty):
     torch.manual_seed(0)
-    images = torch.rand(2, 3, 32, 32)  # noise: a texture that hardly repeats
+    images = torch.rand(2, 3, 32, 32)  # noise: a texture that hardly repeats, and outlines everywhere
     plain = Reconstruction(["hourglass"], 0.5, style_weight=2.0)
-    penalized = Reconstruction(["hourglass"], 0.5, style_weight=2.0, hatching_weight=5.0)
+    penalized = Reconstruction(["hourglass"], 0.5, style_weight=2.0, **{term: 5.0})
     penalized.load_state_dict(plain.state_dict())
     encoder = VGGFeatures(plain.encoder_levels, weights=str(random_vgg19_file))
     with torch.no_grad():
         decoder = plain.decoders["hourglass"]
         feats = encoder(images, decoder.levels)
         picture = decoder({lv: swapped_wct(feats[lv]) for lv in decoder.levels}, 0.5)
-        expected = 5.0 * repetition_loss(picture, images)
+        expected = 5.0 * penalty(picture, images)
         added = penalized(images, encoder, 1.0, 0.5) - plain(images, encoder, 1.0, 0.5)
-    assert expected > 0  # a random decoder's picture repeats itself more than noise
+    assert expected > 0  # a random decoder's picture repeats itself more than noise, and loses its outlines
     assert torch.allclose(added, expected[None], rtol=1e-5, atol=1e-7)
 
 
@@ -525,11 +526,15 @@ def test_hourglass_stylizing_stage_starts_from_a_decoder_and_lowers_its_loss(pho
     with pytest.raises(StyleforgeError, match="is not an hourglass decoder of --width 0.5"):
         train_decoders(_dcfg(photos, tmp_path / "d", random_vgg19_file, **dict(cfg, init_decoder=str(mirror))))
     assert not (tmp_path / "d").exists()  # refused before the output folder was made
-    with pytest.raises(StyleforgeError, match=r"other settings \(--hatching-weight 0 -> 3\)"):
-        train_decoders(_dcfg(photos, tmp_path / "c", random_vgg19_file, **cfg, hatching_weight=3.0, resume=True))
+    for term in ("hatching", "laplacian"):
+        with pytest.raises(StyleforgeError, match=rf"other settings \(--{term}-weight 0 -> 3\)"):
+            train_decoders(_dcfg(photos, tmp_path / "c", random_vgg19_file, **cfg, resume=True,
+                                 **{f"{term}_weight": 3.0}))
     for extra, text in (({"batch_size": 1}, "--style-weight needs --batch-size 2 or more"),
                         ({"feature_weight": 0.5}, "--feature-weight is for reconstruction"),
-                        ({"style_weight": 0.0, "hatching_weight": 1.0}, "--hatching-weight is for the stylizing")):
+                        ({"style_weight": 0.0, "hatching_weight": 1.0}, "--hatching-weight is for the stylizing"),
+                        ({"style_weight": 0.0, "laplacian_weight": 1.0}, "--laplacian-weight is for the stylizing"),
+                        ({"laplacian_weight": -1.0}, "--laplacian-weight")):
         with pytest.raises(StyleforgeError, match=text):
             train_decoders(_dcfg(photos, tmp_path / "d", random_vgg19_file, **{**cfg, **extra}))
 

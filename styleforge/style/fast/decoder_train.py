@@ -34,7 +34,7 @@ from ...runtime.device import Runtime, seed_everything
 from ...runtime.device import runtime as make_runtime
 from ...runtime.errors import StyleforgeError
 from ...runtime.io import check_replaceable, check_writable, make_folder, no_empty_folder_left
-from ..losses import gram_matrix, image_content_loss, repetition_loss, style_loss
+from ..losses import gram_matrix, image_content_loss, laplacian_loss, repetition_loss, style_loss
 from .data import RandomCrops, StreamSampler, collate
 from .decoders import (
     HOURGLASS,
@@ -97,6 +97,11 @@ class DecoderTrainConfig:
     # photo, fast train's --hatching-weight term). Not in the papers: the hourglass paints horizontal streaks
     # that the benchmark's hatching measure sees on the dark paintings (bench/HISTORY.md, session 41).
     hatching_weight: float = 0.0
+    # With style_weight: weight of the Laplacian loss (losses.laplacian_loss of the picture against its photo,
+    # fast train's --laplacian-weight term; Li et al. 2017). Not in the universal-style papers: the decoders
+    # break the photo's main outlines into the painting's texture, where the peer keeps them as strokes
+    # (the benchmark's edge measure on shipwreck and the_scream; bench/HISTORY.md, session 44).
+    laplacian_weight: float = 0.0
     init_decoder: str | None = None
     weights: str | None = None
     seed: int = 0
@@ -128,8 +133,10 @@ class DecoderTrainConfig:
         if self.style_weight and self.batch_size < 2:
             raise StyleforgeError("--style-weight needs --batch-size 2 or more: each photo's style is another photo "
                                   "of its batch")
-        if self.hatching_weight and not self.style_weight:
-            raise StyleforgeError("--hatching-weight is for the stylizing stage: give --style-weight too")
+        for option, weight in (("--hatching-weight", self.hatching_weight),
+                               ("--laplacian-weight", self.laplacian_weight)):
+            if weight and not self.style_weight:
+                raise StyleforgeError(f"{option} is for the stylizing stage: give --style-weight too")
         if self.style_weight and self.feature_weight != 1.0:
             raise StyleforgeError("--feature-weight is for reconstruction; with --style-weight the feature term has "
                                   "weight 1")
@@ -143,6 +150,7 @@ class DecoderTrainConfig:
              ("--feature-weight", self.feature_weight, guard.NON_NEGATIVE), ("--seed", self.seed, guard.SEED),
              ("--style-weight", self.style_weight, guard.NON_NEGATIVE),
              ("--hatching-weight", self.hatching_weight, guard.NON_NEGATIVE),
+             ("--laplacian-weight", self.laplacian_weight, guard.NON_NEGATIVE),
              ("--workers", self.workers, guard.NON_NEGATIVE), ("--stop-at", self.stop_at, guard.COUNT)])
         guard.check_stop_at(self.stop_at, self.steps)
         stride = 2 ** (level_index(deepest) - 1)
@@ -172,7 +180,7 @@ class DecoderTrainResult:
 
 
 _RESUME_KEYS = ("levels", "architecture", "width", "image_size", "lr", "lr_schedule", "warmup_steps", "feature_weight",
-                "style_weight", "hatching_weight", "init_decoder", "seed")
+                "style_weight", "hatching_weight", "laplacian_weight", "init_decoder", "seed")
 
 
 def detail_at(seed: int, step: int) -> float:
@@ -189,11 +197,11 @@ class Reconstruction(nn.Module):
     """
 
     def __init__(self, names: Sequence[str], width: float, style_weight: float = 0.0,
-                 hatching_weight: float = 0.0) -> None:
+                 hatching_weight: float = 0.0, laplacian_weight: float = 0.0) -> None:
         super().__init__()
         self.decoders = nn.ModuleDict({n: HourglassDecoder(width) if n == HOURGLASS else Decoder(n, width)
                                        for n in names})
-        self.style_weight, self.hatching_weight = style_weight, hatching_weight
+        self.style_weight, self.hatching_weight, self.laplacian_weight = style_weight, hatching_weight, laplacian_weight
         read = {lv for d in self.decoders.values() for lv in _reads(d)} | (set(STYLE_LEVELS) if style_weight else set())
         self.encoder_levels = sorted(read, key=level_index)
 
@@ -230,7 +238,9 @@ class Reconstruction(nn.Module):
         of the batch as its style (WCT at each level the decoder reads); the loss is the relative error of
         the picture's features at the deepest of those levels against the transformed ones plus
         ``style_weight`` times the mean relative Gram error at relu1_1..relu5_1 against the style photo's,
-        plus ``hatching_weight`` times how much more the picture's fine texture repeats itself than its photo's.
+        plus ``hatching_weight`` times how much more the picture's fine texture repeats itself than its photo's,
+        plus ``laplacian_weight`` times the error of its outlines (the Laplacian of its pooled luminance) against
+        the photo's.
 
         Departure from the paper: the styles are photos, not a collection of paintings (a decoder learns
         to paint any second-order statistics it is given, not a painting's look), the transform is WCT,
@@ -250,7 +260,11 @@ class Reconstruction(nn.Module):
             content = image_content_loss(feats[reads[0]], transformed[reads[0]])
             style = torch.stack([style_loss(gram_matrix(feats[lv]), style_grams[lv]) for lv in STYLE_LEVELS]).mean()
             loss = content + self.style_weight * style
-            out.append(loss + self.hatching_weight * repetition_loss(picture, images) if self.hatching_weight else loss)
+            if self.hatching_weight:
+                loss = loss + self.hatching_weight * repetition_loss(picture, images)
+            if self.laplacian_weight:
+                loss = loss + self.laplacian_weight * laplacian_loss(picture, images)
+            out.append(loss)
         return torch.stack(out)
 
 
@@ -276,7 +290,7 @@ def _load_resume(cfg: DecoderTrainConfig, ckpt: Path, config_record: dict) -> di
     keys = (*_RESUME_KEYS, "data", "global_batch") + (("steps",) if cfg.lr_schedule != "constant" else ()) \
         + (("world_size",) if cfg.style_weight else ())  # the stylizing stage pairs photos within each process
     saved = {"warmup_steps": 0, "architecture": "mirror", "style_weight": 0.0, "hatching_weight": 0.0,
-             "init_decoder": None, **record["config"]}  # checkpoints from before these options
+             "laplacian_weight": 0.0, "init_decoder": None, **record["config"]}  # checkpoints from before these options
     guard.check_resume(saved, {k: config_record.get(k) for k in keys}, (), ckpt, OPTION_NAMES)
     return record
 
@@ -376,7 +390,7 @@ def _start(cfg: DecoderTrainConfig, ctx: distributed.Dist, rt: Runtime, levels: 
            init: AnyDecoder | None = None) -> StepRun[Reconstruction]:
     """The decoders and their optimizer: fresh, from ``init`` (--init-decoder) or from the checkpoint (--resume)."""
     seed_everything(cfg.seed)
-    decoders = Reconstruction(levels, cfg.width, cfg.style_weight, cfg.hatching_weight)
+    decoders = Reconstruction(levels, cfg.width, cfg.style_weight, cfg.hatching_weight, cfg.laplacian_weight)
     if init is not None:
         decoders.decoders[levels[0]].load_state_dict(init.state_dict())  # validate allows one decoder with it
     out_dir = Path(cfg.output)
