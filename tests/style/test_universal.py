@@ -733,26 +733,30 @@ def test_no_dark_line_at_odd_edges_with_the_shipped_decoders(shared, real_weight
         assert float((edge - inner).mean()) > -5, float((edge - inner).mean())  # zero padding: -9
 
 
-def test_the_margin_keeps_the_edges_as_faithful_as_the_middle(shared, real_weights):
-    # Without the margin, the convolutions' zero padding paints a frame: at strength 0 the shipped hourglass
-    # decoder's reconstruction errs as much in the outer 4 px as inside (13.8 against 13.9 grey levels here);
-    # mirrored out, less (10.0 against 13.2). The hourglass decoder: the cascade's decoders, trained to stylize
-    # since session 43, repaint the photo's texture at strength 0 too (17-20 grey levels everywhere).
-    photo = pil_to_tensor(open_rgb(shared / "data" / "bsds500" / "test" / "10081.jpg").resize((241, 161),
-                                                                                            Image.BICUBIC))
-    styler = build_styler(AnyStyle([shared / "data" / "styles" / "candy.jpg"], style_size=256, strength=0.0,
-                                   decoder="hourglass", decoders=ROOT / "weights"))
+def test_the_margin_keeps_the_zero_padding_frame_off_the_picture(random_vgg19_file):
+    # The convolutions' zero padding paints a frame along a picture's edges (session 36: 20-30 grey levels on
+    # the jet's sky with the decoders of then; the shipped decoders, trained to stylize since sessions 43-44,
+    # paint texture everywhere, so the frame is no longer measurable against their own error). With one
+    # level, relu1_1 (one padded convolution each way), the frame is 2 px wide: on a flat photo the margin
+    # leaves the picture flat to its edges, and without it the outer pixels differ.
+    torch.manual_seed(0)
+    encoder = VGGFeatures(["relu1_1"], weights=str(random_vgg19_file))
+    decoder = Decoder("relu1_1").eval()
+    photo, style = torch.full((1, 3, 40, 56), 0.6), striped_image(40, 40)
 
-    def errors(margin: int) -> tuple[float, float]:
-        styler.margin = margin
+    def spread(margin: int) -> tuple[float, float]:
+        """(the outer 2 px's largest step from the middle, the middle's own spread), grey levels."""
+        styler = UniversalStyler(encoder, {"relu1_1": decoder}, [style], strength=0.0, margin=margin)
         with torch.inference_mode():
-            err = (styler(photo) - photo)[0].abs().mean(0) * 255
-        edge = torch.cat([err[:, :4].flatten(), err[:4].flatten(), err[:, -4:].flatten(), err[-4:].flatten()])
-        return float(edge.mean()), float(err[12:-12, 12:-12].mean())
+            out = styler(photo)[0] * 255
+        middle = out[:, 8:-8, 8:-8]
+        centre = middle.mean((1, 2), keepdim=True)
+        edge = torch.cat([out[:, :2].flatten(1), out[:, -2:].flatten(1), out[:, :, :2].flatten(1),
+                          out[:, :, -2:].flatten(1)], 1)
+        return float((edge - centre.flatten(1)).abs().max()), float((middle - centre).abs().max())
 
-    (edge, inner), (bare_edge, bare_inner) = errors(EDGE_MARGIN), errors(0)
-    assert edge < 0.85 * bare_edge and edge < 0.85 * inner and bare_edge > 0.95 * bare_inner, \
-        (edge, inner, bare_edge, bare_inner)
+    (edge, middle), (bare_edge, _) = spread(EDGE_MARGIN), spread(0)
+    assert middle < 1e-3 and edge < 1e-3 and bare_edge > 0.5, (edge, middle, bare_edge)
 
 
 def test_transform_stays_float32_under_bf16_autocast(encoder):
