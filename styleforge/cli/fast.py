@@ -195,7 +195,9 @@ def _strength_default() -> str:
 @option("--style-blend", type=CommaList(NON_NEGATIVE), metavar="W,W,...", show_default="equal",
         help=BLEND_HELP)
 @config_option(AnyStyle, "strength", "--strength", type=FRACTION, show_default=_strength_default(),
-               help="With --style-image: 0 keeps the photo, 1 is full style (blend of the features).")
+               help="With --style-image: how much of the painting's feature statistics, blended with the photo's at "
+                    "every level; 0 gives the decoders' version of the photo (lighter, finely textured: they are "
+                    "trained to stylize), 1 full style.")
 @config_option(AnyStyle, "style_size", "--style-size", type=COUNT, metavar="PX", help=STYLE_SIZE_HELP)
 @config_option(stylize_files, "work_size", "--work-size", type=COUNT, metavar="PX",
                show_default=DEFAULT_WORK_SIZE or "the photo's size",
