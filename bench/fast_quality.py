@@ -79,6 +79,7 @@ from styleforge.style.fast.universal import (  # noqa: E402
     DEFAULT_DECODER,
     DEFAULT_DETAIL,
     DEFAULT_STYLE_SIZE,
+    DEFAULT_TONES,
     DEFAULT_WORK_SIZE,
     AnyStyle,
     WorkSized,
@@ -112,7 +113,7 @@ def any_style_config(style_path: Path, args) -> AnyStyle:
     levels = args.levels.split(",") if args.levels else None
     extra = {"method": args.method} if args.method else {}
     return AnyStyle([str(style_path)], style_size=args.style_size, decoders=args.decoders, levels=levels,
-                    decoder=args.decoder, detail=args.detail, strength=args.strength, **extra)
+                    decoder=args.decoder, detail=args.detail, strength=args.strength, tones=args.tones, **extra)
 
 
 def objective_for(extractor, content: torch.Tensor, style: torch.Tensor) -> PerceptualLoss:
@@ -151,7 +152,8 @@ def methods_for(name, model_path, style, args, extractor, stl) -> tuple[dict, di
         info["any-style setup s"] = round(time.perf_counter() - t, 2)
         work = f", work {styler.work_size}" if styler.work_size else ""
         strength = f", strength {styler.strength:g}" if styler.strength != 1 else ""
-        info["any-style"] = f"any-style ({styler.method} {styler.decoder_label}{strength}{work})"
+        tones = f", tones {styler.tones:g}" if styler.cascade_levels else ""
+        info["any-style"] = f"any-style ({styler.method} {styler.decoder_label}{strength}{tones}{work})"
         runs["any-style"] = (args.count, lambda photo, content: apply_to_tensor(styler, content, fp32))
     if stl is not None:
         runs[PEER] = (args.count, lambda photo, content: stl(photo, style_path, args.size))
@@ -255,6 +257,8 @@ def main() -> None:
     ap.add_argument("--method", choices=UNIVERSAL_METHODS, help="any-style transform (default: fast apply's)")
     ap.add_argument("--strength", type=float,
                     help="any-style: fast apply's --strength (default: fast apply's for --decoder)")
+    ap.add_argument("--tones", type=float,
+                    help=f"any-style: fast apply's --tones (default: {DEFAULT_TONES:g}, fast apply's)")
     ap.add_argument("--style-size", type=int, default=DEFAULT_STYLE_SIZE,
                     help="any-style: long side of the painting, px (default: %(default)s, fast apply's)")
     ap.add_argument("--work-size", type=int, default=DEFAULT_WORK_SIZE,
@@ -291,7 +295,8 @@ def main() -> None:
         found = cfg.decoder_files()
         data["any_style"] = {"decoders": {name: str(p) for name, p in found.items()}, "method": cfg.method,
                              "strength": cfg.resolved_strength, "style_size": cfg.style_size,
-                             "detail": cfg.resolved_detail if "hourglass" in found else None}
+                             "detail": cfg.resolved_detail if "hourglass" in found else None,
+                             "tones": cfg.resolved_tones if cfg.decoder != "hourglass" else None}
     data["work_size"] = args.work_size
     print(f"recorded {record('fast_quality', data)}")
 

@@ -31,6 +31,7 @@ from ..style.fast.universal import (
     DEFAULT_DECODER,
     DEFAULT_DETAIL,
     DEFAULT_STRENGTH,
+    DEFAULT_TONES,
     DEFAULT_WORK_SIZE,
     METHODS,
     AnyStyle,
@@ -215,6 +216,10 @@ def _strength_default() -> str:
                help="With the hourglass decoder (--decoder hourglass or hourglass+cascade): how much of the photo's "
                     "finer structure (relu3_1, relu2_1) joins "
                     "what it paints from relu4_1; 0 paints from relu4_1 alone.")
+@config_option(AnyStyle, "tones", "--tones", type=FRACTION, show_default=number_text(DEFAULT_TONES),
+               help="With the cascade (--decoder cascade or hourglass+cascade): how far each picture it restyles "
+                    "first takes the photo's light and dark (in the painting's tones), so subjects stay light or "
+                    "dark where the photo has them; 0 leaves the transforms' own.")
 @option("--decoders", type=click.Path(path_type=Path), show_default="the weights folders",
         help="Folder of decoder files (decoder-hourglass.pth, decoder-reluK_1.pth).")
 @weights_option
@@ -225,7 +230,7 @@ def _strength_default() -> str:
 @precision_option(stylize_files)
 @quiet_option
 def apply_cmd(args, output, style_image, style_blend, strength, style_size, work_size, method, decoder, levels,
-              detail, decoders, weights, size, original_colors, batch_size, device, precision, quiet):
+              detail, tones, decoders, weights, size, original_colors, batch_size, device, precision, quiet):
     """Stylize INPUTS (images, folders, videos) with MODEL (a file or a shipped style name) or --style-image."""
     model, inputs = _model_and_inputs(args, style_image)
     if model is not None:
@@ -234,7 +239,7 @@ def apply_cmd(args, output, style_image, style_blend, strength, style_size, work
     any_style = None
     if style_image:
         any_style = AnyStyle([str(p) for p in style_image], style_blend, strength, style_size, decoders, levels, method,
-                             weights, decoder, detail)
+                             weights, decoder, detail, tones)
     with Bar(quiet) as bar:
         written = stylize_files(model, inputs, output, size=size, original_colors=original_colors,
                                 batch_size=batch_size, device=device, precision=precision,
@@ -246,8 +251,8 @@ def apply_cmd(args, output, style_image, style_blend, strength, style_size, work
 
 
 # fast apply's options that only --style-image reads (a trained MODEL paints its own style).
-_ANY_STYLE_ONLY = ("style_blend", "strength", "style_size", "method", "decoder", "levels", "detail", "decoders",
-                   "weights")
+_ANY_STYLE_ONLY = ("style_blend", "strength", "style_size", "method", "decoder", "levels", "detail", "tones",
+                   "decoders", "weights")
 
 
 def _refuse_any_style_options(ctx: click.Context) -> None:

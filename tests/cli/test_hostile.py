@@ -208,6 +208,7 @@ NUMBER_CASES = [
     (["fast", "apply", "{model}", "{content}", "-o", "{tmp}/o.png", "--strength", "0.5"],
      "--strength is for --style-image: a trained MODEL paints its own style"),
     (["fast", "apply", "{model}", "{content}", "-o", "{tmp}/o.png", "--decoder", "cascade"], "--decoder is for"),
+    (["fast", "apply", "{model}", "{content}", "-o", "{tmp}/o.png", "--tones", "0"], "--tones is for --style-image"),
     (["classify", "eval", "{run}", "--batch-size", "0"], "--batch-size"),
     (["stylize", "{content}", "{style}", "--style-scale", "nan"], "--style-scale"),
     (["stylize", "{content}", "{style}", "--seed", "1" * 20], "--seed"),

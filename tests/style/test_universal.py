@@ -14,6 +14,7 @@ from test_fast import _fails, run, write_clip
 from styleforge.backbone import VGGFeatures
 from styleforge.runtime.errors import StyleforgeError
 from styleforge.runtime.io import open_rgb, pil_to_tensor, save_image
+from styleforge.style.color import chrominance, luminance
 from styleforge.style.fast.decoder_train import DecoderTrainConfig, Reconstruction, train_decoders
 from styleforge.style.fast.decoders import LEVELS, Decoder, HourglassDecoder, load_decoder, save_decoder
 from styleforge.style.fast.model import without_lattice
@@ -25,6 +26,8 @@ from styleforge.style.fast.universal import (
     adain,
     build_styler,
     feature_stats,
+    photo_tones,
+    style_tones,
     stylize_features,
     swapped_wct,
     upscale,
@@ -369,9 +372,62 @@ def test_hourglass_then_cascade_is_the_cascade_applied_to_the_hourglass_picture(
     assert both.levels == ["relu4_1", "relu3_1", "relu2_1"] and both.cascade_levels == ["relu2_1"]
     first = UniversalStyler(hg_encoder, hourglass, style, strength=0.7, detail=0.6, margin=0)
     then = UniversalStyler(hg_encoder, {"relu2_1": relu2}, style, strength=0.7, margin=0)
+    assert both.tones == 1.0
     with torch.no_grad():
-        torch.testing.assert_close(both(photo), then(first(photo)))
+        # The cascade's first (here only) level restyles the hourglass's picture with the photo's light and dark.
+        toned = photo_tones(first(photo), photo, both.tone_values, 1.0)
+        torch.testing.assert_close(both(photo), then(toned))
         assert not torch.allclose(both(photo), first(photo))
+        assert not torch.allclose(toned, first(photo))
+        untoned = UniversalStyler(hg_encoder, {"relu2_1": relu2}, style, strength=0.7, detail=0.6,
+                                  hourglass=hourglass, margin=0, tones=0.0)
+        torch.testing.assert_close(untoned(photo), then(first(photo)))
+
+
+def test_the_cascade_tones_each_picture_it_restyles_not_the_photo(hg_encoder):
+    torch.manual_seed(0)
+    relu3, relu2 = Decoder("relu3_1").eval(), Decoder("relu2_1").eval()
+    photo, style = synthetic_image(32, 40), [striped_image(40, 40)]
+    kw = {"strength": 0.7, "margin": 0}
+    one = {t: UniversalStyler(hg_encoder, {"relu2_1": relu2}, style, tones=t, **kw) for t in (0.0, 1.0)}
+    two = UniversalStyler(hg_encoder, {"relu3_1": relu3, "relu2_1": relu2}, style, **kw)
+    first = UniversalStyler(hg_encoder, {"relu3_1": relu3}, style, **kw)
+    with torch.no_grad():
+        torch.testing.assert_close(one[1.0](photo), one[0.0](photo))  # one level: only the photo is restyled
+        torch.testing.assert_close(two(photo), one[1.0](photo_tones(first(photo), photo, two.tone_values, 1.0)))
+    with pytest.raises(StyleforgeError, match=r"--tones must be in \[0, 1\], got -0.5"):
+        UniversalStyler(hg_encoder, {"relu2_1": relu2}, style, tones=-0.5)
+
+
+def test_photo_tones_puts_the_photos_light_and_dark_in_the_given_tones():
+    g = torch.Generator().manual_seed(0)
+    # A textured mid-grey picture with colour, a photo dark on the left and light on the right.
+    picture = (0.5 + 0.05 * torch.randn(1, 3, 24, 32, generator=g)) * torch.tensor([1.0, 0.8, 0.6])[:, None, None]
+    photo = torch.full((1, 3, 24, 32), 0.1)
+    photo[..., 16:] = 0.9
+    tones = torch.linspace(0.3, 0.7, 1000)  # the painting's: between 0.3 and 0.7
+    out = photo_tones(picture, photo, tones, 1.0, sigma=0.5)
+    y = luminance(out)[0, 0]
+    # Each half at the middle of its share of the tones (0.4 and 0.6), away from the blurred boundary.
+    assert abs(float(y[:, :12].mean()) - 0.4) < 0.01 and abs(float(y[:, 20:].mean()) - 0.6) < 0.01
+    # The same shift on every channel: the colours (chrominance) and, unblurred, the texture stay.
+    torch.testing.assert_close(chrominance(out), chrominance(picture))
+    shift = out - picture
+    torch.testing.assert_close(shift[:, :1].expand_as(shift), shift)
+    # Linear in the amount (nothing clamped here), none at 0; at 1 a picture already so toned is unchanged.
+    torch.testing.assert_close(photo_tones(picture, photo, tones, 0.5, sigma=0.5) - picture, 0.5 * shift)
+    torch.testing.assert_close(photo_tones(picture, photo, tones, 0.0, sigma=0.5), picture)
+    flat = photo_tones(torch.full_like(photo, 0.5), photo, tones, 1.0, sigma=0.0001)
+    torch.testing.assert_close(photo_tones(flat, photo, tones, 1.0, sigma=0.0001), flat, atol=1e-5, rtol=0)
+
+
+def test_style_tones_blend_the_styles_luminance_in_proportion():
+    dark, light = torch.full((1, 3, 8, 8), 0.2), torch.full((1, 3, 16, 4), 0.8)
+    tones = style_tones([dark, light], [0.25, 0.75], samples=1000)
+    assert tones.shape == (1000,) and bool((tones[1:] >= tones[:-1]).all())
+    torch.testing.assert_close(tones[:250], torch.full((250,), 0.2))
+    torch.testing.assert_close(tones[250:], torch.full((750,), 0.8))
+    assert style_tones([dark, light], [0.0, 1.0], samples=10).eq(0.8).all()
 
 
 def test_the_margin_is_the_photo_mirrored_out_and_cut_off(hg_encoder):
@@ -689,6 +745,8 @@ def test_work_size_lowers_the_memory_estimate(decoders, tmp_path, random_vgg19_f
     (["in.png", "--style-image", "s.png", "--levels", "relu5_1"], "no decoder for relu5_1"),
     (["in.png", "--style-image", "s.png", "--style-size", "3"], "too small for relu4_1"),
     (["in.png", "--style-image", "s.png", "--work-size", "8"], "--work-size must be at least 16 px, got 8"),
+    (["in.png", "--style-image", "s.png", "--tones", "1.5"], "'--tones': must be in [0, 1], got 1.5"),
+    (["in.png", "--style-image", "s.png", "--decoder", "hourglass", "--tones", "0.5"], "--tones is for the cascade"),
     (["in.png", "--style-image", "missing.png"], "missing.png"),
 ])
 def test_cli_apply_bad_input_is_one_line(decoders, tmp_path, random_vgg19_file, monkeypatch, extra, text):
@@ -721,16 +779,25 @@ def test_cli_train_decoders_and_bad_input(photos, tmp_path, random_vgg19_file):
 def test_no_dark_line_at_odd_edges_with_the_shipped_decoders(shared, real_weights):
     # BSDS photos are 481 x 321: odd sides, padded to a multiple of 4 for relu3_1 and cropped back.
     # A dark line at the right/bottom of the outputs was the photos' own border (100007.jpg's last
-    # two columns are 60-90 levels darker than the next ones); this photo has clean edges, so the
-    # stylized one must too, whatever the padding does.
+    # two columns are 60-90 levels darker than the next ones); this photo has cleaner edges, so the
+    # stylized one must too, whatever the padding does. (Its right edge is 7 levels darker than the columns
+    # 4-8 px in, which --tones puts back: the padding is checked without it, the default against the photo.)
     photo = open_rgb(shared / "data" / "bsds500" / "test" / "10081.jpg").resize((241, 161), Image.BICUBIC)
-    styler = build_styler(AnyStyle([shared / "data" / "styles" / "starry_night.jpg"], style_size=256,
-                                   decoders=ROOT / "weights"))
-    with torch.inference_mode():
-        out = styler(pil_to_tensor(photo))[0].clamp(0, 1).mean(0) * 255
-    assert out.shape == (161, 241)
-    for edge, inner in ((out[:, -2:].mean(1), out[:, -8:-4].mean(1)), (out[-2:].mean(0), out[-8:-4].mean(0))):
-        assert float((edge - inner).mean()) > -5, float((edge - inner).mean())  # zero padding: -9
+
+    def steps(image: torch.Tensor) -> list[float]:  # edge less inner luminance, right and bottom, grey levels
+        grey = image.clamp(0, 1).mean(0) * 255
+        return [float((grey[:, -2:].mean(1) - grey[:, -8:-4].mean(1)).mean()),
+                float((grey[-2:].mean(0) - grey[-8:-4].mean(0)).mean())]
+
+    own = steps(pil_to_tensor(photo)[0])
+    assert own[0] < -7
+    for tones, floors in ((0.0, [-5, -5]), (None, own)):  # zero padding: -9
+        styler = build_styler(AnyStyle([shared / "data" / "styles" / "starry_night.jpg"], style_size=256,
+                                       decoders=ROOT / "weights", tones=tones))
+        with torch.inference_mode():
+            out = styler(pil_to_tensor(photo))[0]
+        assert out.shape == (3, 161, 241)
+        assert all(step > floor for step, floor in zip(steps(out), floors)), (tones, steps(out))
 
 
 def test_the_margin_keeps_the_zero_padding_frame_off_the_picture(random_vgg19_file):
