@@ -19,7 +19,8 @@ Two transforms, both pure functions of feature tensors:
 
 Several styles blend by mixing the transformed features with the blend weights, and
 ``strength`` mixes the result with the untransformed content features (Li et al.'s
-alpha), at every level.
+alpha), at every level. Departure from the paper, ``tones``: each picture the cascade
+restyles first takes the photo's light and dark in the painting's tones (:func:`photo_tones`).
 """
 
 from __future__ import annotations
@@ -114,8 +115,9 @@ UPSCALE_DETAIL = 0.5
 # photo's light and dark in the painting's tones (:func:`photo_tones`; the target of `fast train
 # --tone-weight`), and the pass paints its texture over it; --tones is how far. On issue 15's
 # benchmark (20 photos, all eight paintings, session 45) 1 against 0 raised the edge measure 3-20 %
-# on seven paintings (The Shipwreck's 0.71 to 0.85, The Scream's 0.72 to 0.81, both past the peer's)
-# and lowered the content loss 2-8 %; the style loss rose up to 6.5 % (udnie's past the peer's).
+# on six paintings (The Shipwreck's 0.71 to 0.85, The Scream's 0.72 to 0.81, both past the peer's;
+# great_wave's 4 % lower) and lowered the content loss up to 8 % on seven; the style loss rose 2-9 %
+# (udnie's past the peer's): seven paintings pass the bar, six before.
 # Once, after the hourglass only, or in the picture's own tones, or with a narrower blur, left The
 # Scream's outlines short of the peer's (bench/HISTORY.md, "Light and dark where the photo has them").
 DEFAULT_TONES = 1.0
