@@ -405,9 +405,11 @@ class UniversalStyler(nn.Module):
     def _cascade(self, x: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
         """Li et al.'s cascade: each level encodes the previous level's picture, transforms, decodes. A picture
         (not the photo itself) first gets the photo's light and dark (:data:`DEFAULT_TONES`)."""
+        placed = None  # the photo's light and dark in the painting's tones, once for every level
         for lv in self.cascade_levels:
             if self.tones and x is not photo:
-                x = photo_tones(x, photo, self.tone_values, self.tones).contiguous(memory_format=torch.channels_last)
+                placed = placed_tones(photo, self.tone_values) if placed is None else placed
+                x = toward_tones(x, placed, self.tones).contiguous(memory_format=torch.channels_last)
             x = self.decoders[lv](self._transformed(self.encoder(x, [lv])[lv], lv))
             # Departure from Li et al.: a decoder that upsamples k times paints texture that repeats on
             # its 2^k px lattice (nearest-neighbour upsampling; a grid measure of 6.5-9.3 at full size,
@@ -506,18 +508,32 @@ def style_tones(styles: Sequence[torch.Tensor], blend: Sequence[float], samples:
     return torch.cat(parts).sort().values
 
 
+def placed_tones(photo: torch.Tensor, tones: torch.Tensor, sigma: float = TONE_SIGMA) -> torch.Tensor:
+    """The photo's light and dark in the ``tones`` given (sorted luminance values, :func:`style_tones`;
+    :func:`styleforge.style.losses.tone_target`), blurred by ``sigma`` px: (B, 1, H, W), float32. What
+    :func:`photo_tones` moves a picture toward; the cascade computes it once per photo."""
+    # Under autocast the blur's matrix products would round it to about one grey level.
+    with torch.autocast(photo.device.type, enabled=False):
+        return gaussian_blur(tone_target(luminance(photo.float()), tones.to(photo.device)), sigma)
+
+
+def toward_tones(picture: torch.Tensor, placed: torch.Tensor, amount: float,
+                 sigma: float = TONE_SIGMA) -> torch.Tensor:
+    """``picture`` with its luminance blurred by ``sigma`` px moved ``amount`` (0..1) of the way to ``placed``
+    (:func:`placed_tones`), the same shift on every channel; float32 inside, clamped to [0, 1], in
+    ``picture``'s dtype."""
+    with torch.autocast(picture.device.type, enabled=False):
+        shift = placed - gaussian_blur(luminance(picture.float()), sigma)
+        return (picture.float() + amount * shift).clamp(0, 1).to(picture.dtype)
+
+
 def photo_tones(picture: torch.Tensor, photo: torch.Tensor, tones: torch.Tensor, amount: float,
                 sigma: float = TONE_SIGMA) -> torch.Tensor:
     """``picture`` with ``amount`` (0..1) of its light and dark moved to where ``photo`` has them, in the
-    ``tones`` given (sorted luminance values, :func:`style_tones`): its luminance blurred by ``sigma`` px
-    is shifted toward the photo's placed in those tones (:func:`styleforge.style.losses.tone_target`),
+    ``tones`` given: its luminance blurred by ``sigma`` px shifted toward the photo's placed in those tones,
     the same shift on every channel, so the colours and the finer texture stay. Same size (B, 3, H, W)
-    images; float32 inside, clamped to [0, 1], in ``picture``'s dtype."""
-    # Under autocast the blur's matrix products would round the shift to about one grey level.
-    with torch.autocast(picture.device.type, enabled=False):
-        placed = tone_target(luminance(photo.float()), tones.to(photo.device))
-        shift = gaussian_blur(placed, sigma) - gaussian_blur(luminance(picture.float()), sigma)
-        return (picture.float() + amount * shift).clamp(0, 1).to(picture.dtype)
+    images; :func:`placed_tones` then :func:`toward_tones`."""
+    return toward_tones(picture, placed_tones(photo, tones, sigma), amount, sigma)
 
 
 def _on(stats: FeatureStats, device: torch.device) -> FeatureStats:
