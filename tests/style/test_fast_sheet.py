@@ -21,6 +21,7 @@ from styleforge.style.fast.quality import (
     grid_peaks,
     hatching,
     hatching_artifact,
+    pan_flicker,
 )
 from styleforge.style.fast.sheet import GAP, LABEL_HEIGHT, style_sheet
 
@@ -112,6 +113,26 @@ def test_edge_agreement_keeps_outlines_and_loses_them():
     assert edge_agreement(recoloured, scene) > 0.8
     assert edge_agreement(washed, scene) < 0.6
     assert abs(edge_agreement(scene.flip(-1), scene)) < 0.3
+
+
+def test_pan_flicker_sees_strokes_anchored_to_the_frame():
+    wide = _scene(120, 200)
+    frames = [wide[..., s:s + 160] for s in (0, 1, 2, 4)]
+    # a method that moves with the scene (pointwise, so shift-equivariant): no flicker at any shift
+    moving = [f.pow(2) for f in frames]
+    assert all(pan_flicker(moving[0], m, s) < 1e-7 for m, s in zip(moving[1:], (1, 2, 4)))
+    # a period-4 checker printed at the frame's own pixels (amplitude 0.04): it flips sign under a
+    # 2 px shift (the whole amplitude), comes back under 4, and moves half of its pixels under 1
+    printed = [f + _grid(120, 160, 4) for f in frames]
+    assert pan_flicker(printed[0], printed[2], 2) == pytest.approx(0.04, abs=1e-6)
+    assert pan_flicker(printed[0], printed[3], 4) < 1e-6
+    assert pan_flicker(printed[0], printed[1], 1) == pytest.approx(0.02, abs=3e-4)  # 63 of 127 columns
+    # comparing frames without the shift sees the scene's own motion instead
+    assert pan_flicker(moving[0], moving[2], 0) > 0.005
+    with pytest.raises(ValueError, match="same-size"):
+        pan_flicker(frames[0], wide, 1)
+    with pytest.raises(ValueError, match="wider"):
+        pan_flicker(frames[0], frames[1], 140)
 
 
 def test_detail_kept_sees_detail_lost_inside_the_outlines():

@@ -1,8 +1,10 @@
-"""Measures of what a viewer notices first in a stylized picture: a grid, a hatching, lost outlines and detail.
+"""Measures of what a viewer notices first in a stylized picture: a grid, a hatching, lost outlines and detail,
+and in a video, shimmer.
 
 :func:`edge_agreement` asks whether the photo's outlines are still where they were,
-:func:`detail_kept` whether the detail inside them can still be seen, and
-:func:`hatching` whether the fine texture repeats one stroke over and over (below).
+:func:`detail_kept` whether the detail inside them can still be seen,
+:func:`hatching` whether the fine texture repeats one stroke over and over (below), and
+:func:`pan_flicker` whether the strokes move with the scene when the camera pans.
 The rest of this module measures the periodic grid that feed-forward style networks can
 print on a picture.
 
@@ -187,3 +189,21 @@ def hatching_artifact(output: torch.Tensor, content: torch.Tensor) -> float:
 def grid_artifact(output: torch.Tensor, content: torch.Tensor) -> float:
     """:func:`grid_peaks` of a stylized picture relative to its content photo's (1.0: no added grid)."""
     return grid_peaks(output) / grid_peaks(content)
+
+
+def pan_flicker(first: torch.Tensor, second: torch.Tensor, shift: int, margin: int = 16) -> float:
+    """How much a stylized video shimmers where nothing moved: the mean absolute difference, in [0, 1]
+    units, between two stylized frames of a horizontal pan, ``second``'s scene ``shift`` px left of
+    ``first``'s (the crop ``shift`` px further right), on their overlap less ``margin`` px at each side.
+
+    0 for a method that moves its strokes with the scene; a network whose strokes are anchored to the
+    frame (padding, or strided layers that see a shift of 1-3 px as a new picture) repaints them.
+    Same size (C, H, W) or (1, C, H, W) frames.
+    """
+    a, b = _one(first), _one(second)
+    h, w = a.shape[-2:]
+    if a.shape != b.shape or shift < 0 or min(h, w - shift) <= 2 * margin:
+        raise ValueError(f"pan_flicker needs two same-size frames wider than shift {shift} + 2 x {margin} px")
+    a = a[..., margin:h - margin, shift + margin:w - margin]
+    b = b[..., margin:h - margin, margin:w - margin - shift]
+    return float((a - b).abs().mean())
