@@ -44,14 +44,14 @@ from styleforge.style.fast.apply import apply_to_tensor  # noqa: E402
 from styleforge.style.fast.data import list_images  # noqa: E402
 from styleforge.style.fast.model import available_models, load_model  # noqa: E402
 from styleforge.style.fast.quality import pan_flicker  # noqa: E402
-from styleforge.style.fast.universal import AnyStyle, build_styler  # noqa: E402
+from styleforge.style.fast.universal import DEFAULT_DECODER, AnyStyle, build_styler  # noqa: E402
 
 
 def methods_for(style_path: Path, model_path: Path | None, stl) -> dict:
     """Per method: fn(frame tensor (1, 3, H, W)) -> picture tensor, fp32."""
     fp32 = runtime("cpu", "fp32")
     runs = {}
-    for label, decoder in (("any-style", "hourglass+cascade"), ("any-style cascade", "cascade")):
+    for label, decoder in (("any-style", DEFAULT_DECODER), ("any-style cascade", "cascade")):
         styler = fp32.to(build_styler(AnyStyle([str(style_path)], decoders=str(ROOT / "weights"), decoder=decoder),
                                       None))
         runs[label] = lambda frame, s=styler: apply_to_tensor(s, frame, fp32)
