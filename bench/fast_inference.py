@@ -173,7 +173,7 @@ def any_style_rows(images: dict, style_path: Path, args, work_size: int | None =
     cfg = AnyStyle([str(style_path)], decoders=args.decoders, decoder=args.decoder, tones=args.tones)
     styler = build_styler(cfg, work_size)
     work = f", --work-size {work_size}" if work_size else ""
-    tones = f", --tones {styler.tones:g}" if styler.cascade_levels else ""
+    tones = f", --tones {styler.tones:g} at {styler.tone_blur:g} px" if styler.cascade_levels else ""
     label = f"any-style ({styler.method} {styler.decoder_label}{tones}{work})"
     precisions = ["fp32"]
     if runtime("cpu", "auto").precision != "fp32":

@@ -152,7 +152,7 @@ def methods_for(name, model_path, style, args, extractor, stl) -> tuple[dict, di
         info["any-style setup s"] = round(time.perf_counter() - t, 2)
         work = f", work {styler.work_size}" if styler.work_size else ""
         strength = f", strength {styler.strength:g}" if styler.strength != 1 else ""
-        tones = f", tones {styler.tones:g}" if styler.cascade_levels else ""
+        tones = f", tones {styler.tones:g} at {styler.tone_blur:g} px" if styler.cascade_levels else ""
         info["any-style"] = f"any-style ({styler.method} {styler.decoder_label}{strength}{tones}{work})"
         runs["any-style"] = (args.count, lambda photo, content: apply_to_tensor(styler, content, fp32))
     if stl is not None:

@@ -86,6 +86,16 @@ def striped_image(h: int = 64, w: int = 64, period: int = 6) -> torch.Tensor:
     return torch.stack([s, 1 - s, 0.5 * s + 0.25])[None]
 
 
+def planes_image(w: int, h: int):
+    """A PIL 'painting' of flat rectangles of colour with hard straight edges between them."""
+    from PIL import Image
+
+    img = Image.new("RGB", (w, h), (200, 60, 40))
+    img.paste((30, 90, 160), (w // 3, 0, w, h // 2))
+    img.paste((240, 230, 200), (0, h // 2, w // 2, h))
+    return img
+
+
 @pytest.fixture(scope="session")
 def folder(tmp_path_factory) -> Path:
     """An image folder of 3 classes (red, green, blue) x 16 noisy 16x16 images, told apart by colour."""

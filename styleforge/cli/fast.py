@@ -16,12 +16,12 @@ from ..style.fast.apply import VIDEO_SUFFIXES, stylize_files
 from ..style.fast.decoder_train import ARCHITECTURES, CHECKPOINT_NAME, DecoderTrainConfig, train_decoders
 from ..style.fast.export import export_onnx
 from ..style.fast.model import MODEL_SUFFIX, UPSAMPLE_MODES
+from ..style.fast.planes import FLAT_SHARE
 from ..style.fast.sheet import style_sheet
 from ..style.fast.train import (
     DEFAULT_LR,
     DEFAULT_STEPS,
     FLAT_HATCHING_WEIGHT,
-    FLAT_SHARE,
     HATCHING_WEIGHT,
     LR_FLOOR,
     LR_SCHEDULES,
@@ -33,9 +33,11 @@ from ..style.fast.universal import (
     DEFAULT_STRENGTH,
     DEFAULT_TONES,
     DEFAULT_WORK_SIZE,
+    FLAT_TONE_SIGMA,
     METHODS,
     AnyStyle,
 )
+from ..style.losses import TONE_SIGMA
 from .options import (
     BATCH_HELP,
     BLEND_HELP,
@@ -218,8 +220,9 @@ def _strength_default() -> str:
                     "what it paints from relu4_1; 0 paints from relu4_1 alone.")
 @config_option(AnyStyle, "tones", "--tones", type=FRACTION, show_default=number_text(DEFAULT_TONES),
                help="With the cascade (--decoder cascade or hourglass+cascade): how far each picture it restyles "
-                    "first takes the photo's light and dark (in the painting's tones), so subjects stay light or "
-                    "dark where the photo has them; 0 leaves the transforms' own.")
+                    "first takes the photo's light and dark (in the painting's tones, at a "
+                    f"{TONE_SIGMA:g} px blur, {FLAT_TONE_SIGMA:g} px for a painting of flat planes), so subjects stay "
+                    "light or dark where the photo has them; 0 leaves the transforms' own.")
 @option("--decoders", type=click.Path(path_type=Path), show_default="the weights folders",
         help="Folder of decoder files (decoder-hourglass.pth, decoder-reluK_1.pth).")
 @weights_option

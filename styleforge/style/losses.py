@@ -158,11 +158,14 @@ def _gaussian(sigma: float, dtype: torch.dtype, device: torch.device) -> torch.T
 
 def _blur_matrix(n: int, g: torch.Tensor) -> torch.Tensor:
     """(n, n) matrix M with v @ M = v blurred by the taps ``g`` along its last axis, edges reflected
-    (as ``pad(mode="reflect")``: the edge pixel is not repeated)."""
+    (as ``pad(mode="reflect")``: the edge pixel is not repeated), again and again where the taps reach
+    further than the side (as ``numpy.pad(mode="reflect")``)."""
     r = len(g) // 2
     dst = torch.arange(n, device=g.device).repeat_interleave(len(g))
     src = (dst + torch.arange(-r, r + 1, device=g.device).repeat(n)).abs()
-    src = torch.where(src > n - 1, 2 * (n - 1) - src, src)
+    period = max(2 * (n - 1), 1)  # the reflected signal repeats with this period (1 px: constant)
+    src = src % period
+    src = torch.where(src > n - 1, period - src, src)
     return torch.zeros(n, n, dtype=g.dtype, device=g.device).index_put_((src, dst), g.repeat(n), accumulate=True)
 
 
@@ -178,10 +181,11 @@ def blur_by_convolution(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """A (B, C, H, W) batch blurred by a Gaussian of ``sigma`` px (separable, reflected edges)."""
+    """A (B, C, H, W) batch blurred by a Gaussian of ``sigma`` px (separable, reflected edges; on a side
+    no longer than the blur's reach, reflected again and again)."""
     g = _gaussian(sigma, x.dtype, x.device)
     k, (h, w) = len(g), x.shape[-2:]
-    if k // 2 < min(h, w) and max(h, w) <= BLUR_MATRIX_SIDE * k:
+    if k // 2 >= min(h, w) or max(h, w) <= BLUR_MATRIX_SIDE * k:  # padding cannot reflect that far
         return _blur_matrix(h, g).t() @ (x @ _blur_matrix(w, g))
     return blur_by_convolution(x, sigma)
 

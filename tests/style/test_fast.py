@@ -9,23 +9,23 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import striped_image, synthetic_image
+from conftest import planes_image, striped_image, synthetic_image
 from PIL import Image
 
 from styleforge.cli import main_group
 from styleforge.runtime.errors import StyleforgeError
-from styleforge.runtime.io import resize_long_side, save_image
+from styleforge.runtime.io import save_image
 from styleforge.style.fast import ARCHS, FastTrainConfig, TransformerNet, load_model, save_model, train_style
 from styleforge.style.fast.apply import stylize_files
 from styleforge.style.fast.data import RandomCrops, StreamSampler, list_images
 from styleforge.style.fast.model import UPSAMPLE_MODES, lattice_part, parameter_count
+from styleforge.style.fast.planes import FLAT_SHARE, flat_share
 from styleforge.style.fast.train import (
     DEFAULT_LR,
     FLAT_HATCHING_WEIGHT,
     HATCHING_WEIGHT,
     LR_FLOOR,
     default_hatching_weight,
-    flat_share,
     lr_at,
 )
 from styleforge.style.fast.universal import WorkSized
@@ -365,24 +365,11 @@ def test_defaults_udnies_recipe_and_a_learning_rate_per_network(photos, tmp_path
     assert (training["lr"], training["hatching_weight"]) == (2e-3, 5.0)
 
 
-def _planes(w: int, h: int) -> Image.Image:
-    """Flat rectangles of colour with hard straight edges between them."""
-    img = Image.new("RGB", (w, h), (200, 60, 40))
-    img.paste((30, 90, 160), (w // 3, 0, w, h // 2))
-    img.paste((240, 230, 200), (0, h // 2, w // 2, h))
-    return img
-
-
 def test_the_hatching_weight_is_lower_for_a_painting_of_flat_planes():
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8))
-    assert flat_share(_planes(96, 64)) > 0.9 and default_hatching_weight(flat_share(_planes(96, 64))) == 20.0
-    assert flat_share(noise) < 0.05 and default_hatching_weight(flat_share(noise)) == HATCHING_WEIGHT == 120.0
-    # a large painting is measured at 512 px; a small one at its own size: a ramp of 4 levels per px is
-    # shading at 64 px and would be one flat plane enlarged to 512
-    big = _planes(1500, 1000)
-    assert flat_share(big) == flat_share(resize_long_side(big, 512))
-    ramp = Image.fromarray(np.repeat(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (48, 1))[..., None], 3, axis=2))
-    assert flat_share(ramp) == 0.0 and flat_share(ramp.resize((512, 384), Image.BICUBIC)) > 0.9
+    assert default_hatching_weight(flat_share(planes_image(96, 64))) == FLAT_HATCHING_WEIGHT == 20.0
+    assert default_hatching_weight(flat_share(noise)) == HATCHING_WEIGHT == 120.0
+    assert default_hatching_weight(FLAT_SHARE) == 20.0 and default_hatching_weight(FLAT_SHARE - 0.01) == 120.0
 
 
 def test_the_hatching_weight_of_the_shipped_paintings(shared):

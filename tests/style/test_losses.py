@@ -126,6 +126,26 @@ def test_gaussian_blur_by_matrices_equals_the_convolution():
                           losses.gaussian_blur(strip[..., 90:210], 1.0)[..., 10:110], atol=1e-12)
 
 
+def test_gaussian_blur_reflects_again_where_it_reaches_past_a_short_side():
+    """A side no longer than the blur's reach (3 sigma) is reflected again and again, as numpy's reflect
+    padding does; padding by convolution could not, and the tone step's 8 px blur reaches 24 px."""
+    import numpy as np
+
+    x = torch.rand(1, 2, 5, 40, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    sigma = 8.0
+    g = losses._gaussian(sigma, torch.float64, x.device).numpy()
+    r = len(g) // 2
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (r, r), (r, r)), mode="reflect")
+    rows = np.apply_along_axis(lambda v: np.convolve(v, g, mode="valid"), 3, padded)
+    want = np.apply_along_axis(lambda v: np.convolve(v, g, mode="valid"), 2, rows)
+    torch.testing.assert_close(losses.gaussian_blur(x, sigma), torch.from_numpy(want))
+    # A side of one pixel stays as it is along that side; a constant stays constant.
+    line = torch.rand(1, 1, 1, 30, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    three = losses.gaussian_blur(line.expand(1, 1, 3, 30), 8.0)
+    torch.testing.assert_close(losses.gaussian_blur(line, 8.0), three[..., :1, :])
+    torch.testing.assert_close(losses.gaussian_blur(torch.full((1, 1, 2, 3), 0.7), 8.0), torch.full((1, 1, 2, 3), 0.7))
+
+
 def test_sort_rows_gives_torch_sorts_values_and_gradient():
     x = torch.randn(2, 3, 700, generator=torch.Generator().manual_seed(9)).requires_grad_()
     values, order = losses.sort_rows(x)

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, striped_image, synthetic_image
+from conftest import ROOT, planes_image, striped_image, synthetic_image
 from PIL import Image
 from test_fast import _fails, run, write_clip
 
@@ -21,10 +21,12 @@ from styleforge.style.fast.model import without_lattice
 from styleforge.style.fast.universal import (
     EDGE_MARGIN,
     EIG_FLOOR,
+    FLAT_TONE_SIGMA,
     AnyStyle,
     UniversalStyler,
     adain,
     build_styler,
+    default_tone_blur,
     feature_stats,
     photo_tones,
     style_tones,
@@ -33,7 +35,14 @@ from styleforge.style.fast.universal import (
     upscale,
     wct,
 )
-from styleforge.style.losses import gram_matrix, image_content_loss, laplacian_loss, repetition_loss, style_loss
+from styleforge.style.losses import (
+    TONE_SIGMA,
+    gram_matrix,
+    image_content_loss,
+    laplacian_loss,
+    repetition_loss,
+    style_loss,
+)
 
 
 def _cov(f: torch.Tensor) -> torch.Tensor:
@@ -372,10 +381,10 @@ def test_hourglass_then_cascade_is_the_cascade_applied_to_the_hourglass_picture(
     assert both.levels == ["relu4_1", "relu3_1", "relu2_1"] and both.cascade_levels == ["relu2_1"]
     first = UniversalStyler(hg_encoder, hourglass, style, strength=0.7, detail=0.6, margin=0)
     then = UniversalStyler(hg_encoder, {"relu2_1": relu2}, style, strength=0.7, margin=0)
-    assert both.tones == 1.0
+    assert both.tones == 1.0 and both.tone_blur == FLAT_TONE_SIGMA  # the stripes are flat between their edges
     with torch.no_grad():
         # The cascade's first (here only) level restyles the hourglass's picture with the photo's light and dark.
-        toned = photo_tones(first(photo), photo, both.tone_values, 1.0)
+        toned = photo_tones(first(photo), photo, both.tone_values, 1.0, both.tone_blur)
         torch.testing.assert_close(both(photo), then(toned))
         assert not torch.allclose(both(photo), first(photo))
         assert not torch.allclose(toned, first(photo))
@@ -394,9 +403,40 @@ def test_the_cascade_tones_each_picture_it_restyles_not_the_photo(hg_encoder):
     first = UniversalStyler(hg_encoder, {"relu3_1": relu3}, style, **kw)
     with torch.no_grad():
         torch.testing.assert_close(one[1.0](photo), one[0.0](photo))  # one level: only the photo is restyled
-        torch.testing.assert_close(two(photo), one[1.0](photo_tones(first(photo), photo, two.tone_values, 1.0)))
+        torch.testing.assert_close(two(photo), one[1.0](photo_tones(first(photo), photo, two.tone_values, 1.0,
+                                                                    two.tone_blur)))
     with pytest.raises(StyleforgeError, match=r"--tones must be in \[0, 1\], got -0.5"):
         UniversalStyler(hg_encoder, {"relu2_1": relu2}, style, tones=-0.5)
+
+
+def test_the_tone_steps_blur_follows_the_painting(hg_encoder, decoders, tmp_path, random_vgg19_file):
+    assert default_tone_blur([0.42], [1.0]) == FLAT_TONE_SIGMA == 8.0
+    assert default_tone_blur([0.15], [1.0]) == TONE_SIGMA == 2.0
+    # A blend is of planes where its weighted share is (planes.FLAT_SHARE, 0.3).
+    assert default_tone_blur([0.9, 0.0], [0.5, 0.5]) == 8.0 and default_tone_blur([0.9, 0.0], [0.2, 0.8]) == 2.0
+    torch.manual_seed(0)
+    cascade = {"relu3_1": Decoder("relu3_1").eval(), "relu2_1": Decoder("relu2_1").eval()}
+    noise, stripes = torch.rand(1, 3, 40, 40), striped_image(40, 40)
+    assert UniversalStyler(hg_encoder, cascade, [noise], margin=0).tone_blur == TONE_SIGMA
+    flat = UniversalStyler(hg_encoder, cascade, [stripes], margin=0)
+    narrow = UniversalStyler(hg_encoder, cascade, [stripes], margin=0, tone_blur=TONE_SIGMA)
+    assert (flat.tone_blur, narrow.tone_blur) == (FLAT_TONE_SIGMA, TONE_SIGMA)
+    with torch.no_grad():
+        photo = synthetic_image(32, 40)
+        assert not torch.allclose(flat(photo), narrow(photo))
+    with pytest.raises(StyleforgeError, match="the tone step's blur must be positive, got 0 px"):
+        UniversalStyler(hg_encoder, cascade, [stripes], tone_blur=0.0)
+    # From files, each painting is measured as fast train measures it, not enlarged to --style-size first: a
+    # ramp of 4 levels per px is shading at 64 px and one flat plane at 512 (planes.flat_share).
+    ramp = tmp_path / "ramp.png"
+    Image.fromarray(np.repeat(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (48, 1))[..., None], 3, axis=2)).save(ramp)
+    plane = tmp_path / "plane.png"
+    planes_image(64, 48).save(plane)
+    blur = {p.name: build_styler(AnyStyle([p], decoders=decoders, weights=random_vgg19_file)).tone_blur
+            for p in (ramp, plane)}
+    assert blur == {"ramp.png": TONE_SIGMA, "plane.png": FLAT_TONE_SIGMA}
+    enlarged = pil_to_tensor(Image.open(ramp).convert("RGB").resize((512, 384), Image.Resampling.LANCZOS))
+    assert UniversalStyler(hg_encoder, cascade, [enlarged], margin=0).tone_blur == FLAT_TONE_SIGMA
 
 
 def test_photo_tones_puts_the_photos_light_and_dark_in_the_given_tones():

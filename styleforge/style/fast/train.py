@@ -52,6 +52,7 @@ from .model import (
     save_model,
     uniform_noise,
 )
+from .planes import flat_share, is_planes
 
 # Content layer. Departure from Johnson et al. (relu2_2): with the palette and tone losses (below)
 # holding colour and light, relu4_2 (stylize's) keeps the subjects and leaves the fine texture to the
@@ -82,28 +83,15 @@ TRAIN_PARTS = ("content", "style", "tv", *EXTRA_TERMS, "total")
 # at 30-120 (style loss 0.295 or more after 2400 steps, the peer's 0.280) and passes it at 20 (sessions
 # 27 and 29, seeds 1 and 0). A penalty that looked across each tile's main line only passed udnie at
 # 120 and let the_scream paint long streaks (session 28), so the weight follows the painting instead.
-# The six paintings' FLAT_SHARE statistic at 512 px: udnie 0.42; starry_night 0.02, the_scream 0.09,
-# composition_vii 0.07, shipwreck 0.14, great_wave 0.15 (and mosaic 0.18, candy 0.07); bench/HISTORY.md.
+# Which paintings are of planes: styleforge.style.fast.planes (udnie alone of the eight in ../shared).
 HATCHING_WEIGHT = 120.0
 FLAT_HATCHING_WEIGHT = 20.0
-FLAT_SHARE = 0.3        # a painting with at least this share of flat pixels is one of planes
-FLAT_GRADIENT = 0.01    # flat: a luminance gradient below this per px (luminance in [0, 1])
-FLAT_SIZE = 512         # long side the painting is measured at (never enlarged: enlarging flattens it)
-
-
-def flat_share(painting: Image.Image) -> float:
-    """Share of a painting's pixels on flat planes: luminance gradient magnitude under FLAT_GRADIENT
-    per px, with the painting at FLAT_SIZE px long side or its own size if smaller."""
-    if max(painting.size) > FLAT_SIZE:
-        painting = resize_long_side(painting, FLAT_SIZE)
-    magnitudes = losses.gradient_magnitudes(luminance(pil_to_tensor(painting)))
-    return float((magnitudes < FLAT_GRADIENT).float().mean())
 
 
 def default_hatching_weight(share: float) -> float:
     """The hatching penalty's weight, when --hatching-weight is not given, for a painting whose
-    :func:`flat_share` is ``share``."""
-    return FLAT_HATCHING_WEIGHT if share >= FLAT_SHARE else HATCHING_WEIGHT
+    :func:`planes.flat_share` is ``share``."""
+    return FLAT_HATCHING_WEIGHT if is_planes(share) else HATCHING_WEIGHT
 
 
 # Directions the palette loss projects colours on (losses.sliced_wasserstein): 32 over the half sphere

@@ -53,6 +53,7 @@ from .decoders import (
     load_decoder,
 )
 from .model import without_lattice
+from .planes import flat_share, is_planes
 
 METHODS = ("wct", "adain")
 DEFAULT_STYLE_SIZE = 512
@@ -121,6 +122,17 @@ UPSCALE_DETAIL = 0.5
 # Once, after the hourglass only, or in the picture's own tones, or with a narrower blur, left The
 # Scream's outlines short of the peer's (bench/HISTORY.md, "Light and dark where the photo has them").
 DEFAULT_TONES = 1.0
+# Departure (session 47): the tone step's blur follows the painting, as fast train's hatching penalty does
+# (:mod:`planes`). A painting of flat planes gets this blur instead of the tone loss's TONE_SIGMA (2 px):
+# at 2 px the last pass is handed the photo's fine light and dark (grass, fur, ripples) and paints it as
+# fine texture the painting does not have. On issue 15's benchmark udnie (42 % flat; the one such painting
+# of the eight) at 8 px against 2 px, over 40 BSDS test photos: style loss 0.273 against 0.290 (the
+# peer's 0.282; 0.279 / 0.267 on the first / next 20, the peer's 0.280 / 0.284; --decoder cascade 0.274
+# against 0.292), at the cost of 4 % of the edge and 7 % of the detail measure (0.83 / 0.77, the peer's
+# 0.68 / 0.65); 16 px gave 0.270 for 6 % and 8 %. Textured paintings keep 2 px: at 8 px the_scream's
+# outlines fell under the peer's (0.752 against 0.777, session 46). bench/HISTORY.md, "The tone step's
+# blur follows the painting".
+FLAT_TONE_SIGMA = 8.0
 TONE_SAMPLES = 65536  # values the blended styles' luminance distribution is kept as
 
 
@@ -320,7 +332,7 @@ class UniversalStyler(nn.Module):
                  styles: Sequence[torch.Tensor], blend: Sequence[float] | None = None, strength: float | None = None,
                  method: str = "wct", work_size: int | None = DEFAULT_WORK_SIZE,
                  detail: float = DEFAULT_DETAIL, hourglass: HourglassDecoder | None = None,
-                 margin: int = EDGE_MARGIN, tones: float = DEFAULT_TONES) -> None:
+                 margin: int = EDGE_MARGIN, tones: float = DEFAULT_TONES, tone_blur: float | None = None) -> None:
         super().__init__()
         guard.check_choice(method, "--method", METHODS)
         if not styles:
@@ -358,6 +370,11 @@ class UniversalStyler(nn.Module):
         self.to(memory_format=torch.channels_last)
         self.stats = self._style_stats(styles)
         self.tone_values = style_tones(styles, self.blend)  # the painting's tones, for photo_tones
+        if tone_blur is None:
+            tone_blur = default_tone_blur([flat_share(s) for s in styles], self.blend)
+        elif tone_blur <= 0:
+            raise StyleforgeError(f"the tone step's blur must be positive, got {tone_blur:g} px")
+        self.tone_blur = tone_blur
 
     @property
     def decoder_label(self) -> str:
@@ -408,8 +425,8 @@ class UniversalStyler(nn.Module):
         placed = None  # the photo's light and dark in the painting's tones, once for every level
         for lv in self.cascade_levels:
             if self.tones and x is not photo:
-                placed = placed_tones(photo, self.tone_values) if placed is None else placed
-                x = toward_tones(x, placed, self.tones).contiguous(memory_format=torch.channels_last)
+                placed = placed_tones(photo, self.tone_values, self.tone_blur) if placed is None else placed
+                x = toward_tones(x, placed, self.tones, self.tone_blur).contiguous(memory_format=torch.channels_last)
             x = self.decoders[lv](self._transformed(self.encoder(x, [lv])[lv], lv))
             # Departure from Li et al.: a decoder that upsamples k times paints texture that repeats on
             # its 2^k px lattice (nearest-neighbour upsampling; a grid measure of 6.5-9.3 at full size,
@@ -536,6 +553,12 @@ def photo_tones(picture: torch.Tensor, photo: torch.Tensor, tones: torch.Tensor,
     return toward_tones(picture, placed_tones(photo, tones, sigma), amount, sigma)
 
 
+def default_tone_blur(shares: Sequence[float], blend: Sequence[float]) -> float:
+    """The tone step's blur (px) for styles whose :func:`planes.flat_share` are ``shares``, blended by
+    ``blend`` (summing to 1): FLAT_TONE_SIGMA for a blend of flat planes, else TONE_SIGMA."""
+    return FLAT_TONE_SIGMA if is_planes(sum(s * w for s, w in zip(shares, blend))) else TONE_SIGMA
+
+
 def _on(stats: FeatureStats, device: torch.device) -> FeatureStats:
     if stats.mean.device == device:
         return stats
@@ -631,10 +654,13 @@ def build_styler(cfg: AnyStyle, work_size: int | None = DEFAULT_WORK_SIZE) -> Un
     cfg.validate()
     check_work_size(work_size)
     paths = cfg.decoder_files()
-    styles = [pil_to_tensor(resize_long_side(open_rgb(p), cfg.style_size)) for p in cfg.style_images]
+    paintings = [open_rgb(p) for p in cfg.style_images]
+    styles = [pil_to_tensor(resize_long_side(im, cfg.style_size)) for im in paintings]
+    # Each painting measured as fast train measures it (never enlarged to --style-size).
+    tone_blur = default_tone_blur([flat_share(im) for im in paintings], normalized_blend(cfg.blend, len(paintings)))
     hourglass = _load_as(paths.pop(HOURGLASS), HourglassDecoder) if HOURGLASS in paths else None
     decoders = {lv: _load_as(p, Decoder, lv) for lv, p in paths.items()}
     encoder = VGGFeatures(levels_read(list(decoders), hourglass), weights=cfg.weights)
     return UniversalStyler(encoder, decoders, styles, cfg.blend, cfg.strength, cfg.method, work_size,
                            cfg.resolved_detail, hourglass=hourglass,
-                           tones=cfg.resolved_tones)
+                           tones=cfg.resolved_tones, tone_blur=tone_blur)
