@@ -185,7 +185,8 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     no longer than the blur's reach, reflected again and again)."""
     g = _gaussian(sigma, x.dtype, x.device)
     k, (h, w) = len(g), x.shape[-2:]
-    if k // 2 >= min(h, w) or max(h, w) <= BLUR_MATRIX_SIDE * k:  # padding cannot reflect that far
+    # Matrices for small pictures, and for a side too short for the convolution's padding to reflect.
+    if k // 2 >= min(h, w) or max(h, w) <= BLUR_MATRIX_SIDE * k:
         return _blur_matrix(h, g).t() @ (x @ _blur_matrix(w, g))
     return blur_by_convolution(x, sigma)
 

@@ -372,7 +372,7 @@ class UniversalStyler(nn.Module):
         self.tone_values = style_tones(styles, self.blend)  # the painting's tones, for photo_tones
         if tone_blur is None:
             tone_blur = default_tone_blur([flat_share(s) for s in styles], self.blend)
-        elif tone_blur <= 0:
+        elif not tone_blur > 0:
             raise StyleforgeError(f"the tone step's blur must be positive, got {tone_blur:g} px")
         self.tone_blur = tone_blur
 
