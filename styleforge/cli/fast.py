@@ -30,6 +30,7 @@ from ..style.fast.universal import (
     DECODERS,
     DEFAULT_DECODER,
     DEFAULT_DETAIL,
+    DEFAULT_LEVELS,
     DEFAULT_STRENGTH,
     DEFAULT_TONES,
     DEFAULT_WORK_SIZE,
@@ -212,7 +213,9 @@ def _strength_default() -> str:
                help="With --style-image: hourglass+cascade restyles the hourglass's picture with the cascade (the "
                     "most of the painting); cascade runs one decoder per level, coarse to fine (less than half the "
                     "time); hourglass decodes relu4_1, relu3_1 and relu2_1 at once (the photo kept closest).")
-@option("--levels", type=NAME_LIST, metavar="LEVEL,...", show_default="every decoder found",
+@option("--levels", type=NAME_LIST, metavar="LEVEL,...",
+        show_default=f"{','.join(DEFAULT_LEVELS[DEFAULT_DECODER] or ())} after the hourglass; every decoder found "
+                     "with --decoder cascade",
         help=LEVELS_HELP + " With the cascade (--decoder cascade or hourglass+cascade).")
 @config_option(AnyStyle, "detail", "--detail", type=FRACTION, show_default=number_text(DEFAULT_DETAIL),
                help="With the hourglass decoder (--decoder hourglass or hourglass+cascade): how much of the photo's "
