@@ -140,6 +140,24 @@ def test_inference_instance_norm_is_group_norm_of_one_channel_per_group_and_keep
     assert torch.allclose(per_channel.mean(-1), norm.bias.expand(batch, 5), atol=1e-5)
 
 
+def test_reflection_padding_stays_bf16_under_autocast_and_pads_as_torch_does():
+    from styleforge.style.fast.model import ReflectionPad
+
+    x = torch.rand(1, 6, 9, 7).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch_pad = torch.nn.ReflectionPad2d(2)(x)
+        ours = ReflectionPad(2)(x)
+    assert torch_pad.dtype is torch.float32  # autocast's CPU policy: the copy the class avoids
+    assert ours.dtype is torch.bfloat16 and ours.shape == (1, 6, 13, 11)
+    assert torch.equal(ours.float(), torch_pad)
+    # Every reflection pad of the networks is this one (the shipped files' keys are the tests loading them).
+    from styleforge.style.fast.decoders import Decoder, HourglassDecoder
+
+    for net in (TransformerNet("johnson"), Decoder("relu3_1"), HourglassDecoder()):
+        pads = [m for m in net.modules() if isinstance(m, torch.nn.ReflectionPad2d)]
+        assert pads and all(isinstance(m, ReflectionPad) for m in pads)
+
+
 def test_parameter_counts():
     assert parameter_count(TransformerNet("johnson")) == 1_679_235  # the published network's size
     assert parameter_count(TransformerNet("light")) < parameter_count(TransformerNet("johnson")) / 5

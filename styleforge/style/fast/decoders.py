@@ -23,6 +23,7 @@ from torch import nn
 
 from ...runtime.errors import StyleforgeError
 from ...runtime.io import load_torch, save_torch
+from .model import ReflectionPad
 
 LEVELS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 HOURGLASS = "hourglass"
@@ -43,7 +44,7 @@ def level_index(level: str) -> int:
 
 class _Conv(nn.Sequential):
     def __init__(self, cin: int, cout: int, last: bool = False) -> None:
-        layers: list[nn.Module] = [nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3)]
+        layers: list[nn.Module] = [ReflectionPad(1), nn.Conv2d(cin, cout, 3)]
         if not last:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)

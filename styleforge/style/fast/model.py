@@ -86,11 +86,26 @@ class _InstanceNorm(nn.InstanceNorm2d):
         return F.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
 
 
+class ReflectionPad(nn.ReflectionPad2d):
+    """``nn.ReflectionPad2d`` in the input's own dtype.
+
+    CPU autocast runs reflection padding in float32: under bf16 each padded activation was copied to
+    float32, padded, and copied back to bf16 by the next convolution. Padding only moves values, so
+    it is exact in any dtype; outside autocast it stays bf16, and the outputs are the same bits. An
+    any-style decoder's two full-size padded layers (32 channels) took about 30 % of `--decoder
+    cascade`'s time at 512 px that way (bf16, one thread; bench/fast_inference.py).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x)
+
+
 class _Conv(nn.Sequential):
     """Reflection-padded convolution, then instance norm and ReLU unless ``last``."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, last: bool = False) -> None:
-        layers: list[nn.Module] = [nn.ReflectionPad2d(kernel // 2), nn.Conv2d(cin, cout, kernel, stride)]
+        layers: list[nn.Module] = [ReflectionPad(kernel // 2), nn.Conv2d(cin, cout, kernel, stride)]
         if not last:
             layers += [_InstanceNorm(cout, affine=True), nn.ReLU(inplace=True)]
         super().__init__(*layers)
@@ -100,9 +115,9 @@ class _Residual(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), _InstanceNorm(channels, affine=True),
+            ReflectionPad(1), nn.Conv2d(channels, channels, 3), _InstanceNorm(channels, affine=True),
             nn.ReLU(inplace=True),
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), _InstanceNorm(channels, affine=True))
+            ReflectionPad(1), nn.Conv2d(channels, channels, 3), _InstanceNorm(channels, affine=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
