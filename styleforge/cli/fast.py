@@ -211,11 +211,11 @@ def _strength_default() -> str:
                help="With --style-image: wct matches the style's feature covariance; adain only means and spreads.")
 @config_option(AnyStyle, "decoder", "--decoder", type=click.Choice(DECODERS),
                help="With --style-image: hourglass+cascade restyles the hourglass's picture with the cascade (the "
-                    "most of the painting); cascade runs one decoder per level, coarse to fine (about half the "
-                    "time); hourglass decodes relu4_1, relu3_1 and relu2_1 at once (the photo kept closest).")
+                    "most of the painting); cascade restyles the photo itself, one decoder per --levels level, "
+                    "coarse to fine (about a third of the time); hourglass decodes relu4_1, relu3_1 and relu2_1 at "
+                    "once (the photo kept closest).")
 @option("--levels", type=NAME_LIST, metavar="LEVEL,...",
-        show_default=f"{','.join(DEFAULT_LEVELS[DEFAULT_DECODER] or ())} after the hourglass; every decoder found "
-                     "with --decoder cascade",
+        show_default=",".join(DEFAULT_LEVELS[DEFAULT_DECODER] or ()),
         help=LEVELS_HELP + " With the cascade (--decoder cascade or hourglass+cascade).")
 @config_option(AnyStyle, "detail", "--detail", type=FRACTION, show_default=number_text(DEFAULT_DETAIL),
                help="With the hourglass decoder (--decoder hourglass or hourglass+cascade): how much of the photo's "

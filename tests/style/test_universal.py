@@ -681,9 +681,13 @@ def test_build_styler_finds_decoders_and_names_missing_levels(decoders, tmp_path
     styler = build_styler(AnyStyle([style], decoders=decoders, weights=random_vgg19_file))
     assert styler.mode == "hourglass+cascade" and styler.cascade_levels == ["relu3_1"] == list(DEFAULT_LEVELS[BOTH])
     assert styler.levels == ["relu4_1", "relu3_1", "relu2_1"]
-    # --decoder cascade, or --levels: every decoder found, or those named.
+    # --decoder cascade: relu3_1 alone too, on the photo itself; --levels: the levels named.
     cascade = build_styler(AnyStyle([style], decoders=decoders, weights=random_vgg19_file, decoder="cascade"))
-    assert cascade.cascade_levels == ["relu3_1", "relu1_1"] and DEFAULT_LEVELS["cascade"] is None
+    assert cascade.mode == "cascade" and cascade.cascade_levels == ["relu3_1"] == list(DEFAULT_LEVELS["cascade"])
+    assert cascade.levels == ["relu3_1"] and cascade.hourglass is None
+    both = build_styler(AnyStyle([style], decoders=decoders, weights=random_vgg19_file, decoder="cascade",
+                                 levels=["relu1_1", "relu3_1"]))
+    assert both.cascade_levels == ["relu3_1", "relu1_1"]  # coarse to fine, whatever the order given
     named = build_styler(AnyStyle([style], decoders=decoders, levels=["relu3_1", "relu1_1"], weights=random_vgg19_file))
     assert named.levels == ["relu4_1", "relu3_1", "relu2_1", "relu1_1"]
     with pytest.raises(StyleforgeError, match="no decoder for relu4_1"):
@@ -730,7 +734,7 @@ def test_decoder_is_chosen_by_name_and_hourglass_cascade_is_the_default(decoders
     save_decoder(_grey_hourglass(), decoders / "decoder-hourglass.pth", {})
     assert build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file)).mode == "hourglass+cascade"
     cascade = build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file, decoder="cascade"))
-    assert cascade.hourglass is None and cascade.levels == ["relu3_1", "relu1_1"]
+    assert cascade.hourglass is None and cascade.levels == ["relu3_1"]
     styler = build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file, decoder="hourglass",
                                    detail=0.25))
     assert styler.hourglass is not None and styler.detail == 0.25 and styler.levels == ["relu4_1", "relu3_1", "relu2_1"]
@@ -917,8 +921,10 @@ def test_a_decoder_file_of_the_other_kind_is_a_one_line_error(decoders, tmp_path
         build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file, decoder="hourglass"))
     save_decoder(_grey_hourglass(), decoders / "decoder-relu1_1.pth", {})  # and the hourglass, misnamed
     with pytest.raises(StyleforgeError, match="decoder-relu1_1.pth holds the hourglass decoder"):
-        build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file, decoder="cascade"))
+        build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file, decoder="cascade",
+                               levels=["relu1_1"]))
     save_decoder(Decoder("relu3_1"), decoders / "decoder-relu1_1.pth", {})  # another level's decoder, misnamed
     with pytest.raises(StyleforgeError, match="decoder-relu1_1.pth holds the relu3_1 decoder; its name says relu1_1: "
                                               "rename it decoder-relu3_1.pth"):
-        build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file, decoder="cascade"))
+        build_styler(AnyStyle(style, decoders=decoders, weights=random_vgg19_file, decoder="cascade",
+                               levels=["relu1_1"]))
