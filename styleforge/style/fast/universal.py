@@ -69,15 +69,12 @@ STD_EPS = 1e-5
 # pictures softer, at 192 px smeared (README, "Any-style: speed and quality"); the user chooses.
 DEFAULT_WORK_SIZE: int | None = None
 # The decoders --style-image uses. hourglass+cascade: the hourglass decoder's picture stylized again by the
-# cascade (a departure from Li et al., whose cascade starts from the photo). It is the default: on issue 15's
-# benchmark (20 photos, all eight paintings, at its default strength below) it has a lower content loss (3-7 %)
-# and style loss (9-32 %) than the cascade alone on every painting, and it is the only mode that passes the
-# whole bar on three (candy, composition_vii, mosaic; the cascade alone passes one). Looked at, the colourful
-# paintings come out better and the dark ones alike. Against the cascade of session 48 (relu3_1 alone, its
-# decoder trained harder to stylize) both pass the whole bar on all eight paintings; the default has the lower
-# style loss on seven (5-15 %) at 3.1x the time (1.04 against 0.33 s at 512 px, bf16; DEFAULT_LEVELS):
-# --decoder cascade is the faster choice for long folders and videos;
-# --decoder hourglass keeps the photo closest (README, "Any painting as the style").
+# cascade (a departure from Li et al., whose cascade starts from the photo). It is the default: chosen in
+# session 35 (then the only mode within the whole bar on three paintings; bench/HISTORY.md), and against the
+# cascade of session 48 (relu3_1 alone, its decoder trained harder to stylize; both within the bar on all
+# eight paintings of issue 15's benchmark) it has the lower style loss on seven (5-15 %), at 3.1x the time
+# (1.04 against 0.33 s at 512 px, bf16; DEFAULT_LEVELS): --decoder cascade is the faster choice for long
+# folders and videos; --decoder hourglass keeps the photo closest (README, "Any painting as the style").
 CASCADE = "cascade"
 BOTH = f"{HOURGLASS}+{CASCADE}"
 DECODERS = (CASCADE, HOURGLASS, BOTH)
