@@ -252,8 +252,7 @@ def main() -> None:
     ap.add_argument("--decoder", choices=DECODERS, default=DEFAULT_DECODER,
                     help="any-style: fast apply's --decoder (default: %(default)s)")
     ap.add_argument("--levels", help="any-style cascade levels, e.g. relu3_1,relu2_1 (default: fast apply's, "
-                                     "DEFAULT_LEVELS: relu3_1 after the hourglass, every decoder found with "
-                                     "--decoder cascade)")
+                                     "DEFAULT_LEVELS: relu3_1)")
     ap.add_argument("--detail", type=float,
                     help=f"any-style: the hourglass decoder's --detail (default: {DEFAULT_DETAIL:g}, fast apply's)")
     ap.add_argument("--method", choices=UNIVERSAL_METHODS, help="any-style transform (default: fast apply's)")

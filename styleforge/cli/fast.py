@@ -215,7 +215,7 @@ def _strength_default() -> str:
                     "coarse to fine (about a third of the time); hourglass decodes relu4_1, relu3_1 and relu2_1 at "
                     "once (the photo kept closest).")
 @option("--levels", type=NAME_LIST, metavar="LEVEL,...",
-        show_default=",".join(DEFAULT_LEVELS[DEFAULT_DECODER] or ()),
+        show_default=",".join(DEFAULT_LEVELS),
         help=LEVELS_HELP + " With the cascade (--decoder cascade or hourglass+cascade).")
 @config_option(AnyStyle, "detail", "--detail", type=FRACTION, show_default=number_text(DEFAULT_DETAIL),
                help="With the hourglass decoder (--decoder hourglass or hourglass+cascade): how much of the photo's "

@@ -19,7 +19,6 @@ from styleforge.style.fast.decoder_train import DecoderTrainConfig, Reconstructi
 from styleforge.style.fast.decoders import LEVELS, Decoder, HourglassDecoder, load_decoder, save_decoder
 from styleforge.style.fast.model import without_lattice
 from styleforge.style.fast.universal import (
-    BOTH,
     DEFAULT_LEVELS,
     EDGE_MARGIN,
     EIG_FLOOR,
@@ -679,11 +678,11 @@ def test_build_styler_finds_decoders_and_names_missing_levels(decoders, tmp_path
     save_image(striped_image(48, 48), style)
     # The default: after the hourglass, the cascade's relu3_1 level alone (DEFAULT_LEVELS).
     styler = build_styler(AnyStyle([style], decoders=decoders, weights=random_vgg19_file))
-    assert styler.mode == "hourglass+cascade" and styler.cascade_levels == ["relu3_1"] == list(DEFAULT_LEVELS[BOTH])
+    assert styler.mode == "hourglass+cascade" and styler.cascade_levels == ["relu3_1"] == list(DEFAULT_LEVELS)
     assert styler.levels == ["relu4_1", "relu3_1", "relu2_1"]
     # --decoder cascade: relu3_1 alone too, on the photo itself; --levels: the levels named.
     cascade = build_styler(AnyStyle([style], decoders=decoders, weights=random_vgg19_file, decoder="cascade"))
-    assert cascade.mode == "cascade" and cascade.cascade_levels == ["relu3_1"] == list(DEFAULT_LEVELS["cascade"])
+    assert cascade.mode == "cascade" and cascade.cascade_levels == ["relu3_1"] == list(DEFAULT_LEVELS)
     assert cascade.levels == ["relu3_1"] and cascade.hourglass is None
     both = build_styler(AnyStyle([style], decoders=decoders, weights=random_vgg19_file, decoder="cascade",
                                  levels=["relu1_1", "relu3_1"]))

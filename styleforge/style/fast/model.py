@@ -91,9 +91,9 @@ class ReflectionPad(nn.ReflectionPad2d):
 
     CPU autocast runs reflection padding in float32: under bf16 each padded activation was copied to
     float32, padded, and copied back to bf16 by the next convolution. Padding only moves values, so
-    it is exact in any dtype; outside autocast it stays bf16, and the outputs are the same bits. An
-    any-style decoder's two full-size padded layers (32 channels) took about 30 % of `--decoder
-    cascade`'s time at 512 px that way (bf16, one thread; bench/fast_inference.py).
+    it is exact in any dtype; outside autocast it stays bf16, and the outputs are the same bits. Keeping
+    it there made the any-style default and the two-level cascade 5-12 % faster (bf16, one thread, 512² and
+    1024²; bench/fast_inference.py, session 48).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

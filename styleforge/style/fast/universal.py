@@ -87,8 +87,8 @@ DEFAULT_DECODER = BOTH
 # rises 6-26 %, and the cascade's rises 1-3 % on four paintings, losing composition_vii's pass
 # (bench/HISTORY.md, "The strength of each mode").
 DEFAULT_STRENGTH = {CASCADE: 1.0, HOURGLASS: 1.0, BOTH: 0.8}
-# The cascade's levels where --levels is not given, by --decoder (None: every decoder found). Both run relu3_1
-# alone. --decoder cascade (session 48): with the relu3_1 decoder trained harder to stylize (weights/README.md),
+# The cascade's levels where --levels is not given: relu3_1 alone, with --decoder cascade and after the hourglass
+# alike. --decoder cascade (session 48): with the relu3_1 decoder trained harder to stylize (weights/README.md),
 # that one level passes issue 15's bar on all eight paintings (first 20 photos; relu3_1 then relu2_1 passed seven,
 # udnie's style loss over the peer's) in two thirds of the time; the relu2_1 level's speckle goes with it
 # (bench/HISTORY.md, "A faster cascade: relu3_1 alone"). After the
@@ -99,7 +99,7 @@ DEFAULT_STRENGTH = {CASCADE: 1.0, HOURGLASS: 1.0, BOTH: 0.8}
 # all eight still pass, and the next 20 photos show the same. Session 35 found the opposite with the
 # decoders of then (trained only to reconstruct; no --tones). bench/HISTORY.md, "The cascade after the
 # hourglass: relu3_1 alone".
-DEFAULT_LEVELS: dict[str, tuple[str, ...] | None] = {CASCADE: ("relu3_1",), HOURGLASS: None, BOTH: ("relu3_1",)}
+DEFAULT_LEVELS: tuple[str, ...] = ("relu3_1",)
 # How much of relu3_1's and relu2_1's structure the hourglass decoder adds to what it paints
 # from relu4_1 (its skip weight, 0..1; trained over that whole range).
 DEFAULT_DETAIL = 1.0
@@ -604,10 +604,9 @@ class AnyStyle:
         return DEFAULT_TONES if self.tones is None else self.tones
 
     @property
-    def resolved_levels(self) -> Sequence[str] | None:
-        """The cascade's levels this config asks for (DEFAULT_LEVELS of its decoder where not given; None:
-        every decoder found)."""
-        return DEFAULT_LEVELS[self.decoder] if self.levels is None else self.levels
+    def resolved_levels(self) -> Sequence[str]:
+        """The cascade's levels this config asks for (DEFAULT_LEVELS where not given)."""
+        return DEFAULT_LEVELS if self.levels is None else self.levels
 
     @property
     def resolved_strength(self) -> float:
